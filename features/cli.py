@@ -1,0 +1,148 @@
+"""`lifecast features ...` and the column-mapping flags every data command shares.
+
+The command line only parses and calls: each command turns its flags into a
+`ColumnMapping` / `FeatureConfig` and calls a function of the package.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from features.config import ColumnMapping
+
+app = typer.Typer(help="Validate transaction logs and build point-in-time features.",
+                  no_args_is_help=True)
+
+# The mapping flags, defined once and added to any command by `with_mapping`.
+_MAPPING_FLAGS: dict[str, tuple[str, str]] = {
+    "customer_id": ("--customer-col", "Column holding the customer id."),
+    "timestamp": ("--timestamp-col", "Column holding the event time (date or datetime)."),
+    "amount": ("--amount", "Amount column, or an expression such as 'Quantity * UnitPrice'."),
+    "order_id": ("--order-col", "Column grouping lines into orders (default: customer-day)."),
+    "quantity": ("--quantity-col", "Quantity column (optional)."),
+    "product_id": ("--product-col", "Product column (optional)."),
+    "category": ("--category-col", "Category column (optional)."),
+    "channel": ("--channel-col", "Channel column (optional)."),
+    "discount": ("--discount-col", "Discount column (optional)."),
+}
+
+
+def with_mapping(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``--transactions``, ``--table``, ``--mapping FILE`` and the column flags to a
+    command; the wrapped function receives ``source``, ``table`` and ``mapping``
+    (a `ColumnMapping`: the YAML file, then the flags on top)."""
+    sig = inspect.signature(func)
+    kept = [p for n, p in sig.parameters.items() if n not in ("source", "table", "mapping")]
+    kw = inspect.Parameter.KEYWORD_ONLY
+    extra = [
+        inspect.Parameter(
+            "transactions", kw,
+            annotation=Annotated[str, typer.Option(
+                "--transactions", "-t",
+                help="Transactions: a .csv/.parquet file, or a database URL with --table.")],
+        ),
+        inspect.Parameter(
+            "table", kw, default=None,
+            annotation=Annotated[str | None, typer.Option(
+                "--table", help="Table name when --transactions is a database URL.")],
+        ),
+        inspect.Parameter(
+            "mapping_file", kw, default=None,
+            annotation=Annotated[Path | None, typer.Option(
+                "--mapping", help="YAML file mapping contract columns to yours.")],
+        ),
+    ]
+    for field, (flag, text) in _MAPPING_FLAGS.items():
+        extra.append(inspect.Parameter(
+            f"map_{field}", kw, default=None,
+            annotation=Annotated[str | None, typer.Option(flag, help=text)],
+        ))
+
+    @functools.wraps(func)
+    def wrapper(**kwargs: Any) -> Any:
+        source = kwargs.pop("transactions")
+        table = kwargs.pop("table")
+        mapping_file = kwargs.pop("mapping_file")
+        flags = {f: kwargs.pop(f"map_{f}") for f in _MAPPING_FLAGS}
+        base = ColumnMapping.from_yaml(mapping_file) if mapping_file else ColumnMapping()
+        mapping = base.with_overrides(**flags)
+        return func(source=source, table=table, mapping=mapping, **kwargs)
+
+    wrapper.__signature__ = sig.replace(parameters=[*extra, *kept])  # type: ignore[attr-defined]
+    return wrapper
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print an error the user can act on and return the exit to raise."""
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code)
+
+
+def run_cli(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the package's own errors into a one-line message and exit code 2; show
+    warnings (stale data, ...) as one line each."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from features.contract import DataValidationError
+
+        def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+            typer.secho(f"warning: {message}", fg=typer.colors.YELLOW, err=True)
+
+        with warnings.catch_warnings():
+            warnings.showwarning = show
+            try:
+                return func(*args, **kwargs)
+            except (DataValidationError, FileNotFoundError, ValueError) as exc:
+                raise fail(str(exc)) from None
+
+    return wrapper
+
+
+@app.command("validate")
+@run_cli
+@with_mapping
+def validate_cmd(*, source: str, table: str | None, mapping: ColumnMapping) -> None:
+    """Check a transaction log against the data contract and print the validation report."""
+    from features.contract import load_transactions
+
+    tx = load_transactions(source, mapping, table=table)
+    typer.echo(tx.report.format())
+
+
+@app.command("build")
+@run_cli
+@with_mapping
+def build_cmd(
+    *,
+    source: str,
+    table: str | None,
+    mapping: ColumnMapping,
+    cutoff: Annotated[str, typer.Option(help="Cutoff instant: only events before it are used.")],
+    out: Annotated[Path, typer.Option(help="Output file (.parquet or .csv).")],
+) -> None:
+    """Build point-in-time features at a cutoff: one row per customer, written to --out."""
+    from features.contract import load_transactions
+    from features.pipeline import build_features
+    from features.storage import write_frame
+
+    tx = load_transactions(source, mapping, table=table)
+    typer.echo(tx.report.format(), err=True)
+    frame = build_features(tx, cutoff)
+    write_frame(frame, out)
+    typer.echo(f"wrote {len(frame):,} customers x {frame.shape[1] - 2} features to {out}")
+
+
+@app.command("list")
+def list_cmd() -> None:
+    """List every feature with its meaning (the feature registry)."""
+    from features.registry import feature_table_markdown
+
+    typer.echo(feature_table_markdown())

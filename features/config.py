@@ -1,0 +1,159 @@
+"""Typed configuration shared by every stage.
+
+`ColumnMapping` maps a user's column names onto the data contract of DESIGN.md
+(``customer_id, timestamp, amount`` plus optional ``order_id, quantity, product_id,
+category, channel, discount``). It is applied once, at the boundary, by
+`features.contract.load_transactions`; everything after that uses the contract's names.
+
+`FeatureConfig` holds the time semantics: horizons, snapshot spacing and the
+lookback windows of the behavioural features.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+#: Contract columns that a mapping may fill, in output order.
+REQUIRED_COLUMNS: tuple[str, ...] = ("customer_id", "timestamp", "amount")
+OPTIONAL_COLUMNS: tuple[str, ...] = (
+    "order_id",
+    "quantity",
+    "product_id",
+    "category",
+    "channel",
+    "discount",
+)
+CONTRACT_COLUMNS: tuple[str, ...] = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
+
+#: Command-line flag that sets each `ColumnMapping` field; the YAML key is the field name.
+#: Error messages quote these, so the command line should use the same spellings.
+MAPPING_FLAGS: dict[str, str] = {
+    "customer_id": "--customer-col",
+    "timestamp": "--timestamp-col",
+    "amount": "--amount",
+    "order_id": "--order-col",
+    "quantity": "--quantity-col",
+    "product_id": "--product-col",
+    "category": "--category-col",
+    "channel": "--channel-col",
+    "discount": "--discount-col",
+    "timestamp_format": "--timestamp-format",
+}
+
+
+class ColumnMapping(BaseModel):
+    """Which of the user's columns is which contract column.
+
+    Every value is the name of a column in the user's data, except ``amount``, which may
+    also be an arithmetic expression over columns (``"Quantity * UnitPrice"``; quote a name
+    with spaces in double quotes: ``"\\"Unit Price\\" * Qty"``). A field left as ``None``
+    means the data has no such column. The defaults are the contract names themselves,
+    so data already in contract form needs no mapping.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    customer_id: str = "customer_id"
+    timestamp: str = "timestamp"
+    amount: str = "amount"
+    order_id: str | None = None
+    quantity: str | None = None
+    product_id: str | None = None
+    category: str | None = None
+    channel: str | None = None
+    discount: str | None = None
+    #: strptime format of a text timestamp column (e.g. ``"%d/%m/%Y %H:%M"``); ``None`` lets
+    #: the loader parse ISO 8601 text (with or without a UTC offset) or the format DuckDB sniffs.
+    timestamp_format: str | None = None
+
+    @field_validator("customer_id", "timestamp", "amount")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value or not value.strip():
+            raise ValueError("must name a column (or, for amount, an expression)")
+        return value.strip()
+
+    @field_validator("timestamp_format")
+    @classmethod
+    def _strptime_format(cls, value: str | None) -> str | None:
+        if value is not None and "%" not in value:
+            raise ValueError(
+                f"{value!r} is not a strptime format; write it with % codes, e.g. '%d/%m/%Y %H:%M'"
+            )
+        return value
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> ColumnMapping:
+        """Read a mapping from a YAML file whose keys are contract column names."""
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise FileNotFoundError(f"mapping file {path} does not exist") from None
+        except yaml.YAMLError as exc:
+            raise ValueError(f"mapping file {path} is not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ValueError(
+                f"mapping file {path} must hold a mapping of contract column to your column, "
+                f"e.g. 'customer_id: CustomerID'"
+            )
+        raw = raw.get("columns", raw)
+        try:
+            return cls(**raw)
+        except ValidationError as exc:
+            raise ValueError(f"mapping file {path}: {_pydantic_message(exc)}") from None
+
+    def with_overrides(self, **overrides: Any) -> ColumnMapping:
+        """A copy with the given (non-None) fields replaced, as command-line flags do."""
+        data = self.model_dump()
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return ColumnMapping(**data)
+
+    def present(self) -> dict[str, str]:
+        """Contract column -> user column (or expression) for the columns that are mapped."""
+        return {
+            k: v for k, v in self.model_dump().items() if v is not None and k in CONTRACT_COLUMNS
+        }
+
+
+class FeatureConfig(BaseModel):
+    """Time semantics and feature options; one object passed to every stage.
+
+    Horizons and windows are in days. A training frame stacks snapshots every
+    ``snapshot_every_days`` days, going back at most ``n_snapshots`` cutoffs.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    churn_horizon_days: int = Field(90, gt=0)
+    clv_horizon_days: int = Field(365, gt=0)
+    windows_days: tuple[int, ...] = (30, 90, 180, 365)
+    trend_window_days: int = Field(90, gt=0)
+    snapshot_every_days: int = Field(30, gt=0)
+    n_snapshots: int = Field(12, gt=0)
+    #: warn when the cutoff is this many days after the last event (stale data)
+    stale_after_days: int = Field(30, ge=0)
+
+    @field_validator("windows_days")
+    @classmethod
+    def _positive_windows(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or any(w <= 0 for w in value):
+            raise ValueError("windows_days must be positive day counts")
+        return tuple(sorted(set(value)))
+
+
+def _pydantic_message(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "mapping"
+        if err["type"] == "extra_forbidden":
+            parts.append(
+                f"unknown key '{loc}' (allowed: {', '.join(ColumnMapping.model_fields)})"
+            )
+        else:
+            parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)

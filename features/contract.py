@@ -1,0 +1,1209 @@
+"""Load any transaction log onto the data contract, with validation.
+
+One entry point, `load_transactions`: a CSV / Parquet file (or a folder or glob of Parquet
+files), a pandas DataFrame, an Ibis table, a DuckDB file or any SQLAlchemy database table in;
+one `Transactions` out, whose ``table`` holds the contract columns of DESIGN.md
+(``customer_id, timestamp, amount`` and the optional ``order_id, quantity, product_id,
+category, channel, discount`` that the mapping names), one row per kept source row.
+
+The mapping is applied once, here, at the boundary:
+
+- ``customer_id``: BIGINT when the source column is an integer (or integral float, as pandas
+  makes of an integer column with gaps, or a CSV column whose values are all plain integers),
+  else VARCHAR, trimmed; blank means missing. Rows without one are dropped and counted
+  (``report.rows_dropped["missing customer_id"]``); nothing else is dropped.
+- ``timestamp``: naive TIMESTAMP. Time-zone aware values are converted to UTC, dates become
+  midnight, text is parsed as ISO 8601 (with or without a UTC offset), with the format
+  DuckDB sniffs from a CSV, or with ``mapping.timestamp_format``.
+- ``amount``: DOUBLE, a column or an arithmetic expression over columns
+  (``Quantity * UnitPrice``); negative amounts (returns, cancellations) are kept.
+- ``order_id``, ``product_id``, ``category``, ``channel``: VARCHAR; ``quantity``,
+  ``discount``: DOUBLE.
+
+Work is done by one in-process DuckDB connection (an Ibis backend): the cleaned rows are a
+view over the source, one aggregate query computes the whole `ValidationReport` and every
+bad-value count, a second small query runs only when something is wrong (to show examples
+with row numbers), then the cleaned rows are materialized once as a temporary table, so
+later queries never re-read the source. Every problem raises `DataValidationError` before
+that table is created.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import glob as globlib
+import itertools
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ibis
+import ibis.expr.operations as ops
+import numpy as np
+import pandas as pd
+import sqlglot
+from ibis.backends.duckdb import Backend as DuckDBBackend
+from sqlglot import exp
+
+from features.config import CONTRACT_COLUMNS, MAPPING_FLAGS, ColumnMapping, FeatureConfig
+
+__all__ = [
+    "DataValidationError",
+    "StaleDataWarning",
+    "Transactions",
+    "ValidationReport",
+    "check_cutoff",
+    "load_transactions",
+    "parse_cutoff",
+]
+
+MISSING_CUSTOMER = "missing customer_id"
+_EXAMPLES = 5
+_CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz")
+_PARQUET_SUFFIXES = (".parquet", ".pq")
+_DUCKDB_SUFFIXES = (".duckdb", ".ddb")
+_DELIMITERS = (",", ";", "\t", "|")
+_TIMESTAMP_GUESSES = (
+    "%d/%m/%Y %H:%M",
+    "%m/%d/%Y %H:%M",
+    "%d/%m/%Y %H:%M:%S",
+    "%m/%d/%Y %H:%M:%S",
+    "%d/%m/%Y",
+    "%m/%d/%Y",
+    "%d.%m.%Y %H:%M",
+    "%d.%m.%Y",
+    "%d-%m-%Y %H:%M",
+    "%d-%m-%Y",
+    "%Y/%m/%d %H:%M:%S",
+    "%Y/%m/%d",
+    "%Y%m%d",
+)
+_counter = itertools.count(1)
+
+
+# --------------------------------------------------------------------------- public types
+
+
+class DataValidationError(ValueError):
+    """The input cannot be loaded onto the contract; the message says where and what to do.
+
+    ``source`` names the input and ``problems`` lists each problem found (a load reports all
+    the problems it can find at once rather than the first).
+    """
+
+    def __init__(
+        self, message: str, *, source: str | None = None, problems: Sequence[str] = ()
+    ) -> None:
+        super().__init__(message)
+        self.source = source
+        self.problems = tuple(problems) or (message,)
+
+
+class StaleDataWarning(UserWarning):
+    """The cutoff is long after the last event: the data may be out of date."""
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """What a load read, dropped and kept; printed by ``lifecast features validate``."""
+
+    source: str
+    rows_read: int
+    rows_dropped: dict[str, int]
+    rows_kept: int
+    customers: int
+    orders: int
+    return_rows: int
+    first_event: pd.Timestamp
+    last_event: pd.Timestamp
+    columns: dict[str, str]
+    #: how text timestamps were parsed (a strptime format), None when not text or ISO 8601
+    timestamp_format: str | None = None
+    #: "integer" or "string": the type ``customer_id`` has in the contract table
+    customer_id_type: str = "string"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (timestamps as ISO 8601 strings)."""
+        out = asdict(self)
+        out["first_event"] = pd.Timestamp(self.first_event).isoformat()
+        out["last_event"] = pd.Timestamp(self.last_event).isoformat()
+        return out
+
+    def format(self) -> str:
+        """Human-readable multi-line report."""
+        order_note = (
+            "distinct customer_id, order_id"
+            if "order_id" in self.columns
+            else "customer-days: no order_id mapped"
+        )
+        mapped = []
+        for contract, source in self.columns.items():
+            note = ""
+            if contract == "timestamp" and self.timestamp_format:
+                note = f" (parsed with {self.timestamp_format})"
+            mapped.append(f"    {contract:<12} <- {source}{note}")
+        lines = [
+            f"Validation report for {self.source}",
+            f"  rows read      {self.rows_read:>12,}",
+        ]
+        for reason, count in self.rows_dropped.items():
+            lines.append(f"  dropped        {count:>12,}  ({reason})")
+        lines += [
+            f"  rows kept      {self.rows_kept:>12,}",
+            f"  customers      {self.customers:>12,}  (customer_id is {self.customer_id_type})",
+            f"  orders         {self.orders:>12,}  ({order_note})",
+            f"  return rows    {self.return_rows:>12,}  (amount < 0, kept)",
+            f"  first event    {pd.Timestamp(self.first_event)}",
+            f"  last event     {pd.Timestamp(self.last_event)}",
+            "  columns",
+            *mapped,
+        ]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Transactions:
+    """Validated transactions on the contract.
+
+    ``table`` is an Ibis table over a temporary DuckDB table in ``backend`` holding the
+    contract columns only (in `CONTRACT_COLUMNS` order), one row per kept source row.
+    """
+
+    table: ibis.Table
+    report: ValidationReport
+    backend: DuckDBBackend = field(repr=False)
+
+    def to_pandas(self) -> pd.DataFrame:
+        """The contract rows as a pandas DataFrame (same rows and columns as ``table``)."""
+        return self.backend.execute(self.table)
+
+
+# --------------------------------------------------------------------------- public functions
+
+
+def load_transactions(
+    source: Any,
+    mapping: ColumnMapping | None = None,
+    *,
+    table: str | None = None,
+    backend: DuckDBBackend | None = None,
+) -> Transactions:
+    """Read ``source``, apply ``mapping`` and validate: source rows in, contract rows out.
+
+    ``source`` is a path (``.csv``, ``.csv.gz``, ``.parquet``, a folder or glob of Parquet
+    files, a ``.duckdb`` file with ``table=``), a pandas DataFrame, an Ibis table, or a
+    database URL with ``table=`` (``duckdb:///file.duckdb``, ``sqlite:///file.db``,
+    ``postgresql://...``). The result's table lives in ``backend`` (a DuckDB Ibis backend;
+    a fresh in-memory one by default). Rows without a customer id are dropped and counted;
+    every other row is kept.
+
+    Raises `DataValidationError` naming the source, the column, examples and row numbers,
+    and what to do, for: a missing file or unknown file type, missing columns, a bad amount
+    expression, an empty source, no rows with a customer id, unparseable or missing
+    timestamps, non-numeric or missing amounts and non-numeric quantity/discount.
+    """
+    mapping = mapping or ColumnMapping()
+    con = backend if backend is not None else _new_backend()
+    raw = con.con
+    raw.execute("SET enable_progress_bar = false")
+    raw.execute("SET TimeZone = 'UTC'")  # naive text timestamps are read as UTC (unchanged)
+    src = _open_source(con, source, table)
+    clean = _view_name("clean")
+    try:
+        plan = _plan(src, mapping)
+        stats = _profile(con, src, plan, clean)
+        if stats["cid_not_integer"]:  # an "integer" id column holds other text: use strings
+            plan = _plan(src, mapping, integer_ids=False)
+            stats = _profile(con, src, plan, clean)
+        _validate(con, src, plan, stats)
+        name = _view_name("transactions")
+        cols = ", ".join(_q(c.contract) for c in plan.columns)
+        raw.execute(
+            f"CREATE TEMP TABLE {_q(name)} AS SELECT {cols} FROM {_q(clean)} "
+            f"WHERE customer_id IS NOT NULL"
+        )
+    finally:
+        for stmt in src.cleanup:
+            raw.execute(stmt)
+        raw.execute(f"DROP VIEW IF EXISTS {_q(clean)}")
+    report = ValidationReport(
+        source=src.label,
+        rows_read=stats["rows_read"],
+        rows_dropped={MISSING_CUSTOMER: stats["missing_customer"]},
+        rows_kept=stats["rows_read"] - stats["missing_customer"],
+        customers=stats["customers"],
+        orders=stats["orders"],
+        return_rows=stats["return_rows"],
+        first_event=pd.Timestamp(stats["first_event"]),
+        last_event=pd.Timestamp(stats["last_event"]),
+        columns={c.contract: c.label for c in plan.columns},
+        timestamp_format=plan.timestamp_format,
+        customer_id_type="integer" if plan.integer_ids else "string",
+    )
+    return Transactions(table=con.table(name), report=report, backend=con)
+
+
+def parse_cutoff(value: Any) -> pd.Timestamp:
+    """A cutoff instant as a naive `pandas.Timestamp` (aware values are converted to UTC).
+
+    Accepts ISO 8601 text (``"2011-09-01"``, ``"2011-09-01 12:00"``), `datetime.date`,
+    `datetime.datetime`, `numpy.datetime64` and `pandas.Timestamp`.
+    """
+    if isinstance(value, (bool, int, float)) or value is None:
+        raise ValueError(
+            f"cutoff must be a date or datetime such as '2011-09-01', got {value!r}"
+        )
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            ts = pd.Timestamp(text)
+        except (ValueError, TypeError):
+            raise ValueError(
+                f"cutoff {value!r} is not a date; write it as YYYY-MM-DD or "
+                f"'YYYY-MM-DD HH:MM' (ISO 8601), e.g. '2011-09-01'"
+            ) from None
+    elif isinstance(value, (dt.date, np.datetime64, pd.Timestamp)):
+        ts = pd.Timestamp(value)
+    else:
+        raise ValueError(
+            f"cutoff must be a date or datetime such as '2011-09-01', got {type(value).__name__}"
+        )
+    if ts is pd.NaT or pd.isna(ts):
+        raise ValueError("cutoff is missing (NaT); give a date such as '2011-09-01'")
+    if ts.tzinfo is not None:
+        ts = ts.tz_convert("UTC").tz_localize(None)
+    return ts
+
+
+def check_cutoff(
+    report: ValidationReport, cutoff: Any, config: FeatureConfig | None = None
+) -> pd.Timestamp:
+    """Parse ``cutoff`` and check it against the data's date range; returns the cutoff.
+
+    Raises `DataValidationError` when the cutoff is at or before the first event (features
+    see only ``timestamp < cutoff``, so no customer would exist); warns `StaleDataWarning`
+    when it is more than ``config.stale_after_days`` days after the last event.
+    """
+    config = config or FeatureConfig()
+    cut = parse_cutoff(cutoff)
+    first, last = pd.Timestamp(report.first_event), pd.Timestamp(report.last_event)
+    if cut <= first:
+        suggestion = max(
+            (last - pd.Timedelta(days=config.churn_horizon_days)).normalize(),
+            (first + pd.Timedelta(days=1)).normalize(),
+        )
+        raise DataValidationError(
+            f"cutoff {cut} is at or before the first event in {report.source} ({first}): "
+            f"features see only events before the cutoff, so there would be no customers. "
+            f"The data covers {first} to {last}; choose a cutoff after {first.date()}, "
+            f"e.g. {suggestion.date()}.",
+            source=report.source,
+        )
+    gap = cut - last
+    if gap > pd.Timedelta(days=config.stale_after_days):
+        warnings.warn(
+            f"cutoff {cut.date()} is {gap.days} days after the last event in {report.source} "
+            f"({last}); the data may be stale (more than {config.stale_after_days} days old), "
+            f"so every customer will look churned. Load newer data or use an earlier cutoff.",
+            StaleDataWarning,
+            stacklevel=2,
+        )
+    return cut
+
+
+# --------------------------------------------------------------------------- sources
+
+
+@dataclass
+class _Source:
+    """A source opened in the DuckDB connection as a relation of raw rows."""
+
+    label: str
+    relation: str  # name of a view/table of the raw rows
+    types: dict[str, str]  # column -> DuckDB type in `relation`
+    #: CSV only: column -> type DuckDB's sniffer guessed (the relation itself is all VARCHAR)
+    sniffed: dict[str, str] = field(default_factory=dict)
+    timestamp_format: str | None = None  # CSV: format the sniffer detected
+    date_format: str | None = None
+    #: FROM clause with the raw columns plus ``__row`` (1-based) and maybe ``__file``;
+    #: None when rows have no meaningful number (an Ibis expression)
+    numbered: str | None = None
+    numbered_single_thread: bool = False  # row_number() over a scan: needs threads=1
+    row_note: str = ""  # how rows are numbered, for messages
+    index_labels: pd.Index | None = None  # pandas: show index labels next to row numbers
+    cleanup: list[str] = field(default_factory=list)
+
+    @property
+    def is_text(self) -> bool:
+        return bool(self.sniffed)
+
+
+def _new_backend() -> DuckDBBackend:
+    return ibis.duckdb.connect()
+
+
+def _view_name(kind: str) -> str:
+    return f"lifecast_{kind}_{next(_counter)}"
+
+
+def _q(name: str) -> str:
+    """Quote a SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _lit(text: str) -> str:
+    """Quote a SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _open_source(con: DuckDBBackend, source: Any, table: str | None) -> _Source:
+    """Make ``source`` a relation in ``con``; raise DataValidationError if it cannot be read."""
+    if isinstance(source, pd.DataFrame):
+        _no_table(table, "a pandas DataFrame")
+        return _open_pandas(con, source, "pandas DataFrame")
+    if isinstance(source, ibis.Table):
+        _no_table(table, "an Ibis table")
+        return _open_ibis(con, source)
+    if isinstance(source, (Path, str)):
+        text = str(source)
+        if "://" in text:
+            if text.startswith("duckdb://"):
+                return _open_duckdb_file(con, _url_path(text), table, text)
+            return _open_sqlalchemy(con, text, table)
+        return _open_path(con, text, table)
+    raise DataValidationError(
+        f"cannot read transactions from a {type(source).__name__}: pass a file path, a pandas "
+        f"DataFrame, an Ibis table or a database URL with table=",
+    )
+
+
+def _no_table(table: str | None, what: str) -> None:
+    if table is not None:
+        raise DataValidationError(
+            f"table={table!r} is only for database sources (a DuckDB file or a database URL), "
+            f"not for {what}; leave it out"
+        )
+
+
+def _open_path(con: DuckDBBackend, text: str, table: str | None) -> _Source:
+    path = Path(text).expanduser()
+    lower = path.name.lower()
+    is_glob = any(ch in text for ch in "*?[")
+    if lower.endswith(_DUCKDB_SUFFIXES):
+        return _open_duckdb_file(con, str(path), table, text)
+    _no_table(table, f"the file {text}")
+    if is_glob or path.is_dir():
+        pattern = str(path / "**" / "*.parquet") if path.is_dir() else text
+        files = sorted(globlib.glob(pattern, recursive=True))
+        if not files:
+            raise DataValidationError(
+                f"{text}: no Parquet files found"
+                + (f" (looked for {pattern})" if path.is_dir() else " matching the pattern")
+                + "; check the path",
+                source=text,
+            )
+        if not all(f.lower().endswith(_PARQUET_SUFFIXES) for f in files):
+            odd = next(f for f in files if not f.lower().endswith(_PARQUET_SUFFIXES))
+            raise DataValidationError(
+                f"{text}: a folder or glob must hold only Parquet files, found {odd}; "
+                f"narrow the pattern (e.g. '*.parquet')",
+                source=text,
+            )
+        return _open_parquet(con, pattern, text, multi=True)
+    known = lower.endswith(_CSV_SUFFIXES + _PARQUET_SUFFIXES)
+    if not path.exists() and (known or not path.suffix):
+        raise DataValidationError(
+            f"{text} does not exist; check the path (current folder: {Path.cwd()})", source=text
+        )
+    if lower.endswith(_CSV_SUFFIXES):
+        return _open_csv(con, path, text)
+    if lower.endswith(_PARQUET_SUFFIXES):
+        return _open_parquet(con, str(path), text, multi=False)
+    raise DataValidationError(
+        f"{text}: unknown file type '{''.join(path.suffixes) or path.name}'; lifecast reads "
+        f".csv, .csv.gz, .parquet (or a folder / glob of .parquet files), .duckdb with table=, "
+        f"or a database URL such as sqlite:///file.db with table=. Convert the file to one "
+        f"of these.",
+        source=text,
+    )
+
+
+def _describe(raw: Any, relation_sql: str) -> dict[str, str]:
+    rows = raw.execute(f"DESCRIBE SELECT * FROM {relation_sql}").fetchall()
+    return {r[0]: r[1] for r in rows}
+
+
+def _read_error(label: str, exc: Exception) -> DataValidationError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return DataValidationError(
+        f"could not read {label}: {first}. Check that it is a valid file of that type.",
+        source=label,
+    )
+
+
+def _open_csv(con: DuckDBBackend, path: Path, label: str) -> _Source:
+    import duckdb
+
+    raw = con.con
+    if path.stat().st_size == 0:
+        raise DataValidationError(
+            f"{label} is empty (0 bytes): no rows left to load; export the transactions again",
+            source=label,
+        )
+    p = _lit(str(path))
+    try:
+        sniff = raw.execute(
+            f"SELECT Columns, DateFormat, TimestampFormat, SkipRows, Delimiter "
+            f"FROM sniff_csv({p}, header = true)"
+        ).fetchone()
+        header = _first_line(path)
+        one_column = len(sniff[0]) == 1 and any(d in header for d in _DELIMITERS)
+        if sniff[3] or one_column:  # skipped lines, or fell back to no delimiter: ragged rows
+            delimiter = max(_DELIMITERS, key=header.count) if one_column else sniff[4]
+            raise _ragged_csv(path, label, delimiter, sniff[3])
+        view = _view_name("src")
+        raw.execute(
+            f"CREATE TEMP VIEW {_q(view)} AS SELECT * FROM "
+            f"read_csv({p}, header = true, all_varchar = true)"
+        )
+        types = _describe(raw, _q(view))
+    except duckdb.Error as exc:
+        raise _read_error(label, exc) from None
+    sniffed = {c["name"]: c["type"] for c in sniff[0]}
+    if list(sniffed) != list(types):  # should not happen; trust the real read
+        sniffed = dict.fromkeys(types, "VARCHAR")
+    return _Source(
+        label=label,
+        relation=_q(view),
+        types=types,
+        sniffed=sniffed,
+        date_format=sniff[1],
+        timestamp_format=sniff[2],
+        numbered=f"(SELECT row_number() OVER () AS __row, * FROM {_q(view)})",
+        numbered_single_thread=True,
+        row_note="rows are numbered from 1, not counting the header line",
+        cleanup=[f"DROP VIEW IF EXISTS {_q(view)}"],
+    )
+
+
+def _open_text(path: Path) -> Any:
+    import gzip
+
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    return opener(path, "rt", newline="", encoding="utf-8", errors="replace")
+
+
+def _first_line(path: Path) -> str:
+    with _open_text(path) as fh:
+        return fh.readline()
+
+
+def _ragged_csv(path: Path, label: str, delimiter: str, skipped: int) -> DataValidationError:
+    """Explain a CSV whose rows do not all have the header's number of fields."""
+    import csv
+
+    odd: list[str] = []
+    with _open_text(path) as fh:
+        reader = csv.reader(fh, delimiter=delimiter or ",")
+        header = next(reader, [])
+        for row in reader:
+            if row and len(row) != len(header):
+                odd.append(f"line {reader.line_num} has {len(row)}")
+                if len(odd) == _EXAMPLES:
+                    break
+    if odd:
+        detail = (
+            f"the header (line 1) has {len(header)} fields but {'; '.join(odd)}. Quote values "
+            f"that contain the delimiter {delimiter!r} (e.g. a decimal comma) or fix those rows"
+        )
+    else:
+        detail = (
+            f"it can only be read by skipping its first {skipped} lines; remove any lines "
+            f"above the header row"
+        )
+    return DataValidationError(
+        f"cannot load transactions from {label}: its rows do not all have the same number "
+        f"of fields: {detail}.",
+        source=label,
+    )
+
+
+def _open_parquet(con: DuckDBBackend, pattern: str, label: str, *, multi: bool) -> _Source:
+    import duckdb
+
+    raw = con.con
+    p = _lit(pattern)
+    view = _view_name("src")
+    try:
+        raw.execute(f"CREATE TEMP VIEW {_q(view)} AS SELECT * FROM read_parquet({p})")
+        types = _describe(raw, _q(view))
+    except duckdb.Error as exc:
+        raise _read_error(label, exc) from None
+    extra = ", filename = true" if multi else ""
+    file_col = ", filename AS __file" if multi else ""
+    return _Source(
+        label=label,
+        relation=_q(view),
+        types=types,
+        numbered=(
+            f"(SELECT file_row_number + 1 AS __row{file_col}, * "
+            f"FROM read_parquet({p}, file_row_number = true{extra}))"
+        ),
+        row_note="rows are numbered from 1 within each file",
+        cleanup=[f"DROP VIEW IF EXISTS {_q(view)}"],
+    )
+
+
+def _open_pandas(con: DuckDBBackend, df: pd.DataFrame, label: str) -> _Source:
+    if not all(isinstance(c, str) for c in df.columns):
+        df = df.rename(columns=str)  # cheap: shares the data
+    name = _view_name("pandas")
+    con.con.register(name, df)
+    labels = None if isinstance(df.index, pd.RangeIndex) and df.index.start == 0 else df.index
+    return _Source(
+        label=label,
+        relation=_q(name),
+        types=_describe(con.con, _q(name)),
+        numbered=f"(SELECT row_number() OVER () AS __row, * FROM {_q(name)})",
+        numbered_single_thread=True,
+        row_note="rows are numbered from 1 in frame order",
+        index_labels=labels,
+        cleanup=[f"DROP VIEW IF EXISTS {_q(name)}"],
+    )
+
+
+def _open_ibis(con: DuckDBBackend, table: ibis.Table) -> _Source:
+    backends = {id(t.source): t.source for t in table.op().find(ops.DatabaseTable)}
+    owner = next(iter(backends.values())) if len(backends) == 1 else None
+    name = _view_name("ibis")
+    if not backends or owner is con:
+        con.create_view(name, table, overwrite=True)  # also registers in-memory tables
+        relation = _q(name)
+        cleanup = [f"DROP VIEW IF EXISTS {_q(name)}"]
+    else:  # another connection or engine: bring the rows over once, as Arrow
+        con.con.register(name, table.to_pyarrow())
+        relation = _q(name)
+        cleanup = [f"DROP VIEW IF EXISTS {_q(name)}"]
+    return _Source(
+        label="Ibis table",
+        relation=relation,
+        types=_describe(con.con, relation),
+        cleanup=cleanup,
+    )
+
+
+def _url_path(url: str) -> str:
+    """The file of a ``duckdb:///path`` URL (SQLAlchemy style: four slashes = absolute)."""
+    path = url.split("://", 1)[1]
+    path = path[1:] if path.startswith("/") else path
+    path = path.split("?", 1)[0]
+    if not Path(path).exists() and Path("/" + path).exists():
+        path = "/" + path
+    return path
+
+
+def _split_table(table: str) -> tuple[str | None, str]:
+    schema, _, name = table.rpartition(".")
+    return (schema or None), name
+
+
+def _open_duckdb_file(con: DuckDBBackend, path: str, table: str | None, label: str) -> _Source:
+    import duckdb
+
+    if table is None:
+        raise DataValidationError(
+            f"{label} is a database: say which table holds the transactions with "
+            f"table='name' (--table name)",
+            source=label,
+        )
+    full = f"duckdb://{path} table {table}"
+    if not Path(path).exists():
+        raise DataValidationError(f"{path} does not exist; check the path", source=full)
+    alias = _view_name("db")
+    raw = con.con
+    try:
+        raw.execute(f"ATTACH {_lit(path)} AS {_q(alias)} (READ_ONLY)")
+    except duckdb.Error as exc:
+        raise _read_error(full, exc) from None
+    cleanup = [f"DETACH {_q(alias)}"]
+    schema, name = _split_table(table)
+    found = raw.execute(
+        "SELECT schema_name, table_name, true FROM duckdb_tables() WHERE database_name = ? "
+        "UNION ALL SELECT schema_name, view_name, false FROM duckdb_views() "
+        "WHERE database_name = ? AND NOT internal",
+        [alias, alias],
+    ).fetchall()
+    match = [
+        (s, t, is_table)
+        for s, t, is_table in found
+        if t.lower() == name.lower() and (schema is None or s == schema)
+    ]
+    if not match:
+        for stmt in cleanup:
+            raw.execute(stmt)
+        have = ", ".join(sorted(t if s == "main" else f"{s}.{t}" for s, t, _ in found))
+        raise DataValidationError(
+            f"{path} has no table {table!r}; its tables are: {have or '(none)'}. Pass one as "
+            f"table= (--table).",
+            source=full,
+        )
+    schema_name, table_name, is_table = match[0]
+    relation = f"{_q(alias)}.{_q(schema_name)}.{_q(table_name)}"
+    return _Source(
+        label=full,
+        relation=relation,
+        types=_describe(raw, relation),
+        numbered=(f"(SELECT rowid + 1 AS __row, * FROM {relation})" if is_table else None),
+        row_note="rows are numbered by DuckDB rowid + 1",
+        cleanup=cleanup,
+    )
+
+
+def _open_sqlalchemy(con: DuckDBBackend, url: str, table: str | None) -> _Source:
+    import sqlalchemy as sa
+
+    try:
+        engine = sa.create_engine(url)
+        shown = engine.url.render_as_string(hide_password=True)
+    except Exception as exc:  # bad URL or missing driver
+        raise DataValidationError(
+            f"cannot open database URL {url.split('@')[-1]!r}: {exc}. Check the URL and that "
+            f"its driver is installed (e.g. pip install 'lifecast[postgres]').",
+        ) from None
+    if table is None:
+        raise DataValidationError(
+            f"{shown} is a database: say which table holds the transactions with "
+            f"table='name' (--table name)",
+            source=shown,
+        )
+    label = f"{shown} table {table}"
+    schema, name = _split_table(table)
+    try:
+        names = sa.inspect(engine).get_table_names(schema=schema)
+        names += sa.inspect(engine).get_view_names(schema=schema)
+        if name not in names:
+            raise DataValidationError(
+                f"{shown} has no table {table!r}; its tables are: "
+                f"{', '.join(sorted(names)) or '(none)'}. Pass one of them as table= (--table).",
+                source=label,
+            )
+        df = pd.read_sql_table(name, engine, schema=schema)
+    except DataValidationError:
+        raise
+    except Exception as exc:
+        raise _read_error(label, exc) from None
+    finally:
+        engine.dispose()
+    src = _open_pandas(con, df, label)
+    src.row_note = "rows are numbered from 1 in the order the database returned them"
+    return src
+
+
+# --------------------------------------------------------------------------- planning
+
+
+@dataclass
+class _Column:
+    """How one contract column is computed from raw source columns (all SQL over raw)."""
+
+    contract: str
+    label: str  # source column or expression, for the report
+    value: str  # SQL of the cleaned value
+    raw: tuple[str, ...]  # source columns shown in examples
+    #: SQL predicate marking a row (with a customer id) whose value is bad, or None
+    bad: str | None = None
+    problem: str = ""  # "... have <problem>"
+    hint: str = ""
+
+
+@dataclass
+class _Plan:
+    columns: list[_Column]
+    integer_ids: bool
+    cid_not_integer: str  # predicate: an integer-looking id column holds another value
+    timestamp_format: str | None
+    timestamp_is_text: bool
+
+    def get(self, contract: str) -> _Column:
+        return next(c for c in self.columns if c.contract == contract)
+
+
+_INT_TYPES = {
+    "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT",
+    "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT",
+}  # fmt: skip
+_FLOAT_TYPES = {"FLOAT", "DOUBLE", "REAL"}
+_TS_TYPES = {"TIMESTAMP", "TIMESTAMP_NS", "TIMESTAMP_MS", "TIMESTAMP_S", "DATETIME"}
+
+
+def _kind(duck_type: str) -> str:
+    """Coarse class of a DuckDB type: int, float, text, timestamp, timestamptz, date, other."""
+    t = duck_type.upper()
+    if t in _INT_TYPES:
+        return "int"
+    if t in _FLOAT_TYPES or t.startswith("DECIMAL"):
+        return "float"
+    if t.startswith("VARCHAR") or t.startswith("ENUM") or t in {"NULL", '"NULL"'}:
+        return "text"
+    if t in _TS_TYPES:
+        return "timestamp"
+    if t in {"TIMESTAMP WITH TIME ZONE", "TIMESTAMPTZ"}:
+        return "timestamptz"
+    if t == "DATE":
+        return "date"
+    return "other"
+
+
+def _hint(key: str) -> str:
+    return f"{MAPPING_FLAGS[key]} (YAML key {key}:)"
+
+
+def _resolve(name: str, columns: Sequence[str]) -> str | None:
+    """The source column called ``name`` (exactly, else case-insensitively if unique)."""
+    if name in columns:
+        return name
+    folded = [c for c in columns if c.casefold() == name.casefold()]
+    return folded[0] if len(folded) == 1 else None
+
+
+def _column_list(columns: Sequence[str], limit: int = 40) -> str:
+    shown = ", ".join(columns[:limit])
+    return shown + (f", ... ({len(columns)} columns)" if len(columns) > limit else "")
+
+
+def _plan(src: _Source, mapping: ColumnMapping, *, integer_ids: bool = True) -> _Plan:
+    """Resolve the mapping against the source's columns and write the SQL of each contract
+    column. Structural problems (missing columns, a bad amount expression, a column of an
+    unusable type) are all collected and raised together."""
+    problems: list[str] = []
+    names = list(src.types)
+    wanted = mapping.present()
+    resolved: dict[str, str] = {}
+    amount_ast: exp.Expression | None = None
+    for contract, user in wanted.items():
+        col = _resolve(user, names)
+        if col is not None:
+            resolved[contract] = col
+        elif contract == "amount":
+            amount_ast = _amount_ast(user, names, problems)
+        else:
+            problems.append(
+                f"column {user!r} (mapped to {contract}) is not in the data; set "
+                f"{_hint(contract)} to the right column"
+            )
+    if problems:
+        _raise(src, problems, f"Columns in {src.label}: {_column_list(names)}")
+
+    columns: list[_Column] = []
+    cid_col = resolved["customer_id"]
+    cid, cid_int, cid_not_int = _customer_sql(src, cid_col, integer_ids)
+    columns.append(_Column("customer_id", cid_col, cid, (cid_col,)))
+    ts_col = resolved["timestamp"]
+    ts, ts_format, ts_text = _timestamp_sql(src, ts_col, mapping.timestamp_format, problems)
+    ts_hint = (
+        f"The column holds text: pass its format with {_hint('timestamp_format')}, "
+        f"e.g. '%d/%m/%Y %H:%M', or fix the values."
+        if ts_text
+        else "Fill in or remove the rows without a timestamp."
+    )
+    columns.append(
+        _Column(
+            "timestamp", ts_col, ts, (ts_col,), bad=f"({ts}) IS NULL",
+            problem="a timestamp that is missing or cannot be parsed", hint=ts_hint,
+        )
+    )
+    if "amount" in resolved:
+        amount_sql = _numeric_sql(src, resolved["amount"], "amount", problems)
+        amount_label, amount_raw = resolved["amount"], (resolved["amount"],)
+    else:
+        refs: list[str] = []
+        amount_sql = _amount_sql(amount_ast, src, names, refs, problems)
+        amount_label, amount_raw = wanted["amount"], tuple(dict.fromkeys(refs))
+    columns.append(
+        _Column(
+            "amount", amount_label, amount_sql, amount_raw,
+            bad=f"({amount_sql}) IS NULL OR NOT isfinite({amount_sql})",
+            problem="an amount that is missing or not a number",
+            hint=(
+                "Fix or remove these rows, or map amount to another column or expression "
+                f"with {_hint('amount')}; numbers must use '.' as the decimal point."
+            ),
+        )
+    )
+    for contract in CONTRACT_COLUMNS[3:]:
+        if contract not in resolved:
+            continue
+        col = resolved[contract]
+        if contract in ("quantity", "discount"):
+            value = _numeric_sql(src, col, contract, problems)
+            raw_text = _raw_is_text(src, col)
+            bad = f"{_nonblank(col)} AND ({value}) IS NULL" if raw_text else None
+            columns.append(
+                _Column(
+                    contract, col, value, (col,), bad=bad,
+                    problem=f"a {contract} that is not a number",
+                    hint=f"Fix these values, or leave {contract} unmapped.",
+                )
+            )
+        else:
+            columns.append(_Column(contract, col, _text_sql(src, col), (col,)))
+    if problems:
+        _raise(src, problems, f"Columns in {src.label}: {_column_list(names)}")
+    return _Plan(columns, cid_int, cid_not_int, ts_format, ts_text)
+
+
+def _raw_is_text(src: _Source, col: str) -> bool:
+    return _kind(src.types[col]) == "text"
+
+
+def _nonblank(col: str) -> str:
+    return f"(trim(CAST({_q(col)} AS VARCHAR)) <> '')"
+
+
+def _customer_sql(src: _Source, col: str, integer_ids: bool) -> tuple[str, bool, str]:
+    """(value SQL, is integer, predicate 'not an integer') for the customer id column."""
+    c = _q(col)
+    kind = _kind(src.types[col])
+    declared = _kind(src.sniffed.get(col, src.types[col]))
+    if integer_ids and kind == "int":
+        value = f"TRY_CAST({c} AS BIGINT)"
+        return value, True, f"({c} IS NOT NULL AND {value} IS NULL)"
+    if integer_ids and kind == "float":
+        d = f"CAST({c} AS DOUBLE)"
+        value = f"(CASE WHEN isfinite({d}) AND {d} = trunc({d}) THEN TRY_CAST({d} AS BIGINT) END)"
+        return value, True, f"({c} IS NOT NULL AND NOT isnan({d}) AND {value} IS NULL)"
+    if integer_ids and kind == "text" and declared == "int":  # CSV column sniffed as integers
+        t = f"trim({c})"
+        value = f"TRY_CAST({t} AS BIGINT)"
+        not_int = (
+            f"({t} <> '' AND ({value} IS NULL OR CAST({value} AS VARCHAR) <> {t}))"
+        )  # the cast must round-trip: '007' and '+7' stay strings
+        return f"(CASE WHEN NOT {not_int} THEN {value} END)", True, not_int
+    if kind == "float":
+        d = f"CAST({c} AS DOUBLE)"
+        value = f"(CASE WHEN NOT isnan({d}) THEN CAST({c} AS VARCHAR) END)"
+        return value, False, "false"
+    return f"NULLIF(trim(CAST({c} AS VARCHAR)), '')", False, "false"
+
+
+def _timestamp_sql(
+    src: _Source, col: str, fmt: str | None, problems: list[str]
+) -> tuple[str, str | None, bool]:
+    """(value SQL as naive UTC TIMESTAMP, strptime format used, column is text)."""
+    c = _q(col)
+    kind = _kind(src.types[col])
+    if kind == "timestamp" or kind == "date":
+        return f"CAST({c} AS TIMESTAMP)", None, False
+    if kind == "timestamptz":
+        return f"timezone('UTC', {c})", None, False
+    if kind != "text":
+        problems.append(
+            f"column {col!r} (mapped to timestamp) has type {src.types[col]}, not a date, "
+            f"datetime or text; set {_hint('timestamp')} to the column holding the event time"
+        )
+        return "NULL::TIMESTAMP", None, False
+    text = f"NULLIF(trim({c}), '')"
+    if fmt is None and src.is_text:  # use what DuckDB's CSV sniffer found, if anything
+        declared = _kind(src.sniffed.get(col, "VARCHAR"))
+        if declared == "timestamp" and src.timestamp_format:
+            fmt = src.timestamp_format
+        elif declared == "date" and src.date_format:
+            fmt = src.date_format
+    if fmt is None:
+        return f"timezone('UTC', TRY_CAST({text} AS TIMESTAMPTZ))", None, True
+    parsed = f"try_strptime({text}, {_lit(fmt)})"
+    if "%z" in fmt or "%Z" in fmt:
+        parsed = f"timezone('UTC', {parsed})"
+    return f"CAST({parsed} AS TIMESTAMP)", fmt, True
+
+
+def _numeric_sql(src: _Source, col: str, contract: str, problems: list[str]) -> str:
+    """DOUBLE SQL of a numeric source column (text is parsed; bad text becomes NULL)."""
+    c = _q(col)
+    kind = _kind(src.types[col])
+    if kind in ("int", "float"):
+        return f"CAST({c} AS DOUBLE)"
+    if kind == "text":
+        return f"TRY_CAST(NULLIF(trim({c}), '') AS DOUBLE)"
+    problems.append(
+        f"column {col!r} (used for {contract}) has type {src.types[col]}, not a number; "
+        f"set {_hint(contract)} to a numeric column"
+    )
+    return "NULL::DOUBLE"
+
+
+def _text_sql(src: _Source, col: str) -> str:
+    """VARCHAR SQL of an id/label column: integral floats lose their '.0', blank is NULL."""
+    c = _q(col)
+    kind = _kind(src.types[col])
+    if kind == "float":
+        d = f"CAST({c} AS DOUBLE)"
+        return (
+            f"(CASE WHEN isnan({d}) THEN NULL WHEN {d} = trunc({d}) AND abs({d}) < 9e15 "
+            f"THEN CAST(CAST({d} AS BIGINT) AS VARCHAR) ELSE CAST({c} AS VARCHAR) END)"
+        )
+    if kind == "int":
+        return f"CAST({c} AS VARCHAR)"
+    return f"NULLIF(trim(CAST({c} AS VARCHAR)), '')"
+
+
+_AMOUNT_RULE = (
+    "an amount expression may use only column names, numbers, + - * / and parentheses "
+    '(quote a name with spaces in double quotes: "Unit Price" * Quantity)'
+)
+
+
+def _amount_ast(text: str, names: Sequence[str], problems: list[str]) -> exp.Expression | None:
+    """Parse and check an amount expression; record problems and return None if bad."""
+    where = f"amount {text!r}"
+    if ";" in text:
+        problems.append(f"{where}: semicolons are not allowed; {_AMOUNT_RULE}")
+        return None
+    try:
+        tree = sqlglot.parse_one(text, read="duckdb")
+    except sqlglot.errors.SqlglotError as exc:
+        msg = str(exc).splitlines()[0]
+        problems.append(
+            f"{where} is neither a column nor a valid expression ({msg}); {_AMOUNT_RULE}. "
+            f"Set {_hint('amount')}"
+        )
+        return None
+    if isinstance(tree, exp.Column) and len(tree.parts) == 1:
+        # a lone name (perhaps quoted) that is not a column
+        problems.append(
+            f"column {tree.name!r} (mapped to amount) is not in the data; set "
+            f"{_hint('amount')} to the right column or an expression such as "
+            f"'Quantity * UnitPrice'"
+        )
+        return None
+    bad = _disallowed(tree)
+    if bad is not None:
+        problems.append(f"{where}: {bad}; {_AMOUNT_RULE}")
+        return None
+    unknown = [
+        c.name for c in tree.find_all(exp.Column) if _resolve(c.name, names) is None
+    ]
+    for name in dict.fromkeys(unknown):
+        problems.append(
+            f"column {name!r} in amount {text!r} is not in the data; fix {_hint('amount')}"
+        )
+    if not any(True for _ in tree.find_all(exp.Column)):
+        problems.append(f"{where} uses no column; {_AMOUNT_RULE}")
+        return None
+    return None if unknown else tree
+
+
+def _disallowed(node: exp.Expression) -> str | None:
+    """Why ``node`` is not a plain arithmetic expression over columns, or None if it is."""
+    if isinstance(node, (exp.Add, exp.Sub, exp.Mul, exp.Div)):
+        return _disallowed(node.left) or _disallowed(node.right)
+    if isinstance(node, (exp.Neg, exp.Paren)):
+        return _disallowed(node.this)
+    if isinstance(node, exp.Column):
+        if len(node.parts) != 1:
+            return f"qualified name {node.sql()!r} (quote the whole name if it is one column)"
+        return None
+    if isinstance(node, exp.Literal):
+        return None if node.is_number else (
+            f"text literal {node.sql()!r} (column names take double quotes, not single)"
+        )
+    if isinstance(node, exp.Alias):
+        return f"{node.sql()!r} looks like two names (quote a name with spaces in double quotes)"
+    if isinstance(node, (exp.Subquery, exp.Select, exp.Query)):
+        return "subqueries are not allowed"
+    if isinstance(node, exp.Func):
+        return f"function calls such as {node.sql()!r} are not allowed"
+    return f"{node.sql()!r} ({node.key}) is not allowed"
+
+
+def _amount_sql(
+    node: exp.Expression | None,
+    src: _Source,
+    names: Sequence[str],
+    refs: list[str],
+    problems: list[str],
+) -> str:
+    """DuckDB SQL of a checked amount expression, written out node by node (never the user's
+    text), each column replaced by its DOUBLE value; ``refs`` collects the columns used."""
+    if node is None:
+        return "NULL::DOUBLE"
+    if isinstance(node, exp.Paren):
+        return _amount_sql(node.this, src, names, refs, problems)
+    if isinstance(node, exp.Neg):
+        return f"(-{_amount_sql(node.this, src, names, refs, problems)})"
+    if isinstance(node, exp.Literal):
+        return repr(float(node.this))
+    if isinstance(node, exp.Column):
+        col = _resolve(node.name, names)
+        assert col is not None  # checked in _amount_ast
+        refs.append(col)
+        return _numeric_sql(src, col, "amount", problems)
+    op = {exp.Add: "+", exp.Sub: "-", exp.Mul: "*", exp.Div: "/"}[type(node)]
+    left = _amount_sql(node.left, src, names, refs, problems)
+    right = _amount_sql(node.right, src, names, refs, problems)
+    return f"({left} {op} {right})"
+
+
+# --------------------------------------------------------------------------- profile + validate
+
+
+def _profile(con: DuckDBBackend, src: _Source, plan: _Plan, clean: str) -> dict[str, Any]:
+    """Create the lazy view of cleaned rows and compute the whole report in ONE aggregate
+    query: rows in, one row of counts out."""
+    import duckdb
+
+    raw = con.con
+    checked = [c for c in plan.columns if c.bad]
+    select = [f"{c.value} AS {_q(c.contract)}" for c in plan.columns]
+    select += [f"({c.bad}) AS {_q('__bad_' + c.contract)}" for c in checked]
+    select.append(f"({plan.cid_not_integer}) AS __cid_not_integer")
+    raw.execute(
+        f"CREATE OR REPLACE TEMP VIEW {_q(clean)} AS SELECT {', '.join(select)} "
+        f"FROM {src.relation}"
+    )
+    has_cid = "customer_id IS NOT NULL"
+    order_key = (
+        "order_id" if any(c.contract == "order_id" for c in plan.columns)
+        else "CAST(timestamp AS DATE)"
+    )
+    aggs = {
+        "rows_read": "count(*)",
+        "missing_customer": "count_if(customer_id IS NULL)",
+        "cid_not_integer": "count_if(__cid_not_integer)",
+        "customers": "count(DISTINCT customer_id)",
+        "orders": f"count(DISTINCT (customer_id, {order_key})) FILTER (WHERE {has_cid})",
+        "return_rows": f"count_if({has_cid} AND amount < 0)",
+        "first_event": f"min(timestamp) FILTER (WHERE {has_cid})",
+        "last_event": f"max(timestamp) FILTER (WHERE {has_cid})",
+    }
+    for c in checked:
+        aggs["bad_" + c.contract] = f"count_if({has_cid} AND {_q('__bad_' + c.contract)})"
+    sql = ", ".join(f"{v} AS {_q(k)}" for k, v in aggs.items())
+    try:
+        row = raw.execute(f"SELECT {sql} FROM {_q(clean)}").fetchone()
+    except duckdb.Error as exc:
+        raise _read_error(src.label, exc) from None
+    return dict(zip(aggs, row, strict=True))
+
+
+def _validate(con: DuckDBBackend, src: _Source, plan: _Plan, stats: dict[str, Any]) -> None:
+    """Raise one DataValidationError listing every data problem the profile found (with
+    examples from a second, small query); return quietly when the data is fine."""
+    if stats["rows_read"] == 0:
+        _raise(src, [f"{src.label} has no rows: no rows left to load; check the export"])
+    kept = stats["rows_read"] - stats["missing_customer"]
+    cid = plan.get("customer_id")
+    if kept == 0:
+        _raise(src, [
+            f"no rows left in {src.label}: all {stats['rows_read']:,} rows have no customer id "
+            f"in column {cid.label!r}; check {_hint('customer_id')} names the customer column"
+        ])
+    bad = [c for c in plan.columns if c.bad and stats.get("bad_" + c.contract)]
+    if not bad:
+        return
+    examples = _examples(con, src, plan, bad)
+    problems = []
+    for c in bad:
+        n = stats["bad_" + c.contract]
+        what = f"column {c.label!r}" if len(c.raw) == 1 and c.raw[0] == c.label else (
+            f"amount {c.label!r}"
+        )
+        text = (
+            f"{what} ({c.contract}): {n:,} of {kept:,} rows with a customer id have "
+            f"{c.problem}, e.g. {examples[c.contract]}. {c.hint}"
+        )
+        if c.contract == "timestamp" and plan.timestamp_is_text:
+            text += _format_suggestion(con, examples.get("_values_timestamp", []))
+        problems.append(text)
+    _raise(src, problems, src.row_note and f"({src.row_note}.)")
+
+
+def _examples(
+    con: DuckDBBackend, src: _Source, plan: _Plan, bad: list[_Column]
+) -> dict[str, Any]:
+    """Up to 5 example rows per bad column, in ONE query over the numbered source.
+
+    Returns contract -> formatted examples ("row 7: '31/02/2011'"), plus
+    ``_values_timestamp``: the raw bad timestamp texts (for format suggestions).
+    """
+    raw = con.con
+    has_cid = f"({plan.get('customer_id').value}) IS NOT NULL"
+    numbered = src.numbered or f"(SELECT NULL::BIGINT AS __row, * FROM {src.relation})"
+    file_col = "__file" if "AS __file" in numbered else "NULL"
+    needed = list(dict.fromkeys(col for c in bad for col in c.raw))
+    raw_select = ", ".join(f"CAST({_q(col)} AS VARCHAR)" for col in needed)
+    parts = []
+    for i, c in enumerate(bad):
+        parts.append(
+            f"(SELECT {i} AS __problem, __row, {file_col} AS __file, {raw_select} "
+            f"FROM {numbered} WHERE {has_cid} AND ({c.bad}) ORDER BY __row LIMIT {_EXAMPLES})"
+        )
+    sql = " UNION ALL ".join(parts)
+    old_threads = raw.execute("SELECT current_setting('threads')").fetchone()[0]
+    if src.numbered_single_thread:
+        raw.execute("SET threads = 1")  # row_number() over a scan follows the file order
+    try:
+        rows = raw.execute(sql).fetchall()
+    finally:
+        raw.execute(f"SET threads = {int(old_threads)}")
+    out: dict[str, Any] = {c.contract: [] for c in bad}
+    out["_values_timestamp"] = []
+    for problem, row_no, file, *values in sorted(rows, key=lambda r: (r[0], r[1] or 0)):
+        c = bad[problem]
+        shown = dict(zip(needed, values, strict=True))
+        if len(c.raw) == 1:
+            val = _show(shown[c.raw[0]])
+        else:
+            val = ", ".join(f"{col}={_show(shown[col])}" for col in c.raw)
+        where = _where(src, row_no, file)
+        out[c.contract].append(f"{where}: {val}" if where else val)
+        if c.contract == "timestamp" and shown[c.raw[0]] not in (None, ""):
+            out["_values_timestamp"].append(shown[c.raw[0]].strip())
+    for c in bad:
+        out[c.contract] = "; ".join(out[c.contract])
+    return out
+
+
+def _show(value: Any) -> str:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return "(empty)"
+    return repr(value)
+
+
+def _where(src: _Source, row_no: int | None, file: str | None) -> str:
+    if row_no is None:
+        return ""
+    where = f"row {row_no}"
+    if file:
+        where = f"{Path(file).name} {where}"
+    if src.index_labels is not None:
+        where += f" (index {src.index_labels[row_no - 1]!r})"
+    return where
+
+
+def _format_suggestion(con: DuckDBBackend, values: list[str]) -> str:
+    """' Formats that read all the examples: ...' (empty when none does)."""
+    if not values:
+        return ""
+    fits = []
+    for fmt in _TIMESTAMP_GUESSES:
+        ok = con.con.execute(
+            "SELECT bool_and(try_strptime(v, ?) IS NOT NULL) FROM unnest(?::VARCHAR[]) t(v)",
+            [fmt, values],
+        ).fetchone()[0]
+        if ok:
+            fits.append(f"'{fmt}'")
+    if not fits:
+        return ""
+    return f" Formats that read these examples: {', '.join(fits[:3])}."
+
+
+def _raise(src: _Source, problems: list[str], footer: str = "") -> None:
+    """The one place a load fails: every problem, the source, and what to do."""
+    head = f"cannot load transactions from {src.label}:"
+    body = "\n".join(f"  - {p}" for p in problems)
+    message = f"{head}\n{body}" + (f"\n{footer}" if footer else "")
+    raise DataValidationError(message, source=src.label, problems=problems)
+

@@ -1,0 +1,255 @@
+"""Public feature pipelines: features at a cutoff, snapshots, labels and training frames.
+
+All functions take transactions in any accepted form (a path to CSV/Parquet, a pandas
+DataFrame, an Ibis table, a database URL with ``table=``, or an already loaded
+`features.contract.Transactions`) and return pandas DataFrames, one row per customer
+(per cutoff for stacked frames). The cutoff is always an explicit argument.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import ibis
+import numpy as np
+import pandas as pd
+
+from features.config import ColumnMapping, FeatureConfig
+from features.contract import (
+    DataValidationError,
+    Transactions,
+    check_cutoff,
+    load_transactions,
+    parse_cutoff,
+)
+from features.engine import attach_cutoff, customer_features
+from features.registry import feature_definitions
+
+TransactionsLike = Any  # path | DataFrame | ibis.Table | Transactions
+
+
+def as_transactions(
+    transactions: TransactionsLike,
+    mapping: ColumnMapping | dict | None = None,
+    table: str | None = None,
+) -> Transactions:
+    """Load (and validate) unless already loaded."""
+    if isinstance(transactions, Transactions):
+        return transactions
+    if isinstance(mapping, dict):
+        mapping = ColumnMapping(**mapping)
+    return load_transactions(transactions, mapping, table=table)
+
+
+def _typed(df: pd.DataFrame, config: FeatureConfig) -> pd.DataFrame:
+    """Give every feature column its registry dtype (engines disagree on integer types)."""
+    out = df.copy()
+    out["customer_id"] = out["customer_id"].astype("string")
+    out["cutoff"] = pd.to_datetime(out["cutoff"]).astype("datetime64[us]")
+    for f in feature_definitions(config):
+        out[f.name] = out[f.name].astype(f.dtype) if f.dtype == "Int64" else pd.to_numeric(
+            out[f.name], errors="raise"
+        ).astype("float64")
+    return out.reset_index(drop=True)
+
+
+def _execute_features(tx: Transactions, cutoff: pd.Timestamp, config: FeatureConfig) -> pd.DataFrame:
+    expr = customer_features(attach_cutoff(tx.table, cutoff), config)
+    return _typed(tx.backend.execute(expr), config)
+
+
+def build_features(
+    transactions: TransactionsLike,
+    cutoff: Any,
+    mapping: ColumnMapping | dict | None = None,
+    config: FeatureConfig | None = None,
+    *,
+    table: str | None = None,
+) -> pd.DataFrame:
+    """Point-in-time features at ``cutoff``: transactions in, one row per customer out.
+
+    Only events with ``timestamp < cutoff`` are read. The population is every customer
+    with at least one purchase before the cutoff. Columns: ``customer_id``, ``cutoff``,
+    then the features of `features.registry` (see `lifecast features list`).
+
+    Raises `features.contract.DataValidationError` for bad input or a cutoff at or before
+    the first event; warns (``StaleDataWarning``) for a cutoff long after the last event.
+    """
+    config = config or FeatureConfig()
+    tx = as_transactions(transactions, mapping, table)
+    cut = check_cutoff(tx.report, cutoff, config)
+    return _execute_features(tx, cut, config)
+
+
+def build_snapshots(
+    transactions: TransactionsLike,
+    cutoffs: Sequence[Any],
+    mapping: ColumnMapping | dict | None = None,
+    config: FeatureConfig | None = None,
+) -> pd.DataFrame:
+    """Features at several cutoffs, stacked: one row per (cutoff, customer).
+
+    Loops over cutoffs on the in-process engine (on DuckDB this measured faster and
+    leaner than one range join; `features.engine.attach_cutoffs` is the range-join shape
+    for Spark). Every cutoff must be after the first event.
+    """
+    config = config or FeatureConfig()
+    tx = as_transactions(transactions, mapping)
+    frames = []
+    for c in sorted({parse_cutoff(c) for c in cutoffs}):
+        cut = check_cutoff(tx.report, c, config)
+        frames.append(_execute_features(tx, cut, config))
+    if not frames:
+        raise DataValidationError("no cutoffs given: pass at least one cutoff")
+    return pd.concat(frames, ignore_index=True)
+
+
+def build_labels(
+    transactions: TransactionsLike,
+    cutoff: Any,
+    horizon_days: int,
+    mapping: ColumnMapping | dict | None = None,
+    *,
+    require_observed: bool = True,
+) -> pd.DataFrame:
+    """Outcomes in the window ``[cutoff, cutoff + horizon_days)`` for the population at cutoff.
+
+    Transactions in, one row per customer with a purchase before the cutoff out:
+    ``customer_id``, ``churned`` (no purchase, i.e. no row with ``amount >= 0``, in the
+    window), ``future_value`` (net spend in the window; returns subtract),
+    ``future_orders`` (purchase orders in the window).
+
+    With ``require_observed`` (the default) the data must cover the whole window (its
+    last event at or after the window's last day); otherwise the labels would call a
+    customer churned merely because the log ends.
+    """
+    tx = as_transactions(transactions, mapping)
+    cut = parse_cutoff(cutoff)
+    if horizon_days <= 0:
+        raise DataValidationError(f"horizon_days must be positive, got {horizon_days}")
+    end = cut + pd.Timedelta(days=horizon_days)
+    last = pd.Timestamp(tx.report.last_event)
+    if require_observed and last < end - pd.Timedelta(days=1):
+        raise DataValidationError(
+            f"the outcome window [{cut.date()}, {end.date()}) of {horizon_days} days is not "
+            f"covered by the data, whose last event is {last}: choose an earlier cutoff "
+            f"or a shorter horizon"
+        )
+    t = tx.table
+    cols = set(t.columns)
+    lo = ibis.literal(cut.to_pydatetime(), type="timestamp")
+    hi = ibis.literal(end.to_pydatetime(), type="timestamp")
+    before = t.filter(t.timestamp < lo)
+    order_key = before.order_id if "order_id" in cols else before.timestamp.date().cast("string")
+    population = (
+        before.mutate(_order=order_key)
+        .group_by(["customer_id", "_order"])
+        .aggregate(p=ibis._.amount.max())
+        .filter(ibis._.p >= 0)
+        .select("customer_id")
+        .distinct()
+    )
+    window = t.filter((t.timestamp >= lo) & (t.timestamp < hi))
+    wkey = window.order_id if "order_id" in cols else window.timestamp.date().cast("string")
+    w_orders = (
+        window.mutate(_order=wkey)
+        .group_by(["customer_id", "_order"])
+        .aggregate(value=ibis._.amount.sum(), p=ibis._.amount.max())
+    )
+    outcome = w_orders.group_by("customer_id").aggregate(
+        future_value=w_orders.value.sum(),
+        future_orders=(w_orders.p >= 0).sum(),
+    )
+    joined = population.left_join(outcome, "customer_id")
+    expr = joined.select(
+        customer_id=joined.customer_id.cast("string"),
+        future_value=ibis.coalesce(joined.future_value, 0.0),
+        future_orders=ibis.coalesce(joined.future_orders, 0).cast("int64"),
+    ).order_by("customer_id")
+    out = tx.backend.execute(expr)
+    out["customer_id"] = out["customer_id"].astype("string")
+    out["future_orders"] = out["future_orders"].astype("Int64")
+    out["future_value"] = out["future_value"].astype("float64")
+    out.insert(1, "churned", (out["future_orders"] == 0).astype("int8"))
+    return out.reset_index(drop=True)
+
+
+def snapshot_cutoffs(
+    first_event: pd.Timestamp, train_cutoff: pd.Timestamp, horizon_days: int, config: FeatureConfig
+) -> list[pd.Timestamp]:
+    """Snapshot cutoffs for training: newest first at ``train_cutoff - horizon_days``, then
+    every ``config.snapshot_every_days`` back, at most ``config.n_snapshots``, each leaving
+    at least ``config.snapshot_every_days`` of history after the first event."""
+    newest = (train_cutoff - pd.Timedelta(days=horizon_days)).normalize()
+    earliest_allowed = first_event + pd.Timedelta(days=config.snapshot_every_days)
+    cuts = []
+    for k in range(config.n_snapshots):
+        c = newest - pd.Timedelta(days=k * config.snapshot_every_days)
+        if c <= earliest_allowed:
+            break
+        cuts.append(c)
+    return sorted(cuts)
+
+
+def build_training_frame(
+    transactions: TransactionsLike,
+    train_cutoff: Any,
+    mapping: ColumnMapping | dict | None = None,
+    config: FeatureConfig | None = None,
+) -> pd.DataFrame:
+    """Stacked snapshots with labels, none of whose outcome windows cross ``train_cutoff``.
+
+    Transactions in, one row per (snapshot cutoff, customer) out: the features, then
+    ``churned`` (horizon ``config.churn_horizon_days``) and ``future_value`` /
+    ``future_orders`` (horizon ``config.clv_horizon_days``). A label whose window would
+    end after ``train_cutoff`` is null for that snapshot, so each model trains on the
+    snapshots its own horizon allows and nothing at or after ``train_cutoff`` is read.
+    """
+    config = config or FeatureConfig()
+    tx = as_transactions(transactions, mapping)
+    train_cut = parse_cutoff(train_cutoff)
+    # Everything, labels included, must come from before train_cutoff.
+    visible = _restrict(tx, train_cut)
+    first = pd.Timestamp(visible.report.first_event)
+    hc, hv = config.churn_horizon_days, config.clv_horizon_days
+    cuts = snapshot_cutoffs(first, train_cut, min(hc, hv), config)
+    if not cuts:
+        raise DataValidationError(
+            f"no snapshot fits: the history before {train_cut.date()} starts {first.date()}, "
+            f"too short for a {min(hc, hv)}-day outcome window plus "
+            f"{config.snapshot_every_days} days of history; use a later cutoff or shorter "
+            f"horizons (--churn-horizon-days / --clv-horizon-days)"
+        )
+    frames = []
+    for c in cuts:
+        feats = _execute_features(visible, c, config)
+        for horizon, cols in ((hc, ["churned"]), (hv, ["future_value", "future_orders"])):
+            if c + pd.Timedelta(days=horizon) <= train_cut:
+                lab = build_labels(visible, c, horizon, require_observed=False)[["customer_id", *cols]]
+                feats = feats.merge(lab, on="customer_id", how="left", validate="one_to_one")
+            else:
+                for col in cols:
+                    feats[col] = pd.Series(pd.NA, index=feats.index, dtype="Float64")
+        frames.append(feats)
+    out = pd.concat(frames, ignore_index=True)
+    out["churned"] = out["churned"].astype("Int8")
+    out["future_value"] = out["future_value"].astype("float64")
+    out["future_orders"] = out["future_orders"].astype("Int64")
+    return out
+
+
+def _restrict(tx: Transactions, cutoff: pd.Timestamp) -> Transactions:
+    """The same transactions with every event at or after ``cutoff`` removed."""
+    from dataclasses import replace
+
+    lit = ibis.literal(cutoff.to_pydatetime(), type="timestamp")
+    kept = tx.table.filter(tx.table.timestamp < lit)
+    last = tx.backend.execute(kept.timestamp.max())
+    if last is None or (isinstance(last, float) and np.isnan(last)):
+        raise DataValidationError(
+            f"no events before {cutoff} in {tx.report.source}: the data starts "
+            f"{tx.report.first_event}; choose a later cutoff"
+        )
+    report = replace(tx.report, last_event=pd.Timestamp(last))
+    return replace(tx, table=kept, report=report)

@@ -1,0 +1,123 @@
+"""ColumnMapping (YAML, overrides) and FeatureConfig validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from features.config import (
+    CONTRACT_COLUMNS,
+    MAPPING_FLAGS,
+    ColumnMapping,
+    FeatureConfig,
+)
+
+
+def test_defaults_are_the_contract_names() -> None:
+    m = ColumnMapping()
+    assert m.present() == {"customer_id": "customer_id", "timestamp": "timestamp",
+                           "amount": "amount"}
+
+
+def test_from_yaml_reads_a_flat_or_nested_mapping(tmp_path: Path) -> None:
+    flat = tmp_path / "flat.yaml"
+    flat.write_text(
+        "customer_id: CustomerID\n"
+        "timestamp: InvoiceDate\n"
+        "amount: Quantity * UnitPrice\n"
+        "order_id: InvoiceNo\n"
+        "timestamp_format: '%d/%m/%Y %H:%M'\n"
+    )
+    m = ColumnMapping.from_yaml(flat)
+    assert m.customer_id == "CustomerID" and m.amount == "Quantity * UnitPrice"
+    assert m.timestamp_format == "%d/%m/%Y %H:%M"
+    # present() lists columns only, never the timestamp format
+    assert m.present() == {
+        "customer_id": "CustomerID",
+        "timestamp": "InvoiceDate",
+        "amount": "Quantity * UnitPrice",
+        "order_id": "InvoiceNo",
+    }
+    nested = tmp_path / "nested.yml"
+    nested.write_text("columns:\n  customer_id: household_id\n  amount: sales_value\n")
+    m = ColumnMapping.from_yaml(nested)
+    assert (m.customer_id, m.timestamp, m.amount) == ("household_id", "timestamp", "sales_value")
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert ColumnMapping.from_yaml(empty) == ColumnMapping()
+
+
+def test_from_yaml_unknown_key_names_it_and_the_allowed_keys(tmp_path: Path) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text("customer: CustomerID\n")
+    with pytest.raises(ValueError) as info:
+        ColumnMapping.from_yaml(path)
+    msg = str(info.value)
+    assert str(path) in msg and "unknown key 'customer'" in msg
+    assert "customer_id" in msg and "timestamp_format" in msg
+
+
+def test_from_yaml_rejects_a_list_bad_yaml_and_a_missing_file(tmp_path: Path) -> None:
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- customer_id\n- timestamp\n")
+    with pytest.raises(ValueError, match="must hold a mapping"):
+        ColumnMapping.from_yaml(listing)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("customer_id: [unclosed\n")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        ColumnMapping.from_yaml(broken)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ColumnMapping.from_yaml(tmp_path / "missing.yaml")
+
+
+def test_from_yaml_blank_required_field(tmp_path: Path) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text("customer_id: '  '\n")
+    with pytest.raises(ValueError, match="customer_id: .*must name a column"):
+        ColumnMapping.from_yaml(path)
+
+
+def test_with_overrides_replaces_only_given_fields() -> None:
+    base = ColumnMapping(customer_id="CustomerID", order_id="InvoiceNo")
+    out = base.with_overrides(customer_id="cust", order_id=None, amount="Qty * Price")
+    assert (out.customer_id, out.order_id, out.amount) == ("cust", "InvoiceNo", "Qty * Price")
+    assert base.customer_id == "CustomerID"  # frozen original unchanged
+    with pytest.raises(ValidationError):
+        base.with_overrides(nonsense="x")
+
+
+def test_mapping_is_frozen_and_strips_names() -> None:
+    m = ColumnMapping(customer_id="  CustomerID ")
+    assert m.customer_id == "CustomerID"
+    with pytest.raises(ValidationError):
+        m.customer_id = "other"  # type: ignore[misc]
+
+
+def test_timestamp_format_must_be_a_strptime_format() -> None:
+    with pytest.raises(ValidationError, match="strptime format"):
+        ColumnMapping(timestamp_format="dd/mm/yyyy")
+
+
+def test_every_mapping_field_has_a_flag() -> None:
+    assert set(MAPPING_FLAGS) == set(ColumnMapping.model_fields)
+    assert set(CONTRACT_COLUMNS) <= set(MAPPING_FLAGS)
+    assert MAPPING_FLAGS["customer_id"] == "--customer-col"
+
+
+def test_feature_config_defaults_and_validation() -> None:
+    c = FeatureConfig()
+    assert (c.churn_horizon_days, c.clv_horizon_days, c.stale_after_days) == (90, 365, 30)
+    assert FeatureConfig(windows_days=(90, 30, 30)).windows_days == (30, 90)
+    for bad in (
+        {"churn_horizon_days": 0},
+        {"clv_horizon_days": -1},
+        {"windows_days": ()},
+        {"windows_days": (30, -7)},
+        {"snapshot_every_days": 0},
+        {"stale_after_days": -1},
+        {"horizon": 90},
+    ):
+        with pytest.raises(ValidationError):
+            FeatureConfig(**bad)

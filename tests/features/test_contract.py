@@ -1,0 +1,527 @@
+"""The data contract at the boundary: every input kind, the mapping, and every validation error.
+
+Each error test checks that the message names the source, the column, an example value, its
+row number and what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import duckdb
+import ibis
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from features.config import ColumnMapping, FeatureConfig
+from features.contract import (
+    DataValidationError,
+    StaleDataWarning,
+    Transactions,
+    ValidationReport,
+    check_cutoff,
+    load_transactions,
+    parse_cutoff,
+)
+
+MAPPING = ColumnMapping(
+    customer_id="CustomerID",
+    timestamp="InvoiceDate",
+    amount='"Unit Price" * Qty',
+    order_id="InvoiceNo",
+    quantity="Qty",
+    product_id="StockCode",
+)
+
+
+def user_log() -> pd.DataFrame:
+    """Six lines in a user's own column names; one has no customer id, one is a return."""
+    return pd.DataFrame(
+        {
+            "InvoiceNo": ["1001", "1001", "1002", "C1003", "1004", "1005"],
+            "StockCode": ["A", "B", "A", "A", "C", "B"],
+            "Qty": [2, 1, 3, -1, 5, 1],
+            "Unit Price": [1.5, 10.0, 1.5, 1.5, 2.0, 10.0],
+            "CustomerID": pd.array([17850, 17850, 12345, 17850, None, 12345], dtype="Int64"),
+            "InvoiceDate": pd.to_datetime(
+                [
+                    "2021-01-04 10:00:00",
+                    "2021-01-04 10:00:00",
+                    "2021-01-05 09:30:00",
+                    "2021-01-06 12:00:00",
+                    "2021-01-07 08:00:00",
+                    "2021-02-01 00:00:00",
+                ]
+            ),
+        }
+    )
+
+
+def expected_contract() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "customer_id": np.array([17850, 17850, 12345, 17850, 12345], dtype="int64"),
+            "timestamp": pd.to_datetime(
+                [
+                    "2021-01-04 10:00:00",
+                    "2021-01-04 10:00:00",
+                    "2021-01-05 09:30:00",
+                    "2021-01-06 12:00:00",
+                    "2021-02-01 00:00:00",
+                ]
+            ).astype("datetime64[us]"),
+            "amount": [3.0, 10.0, 4.5, -1.5, 10.0],
+            "order_id": ["1001", "1001", "1002", "C1003", "1005"],
+            "quantity": [2.0, 1.0, 3.0, -1.0, 1.0],
+            "product_id": ["A", "B", "A", "A", "B"],
+        }
+    )
+
+
+def _sorted(df: pd.DataFrame) -> pd.DataFrame:
+    return df.sort_values(["order_id", "product_id"]).reset_index(drop=True)
+
+
+def _csv(df: pd.DataFrame, tmp: Path) -> str:
+    path = tmp / "sales.csv"
+    df.to_csv(path, index=False)
+    return str(path)
+
+
+def _csv_gz(df: pd.DataFrame, tmp: Path) -> str:
+    path = tmp / "sales.csv.gz"
+    df.to_csv(path, index=False, compression="gzip")
+    return str(path)
+
+
+def _parquet(df: pd.DataFrame, tmp: Path) -> str:
+    path = tmp / "sales.parquet"
+    df.to_parquet(path, index=False)
+    return str(path)
+
+
+def _parquet_dir(df: pd.DataFrame, tmp: Path) -> str:
+    folder = tmp / "parts"
+    folder.mkdir()
+    df.iloc[:3].to_parquet(folder / "part-0.parquet", index=False)
+    df.iloc[3:].to_parquet(folder / "part-1.parquet", index=False)
+    return str(folder)
+
+
+def _sqlite(df: pd.DataFrame, tmp: Path) -> str:
+    url = f"sqlite:///{tmp / 'shop.db'}"
+    engine = sa.create_engine(url)
+    df.to_sql("sales", engine, index=False)
+    engine.dispose()
+    return url
+
+
+def _duckdb_file(df: pd.DataFrame, tmp: Path) -> str:
+    path = tmp / "shop.duckdb"
+    con = duckdb.connect(str(path))
+    con.register("df", df)
+    con.execute("CREATE TABLE sales AS SELECT * FROM df")
+    con.close()
+    return f"duckdb:///{path}"
+
+
+KINDS: dict[str, Callable[[pd.DataFrame, Path], object]] = {
+    "csv": _csv,
+    "csv.gz": _csv_gz,
+    "parquet": _parquet,
+    "parquet folder": _parquet_dir,
+    "pandas": lambda df, tmp: df,
+    "ibis memtable": lambda df, tmp: ibis.memtable(df),
+    "sqlite": _sqlite,
+    "duckdb file": _duckdb_file,
+}
+
+
+def _load(kind: str, source: object, mapping: ColumnMapping = MAPPING) -> Transactions:
+    table = "sales" if kind in ("sqlite", "duckdb file") else None
+    return load_transactions(source, mapping, table=table)
+
+
+def _error(source: object, mapping: ColumnMapping = MAPPING, **kwargs: object) -> str:
+    with pytest.raises(DataValidationError) as info:
+        load_transactions(source, mapping, **kwargs)
+    return str(info.value)
+
+
+# --------------------------------------------------------------------------- happy paths
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_every_input_kind_gives_the_same_contract_frame(kind: str, tmp_path: Path) -> None:
+    tx = _load(kind, KINDS[kind](user_log(), tmp_path))
+    got = tx.to_pandas()
+    assert list(got.columns) == list(expected_contract().columns)
+    pd.testing.assert_frame_equal(_sorted(got), _sorted(expected_contract()), check_dtype=False)
+    assert got["customer_id"].dtype == "int64"
+    assert got["timestamp"].dtype.kind == "M"
+    assert got["amount"].dtype == "float64"
+    assert tx.report.rows_read == 6
+    assert tx.report.rows_dropped == {"missing customer_id": 1}
+    assert tx.report.customers == 2
+
+
+def test_report_counts_and_rendering(tmp_path: Path) -> None:
+    tx = load_transactions(_parquet(user_log(), tmp_path), MAPPING)
+    r = tx.report
+    assert isinstance(r, ValidationReport)
+    assert r.source.endswith("sales.parquet")
+    assert (r.rows_read, r.rows_kept, r.customers, r.orders, r.return_rows) == (6, 5, 2, 4, 1)
+    assert r.rows_dropped == {"missing customer_id": 1}
+    assert r.first_event == pd.Timestamp("2021-01-04 10:00")
+    assert r.last_event == pd.Timestamp("2021-02-01")
+    assert r.columns == {
+        "customer_id": "CustomerID",
+        "timestamp": "InvoiceDate",
+        "amount": '"Unit Price" * Qty',
+        "order_id": "InvoiceNo",
+        "quantity": "Qty",
+        "product_id": "StockCode",
+    }
+    assert json.loads(json.dumps(r.to_dict()))["first_event"] == "2021-01-04T10:00:00"
+    text = r.format()
+    for piece in ("sales.parquet", "rows read", "missing customer_id", "customers", "2021-02-01"):
+        assert piece in text
+    assert tx.table.columns == tuple(expected_contract().columns)
+
+
+def test_orders_are_customer_days_without_order_id() -> None:
+    df = user_log()
+    tx = load_transactions(df, MAPPING.model_copy(update={"order_id": None}))
+    # 17850: Jan 4, Jan 6; 12345: Jan 5, Feb 1
+    assert tx.report.orders == 4
+    assert "order_id" not in tx.table.columns
+    assert "customer-days" in tx.report.format()
+
+
+def test_amount_expression_with_quoted_name_unary_minus_and_numbers() -> None:
+    df = user_log().assign(Discount=[0.5, 0, 0, 0, 0, 1])
+    mapping = MAPPING.with_overrides(amount='-("Unit Price" * Qty - Discount) * -1 + 0 / 2')
+    got = load_transactions(df, mapping).to_pandas()
+    assert got["amount"].tolist() == [2.5, 10.0, 4.5, -1.5, 9.0]
+
+
+def test_amount_may_be_a_plain_column_with_a_space_and_other_case() -> None:
+    df = user_log().assign(**{"Sales Value": [1.0, 2, 3, 4, 5, 6]})
+    tx = load_transactions(df, MAPPING.with_overrides(amount="sales value"))
+    assert tx.to_pandas()["amount"].tolist() == [1.0, 2.0, 3.0, 4.0, 6.0]
+    assert tx.report.columns["amount"] == "Sales Value"
+
+
+def test_string_customer_ids_are_trimmed_and_blanks_dropped(tmp_path: Path) -> None:
+    df = pd.DataFrame(
+        {
+            "cust": [" A1 ", "A1", "", "   ", None, "007"],
+            "when": ["2021-01-01"] * 6,
+            "value": [1.0, 2, 3, 4, 5, 6],
+        }
+    )
+    mapping = ColumnMapping(customer_id="cust", timestamp="when", amount="value")
+    for source in (df, _csv(df, tmp_path)):
+        tx = load_transactions(source, mapping)
+        got = tx.to_pandas()
+        assert got["customer_id"].tolist() == ["A1", "A1", "007"]  # leading zeros kept
+        assert tx.report.rows_dropped == {"missing customer_id": 3}
+        assert tx.report.customers == 2
+        assert tx.report.customer_id_type == "string"
+
+
+def test_integer_ids_stay_integers_including_pandas_floats_with_gaps() -> None:
+    df = user_log().assign(CustomerID=[17850.0, 17850.0, 12345.0, 17850.0, np.nan, 12345.0])
+    got = load_transactions(df, MAPPING).to_pandas()
+    assert got["customer_id"].dtype == "int64"
+    assert sorted(set(got["customer_id"])) == [12345, 17850]
+
+
+def test_csv_id_column_that_only_looks_numeric_falls_back_to_strings(tmp_path: Path) -> None:
+    # DuckDB sniffs types on a sample; a letter far down the file must not null the id.
+    n = 30_000
+    ids = [str(i % 100) for i in range(n - 1)] + ["X9"]
+    path = tmp_path / "late.csv"
+    pd.DataFrame({"id": ids, "t": "2021-01-01", "a": 1.0}).to_csv(path, index=False)
+    tx = load_transactions(path, ColumnMapping(customer_id="id", timestamp="t", amount="a"))
+    assert tx.report.customer_id_type == "string"
+    assert tx.report.rows_dropped == {"missing customer_id": 0}
+    assert tx.report.customers == 101
+
+
+def test_time_zones_dates_and_offsets_become_naive_utc(tmp_path: Path) -> None:
+    aware = pd.DataFrame(
+        {
+            "c": ["a", "b"],
+            "t": pd.to_datetime(["2021-06-01 12:00", "2021-01-01 00:30"]).tz_localize(
+                "Europe/Berlin"
+            ),
+            "v": [1.0, 2.0],
+        }
+    )
+    mapping = ColumnMapping(customer_id="c", timestamp="t", amount="v")
+    got = load_transactions(aware, mapping).to_pandas()["timestamp"].tolist()
+    assert got == [pd.Timestamp("2021-06-01 10:00"), pd.Timestamp("2020-12-31 23:30")]
+
+    text = aware.assign(t=["2021-06-01T12:00:00+02:00", "2021-01-01 00:30:00Z"])
+    got = load_transactions(_csv(text, tmp_path), mapping).to_pandas()["timestamp"].tolist()
+    assert got == [pd.Timestamp("2021-06-01 10:00"), pd.Timestamp("2021-01-01 00:30")]
+
+    dates = aware.assign(t=[pd.Timestamp("2021-03-04").date()] * 2)
+    got = load_transactions(dates, mapping).to_pandas()["timestamp"].tolist()
+    assert got == [pd.Timestamp("2021-03-04")] * 2
+
+
+def test_timestamp_format_reads_day_first_text(tmp_path: Path) -> None:
+    df = pd.DataFrame({"c": [1, 2], "t": ["31/12/2010 10:05", "01/02/2011 08:00"], "v": [1, 2]})
+    mapping = ColumnMapping(
+        customer_id="c", timestamp="t", amount="v", timestamp_format="%d/%m/%Y %H:%M"
+    )
+    tx = load_transactions(_csv(df, tmp_path), mapping)
+    assert tx.to_pandas()["timestamp"].tolist() == [
+        pd.Timestamp("2010-12-31 10:05"),
+        pd.Timestamp("2011-02-01 08:00"),
+    ]
+    assert tx.report.timestamp_format == "%d/%m/%Y %H:%M"
+
+
+def test_optional_columns_get_contract_types() -> None:
+    df = user_log().assign(
+        StockCode=[10, 11, 10, 10, 12, 11], Channel=["web", "shop", None, "web", "web", " "]
+    )
+    tx = load_transactions(df, MAPPING.with_overrides(channel="Channel"))
+    got = tx.to_pandas()
+    assert got["product_id"].tolist() == ["10", "11", "10", "10", "11"]
+    assert got["channel"].tolist()[:2] == ["web", "shop"]
+    assert pd.isna(got["channel"].iloc[4])  # blank label is null, the row is kept
+    schema = tx.table.schema()
+    assert schema["quantity"].is_float64() and schema["order_id"].is_string()
+
+
+def test_a_given_backend_holds_the_table_and_nothing_is_left_on_error() -> None:
+    con = ibis.duckdb.connect()
+    tx = load_transactions(user_log(), MAPPING, backend=con)
+    assert tx.backend is con
+    assert con.execute(tx.table.count()) == 5
+    # (ibis 12's list_tables() calls a method DuckDB 2.0 removed, so ask DuckDB directly)
+    tables = "SELECT table_name FROM information_schema.tables ORDER BY 1"
+    before = con.con.execute(tables).fetchall()
+    bad = user_log().assign(Qty=["1", "x", "1", "1", "1", "1"])
+    with pytest.raises(DataValidationError):
+        load_transactions(bad, MAPPING, backend=con)
+    assert con.con.execute(tables).fetchall() == before
+
+
+def test_real_online_retail_report(shared_data: Path) -> None:
+    mapping = ColumnMapping(
+        customer_id="CustomerID",
+        timestamp="InvoiceDate",
+        amount="Quantity * UnitPrice",
+        order_id="InvoiceNo",
+    )
+    r = load_transactions(shared_data / "online_retail.parquet", mapping).report
+    assert (r.rows_read, r.rows_dropped["missing customer_id"], r.customers) == (
+        541_909,
+        135_080,
+        4_372,
+    )
+    assert (r.first_event, r.last_event) == (
+        pd.Timestamp("2010-12-01 08:26"),
+        pd.Timestamp("2011-12-09 12:50"),
+    )
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_missing_columns_name_each_flag_and_list_the_file_columns(tmp_path: Path) -> None:
+    path = _csv(user_log(), tmp_path)
+    msg = _error(path, MAPPING.with_overrides(customer_id="Customer", order_id="Invoice"))
+    assert "sales.csv" in msg
+    assert "'Customer'" in msg and "--customer-col" in msg and "customer_id:" in msg
+    assert "'Invoice'" in msg and "--order-col" in msg and "order_id:" in msg
+    assert "InvoiceNo, StockCode, Qty, Unit Price, CustomerID, InvoiceDate" in msg
+
+
+@pytest.mark.parametrize(
+    ("amount", "expected"),
+    [
+        ("sum(Qty)", "function calls"),
+        ("abs(Qty) * 2", "function calls"),
+        ("Qty; DROP TABLE sales", "semicolons"),
+        ("(SELECT 1) * Qty", "subqueries"),
+        ("'Unit Price' * Qty", "double quotes"),
+        ("Qty % 2", "not allowed"),
+        ("Qty *", "neither a column nor a valid expression"),
+        ("2 * 3", "uses no column"),
+    ],
+)
+def test_amount_expressions_allow_only_arithmetic(amount: str, expected: str) -> None:
+    msg = _error(user_log(), MAPPING.with_overrides(amount=amount))
+    assert expected in msg
+    assert "pandas DataFrame" in msg
+    assert "only column names, numbers, + - * / and parentheses" in msg
+
+
+def test_unknown_column_in_amount_expression_is_named_with_the_columns(tmp_path: Path) -> None:
+    msg = _error(_parquet(user_log(), tmp_path), MAPPING.with_overrides(amount="Qty * Price"))
+    assert "sales.parquet" in msg
+    assert "'Price'" in msg and "--amount" in msg and "amount:" in msg
+    assert "Columns in" in msg and "Unit Price" in msg and "InvoiceDate" in msg
+
+
+def test_unparseable_timestamps_give_count_examples_rows_and_format_hint(tmp_path: Path) -> None:
+    df = user_log()
+    df["InvoiceDate"] = [
+        "2021-01-04 10:00",
+        "31/01/2021 10:00",  # row 2: day-first text
+        "2021-01-05",
+        "  ",  # row 4: blank
+        "garbage",  # row 5: no customer id, so not checked
+        "2021-02-01",
+    ]
+    msg = _error(_csv(df, tmp_path), MAPPING)
+    assert "sales.csv" in msg and "'InvoiceDate'" in msg
+    assert "2 of 5 rows with a customer id" in msg
+    assert "row 2: '31/01/2021 10:00'" in msg and "row 4: (empty)" in msg
+    assert "garbage" not in msg
+    assert "--timestamp-format" in msg and "timestamp_format:" in msg
+    assert "'%d/%m/%Y %H:%M'" in msg  # a format that reads the example
+    assert "not counting the header" in msg
+
+
+def test_null_timestamps_in_a_datetime_column_are_an_error() -> None:
+    df = user_log()
+    df.loc[2, "InvoiceDate"] = pd.NaT
+    df.index = [f"r{i}" for i in range(len(df))]
+    msg = _error(df, MAPPING)
+    assert "pandas DataFrame" in msg and "'InvoiceDate'" in msg
+    assert "row 3 (index 'r2'): (empty)" in msg
+    assert "Fill in or remove" in msg
+
+
+def test_bad_timestamps_in_parquet_use_file_row_numbers(tmp_path: Path) -> None:
+    df = user_log()
+    df["InvoiceDate"] = ["2021-01-04", "2021-01-04", "2021-13-45", "2021-01-06", "x", "oops"]
+    msg = _error(_parquet(df, tmp_path), MAPPING)
+    assert "sales.parquet" in msg
+    assert "row 3: '2021-13-45'" in msg and "row 6: 'oops'" in msg
+
+
+def test_non_numeric_amounts_show_the_source_values(tmp_path: Path) -> None:
+    df = user_log()
+    df["Unit Price"] = ["1.5", "10", "abc", "1.5", "2", "10,5"]
+    msg = _error(_csv(df, tmp_path), MAPPING)
+    assert "sales.csv" in msg
+    assert 'amount \'"Unit Price" * Qty\'' in msg
+    assert "2 of 5 rows" in msg
+    assert "row 3: Unit Price='abc', Qty='3'" in msg
+    assert "row 6: Unit Price='10,5'" in msg
+    assert "decimal point" in msg and "--amount" in msg
+
+
+def test_nan_amounts_with_a_customer_are_an_error() -> None:
+    df = user_log().assign(Amount=[1.0, np.nan, 2.0, 3.0, np.nan, np.inf])
+    msg = _error(df, MAPPING.with_overrides(amount="Amount"))
+    assert "column 'Amount' (amount): 2 of 5 rows" in msg
+    assert "row 2: (empty)" in msg and "row 6: 'inf'" in msg
+    assert "row 5" not in msg  # no customer id: dropped, not an error
+
+
+def test_non_numeric_quantity_is_an_error(tmp_path: Path) -> None:
+    df = user_log().assign(Units=["1", "2", "two", "1", "1", ""])
+    msg = _error(_csv(df, tmp_path), MAPPING.with_overrides(quantity="Units"))
+    assert "column 'Units' (quantity)" in msg and "row 3: 'two'" in msg
+    assert "row 6" not in msg  # blank quantity is allowed (null)
+
+
+def test_empty_inputs_say_no_rows(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    assert "empty.csv is empty" in _error(str(empty))
+    header = tmp_path / "header.csv"
+    header.write_text("InvoiceNo,CustomerID,InvoiceDate,Qty,Unit Price,StockCode\n")
+    msg = _error(str(header))
+    assert "header.csv has no rows" in msg
+    msg = _error(user_log().iloc[:0])
+    assert "pandas DataFrame has no rows" in msg
+
+
+def test_no_rows_with_a_customer_id(tmp_path: Path) -> None:
+    df = user_log().assign(CustomerID=pd.array([None] * 6, dtype="Int64"))
+    msg = _error(_parquet(df, tmp_path), MAPPING)
+    assert "no rows left in" in msg and "sales.parquet" in msg
+    assert "all 6 rows have no customer id in column 'CustomerID'" in msg
+    assert "--customer-col" in msg
+
+
+def test_missing_file_and_unknown_extension(tmp_path: Path) -> None:
+    msg = _error(str(tmp_path / "nope.csv"))
+    assert "nope.csv does not exist" in msg
+    sheet = tmp_path / "sales.xlsx"
+    sheet.write_bytes(b"PK")
+    msg = _error(str(sheet))
+    assert "sales.xlsx" in msg and "unknown file type '.xlsx'" in msg and ".parquet" in msg
+    msg = _error(str(tmp_path / "nothing" / "*.parquet"))
+    assert "no Parquet files" in msg
+
+
+def test_ragged_csv_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "ragged.csv"
+    path.write_text("c,t,v\n1,2021-01-01,1.5\n2,2021-01-02,2,5\n3,2021-01-03,1\n")
+    msg = _error(str(path))
+    assert "ragged.csv" in msg and "line 3 has 4" in msg and "header (line 1) has 3" in msg
+
+
+def test_database_sources_need_an_existing_table(tmp_path: Path) -> None:
+    url = _sqlite(user_log(), tmp_path)
+    assert "table=" in _error(url)
+    msg = _error(url, table="orders")
+    assert "no table 'orders'" in msg and "sales" in msg
+    db = _duckdb_file(user_log(), tmp_path)
+    msg = _error(db, table="orders")
+    assert "no table 'orders'" in msg and "sales" in msg and "--table" in msg
+    assert "only for database sources" in _error(user_log(), table="sales")
+
+
+# --------------------------------------------------------------------------- cutoffs
+
+
+def _report() -> ValidationReport:
+    return load_transactions(user_log(), MAPPING).report
+
+
+def test_parse_cutoff_accepts_dates_and_rejects_junk() -> None:
+    want = pd.Timestamp("2021-03-01")
+    for value in ("2021-03-01", " 2021-03-01 ", want.date(), want.to_pydatetime(), want,
+                  np.datetime64("2021-03-01")):
+        assert parse_cutoff(value) == want
+    assert parse_cutoff("2021-03-01T01:00:00+01:00") == want
+    for junk in ("next tuesday", None, 20210301, pd.NaT, [2021]):
+        with pytest.raises(ValueError, match="cutoff"):
+            parse_cutoff(junk)
+
+
+def test_cutoff_at_or_before_first_event_is_an_error() -> None:
+    report = _report()
+    for cutoff in ("2021-01-04 10:00", "2020-06-01"):
+        with pytest.raises(DataValidationError) as info:
+            check_cutoff(report, cutoff)
+        msg = str(info.value)
+        assert "pandas DataFrame" in msg
+        assert "2021-01-04 10:00:00 to 2021-02-01 00:00:00" in msg
+        assert "choose a cutoff after 2021-01-04" in msg
+
+
+def test_stale_cutoff_warns_with_the_last_event() -> None:
+    report = _report()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check_cutoff(report, "2021-02-15") == pd.Timestamp("2021-02-15")
+    with pytest.warns(StaleDataWarning, match=r"last event .*2021-02-01"):
+        check_cutoff(report, "2021-06-01", FeatureConfig(stale_after_days=30))

@@ -1,0 +1,190 @@
+"""A tiny hand-computed log, checked feature by feature, plus labels and training frames."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from features import ColumnMapping, FeatureConfig, build_features, build_labels
+from features.contract import DataValidationError
+from features.pipeline import build_training_frame, snapshot_cutoffs
+from features.registry import feature_names
+
+CUTOFF = pd.Timestamp("2021-03-01")
+
+
+def tiny_log() -> pd.DataFrame:
+    rows = [
+        # cust, time, order, product, category, amount, discount
+        ("A", "2021-01-04 10:00", "o1", "p1", "X", 100.0, 0.0),   # Monday
+        ("A", "2021-01-04 10:00", "o1", "p2", "Y", 50.0, 10.0),   # discounted line
+        ("A", "2021-01-18 09:00", "o2", "p1", "X", 30.0, 0.0),    # Monday
+        ("A", "2021-01-20 12:00", "r1", "p2", "Y", -30.0, 0.0),   # return-only order
+        ("A", "2021-02-15 15:00", "o3", "p3", "X", 80.0, 0.0),    # Monday
+        ("A", "2021-03-01 00:00", "o4", "p1", "X", 999.0, 0.0),   # AT the cutoff: unseen
+        ("A", "2021-03-05 11:00", "o5", "p1", "X", 40.0, 0.0),    # after the cutoff
+        ("B", "2020-12-01 08:00", "o6", "p4", "Z", 20.0, 0.0),
+        ("C", "2021-02-01 10:00", "r2", "p1", "X", -10.0, 0.0),   # only a return
+        ("D", "2021-02-28 23:00", "o8", None, None, 7.0, 0.0),
+        ("D", "2021-02-28 23:59", "o7", None, None, 5.0, 0.0),
+    ]
+    df = pd.DataFrame(
+        rows, columns=["cust", "when", "order", "sku", "cat", "value", "disc"]
+    )
+    df["when"] = pd.to_datetime(df["when"])
+    return df
+
+
+MAPPING = ColumnMapping(
+    customer_id="cust", timestamp="when", amount="value", order_id="order",
+    product_id="sku", category="cat", discount="disc",
+)
+
+# Worked by hand. A: purchase days 01-04 (150), 01-18 (30), 02-15 (80); gaps 14 and 28;
+# cutoff_day 03-01; gross = 100+50+30+80 = 260; returned 30; net 230.
+EXPECTED = {
+    "A": dict(
+        frequency=2, recency=42, T=56, monetary_value=(30 + 80) / 2,
+        days_since_last=14, n_orders=3, monetary_total=230.0, monetary_mean=230 / 3,
+        first_order_value=150.0, max_order_value=150.0,
+        orders_30d=1, spend_30d=80.0,          # since 2021-01-30: o3 only
+        orders_90d=3, spend_90d=230.0,         # since 2020-12-01: all, incl. the return
+        orders_180d=3, spend_180d=230.0, orders_365d=3, spend_365d=230.0,
+        spend_trend=1.0,                       # (230 - 0) / (230 + 0)
+        gap_mean=21.0, gap_std=7.0, gap_last=28, overdue_ratio=14 / 21,
+        return_rate=30 / 260, n_returns=1, distinct_products=3, distinct_categories=2,
+        active_months=2, dow_regularity=1.0, discount_share=50 / 260,
+    ),
+    # B: one order on 2020-12-01 08:00, which is after cutoff - 90 days (12-01 00:00).
+    "B": dict(
+        frequency=0, recency=0, T=90, monetary_value=0.0, days_since_last=90, n_orders=1,
+        monetary_total=20.0, monetary_mean=20.0, first_order_value=20.0,
+        max_order_value=20.0, orders_30d=0, spend_30d=0.0, orders_90d=1, spend_90d=20.0,
+        orders_180d=1, spend_180d=20.0, orders_365d=1, spend_365d=20.0, spend_trend=1.0,
+        gap_mean=None, gap_std=None, gap_last=None, overdue_ratio=None, return_rate=0.0,
+        n_returns=0, distinct_products=1, distinct_categories=1, active_months=1,
+        dow_regularity=1.0, discount_share=0.0,
+    ),
+    # D: two orders on the day before the cutoff: one purchase day, two orders.
+    "D": dict(
+        frequency=0, recency=0, T=1, monetary_value=0.0, days_since_last=1, n_orders=2,
+        monetary_total=12.0, monetary_mean=6.0, first_order_value=12.0,
+        max_order_value=7.0, orders_30d=2, spend_30d=12.0, orders_90d=2, spend_90d=12.0,
+        orders_180d=2, spend_180d=12.0, orders_365d=2, spend_365d=12.0, spend_trend=1.0,
+        gap_mean=None, gap_std=None, gap_last=None, overdue_ratio=None, return_rate=0.0,
+        n_returns=0, distinct_products=0, distinct_categories=0, active_months=1,
+        dow_regularity=1.0, discount_share=0.0,
+    ),
+}
+
+
+def _same(actual, expected) -> bool:
+    if expected is None:
+        return actual is pd.NA or (isinstance(actual, float) and math.isnan(actual))
+    return actual == pytest.approx(expected, rel=1e-12, abs=1e-12)
+
+
+def test_hand_computed_log_feature_by_feature():
+    feats = build_features(tiny_log(), CUTOFF, mapping=MAPPING)
+    assert list(feats["customer_id"]) == ["A", "B", "D"]  # C only returned: not a customer
+    assert list(feats.columns) == ["customer_id", "cutoff", *feature_names()]
+    assert (feats["cutoff"] == CUTOFF).all()
+    for cust, expected in EXPECTED.items():
+        row = feats.set_index("customer_id").loc[cust]
+        assert set(expected) == set(feature_names()), "the test must cover every feature"
+        wrong = {k: (row[k], v) for k, v in expected.items() if not _same(row[k], v)}
+        assert not wrong, f"customer {cust}: (got, expected) {wrong}"
+
+
+def test_feature_dtypes_are_stable():
+    feats = build_features(tiny_log(), CUTOFF, mapping=MAPPING)
+    assert str(feats["customer_id"].dtype) == "string"
+    assert str(feats["frequency"].dtype) == "Int64"
+    assert str(feats["distinct_products"].dtype) == "Int64"
+    assert str(feats["gap_mean"].dtype) == "float64"
+
+
+def test_optional_columns_absent_give_null_features():
+    log = tiny_log()[["cust", "when", "value"]]
+    feats = build_features(
+        log, CUTOFF, mapping=ColumnMapping(customer_id="cust", timestamp="when", amount="value")
+    )
+    assert feats["distinct_products"].isna().all()
+    assert feats["discount_share"].isna().all()
+    # Without order ids an order is a customer-day: A's 01-04 lines are one order, and
+    # D's two orders on 02-28 become one.
+    d = feats.set_index("customer_id").loc["D"]
+    assert d["n_orders"] == 1 and d["max_order_value"] == 12.0
+
+
+def test_labels_hand_computed():
+    labels = build_labels(tiny_log(), CUTOFF, 30, mapping=MAPPING, require_observed=False)
+    got = labels.set_index("customer_id")
+    assert list(got.index) == ["A", "B", "D"]
+    # A buys o4 (03-01 00:00, inside [cutoff, cutoff+30d)) and o5 (03-05).
+    assert got.loc["A", "churned"] == 0
+    assert got.loc["A", "future_value"] == 1039.0
+    assert got.loc["A", "future_orders"] == 2
+    assert got.loc["B", "churned"] == 1 and got.loc["B", "future_value"] == 0.0
+    assert got.loc["D", "churned"] == 1
+
+
+def test_labels_refuse_unobserved_window():
+    with pytest.raises(DataValidationError, match="not covered by the data"):
+        build_labels(tiny_log(), CUTOFF, 90, mapping=MAPPING)
+
+
+def test_snapshot_cutoffs_never_cross_the_training_cutoff():
+    cfg = FeatureConfig(snapshot_every_days=30, n_snapshots=12)
+    first, train = pd.Timestamp("2020-01-01"), pd.Timestamp("2021-01-01")
+    cuts = snapshot_cutoffs(first, train, 90, cfg)
+    assert cuts == sorted(cuts) and len(cuts) >= 2
+    assert max(cuts) + pd.Timedelta(days=90) <= train
+    assert min(cuts) > first + pd.Timedelta(days=30)
+
+
+def _synthetic_log(n_customers: int = 60, seed: int = 3) -> pd.DataFrame:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c in range(n_customers):
+        start = pd.Timestamp("2020-01-01") + pd.Timedelta(days=int(rng.integers(0, 200)))
+        n = int(rng.integers(1, 12))
+        gaps = rng.integers(1, 60, size=n).cumsum()
+        for g in gaps:
+            rows.append((f"c{c}", start + pd.Timedelta(days=int(g)), float(rng.gamma(2, 20))))
+    return pd.DataFrame(rows, columns=["customer_id", "timestamp", "amount"])
+
+
+def test_training_frame_reads_nothing_at_or_after_train_cutoff():
+    log = _synthetic_log()
+    train_cut = pd.Timestamp("2020-12-01")
+    cfg = FeatureConfig(churn_horizon_days=60, clv_horizon_days=120, snapshot_every_days=30,
+                        n_snapshots=6)
+    frame = build_training_frame(log, train_cut, config=cfg)
+    # Adding arbitrary events at or after the training cutoff changes nothing.
+    extra = pd.DataFrame({
+        "customer_id": ["c1", "c2", "new"],
+        "timestamp": [train_cut, train_cut + pd.Timedelta(days=3), train_cut],
+        "amount": [1e6, 5.0, 7.0],
+    })
+    frame2 = build_training_frame(pd.concat([log, extra]), train_cut, config=cfg)
+    pd.testing.assert_frame_equal(frame, frame2)
+    cuts = sorted(frame["cutoff"].unique())
+    assert len(cuts) >= 2
+    # churn labels wherever a 60-day window fits, value labels only where 120 days fit
+    for c in cuts:
+        rows = frame[frame["cutoff"] == c]
+        c = pd.Timestamp(c)
+        assert rows["churned"].notna().all() == (c + pd.Timedelta(days=60) <= train_cut)
+        assert rows["future_value"].notna().all() == (c + pd.Timedelta(days=120) <= train_cut)
+
+
+def test_training_frame_too_short_history_is_a_clear_error():
+    log = _synthetic_log()
+    cfg = FeatureConfig(churn_horizon_days=400, clv_horizon_days=400)
+    with pytest.raises(DataValidationError, match="no snapshot fits"):
+        build_training_frame(log, pd.Timestamp("2020-12-01"), config=cfg)

@@ -1,0 +1,624 @@
+"""Probabilistic CLV baseline: BG/NBD for purchase counts and Gamma-Gamma for order value.
+
+These are hand-written maximum-likelihood implementations of
+
+- the BG/NBD model of Fader, Hardie & Lee (2005), "Counting Your Customers the Easy Way:
+  An Alternative to the Pareto/NBD Model", Marketing Science 24(2), 275-284; and
+- the Gamma-Gamma spend model of Fader, Hardie & Lee (2005), "RFM and CLV: Using Iso-Value
+  Curves for Customer Base Analysis", Journal of Marketing Research 42(4), 415-430.
+
+Why not a library: ``lifetimes`` is unmaintained, pinned to old pandas and autograd, and the
+package must not depend on it (it is used only in the tests, as a reference); PyMC-Marketing
+pulls in PyMC and a compiler tool chain for a four-parameter maximum-likelihood fit. The models
+below need numpy and scipy only: ``scipy.optimize.minimize`` over log-parameters with analytic
+gradients, ``scipy.special`` (``gammaln``, ``digamma``, ``hyp2f1``, ``expit``) and log-sum-exp
+forms for numerical stability.
+
+Inputs, one row per customer (arrays, lists or pandas Series, all of the same length):
+
+- ``frequency``: number of repeat purchases (purchase periods after the first one; with daily
+  data, the number of distinct purchase days minus one), a non-negative integer;
+- ``recency``: time from the first to the last purchase (0 when ``frequency`` is 0);
+- ``T``: time from the first purchase to the end of the observation period (``recency <= T``);
+- ``monetary_value``: mean value of the repeat purchases (first purchase excluded).
+
+All times must be in the same unit, and the fitted BG/NBD ``alpha`` (and every ``t`` passed to
+the prediction methods) is in that unit. Internally the optimiser divides all times by the
+largest ``T`` (so they lie in [0, 1]) and the monetary values by their mean, which makes the
+problem well conditioned whatever the unit; the parameters are converted back before being
+stored, so ``params_`` always refers to the caller's units. :class:`BaselineCLV` works in days.
+
+Scikit-learn conventions: ``__init__`` only stores its arguments, learned state ends in ``_``,
+``fit`` returns ``self``. Nothing here keeps global state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from scipy.optimize import minimize
+from scipy.special import digamma, expit, gammaln, hyp2f1
+
+__all__ = ["BaselineCLV", "BetaGeoModel", "GammaGammaModel"]
+
+ArrayLike = npt.ArrayLike
+FloatArray = npt.NDArray[np.float64]
+
+# Bounds on the log-parameters (in the internal, rescaled units) that keep exp() finite.
+_LOG_BOUND = 25.0
+# A fit whose optimiser reports failure is still accepted when the gradient of the mean
+# negative log-likelihood (w.r.t. the log-parameters) is this small: L-BFGS-B often stops with
+# "ABNORMAL_TERMINATION_IN_LNSRCH" at the optimum once it hits floating-point precision.
+_GRAD_TOL = 1e-5
+_MIN_GAMMA_GAMMA_CUSTOMERS = 10
+
+
+# --------------------------------------------------------------------------------------------
+# input handling
+# --------------------------------------------------------------------------------------------
+
+
+def _as_float_array(values: ArrayLike, name: str) -> FloatArray:
+    try:
+        arr = np.asarray(values, dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be numeric") from exc
+    if arr.ndim > 1:
+        raise ValueError(f"{name} must be one-dimensional (one value per customer)")
+    if np.isnan(arr).any():
+        raise ValueError(f"{name} contains NaN")
+    if np.isinf(arr).any():
+        raise ValueError(f"{name} contains infinite values")
+    return arr
+
+
+def _check_rft(
+    frequency: ArrayLike, recency: ArrayLike, T: ArrayLike
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Validate and convert (frequency, recency, T); returns three arrays of equal shape."""
+    x = _as_float_array(frequency, "frequency")
+    tx = _as_float_array(recency, "recency")
+    t_obs = _as_float_array(T, "T")
+    if not (x.shape == tx.shape == t_obs.shape):
+        raise ValueError(
+            "frequency, recency and T must have the same length, got "
+            f"{x.size}, {tx.size} and {t_obs.size}"
+        )
+    if x.size == 0:
+        raise ValueError("empty input: need at least one customer")
+    if (x < 0).any():
+        raise ValueError("frequency must be non-negative")
+    if (x != np.round(x)).any():
+        raise ValueError("frequency must be a whole number of repeat purchases")
+    if (tx < 0).any():
+        raise ValueError("recency must be non-negative")
+    if (t_obs < 0).any():
+        raise ValueError("T must be non-negative")
+    if (tx > t_obs).any():
+        n_bad = int((tx > t_obs).sum())
+        raise ValueError(f"recency must not exceed T ({n_bad} customer(s) with recency > T)")
+    if ((x == 0) & (tx != 0)).any():
+        raise ValueError("recency must be 0 for customers with frequency 0")
+    return x, tx, t_obs
+
+
+def _check_horizon(t: ArrayLike) -> FloatArray:
+    arr = _as_float_array(t, "t")
+    if (arr < 0).any():
+        raise ValueError("the prediction horizon t must be non-negative")
+    return arr
+
+
+def _minimize_log_params(
+    objective: Callable[[FloatArray], tuple[float, FloatArray]],
+    x0: FloatArray,
+    model_name: str,
+) -> FloatArray:
+    """Minimise ``objective`` (value and gradient) over bounded log-parameters."""
+    res = minimize(
+        objective,
+        x0,
+        jac=True,
+        method="L-BFGS-B",
+        bounds=[(-_LOG_BOUND, _LOG_BOUND)] * len(x0),
+        options={"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-9},
+    )
+    value, grad = objective(res.x)
+    if not np.isfinite(value) or not np.all(np.isfinite(grad)):
+        raise ValueError(f"{model_name} fit did not converge: non-finite log-likelihood")
+    if not res.success and np.max(np.abs(grad)) > _GRAD_TOL:
+        raise ValueError(f"{model_name} fit did not converge: {res.message}")
+    return np.asarray(res.x, dtype=float)
+
+
+# --------------------------------------------------------------------------------------------
+# BG/NBD
+# --------------------------------------------------------------------------------------------
+
+
+def _bgnbd_loglik_terms(
+    params: FloatArray, x: FloatArray, tx: FloatArray, t_obs: FloatArray
+) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]:
+    """Per-customer BG/NBD log-likelihood and the pieces its gradient needs.
+
+    Eq. (6) of Fader, Hardie & Lee (2005a), written as log-sum-exp:
+    ``ll = A1 + A2 + log(exp(A3) + [x > 0] exp(A4))`` with
+    ``A1 = lnG(r+x) - lnG(r) + r ln(alpha)``,
+    ``A2 = lnB(a, b+x) - lnB(a, b)``,
+    ``A3 = -(r+x) ln(alpha+T)``,
+    ``A4 = ln(a) - ln(b+x-1) - (r+x) ln(alpha+t_x)``.
+    Returns (ll, A1 + A2, w3, w4, A4 - A3) where w3, w4 are the softmax weights of A3, A4.
+    """
+    r, alpha, a, b = params
+    has_repeat = x > 0
+    a1 = gammaln(r + x) - gammaln(r) + r * np.log(alpha)
+    a2 = gammaln(a + b) + gammaln(b + x) - gammaln(b) - gammaln(a + b + x)
+    a3 = -(r + x) * np.log(alpha + t_obs)
+    a4 = np.log(a) - np.log(b + np.maximum(x, 1.0) - 1.0) - (r + x) * np.log(alpha + tx)
+    diff = np.where(has_repeat, a4 - a3, -np.inf)
+    # log(exp(A3) + exp(A4)) = A3 + log1p(exp(A4 - A3)) = A3 + logaddexp(0, diff)
+    ll = a1 + a2 + a3 + np.logaddexp(0.0, diff)
+    w4 = expit(diff)
+    w3 = 1.0 - w4
+    return ll, a1 + a2, w3, w4, diff
+
+
+def _bgnbd_objective(
+    log_params: FloatArray,
+    x: FloatArray,
+    tx: FloatArray,
+    t_obs: FloatArray,
+    weights: FloatArray,
+    penalizer: float,
+) -> tuple[float, FloatArray]:
+    """Mean weighted negative log-likelihood plus L2 penalty, and its gradient."""
+    params = np.exp(log_params)
+    r, alpha, a, b = params
+    ll, _, w3, w4, _ = _bgnbd_loglik_terms(params, x, tx, t_obs)
+    log_alpha_t = np.log(alpha + t_obs)
+    log_alpha_tx = np.log(alpha + tx)
+    d_r = digamma(r + x) - digamma(r) + np.log(alpha) - w3 * log_alpha_t - w4 * log_alpha_tx
+    d_alpha = r / alpha - (r + x) * (w3 / (alpha + t_obs) + w4 / (alpha + tx))
+    d_a = digamma(a + b) - digamma(a + b + x) + w4 / a
+    d_b = (
+        digamma(a + b)
+        + digamma(b + x)
+        - digamma(b)
+        - digamma(a + b + x)
+        - w4 / (b + np.maximum(x, 1.0) - 1.0)
+    )
+    total_w = weights.sum()
+    value = -np.dot(weights, ll) / total_w + penalizer * np.sum(params**2)
+    grad_params = -np.array([np.dot(weights, d) for d in (d_r, d_alpha, d_a, d_b)]) / total_w
+    grad = grad_params * params + 2.0 * penalizer * params**2  # chain rule for log-params
+    if not np.isfinite(value):
+        return float("inf"), np.zeros_like(log_params)
+    return float(value), grad
+
+
+def _one_minus_scaled_hyp2f1(
+    k: FloatArray, a: FloatArray, b: FloatArray, c: FloatArray, z: FloatArray
+) -> FloatArray:
+    """``1 - (1 - z)^k 2F1(a, b; c; z)`` for 0 <= z < 1.
+
+    The bracket of the BG/NBD expectations (eqs. 9 and 10). ``c = a + b + x - 1`` of the model
+    can be negative (fits with ``a + b < 1`` happen on real data); the formula then still holds
+    by analytic continuation but 2F1 may be negative, so no logarithm of it is taken there.
+    Where 2F1 overflows, the Euler transform
+    ``2F1(a, b; c; z) = (1 - z)^(c - a - b) 2F1(c - a, c - b; c; z)`` is used instead.
+    Where 2F1 is positive, ``-expm1(...)`` keeps full precision for small horizons.
+    """
+    log1mz = np.log1p(-z)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        f = hyp2f1(a, b, c, z)
+        f_euler = hyp2f1(c - a, c - b, c, z)
+        log_abs = np.where(
+            np.isfinite(f),
+            np.log(np.abs(f)) + k * log1mz,
+            np.log(np.abs(f_euler)) + (c - a - b + k) * log1mz,
+        )
+        sign = np.where(np.isfinite(f), np.sign(f), np.sign(f_euler))
+        bracket = np.where(sign > 0, -np.expm1(log_abs), 1.0 - sign * np.exp(log_abs))
+    return np.asarray(bracket, dtype=float)
+
+
+class BetaGeoModel:
+    """BG/NBD model (Fader, Hardie & Lee 2005) fitted by maximum likelihood.
+
+    While alive, a customer buys at Poisson rate ``lambda ~ Gamma(r, alpha)``; after every
+    purchase they drop out with probability ``p ~ Beta(a, b)``. ``alpha`` has the unit of the
+    times passed to :meth:`fit` (e.g. weeks for the CDNOW sample, days in :class:`BaselineCLV`).
+
+    Parameters
+    ----------
+    penalizer:
+        L2 penalty ``penalizer * (r^2 + alpha^2 + a^2 + b^2)`` added to the mean negative
+        log-likelihood per customer, as in ``lifetimes``. ``alpha`` enters the penalty in the
+        internal unit (times divided by the largest ``T``), so the penalty does not depend on
+        the caller's time unit. Default 0.0 (pure maximum likelihood); a small value such as
+        0.001 stabilises fits on small or degenerate data.
+
+    Attributes
+    ----------
+    params_: dict with keys ``r``, ``alpha``, ``a``, ``b``.
+    log_likelihood_: total (weighted) log-likelihood at ``params_``, in the caller's time unit,
+        without the penalty.
+    n_customers_: number of customers fitted (the sum of ``weights``; the number of rows when
+        no weights are given).
+    time_scale_: the divisor applied to all times inside the optimiser (the largest ``T``).
+    """
+
+    def __init__(self, penalizer: float = 0.0) -> None:
+        self.penalizer = penalizer
+
+    # -- fitting -------------------------------------------------------------------------
+
+    def fit(
+        self,
+        frequency: ArrayLike,
+        recency: ArrayLike,
+        T: ArrayLike,
+        weights: ArrayLike | None = None,
+    ) -> BetaGeoModel:
+        """Fit on one row per customer (or per distinct (frequency, recency, T) pattern).
+
+        ``weights`` optionally gives the number of customers sharing each row's pattern (the
+        condensed form used by Fader and Hardie); default one customer per row.
+        Raises ValueError on invalid input or when the optimiser does not converge.
+        """
+        if self.penalizer < 0:
+            raise ValueError("penalizer must be non-negative")
+        x, tx, t_obs = _check_rft(frequency, recency, T)
+        if weights is None:
+            w = np.ones_like(x)
+        else:
+            w = _as_float_array(weights, "weights")
+            if w.shape != x.shape:
+                raise ValueError(
+                    f"weights must have one value per customer: got {w.size}, expected {x.size}"
+                )
+            if (w < 0).any() or w.sum() <= 0:
+                raise ValueError("weights must be non-negative with a positive sum")
+        scale = float(t_obs.max())
+        if scale <= 0:
+            raise ValueError("all T are 0: no observation time to fit the BG/NBD model on")
+        if not ((x > 0) & (w > 0)).any():
+            raise ValueError(
+                "no customer has a repeat purchase (all frequency are 0): the drop-out "
+                "parameters a, b of the BG/NBD model cannot be estimated"
+            )
+
+        tx_s, t_s = tx / scale, t_obs / scale
+
+        def objective(lp: FloatArray) -> tuple[float, FloatArray]:
+            return _bgnbd_objective(lp, x, tx_s, t_s, w, float(self.penalizer))
+
+        log_params = _minimize_log_params(objective, np.zeros(4), "BG/NBD")
+        r, alpha_s, a, b = np.exp(log_params)
+        self.params_ = {
+            "r": float(r),
+            "alpha": float(alpha_s * scale),
+            "a": float(a),
+            "b": float(b),
+        }
+        self.time_scale_ = scale
+        ll, *_ = _bgnbd_loglik_terms(self._param_array(), x, tx, t_obs)
+        self.log_likelihood_ = float(np.dot(w, ll))
+        self.n_customers_ = float(w.sum())
+        return self
+
+    # -- predictions ---------------------------------------------------------------------
+
+    def _param_array(self) -> FloatArray:
+        if not hasattr(self, "params_"):
+            raise ValueError(f"{type(self).__name__} is not fitted yet: call fit first")
+        p = self.params_
+        return np.array([p["r"], p["alpha"], p["a"], p["b"]], dtype=float)
+
+    def _log_odds_dead(self, x: FloatArray, tx: FloatArray, t_obs: FloatArray) -> FloatArray:
+        """log of P(dead, history) / P(alive, history); -inf where frequency is 0."""
+        r, alpha, a, b = self._param_array()
+        log_div = (r + x) * (np.log(alpha + t_obs) - np.log(alpha + tx)) + np.log(
+            a / (b + np.maximum(x, 1.0) - 1.0)
+        )
+        return np.where(x > 0, log_div, -np.inf)
+
+    def p_alive(self, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike) -> FloatArray:
+        """P(alive at T | frequency, recency, T), one value per customer.
+
+        ``1 / (1 + [x > 0] a / (b + x - 1) ((alpha + T) / (alpha + t_x))^(r + x))``
+        (Fader, Hardie & Lee 2008, note 021). A customer with no repeat purchase is alive with
+        probability 1: in the BG/NBD model drop-out can only happen right after a purchase.
+        """
+        x, tx, t_obs = _check_rft(frequency, recency, T)
+        return np.asarray(expit(-self._log_odds_dead(x, tx, t_obs)), dtype=float)
+
+    def expected_purchases(
+        self, t: ArrayLike, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike
+    ) -> FloatArray:
+        """E[X(T, T + t] | frequency, recency, T]: expected purchases in the next ``t`` periods.
+
+        Eq. (10) of Fader, Hardie & Lee (2005a)::
+
+            (a + b + x - 1) / (a - 1)
+            * [1 - ((alpha + T) / (alpha + T + t))^(r + x) 2F1(r + x, b + x; a + b + x - 1; z)]
+            / (1 + [x > 0] a / (b + x - 1) ((alpha + T) / (alpha + t_x))^(r + x))
+
+        with ``z = t / (alpha + T + t)``; the last factor is :meth:`p_alive`. ``t`` is a scalar
+        or one value per customer, in the unit of the fit. Returns one value per customer.
+        """
+        x, tx, t_obs = _check_rft(frequency, recency, T)
+        horizon = _check_horizon(t)
+        r, alpha, a, b = self._param_array()
+        z = horizon / (alpha + t_obs + horizon)
+        bracket = _one_minus_scaled_hyp2f1(r + x, r + x, b + x, a + b + x - 1.0, z)
+        p_alive = expit(-self._log_odds_dead(x, tx, t_obs))
+        return np.asarray((a + b + x - 1.0) / (a - 1.0) * bracket * p_alive, dtype=float)
+
+    def expected_purchases_new(self, t: ArrayLike) -> FloatArray:
+        """E[X(t)] for a new customer in the first ``t`` periods after their first purchase.
+
+        Eq. (9) of Fader, Hardie & Lee (2005a)::
+
+            (a + b - 1) / (a - 1)
+            * [1 - (alpha / (alpha + t))^r 2F1(r, b; a + b - 1; t / (alpha + t))]
+        """
+        horizon = _check_horizon(t)
+        r, alpha, a, b = self._param_array()
+        z = horizon / (alpha + horizon)
+        bracket = _one_minus_scaled_hyp2f1(
+            np.full_like(z, r),
+            np.full_like(z, r),
+            np.full_like(z, b),
+            np.full_like(z, a + b - 1.0),
+            z,
+        )
+        return np.asarray((a + b - 1.0) / (a - 1.0) * bracket, dtype=float)
+
+    def probability_no_purchase(
+        self, t: ArrayLike, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike
+    ) -> FloatArray:
+        """P(X(T, T + t] = 0 | frequency, recency, T): no purchase in the next ``t`` periods.
+
+        The customer is either dead (no more purchases) or alive with posterior purchase rate
+        ``lambda | alive, history ~ Gamma(r + x, alpha + T)`` (the likelihood of the history of
+        an alive customer is ``(1 - p)^x lambda^x exp(-lambda T)``, so lambda and p separate),
+        and an alive customer makes no purchase in ``t`` with probability ``exp(-lambda t)``::
+
+            P(no purchase) = (1 - P(alive)) + P(alive) ((alpha + T) / (alpha + T + t))^(r + x)
+
+        Returns one value per customer.
+        """
+        x, tx, t_obs = _check_rft(frequency, recency, T)
+        horizon = _check_horizon(t)
+        r, alpha, _, _ = self._param_array()
+        log_odds_dead = self._log_odds_dead(x, tx, t_obs)
+        p_alive = expit(-log_odds_dead)
+        p_dead = expit(log_odds_dead)
+        log_none_if_alive = -(r + x) * np.log1p(horizon / (alpha + t_obs))
+        # P(dead) computed as expit(log-odds) rather than 1 - P(alive): no cancellation.
+        p_none = p_dead + p_alive * np.exp(log_none_if_alive)
+        return np.asarray(np.clip(p_none, 0.0, 1.0), dtype=float)
+
+
+# --------------------------------------------------------------------------------------------
+# Gamma-Gamma
+# --------------------------------------------------------------------------------------------
+
+
+def _gamma_gamma_objective(
+    log_params: FloatArray, x: FloatArray, m: FloatArray, penalizer: float
+) -> tuple[float, FloatArray]:
+    params = np.exp(log_params)
+    p, q, v = params
+    px = p * x
+    log_xm_v = np.log(x * m + v)
+    ll = (
+        gammaln(px + q)
+        - gammaln(px)
+        - gammaln(q)
+        + q * np.log(v)
+        + (px - 1.0) * np.log(m)
+        + px * np.log(x)
+        - (px + q) * log_xm_v
+    )
+    d_p = x * (digamma(px + q) - digamma(px) + np.log(m) + np.log(x) - log_xm_v)
+    d_q = digamma(px + q) - digamma(q) + np.log(v) - log_xm_v
+    d_v = q / v - (px + q) / (x * m + v)
+    n = x.size
+    value = -ll.sum() / n + penalizer * np.sum(params**2)
+    grad = -np.array([d_p.sum(), d_q.sum(), d_v.sum()]) / n * params + 2.0 * penalizer * params**2
+    if not np.isfinite(value):
+        return float("inf"), np.zeros_like(log_params)
+    return float(value), grad
+
+
+class GammaGammaModel:
+    """Gamma-Gamma model of the mean order value (Fader, Hardie & Lee 2005b).
+
+    Each order value of a customer is ``Gamma(p, nu)``; across customers ``nu ~ Gamma(q, v)``.
+    ``v`` has the unit of ``monetary_value``. The model assumes spend is independent of the
+    purchase process (check the correlation between frequency and monetary value).
+
+    Parameters
+    ----------
+    penalizer:
+        L2 penalty ``penalizer * (p^2 + q^2 + v^2)`` on the mean negative log-likelihood, with
+        ``v`` in the internal unit (monetary values divided by their mean). Default 0.0.
+
+    Attributes
+    ----------
+    params_: dict with keys ``p``, ``q``, ``v``.
+    log_likelihood_: total log-likelihood of the customers used, in the caller's money unit.
+    n_customers_: number of customers used (frequency > 0 and monetary_value > 0).
+    population_mean_: ``p v / (q - 1)``, the expected order value of a customer with no
+        repeat purchase.
+    """
+
+    def __init__(self, penalizer: float = 0.0) -> None:
+        self.penalizer = penalizer
+
+    def fit(self, frequency: ArrayLike, monetary_value: ArrayLike) -> GammaGammaModel:
+        """Fit on one row per customer; only those with frequency > 0 and monetary_value > 0
+        are used. Raises ValueError when fewer than 10 such customers remain, when the fit does
+        not converge, or when the fitted ``q <= 1`` (infinite population mean spend).
+        """
+        if self.penalizer < 0:
+            raise ValueError("penalizer must be non-negative")
+        x, m = self._check(frequency, monetary_value)
+        keep = (x > 0) & (m > 0)
+        x, m = x[keep], m[keep]
+        if x.size < _MIN_GAMMA_GAMMA_CUSTOMERS:
+            raise ValueError(
+                "no repeat customers with positive spend to fit the Gamma-Gamma model: "
+                f"{x.size} customer(s) with frequency > 0 and monetary_value > 0, "
+                f"need at least {_MIN_GAMMA_GAMMA_CUSTOMERS}"
+            )
+        scale = float(m.mean())
+        m_s = m / scale
+
+        def objective(lp: FloatArray) -> tuple[float, FloatArray]:
+            return _gamma_gamma_objective(lp, x, m_s, float(self.penalizer))
+
+        log_params = _minimize_log_params(objective, np.zeros(3), "Gamma-Gamma")
+        p, q, v_s = np.exp(log_params)
+        if q <= 1.0:
+            raise ValueError(
+                f"Gamma-Gamma fit gave q = {q:.3g} <= 1: the population mean order value is "
+                "infinite (spend too heavy-tailed); try a penalizer or cap extreme values"
+            )
+        self.params_ = {"p": float(p), "q": float(q), "v": float(v_s * scale)}
+        value, _ = _gamma_gamma_objective(np.log(self._param_array()), x, m, 0.0)
+        self.log_likelihood_ = float(-value * x.size)
+        self.n_customers_ = int(x.size)
+        self.population_mean_ = float(p * self.params_["v"] / (q - 1.0))
+        return self
+
+    @staticmethod
+    def _check(frequency: ArrayLike, monetary_value: ArrayLike) -> tuple[FloatArray, FloatArray]:
+        x = _as_float_array(frequency, "frequency")
+        m = _as_float_array(monetary_value, "monetary_value")
+        if x.shape != m.shape:
+            raise ValueError(
+                f"frequency and monetary_value must have the same length, got {x.size} and {m.size}"
+            )
+        if x.size == 0:
+            raise ValueError("empty input: need at least one customer")
+        if (x < 0).any():
+            raise ValueError("frequency must be non-negative")
+        if (m < 0).any():
+            raise ValueError("monetary_value must be non-negative")
+        return x, m
+
+    def _param_array(self) -> FloatArray:
+        if not hasattr(self, "params_"):
+            raise ValueError(f"{type(self).__name__} is not fitted yet: call fit first")
+        return np.array([self.params_[k] for k in ("p", "q", "v")], dtype=float)
+
+    def conditional_expected_value(
+        self, frequency: ArrayLike, monetary_value: ArrayLike
+    ) -> FloatArray:
+        """E[order value | frequency x, mean repeat order value m], one value per customer.
+
+        ``p (v + x m) / (p x + q - 1)``: a weighted average of the population mean
+        ``p v / (q - 1)`` and the customer's own mean ``m``, with weight ``p x / (p x + q - 1)``
+        on the latter. Customers with ``frequency == 0`` get the population mean.
+        """
+        x, m = self._check(frequency, monetary_value)
+        p, q, v = self._param_array()
+        m = np.where(x > 0, m, 0.0)
+        return np.asarray(p * (v + x * m) / (p * x + q - 1.0), dtype=float)
+
+
+# --------------------------------------------------------------------------------------------
+# combined baseline
+# --------------------------------------------------------------------------------------------
+
+_SUMMARY_COLUMNS = ("frequency", "recency", "T", "monetary_value")
+
+
+def _check_summary(summary_df: pd.DataFrame) -> None:
+    if not isinstance(summary_df, pd.DataFrame):
+        raise ValueError("summary_df must be a pandas DataFrame")
+    missing = [c for c in _SUMMARY_COLUMNS if c not in summary_df.columns]
+    if missing:
+        raise ValueError(f"summary_df is missing column(s): {', '.join(missing)}")
+    if len(summary_df) == 0:
+        raise ValueError("empty input: summary_df has no rows")
+
+
+class BaselineCLV:
+    """BG/NBD + Gamma-Gamma baseline for churn probability and customer lifetime value.
+
+    Works in days: ``frequency`` (repeat purchase days), ``recency`` and ``T`` in days, and
+    ``monetary_value`` the mean value of the repeat purchases. The fitted BG/NBD ``alpha`` is
+    therefore per day (the optimiser rescales internally, see the module docstring).
+
+    Parameters
+    ----------
+    bgnbd_penalizer, gamma_gamma_penalizer:
+        passed to :class:`BetaGeoModel` and :class:`GammaGammaModel` (default 0.0).
+
+    Attributes
+    ----------
+    bgnbd_: the fitted :class:`BetaGeoModel`.
+    gamma_gamma_: the fitted :class:`GammaGammaModel`.
+    """
+
+    def __init__(self, bgnbd_penalizer: float = 0.0, gamma_gamma_penalizer: float = 0.0) -> None:
+        self.bgnbd_penalizer = bgnbd_penalizer
+        self.gamma_gamma_penalizer = gamma_gamma_penalizer
+
+    def fit(self, summary_df: pd.DataFrame) -> BaselineCLV:
+        """Fit both models on one row per customer with columns frequency, recency, T,
+        monetary_value (days). Negative monetary values (net returns) are allowed: those
+        customers are left out of the Gamma-Gamma fit like those with zero spend.
+        """
+        _check_summary(summary_df)
+        self.bgnbd_ = BetaGeoModel(penalizer=self.bgnbd_penalizer).fit(
+            summary_df["frequency"], summary_df["recency"], summary_df["T"]
+        )
+        monetary = np.clip(_as_float_array(summary_df["monetary_value"], "monetary_value"), 0, None)
+        self.gamma_gamma_ = GammaGammaModel(penalizer=self.gamma_gamma_penalizer).fit(
+            summary_df["frequency"], monetary
+        )
+        return self
+
+    def predict(self, summary_df: pd.DataFrame, horizon_days: float) -> pd.DataFrame:
+        """Predict over the next ``horizon_days`` days, one row per customer in and out.
+
+        Returns a DataFrame with the index of ``summary_df`` and columns
+
+        - ``expected_orders``: expected number of purchases in the horizon (BG/NBD eq. 10);
+        - ``p_alive``: probability the customer is still alive now;
+        - ``expected_order_value``: Gamma-Gamma conditional expected order value (negative mean
+          values are clipped to 0 first; frequency 0 gives the population mean);
+        - ``predicted_clv``: ``expected_orders * expected_order_value``, undiscounted;
+        - ``churn_probability``: probability of no purchase in the horizon,
+          ``(1 - p_alive) + p_alive ((alpha + T) / (alpha + T + t))^(r + x)``, see
+          :meth:`BetaGeoModel.probability_no_purchase`.
+        """
+        if not hasattr(self, "bgnbd_"):
+            raise ValueError("BaselineCLV is not fitted yet: call fit first")
+        _check_summary(summary_df)
+        horizon = float(horizon_days)
+        if not np.isfinite(horizon) or horizon <= 0:
+            raise ValueError(f"horizon_days must be a positive number, got {horizon_days!r}")
+        freq, rec, t_obs = summary_df["frequency"], summary_df["recency"], summary_df["T"]
+        expected_orders = self.bgnbd_.expected_purchases(horizon, freq, rec, t_obs)
+        p_alive = self.bgnbd_.p_alive(freq, rec, t_obs)
+        churn = self.bgnbd_.probability_no_purchase(horizon, freq, rec, t_obs)
+        monetary = np.clip(_as_float_array(summary_df["monetary_value"], "monetary_value"), 0, None)
+        order_value = self.gamma_gamma_.conditional_expected_value(freq, monetary)
+        out: dict[str, Any] = {
+            "expected_orders": expected_orders,
+            "p_alive": p_alive,
+            "expected_order_value": order_value,
+            "predicted_clv": expected_orders * order_value,
+            "churn_probability": churn,
+        }
+        return pd.DataFrame(out, index=summary_df.index)

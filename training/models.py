@@ -1,0 +1,363 @@
+"""The churn and future-value models, and the baseline features they use.
+
+* `add_baseline_features`: per snapshot cutoff, fits BG/NBD + Gamma-Gamma on that
+  snapshot's own population (so no snapshot sees a later one) and adds ``bg_p_alive``,
+  ``bg_p_no_purchase``, ``bg_expected_orders`` and ``gg_expected_value``, ``bg_clv`` as
+  extra features. Customers in, the same rows with five columns more out.
+* `ChurnModel`: LightGBM binary classifier with early stopping on a time-based
+  validation snapshot, then an isotonic calibration (scikit-learn) on that snapshot, so
+  that a predicted 0.7 means 70%. Monotone constraints make churn probability
+  non-decreasing in ``days_since_last`` and ``overdue_ratio``. Reasons come from
+  LightGBM's own SHAP contributions (``pred_contrib``).
+* `ValueModel`: LightGBM with a Tweedie objective for zero-inflated, heavy-tailed spend;
+  the total level is corrected on the validation snapshot (sum of actual / sum of
+  predicted) so that the sum of predictions tracks the actual total when spend drifts
+  between snapshots.
+
+Both save to and load from a folder of plain files (booster text, JSON), which is what
+MLflow logs and what the service loads, so serving never unpickles a training object.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from features.config import FeatureConfig
+from features.registry import feature_names
+from training.baseline import BaselineCLV
+
+BASELINE_FEATURES = [
+    "bg_p_alive",
+    "bg_p_no_purchase",
+    "bg_expected_orders",
+    "gg_expected_value",
+    "bg_clv",
+]
+_MONOTONE_UP = ("days_since_last", "overdue_ratio")
+
+
+class TrainConfig(BaseModel):
+    """Everything a training run depends on (logged to MLflow as one JSON)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    features: FeatureConfig = FeatureConfig(churn_horizon_days=90, clv_horizon_days=365)
+    seed: int = 42
+    learning_rate: float = Field(0.05, gt=0, le=1)
+    num_leaves: int = Field(31, ge=2)
+    max_depth: int = Field(6, ge=1)  # bounded depth keeps pred_contrib (reasons) cheap
+    min_child_samples: int = Field(20, ge=1)
+    feature_fraction: float = Field(0.9, gt=0, le=1)
+    bagging_fraction: float = Field(0.8, gt=0, le=1)
+    lambda_l2: float = Field(1.0, ge=0)
+    n_estimators: int = Field(2000, ge=1)
+    early_stopping_rounds: int = Field(100, ge=1)
+    tweedie_variance_power: float = Field(1.3, gt=1, lt=2)
+    risk_bands: tuple[float, float] = (0.3, 0.6)  # low < 0.3 <= medium < 0.6 <= high
+    top_reasons: int = Field(3, ge=1, le=10)
+    num_threads: int = Field(0, ge=0)  # 0: LightGBM's default (all cores)
+
+    def lgb_params(self) -> dict[str, Any]:
+        return {
+            "learning_rate": self.learning_rate,
+            "num_leaves": self.num_leaves,
+            "max_depth": self.max_depth,
+            "min_child_samples": self.min_child_samples,
+            "feature_fraction": self.feature_fraction,
+            "bagging_fraction": self.bagging_fraction,
+            "bagging_freq": 1,
+            "lambda_l2": self.lambda_l2,
+            "seed": self.seed,
+            "deterministic": True,
+            "force_row_wise": True,
+            "num_threads": self.num_threads,
+            "verbosity": -1,
+        }
+
+
+def model_feature_names(config: FeatureConfig | None = None) -> list[str]:
+    """The model inputs: every registry feature plus the baseline features."""
+    return [*feature_names(config), *BASELINE_FEATURES]
+
+
+def add_baseline_features(frame: pd.DataFrame, config: FeatureConfig) -> pd.DataFrame:
+    """Fit BG/NBD + Gamma-Gamma per snapshot cutoff and add their predictions as features.
+
+    One row per (cutoff, customer) in; the same rows, in the same order, with the
+    `BASELINE_FEATURES` columns added out. Horizons: churn horizon for
+    ``bg_p_no_purchase``/``bg_expected_orders``, value horizon for ``bg_clv``.
+    """
+    out = frame.copy()
+    for col in BASELINE_FEATURES:
+        out[col] = np.nan
+    for _, idx in out.groupby("cutoff", sort=True).groups.items():
+        snap = out.loc[idx]
+        summary = pd.DataFrame({
+            "frequency": snap["frequency"].astype("float64"),
+            "recency": snap["recency"].astype("float64"),
+            "T": snap["T"].astype("float64"),
+            "monetary_value": snap["monetary_value"].astype("float64"),
+        })
+        base = BaselineCLV().fit(summary)
+        churn_h = base.predict(summary, config.churn_horizon_days)
+        value_h = base.predict(summary, config.clv_horizon_days)
+        out.loc[idx, "bg_p_alive"] = churn_h["p_alive"].to_numpy()
+        out.loc[idx, "bg_p_no_purchase"] = churn_h["churn_probability"].to_numpy()
+        out.loc[idx, "bg_expected_orders"] = churn_h["expected_orders"].to_numpy()
+        out.loc[idx, "gg_expected_value"] = value_h["expected_order_value"].to_numpy()
+        out.loc[idx, "bg_clv"] = value_h["predicted_clv"].to_numpy()
+    return out
+
+
+def _matrix(frame: pd.DataFrame, names: list[str]) -> np.ndarray:
+    missing = [n for n in names if n not in frame.columns]
+    if missing:
+        raise ValueError(f"feature frame lacks the model's columns: {', '.join(missing)}")
+    return frame[names].astype("float64").to_numpy(na_value=np.nan)
+
+
+def _split_last_snapshot(frame: pd.DataFrame, label: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rows with the label: (older snapshots, the most recent snapshot) — time-based."""
+    labelled = frame[frame[label].notna()]
+    cuts = sorted(labelled["cutoff"].unique())
+    if len(cuts) < 2:
+        raise ValueError(
+            f"training needs at least two snapshots with a '{label}' label (one to fit, the "
+            f"latest to validate), got {len(cuts)}: use a later cutoff, a shorter horizon or "
+            f"more frequent snapshots"
+        )
+    last = cuts[-1]
+    return labelled[labelled["cutoff"] < last], labelled[labelled["cutoff"] == last]
+
+
+@dataclass
+class _Fitted:
+    booster: Any
+    names: list[str]
+
+
+class ChurnModel:
+    """Calibrated LightGBM churn classifier. ``fit`` takes a stacked training frame."""
+
+    kind = "churn"
+
+    def __init__(self, config: TrainConfig | None = None) -> None:
+        self.config = config
+
+    def fit(self, frame: pd.DataFrame) -> ChurnModel:
+        """Fit on every labelled snapshot but the latest; early-stop and calibrate on it."""
+        import lightgbm as lgb
+        from sklearn.isotonic import IsotonicRegression
+
+        cfg = self.config or TrainConfig()
+        names = model_feature_names(cfg.features)
+        train, valid = _split_last_snapshot(frame, "churned")
+        y_tr = train["churned"].astype(int).to_numpy()
+        y_va = valid["churned"].astype(int).to_numpy()
+        if len(np.unique(y_tr)) < 2:
+            raise ValueError(
+                "every training customer has the same churn label: the data has no repeat "
+                "customers (or nobody churns) within the horizon; a churn model cannot be fit"
+            )
+        params = {
+            **cfg.lgb_params(),
+            "objective": "binary",
+            "metric": "binary_logloss",
+            "monotone_constraints": [1 if n in _MONOTONE_UP else 0 for n in names],
+            "monotone_constraints_method": "advanced",
+        }
+        dtrain = lgb.Dataset(_matrix(train, names), y_tr, feature_name=names,
+                             free_raw_data=False)
+        dvalid = lgb.Dataset(_matrix(valid, names), y_va, reference=dtrain)
+        booster = lgb.train(
+            params, dtrain, num_boost_round=cfg.n_estimators, valid_sets=[dvalid],
+            callbacks=[lgb.early_stopping(cfg.early_stopping_rounds, verbose=False)],
+        )
+        raw = booster.predict(_matrix(valid, names), num_iteration=booster.best_iteration)
+        iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip", increasing=True)
+        iso.fit(raw, y_va)
+        self.booster_ = booster
+        self.feature_names_ = names
+        self.best_iteration_ = int(booster.best_iteration or booster.current_iteration())
+        self.calibration_x_ = np.asarray(iso.X_thresholds_, dtype="float64")
+        self.calibration_y_ = np.asarray(iso.y_thresholds_, dtype="float64")
+        self.train_cutoffs_ = [str(pd.Timestamp(c)) for c in sorted(train["cutoff"].unique())]
+        self.valid_cutoff_ = str(pd.Timestamp(valid["cutoff"].iloc[0]))
+        self.config_ = cfg
+        return self
+
+    def raw_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.booster_.predict(
+            _matrix(frame, self.feature_names_), num_iteration=self.best_iteration_
+        )
+
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        """Calibrated churn probability per row (a non-decreasing map of the raw score)."""
+        return calibrate(self.raw_proba(frame), self.calibration_x_, self.calibration_y_)
+
+    def reasons(self, frame: pd.DataFrame, k: int | None = None) -> list[list[dict[str, Any]]]:
+        """Top-k features by |SHAP contribution| to the churn score, with direction."""
+        X = _matrix(frame, self.feature_names_)
+        contrib = self.booster_.predict(X, num_iteration=self.best_iteration_, pred_contrib=True)
+        return top_reasons(contrib, X, self.feature_names_, k or self.config_.top_reasons)
+
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.booster_.save_model(str(folder / "booster.txt"), num_iteration=self.best_iteration_)
+        meta = {
+            "kind": self.kind,
+            "feature_names": self.feature_names_,
+            "best_iteration": self.best_iteration_,
+            "calibration_x": self.calibration_x_.tolist(),
+            "calibration_y": self.calibration_y_.tolist(),
+            "train_cutoffs": self.train_cutoffs_,
+            "valid_cutoff": self.valid_cutoff_,
+            "config": json.loads(self.config_.model_dump_json()),
+        }
+        (folder / "model.json").write_text(json.dumps(meta, indent=2))
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> ChurnModel:
+        import lightgbm as lgb
+
+        folder = Path(folder)
+        meta = json.loads((folder / "model.json").read_text())
+        self = cls(TrainConfig(**meta["config"]))
+        self.booster_ = lgb.Booster(model_file=str(folder / "booster.txt"))
+        self.feature_names_ = meta["feature_names"]
+        self.best_iteration_ = self.booster_.current_iteration()
+        self.calibration_x_ = np.asarray(meta["calibration_x"], dtype="float64")
+        self.calibration_y_ = np.asarray(meta["calibration_y"], dtype="float64")
+        self.train_cutoffs_ = meta["train_cutoffs"]
+        self.valid_cutoff_ = meta["valid_cutoff"]
+        self.config_ = self.config
+        return self
+
+
+class ValueModel:
+    """LightGBM Tweedie regression of future net spend, with a level correction."""
+
+    kind = "clv"
+
+    def __init__(self, config: TrainConfig | None = None) -> None:
+        self.config = config
+
+    def fit(self, frame: pd.DataFrame) -> ValueModel:
+        """Fit on every labelled snapshot but the latest; early-stop and correct the level
+        on it (sum actual / sum predicted), so the total tracks spend drift."""
+        import lightgbm as lgb
+
+        cfg = self.config or TrainConfig()
+        names = model_feature_names(cfg.features)
+        train, valid = _split_last_snapshot(frame, "future_value")
+        # Tweedie needs non-negative targets: net returns in a window count as zero spend;
+        # the level correction below is made against the actual net totals.
+        y_tr = train["future_value"].clip(lower=0).to_numpy(dtype="float64")
+        y_va = valid["future_value"].clip(lower=0).to_numpy(dtype="float64")
+        if not (y_tr > 0).any():
+            raise ValueError("no customer spends anything in any training window: "
+                             "a value model cannot be fit")
+        params = {
+            **cfg.lgb_params(),
+            "objective": "tweedie",
+            "tweedie_variance_power": cfg.tweedie_variance_power,
+            "metric": "tweedie",
+        }
+        dtrain = lgb.Dataset(_matrix(train, names), y_tr, feature_name=names,
+                             free_raw_data=False)
+        dvalid = lgb.Dataset(_matrix(valid, names), y_va, reference=dtrain)
+        booster = lgb.train(
+            params, dtrain, num_boost_round=cfg.n_estimators, valid_sets=[dvalid],
+            callbacks=[lgb.early_stopping(cfg.early_stopping_rounds, verbose=False)],
+        )
+        pred_va = booster.predict(_matrix(valid, names), num_iteration=booster.best_iteration)
+        actual_total = float(valid["future_value"].sum())
+        pred_total = float(pred_va.sum())
+        self.level_ = actual_total / pred_total if pred_total > 0 and actual_total > 0 else 1.0
+        self.booster_ = booster
+        self.feature_names_ = names
+        self.best_iteration_ = int(booster.best_iteration or booster.current_iteration())
+        self.train_cutoffs_ = [str(pd.Timestamp(c)) for c in sorted(train["cutoff"].unique())]
+        self.valid_cutoff_ = str(pd.Timestamp(valid["cutoff"].iloc[0]))
+        self.config_ = cfg
+        return self
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        """Predicted net spend in the value horizon, per row (>= 0)."""
+        raw = self.booster_.predict(
+            _matrix(frame, self.feature_names_), num_iteration=self.best_iteration_
+        )
+        return raw * self.level_
+
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.booster_.save_model(str(folder / "booster.txt"), num_iteration=self.best_iteration_)
+        meta = {
+            "kind": self.kind,
+            "feature_names": self.feature_names_,
+            "best_iteration": self.best_iteration_,
+            "level": self.level_,
+            "train_cutoffs": self.train_cutoffs_,
+            "valid_cutoff": self.valid_cutoff_,
+            "config": json.loads(self.config_.model_dump_json()),
+        }
+        (folder / "model.json").write_text(json.dumps(meta, indent=2))
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> ValueModel:
+        import lightgbm as lgb
+
+        folder = Path(folder)
+        meta = json.loads((folder / "model.json").read_text())
+        self = cls(TrainConfig(**meta["config"]))
+        self.booster_ = lgb.Booster(model_file=str(folder / "booster.txt"))
+        self.feature_names_ = meta["feature_names"]
+        self.best_iteration_ = self.booster_.current_iteration()
+        self.level_ = float(meta["level"])
+        self.train_cutoffs_ = meta["train_cutoffs"]
+        self.valid_cutoff_ = meta["valid_cutoff"]
+        self.config_ = self.config
+        return self
+
+
+def calibrate(raw: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Apply a fitted isotonic map (piecewise linear between thresholds, clipped)."""
+    return np.clip(np.interp(raw, xs, ys), 0.0, 1.0)
+
+
+def top_reasons(
+    contrib: np.ndarray, X: np.ndarray, names: list[str], k: int
+) -> list[list[dict[str, Any]]]:
+    """Per row, the k features with the largest |contribution| (bias column dropped)."""
+    c = np.asarray(contrib)[:, : len(names)]
+    order = np.argsort(-np.abs(c), axis=1, kind="stable")[:, :k]
+    out = []
+    for i, row in enumerate(order):
+        reasons = []
+        for j in row:
+            value = X[i, j]
+            reasons.append({
+                "feature": names[j],
+                "value": None if np.isnan(value) else float(value),
+                "contribution": float(c[i, j]),
+                "direction": "raises" if c[i, j] > 0 else "lowers",
+            })
+        out.append(reasons)
+    return out
+
+
+def risk_band(p: np.ndarray, bands: tuple[float, float]) -> np.ndarray:
+    """low / medium / high by the configured thresholds."""
+    lo, hi = bands
+    return np.where(p >= hi, "high", np.where(p >= lo, "medium", "low"))

@@ -1,0 +1,256 @@
+"""Training, prediction and backtest flows as plain functions returning pandas objects.
+
+The command line only parses and calls these; MLflow logging lives in
+`training.tracking` and the customer store in `training.store`.
+
+Time discipline: every flow takes its cutoff (``as_of``) explicitly; the training frame
+holds only snapshots whose outcome windows end on or before it; metrics come from the
+most recent fully observed snapshot (``train``) or from the real outcome after the cutoff
+(``backtest``), never from a random split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features.config import ColumnMapping
+from features.contract import DataValidationError, Transactions, load_transactions, parse_cutoff
+from features.demo import segment_customers
+from features.pipeline import build_features, build_labels, build_training_frame
+from features.segments import RFMSegmenter
+from training.metrics import churn_metrics, compare_table, value_metrics
+from training.models import (
+    ChurnModel,
+    TrainConfig,
+    ValueModel,
+    add_baseline_features,
+    risk_band,
+)
+
+OUTPUT_COLUMNS = [
+    "customer_id", "as_of", "churn_probability", "churn_risk", "predicted_clv",
+    "expected_orders", "p_alive", "rfm_score", "segment", "lifecycle_stage",
+    "value_at_risk", "reasons",
+]
+
+
+@dataclass
+class FittedModels:
+    """The two models and the segmenter learned together at one training cutoff."""
+
+    churn: ChurnModel
+    value: ValueModel
+    segmenter: RFMSegmenter
+    config: TrainConfig
+    as_of: pd.Timestamp
+    versions: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    models: FittedModels
+    frame: pd.DataFrame  # the stacked training frame (with baseline features)
+    evaluation: dict[str, pd.DataFrame]  # "churn" / "value": metric, model, baseline, better
+    eval_predictions: dict[str, pd.DataFrame]  # per-customer y, model, baseline on eval snap
+    eval_cutoffs: dict[str, pd.Timestamp]
+    data_report: Any
+
+
+@dataclass
+class BacktestResult:
+    predictions: pd.DataFrame  # one row per customer (the backtest output columns)
+    metrics: pd.DataFrame | None  # metric, model, baseline, better, target; None if unobserved
+    cutoff: pd.Timestamp
+    observed: bool
+    models: FittedModels
+
+
+def _load(transactions: Any, mapping: ColumnMapping | None, table: str | None = None
+          ) -> Transactions:
+    if isinstance(transactions, Transactions):
+        return transactions
+    return load_transactions(transactions, mapping, table=table)
+
+
+def default_as_of(tx: Transactions) -> pd.Timestamp:
+    """The day after the last event, so every event is used."""
+    return (pd.Timestamp(tx.report.last_event) + pd.Timedelta(days=1)).normalize()
+
+
+def _check_horizons(tx: Transactions, as_of: pd.Timestamp, config: TrainConfig) -> None:
+    first = pd.Timestamp(tx.report.first_event)
+    history = (as_of - first).days
+    for name, h in (("--churn-horizon-days", config.features.churn_horizon_days),
+                    ("--clv-horizon-days", config.features.clv_horizon_days)):
+        # a horizon needs room for at least three snapshots (fit, validate, evaluate)
+        if h + 2 * config.features.snapshot_every_days >= history:
+            raise DataValidationError(
+                f"{name} {h} is too long for the history: the data before {as_of.date()} "
+                f"covers {history} days from {first.date()}, and training needs the horizon "
+                f"plus {2 * config.features.snapshot_every_days} days of snapshots; "
+                f"use a shorter horizon or more history"
+            )
+
+
+def fit_models(frame: pd.DataFrame, population: pd.DataFrame, config: TrainConfig,
+               as_of: pd.Timestamp) -> FittedModels:
+    """Fit churn and value models on a training frame (with baseline features) and the
+    segmenter on the population at ``as_of``."""
+    churn = ChurnModel(config).fit(frame)
+    value = ValueModel(config).fit(frame)
+    segmenter = RFMSegmenter().fit(population)
+    return FittedModels(churn, value, segmenter, config, as_of)
+
+
+def predict_customers(models: FittedModels, features: pd.DataFrame,
+                      as_of: pd.Timestamp | None = None) -> pd.DataFrame:
+    """Per-customer output of DESIGN.md for a feature frame at one cutoff.
+
+    Features at one cutoff in (one row per customer, baseline features added here when
+    missing); one row per customer out with `OUTPUT_COLUMNS` plus the model versions.
+    """
+    cfg = models.config
+    feats = features
+    if "bg_p_alive" not in feats.columns:
+        feats = add_baseline_features(feats, cfg.features)
+    p = models.churn.predict_proba(feats)
+    clv = models.value.predict(feats)
+    seg = segment_customers(feats, models.segmenter, cfg.features)
+    out = pd.DataFrame({
+        "customer_id": feats["customer_id"].astype("string").to_numpy(),
+        "as_of": pd.Timestamp(as_of if as_of is not None else feats["cutoff"].iloc[0]),
+        "churn_probability": p,
+        "churn_risk": risk_band(p, cfg.risk_bands),
+        "predicted_clv": clv,
+        "expected_orders": feats["bg_expected_orders"].to_numpy(dtype="float64"),
+        "p_alive": feats["bg_p_alive"].to_numpy(dtype="float64"),
+        "rfm_score": seg["rfm_score"].astype(str).to_numpy(),
+        "segment": seg["segment"].astype(str).to_numpy(),
+        "lifecycle_stage": seg["lifecycle_stage"].astype(str).to_numpy(),
+        "value_at_risk": p * clv,
+        "reasons": models.churn.reasons(feats),
+    })
+    out["churn_model_version"] = models.versions.get("churn", "unregistered")
+    out["clv_model_version"] = models.versions.get("clv", "unregistered")
+    return out
+
+
+def _eval_tables(y_churn: np.ndarray, p_model: np.ndarray, p_base: np.ndarray,
+                 y_value: np.ndarray | None, v_model: np.ndarray | None,
+                 v_base: np.ndarray | None) -> dict[str, pd.DataFrame]:
+    tables = {"churn": compare_table(churn_metrics(y_churn, p_model),
+                                     churn_metrics(y_churn, p_base))}
+    if y_value is not None:
+        tables["value"] = compare_table(value_metrics(y_value, v_model),
+                                        value_metrics(y_value, v_base))
+    return tables
+
+
+def train(
+    transactions: Any,
+    mapping: ColumnMapping | None = None,
+    as_of: Any | None = None,
+    config: TrainConfig | None = None,
+    *,
+    table: str | None = None,
+) -> TrainResult:
+    """Train both models on events before ``as_of`` and evaluate them, time-based.
+
+    The most recent fully observed snapshot of each label (its window ends at ``as_of``)
+    is held out for evaluation; the models are fit on the snapshots before it (the latest
+    of those validates early stopping and calibration). The logged metrics therefore
+    describe exactly the models that are registered.
+    """
+    config = config or TrainConfig()
+    tx = _load(transactions, mapping, table)
+    as_of = parse_cutoff(as_of) if as_of is not None else default_as_of(tx)
+    _check_horizons(tx, as_of, config)
+    fcfg = config.features
+    frame = build_training_frame(tx, as_of, config=fcfg)
+    frame = add_baseline_features(frame, fcfg)
+
+    eval_cut = {
+        "churn": pd.Timestamp(frame.loc[frame["churned"].notna(), "cutoff"].max()),
+        "value": pd.Timestamp(frame.loc[frame["future_value"].notna(), "cutoff"].max()),
+    }
+    fit_frame = frame.copy()
+    fit_frame.loc[fit_frame["cutoff"] == eval_cut["churn"], "churned"] = pd.NA
+    fit_frame.loc[fit_frame["cutoff"] == eval_cut["value"], "future_value"] = np.nan
+    population = build_features(tx, as_of, config=fcfg)
+    models = fit_models(fit_frame, population, config, as_of)
+
+    ev_c = frame[frame["cutoff"] == eval_cut["churn"]]
+    ev_v = frame[frame["cutoff"] == eval_cut["value"]]
+    y = ev_c["churned"].astype(int).to_numpy()
+    p_model = models.churn.predict_proba(ev_c)
+    p_base = ev_c["bg_p_no_purchase"].to_numpy(dtype="float64")
+    yv = ev_v["future_value"].to_numpy(dtype="float64")
+    v_model = models.value.predict(ev_v)
+    v_base = ev_v["bg_clv"].to_numpy(dtype="float64")
+    evaluation = _eval_tables(y, p_model, p_base, yv, v_model, v_base)
+    preds = {
+        "churn": pd.DataFrame({"customer_id": ev_c["customer_id"].to_numpy(), "actual": y,
+                               "model": p_model, "baseline": p_base}),
+        "value": pd.DataFrame({"customer_id": ev_v["customer_id"].to_numpy(), "actual": yv,
+                               "model": v_model, "baseline": v_base}),
+    }
+    return TrainResult(models, frame, evaluation, preds, eval_cut, tx.report)
+
+
+def backtest(
+    transactions: Any,
+    cutoff: Any,
+    mapping: ColumnMapping | None = None,
+    config: TrainConfig | None = None,
+    *,
+    table: str | None = None,
+) -> BacktestResult:
+    """Train as if today were ``cutoff``, score every customer active before it, and, when
+    the data covers the outcome windows, compare with the actual outcomes and with the
+    BG/NBD + Gamma-Gamma baseline fitted on the same data.
+
+    Transactions in; one row per customer out (``customer_id, churn_probability,
+    predicted_clv, expected_orders, p_alive, segment, lifecycle_stage`` plus the actual
+    outcomes and the baseline's predictions when observed).
+    """
+    config = config or TrainConfig()
+    tx = _load(transactions, mapping, table)
+    cut = parse_cutoff(cutoff)
+    _check_horizons(tx, cut, config)
+    fcfg = config.features
+    frame = add_baseline_features(build_training_frame(tx, cut, config=fcfg), fcfg)
+    population = add_baseline_features(build_features(tx, cut, config=fcfg), fcfg)
+    models = fit_models(frame, population, config, cut)
+    out = predict_customers(models, population, cut)
+    keep = ["customer_id", "churn_probability", "churn_risk", "predicted_clv",
+            "expected_orders", "p_alive", "segment", "lifecycle_stage", "value_at_risk"]
+    preds = out[keep].copy()
+    preds["baseline_churn_probability"] = population["bg_p_no_purchase"].to_numpy()
+    preds["baseline_clv"] = population["bg_clv"].to_numpy()
+
+    last = pd.Timestamp(tx.report.last_event)
+    horizon_end = cut + pd.Timedelta(days=max(fcfg.churn_horizon_days, fcfg.clv_horizon_days))
+    observed = last >= horizon_end - pd.Timedelta(days=1)
+    metrics = None
+    if observed:
+        lc = build_labels(tx, cut, fcfg.churn_horizon_days)
+        lv = build_labels(tx, cut, fcfg.clv_horizon_days)
+        preds = preds.merge(lc[["customer_id", "churned"]], on="customer_id", how="left")
+        preds = preds.merge(
+            lv[["customer_id", "future_value"]].rename(columns={"future_value": "actual_value"}),
+            on="customer_id", how="left",
+        )
+        tables = _eval_tables(
+            preds["churned"].astype(int).to_numpy(), preds["churn_probability"].to_numpy(),
+            preds["baseline_churn_probability"].to_numpy(),
+            preds["actual_value"].to_numpy(dtype="float64"),
+            preds["predicted_clv"].to_numpy(), preds["baseline_clv"].to_numpy(),
+        )
+        metrics = pd.concat(
+            [t.assign(target=k) for k, t in tables.items()], ignore_index=True
+        )[["target", "metric", "model", "baseline", "better"]]
+    return BacktestResult(preds, metrics, cut, observed, models)
