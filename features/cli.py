@@ -38,7 +38,7 @@ def with_mapping(func: Callable[..., Any]) -> Callable[..., Any]:
     """Add ``--transactions``, ``--table``, ``--mapping FILE`` and the column flags to a
     command; the wrapped function receives ``source``, ``table`` and ``mapping``
     (a `ColumnMapping`: the YAML file, then the flags on top)."""
-    sig = inspect.signature(func)
+    sig = inspect.signature(func, eval_str=True)
     kept = [p for n, p in sig.parameters.items() if n not in ("source", "table", "mapping")]
     kw = inspect.Parameter.KEYWORD_ONLY
     extra = [
@@ -76,6 +76,7 @@ def with_mapping(func: Callable[..., Any]) -> Callable[..., Any]:
         return func(source=source, table=table, mapping=mapping, **kwargs)
 
     wrapper.__signature__ = sig.replace(parameters=[*extra, *kept])  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {}
     return wrapper
 
 

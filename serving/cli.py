@@ -13,6 +13,8 @@ import typer
 
 from features.cli import app as features_app
 from features.cli import run_cli
+from serving.keys_cli import keys_app
+from training.cli import register as register_training
 
 app = typer.Typer(
     name="lifecast",
@@ -21,6 +23,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(features_app, name="features")
+app.add_typer(keys_app, name="keys")
+register_training(app)
 
 
 @app.command("demo")
@@ -49,7 +53,7 @@ def demo_cmd(
     typer.echo(demo.report.format())
     typer.echo(f"\nFeatures at cutoff {demo.cutoff.date()}: {len(demo.customers):,} customers\n")
     with pd.option_context("display.width", 120, "display.max_columns", 20):
-        typer.echo(demo.segments.to_string(index=False))
+        typer.echo(demo.segments.reset_index().to_string(index=False))
         stages = demo.customers["lifecycle_stage"].value_counts()
         typer.echo("\nLifecycle stages:\n" + stages.to_string())
 

@@ -272,6 +272,28 @@ def test_time_zones_dates_and_offsets_become_naive_utc(tmp_path: Path) -> None:
     got = load_transactions(_csv(text, tmp_path), mapping).to_pandas()["timestamp"].tolist()
     assert got == [pd.Timestamp("2021-06-01 10:00"), pd.Timestamp("2021-01-01 00:30")]
 
+    text = pd.DataFrame(
+        {
+            "c": ["a", "b", "c", "d", "e"],
+            "t": [
+                "2021-01-01 10:00+02",
+                "2021-01-01T10:00:00.5-05:00",
+                "2021-01-01 10:00:00 Europe/Berlin",
+                "2021-01-01T10:00",
+                "2021-01-01",
+            ],
+            "v": 1.0,
+        }
+    )
+    got = load_transactions(text, mapping).to_pandas()["timestamp"].tolist()
+    assert got == [
+        pd.Timestamp("2021-01-01 08:00"),
+        pd.Timestamp("2021-01-01 15:00:00.5"),
+        pd.Timestamp("2021-01-01 09:00"),
+        pd.Timestamp("2021-01-01 10:00"),
+        pd.Timestamp("2021-01-01"),
+    ]
+
     dates = aware.assign(t=[pd.Timestamp("2021-03-04").date()] * 2)
     got = load_transactions(dates, mapping).to_pandas()["timestamp"].tolist()
     assert got == [pd.Timestamp("2021-03-04")] * 2
@@ -525,3 +547,14 @@ def test_stale_cutoff_warns_with_the_last_event() -> None:
         assert check_cutoff(report, "2021-02-15") == pd.Timestamp("2021-02-15")
     with pytest.warns(StaleDataWarning, match=r"last event .*2021-02-01"):
         check_cutoff(report, "2021-06-01", FeatureConfig(stale_after_days=30))
+
+
+def test_ibis_table_on_a_duckdb_connection_is_read_in_place(tmp_path: Path) -> None:
+    con = ibis.duckdb.connect()
+    con.con.register("raw_df", user_log())
+    con.con.execute("CREATE TABLE sales AS SELECT * FROM raw_df")
+    sales = con.table("sales")
+    tx = load_transactions(sales.filter(sales.Qty > 0), MAPPING)
+    assert tx.backend is con  # no copy into another connection
+    assert tx.report.rows_read == 5 and tx.report.source == "Ibis table"
+    assert tx.to_pandas()["amount"].tolist() == [3.0, 10.0, 4.5, 10.0]

@@ -1,0 +1,367 @@
+"""MLflow tracking, registry and champion rule (`training.tracking`) on a real SQLite store.
+
+One store and one small trained model set per module (creating a SQLite store and training
+take most of the time). The read-only tests look at the first run; the champion scenario
+(a worse model, ``always``, `promote_run`) is one test that ends by promoting the first run
+again, so the others see the same champions whatever order they run in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking._tracking_service import utils as tracking_utils
+
+from features.config import FeatureConfig
+from training import tracking
+from training.metrics import churn_metrics, compare_table, roc_auc
+from training.models import ChurnModel, TrainConfig, ValueModel
+from training.pipeline import TrainResult, predict_customers, train
+
+ROOT = Path(__file__).resolve().parents[2]
+AS_OF = "2024-01-01"
+PLOTS = {
+    "churn_calibration", "churn_gains", "clv_decile_value", "churn_feature_importance",
+    "clv_feature_importance", "churn_shap_summary", "clv_shap_summary",
+}
+FEATURES = FeatureConfig(churn_horizon_days=90, clv_horizon_days=90, snapshot_every_days=30,
+                         n_snapshots=6)
+
+
+def _transactions() -> pd.DataFrame:
+    """~1,400 customers over two years (repeat buyers, churners, returns)."""
+    path = ROOT / "bench" / "synthetic.py"
+    if path.is_file():
+        spec = importlib.util.spec_from_file_location("_lifecast_bench_synthetic", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses need the module registered
+        spec.loader.exec_module(module)
+        return module.generate_transactions(15_000, seed=1, start="2022-01-01", days=730)
+    rng = np.random.default_rng(1)  # fallback: a small generator of our own
+    rows = []
+    for c in range(1_500):
+        t = rng.uniform(0, 600)
+        end = t + rng.exponential(300)
+        rate = rng.gamma(1.0, 1 / 30)
+        while t < min(end, 730):
+            rows.append((c, pd.Timestamp("2022-01-01") + pd.Timedelta(days=float(t)),
+                         float(rng.lognormal(3, 0.6))))
+            t += rng.exponential(1 / rate)
+    return pd.DataFrame(rows, columns=["customer_id", "timestamp", "amount"])
+
+
+@pytest.fixture(scope="module")
+def trained() -> TrainResult:
+    config = TrainConfig(features=FEATURES, n_estimators=200, num_threads=1)
+    return train(_transactions(), as_of=AS_OF, config=config)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory):
+    """A fresh SQLite store; the environment's MLFLOW_TRACKING_URI is ignored and the global
+    tracking URI restored afterwards."""
+    workdir = tmp_path_factory.mktemp("mlflow")
+    previous = tracking_utils._tracking_uri
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mp.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        mp.setattr(tracking, "_last_set_uri", None)
+        uri = tracking.configure(workdir)
+        try:
+            yield workdir, uri
+        finally:
+            mlflow.set_tracking_uri(previous)
+
+
+@pytest.fixture(scope="module")
+def first_run(store, trained) -> tracking.RunSummary:
+    return tracking.log_training(trained, source="synthetic/transactions.parquet",
+                                 run_name="first")
+
+
+def _eval_rows(result: TrainResult, kind: str) -> pd.DataFrame:
+    key = "churn" if kind == "churn" else "value"
+    return result.frame[result.frame["cutoff"] == result.eval_cutoffs[key]]
+
+
+def _with_bad_churn_model(result: TrainResult) -> tuple[TrainResult, float]:
+    """The same run with a deliberately weak churn model (one stump, tiny learning rate),
+    fitted on the same snapshots as `train` fits (the evaluation snapshot's labels hidden)."""
+    eval_cut = result.eval_cutoffs["churn"]
+    fit_frame = result.frame.copy()
+    fit_frame.loc[fit_frame["cutoff"] == eval_cut, "churned"] = pd.NA
+    fit_frame.loc[fit_frame["cutoff"] == result.eval_cutoffs["value"], "future_value"] = np.nan
+    cfg = TrainConfig(features=FEATURES, n_estimators=1, num_leaves=2, max_depth=1,
+                      learning_rate=0.001, num_threads=1)
+    bad = ChurnModel(cfg).fit(fit_frame)
+    ev = _eval_rows(result, "churn")
+    y = ev["churned"].astype(int).to_numpy()
+    p = bad.predict_proba(ev)
+    base = ev["bg_p_no_purchase"].to_numpy(dtype="float64")
+    evaluation = dict(result.evaluation)
+    evaluation["churn"] = compare_table(churn_metrics(y, p), churn_metrics(y, base))
+    preds = dict(result.eval_predictions)
+    preds["churn"] = preds["churn"].assign(model=p)
+    worse = dataclasses.replace(
+        result, models=dataclasses.replace(result.models, churn=bad), evaluation=evaluation,
+        eval_predictions=preds,
+    )
+    return worse, roc_auc(y, p)
+
+
+def _aliases(kind: str) -> dict[str, str]:
+    model = mlflow.MlflowClient().get_registered_model(tracking.MODEL_NAMES[kind])
+    return {alias: str(version) for alias, version in model.aliases.items()}
+
+
+# -------------------------------------------------------------------------------- no store
+
+
+def test_import_has_no_side_effects(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    code = ("import os, mlflow, training.tracking; "
+            "print(mlflow.is_tracking_uri_set(), sorted(os.listdir('.')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, text=True,
+                         capture_output=True, check=True)
+    assert out.stdout.strip() == "False []"
+
+
+def test_helpers() -> None:
+    assert tracking._redact("postgresql://ana:s3cret@db:5432/shop") == (
+        "postgresql://ana:***@db:5432/shop")
+    assert tracking._redact("data/tx.parquet") == "data/tx.parquet"
+    assert tracking._fmt_pair(0.8123, 0.7904) == ("0.812", "0.790")
+    assert tracking._fmt_pair(0.81231, 0.81234) == ("0.812310", "0.812340")
+    assert tracking._fmt_pair(0.81231, 0.81239) == ("0.8123", "0.8124")
+    with pytest.raises(ValueError, match="kind must be one of"):
+        tracking.LifecastModel("ltv")
+
+
+# -------------------------------------------------------------------------------- the store
+
+
+def test_configure(store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    workdir, uri = store
+    assert uri == f"sqlite:///{workdir.resolve() / 'mlflow.db'}"
+    assert (workdir / "mlflow.db").is_file()
+    exp = mlflow.MlflowClient().get_experiment_by_name("lifecast")
+    assert exp.artifact_location == (workdir.resolve() / "mlartifacts").as_uri()
+    # the environment wins over the working folder (nothing is made there)
+    monkeypatch.setattr(tracking, "_last_set_uri", None)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert tracking.configure(tmp_path / "elsewhere") == uri
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_log_training_rejects_unknown_promote(store, trained) -> None:
+    with pytest.raises(ValueError, match="promote must be one of auto, always, never"):
+        tracking.log_training(trained, source="x", promote="sometimes")
+
+
+def test_run_logs_params_metrics_data_and_plots(first_run, trained) -> None:
+    client = mlflow.MlflowClient()
+    run = client.get_run(first_run.run_id)
+    params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "first"
+    assert params["features.churn_horizon_days"] == "90"
+    assert params["n_estimators"] == "200"
+    assert params["features.windows_days"] == "[30, 90, 180, 365]"
+    assert params["as_of"] == tags["as_of"] == "2024-01-01 00:00:00"
+    assert params["eval_cutoff_churn"] == str(trained.eval_cutoffs["churn"])
+    assert tags["eval_cutoff_clv"] == str(trained.eval_cutoffs["value"])
+    assert params["data.first_event"].startswith("2022-01-01")
+    for key, table in trained.evaluation.items():
+        for rec in table.to_dict("records"):
+            assert metrics[f"{key}_{rec['metric']}"] == pytest.approx(rec["model"])
+            assert metrics[f"baseline_{key}_{rec['metric']}"] == pytest.approx(rec["baseline"])
+    assert {"churn_roc_auc", "baseline_churn_roc_auc", "value_normalized_gini"} <= set(metrics)
+
+    (inp,) = run.inputs.dataset_inputs
+    assert inp.dataset.name == "transactions"
+    assert {t.key: t.value for t in inp.tags}["mlflow.data.context"] == "training"
+    described = json.loads(inp.dataset.profile)
+    assert described["num_rows"] == 1
+    assert "synthetic/transactions.parquet" in inp.dataset.source
+    # deterministic: the same data gives the same digest
+    report = trained.data_report.to_dict()
+    assert inp.dataset.digest == tracking._data_digest(report, trained.frame)
+    assert tracking._data_digest(report, trained.frame.iloc[:-1]) != inp.dataset.digest
+
+    top = {a.path for a in client.list_artifacts(first_run.run_id)}
+    assert {"config.json", "features.json", "data_report.json", "plots"} <= top
+    plots = {Path(a.path).stem for a in client.list_artifacts(first_run.run_id, "plots")}
+    assert plots == PLOTS
+    assert "plots_skipped" not in tags
+    assert plt.get_fignums() == []  # every figure drawn for the run was closed
+    local = Path(mlflow.artifacts.download_artifacts(run_id=first_run.run_id,
+                                                     artifact_path="plots/churn_gains.png"))
+    assert local.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    features = json.loads(Path(mlflow.artifacts.download_artifacts(
+        run_id=first_run.run_id, artifact_path="features.json")).read_text())["features"]
+    by_name = {f["name"]: f for f in features}
+    assert set(trained.models.churn.feature_names_) <= set(by_name)
+    assert by_name["days_since_last"]["description"]
+    assert by_name["bg_p_alive"]["models"] == ["churn", "clv"]
+    config = json.loads(Path(mlflow.artifacts.download_artifacts(
+        run_id=first_run.run_id, artifact_path="config.json")).read_text())
+    assert TrainConfig(**config) == trained.models.config
+
+
+def test_registered_models_have_signatures_and_tags(first_run, trained) -> None:
+    client = mlflow.MlflowClient()
+    for kind, name in tracking.MODEL_NAMES.items():
+        (mv,) = client.search_model_versions(f"run_id='{first_run.run_id}' and name='{name}'")
+        assert str(mv.version) == first_run.versions[kind]
+        assert mv.tags["run_id"] == first_run.run_id
+        assert mv.tags["as_of"] == "2024-01-01 00:00:00"
+        key = "churn" if kind == "churn" else "value"
+        assert mv.tags["eval_cutoff"] == str(trained.eval_cutoffs[key])
+        metric = tracking.PRIMARY_METRIC[kind]
+        assert mv.tags["primary_metric"] == metric
+        expected = trained.evaluation[key].set_index("metric").loc[metric, "model"]
+        assert float(mv.tags[metric]) == pytest.approx(expected, abs=1e-6)
+        info = mlflow.models.get_model_info(f"models:/{name}/{mv.version}")
+        model = trained.models.churn if kind == "churn" else trained.models.value
+        assert info.signature.inputs.input_names() == model.feature_names_
+        assert info.signature.outputs.input_names() == [tracking.OUTPUT_NAME[kind]]
+        assert info.saved_input_example_info is not None
+
+
+def test_first_run_becomes_champion(first_run) -> None:
+    assert first_run.promoted == {"churn": True, "clv": True}
+    for kind in tracking.KINDS:
+        assert first_run.decision[kind]["message"].startswith("promoted: no champion yet")
+        assert _aliases(kind) == {"champion": first_run.versions[kind]}
+    tags = mlflow.MlflowClient().get_run(first_run.run_id).data.tags
+    assert tags["decision_churn"].startswith("promoted: no champion yet (roc_auc 0.")
+
+
+def test_champion_pyfunc_returns_probabilities(first_run, trained) -> None:
+    assert _aliases("churn")["champion"] == first_run.versions["churn"]
+    ev = _eval_rows(trained, "churn")
+    names = trained.models.churn.feature_names_
+    churn = mlflow.pyfunc.load_model("models:/lifecast-churn@champion")
+    p = churn.predict(ev[names].astype("float64"))
+    assert isinstance(p, pd.Series) and p.name == "churn_probability"
+    assert ((p >= 0) & (p <= 1)).all()
+    assert p.nunique() > 10  # probabilities, not 0/1 labels
+    np.testing.assert_allclose(p.to_numpy(), trained.models.churn.predict_proba(ev), rtol=1e-12)
+    # extra columns are ignored
+    extra = ev[["customer_id", *names]].astype({n: "float64" for n in names})
+    np.testing.assert_allclose(churn.predict(extra).to_numpy(), p.to_numpy())
+
+    clv = mlflow.pyfunc.load_model("models:/lifecast-clv@champion")
+    ev_v = _eval_rows(trained, "clv")
+    v = clv.predict(ev_v[trained.models.value.feature_names_].astype("float64"))
+    np.testing.assert_allclose(v.to_numpy(), trained.models.value.predict(ev_v), rtol=1e-12)
+
+
+def test_champion_rule(first_run, trained, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worse churn model does not replace the champion under "auto"; "always" does;
+    promote_run puts the first run back."""
+    client = mlflow.MlflowClient()
+    monkeypatch.setattr(tracking, "_log_plots", lambda result, folder: None)  # tested above
+    worse, bad_auc = _with_bad_churn_model(trained)
+    good_auc = first_run.decision["churn"]["new"]["roc_auc"]
+    assert bad_auc < good_auc - 0.01, (bad_auc, good_auc)
+
+    second = tracking.log_training(worse, source="synthetic", run_name="worse")
+    assert second.promoted == {"churn": False, "clv": False}
+    v1 = first_run.versions
+    assert _aliases("churn") == {"champion": v1["churn"]}
+    assert _aliases("clv") == {"champion": v1["clv"]}
+    d = second.decision["churn"]
+    assert d["champion_version"] == v1["churn"]
+    assert d["new"]["roc_auc"] == pytest.approx(bad_auc)
+    assert d["champion"]["roc_auc"] == pytest.approx(good_auc)
+    assert d["message"] == (f"kept champion v{v1['churn']}: "
+                            f"{bad_auc:.3f} <= {good_auc:.3f}")
+    # the unchanged value model ties with its champion: a tie does not promote
+    assert second.decision["clv"]["message"].startswith(f"kept champion v{v1['clv']}: ")
+    assert " <= " in second.decision["clv"]["message"]
+    run = client.get_run(second.run_id)
+    assert run.data.tags["decision_churn"] == d["message"]
+    assert run.data.tags["promoted_churn"] == "false"
+    assert run.data.metrics["champion_churn_roc_auc"] == pytest.approx(good_auc)
+    assert run.data.metrics["churn_roc_auc"] == pytest.approx(bad_auc)
+    assert "champion_clv_normalized_gini" in run.data.metrics
+    mv = client.get_model_version("lifecast-churn", second.versions["churn"])
+    assert mv.tags["decision"] == d["message"]
+
+    third = tracking.log_training(worse, source="synthetic", promote="always")
+    assert third.promoted == {"churn": True, "clv": True}
+    assert third.decision["churn"]["message"].startswith("promoted (always): ")
+    assert _aliases("churn") == {"champion": third.versions["churn"]}
+    assert _aliases("clv") == {"champion": third.versions["clv"]}
+
+    never = tracking.log_training(trained, source="synthetic", promote="never")
+    assert never.promoted == {"churn": False, "clv": False}
+    assert never.decision["churn"]["message"].startswith("not promoted (never): ")
+    assert _aliases("churn") == {"champion": third.versions["churn"]}
+
+    assert tracking.promote_run(first_run.run_id) == v1
+    assert _aliases("churn") == {"champion": v1["churn"]}
+    assert _aliases("clv") == {"champion": v1["clv"]}
+    for unknown in ("0" * 32, "not a run id'"):
+        with pytest.raises(ValueError, match="no registered models come from run .*"
+                                             "`lifecast models` lists the versions"):
+            tracking.promote_run(unknown)
+
+
+def test_list_models(first_run) -> None:
+    table = tracking.list_models()
+    assert list(table.columns) == tracking.LIST_COLUMNS
+    assert set(table["model"]) == {"lifecast-churn", "lifecast-clv"}
+    mine = table[table["run_id"] == first_run.run_id].set_index("model")
+    assert mine.loc["lifecast-churn", "version"] == int(first_run.versions["churn"])
+    assert mine.loc["lifecast-churn", "aliases"] == "champion"
+    assert mine.loc["lifecast-churn", "primary_metric"] == "roc_auc"
+    assert mine.loc["lifecast-clv", "primary_metric"] == "normalized_gini"
+    assert 0.5 < mine.loc["lifecast-churn", "score"] <= 1
+    assert mine.loc["lifecast-clv", "as_of"] == pd.Timestamp(AS_OF)
+    assert table["created"].dt.tz is not None
+    assert (table["aliases"] == "champion").sum() == 2  # one champion per model
+
+
+def test_load_champions_round_trip(first_run, trained, tmp_path: Path) -> None:
+    models = tracking.load_champions(tmp_path)
+    assert models.versions == first_run.versions
+    assert isinstance(models.churn, ChurnModel) and isinstance(models.value, ValueModel)
+    assert models.as_of == pd.Timestamp(AS_OF)
+    assert models.config == trained.models.config
+    assert models.segmenter.to_dict() == trained.models.segmenter.to_dict()
+    ev = _eval_rows(trained, "churn")
+    ours = predict_customers(models, ev)
+    theirs = predict_customers(trained.models, ev)
+    np.testing.assert_allclose(ours["churn_probability"], theirs["churn_probability"])
+    np.testing.assert_allclose(ours["predicted_clv"], theirs["predicted_clv"])
+    assert (ours["segment"] == theirs["segment"]).all()
+    assert set(ours["churn_model_version"]) == {first_run.versions["churn"]}
+
+    folder = tracking.champion_artifacts("clv", tmp_path / "again")
+    assert {"booster.txt", "model.json", "segmenter.json", "lifecast.json"} <= {
+        p.name for p in folder.iterdir()}
+    manifest = json.loads((folder / "lifecast.json").read_text())
+    assert manifest["version"] == first_run.versions["clv"]
+    assert manifest["run_id"] == first_run.run_id
+
+
+def test_no_champion_is_a_clear_error(store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(tracking.MODEL_NAMES, "churn", "lifecast-churn-never-registered")
+    with pytest.raises(tracking.NoChampionError,
+                       match=r"no champion model registered yet: run `lifecast train` first"):
+        tracking.load_champions()
+    with pytest.raises(ValueError, match="kind must be one of"):
+        tracking.champion_artifacts("ltv")

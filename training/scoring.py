@@ -1,0 +1,73 @@
+"""Batch scoring: every customer, scored by the champion models, into the customer store.
+
+Transactions in; one row per customer out (the per-customer output of DESIGN.md), written
+to the store atomically (readers see the previous batch or this one, never a mix).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from features.config import ColumnMapping
+from features.contract import parse_cutoff
+from features.pipeline import build_features
+from training.models import add_baseline_features
+from training.pipeline import FittedModels, _load, default_as_of, predict_customers
+from training.store import CustomerStore
+
+
+@dataclass
+class ScoreResult:
+    scores: pd.DataFrame
+    batch_id: str
+    as_of: pd.Timestamp
+    versions: dict[str, str]
+    store_url: str
+
+
+def score_customers(models: FittedModels, transactions: Any, as_of: Any | None = None,
+                    mapping: ColumnMapping | None = None, *, table: str | None = None
+                    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per-customer output, model features) for every customer with a purchase before
+    ``as_of`` (default: the day after the last event)."""
+    tx = _load(transactions, mapping, table)
+    cut = parse_cutoff(as_of) if as_of is not None else default_as_of(tx)
+    fcfg = models.config.features
+    feats = add_baseline_features(build_features(tx, cut, config=fcfg), fcfg)
+    return predict_customers(models, feats, cut), feats
+
+
+def score(
+    transactions: Any,
+    mapping: ColumnMapping | None = None,
+    as_of: Any | None = None,
+    *,
+    store_url: str | None = None,
+    models: FittedModels | None = None,
+    table: str | None = None,
+) -> ScoreResult:
+    """Score every customer with the champion models (or ``models``) and write the batch
+    into the customer store (default: ``lifecast_store.db`` in the working folder)."""
+    if models is None:
+        from training.tracking import load_champions
+
+        models = load_champions()
+    scores, feats = score_customers(models, transactions, as_of, mapping, table=table)
+    cut = pd.Timestamp(scores["as_of"].iloc[0])
+    store = CustomerStore(store_url or CustomerStore.default_url())
+    try:
+        feature_cols = ["customer_id", *models.churn.feature_names_]
+        batch = store.write_batch(
+            scores.drop(columns=["churn_model_version", "clv_model_version"]),
+            feats[feature_cols],
+            as_of=cut,
+            model_versions=dict(models.versions),
+            segmenter=models.segmenter.to_dict(),
+            metadata={"config": models.config.model_dump(mode="json")},
+        )
+    finally:
+        store.close()
+    return ScoreResult(scores, batch, cut, dict(models.versions), store.safe_url)

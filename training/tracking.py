@@ -1,0 +1,929 @@
+"""MLflow tracking, the model registry and the ``champion`` alias.
+
+Where runs go: `configure` resolves the tracking URI (``MLFLOW_TRACKING_URI`` when the
+environment sets it, else a SQLite file ``<workdir>/mlflow.db``) and makes sure the experiment
+exists; on a SQLite store its artifacts live in the folder beside the database file,
+``<workdir>/mlartifacts``. Nothing happens at import: the command line (or a notebook) calls
+`configure`; the other functions call it with the working folder when nobody has set a
+tracking URI yet.
+
+What a training run logs (`log_training`):
+
+* params: the `TrainConfig` flattened (``features.churn_horizon_days``, ``learning_rate``, ...),
+  the cutoff ``as_of``, the evaluation cutoffs and the data's source and date range;
+  ``config.json`` (the whole config) and ``data_report.json`` as artifacts;
+* the data as an MLflow dataset input (context ``training``): one row describing it (the
+  validation report and the training frame's shape), with a digest of the report's counts
+  and of the training frame's content, so the same data always has the same digest;
+* metrics: every evaluation metric of the model and of the BG/NBD baseline, named
+  ``churn_roc_auc``, ``baseline_churn_roc_auc``, ``value_normalized_gini``, ...;
+* ``features.json`` (every model input with its description) and PNG plots under ``plots/``
+  (calibration, gains, predicted vs actual value by decile, gain importance and a SHAP summary
+  of each model);
+* two pyfunc models, ``churn`` and ``clv`` (`LifecastModel`), registered as
+  ``lifecast-churn`` and ``lifecast-clv``. Their artifact is one folder: what
+  `ChurnModel.save` / `ValueModel.save` write (booster text and JSON) plus ``segmenter.json``
+  (the fitted `RFMSegmenter`) and ``lifecast.json`` (kind, cutoffs, run). The pyfunc's
+  ``predict`` returns churn probabilities / predicted value; scoring and serving load the same
+  folder natively (`load_champions`, `champion_artifacts`) and use the booster directly.
+
+The champion rule (``promote``): ``"auto"`` gives a new version the ``champion`` alias only if
+it beats the current champion on this run's evaluation snapshot (the current champion is
+loaded and scored on the very same rows): churn by ROC-AUC, ties broken by the Brier score;
+CLV by normalized Gini. With no champion yet the new version is promoted. A champion that
+cannot be scored on the snapshot (it needs features this frame lacks, or it predicts another
+horizon) is kept, and the decision says why. ``"always"`` promotes, ``"never"`` does not.
+Each kind is decided on its own; the decision and both scores are logged (tags
+``decision_churn`` / ``decision_clv``, metrics ``champion_churn_roc_auc``, ...).
+
+The pyfunc models import this package (``training.tracking`` and ``training.models``) when
+loaded, so load them where lifecast is installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.data.dataset_source import DatasetSource
+from mlflow.exceptions import MlflowException
+from mlflow.pyfunc import PythonModel
+
+from training.metrics import brier, normalized_gini, roc_auc
+from training.models import BASELINE_FEATURES, ChurnModel, ValueModel
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+    from features.segments import RFMSegmenter
+    from training.pipeline import FittedModels, TrainResult
+
+__all__ = [
+    "CHAMPION_ALIAS",
+    "DEFAULT_EXPERIMENT",
+    "KINDS",
+    "LIST_COLUMNS",
+    "MODEL_NAMES",
+    "PRIMARY_METRIC",
+    "LifecastModel",
+    "NoChampionError",
+    "RunSummary",
+    "champion_artifacts",
+    "configure",
+    "list_models",
+    "load_champions",
+    "log_training",
+    "promote_run",
+]
+
+#: The two model kinds, in the order they are logged and listed.
+KINDS: tuple[str, ...] = ("churn", "clv")
+#: Registered model name per kind.
+MODEL_NAMES: dict[str, str] = {"churn": "lifecast-churn", "clv": "lifecast-clv"}
+#: The alias that marks the version used for scoring and serving.
+CHAMPION_ALIAS = "champion"
+DEFAULT_EXPERIMENT = "lifecast"
+#: The metric that decides the champion, per kind (higher is better for both).
+PRIMARY_METRIC: dict[str, str] = {"churn": "roc_auc", "clv": "normalized_gini"}
+#: The tie-break metric (lower is better), per kind.
+TIE_BREAK_METRIC: dict[str, str | None] = {"churn": "brier", "clv": None}
+#: Key of ``TrainResult.evaluation`` / ``eval_cutoffs`` / ``eval_predictions`` per kind.
+EVAL_KEY: dict[str, str] = {"churn": "churn", "clv": "value"}
+#: Label column of the training frame, per kind.
+LABEL: dict[str, str] = {"churn": "churned", "clv": "future_value"}
+#: Name of the pyfunc's output, per kind.
+OUTPUT_NAME: dict[str, str] = {"churn": "churn_probability", "clv": "predicted_clv"}
+
+PROMOTE_CHOICES = ("auto", "always", "never")
+SHAP_SAMPLE = 2_000
+INPUT_EXAMPLE_ROWS = 5
+_MODEL_ARTIFACT = "model"  # key of the folder in the pyfunc's artifacts
+_SEGMENTER_FILE = "segmenter.json"
+_MANIFEST_FILE = "lifecast.json"
+_NO_CHAMPION = "no champion model registered yet: run `lifecast train` first"
+
+_BASELINE_DESCRIPTIONS = {
+    "bg_p_alive": "BG/NBD probability that the customer is still active at the cutoff "
+    "(fitted on the snapshot's own population).",
+    "bg_p_no_purchase": "BG/NBD probability of no purchase in the churn horizon "
+    "(the baseline churn probability).",
+    "bg_expected_orders": "BG/NBD expected number of orders in the churn horizon.",
+    "gg_expected_value": "Gamma-Gamma expected value of one order.",
+    "bg_clv": "BG/NBD x Gamma-Gamma expected spend in the value horizon "
+    "(the baseline predicted value).",
+}
+
+# The packages the pyfunc's code imports when it is loaded (lifecast itself must be installed
+# too). Pinned to the versions installed here; listing them saves MLflow from inferring them
+# by loading the model in a subprocess.
+_RUNTIME_PACKAGES = (
+    "mlflow", "lightgbm", "numpy", "pandas", "scikit-learn", "scipy", "pydantic", "pyyaml",
+    "ibis-framework", "duckdb", "pyarrow",
+)
+
+# The pyfunc's code (MLflow "models from code"): it builds the model instead of unpickling one.
+_MODEL_CODE = '''"""MLflow entry point of a lifecast {kind} model (written by training.tracking)."""
+
+import mlflow
+
+from training.tracking import LifecastModel
+
+mlflow.models.set_model(LifecastModel("{kind}"))
+'''
+
+_last_set_uri: str | None = None  # the URI `configure` set (it also lands in the environment)
+
+
+class NoChampionError(LookupError):
+    """No version of a model carries the ``champion`` alias."""
+
+
+@dataclass
+class RunSummary:
+    """What `log_training` did: the run, the registered versions and the champion decisions.
+
+    ``versions`` and ``promoted`` are keyed by kind (``churn``, ``clv``); ``decision[kind]``
+    holds ``message`` (as logged in the ``decision_<kind>`` tag), ``promoted``, ``metric``,
+    ``new`` and ``champion`` (scores on the evaluation snapshot; ``champion`` is None without
+    a comparable champion) and ``champion_version`` (the champion before this run, or None).
+    """
+
+    run_id: str
+    versions: dict[str, str] = field(default_factory=dict)
+    promoted: dict[str, bool] = field(default_factory=dict)
+    decision: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# where runs go
+# --------------------------------------------------------------------------------------------
+
+
+def configure(workdir: Path | str = ".", experiment: str = DEFAULT_EXPERIMENT) -> str:
+    """Set the tracking URI and make sure ``experiment`` exists; returns the URI.
+
+    ``MLFLOW_TRACKING_URI`` from the environment wins; otherwise the store is the SQLite file
+    ``<workdir>/mlflow.db`` (made, with ``workdir``, when missing). On a SQLite store a new
+    experiment keeps its artifacts in ``mlartifacts`` beside the database file.
+    """
+    global _last_set_uri
+    env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    # mlflow.set_tracking_uri exports the URI to the environment for subprocesses, so an
+    # environment value equal to what we set last is ours, not the user's.
+    if env and env != _last_set_uri:
+        uri = env
+    else:
+        folder = Path(workdir).expanduser().resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+        uri = f"sqlite:///{folder / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    _last_set_uri = uri
+    _experiment_id(experiment)
+    return uri
+
+
+def _ensure_configured() -> None:
+    if not mlflow.is_tracking_uri_set():
+        configure(".")
+
+
+def _sqlite_artifact_location(uri: str) -> str | None:
+    """``file:`` URI of ``mlartifacts`` beside a SQLite database file; None for other stores."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = uri[len("sqlite:///"):].split("?", 1)[0]
+    if not db or db == ":memory:":
+        return None
+    return (Path(db).resolve().parent / "mlartifacts").as_uri()
+
+
+def _experiment_id(name: str) -> str:
+    """The id of experiment ``name``, created (with the SQLite artifact folder) when missing."""
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            raise ValueError(
+                f"experiment {name!r} is deleted: restore it (mlflow experiments restore) or "
+                f"use another experiment name"
+            )
+        return exp.experiment_id
+    location = _sqlite_artifact_location(mlflow.get_tracking_uri())
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:  # created concurrently by another process
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """No artifact progress bars (unless the user asked for them) and no schema hint about
+    integer columns (the one-row data description has some; the models take floats)."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(key)
+    if before is None:
+        os.environ[key] = "false"
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+            yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+
+
+def _client() -> MlflowClient:
+    _ensure_configured()
+    return mlflow.MlflowClient()
+
+
+# --------------------------------------------------------------------------------------------
+# the pyfunc model
+# --------------------------------------------------------------------------------------------
+
+
+class LifecastModel(PythonModel):
+    """MLflow pyfunc around the native churn or value model.
+
+    Its one artifact (``model``) is the folder written by `ChurnModel.save` /
+    `ValueModel.save` plus ``segmenter.json``. ``predict`` takes a DataFrame with the model's
+    feature columns as floats (its signature declares them ``double``: cast a feature frame
+    with ``.astype("float64")``, as pandas' nullable ``Int64`` columns fail MLflow's schema
+    check; extra columns are ignored) and returns one float per row, a Series named
+    ``churn_probability`` (``kind="churn"``, calibrated) or ``predicted_clv`` (``kind="clv"``,
+    predicted net spend in the value horizon).
+    """
+
+    def __init__(self, kind: str) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        self.kind = kind
+
+    def load_context(self, context: Any) -> None:
+        folder = Path(context.artifacts[_MODEL_ARTIFACT])
+        self.model_ = _load_native(self.kind, folder)
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.Series:
+        if not isinstance(model_input, pd.DataFrame):
+            model_input = pd.DataFrame(model_input)
+        if self.kind == "churn":
+            values = self.model_.predict_proba(model_input)
+        else:
+            values = self.model_.predict(model_input)
+        return pd.Series(np.asarray(values, dtype="float64"), index=model_input.index,
+                         name=OUTPUT_NAME[self.kind])
+
+
+def _load_native(kind: str, folder: Path) -> ChurnModel | ValueModel:
+    return ChurnModel.load(folder) if kind == "churn" else ValueModel.load(folder)
+
+
+# --------------------------------------------------------------------------------------------
+# logging a training run
+# --------------------------------------------------------------------------------------------
+
+
+def log_training(
+    result: TrainResult,
+    *,
+    source: str,
+    promote: str = "auto",
+    experiment: str = DEFAULT_EXPERIMENT,
+    run_name: str | None = None,
+) -> RunSummary:
+    """Log one training run, register both models and decide the champions.
+
+    ``source`` describes where the transactions came from (a path, a table, ``"demo"``);
+    credentials in a URL are masked before it is logged. ``promote`` is ``"auto"`` (promote a
+    version only if it beats the champion on this run's evaluation snapshot), ``"always"`` or
+    ``"never"``. Returns the run id, the registered versions and the decisions.
+    """
+    if promote not in PROMOTE_CHOICES:
+        raise ValueError(f"promote must be one of {', '.join(PROMOTE_CHOICES)}, got {promote!r}")
+    _ensure_configured()
+    experiment_id = _experiment_id(experiment)
+    client = mlflow.MlflowClient()
+    models = result.models
+    source = _redact(str(source))
+    run_name = run_name or f"train {pd.Timestamp(models.as_of):%Y-%m-%d}"
+
+    with _quiet(), mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+        run_id = run.info.run_id
+        _log_params_and_data(result, source)
+        _log_metrics(result)
+        _log_features(result)
+        with tempfile.TemporaryDirectory(prefix="lifecast-run-") as tmp:
+            tmp_path = Path(tmp)
+            _log_plots(result, tmp_path / "plots")
+            # decide and register both kinds before moving any alias, so a failure part way
+            # leaves the champions as they were
+            decisions = {kind: _decide(client, kind, result, promote) for kind in KINDS}
+            versions = {kind: _log_model(kind, result, run_id, source, tmp_path / kind)
+                        for kind in KINDS}
+        for kind in KINDS:
+            _record_decision(client, kind, versions[kind], decisions[kind])
+    return RunSummary(
+        run_id=run_id,
+        versions=versions,
+        promoted={kind: bool(decisions[kind]["promoted"]) for kind in KINDS},
+        decision=decisions,
+    )
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{name}."))
+        elif isinstance(value, list | tuple):
+            out[name] = json.dumps(list(value))
+        else:
+            out[name] = str(value)
+    return out
+
+
+def _report_dict(report: Any) -> dict[str, Any]:
+    if report is None:
+        return {}
+    if hasattr(report, "to_dict"):
+        return dict(report.to_dict())
+    return {k: v for k, v in vars(report).items() if not k.startswith("_")}
+
+
+def _redact(text: str) -> str:
+    """Mask the password of a URL (``postgresql://user:secret@host/db``)."""
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return text
+    if parts.password is None:
+        return text
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class _TextSource(DatasetSource):
+    """A dataset source MLflow has no resolver for (e.g. a database URL): kept as text."""
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+
+    @staticmethod
+    def _get_source_type() -> str:
+        return "lifecast"
+
+    def load(self, **kwargs: Any) -> Any:
+        raise NotImplementedError("a lifecast source is a description; load it with lifecast")
+
+    @staticmethod
+    def _can_resolve(raw_source: Any) -> bool:
+        return False
+
+    @classmethod
+    def _resolve(cls, raw_source: Any) -> _TextSource:
+        return cls(str(raw_source))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.description}
+
+    @classmethod
+    def from_dict(cls, source_dict: dict[Any, Any]) -> _TextSource:
+        return cls(str(source_dict.get("source", "")))
+
+
+def _dataset_source(source: str) -> DatasetSource:
+    """MLflow's own source for a path or a storage URI; a text source for anything else."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+
+    try:
+        with warnings.catch_warnings():
+            # a local path resolves twice ("can be interpreted in multiple ways"): harmless
+            warnings.simplefilter("ignore", UserWarning)
+            return resolve_dataset_source(source)
+    except MlflowException:
+        return _TextSource(source)
+
+
+def _data_digest(report: dict[str, Any], frame: pd.DataFrame) -> str:
+    """Deterministic digest of the data: the report's counts and dates (not where it was read
+    from) and the training frame's content."""
+    h = hashlib.sha256()
+    h.update(json.dumps({k: v for k, v in report.items() if k != "source"},
+                        sort_keys=True, default=str).encode())
+    h.update(json.dumps([list(map(str, frame.columns)), list(frame.shape)]).encode())
+    h.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _log_params_and_data(result: TrainResult, source: str) -> None:
+    models = result.models
+    report = _report_dict(result.data_report)
+    frame = result.frame
+    cutoffs = sorted(pd.Timestamp(c) for c in frame["cutoff"].unique())
+    params = _flatten(json.loads(models.config.model_dump_json()))
+    params.update({
+        "as_of": str(pd.Timestamp(models.as_of)),
+        "eval_cutoff_churn": str(result.eval_cutoffs[EVAL_KEY["churn"]]),
+        "eval_cutoff_clv": str(result.eval_cutoffs[EVAL_KEY["clv"]]),
+        "data.source": source[:500],
+        "data.first_event": str(report.get("first_event", "")),
+        "data.last_event": str(report.get("last_event", "")),
+        "data.customers": str(report.get("customers", "")),
+        "data.rows": str(report.get("rows_kept", "")),
+        "frame.rows": str(len(frame)),
+        "frame.snapshots": str(len(cutoffs)),
+    })
+    mlflow.log_params(params)
+    mlflow.set_tags({
+        "as_of": params["as_of"],
+        "eval_cutoff_churn": params["eval_cutoff_churn"],
+        "eval_cutoff_clv": params["eval_cutoff_clv"],
+        "data.source": params["data.source"],
+    })
+    mlflow.log_text(models.config.model_dump_json(indent=2), "config.json")
+    if report:
+        mlflow.log_dict({**report, "source": source}, "data_report.json")
+
+    row: dict[str, Any] = {}
+    for key, value in report.items():
+        if key == "source":
+            value = source
+        row[key] = json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else value
+    row.update({
+        "as_of": params["as_of"],
+        "frame_rows": int(len(frame)),
+        "frame_columns": int(frame.shape[1]),
+        "n_snapshots": len(cutoffs),
+        "first_cutoff": str(cutoffs[0]) if cutoffs else "",
+        "last_cutoff": str(cutoffs[-1]) if cutoffs else "",
+    })
+    described = pd.DataFrame([row])
+    dataset = mlflow.data.from_pandas(
+        described,
+        source=_dataset_source(source),
+        name="transactions",
+        digest=_data_digest(report, frame),
+    )
+    mlflow.log_input(dataset, context="training")
+
+
+def _log_metrics(result: TrainResult) -> None:
+    metrics: dict[str, float] = {}
+    for key, table in result.evaluation.items():
+        for rec in table.to_dict("records"):
+            metrics[f"{key}_{rec['metric']}"] = float(rec["model"])
+            metrics[f"baseline_{key}_{rec['metric']}"] = float(rec["baseline"])
+    for kind in KINDS:
+        model = _model_of(result.models, kind)
+        metrics[f"{EVAL_KEY[kind]}_best_iteration"] = float(model.best_iteration_)
+        rows = int((result.frame["cutoff"] == result.eval_cutoffs[EVAL_KEY[kind]]).sum())
+        metrics[f"{EVAL_KEY[kind]}_eval_rows"] = float(rows)
+    mlflow.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)})
+
+
+def _model_of(models: FittedModels, kind: str) -> ChurnModel | ValueModel:
+    return models.churn if kind == "churn" else models.value
+
+
+def _log_features(result: TrainResult) -> None:
+    from features.registry import feature_definitions
+
+    fcfg = result.models.config.features
+    rows = [
+        {"name": f.name, "dtype": f.dtype, "group": f.group, "description": f.description,
+         "requires": f.requires}
+        for f in feature_definitions(fcfg)
+    ]
+    rows += [
+        {"name": n, "dtype": "float64", "group": "baseline",
+         "description": _BASELINE_DESCRIPTIONS.get(n, ""), "requires": None}
+        for n in BASELINE_FEATURES
+    ]
+    used = {kind: set(_model_of(result.models, kind).feature_names_) for kind in KINDS}
+    for row in rows:
+        row["models"] = [kind for kind in KINDS if row["name"] in used[kind]]
+    mlflow.log_dict({"features": rows}, "features.json")
+
+
+def _eval_rows(result: TrainResult, kind: str) -> pd.DataFrame:
+    """The training frame's rows at the evaluation cutoff of ``kind`` (features and label)."""
+    frame = result.frame
+    rows = frame[frame["cutoff"] == result.eval_cutoffs[EVAL_KEY[kind]]]
+    return rows[rows[LABEL[kind]].notna()]
+
+
+def _log_plots(result: TrainResult, folder: Path) -> None:
+    """Draw every plot, save it as PNG in ``folder`` and log the folder as ``plots/``.
+
+    A plot that cannot be drawn (e.g. a single class in the evaluation snapshot) is skipped
+    with a warning and named in the ``plots_skipped`` tag; the run itself is still logged.
+    """
+    from training import plots
+
+    folder.mkdir(parents=True, exist_ok=True)
+    pc = result.eval_predictions[EVAL_KEY["churn"]]
+    pv = result.eval_predictions[EVAL_KEY["clv"]]
+    drawings: dict[str, Any] = {
+        "churn_calibration": lambda: plots.plot_calibration(
+            pc["actual"], pc["model"], label="LightGBM (calibrated)",
+            baseline=(pc["baseline"], "BG/NBD")),
+        "churn_gains": lambda: plots.plot_gains(
+            pc["actual"], pc["model"], label="LightGBM", baseline=(pc["baseline"], "BG/NBD")),
+        "clv_decile_value": lambda: plots.plot_decile_value(
+            pv["actual"], pv["model"], label="LightGBM",
+            baseline=(pv["baseline"], "BG/NBD + Gamma-Gamma")),
+    }
+    for kind in KINDS:
+        model = _model_of(result.models, kind)
+        drawings[f"{kind}_feature_importance"] = (
+            lambda m=model: plots.plot_feature_importance(
+                m.feature_names_,
+                m.booster_.feature_importance("gain", iteration=m.best_iteration_),
+                kind="gain")
+        )
+        drawings[f"{kind}_shap_summary"] = lambda k=kind, m=model: _shap_plot(result, k, m)
+
+    import matplotlib.pyplot as plt
+
+    skipped = []
+    for name, draw in drawings.items():
+        open_before = set(plt.get_fignums())
+        try:
+            ax = draw()
+            ax.set_title(f"{name.split('_')[0]}: {ax.get_title()}")
+            plots.save_figure(ax, folder / f"{name}.png")
+        except Exception as exc:  # a plot must not lose the run
+            warnings.warn(f"plot {name} was not drawn: {exc}", RuntimeWarning, stacklevel=3)
+            skipped.append(name)
+        finally:
+            for number in set(plt.get_fignums()) - open_before:  # ours, drawn or half-drawn
+                plt.close(number)
+    mlflow.log_artifacts(str(folder), "plots")
+    if skipped:
+        mlflow.set_tag("plots_skipped", ", ".join(skipped))
+
+
+def _shap_plot(result: TrainResult, kind: str, model: ChurnModel | ValueModel) -> Any:
+    from training import plots
+
+    rows = _eval_rows(result, kind)
+    if len(rows) > SHAP_SAMPLE:
+        rows = rows.sample(SHAP_SAMPLE, random_state=result.models.config.seed)
+    X = rows[model.feature_names_].astype("float64")
+    contrib = model.booster_.predict(
+        X.to_numpy(na_value=np.nan), num_iteration=model.best_iteration_, pred_contrib=True
+    )
+    return plots.plot_shap_summary(contrib, X.reset_index(drop=True))
+
+
+def _pip_requirements() -> list[str]:
+    reqs = []
+    for name in _RUNTIME_PACKAGES:
+        try:
+            reqs.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            reqs.append(name)
+    return reqs
+
+
+def _input_example(features: pd.DataFrame) -> pd.DataFrame:
+    """A few evaluation rows, the most complete first (fewest missing values)."""
+    n_missing = features.isna().sum(axis=1).to_numpy()
+    order = np.argsort(n_missing, kind="stable")[:INPUT_EXAMPLE_ROWS]
+    return features.iloc[order].reset_index(drop=True)
+
+
+def _log_model(kind: str, result: TrainResult, run_id: str, source: str, folder: Path) -> str:
+    """Save the native model + segmenter to ``folder``, log it as a pyfunc, register it and
+    tag the version; returns the version number."""
+    from mlflow.models import infer_signature
+
+    models = result.models
+    model = _model_of(models, kind)
+    model.save(folder)
+    models.segmenter.save(folder / _SEGMENTER_FILE)
+    eval_cutoff = str(result.eval_cutoffs[EVAL_KEY[kind]])
+    manifest = {
+        "kind": kind,
+        "as_of": str(pd.Timestamp(models.as_of)),
+        "eval_cutoff": eval_cutoff,
+        "run_id": run_id,
+        "source": source,
+        "feature_names": list(model.feature_names_),
+        "files": {"model": "model.json", "booster": "booster.txt", "segmenter": _SEGMENTER_FILE},
+    }
+    (folder / _MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+
+    features = _eval_rows(result, kind)[model.feature_names_].astype("float64")
+    example = _input_example(features)
+    scorer = LifecastModel(kind)
+    scorer.model_ = model
+    signature = infer_signature(example, scorer.predict(None, example))
+    # models from code: the logged model is this small script, not a pickled object
+    code = folder.parent / f"{kind}_model.py"
+    code.write_text(_MODEL_CODE.format(kind=kind))
+
+    metric = PRIMARY_METRIC[kind]
+    score = _score(kind, metric, result, model)
+    info = mlflow.pyfunc.log_model(
+        name=kind,
+        python_model=str(code),
+        artifacts={_MODEL_ARTIFACT: str(folder)},
+        signature=signature,
+        input_example=example,
+        registered_model_name=MODEL_NAMES[kind],
+        pip_requirements=_pip_requirements(),
+        metadata={"lifecast_kind": kind, "as_of": manifest["as_of"],
+                  "eval_cutoff": eval_cutoff},
+    )
+    version = str(info.registered_model_version)
+    client = mlflow.MlflowClient()
+    tags = {
+        "kind": kind,
+        "run_id": run_id,
+        "as_of": manifest["as_of"],
+        "eval_cutoff": eval_cutoff,
+        "primary_metric": metric,
+        metric: f"{score:.6f}",
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(MODEL_NAMES[kind], version, key, value)
+    return version
+
+
+# --------------------------------------------------------------------------------------------
+# the champion rule
+# --------------------------------------------------------------------------------------------
+
+
+def _score(kind: str, metric: str, result: TrainResult, model: ChurnModel | ValueModel
+           ) -> float:
+    """``metric`` of ``model`` on this run's evaluation rows of ``kind``."""
+    rows = _eval_rows(result, kind)
+    if kind == "churn":
+        y = rows["churned"].astype(int).to_numpy()
+        p = model.predict_proba(rows)
+        return roc_auc(y, p) if metric == "roc_auc" else brier(y, p)
+    actual = rows["future_value"].to_numpy(dtype="float64")
+    return normalized_gini(actual, model.predict(rows))
+
+
+def _fmt_pair(a: float, b: float) -> tuple[str, str]:
+    """The two numbers with 3 decimals, more when 3 do not tell them apart."""
+    for digits in (3, 4, 6):
+        sa, sb = f"{a:.{digits}f}", f"{b:.{digits}f}"
+        if sa != sb:
+            break
+    return sa, sb
+
+
+def _comparable(kind: str, champion: ChurnModel | ValueModel, result: TrainResult
+                ) -> str | None:
+    """Why the champion cannot be scored on this snapshot, or None when it can."""
+    missing = [n for n in champion.feature_names_ if n not in result.frame.columns]
+    if missing:
+        return f"it needs features this run lacks ({', '.join(missing[:5])})"
+    attr = "churn_horizon_days" if kind == "churn" else "clv_horizon_days"
+    theirs = getattr(champion.config.features, attr)
+    ours = getattr(result.models.config.features, attr)
+    if theirs != ours:
+        return f"it predicts a {theirs}-day horizon, this run {ours} days"
+    return None
+
+
+def _champion_version(client: MlflowClient, kind: str) -> str | None:
+    try:
+        mv = client.get_model_version_by_alias(MODEL_NAMES[kind], CHAMPION_ALIAS)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE",
+                              "NOT_FOUND"):
+            return None
+        raise
+    return str(mv.version)
+
+
+def _decide(client: MlflowClient, kind: str, result: TrainResult, promote: str
+            ) -> dict[str, Any]:
+    """Compare the new model of ``kind`` with the current champion on this run's evaluation
+    snapshot and decide whether the new version becomes champion."""
+    metric = PRIMARY_METRIC[kind]
+    tie = TIE_BREAK_METRIC[kind]
+    new_model = _model_of(result.models, kind)
+    new = {metric: _score(kind, metric, result, new_model)}
+    if tie:
+        new[tie] = _score(kind, tie, result, new_model)
+    decision: dict[str, Any] = {"metric": metric, "new": new, "champion": None,
+                                "champion_version": _champion_version(client, kind)}
+    cv = decision["champion_version"]
+    reason = None
+    if cv is not None:
+        with tempfile.TemporaryDirectory(prefix="lifecast-champion-") as tmp:
+            champion = _load_native(kind, _download_version(kind, cv, Path(tmp)))
+        reason = _comparable(kind, champion, result)
+        if reason is None:
+            decision["champion"] = {m: _score(kind, m, result, champion) for m in new}
+
+    old = decision["champion"]
+    if cv is None:
+        promoted, message = (promote != "never",
+                             f"no champion yet ({metric} {new[metric]:.3f})")
+    elif old is None:
+        promoted = promote == "always"
+        message = f"champion v{cv} cannot be scored on this snapshot: {reason}"
+    else:
+        a, b = _fmt_pair(new[metric], old[metric])
+        if math.isclose(new[metric], old[metric], rel_tol=1e-9, abs_tol=1e-12) and tie:
+            ta, tb = _fmt_pair(new[tie], old[tie])
+            better = new[tie] < old[tie] and not math.isclose(new[tie], old[tie], rel_tol=1e-9)
+            cmp = f"{metric} {a} = {b}, {tie} {ta} {'<' if better else '>='} {tb}"
+        else:
+            better = new[metric] > old[metric] and not math.isclose(
+                new[metric], old[metric], rel_tol=1e-9, abs_tol=1e-12)
+            cmp = f"{a} {'>' if better else '<='} {b}"
+        promoted = promote == "always" or (promote == "auto" and better)
+        message = cmp
+    if promote == "auto":
+        prefix = "promoted" if promoted else f"kept champion v{cv}"
+    elif promote == "always":
+        prefix = "promoted (always)"
+    else:
+        prefix = "not promoted (never)"
+    decision["promoted"] = promoted
+    decision["message"] = f"{prefix}: {message}"
+    return decision
+
+
+def _record_decision(client: MlflowClient, kind: str, version: str, decision: dict[str, Any]
+                     ) -> None:
+    if decision["promoted"]:
+        client.set_registered_model_alias(MODEL_NAMES[kind], CHAMPION_ALIAS, version)
+    decision["version"] = version
+    mlflow.set_tag(f"decision_{kind}", decision["message"])
+    mlflow.set_tag(f"promoted_{kind}", str(decision["promoted"]).lower())
+    if decision["champion_version"] is not None:
+        mlflow.set_tag(f"champion_before_{kind}", decision["champion_version"])
+    if decision["champion"]:
+        mlflow.log_metrics({f"champion_{kind}_{m}": float(v)
+                            for m, v in decision["champion"].items()})
+    client.set_model_version_tag(MODEL_NAMES[kind], version, "decision", decision["message"])
+
+
+# --------------------------------------------------------------------------------------------
+# the registry: promote, list, load
+# --------------------------------------------------------------------------------------------
+
+
+def promote_run(run_id: str) -> dict[str, str]:
+    """Give the ``champion`` alias to the versions registered by run ``run_id``.
+
+    Returns ``{kind: version}`` for the versions promoted; raises ValueError when no
+    lifecast model comes from that run.
+    """
+    client = _client()
+    run_id = str(run_id).strip()
+    found: dict[str, str] = {}
+    if re.fullmatch(r"[A-Za-z0-9_-]+", run_id):
+        for mv in client.search_model_versions(f"run_id='{run_id}'"):
+            for kind, name in MODEL_NAMES.items():
+                if mv.name == name and (kind not in found or int(mv.version) > int(found[kind])):
+                    found[kind] = str(mv.version)
+    if not found:
+        raise ValueError(
+            f"no registered models come from run {run_id}; `lifecast models` lists the versions"
+        )
+    for kind in KINDS:
+        if kind in found:
+            client.set_registered_model_alias(MODEL_NAMES[kind], CHAMPION_ALIAS, found[kind])
+    return {kind: found[kind] for kind in KINDS if kind in found}
+
+
+LIST_COLUMNS = ["model", "version", "aliases", "run_id", "as_of", "eval_cutoff", "created",
+                "primary_metric", "score", "decision"]
+
+
+def list_models() -> pd.DataFrame:
+    """One row per registered version of both models, newest first within each model:
+    ``model, version, aliases, run_id, as_of, eval_cutoff, created, primary_metric, score,
+    decision`` (``aliases`` comma-separated, ``created`` a UTC timestamp)."""
+    client = _client()
+    rows = []
+    for kind in KINDS:
+        name = MODEL_NAMES[kind]
+        found = client.search_model_versions(f"name='{name}'")
+        # version search results leave the aliases out: they live on the registered model
+        aliases: dict[str, list[str]] = {}
+        if found:
+            for alias, version in client.get_registered_model(name).aliases.items():
+                aliases.setdefault(str(version), []).append(alias)
+        for mv in found:
+            tags = dict(mv.tags or {})
+            metric = tags.get("primary_metric", PRIMARY_METRIC[kind])
+            score = tags.get(metric)
+            rows.append({
+                "model": name,
+                "version": int(mv.version),
+                "aliases": ",".join(sorted(aliases.get(str(mv.version), []))),
+                "run_id": mv.run_id,
+                "as_of": pd.Timestamp(tags["as_of"]) if tags.get("as_of") else pd.NaT,
+                "eval_cutoff": (pd.Timestamp(tags["eval_cutoff"]) if tags.get("eval_cutoff")
+                                else pd.NaT),
+                "created": pd.Timestamp(int(mv.creation_timestamp), unit="ms", tz="UTC"),
+                "primary_metric": metric,
+                "score": float(score) if score is not None else np.nan,
+                "decision": tags.get("decision", ""),
+            })
+    out = pd.DataFrame(rows, columns=LIST_COLUMNS)
+    if len(out):
+        out = out.sort_values(["model", "version"], ascending=[True, False],
+                              ignore_index=True)
+    return out
+
+
+def _download_version(kind: str, version: str, dst: Path) -> Path:
+    """Download a registered version and return its model folder (``booster.txt`` ...)."""
+    from mlflow.models import Model
+
+    dst.mkdir(parents=True, exist_ok=True)
+    with _quiet():
+        root = Path(mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{MODEL_NAMES[kind]}/{version}", dst_path=str(dst)))
+    conf = Model.load(str(root / "MLmodel")).flavors.get("python_function", {})
+    rel = conf.get("artifacts", {}).get(_MODEL_ARTIFACT, {}).get("path")
+    folder = root / rel if rel else root / "artifacts" / kind
+    if not (folder / "model.json").is_file():
+        raise ValueError(
+            f"{MODEL_NAMES[kind]} version {version} is not a lifecast model (no model.json in "
+            f"its artifacts)"
+        )
+    return folder
+
+
+def champion_artifacts(kind: str, dst: Path | str | None = None) -> Path:
+    """Download the champion of ``kind`` (``"churn"`` or ``"clv"``) and return its local
+    folder: ``booster.txt`` and ``model.json`` (load with `ChurnModel.load` /
+    `ValueModel.load`), ``segmenter.json`` (`RFMSegmenter.load`) and ``lifecast.json``
+    (kind, cutoffs, run id, plus ``version``, the registry version).
+
+    ``dst`` is where to download (a new temporary folder when None). Raises
+    `NoChampionError` when no version carries the alias.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    client = _client()
+    version = _champion_version(client, kind)
+    if version is None:
+        raise NoChampionError(f"{_NO_CHAMPION} (no {MODEL_NAMES[kind]}@{CHAMPION_ALIAS})")
+    base = Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix="lifecast-"))
+    folder = _download_version(kind, version, base / kind)
+    manifest_path = folder / _MANIFEST_FILE
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    manifest.update({"version": version, "model": MODEL_NAMES[kind]})
+    manifest_path.write_text(json.dumps(manifest, indent=2))
+    return folder
+
+
+def load_champions(dst: Path | str | None = None) -> FittedModels:
+    """The champion versions of both models, loaded natively, as `FittedModels`.
+
+    ``versions`` holds the registry version numbers (``{"churn": "3", "clv": "2"}``); the
+    segmenter, ``config`` and ``as_of`` are the churn champion's (both champions come from
+    one run unless a run was promoted for one kind only). Raises `NoChampionError` when a
+    model has no champion yet.
+    """
+    from features.segments import RFMSegmenter
+    from training.pipeline import FittedModels
+
+    folders = {kind: champion_artifacts(kind, dst) for kind in KINDS}
+    churn = ChurnModel.load(folders["churn"])
+    value = ValueModel.load(folders["clv"])
+    segmenter: RFMSegmenter = RFMSegmenter.load(folders["churn"] / _SEGMENTER_FILE)
+    manifest = json.loads((folders["churn"] / _MANIFEST_FILE).read_text())
+    versions = {kind: json.loads((folders[kind] / _MANIFEST_FILE).read_text())["version"]
+                for kind in KINDS}
+    return FittedModels(
+        churn=churn,
+        value=value,
+        segmenter=segmenter,
+        config=churn.config,
+        as_of=pd.Timestamp(manifest["as_of"]),
+        versions=versions,
+    )
