@@ -36,29 +36,34 @@ def demo_cmd(
                           "(then give --mapping)."),
     ] = None,
     mapping: Annotated[Path | None, typer.Option(help="YAML column mapping.")] = None,
-    cutoff: Annotated[str | None, typer.Option(help="Default: the day after the last event.")]
-    = None,
+    workdir: Annotated[Path, typer.Option(
+        help="Folder for the MLflow store, the artifacts and the customer store.")]
+    = Path("lifecast_work"),
+    churn_h: Annotated[int, typer.Option("--churn-horizon-days")] = 90,
+    clv_h: Annotated[int, typer.Option("--clv-horizon-days")] = 90,
 ) -> None:
-    """Run the main job on the bundled demo data: validate, features, segments, summary."""
-    import pandas as pd
-
+    """The main job on the bundled demo data: validate, features and segments, train and
+    backtest-evaluate both models against BG/NBD + Gamma-Gamma, log to MLflow, score every
+    customer into the customer store, and print a summary."""
     from features import DEMO_MAPPING, ColumnMapping, demo_data_path
-    from features.demo import run_feature_demo
+    from training.demo import run_demo
 
     source = str(transactions) if transactions else demo_data_path()
     cmap = ColumnMapping.from_yaml(mapping) if mapping else (
         DEMO_MAPPING if transactions is None else ColumnMapping()
     )
-    demo = run_feature_demo(source, cmap, cutoff)
-    typer.echo(demo.report.format())
-    typer.echo(f"\nFeatures at cutoff {demo.cutoff.date()}: {len(demo.customers):,} customers\n")
-    with pd.option_context("display.width", 120, "display.max_columns", 20):
-        typer.echo(demo.segments.reset_index().to_string(index=False))
-        stages = demo.customers["lifecycle_stage"].value_counts()
-        typer.echo("\nLifecycle stages:\n" + stages.to_string())
+    typer.echo(run_demo(source, cmap, workdir, churn_h, clv_h))
 
 
 def main() -> None:
+    """Console entry point: the only place that configures logging."""
+    import logging
+    import os
+
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("mlflow", "alembic", "bentoml"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     app()
 
 

@@ -150,6 +150,7 @@ _batches = sa.Table(
     sa.Column("model_versions", sa.Text, nullable=False),
     sa.Column("segmenter", sa.Text),
     sa.Column("metadata", sa.Text),
+    sa.Column("segment_summary", sa.Text, nullable=False),
 )
 _current = sa.Table(
     "lifecast_current",
@@ -180,6 +181,8 @@ _details = sa.Table(
     sa.Column("feature_values", sa.LargeBinary),
 )
 _SCORE_SELECT = [c for c in _scores.columns if c.name != "batch_no"]
+_SUMMARY_COLUMNS = ("segment", "customers", "mean_churn_probability", "total_value_at_risk",
+                    "total_predicted_clv")
 
 
 # -- small helpers -----------------------------------------------------------------------------
@@ -491,7 +494,12 @@ class CustomerStore:
         """
         engine = self._get_engine()
         if write and (path := self._sqlite_path) is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise StoreUnavailableError(
+                    f"cannot create the folder of the customer store {self.safe_url}: {e}"
+                ) from e
         try:
             conn = engine.connect()
         except sa_exc.DBAPIError as e:
@@ -590,6 +598,7 @@ class CustomerStore:
             "model_versions": _dumps(versions, "model_versions"),
             "segmenter": _dumps(segmenter, "segmenter"),
             "metadata": _dumps(metadata, "metadata"),
+            "segment_summary": _dumps(prepared.segment_summary, "segment summary"),
         }
         self._ensure_schema()
         with self._transaction(write=True) as conn:
@@ -620,7 +629,8 @@ class CustomerStore:
             # the driver's executemany directly (SQLite): several times faster than building a
             # dict per row; the SQL is still the one SQLAlchemy compiles for the table
             compiled = table.insert().compile(dialect=dialect)
-            assert list(compiled.positiontup or []) == [c.key for c in table.columns]
+            if list(compiled.positiontup or []) != [c.key for c in table.columns]:
+                raise RuntimeError(f"unexpected parameter order in {compiled}")
             conn.exec_driver_sql(str(compiled), rows)
         else:  # named parameters (psycopg): SQLAlchemy batches them ("insertmanyvalues")
             keys = [c.key for c in table.columns]
@@ -740,20 +750,22 @@ class CustomerStore:
             rows: list[Any] = []
             reasons: dict[str, str | None] = {}
             if limit and offset < total:
+                tie = _scores.c.customer_id
+                if conn.dialect.name == "postgresql":  # byte order, as SQLite's BINARY
+                    tie = tie.collate("C")
                 rows = conn.execute(
                     sa.select(*_SCORE_SELECT).where(*where)
-                    .order_by(_scores.c.value_at_risk.desc().nulls_last(),
-                              _scores.c.customer_id)
+                    .order_by(_scores.c.value_at_risk.desc().nulls_last(), tie)
                     .limit(limit).offset(offset)
                 ).all()
                 # the page's reasons: by key, not joined into the sort over the whole batch
                 ids = [r.customer_id for r in rows]
                 for start in range(0, len(ids), _READ_CHUNK):
-                    reasons.update(conn.execute(
+                    reasons.update((r.customer_id, r.reasons) for r in conn.execute(
                         sa.select(_details.c.customer_id, _details.c.reasons).where(
                             _details.c.batch_no == batch["batch_no"],
                             _details.c.customer_id.in_(ids[start:start + _READ_CHUNK]))
-                    ).tuples().all())
+                    ))
         return _scores_frame(rows, batch, reasons), int(total)
 
     def segment_summary(self) -> pd.DataFrame:
@@ -761,36 +773,20 @@ class CustomerStore:
         mean_churn_probability, total_value_at_risk, total_predicted_clv``.
 
         Every named segment of `features.segments.SEGMENTS` in that order (empty ones with 0
-        customers), then any other segment name found, alphabetically.
+        customers and a NaN mean), then any other segment name found, alphabetically
+        (``"(none)"`` for customers without a segment). The totals are computed once when
+        the batch is written (a batch never changes), so this is a single-row read.
         """
-        with self._read() as (conn, batch):
-            rows = conn.execute(
-                sa.select(
-                    _scores.c.segment,
-                    sa.func.count().label("customers"),
-                    sa.func.avg(_scores.c.churn_probability).label("mean_churn_probability"),
-                    sa.func.sum(_scores.c.value_at_risk).label("total_value_at_risk"),
-                    sa.func.sum(_scores.c.predicted_clv).label("total_predicted_clv"),
-                ).where(_scores.c.batch_no == batch["batch_no"]).group_by(_scores.c.segment)
-            ).all()
-        from features.segments import SEGMENTS  # lazy: importing features is slow
-
-        found = pd.DataFrame(
-            [tuple(r) for r in rows],
-            columns=["segment", "customers", "mean_churn_probability", "total_value_at_risk",
-                     "total_predicted_clv"],
-        )
-        found["segment"] = found["segment"].astype(object).where(found["segment"].notna(),
-                                                                 "(none)")
-        others = sorted(set(found["segment"]) - set(SEGMENTS))
-        out = found.set_index("segment").reindex([*SEGMENTS, *others])
-        out["customers"] = out["customers"].fillna(0).astype("int64")
-        for col in ("total_value_at_risk", "total_predicted_clv"):
-            out[col] = out[col].astype("float64").fillna(0.0)
-        out["mean_churn_probability"] = out["mean_churn_probability"].astype("float64")
-        total = int(out["customers"].sum())
-        out.insert(1, "share", out["customers"] / total if total else 0.0)
-        return out.rename_axis("segment").reset_index()
+        with self._read() as (_conn, batch):
+            records = batch["segment_summary"]
+        frame = pd.DataFrame.from_records(records, columns=_SUMMARY_COLUMNS)
+        frame["segment"] = frame["segment"].astype("str")
+        frame["customers"] = frame["customers"].astype("int64")
+        for col in _SUMMARY_COLUMNS[2:]:
+            frame[col] = frame[col].astype("float64")
+        total = int(frame["customers"].sum())
+        frame.insert(2, "share", frame["customers"] / total if total else 0.0)
+        return frame
 
     def batches(self) -> pd.DataFrame:
         """The batches kept, newest first: ``batch_id, as_of, created_at, n_customers,
@@ -824,9 +820,10 @@ class _Prepared:
     """A validated batch, sorted by customer_id (sequential b-tree inserts), ready to insert."""
 
     def __init__(self, ids: np.ndarray, columns: dict[str, list], features: np.ndarray,
-                 feature_columns: list[str]) -> None:
+                 feature_columns: list[str], segment_summary: list[list[Any]]) -> None:
         self.ids = ids.tolist()
         self.columns = columns
+        self.segment_summary = segment_summary
         self.features = features  # (n, k) little-endian float64, C order
         self.feature_columns = feature_columns
         self.n = len(self.ids)
@@ -882,8 +879,9 @@ def _prepare(scores: pd.DataFrame, features: pd.DataFrame, as_of: pd.Timestamp) 
 
     order = pd.Series(ids).argsort(kind="stable").to_numpy()
     columns: dict[str, list] = {}
+    floats: dict[str, np.ndarray] = {}
     for c in _FLOAT_COLUMNS:
-        values = _float_column(scores[c], f"scores column {c!r}")
+        floats[c] = values = _float_column(scores[c], f"scores column {c!r}")
         if c in _PROBABILITY_COLUMNS:
             bad = (values < 0) | (values > 1)
             if bad.any():
@@ -923,7 +921,36 @@ def _prepare(scores: pd.DataFrame, features: pd.DataFrame, as_of: pd.Timestamp) 
         values = _float_column(features[name].reset_index(drop=True),
                                f"features column {name!r}")
         matrix[:, j] = values[position]
-    return _Prepared(ids[order], columns, matrix, labels)
+    return _Prepared(ids[order], columns, matrix, labels, _summarize(scores, floats))
+
+
+def _summarize(scores: pd.DataFrame, floats: Mapping[str, np.ndarray]) -> list[list[Any]]:
+    """Rows ``[segment, customers, mean_churn_probability, total_value_at_risk,
+    total_predicted_clv]``: every segment of `features.segments.SEGMENTS` in order, then the
+    other names found (alphabetically); NaN values are left out of means and sums."""
+    from features.segments import SEGMENTS  # here, not at import: importing features is slow
+
+    segment = scores["segment"].astype(object).where(scores["segment"].notna(), "(none)")
+    frame = pd.DataFrame({"segment": segment.astype(str).to_numpy(dtype=object),
+                          **{c: floats[c] for c in _FLOAT_COLUMNS}})
+    grouped = frame.groupby("segment", sort=False).agg(
+        customers=("segment", "size"),
+        mean_churn_probability=("churn_probability", "mean"),
+        total_value_at_risk=("value_at_risk", "sum"),
+        total_predicted_clv=("predicted_clv", "sum"),
+    )
+    others = sorted(set(grouped.index) - set(SEGMENTS))
+    grouped = grouped.reindex([*SEGMENTS, *others])
+    rows = []
+    for name, values in zip(grouped.index, grouped.itertuples(index=False), strict=True):
+        customers = 0 if pd.isna(values.customers) else int(values.customers)
+        mean = values.mean_churn_probability
+        rows.append([
+            str(name), customers, None if pd.isna(mean) else float(mean),
+            0.0 if pd.isna(values.total_value_at_risk) else float(values.total_value_at_risk),
+            0.0 if pd.isna(values.total_predicted_clv) else float(values.total_predicted_clv),
+        ])
+    return rows
 
 
 # -- reading back ------------------------------------------------------------------------------
@@ -942,11 +969,12 @@ def _batch_dict(row: Mapping[str, Any]) -> dict[str, Any]:
         "feature_columns": features,
         "segmenter": _loads(row["segmenter"]),
         "metadata": _loads(row["metadata"]),
+        "segment_summary": _loads(row["segment_summary"]),
     }
 
 
 def _public(batch: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in batch.items() if k != "batch_no"}
+    return {k: v for k, v in batch.items() if k not in ("batch_no", "segment_summary")}
 
 
 def _scores_frame(rows: Sequence[Any], batch: Mapping[str, Any],

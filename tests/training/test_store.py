@@ -1,0 +1,531 @@
+"""The customer store (`training.store`): round trips, lookups, ranked lists, history and
+atomicity, on SQLite in tmp_path; the round trip again on a throwaway PostgreSQL (slow tier)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from training.store import (
+    EMPTY_STORE_MESSAGE,
+    SCORE_COLUMNS,
+    CustomerStore,
+    EmptyStoreError,
+    StoreUnavailableError,
+)
+
+AS_OF = pd.Timestamp("2024-03-01")
+VERSIONS = {"churn": "7", "clv": "4"}
+FEATURES = ["days_since_last", "n_orders", "monetary_total", "gap_mean"]
+
+
+def make_batch(ids: list[str], churn: float | np.ndarray | None = None, seed: int = 0
+               ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A scores frame (the per-customer output) and a features frame for ``ids``."""
+    rng = np.random.default_rng(seed)
+    n = len(ids)
+    p = rng.random(n) if churn is None else np.broadcast_to(churn, (n,)).astype(float)
+    clv = rng.gamma(2.0, 50.0, n)
+    segments = np.array(["Champions", "Loyal", "At Risk", "Lost"], dtype=object)
+    scores = pd.DataFrame({
+        "customer_id": ids,
+        "as_of": AS_OF,
+        "churn_probability": p,
+        "churn_risk": np.where(p >= 0.6, "high", np.where(p >= 0.3, "medium", "low")),
+        "predicted_clv": clv,
+        "expected_orders": rng.random(n) * 4,
+        "p_alive": 1 - p,
+        "rfm_score": [f"{a}{b}{c}" for a, b, c in rng.integers(1, 6, (n, 3))],
+        "segment": segments[np.arange(n) % 4],
+        "lifecycle_stage": "active",
+        "value_at_risk": p * clv,
+        "reasons": [[{"feature": "days_since_last", "value": float(i), "contribution": 0.25,
+                      "direction": "raises"}] for i in range(n)],
+        "churn_model_version": "7",
+        "clv_model_version": "4",
+    })
+    features = pd.DataFrame(rng.normal(size=(n, len(FEATURES))), columns=FEATURES)
+    features.insert(0, "customer_id", ids)
+    return scores, features
+
+
+def write(store: CustomerStore, scores: pd.DataFrame, features: pd.DataFrame, **kw) -> str:
+    return store.write_batch(scores, features, as_of=AS_OF, model_versions=VERSIONS, **kw)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> CustomerStore:
+    s = CustomerStore(CustomerStore.default_url(tmp_path))
+    yield s
+    s.close()
+
+
+def _tricky_batch() -> tuple[pd.DataFrame, pd.DataFrame]:
+    scores = pd.DataFrame({
+        "customer_id": ["c2", "c1", "c3"],
+        "churn_probability": [0.25, 0.875, np.nan],
+        "churn_risk": ["low", "high", None],
+        "predicted_clv": [120.5, 1 / 3, 0.0],
+        "expected_orders": [2.0, 0.1, np.nan],
+        "p_alive": [0.9, 0.05, 0.5],
+        "rfm_score": ["545", "111", "333"],
+        "segment": ["Champions", "Lost", "New"],
+        "lifecycle_stage": ["active", "churned", "new"],
+        "value_at_risk": [30.125, 0.875 / 3, np.nan],
+        "reasons": [
+            [{"feature": "n_orders", "value": 12.0, "contribution": -0.4, "direction": "lowers"},
+             {"feature": "gap_mean", "value": None, "contribution": 0.1, "direction": "raises"}],
+            [{"feature": "days_since_last", "value": 400.0, "contribution": 1.5,
+              "direction": "raises"}],
+            [],
+        ],
+    })
+    features = pd.DataFrame({
+        "customer_id": ["c1", "c2", "c3"],
+        "days_since_last": [400.0, 3.0, np.nan],
+        "n_orders": [1, 12, 2],  # ints come back as float
+        "monetary_total": [0.1 + 0.2, -0.0, 1e300],
+        "is_b2b": [True, False, True],
+    })
+    return scores, features
+
+
+def check_round_trip(store: CustomerStore) -> None:
+    """The shared round-trip check (SQLite and PostgreSQL)."""
+    scores, features = _tricky_batch()
+    batch_id = store.write_batch(scores, features, as_of=AS_OF, model_versions=VERSIONS,
+                                 segmenter={"r_edges": np.array([1.5, 2.5])},
+                                 metadata={"run_id": "abc", "rows": np.int64(3)})
+
+    got, feats, unknown = store.get_customers(["c3", "nobody", "c1", "c2", "c1"])
+    assert unknown == ["nobody"]
+    assert got["customer_id"].tolist() == ["c3", "c1", "c2", "c1"]
+    assert list(got.columns) == [
+        "customer_id", "as_of", *SCORE_COLUMNS[1:], "churn_model_version",
+        "clv_model_version", "batch_id",
+    ]
+    expected = scores.set_index("customer_id").loc[["c3", "c1", "c2", "c1"]].reset_index()
+    for col in ("churn_probability", "predicted_clv", "expected_orders", "p_alive",
+                "value_at_risk"):
+        assert got[col].dtype == np.float64
+        np.testing.assert_array_equal(got[col].to_numpy(), expected[col].to_numpy())
+    assert got["churn_risk"].isna().tolist() == [True, False, False, False]
+    assert got["churn_risk"].tolist()[1:] == ["high", "low", "high"]
+    for col in ("rfm_score", "segment", "lifecycle_stage"):
+        assert got[col].tolist() == expected[col].tolist()
+    assert got["reasons"].tolist() == expected["reasons"].tolist()
+    assert (got["as_of"] == AS_OF).all()
+    assert (got["churn_model_version"] == "7").all() and (got["clv_model_version"] == "4").all()
+    assert (got["batch_id"] == batch_id).all()
+
+    assert feats["customer_id"].tolist() == ["c3", "c1", "c2", "c1"]
+    assert list(feats.columns) == ["customer_id", "days_since_last", "n_orders",
+                                   "monetary_total", "is_b2b"]
+    assert (feats.dtypes.iloc[1:] == np.float64).all()
+    by_id = features.set_index("customer_id").astype("float64")
+    for _, row in feats.iterrows():
+        want = by_id.loc[row["customer_id"]]
+        for name in want.index:
+            a, b = row[name], want[name]
+            assert (math.isnan(a) and math.isnan(b)) or a == b, (row["customer_id"], name)
+    c2 = feats.index[feats["customer_id"] == "c2"][0]
+    assert math.copysign(1.0, feats.loc[c2, "monetary_total"]) == -1.0  # -0.0 kept
+
+    batch = store.current_batch()
+    assert batch is not None
+    assert batch["batch_id"] == batch_id
+    assert batch["as_of"] == AS_OF
+    assert batch["model_versions"] == VERSIONS
+    assert batch["n_customers"] == 3
+    assert batch["feature_columns"] == ["days_since_last", "n_orders", "monetary_total",
+                                        "is_b2b"]
+    assert batch["segmenter"] == {"r_edges": [1.5, 2.5]}
+    assert batch["metadata"] == {"run_id": "abc", "rows": 3}
+    assert isinstance(batch["created_at"], pd.Timestamp)
+
+    none, no_feats, all_unknown = store.get_customers(["x", "y"])
+    assert len(none) == 0 and len(no_feats) == 0 and all_unknown == ["x", "y"]
+    assert list(none.columns) == list(got.columns)
+
+
+def test_round_trip(store: CustomerStore) -> None:
+    check_round_trip(store)
+
+
+def test_init_does_no_io_and_empty_store(tmp_path: Path) -> None:
+    url = CustomerStore.default_url(tmp_path / "sub")
+    assert url == f"sqlite:///{(tmp_path / 'sub' / 'lifecast_store.db').resolve()}"
+    store = CustomerStore(url)
+    assert store._engine is None
+    assert store.current_batch() is None
+    assert store.batches().empty
+    for call in (lambda: store.get_customers(["a"]), store.ranked, store.segment_summary):
+        with pytest.raises(EmptyStoreError, match="no scores yet: run `lifecast score` first"):
+            call()
+    assert not (tmp_path / "sub").exists()  # reading an absent store creates nothing
+    assert EMPTY_STORE_MESSAGE == "no scores yet: run `lifecast score` first"
+    store.close()
+
+
+def test_ranked_filters_pages_and_orders(store: CustomerStore) -> None:
+    ids = [f"c{i:03d}" for i in range(40)]
+    scores, features = make_batch(ids, seed=1)
+    scores.loc[5, "value_at_risk"] = np.nan  # missing values go last
+    scores.loc[6, "value_at_risk"] = scores.loc[7, "value_at_risk"]  # a tie: by customer_id
+    scores.loc[8, "churn_probability"] = np.nan  # never passes a threshold
+    write(store, scores, features)
+
+    page, total = store.ranked(min_churn_probability=None, min_value=None, limit=100)
+    assert total == 40 and len(page) == 40
+    valid = scores.dropna(subset=["value_at_risk"])
+    expected = valid.sort_values(["value_at_risk", "customer_id"], ascending=[False, True])
+    assert page["customer_id"].tolist() == [*expected["customer_id"], "c005"]
+    assert page["reasons"].tolist()[0] == expected["reasons"].iloc[0]
+
+    mask = ((scores["churn_probability"] >= 0.4) & (scores["predicted_clv"] >= 50)
+            & scores["segment"].isin(["Lost", "At Risk"]))
+    want = scores[mask].sort_values(["value_at_risk", "customer_id"], ascending=[False, True])
+    first, total = store.ranked(min_churn_probability=0.4, min_value=50,
+                                segments=["Lost", "At Risk"], limit=3)
+    second, total2 = store.ranked(min_churn_probability=0.4, min_value=50,
+                                  segments=["Lost", "At Risk"], limit=3, offset=3)
+    assert total == total2 == int(mask.sum()) > 3
+    assert [*first["customer_id"], *second["customer_id"]] == want["customer_id"].tolist()[:6]
+
+    empty, total = store.ranked(limit=10, offset=1000)
+    assert len(empty) == 0 and total == 39  # the defaults (>= 0) drop the NaN probability
+    count_only, total = store.ranked(limit=0)
+    assert len(count_only) == 0 and total == 39
+    with pytest.raises(ValueError, match="limit and offset"):
+        store.ranked(limit=-1)
+
+
+def test_segment_summary(store: CustomerStore) -> None:
+    scores, features = make_batch([f"c{i}" for i in range(21)], seed=2)
+    scores.loc[0, "segment"] = "Custom"
+    write(store, scores, features)
+    summary = store.segment_summary()
+    assert list(summary.columns) == ["segment", "customers", "share", "mean_churn_probability",
+                                     "total_value_at_risk", "total_predicted_clv"]
+    assert summary["segment"].iloc[0] == "Champions"  # the SEGMENTS order, then others
+    assert summary["segment"].iloc[-1] == "Custom"
+    assert summary["customers"].sum() == 21
+    assert summary.loc[summary["segment"] == "New", "customers"].item() == 0
+    assert math.isnan(summary.loc[summary["segment"] == "New", "mean_churn_probability"].item())
+    grouped = scores.groupby("segment")
+    for seg, rows in grouped:
+        got = summary.set_index("segment").loc[seg]
+        assert got["customers"] == len(rows)
+        assert got["mean_churn_probability"] == pytest.approx(rows["churn_probability"].mean())
+        assert got["total_value_at_risk"] == pytest.approx(rows["value_at_risk"].sum())
+        assert got["total_predicted_clv"] == pytest.approx(rows["predicted_clv"].sum())
+    assert summary["share"].sum() == pytest.approx(1.0)
+
+
+def _row_counts(url: str) -> dict[str, int]:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return {t: conn.exec_driver_sql(f"SELECT COUNT(*) FROM {t}").scalar_one()
+                    for t in ("lifecast_batches", "lifecast_scores", "lifecast_details")}
+    finally:
+        engine.dispose()
+
+
+def test_history_and_pruning(tmp_path: Path) -> None:
+    url = CustomerStore.default_url(tmp_path)
+    store = CustomerStore(url, keep_batches=2)
+    ids = ["a", "b", "c"]
+    written = [write(store, *make_batch(ids, churn=0.1 * (i + 1)), metadata={"i": i})
+               for i in range(4)]
+    assert written == sorted(written)  # batch ids sort by creation
+    history = store.batches()
+    assert history["batch_id"].tolist() == written[::-1][:2]
+    assert history["is_current"].tolist() == [True, False]
+    assert history["n_customers"].tolist() == [3, 3]
+    assert history["metadata"].tolist() == [{"i": 3}, {"i": 2}]
+    assert (history["as_of"] == AS_OF).all()
+    assert _row_counts(url) == {"lifecast_batches": 2, "lifecast_scores": 6,
+                                "lifecast_details": 6}
+    got, _, _ = store.get_customers(ids)
+    np.testing.assert_allclose(got["churn_probability"], 0.4)
+    assert store.prune(keep=1) == [written[2]]
+    assert store.batches()["batch_id"].tolist() == [written[3]]
+    store.close()
+
+
+def test_validation_errors(store: CustomerStore) -> None:
+    scores, features = make_batch(["a", "b", "c", "d"])
+    with pytest.raises(ValueError, match=r"missing required column\(s\) \['p_alive', 'segment'\]"):
+        write(store, scores.drop(columns=["segment", "p_alive"]), features)
+    dup = scores.copy()
+    dup["customer_id"] = ["a", "b", "a", "b"]
+    with pytest.raises(ValueError, match="duplicate customer_id.*'a', 'b'"):
+        write(store, dup, features)
+    with pytest.raises(ValueError, match="no features for customer.*'d'"):
+        write(store, scores, features.iloc[:3])
+    bad = features.copy()
+    bad["n_orders"] = ["1", "x", "3", "4"]
+    with pytest.raises(ValueError, match="features column 'n_orders' must be numeric.*'x'"):
+        write(store, scores, bad)
+    bad = scores.copy()
+    bad.loc[1, "churn_probability"] = 1.5
+    with pytest.raises(ValueError, match=r"churn_probability.*\[0, 1\].*'b'"):
+        write(store, bad, features)
+    bad = scores.copy()
+    bad.loc[0, "churn_risk"] = "extreme"
+    with pytest.raises(ValueError, match="churn_risk.*'extreme'"):
+        write(store, bad, features)
+    with pytest.raises(ValueError, match="as_of"):
+        store.write_batch(scores, features, as_of=pd.Timestamp("2020-01-01"),
+                          model_versions=VERSIONS)
+    bad = scores.copy()
+    bad["reasons"] = [object()] + [[]] * 3
+    with pytest.raises(ValueError, match="reasons of customer row 0"):
+        write(store, bad, features)
+    assert store.current_batch() is None  # nothing was written
+
+
+def test_url_errors_hide_passwords(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"invalid customer store URL 'bad url \*\*\*'|invalid"):
+        CustomerStore("bad url")
+    with pytest.raises(ValueError) as info:
+        CustomerStore("postgresql+psycopg://user:s3cret@host:notaport/db")
+    assert "s3cret" not in str(info.value) and "***" in str(info.value)
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    store = CustomerStore(f"sqlite:///{blocker}/sub/store.db")
+    with pytest.raises(StoreUnavailableError, match="lifecast_store|store.db"):
+        write(store, *make_batch(["a"]))
+
+    if importlib.util.find_spec("psycopg") is None:
+        pytest.skip("psycopg is not installed (pip install 'lifecast[postgres]')")
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    store = CustomerStore(f"postgresql://lifecast:s3cret@127.0.0.1:{port}/nowhere")
+    with pytest.raises(StoreUnavailableError) as info:
+        store.get_customers(["a"])
+    message = str(info.value)
+    assert f"postgresql+psycopg://lifecast:***@127.0.0.1:{port}/nowhere" in message
+    assert "s3cret" not in message
+    store.close()
+
+
+def test_failed_write_leaves_previous_batch_current(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    url = CustomerStore.default_url(tmp_path)
+    store = CustomerStore(url, chunk_size=10)
+    ids = [f"c{i:02d}" for i in range(50)]
+    old_id = write(store, *make_batch(ids, churn=0.1))
+
+    calls = {"n": 0}
+    real_insert = CustomerStore._insert_rows
+
+    def failing_insert(self, conn, table, rows):  # noqa: ANN001
+        calls["n"] += 1
+        if calls["n"] > 2:  # after the first chunk of both tables went in
+            raise RuntimeError("disk full (simulated)")
+        real_insert(self, conn, table, rows)
+
+    monkeypatch.setattr(CustomerStore, "_insert_rows", failing_insert)
+    with pytest.raises(RuntimeError, match="simulated"):
+        write(store, *make_batch(ids, churn=0.9))
+    monkeypatch.undo()
+
+    assert calls["n"] == 3
+    assert store.current_batch()["batch_id"] == old_id
+    got, feats, unknown = store.get_customers(ids)
+    assert unknown == [] and len(got) == 50 and len(feats) == 50
+    assert (got["churn_probability"] == 0.1).all() and (got["batch_id"] == old_id).all()
+    assert store.batches()["batch_id"].tolist() == [old_id]
+    assert _row_counts(url) == {"lifecast_batches": 1, "lifecast_scores": 50,
+                                "lifecast_details": 50}
+
+    new_id = write(store, *make_batch(ids, churn=0.9))  # and the store still works
+    assert store.current_batch()["batch_id"] == new_id
+    store.close()
+
+
+def test_readers_never_see_a_mix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = CustomerStore.default_url(tmp_path)
+    ids = [f"cust{i:05d}" for i in range(20_000)]
+    writer = CustomerStore(url, chunk_size=1_000)
+    old_id = write(writer, *make_batch(ids, churn=0.1))
+    reader = CustomerStore(url)  # another instance, as the service would be
+    sample = ids[::97] + ids[-3:]
+
+    real_insert = CustomerStore._insert_rows
+
+    def slow_insert(self, conn, table, rows):  # noqa: ANN001
+        real_insert(self, conn, table, rows)
+        time.sleep(0.01)  # stretch the write so that many reads overlap it
+
+    monkeypatch.setattr(CustomerStore, "_insert_rows", slow_insert)
+    # (start, end, what was read, its batch id, the churn probabilities it saw)
+    seen: list[tuple[float, float, str, str, frozenset]] = []
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def read_loop() -> None:
+        try:
+            while True:
+                finished = done.is_set()
+                start = time.perf_counter()
+                got, feats, unknown = reader.get_customers(ids if len(seen) % 5 == 0 else sample)
+                assert unknown == []
+                assert feats["customer_id"].tolist() == got["customer_id"].tolist()
+                (batch_id,) = set(got["batch_id"])  # one batch per read, never two
+                seen.append((start, time.perf_counter(), "get_customers", batch_id,
+                             frozenset(got["churn_probability"])))
+                start = time.perf_counter()
+                page, total = reader.ranked(limit=50)
+                assert total == len(ids)
+                (batch_id,) = set(page["batch_id"])
+                seen.append((start, time.perf_counter(), "ranked", batch_id,
+                             frozenset(page["churn_probability"])))
+                start = time.perf_counter()
+                summary = reader.segment_summary()
+                assert summary["customers"].sum() == len(ids)
+                means = summary["mean_churn_probability"].dropna().round(12)
+                batch_id = reader.current_batch()["batch_id"]  # not part of the check
+                seen.append((start, time.perf_counter(), "segment_summary", batch_id,
+                             frozenset(means)))
+                if finished:
+                    return
+        except BaseException as e:  # reported by the main thread
+            errors.append(e)
+
+    thread = threading.Thread(target=read_loop)
+    thread.start()
+    time.sleep(0.05)
+    write_start = time.perf_counter()
+    new_id = write(writer, *make_batch(ids, churn=0.9))
+    write_end = time.perf_counter()
+    done.set()
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    if errors:
+        raise errors[0]
+
+    # every single read saw one whole batch: one batch id and one probability, never a mix
+    for _, _, what, batch_id, values in seen:
+        assert values in ({0.1}, {0.9}), (what, values)
+        if what != "segment_summary":
+            assert (batch_id, values) in ((old_id, {0.1}), (new_id, {0.9})), (what, batch_id)
+    during = [s for s in seen if s[0] > write_start and s[1] < write_end]
+    assert len(during) >= 3, "too few reads overlapped the write: the test proved little"
+    assert seen[0][3] == old_id and seen[-1][3] == new_id
+    reader.close()
+    writer.close()
+
+
+def test_concurrent_readers_share_one_store(store: CustomerStore) -> None:
+    ids = [f"c{i}" for i in range(200)]
+    scores, features = make_batch(ids, seed=3)
+    write(store, scores, features)
+    expected = dict(zip(scores["customer_id"], scores["churn_probability"], strict=True))
+    errors: list[BaseException] = []
+
+    def work(offset: int) -> None:
+        try:
+            for k in range(30):
+                asked = ids[(offset + k) % 200:][:7]
+                got, _, _ = store.get_customers(asked)
+                assert got["customer_id"].tolist() == asked
+                assert [expected[c] for c in asked] == got["churn_probability"].tolist()
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i * 13,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+
+
+def test_sqlite_settings_and_close(store: CustomerStore, tmp_path: Path) -> None:
+    write(store, *make_batch(["a"]))
+    with store._get_engine().connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+    store.close()
+    assert store._engine is None
+    assert store.get_customers(["a"])[0]["customer_id"].tolist() == ["a"]  # reopens lazily
+    with sqlite3.connect(tmp_path / "lifecast_store.db") as raw:  # a plain SQLite file
+        assert raw.execute("SELECT COUNT(*) FROM lifecast_scores").fetchone() == (1,)
+
+
+# -- PostgreSQL (slow tier) --------------------------------------------------------------------
+
+
+def _pg_helper() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("lifecast_test_pg",
+                                                  Path(__file__).with_name("pg.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def pg_server() -> str:
+    pg = _pg_helper()
+    reason = pg.unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"no PostgreSQL to test against: {reason}")
+    with pg.postgres_server() as url:
+        yield url
+
+
+@pytest.fixture
+def pg_store(pg_server: str) -> CustomerStore:
+    store = CustomerStore(_pg_helper().create_database(pg_server))
+    yield store
+    store.close()
+
+
+@pytest.mark.slow
+def test_round_trip_postgres(pg_store: CustomerStore) -> None:
+    check_round_trip(pg_store)
+
+
+@pytest.mark.slow
+def test_ranked_history_and_failed_write_postgres(pg_store: CustomerStore,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    pg_store.keep_batches = 2
+    pg_store.chunk_size = 7
+    ids = [f"c{i:02d}" for i in range(30)]
+    scores, features = make_batch(ids, seed=4)
+    first = write(pg_store, scores, features)
+    page, total = pg_store.ranked(min_churn_probability=None, min_value=None, limit=5)
+    want = scores.sort_values(["value_at_risk", "customer_id"], ascending=[False, True])
+    assert total == 30 and page["customer_id"].tolist() == want["customer_id"].tolist()[:5]
+
+    def failing_insert(self, conn, table, rows):  # noqa: ANN001
+        raise RuntimeError("simulated failure")
+
+    monkeypatch.setattr(CustomerStore, "_insert_rows", failing_insert)
+    with pytest.raises(RuntimeError, match="simulated"):
+        write(pg_store, *make_batch(ids, churn=0.9))
+    monkeypatch.undo()
+    assert pg_store.current_batch()["batch_id"] == first
+
+    later = [write(pg_store, *make_batch(ids, churn=0.5)) for _ in range(2)]
+    assert pg_store.batches()["batch_id"].tolist() == later[::-1]
+    got, _, _ = pg_store.get_customers(ids[:3])
+    assert (got["churn_probability"] == 0.5).all()

@@ -1,0 +1,245 @@
+"""Optional hyperparameter search for the LightGBM models (``lifecast train --tune N``).
+
+`tune_config` runs an Optuna study (TPE sampler seeded with ``config.seed``, or ``seed``) over
+a few LightGBM parameters of `TrainConfig` and returns the config with the best ones:
+
+=====================  =====================  =========
+parameter              range                  scale
+=====================  =====================  =========
+``learning_rate``      0.01 - 0.1             log
+``num_leaves``         4 - 31                 linear
+``max_depth``          2 - 6                  linear
+``min_child_samples``  20 - 300               log
+``feature_fraction``   0.5 - 1.0              linear
+``lambda_l2``          0.1 - 30               log
+=====================  =====================  =========
+
+The objective is time-based only, exactly as `training.pipeline.train` evaluates: the training
+frame is built once at ``as_of`` (features, labels and the BG/NBD + Gamma-Gamma baseline
+features), the most recent labelled snapshot of each label is held out, both models are fit on
+the snapshots before it with the trial's parameters (the latest of those validates early
+stopping and calibration, as always) and scored on the held-out snapshot. A trial's score is
+
+    objective = ROC-AUC of churn + normalized Gini of value          (maximized)
+
+the sum of the two metrics the champion rule uses (`training.tracking.PRIMARY_METRIC`). Both
+are rank measures with 1 as a perfect ranking (normalized Gini 0 and AUC 0.5 are random; for a
+0/1 target the Gini equals ``2 * AUC - 1``), so an equal weight gives neither model the final
+say and the two models share one parameter set, as they share one `TrainConfig`. No random
+split is made anywhere: the held-out customers are the same customers later in time.
+
+MLflow: when a run is active, or a tracking URI is set (``MLFLOW_TRACKING_URI`` or
+`training.tracking.configure`), every trial is logged as a nested run (``trial <n>``: its
+parameters, ``churn_roc_auc``, ``value_normalized_gini``, ``objective`` and the best iteration
+of each model) under the active run, under ``parent_run_id`` when given, or else under a
+parent run ``tune`` started here in the ``lifecast`` experiment, which also gets the best
+parameters and score. With no tracking set up nothing is logged and no global MLflow state is
+touched.
+
+Optuna is an optional extra: ``pip install 'lifecast[tune]'``. It is imported only when a
+search actually runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from features.config import ColumnMapping
+from features.contract import parse_cutoff
+from features.pipeline import build_training_frame
+from training.metrics import normalized_gini, roc_auc
+from training.models import ChurnModel, TrainConfig, ValueModel, add_baseline_features
+from training.pipeline import _check_horizons, _load, default_as_of
+
+if TYPE_CHECKING:
+    import optuna
+
+__all__ = ["SEARCH_SPACE", "TUNE_RUN_NAME", "TuningData", "prepare", "score_config",
+           "tune_config"]
+
+#: name -> (low, high, log scale); integers where the `TrainConfig` field is an int.
+SEARCH_SPACE: dict[str, tuple[float, float, bool]] = {
+    "learning_rate": (0.01, 0.1, True),
+    "num_leaves": (4, 31, False),
+    "max_depth": (2, 6, False),
+    "min_child_samples": (20, 300, True),
+    "feature_fraction": (0.5, 1.0, False),
+    "lambda_l2": (0.1, 30.0, True),
+}
+_INT_PARAMS = ("num_leaves", "max_depth", "min_child_samples")
+#: Name of the parent run started when no MLflow run is active.
+TUNE_RUN_NAME = "tune"
+_INSTALL_HINT = "pip install 'lifecast[tune]'"
+
+
+@dataclass(frozen=True)
+class TuningData:
+    """The training frame built once at ``as_of``, split as `train` splits it: ``fit`` has
+    the held-out snapshots' labels hidden, ``eval_churn`` / ``eval_value`` are those
+    snapshots' rows."""
+
+    as_of: pd.Timestamp
+    fit: pd.DataFrame
+    eval_churn: pd.DataFrame
+    eval_value: pd.DataFrame
+    eval_cutoffs: dict[str, pd.Timestamp]
+
+
+def _import_optuna() -> Any:
+    try:
+        import optuna
+    except ImportError as exc:
+        raise ImportError(
+            f"hyperparameter tuning (--tune) needs Optuna, an optional extra: {_INSTALL_HINT}"
+        ) from exc
+    return optuna
+
+
+def prepare(
+    transactions: Any,
+    mapping: ColumnMapping | None,
+    as_of: Any | None,
+    config: TrainConfig,
+    *,
+    table: str | None = None,
+) -> TuningData:
+    """Build the training frame once at ``as_of`` (default: the day after the last event) and
+    hold out the most recent labelled snapshot of each label, as `training.pipeline.train`."""
+    tx = _load(transactions, mapping, table)
+    cut = parse_cutoff(as_of) if as_of is not None else default_as_of(tx)
+    _check_horizons(tx, cut, config)
+    fcfg = config.features
+    frame = add_baseline_features(build_training_frame(tx, cut, config=fcfg), fcfg)
+    eval_cut = {
+        "churn": pd.Timestamp(frame.loc[frame["churned"].notna(), "cutoff"].max()),
+        "value": pd.Timestamp(frame.loc[frame["future_value"].notna(), "cutoff"].max()),
+    }
+    fit = frame.copy()
+    fit.loc[fit["cutoff"] == eval_cut["churn"], "churned"] = pd.NA
+    fit.loc[fit["cutoff"] == eval_cut["value"], "future_value"] = np.nan
+    ev_c = frame[(frame["cutoff"] == eval_cut["churn"]) & frame["churned"].notna()]
+    ev_v = frame[(frame["cutoff"] == eval_cut["value"]) & frame["future_value"].notna()]
+    return TuningData(cut, fit, ev_c, ev_v, eval_cut)
+
+
+def score_config(data: TuningData, config: TrainConfig) -> dict[str, float]:
+    """Fit both models with ``config`` on ``data.fit`` and score them on the held-out
+    snapshots: ``churn_roc_auc``, ``value_normalized_gini``, their sum ``objective`` and the
+    best iteration of each model."""
+    churn = ChurnModel(config).fit(data.fit)
+    value = ValueModel(config).fit(data.fit)
+    auc = roc_auc(data.eval_churn["churned"].astype(int).to_numpy(),
+                  churn.predict_proba(data.eval_churn))
+    gini = normalized_gini(data.eval_value["future_value"].to_numpy(dtype="float64"),
+                           value.predict(data.eval_value))
+    return {
+        "churn_roc_auc": auc,
+        "value_normalized_gini": gini,
+        "objective": auc + gini,
+        "churn_best_iteration": float(churn.best_iteration_),
+        "value_best_iteration": float(value.best_iteration_),
+    }
+
+
+def _suggest(trial: optuna.Trial) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for name, (low, high, log) in SEARCH_SPACE.items():
+        if name in _INT_PARAMS:
+            params[name] = trial.suggest_int(name, int(low), int(high), log=log)
+        else:
+            params[name] = trial.suggest_float(name, low, high, log=log)
+    return params
+
+
+@contextlib.contextmanager
+def _parent_run(parent_run_id: str | None, data: TuningData, n_trials: int, seed: int
+                ) -> Iterator[tuple[Any, str | None, str | None, bool]]:
+    """(mlflow or None, parent run id, experiment id, started here) for the trials' nested
+    runs. mlflow is None when no run is active and no tracking URI is set: nothing is logged.
+    """
+    import mlflow
+
+    if parent_run_id is not None:
+        experiment_id = mlflow.MlflowClient().get_run(parent_run_id).info.experiment_id
+        yield mlflow, parent_run_id, experiment_id, False
+        return
+    active = mlflow.active_run()
+    if active is not None:
+        yield mlflow, active.info.run_id, active.info.experiment_id, False
+        return
+    if not mlflow.is_tracking_uri_set():
+        yield None, None, None, False
+        return
+    from training.tracking import DEFAULT_EXPERIMENT, _experiment_id
+
+    experiment_id = _experiment_id(DEFAULT_EXPERIMENT)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=TUNE_RUN_NAME) as run:
+        mlflow.set_tags({"lifecast.step": "tune", "as_of": str(data.as_of)})
+        mlflow.log_params({
+            "n_trials": n_trials,
+            "sampler": "TPESampler",
+            "sampler_seed": seed,
+            "objective": "churn_roc_auc + value_normalized_gini",
+            "as_of": str(data.as_of),
+            "eval_cutoff_churn": str(data.eval_cutoffs["churn"]),
+            "eval_cutoff_clv": str(data.eval_cutoffs["value"]),
+        })
+        yield mlflow, run.info.run_id, experiment_id, True
+
+
+def tune_config(
+    transactions: Any,
+    mapping: ColumnMapping | None,
+    as_of: Any | None,
+    config: TrainConfig,
+    n_trials: int,
+    table: str | None = None,
+    seed: int | None = None,
+    *,
+    parent_run_id: str | None = None,
+) -> TrainConfig:
+    """Search the LightGBM parameters of ``config`` with ``n_trials`` Optuna trials.
+
+    Transactions in (anything `training.pipeline.train` takes); ``config`` with the best
+    trial's ``learning_rate, num_leaves, max_depth, min_child_samples, feature_fraction,
+    lambda_l2`` out (everything else unchanged). The score of a trial is ROC-AUC of churn +
+    normalized Gini of value on the held-out most recent snapshot (see the module doc).
+    The sampler is seeded with ``seed`` (default ``config.seed``), so the same data, config
+    and seed give the same result. ``n_trials <= 0`` returns ``config`` unchanged.
+    """
+    if n_trials <= 0:
+        return config
+    optuna = _import_optuna()
+    sampler_seed = config.seed if seed is None else int(seed)
+    data = prepare(transactions, mapping, as_of, config, table=table)
+
+    with _parent_run(parent_run_id, data, n_trials, sampler_seed) as (mlflow, parent, exp_id, own):
+
+        def objective(trial: optuna.Trial) -> float:
+            params = _suggest(trial)
+            scores = score_config(data, config.model_copy(update=params))
+            trial.set_user_attr("scores", scores)
+            if mlflow is not None:
+                with mlflow.start_run(run_name=f"trial {trial.number}", nested=True,
+                                      parent_run_id=parent, experiment_id=exp_id):
+                    mlflow.set_tag("optuna.trial", str(trial.number))
+                    mlflow.log_params(params)
+                    mlflow.log_metrics(scores)
+            return scores["objective"]
+
+        sampler = optuna.samplers.TPESampler(seed=sampler_seed)
+        study = optuna.create_study(direction="maximize", sampler=sampler,
+                                    study_name="lifecast-tune")
+        study.optimize(objective, n_trials=n_trials)
+        best = study.best_trial
+        if own:  # the parent run "tune" is ours: it records the winner too
+            mlflow.log_params({f"best_{k}": v for k, v in best.params.items()})
+            mlflow.log_metrics({f"best_{k}": v for k, v in best.user_attrs["scores"].items()})
+            mlflow.set_tag("best_trial", str(best.number))
+    return config.model_copy(update=best.params)
