@@ -54,7 +54,9 @@ def _typed(df: pd.DataFrame, config: FeatureConfig) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def _execute_features(tx: Transactions, cutoff: pd.Timestamp, config: FeatureConfig) -> pd.DataFrame:
+def _execute_features(
+    tx: Transactions, cutoff: pd.Timestamp, config: FeatureConfig
+) -> pd.DataFrame:
     expr = customer_features(attach_cutoff(tx.table, cutoff), config)
     return _typed(tx.backend.execute(expr), config)
 
@@ -226,7 +228,8 @@ def build_training_frame(
         feats = _execute_features(visible, c, config)
         for horizon, cols in ((hc, ["churned"]), (hv, ["future_value", "future_orders"])):
             if c + pd.Timedelta(days=horizon) <= train_cut:
-                lab = build_labels(visible, c, horizon, require_observed=False)[["customer_id", *cols]]
+                lab = build_labels(visible, c, horizon, require_observed=False)
+                lab = lab[["customer_id", *cols]]
                 feats = feats.merge(lab, on="customer_id", how="left", validate="one_to_one")
             else:
                 for col in cols:
