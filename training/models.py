@@ -8,9 +8,9 @@
   validation snapshot, then a Platt calibration (scikit-learn logistic regression on the
   raw score's logit) on that snapshot, so that a predicted 0.7 means 70%. Platt rather
   than isotonic: on the real logs in ``bench/README.md`` isotonic steps overfit the one
-  validation snapshot (worse log-loss and Brier), while the two-parameter map did not. Monotone constraints make churn
-  probability non-decreasing in ``days_since_last`` and ``overdue_ratio``. Reasons come from
-  LightGBM's own SHAP contributions (``pred_contrib``).
+  validation snapshot (worse log-loss and Brier), while the two-parameter map did not.
+  Monotone constraints make churn probability non-decreasing in ``days_since_last`` and
+  ``overdue_ratio``. Reasons come from LightGBM's own SHAP contributions (``pred_contrib``).
 * `ValueModel`: LightGBM with a Tweedie objective for zero-inflated, heavy-tailed spend;
   the total level is corrected on the validation snapshot (sum of actual / sum of
   predicted) so that the sum of predictions tracks the actual total when spend drifts
