@@ -26,3 +26,33 @@ def lifetimes_datasets() -> Path:
     if spec is None or not spec.submodule_search_locations:
         pytest.fail("the test extra is not installed: pip install -e '.[test]' (needs lifetimes)")
     return Path(spec.submodule_search_locations[0]) / "datasets"
+
+
+@pytest.fixture(scope="session")
+def demo_config():
+    """A quick training config on the bundled demo data (90-day horizons)."""
+    from features import FeatureConfig
+    from training.models import TrainConfig
+
+    return TrainConfig(features=FeatureConfig(churn_horizon_days=90, clv_horizon_days=90),
+                       n_estimators=400, num_threads=1)
+
+
+@pytest.fixture(scope="session")
+def demo_transactions():
+    """The bundled Online Retail extract, loaded once."""
+    from features import DEMO_MAPPING, demo_data_path, load_transactions
+
+    return load_transactions(demo_data_path(), DEMO_MAPPING)
+
+
+@pytest.fixture(scope="session")
+def demo_train_result(demo_transactions, demo_config):
+    """`training.pipeline.train` on the demo data, once per session."""
+    import warnings
+
+    from training.pipeline import train
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return train(demo_transactions, config=demo_config)

@@ -1,0 +1,76 @@
+"""Train, backtest and score flows on the bundled real-data extract, and their errors."""
+
+from __future__ import annotations
+
+import warnings
+
+import pandas as pd
+import pytest
+
+from features import FeatureConfig
+from features.contract import DataValidationError
+from training.models import TrainConfig
+from training.pipeline import OUTPUT_COLUMNS, backtest, predict_customers, train
+
+
+def test_train_holds_out_the_latest_snapshot(demo_train_result):
+    r = demo_train_result
+    churn, value = r.models.churn, r.models.value
+    for model, kind in ((churn, "churn"), (value, "value")):
+        used = [pd.Timestamp(c) for c in model.train_cutoffs_] + [
+            pd.Timestamp(model.valid_cutoff_)]
+        assert max(used) < r.eval_cutoffs[kind], "the evaluation snapshot leaked into fitting"
+    # the evaluation window ends exactly at as_of: nothing after it was read
+    assert r.eval_cutoffs["churn"] + pd.Timedelta(days=90) <= r.models.as_of
+    assert set(r.evaluation) == {"churn", "value"}
+    for table in r.evaluation.values():
+        assert list(table.columns) == ["metric", "model", "baseline", "better"]
+
+
+def test_predict_customers_output_contract(demo_train_result):
+    r = demo_train_result
+    rows = r.frame[r.frame["cutoff"] == r.eval_cutoffs["churn"]].head(50)
+    out = predict_customers(r.models, rows)
+    assert list(out.columns[: len(OUTPUT_COLUMNS)]) == OUTPUT_COLUMNS
+    assert out["customer_id"].is_unique and len(out) == len(rows)
+    assert set(out["churn_risk"]) <= {"low", "medium", "high"}
+    pd.testing.assert_series_equal(
+        out["value_at_risk"], out["churn_probability"] * out["predicted_clv"],
+        check_names=False,
+    )
+
+
+def test_backtest_scores_everyone_and_compares_with_baseline(demo_transactions, demo_config):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = backtest(demo_transactions, "2011-09-01", config=demo_config)
+    preds = result.predictions
+    assert result.observed and result.metrics is not None
+    assert {"customer_id", "churn_probability", "predicted_clv", "expected_orders", "p_alive",
+            "segment", "lifecycle_stage", "churned", "actual_value"} <= set(preds.columns)
+    assert preds["customer_id"].is_unique
+    metrics = set(result.metrics["metric"])
+    assert {"roc_auc", "brier", "normalized_gini", "decile_mape", "aggregate_bias"} <= metrics
+
+
+def test_backtest_without_observed_outcome_has_no_metrics(demo_transactions, demo_config):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = backtest(demo_transactions, "2011-11-15", config=demo_config)
+    assert not result.observed and result.metrics is None
+    assert "churned" not in result.predictions.columns
+
+
+def test_horizon_longer_than_history_is_a_clear_error(demo_transactions):
+    config = TrainConfig(features=FeatureConfig(churn_horizon_days=90, clv_horizon_days=365))
+    with pytest.raises(DataValidationError, match="--clv-horizon-days 365 is too long"):
+        train(demo_transactions, config=config)
+
+
+def test_no_repeat_customers_is_a_clear_error():
+    days = pd.date_range("2020-01-01", periods=600, freq="D")
+    one_each = pd.DataFrame({"customer_id": [f"c{i}" for i in range(600)],
+                             "timestamp": days, "amount": 10.0})
+    config = TrainConfig(features=FeatureConfig(churn_horizon_days=60, clv_horizon_days=60))
+    with pytest.raises(ValueError, match="repeat"):
+        train(one_each, config=config)
