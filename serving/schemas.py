@@ -1,0 +1,352 @@
+"""Requests and responses of the prediction service (pydantic v2).
+
+Every endpoint takes one JSON object and validates it here, so a bad request is refused with
+a 4xx naming the field before any work is done (the service turns pydantic's errors into
+``{"error": "<field>: <message>", "detail": [...]}``). The constraints:
+
+* ``/predict``: ``customer_ids``, 1 to `MAX_IDS` (1,000) ids, each 1-128 characters without
+  control characters. Duplicates are answered once.
+* ``/score``: 1 to `MAX_SCORE_CUSTOMERS` (100) customers (distinct ids), each with 1 to
+  `MAX_TRANSACTIONS` (1,000) transactions: ``timestamp`` (ISO 8601; a timezone offset is
+  converted to UTC, a naive value is read as UTC; from 1900 on and at most `CLOCK_SKEW` (5
+  minutes) ahead of the server clock, and before ``as_of`` when it is given), ``amount``
+  (finite, ``|amount| <= 1e12``; negative for a return) and optionally ``order_id``,
+  ``product_id``, ``category``, ``channel``, ``quantity``, ``discount``. ``as_of`` (optional,
+  default: now) is the cutoff the features are computed at. The request body is also bounded
+  in bytes by the service (``LIFECAST_MAX_BODY_BYTES``, 2 MB by default), which binds before
+  the counts for large payloads.
+* ``/high_risk``: ``min_churn_probability`` in [0, 1] (default 0), ``min_value`` >= 0 (default
+  0; predicted values are never negative, so a negative threshold would mean "no filter",
+  which 0 already is; customers without a predicted value never pass), ``segments`` (names of
+  `features.segments.SEGMENTS`, none = all), ``limit`` 1-10,000 (default 100), ``offset`` >= 0,
+  ``format`` ``json`` or ``csv``.
+* ``/segments``: optional ``format``.
+
+Unknown fields are refused (``extra="forbid"``) and types are strict (``"5"`` is not a number,
+``5`` is not a string), except timestamps, which are ISO 8601 text.
+
+The ``EXAMPLE_*`` constants are the examples the OpenAPI page shows; tests reuse them.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+
+from features.segments import SEGMENTS, STAGES
+
+__all__ = [
+    "CLOCK_SKEW",
+    "EXAMPLE_HIGH_RISK_REQUEST",
+    "EXAMPLE_PREDICT_REQUEST",
+    "EXAMPLE_SCORE_REQUEST",
+    "EXAMPLE_SEGMENTS_REQUEST",
+    "MAX_IDS",
+    "MAX_LIMIT",
+    "MAX_SCORE_CUSTOMERS",
+    "MAX_TRANSACTIONS",
+    "CustomerError",
+    "CustomerPrediction",
+    "ErrorResponse",
+    "HighRiskRequest",
+    "HighRiskResponse",
+    "ModelVersions",
+    "PredictRequest",
+    "PredictResponse",
+    "Reason",
+    "ScoreCustomer",
+    "ScoreRequest",
+    "ScoreResponse",
+    "SegmentRow",
+    "SegmentsRequest",
+    "SegmentsResponse",
+    "Transaction",
+    "utc_naive",
+]
+
+MAX_IDS = 1_000
+MAX_SCORE_CUSTOMERS = 100
+MAX_TRANSACTIONS = 1_000
+MAX_LIMIT = 10_000
+MAX_OFFSET = 2**31 - 1
+MAX_ABS_AMOUNT = 1e12
+#: How far ahead of the server clock a transaction timestamp may be (clients' clocks drift).
+CLOCK_SKEW = timedelta(minutes=5)
+EARLIEST = datetime(1900, 1, 1)
+
+_STRICT = ConfigDict(extra="forbid", strict=True)
+
+# 1-128 characters, no control characters (they have no place in an id and break CSV/logs)
+Identifier = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")
+]
+OptionalText = Annotated[
+    str, StringConstraints(max_length=128, pattern=r"^[^\x00-\x1f\x7f]*$")
+] | None
+SegmentName = Literal[SEGMENTS]  # type: ignore[valid-type]
+Stage = Literal[STAGES]  # type: ignore[valid-type]
+Format = Literal["json", "csv"]
+
+
+def utc_naive(value: datetime) -> datetime:
+    """An aware datetime converted to UTC and made naive; a naive one is taken as UTC."""
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _iso_text(value: Any) -> Any:
+    # timestamps come as ISO 8601 text; pydantic would read a bare number as Unix seconds
+    if isinstance(value, bool | int | float):
+        raise ValueError("must be an ISO 8601 date or datetime text, e.g. 2011-12-09T12:50:00")
+    return value
+
+
+def _not_future(value: datetime) -> datetime:
+    value = utc_naive(value)
+    if value < EARLIEST:
+        raise ValueError(f"must be on or after {EARLIEST:%Y-%m-%d}")
+    limit = _now() + CLOCK_SKEW
+    if value > limit:
+        raise ValueError(
+            f"is in the future ({value.isoformat()} is after the server time "
+            f"{_now().isoformat(timespec='seconds')} UTC plus "
+            f"{int(CLOCK_SKEW.total_seconds() // 60)} minutes of clock skew)"
+        )
+    return value
+
+
+Timestamp = Annotated[
+    datetime, Field(strict=False), BeforeValidator(_iso_text), AfterValidator(_not_future)
+]
+
+
+def _finite_amount(value: float) -> float:
+    if not math.isfinite(value) or abs(value) > MAX_ABS_AMOUNT:
+        raise ValueError(f"must be a finite number with absolute value at most {MAX_ABS_AMOUNT:g}")
+    return value
+
+
+Amount = Annotated[float, Field(allow_inf_nan=False), AfterValidator(_finite_amount)]
+OptionalAmount = Annotated[
+    float, Field(allow_inf_nan=False, ge=-MAX_ABS_AMOUNT, le=MAX_ABS_AMOUNT)
+] | None
+
+# -- examples (shown on the OpenAPI page, reused by the tests) --------------------------------
+
+EXAMPLE_PREDICT_REQUEST: dict[str, Any] = {"customer_ids": ["13047", "14646"]}
+EXAMPLE_SCORE_REQUEST: dict[str, Any] = {
+    "customers": [
+        {
+            "customer_id": "new-0001",
+            "transactions": [
+                {"timestamp": "2011-10-02T10:15:00", "amount": 54.5, "order_id": "A-1001"},
+                {"timestamp": "2011-11-20T16:40:00", "amount": 120.0, "order_id": "A-1002"},
+                {"timestamp": "2011-11-20T16:40:00", "amount": -20.0, "order_id": "A-1002C"},
+            ],
+        }
+    ],
+    "as_of": "2011-12-10T00:00:00",
+}
+EXAMPLE_HIGH_RISK_REQUEST: dict[str, Any] = {
+    "min_churn_probability": 0.5,
+    "min_value": 100.0,
+    "segments": ["At Risk", "Can't Lose Them"],
+    "limit": 100,
+    "offset": 0,
+    "format": "json",
+}
+EXAMPLE_SEGMENTS_REQUEST: dict[str, Any] = {"format": "json"}
+
+
+# -- requests ----------------------------------------------------------------------------------
+
+
+class PredictRequest(BaseModel):
+    """Customers to look up in the current batch of the customer store."""
+
+    model_config = ConfigDict(**_STRICT, json_schema_extra={"examples": [EXAMPLE_PREDICT_REQUEST]})
+
+    customer_ids: list[Identifier] = Field(
+        min_length=1, max_length=MAX_IDS,
+        description=f"1 to {MAX_IDS:,} customer ids; unknown ids come back in `errors`.",
+    )
+
+
+class Transaction(BaseModel):
+    """One purchase line or order of the caller's history (the data contract's columns)."""
+
+    model_config = _STRICT
+
+    timestamp: Timestamp = Field(description="When it happened (ISO 8601; naive = UTC).")
+    amount: Amount = Field(description="Net revenue; negative for a return.")
+    order_id: OptionalText = None
+    product_id: OptionalText = None
+    category: OptionalText = None
+    channel: OptionalText = None
+    quantity: OptionalAmount = None
+    discount: OptionalAmount = None
+
+
+class ScoreCustomer(BaseModel):
+    """One customer and their own recent history."""
+
+    model_config = _STRICT
+
+    customer_id: Identifier
+    transactions: list[Transaction] = Field(min_length=1, max_length=MAX_TRANSACTIONS)
+
+
+class ScoreRequest(BaseModel):
+    """Real-time scoring from the caller's transactions (not the store)."""
+
+    model_config = ConfigDict(**_STRICT, json_schema_extra={"examples": [EXAMPLE_SCORE_REQUEST]})
+
+    customers: list[ScoreCustomer] = Field(min_length=1, max_length=MAX_SCORE_CUSTOMERS)
+    as_of: Timestamp | None = Field(
+        None, description="Cutoff of the features (default: now); transactions must be "
+                          "before it.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ScoreRequest:
+        seen: set[str] = set()
+        for i, customer in enumerate(self.customers):
+            if customer.customer_id in seen:
+                raise ValueError(
+                    f"customers[{i}].customer_id: {customer.customer_id!r} appears more than "
+                    f"once; send each customer once with all their transactions"
+                )
+            seen.add(customer.customer_id)
+            if self.as_of is None:
+                continue
+            for j, tx in enumerate(customer.transactions):
+                if tx.timestamp >= self.as_of:
+                    raise ValueError(
+                        f"customers[{i}].transactions[{j}].timestamp: "
+                        f"{tx.timestamp.isoformat()} is not before as_of "
+                        f"{self.as_of.isoformat()} (features only see events before the cutoff)"
+                    )
+        return self
+
+
+class HighRiskRequest(BaseModel):
+    """Filters and page of the ranked list (by value at risk, highest first)."""
+
+    model_config = ConfigDict(**_STRICT,
+                              json_schema_extra={"examples": [EXAMPLE_HIGH_RISK_REQUEST]})
+
+    min_churn_probability: float = Field(0.0, ge=0.0, le=1.0)
+    min_value: float = Field(0.0, ge=0.0, allow_inf_nan=False,
+                             description="Minimum predicted value (CLV).")
+    segments: list[SegmentName] | None = Field(
+        None, max_length=len(SEGMENTS), description="Keep these segments only (none: all).")
+    limit: int = Field(100, ge=1, le=MAX_LIMIT)
+    offset: int = Field(0, ge=0, le=MAX_OFFSET)
+    format: Format = "json"
+
+
+class SegmentsRequest(BaseModel):
+    """Options of the segment summary."""
+
+    model_config = ConfigDict(**_STRICT,
+                              json_schema_extra={"examples": [EXAMPLE_SEGMENTS_REQUEST]})
+
+    format: Format = "json"
+
+
+# -- responses ---------------------------------------------------------------------------------
+
+
+class Reason(BaseModel):
+    """One of the features that moved the churn score most (LightGBM SHAP contribution)."""
+
+    feature: str
+    value: float | None = Field(description="The feature's value (null when missing).")
+    contribution: float = Field(description="Contribution to the raw churn score (log-odds).")
+    direction: Literal["raises", "lowers"]
+
+
+class ModelVersions(BaseModel):
+    churn: str
+    clv: str
+
+
+class CustomerPrediction(BaseModel):
+    """The per-customer output of DESIGN.md."""
+
+    customer_id: str
+    as_of: datetime
+    churn_probability: float
+    churn_risk: Literal["low", "medium", "high"]
+    predicted_clv: float
+    expected_orders: float | None
+    p_alive: float | None
+    rfm_score: str
+    segment: str
+    lifecycle_stage: str
+    value_at_risk: float
+    reasons: list[Reason]
+    model_versions: ModelVersions
+
+
+class CustomerError(BaseModel):
+    customer_id: str
+    error: str
+
+
+class PredictResponse(BaseModel):
+    batch_id: str | None = Field(description="The customer store batch the features came from.")
+    predictions: list[CustomerPrediction]
+    errors: list[CustomerError] = Field(description="Ids that could not be answered, and why.")
+
+
+class ScoreResponse(BaseModel):
+    as_of: datetime
+    predictions: list[CustomerPrediction]
+    errors: list[CustomerError]
+
+
+class HighRiskResponse(BaseModel):
+    batch_id: str
+    as_of: datetime
+    total: int = Field(description="Customers matching the filters (all pages).")
+    limit: int
+    offset: int
+    customers: list[CustomerPrediction]
+
+
+class SegmentRow(BaseModel):
+    segment: str
+    customers: int
+    share: float
+    mean_churn_probability: float | None
+    total_value_at_risk: float
+    total_predicted_clv: float
+
+
+class SegmentsResponse(BaseModel):
+    batch_id: str
+    as_of: datetime
+    segments: list[SegmentRow]
+
+
+class ErrorResponse(BaseModel):
+    """Body of every 4xx/5xx answer."""
+
+    error: str
+    detail: list[dict[str, Any]] | None = None

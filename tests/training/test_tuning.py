@@ -1,0 +1,198 @@
+"""Hyperparameter search (`training.tuning`) on a small synthetic log, with a real MLflow
+SQLite store in a temporary folder.
+
+Three trials with few boosting rounds: with fewer trials than the TPE sampler's startup
+trials the suggestions come from the seeded sampler alone, and the scores are checked for
+exact repeatability separately (they drive the later, model-based suggestions).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking._tracking_service import utils as tracking_utils
+
+from features.config import FeatureConfig
+from training import tracking, tuning
+from training.models import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+AS_OF = "2024-01-01"
+CONFIG = TrainConfig(
+    features=FeatureConfig(churn_horizon_days=90, clv_horizon_days=90, snapshot_every_days=30,
+                           n_snapshots=6),
+    n_estimators=60, early_stopping_rounds=20, num_threads=1,
+)
+TRIALS = 3
+
+
+def _generate() -> pd.DataFrame:
+    """~1,400 customers over two years (`bench/synthetic.py`, or a small fallback)."""
+    path = ROOT / "bench" / "synthetic.py"
+    if path.is_file():
+        spec = importlib.util.spec_from_file_location("_lifecast_bench_synthetic", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses need the module registered
+        spec.loader.exec_module(module)
+        return module.generate_transactions(15_000, seed=1, start="2022-01-01", days=730)
+    rng = np.random.default_rng(1)
+    rows = []
+    for c in range(1_500):
+        t = rng.uniform(0, 600)
+        end = t + rng.exponential(300)
+        rate = rng.gamma(1.0, 1 / 30)
+        while t < min(end, 730):
+            rows.append((c, pd.Timestamp("2022-01-01") + pd.Timedelta(days=float(t)),
+                         float(rng.lognormal(3, 0.6))))
+            t += rng.exponential(1 / rate)
+    return pd.DataFrame(rows, columns=["customer_id", "timestamp", "amount"])
+
+
+@pytest.fixture(scope="module")
+def transactions() -> pd.DataFrame:
+    return _generate()
+
+
+@pytest.fixture(scope="module")
+def prepared(transactions: pd.DataFrame) -> tuning.TuningData:
+    return tuning.prepare(transactions, None, AS_OF, CONFIG)
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A fresh SQLite store in tmp_path; the global tracking URI is restored afterwards."""
+    previous = tracking_utils._tracking_uri
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    monkeypatch.setattr(tracking, "_last_set_uri", None)
+    uri = tracking.configure(tmp_path)
+    try:
+        yield uri
+    finally:
+        while mlflow.active_run() is not None:
+            mlflow.end_run()
+        mlflow.set_tracking_uri(previous)
+
+
+def _children(client: mlflow.MlflowClient, experiment_id: str, parent: str) -> list:
+    return client.search_runs(
+        [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'"
+    )
+
+
+def _within_bounds(config: TrainConfig) -> None:
+    for name, (low, high, _) in tuning.SEARCH_SPACE.items():
+        value = getattr(config, name)
+        assert low <= value <= high, (name, value)
+        if name in ("num_leaves", "max_depth", "min_child_samples"):
+            assert isinstance(value, int), name
+
+
+def test_no_trials_returns_the_config_unchanged() -> None:
+    # nothing is loaded or imported: the transactions are not even looked at
+    assert tuning.tune_config(None, None, AS_OF, CONFIG, n_trials=0) is CONFIG
+    assert tuning.tune_config(None, None, AS_OF, CONFIG, n_trials=-1) is CONFIG
+
+
+def test_missing_optuna_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "optuna", None)  # makes `import optuna` fail
+    with pytest.raises(ImportError, match=r"pip install 'lifecast\[tune\]'"):
+        tuning.tune_config(None, None, AS_OF, CONFIG, n_trials=1)
+
+
+def test_holdout_is_the_latest_labelled_snapshot(prepared: tuning.TuningData) -> None:
+    fit = prepared.fit
+    for key, label, rows in (("churn", "churned", prepared.eval_churn),
+                             ("value", "future_value", prepared.eval_value)):
+        cut = prepared.eval_cutoffs[key]
+        assert not rows.empty and (rows["cutoff"] == cut).all()
+        assert rows[label].notna().all()
+        # the fit frame keeps the held-out rows' features but never their labels, and
+        # every label it keeps comes from an earlier snapshot
+        assert fit.loc[fit["cutoff"] == cut, label].isna().all()
+        assert (fit.loc[fit[label].notna(), "cutoff"] < cut).all()
+        # the outcome window ends on or before as_of: nothing after it was read
+        horizon = CONFIG.features.churn_horizon_days if key == "churn" \
+            else CONFIG.features.clv_horizon_days
+        assert cut + pd.Timedelta(days=horizon) <= pd.Timestamp(AS_OF)
+
+
+def test_scores_repeat_exactly(transactions: pd.DataFrame, prepared: tuning.TuningData
+                               ) -> None:
+    again = tuning.prepare(transactions, None, AS_OF, CONFIG)
+    pd.testing.assert_frame_equal(prepared.fit, again.fit, check_exact=True)
+    first = tuning.score_config(prepared, CONFIG)
+    assert tuning.score_config(again, CONFIG) == first
+    assert first["objective"] == first["churn_roc_auc"] + first["value_normalized_gini"]
+    assert 0.5 < first["churn_roc_auc"] <= 1
+    assert 0 < first["value_normalized_gini"] <= 1
+
+
+def test_tune_logs_nested_trials_and_is_deterministic(transactions: pd.DataFrame, store: str
+                                                      ) -> None:
+    best = tuning.tune_config(transactions, None, AS_OF, CONFIG, n_trials=TRIALS)
+    assert isinstance(best, TrainConfig)
+    _within_bounds(best)
+    untouched = set(TrainConfig.model_fields) - set(tuning.SEARCH_SPACE)
+    assert {k: getattr(best, k) for k in untouched} == {k: getattr(CONFIG, k) for k in untouched}
+
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(tracking.DEFAULT_EXPERIMENT)
+    parents = client.search_runs([experiment.experiment_id],
+                                 filter_string=f"attributes.run_name = '{tuning.TUNE_RUN_NAME}'")
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.data.params["n_trials"] == str(TRIALS)
+    assert parent.data.params["sampler_seed"] == str(CONFIG.seed)
+    trials = _children(client, experiment.experiment_id, parent.info.run_id)
+    assert len(trials) == TRIALS
+    for run in trials:
+        assert set(tuning.SEARCH_SPACE) <= set(run.data.params)
+        assert {"churn_roc_auc", "value_normalized_gini", "objective"} <= set(run.data.metrics)
+    top = max(trials, key=lambda r: r.data.metrics["objective"])
+    assert parent.data.metrics["best_objective"] == top.data.metrics["objective"]
+    assert best.learning_rate == pytest.approx(float(top.data.params["learning_rate"]))
+    assert best.num_leaves == int(top.data.params["num_leaves"])
+
+    # the same data, config and seed give the same config; another seed another one
+    assert tuning.tune_config(transactions, None, AS_OF, CONFIG, n_trials=TRIALS) == best
+    other = tuning.tune_config(transactions, None, AS_OF, CONFIG, n_trials=TRIALS, seed=7)
+    _within_bounds(other)
+    assert other != best
+
+
+def test_trials_nest_under_the_active_run(prepared: tuning.TuningData, store: str,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # the frame is the one tested above; only the nesting is checked here
+    monkeypatch.setattr(tuning, "prepare", lambda *args, **kwargs: prepared)
+    client = mlflow.MlflowClient()
+    experiment_id = tracking._experiment_id(tracking.DEFAULT_EXPERIMENT)
+    with mlflow.start_run(experiment_id=experiment_id, run_name="outer") as outer:
+        tuning.tune_config(None, None, AS_OF, CONFIG, n_trials=2)
+        assert mlflow.active_run().info.run_id == outer.info.run_id  # left as it was
+    assert len(_children(client, experiment_id, outer.info.run_id)) == 2
+    assert not client.search_runs(
+        [experiment_id], filter_string=f"attributes.run_name = '{tuning.TUNE_RUN_NAME}'")
+    # and under an explicitly named parent, with no run active
+    with mlflow.start_run(experiment_id=experiment_id, run_name="named") as named:
+        parent_id = named.info.run_id
+    tuning.tune_config(None, None, AS_OF, CONFIG, n_trials=1, parent_run_id=parent_id)
+    assert mlflow.active_run() is None
+    assert len(_children(client, experiment_id, parent_id)) == 1
+
+
+def test_nothing_is_logged_without_tracking(prepared: tuning.TuningData,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", None)
+    monkeypatch.setattr(tuning, "prepare", lambda *args, **kwargs: prepared)
+    best = tuning.tune_config(None, None, AS_OF, CONFIG, n_trials=1)
+    _within_bounds(best)
+    assert not mlflow.is_tracking_uri_set()
+    assert mlflow.active_run() is None
