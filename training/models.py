@@ -68,6 +68,11 @@ class TrainConfig(BaseModel):
     risk_bands: tuple[float, float] = (0.3, 0.6)  # low < 0.3 <= medium < 0.6 <= high
     top_reasons: int = Field(3, ge=1, le=10)
     num_threads: int = Field(0, ge=0)  # 0: LightGBM's default (all cores)
+    # Stacked snapshots repeat the same customers, so past a few hundred thousand rows per
+    # snapshot more rows add little but cost time and memory: the training frame keeps at
+    # most this many customers per snapshot (the same customers in every snapshot, chosen
+    # by a seeded hash of their id). 0 keeps everyone. Scoring always covers everyone.
+    max_customers_per_snapshot: int = Field(200_000, ge=0)
 
     def lgb_params(self) -> dict[str, Any]:
         return {

@@ -96,6 +96,20 @@ def _check_horizons(tx: Transactions, as_of: pd.Timestamp, config: TrainConfig) 
             )
 
 
+def sample_snapshots(frame: pd.DataFrame, config: TrainConfig) -> pd.DataFrame:
+    """Keep at most ``config.max_customers_per_snapshot`` customers per snapshot: those with
+    the smallest seeded hash of their id, so the same customers are kept in every snapshot
+    and the same input and seed give the same frame."""
+    n = config.max_customers_per_snapshot
+    if n <= 0 or frame.groupby("cutoff").size().max() <= n:
+        return frame
+    key = pd.util.hash_pandas_object(
+        frame["customer_id"].astype(str), index=False, hash_key=f"{config.seed:016d}"[:16]
+    )
+    rank = key.groupby(frame["cutoff"].to_numpy()).rank(method="first")
+    return frame[rank.to_numpy() <= n].reset_index(drop=True)
+
+
 def fit_models(frame: pd.DataFrame, population: pd.DataFrame, config: TrainConfig,
                as_of: pd.Timestamp) -> FittedModels:
     """Fit churn and value models on a training frame (with baseline features) and the
@@ -170,7 +184,7 @@ def train(
     as_of = parse_cutoff(as_of) if as_of is not None else default_as_of(tx)
     _check_horizons(tx, as_of, config)
     fcfg = config.features
-    frame = build_training_frame(tx, as_of, config=fcfg)
+    frame = sample_snapshots(build_training_frame(tx, as_of, config=fcfg), config)
     frame = add_baseline_features(frame, fcfg)
 
     eval_cut = {
@@ -222,7 +236,8 @@ def backtest(
     cut = parse_cutoff(cutoff)
     _check_horizons(tx, cut, config)
     fcfg = config.features
-    frame = add_baseline_features(build_training_frame(tx, cut, config=fcfg), fcfg)
+    frame = sample_snapshots(build_training_frame(tx, cut, config=fcfg), config)
+    frame = add_baseline_features(frame, fcfg)
     population = add_baseline_features(build_features(tx, cut, config=fcfg), fcfg)
     models = fit_models(frame, population, config, cut)
     out = predict_customers(models, population, cut)

@@ -74,3 +74,18 @@ def test_no_repeat_customers_is_a_clear_error():
     config = TrainConfig(features=FeatureConfig(churn_horizon_days=60, clv_horizon_days=60))
     with pytest.raises(ValueError, match="repeat"):
         train(one_each, config=config)
+
+
+def test_sample_snapshots_keeps_the_same_customers_in_every_snapshot():
+    from training.pipeline import sample_snapshots
+
+    ids = [f"c{i}" for i in range(50)]
+    frame = pd.DataFrame({"cutoff": [1] * 50 + [2] * 40, "customer_id": ids + ids[:40]})
+    config = TrainConfig(max_customers_per_snapshot=10)
+    kept = sample_snapshots(frame, config)
+    assert kept.groupby("cutoff").size().tolist() == [10, 10]
+    first = set(kept.loc[kept.cutoff == 1, "customer_id"])
+    second = set(kept.loc[kept.cutoff == 2, "customer_id"])
+    assert len(first & second) >= 7  # a consistent panel, not two independent draws
+    pd.testing.assert_frame_equal(kept, sample_snapshots(frame, config))
+    assert len(sample_snapshots(frame, TrainConfig(max_customers_per_snapshot=0))) == 90
