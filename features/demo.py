@@ -14,7 +14,7 @@ import pandas as pd
 
 from features.config import ColumnMapping, FeatureConfig
 from features.contract import Transactions, ValidationReport, load_transactions, parse_cutoff
-from features.pipeline import build_features
+from features.pipeline import build_features, default_cutoff
 from features.segments import RFMSegmenter, lifecycle_stage, segment_summary
 
 
@@ -25,11 +25,6 @@ class FeatureDemo:
     customers: pd.DataFrame  # features + rfm scores, segment, lifecycle_stage
     segments: pd.DataFrame  # segment summary
     segmenter: RFMSegmenter
-
-
-def default_cutoff(report: ValidationReport) -> pd.Timestamp:
-    """The day after the last event: every event is seen."""
-    return (pd.Timestamp(report.last_event) + pd.Timedelta(days=1)).normalize()
 
 
 def segment_customers(

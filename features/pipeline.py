@@ -29,6 +29,11 @@ from features.registry import feature_definitions
 TransactionsLike = Any  # path | DataFrame | ibis.Table | Transactions
 
 
+def default_cutoff(report) -> pd.Timestamp:  # noqa: ANN001 (a ValidationReport)
+    """The day after the last event (midnight): a cutoff that sees every event."""
+    return (pd.Timestamp(report.last_event) + pd.Timedelta(days=1)).normalize()
+
+
 def as_transactions(
     transactions: TransactionsLike,
     mapping: ColumnMapping | dict | None = None,

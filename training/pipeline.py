@@ -20,7 +20,12 @@ import pandas as pd
 from features.config import ColumnMapping
 from features.contract import DataValidationError, Transactions, load_transactions, parse_cutoff
 from features.demo import segment_customers
-from features.pipeline import build_features, build_labels, build_training_frame
+from features.pipeline import (
+    build_features,
+    build_labels,
+    build_training_frame,
+    default_cutoff,
+)
 from features.segments import RFMSegmenter
 from training.metrics import churn_metrics, compare_table, value_metrics
 from training.models import (
@@ -78,7 +83,7 @@ def _load(transactions: Any, mapping: ColumnMapping | None, table: str | None = 
 
 def default_as_of(tx: Transactions) -> pd.Timestamp:
     """The day after the last event, so every event is used."""
-    return (pd.Timestamp(tx.report.last_event) + pd.Timedelta(days=1)).normalize()
+    return default_cutoff(tx.report)
 
 
 def _check_horizons(tx: Transactions, as_of: pd.Timestamp, config: TrainConfig) -> None:

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 AS_OF = "2024-01-01"
 CONFIG = TrainConfig(
     features=FeatureConfig(churn_horizon_days=90, clv_horizon_days=90, snapshot_every_days=30,
-                           n_snapshots=6),
+                           n_snapshots=4),
     n_estimators=60, early_stopping_rounds=20, num_threads=1,
 )
 TRIALS = 3
@@ -64,20 +64,28 @@ def prepared(transactions: pd.DataFrame) -> tuning.TuningData:
     return tuning.prepare(transactions, None, AS_OF, CONFIG)
 
 
-@pytest.fixture
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """A fresh SQLite store in tmp_path; the global tracking URI is restored afterwards."""
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory):
+    """A fresh SQLite store (one per module: creating it takes seconds); the environment's
+    MLFLOW_TRACKING_URI is ignored and the global tracking URI restored afterwards."""
     previous = tracking_utils._tracking_uri
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    monkeypatch.setattr(tracking, "_last_set_uri", None)
-    uri = tracking.configure(tmp_path)
-    try:
-        yield uri
-    finally:
-        while mlflow.active_run() is not None:
-            mlflow.end_run()
-        mlflow.set_tracking_uri(previous)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mp.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        mp.setattr(tracking, "_last_set_uri", None)
+        uri = tracking.configure(tmp_path_factory.mktemp("mlflow"))
+        try:
+            yield uri
+        finally:
+            while mlflow.active_run() is not None:
+                mlflow.end_run()
+            mlflow.set_tracking_uri(previous)
+
+
+def _tune_runs(client: mlflow.MlflowClient, experiment_id: str) -> list:
+    return client.search_runs(
+        [experiment_id], filter_string=f"attributes.run_name = '{tuning.TUNE_RUN_NAME}'"
+    )
 
 
 def _children(client: mlflow.MlflowClient, experiment_id: str, parent: str) -> list:
@@ -134,23 +142,25 @@ def test_scores_repeat_exactly(transactions: pd.DataFrame, prepared: tuning.Tuni
     assert 0 < first["value_normalized_gini"] <= 1
 
 
-def test_tune_logs_nested_trials_and_is_deterministic(transactions: pd.DataFrame, store: str
-                                                      ) -> None:
+def test_tune_logs_nested_trials_and_is_deterministic(
+    transactions: pd.DataFrame, prepared: tuning.TuningData, store: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client = mlflow.MlflowClient()
+    experiment_id = tracking._experiment_id(tracking.DEFAULT_EXPERIMENT)
+    before = {r.info.run_id for r in _tune_runs(client, experiment_id)}
     best = tuning.tune_config(transactions, None, AS_OF, CONFIG, n_trials=TRIALS)
     assert isinstance(best, TrainConfig)
     _within_bounds(best)
     untouched = set(TrainConfig.model_fields) - set(tuning.SEARCH_SPACE)
     assert {k: getattr(best, k) for k in untouched} == {k: getattr(CONFIG, k) for k in untouched}
 
-    client = mlflow.MlflowClient()
-    experiment = client.get_experiment_by_name(tracking.DEFAULT_EXPERIMENT)
-    parents = client.search_runs([experiment.experiment_id],
-                                 filter_string=f"attributes.run_name = '{tuning.TUNE_RUN_NAME}'")
+    parents = [r for r in _tune_runs(client, experiment_id) if r.info.run_id not in before]
     assert len(parents) == 1
     parent = parents[0]
     assert parent.data.params["n_trials"] == str(TRIALS)
     assert parent.data.params["sampler_seed"] == str(CONFIG.seed)
-    trials = _children(client, experiment.experiment_id, parent.info.run_id)
+    trials = _children(client, experiment_id, parent.info.run_id)
     assert len(trials) == TRIALS
     for run in trials:
         assert set(tuning.SEARCH_SPACE) <= set(run.data.params)
@@ -160,7 +170,10 @@ def test_tune_logs_nested_trials_and_is_deterministic(transactions: pd.DataFrame
     assert best.learning_rate == pytest.approx(float(top.data.params["learning_rate"]))
     assert best.num_leaves == int(top.data.params["num_leaves"])
 
-    # the same data, config and seed give the same config; another seed another one
+    # the same data, config and seed give the same config; another seed another one (the
+    # frame is the same: test_scores_repeat_exactly shows that building it again changes
+    # nothing)
+    monkeypatch.setattr(tuning, "prepare", lambda *args, **kwargs: prepared)
     assert tuning.tune_config(transactions, None, AS_OF, CONFIG, n_trials=TRIALS) == best
     other = tuning.tune_config(transactions, None, AS_OF, CONFIG, n_trials=TRIALS, seed=7)
     _within_bounds(other)
@@ -173,12 +186,12 @@ def test_trials_nest_under_the_active_run(prepared: tuning.TuningData, store: st
     monkeypatch.setattr(tuning, "prepare", lambda *args, **kwargs: prepared)
     client = mlflow.MlflowClient()
     experiment_id = tracking._experiment_id(tracking.DEFAULT_EXPERIMENT)
+    tune_runs = len(_tune_runs(client, experiment_id))
     with mlflow.start_run(experiment_id=experiment_id, run_name="outer") as outer:
         tuning.tune_config(None, None, AS_OF, CONFIG, n_trials=2)
         assert mlflow.active_run().info.run_id == outer.info.run_id  # left as it was
     assert len(_children(client, experiment_id, outer.info.run_id)) == 2
-    assert not client.search_runs(
-        [experiment_id], filter_string=f"attributes.run_name = '{tuning.TUNE_RUN_NAME}'")
+    assert len(_tune_runs(client, experiment_id)) == tune_runs  # no parent run of its own
     # and under an explicitly named parent, with no run active
     with mlflow.start_run(experiment_id=experiment_id, run_name="named") as named:
         parent_id = named.info.run_id
