@@ -15,22 +15,24 @@ from typing import Annotated, Any
 
 import typer
 
-from features.config import ColumnMapping
+from features.config import MAPPING_FLAGS, ColumnMapping
 
 app = typer.Typer(help="Validate transaction logs and build point-in-time features.",
                   no_args_is_help=True)
 
-# The mapping flags, defined once and added to any command by `with_mapping`.
-_MAPPING_FLAGS: dict[str, tuple[str, str]] = {
-    "customer_id": ("--customer-col", "Column holding the customer id."),
-    "timestamp": ("--timestamp-col", "Column holding the event time (date or datetime)."),
-    "amount": ("--amount", "Amount column, or an expression such as 'Quantity * UnitPrice'."),
-    "order_id": ("--order-col", "Column grouping lines into orders (default: customer-day)."),
-    "quantity": ("--quantity-col", "Quantity column (optional)."),
-    "product_id": ("--product-col", "Product column (optional)."),
-    "category": ("--category-col", "Category column (optional)."),
-    "channel": ("--channel-col", "Channel column (optional)."),
-    "discount": ("--discount-col", "Discount column (optional)."),
+# Help texts of the mapping flags; the flag names live in `features.config.MAPPING_FLAGS`,
+# and `with_mapping` adds them all to a command.
+_MAPPING_HELP: dict[str, str] = {
+    "customer_id": "Column holding the customer id.",
+    "timestamp": "Column holding the event time (date or datetime).",
+    "amount": "Amount column, or an expression such as 'Quantity * UnitPrice'.",
+    "order_id": "Column grouping lines into orders (default: customer-day).",
+    "quantity": "Quantity column (optional).",
+    "product_id": "Product column (optional).",
+    "category": "Category column (optional).",
+    "channel": "Channel column (optional).",
+    "discount": "Discount column (optional).",
+    "timestamp_format": "strftime format of text timestamps, e.g. '%d/%m/%Y %H:%M'.",
 }
 
 
@@ -59,10 +61,10 @@ def with_mapping(func: Callable[..., Any]) -> Callable[..., Any]:
                 "--mapping", help="YAML file mapping contract columns to yours.")],
         ),
     ]
-    for field, (flag, text) in _MAPPING_FLAGS.items():
+    for field, flag in MAPPING_FLAGS.items():
         extra.append(inspect.Parameter(
             f"map_{field}", kw, default=None,
-            annotation=Annotated[str | None, typer.Option(flag, help=text)],
+            annotation=Annotated[str | None, typer.Option(flag, help=_MAPPING_HELP[field])],
         ))
 
     @functools.wraps(func)
@@ -70,7 +72,7 @@ def with_mapping(func: Callable[..., Any]) -> Callable[..., Any]:
         source = kwargs.pop("transactions")
         table = kwargs.pop("table")
         mapping_file = kwargs.pop("mapping_file")
-        flags = {f: kwargs.pop(f"map_{f}") for f in _MAPPING_FLAGS}
+        flags = {f: kwargs.pop(f"map_{f}") for f in MAPPING_FLAGS}
         base = ColumnMapping.from_yaml(mapping_file) if mapping_file else ColumnMapping()
         mapping = base.with_overrides(**flags)
         return func(source=source, table=table, mapping=mapping, **kwargs)

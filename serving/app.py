@@ -1,0 +1,885 @@
+"""The prediction service's logic, without BentoML: `Runtime` and `GuardMiddleware`.
+
+`serving.service` is the thin BentoML wrapper; this module holds what it calls, so the logic
+can be used and tested without a server.
+
+`Runtime` holds what the endpoints need, loaded once per worker:
+
+* the champion models (`ChurnModel`, `ValueModel`, the `RFMSegmenter` saved with the churn
+  model, and the training config: horizons, risk bands, number of reasons), loaded natively
+  from their folder of plain files (``booster.txt``, ``model.json``, ``segmenter.json``);
+  predictions call the LightGBM booster on a float64 numpy matrix with ``num_threads=1``
+  (requests are small: threads only add latency; scale out with workers);
+* the `CustomerStore` (its current batch) and, fitted on the features of that batch, the
+  BG/NBD + Gamma-Gamma baseline (`training.baseline.BaselineCLV`) that ``/score`` needs:
+  the models take the baseline's predictions as features, and in batch those come from a
+  baseline fitted on the population at the cutoff (`training.models.add_baseline_features`).
+  The store holds every customer's ``frequency, recency, T, monetary_value``, so the service
+  refits the same baseline on the same population when it starts and whenever the current
+  batch changes (checked at most every ``LIFECAST_STORE_CHECK_SECONDS``, default 30 s). A
+  population too small for the fit leaves the baseline features missing, as in batch;
+* `OnlineFeatures`, the batch pipeline's feature code compiled once for small inputs.
+
+Endpoints (the methods of `Runtime`):
+
+* `Runtime.predict`: the customers' stored feature rows of the current batch, scored by the
+  champion models (churn probability, risk band, predicted value, value at risk and reasons
+  are computed now; expected orders, p_alive, RFM score, segment and lifecycle stage are the
+  batch's, which are functions of the same stored features; ``as_of`` is the batch's).
+* `Runtime.score`: features from the caller's transactions at ``as_of`` (default: now), the
+  baseline fitted on the current batch's population, the saved segment thresholds and the
+  lifecycle rules at the model's churn horizon: the same output as the batch.
+* `Runtime.high_risk`, `Runtime.segments`: the current batch's ranked list and segment totals,
+  as read from the store (JSON or CSV), each export written to the audit log.
+
+`GuardMiddleware` (pure ASGI) runs in front of the endpoints: API keys and scopes
+(`serving.keys`), a body size limit (``LIFECAST_MAX_BODY_BYTES``, default 2 MB: 413), JSON only
+(415), and the rewriting of validation errors into ``{"error": "<field>: <message>",
+"detail": [...]}`` with status 422 (400 for a body that is not JSON). Probes, metrics and the
+docs stay open (`serving.keys.OPEN_PATHS`).
+
+Nothing happens on import; heavy modules are imported when a `Runtime` is built.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from serving.schemas import (
+    CustomerPrediction,
+    HighRiskRequest,
+    HighRiskResponse,
+    PredictResponse,
+    ScoreRequest,
+    ScoreResponse,
+    SegmentsRequest,
+    SegmentsResponse,
+)
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+    from features.online import OnlineFeatures
+    from features.segments import RFMSegmenter
+    from serving.audit import AuditLog
+    from serving.keys import KeyRecord, KeyStore
+    from training.baseline import BaselineCLV
+    from training.models import ChurnModel, TrainConfig, ValueModel
+    from training.store import CustomerStore
+
+__all__ = [
+    "MAX_BODY_ENV",
+    "STORE_URL_ENV",
+    "GuardMiddleware",
+    "LoadedModels",
+    "Runtime",
+    "ServiceError",
+    "load_models",
+    "model_folder",
+]
+
+logger = logging.getLogger("lifecast.serving")
+
+STORE_URL_ENV = "LIFECAST_STORE_URL"
+MAX_BODY_ENV = "LIFECAST_MAX_BODY_BYTES"
+STORE_CHECK_ENV = "LIFECAST_STORE_CHECK_SECONDS"
+DEFAULT_MAX_BODY = 2 * 1024 * 1024
+_SEGMENTER_FILE = "segmenter.json"
+_MANIFEST_FILE = "lifecast.json"
+_CSV_COLUMNS = (
+    "customer_id", "as_of", "churn_probability", "churn_risk", "predicted_clv",
+    "expected_orders", "p_alive", "rfm_score", "segment", "lifecycle_stage", "value_at_risk",
+    "reasons", "churn_model_version", "clv_model_version",
+)
+
+
+class ServiceError(Exception):
+    """A request the service answers with ``status`` and ``message`` (never a traceback)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+# --------------------------------------------------------------------------------------------
+# the models
+# --------------------------------------------------------------------------------------------
+
+
+def model_folder(root: str | os.PathLike[str]) -> Path:
+    """The folder holding ``model.json`` / ``booster.txt`` / ``segmenter.json`` inside a
+    BentoML model imported from MLflow (``<root>/mlflow_model``, the pyfunc's ``model``
+    artifact), or ``root`` itself when the model was saved there natively."""
+    root = Path(root)
+    if (root / "model.json").is_file():
+        return root
+    mlflow_dir = root / "mlflow_model"
+    mlmodel = mlflow_dir / "MLmodel"
+    if mlmodel.is_file():
+        import yaml
+
+        meta = yaml.safe_load(mlmodel.read_text()) or {}
+        pyfunc = (meta.get("flavors") or {}).get("python_function") or {}
+        rel = ((pyfunc.get("artifacts") or {}).get("model") or {}).get("path")
+        if rel and (mlflow_dir / rel / "model.json").is_file():
+            return mlflow_dir / rel
+    found = sorted(p.parent for p in root.glob("**/model.json"))
+    if len(found) == 1:
+        return found[0]
+    raise FileNotFoundError(
+        f"{root} holds no lifecast model (model.json + booster.txt): import the champions "
+        f"with `lifecast serve` (or serving.serve_cli.import_champions)"
+    )
+
+
+@dataclass
+class LoadedModels:
+    """The champion models as the service uses them."""
+
+    churn: ChurnModel
+    value: ValueModel
+    segmenter: RFMSegmenter
+    config: TrainConfig
+    versions: dict[str, str]
+    as_of: str | None = None  # the training cutoff (for information)
+    churn_names: list[str] = field(default_factory=list)
+    value_names: list[str] = field(default_factory=list)
+
+
+def load_models(churn_folder: str | os.PathLike[str], clv_folder: str | os.PathLike[str],
+                versions: dict[str, str] | None = None) -> LoadedModels:
+    """Load both models natively from their folders; the segmenter and the config are the
+    churn model's (as `training.tracking.load_champions` does). ``versions`` defaults to the
+    ``version`` recorded in each folder's ``lifecast.json`` (else ``"unregistered"``)."""
+    from features.segments import RFMSegmenter
+    from training.models import ChurnModel, ValueModel
+
+    churn_folder, clv_folder = Path(churn_folder), Path(clv_folder)
+    churn = ChurnModel.load(churn_folder)
+    value = ValueModel.load(clv_folder)
+    segmenter = RFMSegmenter.load(churn_folder / _SEGMENTER_FILE)
+    manifest = _manifest(churn_folder)
+    found = {"churn": _manifest(churn_folder).get("version"),
+             "clv": _manifest(clv_folder).get("version")}
+    versions = {k: str((versions or {}).get(k) or found[k] or "unregistered")
+                for k in ("churn", "clv")}
+    return LoadedModels(
+        churn=churn, value=value, segmenter=segmenter, config=churn.config, versions=versions,
+        as_of=manifest.get("as_of"), churn_names=list(churn.feature_names_),
+        value_names=list(value.feature_names_),
+    )
+
+
+def _manifest(folder: Path) -> dict[str, Any]:
+    path = folder / _MANIFEST_FILE
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        return {}
+
+
+# --------------------------------------------------------------------------------------------
+# the runtime
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _BatchState:
+    """What the service knows about the store's current batch."""
+
+    batch_id: str
+    as_of: pd.Timestamp
+    feature_columns: list[str]
+    baseline: BaselineCLV | None
+
+
+class Runtime:
+    """Models, store, baseline and audit log of one service worker (thread-safe)."""
+
+    def __init__(self, models: LoadedModels, store: CustomerStore, audit: AuditLog,
+                 *, store_check_seconds: float | None = None) -> None:
+        from features.online import OnlineFeatures
+
+        self.models = models
+        self.store = store
+        self.audit = audit
+        if store_check_seconds is None:
+            store_check_seconds = float(os.environ.get(STORE_CHECK_ENV, "30"))
+        self.store_check_seconds = store_check_seconds
+        self.online: OnlineFeatures = OnlineFeatures(models.config.features).fit()
+        self._state: _BatchState | None = None
+        self._checked_at = -math.inf
+        self._lock = threading.Lock()
+        self._store_error: str | None = None
+        self.refresh(force=True)
+        self._warm_up()
+
+    # -- construction ----------------------------------------------------------------------
+
+    @classmethod
+    def from_environment(cls, churn_folder: str | os.PathLike[str],
+                         clv_folder: str | os.PathLike[str],
+                         versions: dict[str, str] | None = None) -> Runtime:
+        """Models from the folders; store from ``LIFECAST_STORE_URL`` (default
+        ``sqlite:///<cwd>/lifecast_store.db``); audit log from ``LIFECAST_AUDIT_LOG``."""
+        from serving.audit import AuditLog
+        from training.store import CustomerStore
+
+        models = load_models(churn_folder, clv_folder, versions)
+        url = os.environ.get(STORE_URL_ENV) or CustomerStore.default_url(".")
+        return cls(models, CustomerStore(url), AuditLog())
+
+    def _warm_up(self) -> None:
+        """One tiny /score so the first real request does not pay for DuckDB planning."""
+        import pandas as pd
+
+        frame = pd.DataFrame({"customer_id": ["warm-up"], "timestamp": [pd.Timestamp(
+            "2000-01-01")], "amount": [1.0]})
+        try:
+            self._score_frame(frame, pd.Timestamp("2000-02-01"))
+        except Exception:  # warming up is an optimization; a failure shows on a real call
+            logger.warning("warm-up scoring failed", exc_info=True)
+
+    # -- the store's current batch --------------------------------------------------------
+
+    def refresh(self, force: bool = False) -> bool:
+        """Re-read the store's current batch when it changed (at most every
+        ``store_check_seconds`` unless ``force``); returns True when a batch is loaded."""
+        now = time.monotonic()
+        if not force and now - self._checked_at < self.store_check_seconds:
+            return self._state is not None
+        if not self._lock.acquire(blocking=force):
+            return self._state is not None  # another thread is refreshing
+        try:
+            self._checked_at = now
+            try:
+                batch = self.store.current_batch()
+            except Exception as exc:  # unreachable database: not ready, say why
+                self._store_error = f"the customer store is unavailable: {exc}"
+                logger.warning("%s", self._store_error)
+                return self._state is not None
+            if batch is None:
+                self._store_error = "no scores yet: run `lifecast score` first"
+                self._state = None
+                return False
+            if self._state is None or self._state.batch_id != batch["batch_id"]:
+                self._state = self._load_batch(batch)
+                logger.info("customer store batch %s (as of %s, %d customers) loaded",
+                            batch["batch_id"], batch["as_of"], batch["n_customers"])
+            self._store_error = None
+            return True
+        finally:
+            self._lock.release()
+
+    def _load_batch(self, batch: dict[str, Any]) -> _BatchState:
+        import pandas as pd
+
+        missing = [n for n in {*self.models.churn_names, *self.models.value_names}
+                   if n not in batch["feature_columns"]]
+        if missing:
+            logger.warning("batch %s lacks features of the champion models (%s): /predict "
+                           "refuses until `lifecast score` is run with them",
+                           batch["batch_id"], ", ".join(sorted(missing)[:5]))
+        return _BatchState(
+            batch_id=str(batch["batch_id"]), as_of=pd.Timestamp(batch["as_of"]),
+            feature_columns=list(batch["feature_columns"]),
+            baseline=self._fit_baseline(batch),
+        )
+
+    def _fit_baseline(self, batch: dict[str, Any]) -> BaselineCLV | None:
+        """BG/NBD + Gamma-Gamma fitted on the batch's population, as the batch did."""
+        import pandas as pd
+
+        from training.baseline import BaselineCLV
+
+        columns = ("frequency", "recency", "T", "monetary_value")
+        if any(c not in batch["feature_columns"] for c in columns):
+            logger.warning("batch %s lacks %s: /score leaves the baseline features empty",
+                           batch["batch_id"], ", ".join(columns))
+            return None
+        started = time.perf_counter()
+        ranked, total = self.store.ranked(min_churn_probability=None, min_value=None,
+                                          limit=max(int(batch["n_customers"]), 1))
+        ids = sorted(ranked["customer_id"].astype(str).tolist())
+        _, feats, _ = self.store.get_customers(ids)
+        summary = pd.DataFrame({c: feats[c].astype("float64") for c in columns})
+        try:
+            baseline = BaselineCLV().fit(summary)
+        except ValueError as exc:
+            logger.warning("baseline not fitted on batch %s (%s): /score leaves the baseline "
+                           "features empty, as the batch did", batch["batch_id"], exc)
+            return None
+        logger.info("baseline fitted on %d customers in %.1f s", total,
+                    time.perf_counter() - started)
+        return baseline
+
+    def is_ready(self) -> bool:
+        """Models loaded (always, once constructed) and a current batch in the store."""
+        return self.refresh()
+
+    def _batch(self) -> _BatchState:
+        if not self.refresh() or self._state is None:
+            raise ServiceError(503, self._store_error or "the customer store is not ready")
+        return self._state
+
+    # -- model calls ------------------------------------------------------------------------
+
+    def _predict(self, frame: pd.DataFrame) -> dict[str, Any]:
+        """Churn probability, risk band, predicted value and reasons for feature rows."""
+        import numpy as np
+
+        from training.models import calibrate, risk_band, top_reasons
+
+        m = self.models
+        churn, value, cfg = m.churn, m.value, m.config
+        X = _matrix(frame, m.churn_names)
+        raw = churn.booster_.predict(X, num_iteration=churn.best_iteration_, raw_score=True,
+                                     num_threads=1)
+        p = calibrate(raw, *churn.calibration_)
+        Xv = X if m.value_names == m.churn_names else _matrix(frame, m.value_names)
+        clv = value.booster_.predict(Xv, num_iteration=value.best_iteration_,
+                                     num_threads=1) * value.level_
+        contrib = churn.booster_.predict(X, num_iteration=churn.best_iteration_,
+                                         pred_contrib=True, num_threads=1)
+        return {
+            "churn_probability": np.asarray(p, dtype="float64"),
+            "churn_risk": risk_band(p, cfg.risk_bands),
+            "predicted_clv": np.asarray(clv, dtype="float64"),
+            "reasons": top_reasons(contrib, X, m.churn_names, cfg.top_reasons),
+        }
+
+    # -- /predict ---------------------------------------------------------------------------
+
+    def predict(self, customer_ids: Sequence[str]) -> PredictResponse:
+        """Score customers of the store's current batch by id; unknown ids go to ``errors``."""
+        state = self._batch()
+        missing = [n for n in {*self.models.churn_names, *self.models.value_names}
+                   if n not in state.feature_columns]
+        if missing:
+            raise ServiceError(503, (
+                f"the customer store's batch {state.batch_id} lacks features the champion "
+                f"models use ({', '.join(sorted(missing)[:5])}): run `lifecast score` again"))
+        ids = list(dict.fromkeys(str(c) for c in customer_ids))
+        scores, feats, unknown = self._store_call(self.store.get_customers, ids)
+        errors = [{"customer_id": c, "error": "unknown customer: not in the current batch"}
+                  for c in unknown]
+        if not len(scores):
+            return PredictResponse(batch_id=state.batch_id, predictions=[], errors=errors)
+        out = self._predict(feats)
+        versions = self.models.versions
+        predictions = []
+        for i, row in enumerate(scores.itertuples(index=False)):
+            p = float(out["churn_probability"][i])
+            clv = float(out["predicted_clv"][i])
+            predictions.append(CustomerPrediction(
+                customer_id=str(row.customer_id),
+                as_of=_py_datetime(row.as_of),
+                churn_probability=p,
+                churn_risk=str(out["churn_risk"][i]),
+                predicted_clv=clv,
+                expected_orders=_opt_float(row.expected_orders),
+                p_alive=_opt_float(row.p_alive),
+                rfm_score=_text(row.rfm_score),
+                segment=_text(row.segment),
+                lifecycle_stage=_text(row.lifecycle_stage),
+                value_at_risk=p * clv,
+                reasons=out["reasons"][i],
+                model_versions=versions,
+            ))
+        batch_id = str(scores["batch_id"].iloc[0]) if "batch_id" in scores else state.batch_id
+        return PredictResponse(batch_id=batch_id, predictions=predictions, errors=errors)
+
+    # -- /score -----------------------------------------------------------------------------
+
+    def score(self, request: ScoreRequest) -> ScoreResponse:
+        """Features from the caller's transactions at ``as_of`` (default now), scored."""
+        import pandas as pd
+
+        latest = max(tx.timestamp for c in request.customers for tx in c.transactions)
+        if request.as_of is not None:
+            cutoff = pd.Timestamp(request.as_of)
+        else:
+            # now, or just after the latest event when a client clock runs a little ahead
+            cutoff = max(pd.Timestamp(_utcnow()),
+                         pd.Timestamp(latest) + pd.Timedelta(microseconds=1))
+        frame = _contract_frame(request)
+        preds, found = self._score_frame(frame, cutoff)
+        errors = [{"customer_id": c.customer_id,
+                   "error": "no purchase before as_of: nothing to score"}
+                  for c in request.customers if c.customer_id not in found]
+        return ScoreResponse(as_of=_py_datetime(cutoff), predictions=preds, errors=errors)
+
+    def _score_frame(self, frame: pd.DataFrame, cutoff: pd.Timestamp
+                     ) -> tuple[list[CustomerPrediction], set[str]]:
+        import numpy as np
+
+        from features.demo import segment_customers
+
+        cfg = self.models.config
+        feats = self.online.build(frame, cutoff)
+        if not len(feats):
+            return [], set()
+        feats = self._add_baseline(feats)
+        out = self._predict(feats)
+        seg = segment_customers(feats, self.models.segmenter, cfg.features)
+        p, clv = out["churn_probability"], out["predicted_clv"]
+        var = p * clv
+        expected = feats["bg_expected_orders"].to_numpy(dtype="float64", na_value=np.nan)
+        alive = feats["bg_p_alive"].to_numpy(dtype="float64", na_value=np.nan)
+        as_of = _py_datetime(cutoff)
+        versions = self.models.versions
+        preds = []
+        ids = feats["customer_id"].astype(str).tolist()
+        for i, cid in enumerate(ids):
+            preds.append(CustomerPrediction(
+                customer_id=cid, as_of=as_of,
+                churn_probability=float(p[i]), churn_risk=str(out["churn_risk"][i]),
+                predicted_clv=float(clv[i]), expected_orders=_opt_float(expected[i]),
+                p_alive=_opt_float(alive[i]), rfm_score=str(seg["rfm_score"].iloc[i]),
+                segment=str(seg["segment"].iloc[i]),
+                lifecycle_stage=str(seg["lifecycle_stage"].iloc[i]),
+                value_at_risk=float(var[i]), reasons=out["reasons"][i],
+                model_versions=versions,
+            ))
+        return preds, set(ids)
+
+    def _add_baseline(self, feats: pd.DataFrame) -> pd.DataFrame:
+        """The `training.models.BASELINE_FEATURES` from the batch population's baseline."""
+        import numpy as np
+        import pandas as pd
+
+        from training.models import BASELINE_FEATURES
+
+        out = feats.copy()
+        for col in BASELINE_FEATURES:
+            out[col] = np.nan
+        state = self._state if self.refresh() else None
+        baseline = state.baseline if state is not None else None
+        if baseline is None:
+            return out
+        fcfg = self.models.config.features
+        summary = pd.DataFrame({c: out[c].astype("float64")
+                                for c in ("frequency", "recency", "T", "monetary_value")})
+        try:
+            churn_h = baseline.predict(summary, fcfg.churn_horizon_days)
+            value_h = baseline.predict(summary, fcfg.clv_horizon_days)
+        except ValueError as exc:
+            logger.warning("baseline prediction failed (%s): its features left empty", exc)
+            return out
+        out["bg_p_alive"] = churn_h["p_alive"].to_numpy()
+        out["bg_p_no_purchase"] = churn_h["churn_probability"].to_numpy()
+        out["bg_expected_orders"] = churn_h["expected_orders"].to_numpy()
+        out["gg_expected_value"] = value_h["expected_order_value"].to_numpy()
+        out["bg_clv"] = value_h["predicted_clv"].to_numpy()
+        return out
+
+    # -- /high_risk and /segments ----------------------------------------------------------
+
+    def high_risk(self, request: HighRiskRequest, *, key: KeyRecord | None = None,
+                  client: str | None = None) -> HighRiskResponse | str:
+        """The ranked list (JSON model, or CSV text for ``format="csv"``), audited."""
+        state = self._batch()
+        frame, total = self._store_call(
+            self.store.ranked,
+            min_churn_probability=request.min_churn_probability,
+            min_value=request.min_value,
+            segments=list(request.segments) if request.segments else None,
+            limit=request.limit, offset=request.offset,
+        )
+        filters = request.model_dump(exclude={"format"})
+        self._audit("/high_risk", filters, len(frame), request.format, key, client)
+        if request.format == "csv":
+            return _ranked_csv(frame)
+        as_of = frame["as_of"].iloc[0] if len(frame) else state.as_of
+        batch_id = str(frame["batch_id"].iloc[0]) if len(frame) else state.batch_id
+        return HighRiskResponse(
+            batch_id=batch_id, as_of=_py_datetime(as_of), total=total,
+            limit=request.limit, offset=request.offset,
+            customers=[_stored_prediction(r) for r in frame.to_dict("records")],
+        )
+
+    def segments(self, request: SegmentsRequest, *, key: KeyRecord | None = None,
+                 client: str | None = None) -> SegmentsResponse | str:
+        """Segment sizes, mean churn probability and value at risk (JSON or CSV), audited."""
+        state = self._batch()
+        frame = self._store_call(self.store.segment_summary)
+        self._audit("/segments", {}, len(frame), request.format, key, client)
+        rows = [{k: (None if isinstance(v, float) and math.isnan(v) else v)
+                 for k, v in r.items()} for r in frame.to_dict("records")]
+        if request.format == "csv":
+            return _csv_text(list(frame.columns), rows)
+        return SegmentsResponse(batch_id=state.batch_id, as_of=_py_datetime(state.as_of),
+                                segments=rows)
+
+    def _audit(self, endpoint: str, filters: dict[str, Any], rows: int, fmt: str,
+               key: KeyRecord | None, client: str | None) -> None:
+        try:
+            self.audit.record(endpoint=endpoint, filters=filters, row_count=rows, format=fmt,
+                              key=key, client=client)
+        except OSError as exc:  # no audit record, no export
+            logger.error("audit log %s not written: %s", self.audit.path, exc)
+            raise ServiceError(503, "the export cannot be audited (audit log not writable); "
+                                    "nothing was exported") from None
+
+    def _store_call(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        from training.store import EmptyStoreError, StoreError
+
+        try:
+            return func(*args, **kwargs)
+        except EmptyStoreError:
+            raise ServiceError(503, "no scores yet: run `lifecast score` first") from None
+        except StoreError as exc:
+            logger.error("customer store error: %s", exc)
+            raise ServiceError(503, "the customer store is unavailable") from None
+
+    def close(self) -> None:
+        self.store.close()
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _matrix(frame: pd.DataFrame, names: list[str]) -> np.ndarray:
+    """Feature rows as a C-ordered float64 matrix (NaN for missing), as the models were fed."""
+    import numpy as np
+
+    return np.ascontiguousarray(frame[names].astype("float64").to_numpy(na_value=np.nan))
+
+
+def _opt_float(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
+
+
+def _text(value: Any) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+
+
+def _py_datetime(value: Any) -> datetime:
+    import pandas as pd
+
+    return pd.Timestamp(value).to_pydatetime()
+
+
+def _contract_frame(request: ScoreRequest) -> pd.DataFrame:
+    """The request's transactions as contract rows. A transaction without an ``order_id``
+    among others with one is its own customer-day order (the contract's rule when no order id
+    exists); the synthetic key starts with a control character, which real ids cannot."""
+    import pandas as pd
+
+    rows: dict[str, list[Any]] = {"customer_id": [], "timestamp": [], "amount": []}
+    optional = ("order_id", "quantity", "product_id", "category", "channel", "discount")
+    for name in optional:
+        rows[name] = []
+    for customer in request.customers:
+        for tx in customer.transactions:
+            rows["customer_id"].append(customer.customer_id)
+            rows["timestamp"].append(tx.timestamp)
+            rows["amount"].append(float(tx.amount))
+            for name in optional:
+                rows[name].append(getattr(tx, name))
+    frame = pd.DataFrame({
+        "customer_id": pd.array(rows["customer_id"], dtype="string"),
+        "timestamp": pd.to_datetime(pd.Series(rows["timestamp"])).astype("datetime64[us]"),
+        "amount": pd.array(rows["amount"], dtype="float64"),
+    })
+    for name in optional:
+        values = rows[name]
+        present = [v is not None for v in values]
+        if not any(present):
+            continue  # the column is absent, as in a log that does not map it
+        if name == "order_id" and not all(present):
+            values = [v if v is not None else f"\x1fday:{ts:%Y-%m-%d}"
+                      for v, ts in zip(values, rows["timestamp"], strict=True)]
+        dtype = "float64" if name in ("quantity", "discount") else "string"
+        frame[name] = pd.array(values, dtype=dtype)
+    return frame
+
+
+def _stored_prediction(row: dict[str, Any]) -> CustomerPrediction:
+    """One row of a store frame (the batch's per-customer output) as the response model."""
+    return CustomerPrediction(
+        customer_id=str(row["customer_id"]),
+        as_of=_py_datetime(row["as_of"]),
+        churn_probability=float(row["churn_probability"]),
+        churn_risk=str(row["churn_risk"]),
+        predicted_clv=float(row["predicted_clv"]),
+        expected_orders=_opt_float(row["expected_orders"]),
+        p_alive=_opt_float(row["p_alive"]),
+        rfm_score=_text(row["rfm_score"]),
+        segment=_text(row["segment"]),
+        lifecycle_stage=_text(row["lifecycle_stage"]),
+        value_at_risk=float(row["value_at_risk"]),
+        reasons=row["reasons"] or [],
+        model_versions={"churn": _text(row.get("churn_model_version")) or "unknown",
+                        "clv": _text(row.get("clv_model_version")) or "unknown"},
+    )
+
+
+def _safe_cell(value: Any) -> Any:
+    """Neutralize spreadsheet formulas in text cells (CSV injection): '=1+1' -> "'=1+1"."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+def _csv_text(columns: list[str], rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else _safe_cell(row.get(k)))
+                         for k in columns})
+    return buf.getvalue()
+
+
+def _ranked_csv(frame: pd.DataFrame) -> str:
+    rows = []
+    for r in frame.to_dict("records"):
+        reasons = "; ".join(f"{x['feature']} ({x['direction']})" for x in (r["reasons"] or []))
+        rows.append({**r, "as_of": _py_datetime(r["as_of"]).isoformat(), "reasons": reasons,
+                     **{c: _opt_float(r[c]) for c in ("expected_orders", "p_alive")}})
+    return _csv_text(list(_CSV_COLUMNS), rows)
+
+
+# --------------------------------------------------------------------------------------------
+# the ASGI middleware
+# --------------------------------------------------------------------------------------------
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+#: Request state key under which the middleware leaves the caller's `KeyRecord`.
+KEY_STATE = "lifecast_key"
+
+
+class GuardMiddleware:
+    """API keys, body size, media type and readable validation errors, before BentoML.
+
+    * Open paths (`serving.keys.is_open_path`: probes, metrics, docs, schema) pass untouched.
+    * Anything else needs ``Authorization: Bearer <key>`` with the endpoint's scope
+      (`serving.keys.ENDPOINT_SCOPES`): 401 / 403 ``{"error": ...}`` with ``WWW-Authenticate``.
+      A key store that cannot be read fails closed (503).
+    * The API endpoints take ``application/json`` only (415 otherwise) and at most
+      ``max_body_bytes`` (413, from ``Content-Length`` or while reading a chunked body).
+    * BentoML answers a request that fails validation with 400 and pydantic's error list; it
+      is rewritten to 422 ``{"error": "customer_ids: List should have at most 1000 items
+      ...", "detail": [...]}`` (400 ``request body is not valid JSON: ...`` for bad JSON), and a
+      5xx body is replaced by a generic message, so no traceback or input is ever echoed.
+    """
+
+    def __init__(self, app: Callable[..., Awaitable[None]], keys: KeyStore | None = None,
+                 max_body_bytes: int | None = None) -> None:
+        from serving.keys import KeyStore
+
+        self.app = app
+        self.keys = keys if keys is not None else KeyStore()
+        if max_body_bytes is None:
+            max_body_bytes = int(os.environ.get(MAX_BODY_ENV, DEFAULT_MAX_BODY))
+        self.max_body_bytes = int(max_body_bytes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        from serving.keys import KeyStoreError, is_open_path, scope_for_path
+
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        if is_open_path(path):
+            await self.app(scope, receive, send)
+            return
+        headers = _headers(scope)
+        try:
+            auth = self.keys.authorize_path(headers.get("authorization"), path)
+        except KeyStoreError as exc:
+            logger.error("API key store unreadable: %s", exc)
+            await _json(send, 503, {"error": "the API key store cannot be read; see the "
+                                             "server log"})
+            return
+        if not auth.ok:
+            await _json(send, auth.status, {"error": auth.message}, auth.headers)
+            return
+        scope.setdefault("state", {})[KEY_STATE] = auth.key
+        if scope_for_path(path) is None or path.count("/") != 1 or scope.get("method") != "POST":
+            await self.app(scope, receive, send)  # BentoML answers 404 / 405
+            return
+
+        media = headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        if media not in ("application/json", ""):
+            await _json(send, 415, {"error": f"Content-Type must be application/json, got "
+                                             f"{media[:64]!r}"})
+            return
+        length = headers.get("content-length")
+        if length is not None:
+            if not length.strip().isdigit():
+                await _json(send, 400, {"error": "invalid Content-Length header"})
+                return
+            if int(length) > self.max_body_bytes:
+                await _json(send, 413, self._too_large())
+                return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body.extend(message.get("body", b""))
+            if len(body) > self.max_body_bytes:
+                await _json(send, 413, self._too_large())
+                return
+            if not message.get("more_body", False):
+                break
+        await self.app(scope, _replay(bytes(body), receive), _ErrorRewriter(send))
+
+    def _too_large(self) -> dict[str, str]:
+        return {"error": f"request body too large: at most {self.max_body_bytes:,} bytes "
+                         f"(LIFECAST_MAX_BODY_BYTES)"}
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in scope.get("headers") or []:
+        out[k.decode("latin-1").lower()] = v.decode("latin-1")
+    return out
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+async def _json(send: Send, status: int, body: dict[str, Any],
+                headers: dict[str, str] | None = None) -> None:
+    data = json.dumps(body).encode("utf-8")
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": data, "more_body": False})
+
+
+class _ErrorRewriter:
+    """Wraps ``send``: buffers 400 and 5xx answers and rewrites their bodies."""
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.start: Message | None = None
+        self.body = bytearray()
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            status = int(message["status"])
+            if status == 400 or status >= 500:
+                self.start = message
+                return
+            await self.send(message)
+            return
+        if self.start is None or message["type"] != "http.response.body":
+            await self.send(message)
+            return
+        self.body.extend(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        status, payload = rewrite_error(int(self.start["status"]), bytes(self.body))
+        data = json.dumps(payload).encode("utf-8")
+        headers = [(k, v) for k, v in self.start.get("headers", [])
+                   if k.lower() not in (b"content-length", b"content-type")]
+        headers += [(b"content-type", b"application/json"),
+                    (b"content-length", str(len(data)).encode())]
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
+        await self.send({"type": "http.response.body", "body": data, "more_body": False})
+
+
+def rewrite_error(status: int, body: bytes) -> tuple[int, dict[str, Any]]:
+    """(status, payload) for an error answer: pydantic errors as readable field messages."""
+    if status >= 500:
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            payload = None
+        if isinstance(payload, dict) and set(payload) == {"error"} and not _looks_internal(
+                str(payload["error"])):
+            return status, payload  # one of our own messages (ServiceError)
+        return status, {"error": "internal error; the server log has the details"}
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return status, {"error": "bad request"}
+    if isinstance(payload, list) and payload and isinstance(payload[0], dict):
+        payload = payload[0]  # BentoML wraps some 4xx messages in a list
+    if not isinstance(payload, dict):
+        return status, {"error": "bad request"}
+    detail = payload.get("detail")
+    if not isinstance(detail, list):
+        return status, {"error": str(payload.get("error") or "bad request")}
+    messages = []
+    invalid_json = False
+    for item in detail:
+        if not isinstance(item, dict):
+            continue
+        if item.get("type") == "json_invalid":
+            invalid_json = True
+        where = _loc(item.get("loc") or ())
+        msg = str(item.get("msg", "invalid value")).removeprefix("Value error, ")
+        if where and msg.startswith(where + ":"):
+            messages.append(msg)
+        elif where:
+            messages.append(f"{where}: {msg}")
+        elif item.get("type") == "model_type":
+            messages.append(f"request body: {msg}")
+        else:
+            messages.append(msg)
+    clean = [{k: v for k, v in item.items() if k in ("type", "loc", "msg")}
+             for item in detail if isinstance(item, dict)]
+    if invalid_json:
+        return 400, {"error": "request body is not valid JSON: " + "; ".join(messages),
+                     "detail": clean}
+    return 422, {"error": "; ".join(messages) or "invalid request", "detail": clean}
+
+
+def _loc(loc: Sequence[Any]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _looks_internal(message: str) -> bool:
+    return "Traceback" in message or 'File "' in message or message.startswith(
+        "An unexpected error")
