@@ -18,13 +18,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 import warnings
 from pathlib import Path
 
-from features import DEMO_MAPPING, ColumnMapping, FeatureConfig
-from training.models import TrainConfig
-from training.pipeline import backtest
+# Run as a script, this folder comes first on sys.path and its features.py (the feature
+# benchmark) would shadow the `features` package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+from features import DEMO_MAPPING, ColumnMapping, FeatureConfig  # noqa: E402
+from training.models import TrainConfig  # noqa: E402
+from training.pipeline import backtest  # noqa: E402
 
 CJ = ColumnMapping(customer_id="household_id", timestamp="transaction_timestamp",
                    amount="sales_value", order_id="basket_id", product_id="product_id",

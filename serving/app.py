@@ -81,7 +81,11 @@ if TYPE_CHECKING:
     from training.store import CustomerStore
 
 __all__ = [
+    "CHURN_MODEL_ENV",
+    "CLV_MODEL_ENV",
+    "KEY_STATE",
     "MAX_BODY_ENV",
+    "SERVICE_NAME",
     "STORE_URL_ENV",
     "GuardMiddleware",
     "LoadedModels",
@@ -93,6 +97,10 @@ __all__ = [
 
 logger = logging.getLogger("lifecast.serving")
 
+#: Name of the BentoML service (the key of its settings: ``services.lifecast.workers=2``).
+SERVICE_NAME = "lifecast"
+CHURN_MODEL_ENV = "LIFECAST_CHURN_MODEL"
+CLV_MODEL_ENV = "LIFECAST_CLV_MODEL"
 STORE_URL_ENV = "LIFECAST_STORE_URL"
 MAX_BODY_ENV = "LIFECAST_MAX_BODY_BYTES"
 STORE_CHECK_ENV = "LIFECAST_STORE_CHECK_SECONDS"

@@ -25,6 +25,7 @@ app = typer.Typer(
 app.add_typer(features_app, name="features")
 app.add_typer(keys_app, name="keys")
 register_training(app)
+__import__("serving.serve_cli").serve_cli.register(app)  # `lifecast serve`
 
 
 @app.command("demo")

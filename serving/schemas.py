@@ -180,7 +180,7 @@ EXAMPLE_SEGMENTS_REQUEST: dict[str, Any] = {"format": "json"}
 class PredictRequest(BaseModel):
     """Customers to look up in the current batch of the customer store."""
 
-    model_config = ConfigDict(**_STRICT, json_schema_extra={"examples": [EXAMPLE_PREDICT_REQUEST]})
+    model_config = ConfigDict(**_STRICT, json_schema_extra={"example": EXAMPLE_PREDICT_REQUEST})
 
     customer_ids: list[Identifier] = Field(
         min_length=1, max_length=MAX_IDS,
@@ -215,7 +215,7 @@ class ScoreCustomer(BaseModel):
 class ScoreRequest(BaseModel):
     """Real-time scoring from the caller's transactions (not the store)."""
 
-    model_config = ConfigDict(**_STRICT, json_schema_extra={"examples": [EXAMPLE_SCORE_REQUEST]})
+    model_config = ConfigDict(**_STRICT, json_schema_extra={"example": EXAMPLE_SCORE_REQUEST})
 
     customers: list[ScoreCustomer] = Field(min_length=1, max_length=MAX_SCORE_CUSTOMERS)
     as_of: Timestamp | None = Field(
@@ -248,7 +248,7 @@ class HighRiskRequest(BaseModel):
     """Filters and page of the ranked list (by value at risk, highest first)."""
 
     model_config = ConfigDict(**_STRICT,
-                              json_schema_extra={"examples": [EXAMPLE_HIGH_RISK_REQUEST]})
+                              json_schema_extra={"example": EXAMPLE_HIGH_RISK_REQUEST})
 
     min_churn_probability: float = Field(0.0, ge=0.0, le=1.0)
     min_value: float = Field(0.0, ge=0.0, allow_inf_nan=False,
@@ -264,7 +264,7 @@ class SegmentsRequest(BaseModel):
     """Options of the segment summary."""
 
     model_config = ConfigDict(**_STRICT,
-                              json_schema_extra={"examples": [EXAMPLE_SEGMENTS_REQUEST]})
+                              json_schema_extra={"example": EXAMPLE_SEGMENTS_REQUEST})
 
     format: Format = "json"
 
@@ -310,7 +310,7 @@ class CustomerError(BaseModel):
 
 
 class PredictResponse(BaseModel):
-    batch_id: str | None = Field(description="The customer store batch the features came from.")
+    batch_id: str = Field(description="The customer store batch the features came from.")
     predictions: list[CustomerPrediction]
     errors: list[CustomerError] = Field(description="Ids that could not be answered, and why.")
 
