@@ -103,7 +103,9 @@ def run_cli(func: Callable[..., Any]) -> Callable[..., Any]:
             warnings.showwarning = show
             try:
                 return func(*args, **kwargs)
-            except (DataValidationError, FileNotFoundError, ValueError) as exc:
+            except (DataValidationError, FileNotFoundError, ValueError, LookupError) as exc:
+                raise fail(str(exc)) from None
+            except ImportError as exc:  # an optional extra that is not installed
                 raise fail(str(exc)) from None
 
     return wrapper

@@ -20,6 +20,7 @@ import ibis
 import pandas as pd
 
 from features.config import CONTRACT_COLUMNS, FeatureConfig
+from features.contract import disable_progress_bar
 from features.engine import customer_features, cutoff_day
 from features.pipeline import _typed
 
@@ -71,7 +72,7 @@ class OnlineFeatures:
         self._cache: dict[tuple[str, ...], str] = {}
         self._local = threading.local()
         self.db_ = duckdb.connect()
-        self.db_.execute("SET enable_progress_bar = false")
+        disable_progress_bar(self.db_)
         for cols in (_BASE, (*_BASE, "order_id")):
             self._sql(cols)
         return self

@@ -23,7 +23,7 @@ from features.contract import (
     load_transactions,
     parse_cutoff,
 )
-from features.engine import attach_cutoff, customer_features
+from features.engine import MONEY, customer_features
 from features.registry import feature_definitions
 
 TransactionsLike = Any  # path | DataFrame | ibis.Table | Transactions
@@ -62,7 +62,7 @@ def _typed(df: pd.DataFrame, config: FeatureConfig) -> pd.DataFrame:
 def _execute_features(
     tx: Transactions, cutoff: pd.Timestamp, config: FeatureConfig
 ) -> pd.DataFrame:
-    expr = customer_features(attach_cutoff(tx.table, cutoff), config)
+    expr = customer_features(tx.table, config, cutoff=cutoff)
     return _typed(tx.backend.execute(expr), config)
 
 
@@ -160,9 +160,9 @@ def build_labels(
     window = t.filter((t.timestamp >= lo) & (t.timestamp < hi))
     wkey = window.order_id if "order_id" in cols else window.timestamp.date().cast("string")
     w_orders = (
-        window.mutate(_order=wkey)
+        window.mutate(_order=wkey, _amount=window.amount.cast(MONEY))
         .group_by(["customer_id", "_order"])
-        .aggregate(value=ibis._.amount.sum(), p=ibis._.amount.max())
+        .aggregate(value=ibis._._amount.sum(), p=ibis._.amount.max())
     )
     outcome = w_orders.group_by("customer_id").aggregate(
         future_value=w_orders.value.sum(),
@@ -171,7 +171,7 @@ def build_labels(
     joined = population.left_join(outcome, "customer_id")
     expr = joined.select(
         customer_id=joined.customer_id.cast("string"),
-        future_value=ibis.coalesce(joined.future_value, 0.0),
+        future_value=ibis.coalesce(joined.future_value, 0).cast("float64"),
         future_orders=ibis.coalesce(joined.future_orders, 0).cast("int64"),
     ).order_by("customer_id")
     out = tx.backend.execute(expr)

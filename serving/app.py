@@ -388,26 +388,25 @@ class Runtime:
         if not len(scores):
             return PredictResponse(batch_id=state.batch_id, predictions=[], errors=errors)
         out = self._predict(feats)
+        p, clv = out["churn_probability"], out["predicted_clv"]
+        cols = {c: scores[c].tolist() for c in ("customer_id", "expected_orders", "p_alive",
+                                                 "rfm_score", "segment", "lifecycle_stage")}
+        as_of = _py_datetime(scores["as_of"].iloc[0])
         versions = self.models.versions
-        predictions = []
-        for i, row in enumerate(scores.itertuples(index=False)):
-            p = float(out["churn_probability"][i])
-            clv = float(out["predicted_clv"][i])
-            predictions.append(CustomerPrediction(
-                customer_id=str(row.customer_id),
-                as_of=_py_datetime(row.as_of),
-                churn_probability=p,
-                churn_risk=str(out["churn_risk"][i]),
-                predicted_clv=clv,
-                expected_orders=_opt_float(row.expected_orders),
-                p_alive=_opt_float(row.p_alive),
-                rfm_score=_text(row.rfm_score),
-                segment=_text(row.segment),
-                lifecycle_stage=_text(row.lifecycle_stage),
-                value_at_risk=p * clv,
-                reasons=out["reasons"][i],
+        predictions = [
+            CustomerPrediction(
+                customer_id=str(cols["customer_id"][i]), as_of=as_of,
+                churn_probability=float(p[i]), churn_risk=str(out["churn_risk"][i]),
+                predicted_clv=float(clv[i]),
+                expected_orders=_opt_float(cols["expected_orders"][i]),
+                p_alive=_opt_float(cols["p_alive"][i]), rfm_score=_text(cols["rfm_score"][i]),
+                segment=_text(cols["segment"][i]),
+                lifecycle_stage=_text(cols["lifecycle_stage"][i]),
+                value_at_risk=float(p[i] * clv[i]), reasons=out["reasons"][i],
                 model_versions=versions,
-            ))
+            )
+            for i in range(len(scores))
+        ]
         batch_id = str(scores["batch_id"].iloc[0]) if "batch_id" in scores else state.batch_id
         return PredictResponse(batch_id=batch_id, predictions=predictions, errors=errors)
 
@@ -435,7 +434,7 @@ class Runtime:
                      ) -> tuple[list[CustomerPrediction], set[str]]:
         import numpy as np
 
-        from features.demo import segment_customers
+        from features.segments import lifecycle_stage
 
         cfg = self.models.config
         feats = self.online.build(frame, cutoff)
@@ -443,7 +442,11 @@ class Runtime:
             return [], set()
         feats = self._add_baseline(feats)
         out = self._predict(feats)
-        seg = segment_customers(feats, self.models.segmenter, cfg.features)
+        # as features.demo.segment_customers (the batch's), without copying the frame
+        seg = self.models.segmenter.transform(feats)
+        stage = lifecycle_stage(feats, churn_horizon_days=cfg.features.churn_horizon_days)
+        rfm, segment, stage = (seg["rfm_score"].tolist(), seg["segment"].tolist(),
+                               stage.tolist())
         p, clv = out["churn_probability"], out["predicted_clv"]
         var = p * clv
         expected = feats["bg_expected_orders"].to_numpy(dtype="float64", na_value=np.nan)
@@ -457,9 +460,8 @@ class Runtime:
                 customer_id=cid, as_of=as_of,
                 churn_probability=float(p[i]), churn_risk=str(out["churn_risk"][i]),
                 predicted_clv=float(clv[i]), expected_orders=_opt_float(expected[i]),
-                p_alive=_opt_float(alive[i]), rfm_score=str(seg["rfm_score"].iloc[i]),
-                segment=str(seg["segment"].iloc[i]),
-                lifecycle_stage=str(seg["lifecycle_stage"].iloc[i]),
+                p_alive=_opt_float(alive[i]), rfm_score=str(rfm[i]), segment=str(segment[i]),
+                lifecycle_stage=str(stage[i]),
                 value_at_risk=float(var[i]), reasons=out["reasons"][i],
                 model_versions=versions,
             ))
@@ -472,28 +474,27 @@ class Runtime:
 
         from training.models import BASELINE_FEATURES
 
-        out = feats.copy()
-        for col in BASELINE_FEATURES:
-            out[col] = np.nan
         state = self._state if self.refresh() else None
         baseline = state.baseline if state is not None else None
+        empty = np.full(len(feats), np.nan)
         if baseline is None:
-            return out
+            return feats.assign(**{col: empty for col in BASELINE_FEATURES})
         fcfg = self.models.config.features
-        summary = pd.DataFrame({c: out[c].astype("float64")
+        summary = pd.DataFrame({c: feats[c].to_numpy(dtype="float64", na_value=np.nan)
                                 for c in ("frequency", "recency", "T", "monetary_value")})
         try:
             churn_h = baseline.predict(summary, fcfg.churn_horizon_days)
             value_h = baseline.predict(summary, fcfg.clv_horizon_days)
         except ValueError as exc:
             logger.warning("baseline prediction failed (%s): its features left empty", exc)
-            return out
-        out["bg_p_alive"] = churn_h["p_alive"].to_numpy()
-        out["bg_p_no_purchase"] = churn_h["churn_probability"].to_numpy()
-        out["bg_expected_orders"] = churn_h["expected_orders"].to_numpy()
-        out["gg_expected_value"] = value_h["expected_order_value"].to_numpy()
-        out["bg_clv"] = value_h["predicted_clv"].to_numpy()
-        return out
+            return feats.assign(**{col: empty for col in BASELINE_FEATURES})
+        return feats.assign(
+            bg_p_alive=churn_h["p_alive"].to_numpy(),
+            bg_p_no_purchase=churn_h["churn_probability"].to_numpy(),
+            bg_expected_orders=churn_h["expected_orders"].to_numpy(),
+            gg_expected_value=value_h["expected_order_value"].to_numpy(),
+            bg_clv=value_h["predicted_clv"].to_numpy(),
+        )
 
     # -- /high_risk and /segments ----------------------------------------------------------
 
@@ -571,7 +572,10 @@ def _matrix(frame: pd.DataFrame, names: list[str]) -> np.ndarray:
     """Feature rows as a C-ordered float64 matrix (NaN for missing), as the models were fed."""
     import numpy as np
 
-    return np.ascontiguousarray(frame[names].astype("float64").to_numpy(na_value=np.nan))
+    X = np.empty((len(frame), len(names)), dtype="float64")
+    for j, name in enumerate(names):
+        X[:, j] = frame[name].to_numpy(dtype="float64", na_value=np.nan)
+    return X
 
 
 def _opt_float(value: Any) -> float | None:
@@ -673,6 +677,29 @@ def _ranked_csv(frame: pd.DataFrame) -> str:
         rows.append({**r, "as_of": _py_datetime(r["as_of"]).isoformat(), "reasons": reasons,
                      **{c: _opt_float(r[c]) for c in ("expected_orders", "p_alive")}})
     return _csv_text(list(_CSV_COLUMNS), rows)
+
+
+class QuietValidationErrors(logging.Filter):
+    """BentoML logs every request that fails validation as an ERROR with a traceback; a bad
+    request is the caller's mistake, so keep one WARNING line without the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and type(exc).__name__ == "ValidationError":
+            count = exc.error_count() if hasattr(exc, "error_count") else "?"
+            record.msg = f"{record.getMessage()}: invalid request ({count} error(s))"
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def quiet_validation_errors() -> None:
+    """Install `QuietValidationErrors` on BentoML's request error logger (once)."""
+    log = logging.getLogger("bentoml._internal.server.http_app")
+    if not any(isinstance(f, QuietValidationErrors) for f in log.filters):
+        log.addFilter(QuietValidationErrors())
 
 
 # --------------------------------------------------------------------------------------------

@@ -626,12 +626,24 @@ class CustomerStore:
                 conn.execute(_current.insert().values(id=1, **switched))
         logger.info("customer store %s: batch %s current (%d customers, %.1f s)",
                     self.safe_url, batch_id, prepared.n, time.perf_counter() - started)
-        try:
+        try:  # the new batch is current and complete: housekeeping must not fail the write
             self.prune()
-        except Exception:  # the new batch is current and complete: do not fail the write
-            logger.warning("customer store %s: pruning old batches failed", self.safe_url,
-                           exc_info=True)
+            self._analyze()
+        except Exception:
+            logger.warning("customer store %s: housekeeping after batch %s failed",
+                           self.safe_url, batch_id, exc_info=True)
         return batch_id
+
+    def _analyze(self) -> None:
+        """PostgreSQL: refresh the planner's statistics after a bulk write (without them it
+        scans a whole batch per lookup until autovacuum gets round to it)."""
+        engine = self._get_engine()
+        if engine.dialect.name != "postgresql":
+            return
+        quote = engine.dialect.identifier_preparer
+        with self._transaction(write=True) as conn:
+            conn.exec_driver_sql("ANALYZE " + ", ".join(
+                quote.format_table(t) for t in (_batches, _scores, _details)))
 
     def _insert_rows(self, conn: Connection, table: sa.Table, rows: list[tuple]) -> None:
         """INSERT many rows (tuples in the table's column order) in one round trip."""
@@ -645,7 +657,20 @@ class CustomerStore:
             if list(compiled.positiontup or []) != [c.key for c in table.columns]:
                 raise RuntimeError(f"unexpected parameter order in {compiled}")
             conn.exec_driver_sql(str(compiled), rows)
-        else:  # named parameters (psycopg): SQLAlchemy batches them ("insertmanyvalues")
+        elif dialect.name == "postgresql" and dialect.driver == "psycopg":
+            # COPY ... FROM STDIN through psycopg, in the same transaction: about ten times
+            # faster than multi-row INSERTs
+            quote = dialect.identifier_preparer
+            columns = ", ".join(quote.quote(c.name) for c in table.columns)
+            cursor = conn.connection.driver_connection.cursor()
+            try:
+                with cursor.copy(f"COPY {quote.format_table(table)} ({columns}) FROM STDIN"
+                                 ) as copy:
+                    for row in rows:
+                        copy.write_row(row)
+            finally:
+                cursor.close()
+        else:  # any other driver: SQLAlchemy batches the rows ("insertmanyvalues")
             keys = [c.key for c in table.columns]
             conn.execute(table.insert(), [dict(zip(keys, r, strict=True)) for r in rows])
 

@@ -16,9 +16,10 @@ parameter              range                  scale
 
 The objective is time-based only, exactly as `training.pipeline.train` evaluates: the training
 frame is built once at ``as_of`` (features, labels and the BG/NBD + Gamma-Gamma baseline
-features), the most recent labelled snapshot of each label is held out, both models are fit on
-the snapshots before it with the trial's parameters (the latest of those validates early
-stopping and calibration, as always) and scored on the held-out snapshot. A trial's score is
+features, customers per snapshot sampled as ``train`` samples them), the most recent labelled
+snapshot of each label is held out, both models are fit on the snapshots before it with the
+trial's parameters (the latest of those validates early stopping and calibration, as always)
+and scored on the held-out snapshot. A trial's score is
 
     objective = ROC-AUC of churn + normalized Gini of value          (maximized)
 
@@ -26,7 +27,7 @@ the sum of the two metrics the champion rule uses (`training.tracking.PRIMARY_ME
 are rank measures with 1 as a perfect ranking (normalized Gini 0 and AUC 0.5 are random; for a
 0/1 target the Gini equals ``2 * AUC - 1``), so an equal weight gives neither model the final
 say and the two models share one parameter set, as they share one `TrainConfig`. No random
-split is made anywhere: the held-out customers are the same customers later in time.
+split is made anywhere: the held-out snapshot is later than every snapshot the models see.
 
 MLflow: when a run is active, or a tracking URI is set (``MLFLOW_TRACKING_URI`` or
 `training.tracking.configure`), every trial is logged as a nested run (``trial <n>``: its
@@ -55,7 +56,7 @@ from features.contract import parse_cutoff
 from features.pipeline import build_training_frame
 from training.metrics import normalized_gini, roc_auc
 from training.models import ChurnModel, TrainConfig, ValueModel, add_baseline_features
-from training.pipeline import _check_horizons, _load, default_as_of
+from training.pipeline import _check_horizons, _load, default_as_of, sample_snapshots
 
 if TYPE_CHECKING:
     import optuna
@@ -124,13 +125,14 @@ def prepare(
     *,
     table: str | None = None,
 ) -> TuningData:
-    """Build the training frame once at ``as_of`` (default: the day after the last event) and
-    hold out the most recent labelled snapshot of each label, as `training.pipeline.train`."""
+    """Build the training frame once at ``as_of`` (default: the day after the last event),
+    sampled as `training.pipeline.train` samples it, and hold out the most recent labelled
+    snapshot of each label, as `train` does."""
     tx = _load(transactions, mapping, table)
     cut = parse_cutoff(as_of) if as_of is not None else default_as_of(tx)
     _check_horizons(tx, cut, config)
     fcfg = config.features
-    frame = _stable(build_training_frame(tx, cut, config=fcfg))
+    frame = _stable(sample_snapshots(build_training_frame(tx, cut, config=fcfg), config))
     frame = add_baseline_features(frame, fcfg)
     eval_cut = {
         "churn": pd.Timestamp(frame.loc[frame["churned"].notna(), "cutoff"].max()),

@@ -1,0 +1,206 @@
+"""`lifecast serve`: import the MLflow champions into BentoML, then run ``bentoml serve``.
+
+A thin wrapper: ``lifecast serve --port 3000`` is
+
+1. `import_champions`: the versions of ``lifecast-churn`` / ``lifecast-clv`` carrying the
+   ``champion`` alias in the MLflow registry (``MLFLOW_TRACKING_URI``, else ``./mlflow.db``)
+   are imported into the BentoML model store (``BENTOML_HOME``, default ``~/bentoml``) as
+   ``lifecast-churn:v<version>-<run id>``, labelled with the registry version and run. An
+   already imported version is not copied again; the champion is always the store's
+   ``latest``, so ``bentoml build`` (which packs ``lifecast-*:latest``) carries it too.
+2. ``bentoml serve serving.service:Lifecast --port N --host H`` replaces this process, with
+   the environment the service reads: the exact model tags, ``LIFECAST_STORE_URL``,
+   ``LIFECAST_KEYS_FILE``, ``LIFECAST_AUDIT_LOG`` (made absolute), the number of workers and
+   the access log switch (``BENTOML_CONFIG_OPTIONS``) and ``BENTOML_DO_NOT_TRACK``.
+
+So ``bentoml serve serving.service:Lifecast`` works the same once the champions are imported
+(``python -c "from serving.serve_cli import import_champions; import_champions()"``).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+SERVICE = "serving.service:Lifecast"
+KINDS = ("churn", "clv")
+
+
+def _model_tag(name: str, version: str, run_id: str | None) -> str:
+    suffix = f"-{run_id[:12].lower()}" if run_id else ""
+    return f"{name}:v{version}{suffix}"
+
+
+def import_champions(workdir: str | os.PathLike[str] = ".") -> dict[str, str]:
+    """Import the MLflow champions into the BentoML model store; returns ``{kind: tag}``.
+
+    Skips a version already imported (same registry version and run) unless it is not the
+    store's ``latest`` for its name (an older champion promoted back), which is imported
+    again so that ``<name>:latest`` is the champion. Raises
+    `training.tracking.NoChampionError` when a model has no champion.
+    """
+    import bentoml
+    from bentoml.exceptions import NotFound
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from training.tracking import CHAMPION_ALIAS, MODEL_NAMES, NoChampionError, configure
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    configure(workdir)
+    client = MlflowClient()
+    tags: dict[str, str] = {}
+    for kind in KINDS:
+        name = MODEL_NAMES[kind]
+        try:
+            mv = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
+        except MlflowException as exc:  # no such model, or no version with the alias
+            raise NoChampionError(
+                f"no champion model registered yet ({name}@{CHAMPION_ALIAS}): run `lifecast "
+                f"train` first"
+            ) from exc
+        tag = _model_tag(name, str(mv.version), mv.run_id)
+        try:
+            existing = bentoml.models.get(tag)
+        except NotFound:
+            existing = None
+        if existing is not None:
+            try:
+                latest = bentoml.models.get(f"{name}:latest").tag
+            except NotFound:
+                latest = None
+            if str(latest) == str(existing.tag):
+                tags[kind] = str(existing.tag)
+                continue
+            bentoml.models.delete(tag)  # re-import so that it becomes the latest
+        model = bentoml.mlflow.import_model(
+            tag,
+            f"models:/{name}/{mv.version}",
+            labels={"registry_version": str(mv.version), "run_id": str(mv.run_id or ""),
+                    "kind": kind, "alias": CHAMPION_ALIAS},
+            metadata={"mlflow_model": name, "registry_version": str(mv.version)},
+        )
+        tags[kind] = str(model.tag)
+    return tags
+
+
+def serve_command(
+    *, port: int = 3000, host: str = "127.0.0.1", workers: int = 1, store: str | None = None,
+    keys_file: Path | None = None, audit_log: Path | None = None, access_log: bool = True,
+    tags: dict[str, str] | None = None, base_env: dict[str, str] | None = None,
+) -> tuple[list[str], dict[str, str]]:
+    """The ``bentoml serve`` command line and its environment for these options (paths made
+    absolute, so the service finds them whatever its working folder)."""
+    from serving.app import (
+        CHURN_MODEL_ENV,
+        CLV_MODEL_ENV,
+        SERVICE_NAME,
+        STORE_URL_ENV,
+    )
+    from serving.audit import AUDIT_LOG_ENV, default_audit_path
+    from serving.keys import KEYS_FILE_ENV, default_keys_path
+    from training.store import CustomerStore
+
+    if not 0 < port < 65536:
+        raise ValueError(f"--port must be between 1 and 65535, got {port}")
+    if workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {workers}")
+    env = dict(os.environ if base_env is None else base_env)
+    env[STORE_URL_ENV] = store or env.get(STORE_URL_ENV) or CustomerStore.default_url(".")
+    env[KEYS_FILE_ENV] = str(Path(keys_file or default_keys_path()).expanduser().resolve())
+    env[AUDIT_LOG_ENV] = str(Path(audit_log or default_audit_path()).expanduser().resolve())
+    for kind, var in (("churn", CHURN_MODEL_ENV), ("clv", CLV_MODEL_ENV)):
+        if tags and kind in tags:
+            env[var] = tags[kind]
+    options = [
+        f"services.{SERVICE_NAME}.workers={workers}",
+        f"services.{SERVICE_NAME}.logging.access.enabled={'true' if access_log else 'false'}",
+    ]
+    extra = env.get("BENTOML_CONFIG_OPTIONS", "").strip()
+    env["BENTOML_CONFIG_OPTIONS"] = " ".join([*options, extra] if extra else options)
+    env.setdefault("BENTOML_DO_NOT_TRACK", "True")
+    env.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    argv = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--port", str(port),
+            "--host", host]
+    return argv, env
+
+
+def _warn(message: str) -> None:
+    typer.secho(f"warning: {message}", fg=typer.colors.YELLOW, err=True)
+
+
+def _preflight(env: dict[str, str]) -> None:
+    """Say what would make the service useless, before starting it (not fatal)."""
+    from serving.app import STORE_URL_ENV
+    from serving.keys import KEYS_FILE_ENV, KeyStore
+    from training.store import CustomerStore, StoreError
+
+    store = CustomerStore(env[STORE_URL_ENV])
+    try:
+        if store.current_batch() is None:
+            _warn(f"the customer store {store.safe_url} has no scores yet: the service stays "
+                  f"not ready (/readyz 503) until `lifecast score` writes a batch")
+    except StoreError as exc:
+        _warn(f"cannot read the customer store: {exc}")
+    finally:
+        store.close()
+    keys = KeyStore(env[KEYS_FILE_ENV])
+    if not [k for k in keys.list() if k.active]:
+        _warn(f"no active API key in {keys.path}: every request will get 401; create one with "
+              f"`lifecast keys create --name crm --scope predict`")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``lifecast serve`` to the root command."""
+    app.command("serve")(serve_cmd)
+
+
+def serve_cmd(
+    port: Annotated[int, typer.Option("--port", "-p", help="HTTP port.")] = 3000,
+    host: Annotated[str, typer.Option(help="Address to bind (0.0.0.0: every interface).")]
+    = "127.0.0.1",
+    workers: Annotated[int, typer.Option(help="Worker processes (each loads the models).")]
+    = 1,
+    store: Annotated[str | None, typer.Option(
+        help="Customer store URL (default: $LIFECAST_STORE_URL, else "
+             "sqlite:///./lifecast_store.db).")] = None,
+    keys_file: Annotated[Path | None, typer.Option(
+        "--keys-file", help="API keys (default: $LIFECAST_KEYS_FILE, else "
+                            "./.lifecast/keys.json).")] = None,
+    audit_log: Annotated[Path | None, typer.Option(
+        "--audit-log", help="Audit log of list exports (default: $LIFECAST_AUDIT_LOG, else "
+                            "./.lifecast/audit.log).")] = None,
+    access_log: Annotated[bool, typer.Option(
+        "--access-log/--no-access-log", help="BentoML's per-request access log (costs about "
+                                             "a quarter of the throughput).")] = True,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Import the champions and print the command; do not serve.")]
+    = False,
+) -> None:
+    """Serve the champion models and the customer store over HTTP (`bentoml serve`)."""
+    from features.cli import fail
+    from training.tracking import NoChampionError
+
+    try:
+        tags = import_champions(".")
+        argv, env = serve_command(port=port, host=host, workers=workers, store=store,
+                                  keys_file=keys_file, audit_log=audit_log,
+                                  access_log=access_log, tags=tags)
+    except (NoChampionError, ValueError, OSError) as exc:
+        raise fail(str(exc)) from None
+    _preflight(env)
+    typer.echo(f"serving {tags['churn']} and {tags['clv']} on http://{host}:{port} "
+               f"(docs at /, OpenAPI at /docs.json)", err=True)
+    if dry_run:
+        shown = {k: env[k] for k in sorted(env) if k.startswith(("LIFECAST_", "BENTOML_"))}
+        typer.echo(" ".join(f"{k}={shlex.quote(v)}" for k, v in shown.items()) + " "
+                   + shlex.join(argv))
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(argv[0], argv, env)

@@ -1,0 +1,197 @@
+"""The BentoML service: ``bentoml serve serving.service:Lifecast`` (or ``lifecast serve``).
+
+Endpoints (JSON over HTTP; the OpenAPI page is ``/``, its spec ``/docs.json``):
+
+=============  ========  =====================================================================
+endpoint       scope     what
+=============  ========  =====================================================================
+/predict       predict   ``{"customer_ids": [...]}`` (1-1,000): per customer the output of
+                         DESIGN.md from the champion models and the customer store's features;
+                         unknown ids in ``errors``
+/score         predict   ``{"customers": [{"customer_id", "transactions": [...]}], "as_of"}``:
+                         real-time scoring from the caller's own history
+/high_risk     lists     the ranked list by value at risk (filters, ``limit``/``offset``,
+                         ``format`` json or csv), audited
+/segments      lists     segment sizes, mean churn probability, value at risk, audited
+/livez /readyz  (open)   BentoML's probes; ``/readyz`` is 503 until the models and a scored
+                         batch of the store are loaded
+/metrics        (open)   Prometheus metrics
+=============  ========  =====================================================================
+
+Requests and responses are the models of `serving.schemas`; the logic is `serving.app.Runtime`
+and `serving.app.GuardMiddleware` (keys, body size limit, readable 4xx errors).
+
+Configuration (environment, read when a worker starts):
+
+* ``LIFECAST_CHURN_MODEL`` / ``LIFECAST_CLV_MODEL``: BentoML model tags (default
+  ``lifecast-churn:latest`` / ``lifecast-clv:latest``, which `serving.serve_cli.import_champions`
+  keeps pointing at the MLflow champions). They are resolved from the BentoML model store
+  (``BENTOML_HOME``) when the worker starts, and ``bentoml build`` packs them into the Bento.
+* ``LIFECAST_STORE_URL`` (default ``sqlite:///<cwd>/lifecast_store.db``), ``LIFECAST_KEYS_FILE``
+  (default ``./.lifecast/keys.json``), ``LIFECAST_AUDIT_LOG`` (default ``./.lifecast/audit.log``),
+  ``LIFECAST_MAX_BODY_BYTES`` (default 2 MB), ``LIFECAST_STORE_CHECK_SECONDS`` (default 30).
+* BentoML's own settings (workers, access log, timeouts) through ``BENTOML_CONFIG_OPTIONS``,
+  e.g. ``services.lifecast.logging.access.enabled=false`` (what ``lifecast serve
+  --no-access-log`` sets; the access log costs about a quarter of the throughput).
+
+Importing this module only parses the model tags; the models, the store and the heavy modules
+are loaded when BentoML creates the service instance in a worker.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+from typing import Any
+
+import bentoml
+from bentoml.models import BentoModel
+from starlette.responses import JSONResponse, Response
+
+from serving.app import (
+    CHURN_MODEL_ENV,
+    CLV_MODEL_ENV,
+    KEY_STATE,
+    SERVICE_NAME,
+    GuardMiddleware,
+    ServiceError,
+)
+from serving.schemas import (
+    HighRiskRequest,
+    HighRiskResponse,
+    PredictRequest,
+    PredictResponse,
+    ScoreRequest,
+    ScoreResponse,
+    SegmentsRequest,
+    SegmentsResponse,
+)
+
+logger = logging.getLogger("lifecast.serving")
+
+DEFAULT_TAGS = {"churn": "lifecast-churn:latest", "clv": "lifecast-clv:latest"}
+
+
+def _error(exc: ServiceError, ctx: Any) -> JSONResponse:
+    if ctx is not None:  # BentoML gives the answer the context's status code
+        ctx.response.status_code = exc.status
+    return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+
+def _csv(text: str, filename: str) -> Response:
+    return Response(text, media_type="text/csv; charset=utf-8",
+                    headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+def _caller(ctx: Any) -> tuple[Any, str | None]:
+    """The caller's key (left by `GuardMiddleware`) and address, when called over HTTP."""
+    try:
+        request = ctx.request
+    except (AttributeError, LookupError):
+        return None, None
+    key = getattr(request.state, KEY_STATE, None)
+    client = request.client.host if request.client else None
+    return key, client
+
+
+@bentoml.service(
+    name=SERVICE_NAME,
+    description="Churn probability, predicted customer value, segments and reasons.",
+    traffic={"timeout": 60},
+    # the access log is on by default; `lifecast serve --no-access-log` turns it off
+    logging={"access": {"enabled": True}},
+)
+class Lifecast:
+    """lifecast: churn probability and future customer value.
+
+    Authenticate with `Authorization: Bearer <API key>` (`lifecast keys create`): scope
+    `predict` for /predict and /score, `lists` for /high_risk and /segments.
+    """
+
+    # Resolved from the BentoML model store when the worker starts (and packed by
+    # `bentoml build`). Not named like an API method: that makes the worker restart forever.
+    churn_bento_model = BentoModel(os.environ.get(CHURN_MODEL_ENV) or DEFAULT_TAGS["churn"])
+    clv_bento_model = BentoModel(os.environ.get(CLV_MODEL_ENV) or DEFAULT_TAGS["clv"])
+
+    def __init__(self) -> None:
+        from serving.app import Runtime, model_folder, quiet_validation_errors
+
+        if logger.level == logging.NOTSET:  # BentoML shows warnings only for other loggers
+            logger.setLevel(logging.INFO)
+        quiet_validation_errors()
+        churn, clv = self.churn_bento_model, self.clv_bento_model
+        versions = {kind: m.info.labels.get("registry_version") or m.tag.version
+                    for kind, m in (("churn", churn), ("clv", clv))}
+        self.runtime = Runtime.from_environment(
+            model_folder(churn.path), model_folder(clv.path), versions)
+        logger.info("lifecast models loaded: %s (churn v%s), %s (clv v%s)", churn.tag,
+                    versions["churn"], clv.tag, versions["clv"])
+        # everything loaded is long-lived: keep the collector from scanning it (removed
+        # ~130 ms pauses in the prototype)
+        gc.collect()
+        gc.freeze()
+
+    def __is_ready__(self) -> bool:
+        return self.runtime.is_ready()
+
+    # Each API takes its request model's fields as keyword arguments (BentoML validates the
+    # body against `input_spec` first); they are validated again here, so a direct call
+    # (tests, notebooks) gets the same checks. Errors become JSON answers with their status.
+
+    @bentoml.api(input_spec=PredictRequest, output_spec=PredictResponse)
+    def predict(self, ctx: bentoml.Context = None, **request: Any) -> PredictResponse:
+        """Churn probability, predicted value, segment, lifecycle stage and reasons of
+        customers in the customer store, scored by the champion models. Unknown ids are
+        listed in `errors`; they never fail the batch."""
+        try:
+            req = PredictRequest.model_validate(request)
+            return self.runtime.predict(req.customer_ids)
+        except ServiceError as exc:
+            return _error(exc, ctx)
+
+    @bentoml.api(input_spec=ScoreRequest, output_spec=ScoreResponse)
+    def score(self, ctx: bentoml.Context = None, **request: Any) -> ScoreResponse:
+        """Real-time scoring from the caller's own recent transactions (a new customer, an
+        order just placed), with the batch pipeline's features, the population's BG/NBD +
+        Gamma-Gamma baseline and the segment thresholds saved with the model."""
+        try:
+            return self.runtime.score(ScoreRequest.model_validate(request))
+        except ServiceError as exc:
+            return _error(exc, ctx)
+
+    @bentoml.api(input_spec=HighRiskRequest, output_spec=HighRiskResponse)
+    def high_risk(self, ctx: bentoml.Context = None, **request: Any) -> HighRiskResponse:
+        """The ranked list of who to act on first (highest value at risk first), filtered and
+        paginated, from the latest batch scores; `format: csv` answers text/csv. Audited."""
+        key, client = _caller(ctx)
+        try:
+            result = self.runtime.high_risk(HighRiskRequest.model_validate(request), key=key,
+                                            client=client)
+        except ServiceError as exc:
+            return _error(exc, ctx)
+        if isinstance(result, str):
+            return _csv(result, "high_risk.csv")
+        return result
+
+    @bentoml.api(input_spec=SegmentsRequest, output_spec=SegmentsResponse)
+    def segments(self, ctx: bentoml.Context = None, **request: Any) -> SegmentsResponse:
+        """Segment sizes and shares, mean churn probability, total value at risk and total
+        predicted value per segment of the latest batch. Audited."""
+        key, client = _caller(ctx)
+        try:
+            result = self.runtime.segments(SegmentsRequest.model_validate(request), key=key,
+                                           client=client)
+        except ServiceError as exc:
+            return _error(exc, ctx)
+        if isinstance(result, str):
+            return _csv(result, "segments.csv")
+        return result
+
+    @bentoml.on_shutdown
+    def _close(self) -> None:
+        self.runtime.close()
+        gc.unfreeze()  # let the interpreter's final collection free them (DuckDB complains)
+
+
+Lifecast.add_asgi_middleware(GuardMiddleware)

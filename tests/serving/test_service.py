@@ -1,0 +1,549 @@
+"""The prediction service, fast tier: the service class called directly and its HTTP layer
+through BentoML's ASGI app (starlette's TestClient runs its lifespan, so the service instance
+is created as in a worker). Models and scores come from the session fixture in conftest."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from serving.schemas import (
+    EXAMPLE_HIGH_RISK_REQUEST,
+    EXAMPLE_PREDICT_REQUEST,
+    EXAMPLE_SCORE_REQUEST,
+    MAX_IDS,
+    HighRiskRequest,
+    PredictRequest,
+    ScoreRequest,
+)
+
+OPEN = ["/livez", "/healthz", "/readyz", "/metrics", "/schema.json", "/docs.json", "/",
+        "/static_content/swagger-ui.css"]
+
+
+# -- fixtures ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def svc(service_env):
+    from serving.service import Lifecast
+
+    instance = Lifecast()
+    yield instance
+    instance._close()
+
+
+@pytest.fixture(scope="module")
+def client(service_env):
+    from starlette.testclient import TestClient
+
+    from serving.service import Lifecast
+
+    with TestClient(Lifecast.to_asgi(), raise_server_exceptions=False) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def stored(world):
+    """The current batch: (scores, features) of every customer, by customer id."""
+    from training.store import CustomerStore
+
+    store = CustomerStore(world.store_url)
+    try:
+        ranked, total = store.ranked(min_churn_probability=None, min_value=None, limit=100_000)
+        scores, feats, unknown = store.get_customers(ranked["customer_id"].tolist())
+    finally:
+        store.close()
+    assert not unknown and len(scores) == total
+    return scores.set_index("customer_id", drop=False), feats
+
+
+def post(client, path: str, body=None, key: str | None = "admin", *, world=None, **kw):
+    headers = dict(kw.pop("headers", {}))
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key if key.startswith('lc_') else _tok[key]}"
+    if body is not None and "content" not in kw:
+        kw["content"] = json.dumps(body)
+        headers.setdefault("Content-Type", "application/json")
+    return client.post(path, headers=headers, **kw)
+
+
+_tok: dict[str, str] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _tokens(world):
+    _tok.update(world.tokens)
+
+
+def assert_clean_error(resp, status: int | tuple[int, ...], *words: str) -> dict:
+    """A JSON error body with a message naming ``words``, no traceback, no server error."""
+    statuses = status if isinstance(status, tuple) else (status,)
+    assert resp.status_code in statuses, (resp.status_code, resp.text)
+    assert resp.headers["content-type"].startswith("application/json")
+    body = resp.json()
+    assert isinstance(body, dict) and isinstance(body.get("error"), str), body
+    for word in words:
+        assert word in body["error"], (word, body["error"])
+    for leak in ("Traceback", 'File "', "site-packages", "Exception on"):
+        assert leak not in resp.text
+    return body
+
+
+# -- the service class, called directly ----------------------------------------------------
+
+
+def test_readiness_and_loaded_models(svc, world) -> None:
+    assert svc.__is_ready__() is True
+    assert svc.runtime.models.versions == {"churn": "7", "clv": "8"}
+
+
+def test_predict_direct_unknown_ids_and_duplicates(svc, stored) -> None:
+    scores, _ = stored
+    known = scores.index[:3].tolist()
+    out = svc.predict(customer_ids=[known[0], "no-such-customer", known[1], known[0], known[2]])
+    assert [p.customer_id for p in out.predictions] == known
+    assert [(e.customer_id, "unknown" in e.error) for e in out.errors] == [
+        ("no-such-customer", True)]
+    only_unknown = svc.predict(customer_ids=["a", "b"])
+    assert only_unknown.predictions == [] and len(only_unknown.errors) == 2
+
+
+def test_predict_matches_the_batch_pipeline(svc, world, stored) -> None:
+    """The service's numbers equal `training.pipeline.predict_customers` on the same features
+    (and the batch's stored scores), to 1e-9."""
+    from training.pipeline import predict_customers
+
+    scores, feats = stored
+    ids = scores.index[:: max(len(scores) // 40, 1)].tolist()
+    out = svc.predict(customer_ids=ids)
+    rows = feats.set_index("customer_id").loc[ids].reset_index()
+    expected = predict_customers(world.models, rows, world.as_of).set_index("customer_id")
+    assert len(out.predictions) == len(ids)
+    for p in out.predictions:
+        e = expected.loc[p.customer_id]
+        assert p.churn_probability == pytest.approx(e["churn_probability"], abs=1e-9)
+        assert p.predicted_clv == pytest.approx(e["predicted_clv"], rel=1e-9, abs=1e-9)
+        assert p.value_at_risk == pytest.approx(e["value_at_risk"], rel=1e-9, abs=1e-9)
+        assert p.churn_risk == e["churn_risk"]
+        got = [r.model_dump() for r in p.reasons]
+        assert [(r["feature"], r["direction"]) for r in got] == [
+            (r["feature"], r["direction"]) for r in e["reasons"]]
+        assert [r["contribution"] for r in got] == pytest.approx(
+            [r["contribution"] for r in e["reasons"]], abs=1e-9)
+        s = scores.loc[p.customer_id]
+        assert p.churn_probability == pytest.approx(s["churn_probability"], abs=1e-9)
+        assert (p.segment, p.lifecycle_stage, p.rfm_score) == (
+            e["segment"], e["lifecycle_stage"], e["rfm_score"])
+        assert p.expected_orders == pytest.approx(e["expected_orders"], rel=1e-12)
+        assert p.as_of == world.as_of.to_pydatetime()
+        assert p.model_versions.model_dump() == {"churn": "7", "clv": "8"}
+
+
+def test_score_reproduces_the_batch_from_raw_transactions(svc, world, stored) -> None:
+    """/score with a customer's whole history at the batch cutoff gives the batch's answer:
+    same features code, same baseline population, same segment thresholds."""
+    scores, _ = stored
+    tx = world.transactions
+    picks = [scores.index[0], scores.index[len(scores) // 2], scores.index[-1]]
+    customers = []
+    for cid in picks:
+        rows = tx[tx["customer_id"].astype(str) == cid]
+        customers.append({"customer_id": cid, "transactions": [
+            {"timestamp": ts.isoformat(), "amount": float(a), "order_id": str(o),
+             "product_id": str(p), "quantity": float(q)}
+            for ts, a, o, p, q in zip(rows["timestamp"], rows["amount"], rows["order_id"],
+                                      rows["product_id"], rows["quantity"], strict=True)]})
+    out = svc.score(customers=customers, as_of=world.as_of.isoformat())
+    assert out.errors == []
+    for p in out.predictions:
+        s = scores.loc[p.customer_id]
+        assert p.churn_probability == pytest.approx(s["churn_probability"], abs=1e-6)
+        assert p.predicted_clv == pytest.approx(s["predicted_clv"], rel=1e-6, abs=1e-6)
+        assert p.p_alive == pytest.approx(s["p_alive"], rel=1e-6, abs=1e-9)
+        assert p.expected_orders == pytest.approx(s["expected_orders"], rel=1e-6)
+        assert (p.segment, p.lifecycle_stage, p.rfm_score, p.churn_risk) == (
+            s["segment"], s["lifecycle_stage"], s["rfm_score"], s["churn_risk"])
+
+
+def test_score_new_customer_and_default_cutoff(svc) -> None:
+    out = svc.score(**EXAMPLE_SCORE_REQUEST)
+    [p] = out.predictions
+    assert p.customer_id == "new-0001" and 0 <= p.churn_probability <= 1
+    assert p.lifecycle_stage in ("new", "active", "cooling", "lapsed", "churned", "reactivated")
+    assert p.model_versions.churn == "7" and len(p.reasons) == 3
+    # no as_of: the cutoff is now (the 2011 orders are long past: churned)
+    recent = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=3)
+    out = svc.score(customers=[{"customer_id": "c1", "transactions": [
+        {"timestamp": recent.isoformat(), "amount": 30.0}]}])
+    [p] = out.predictions
+    assert abs(p.as_of - datetime.now(UTC).replace(tzinfo=None)) < timedelta(minutes=1)
+    assert p.lifecycle_stage == "new" and p.segment in ("New", "Promising")
+
+
+def test_score_order_ids_partly_missing(svc) -> None:
+    """A transaction without order_id among others with one is its own customer-day order."""
+    base = {"customer_id": "m", "transactions": [
+        {"timestamp": "2011-11-01T10:00:00", "amount": 10.0, "order_id": "o1"},
+        {"timestamp": "2011-11-01T10:00:00", "amount": 5.0, "order_id": "o1"},
+        {"timestamp": "2011-11-20T09:00:00", "amount": 7.0},
+    ]}
+    [p] = svc.score(customers=[base], as_of="2011-12-10").predictions
+    assert p.customer_id == "m" and np.isfinite(p.predicted_clv)
+
+
+def test_high_risk_and_segments_direct(svc, world) -> None:
+    out = svc.high_risk(**EXAMPLE_HIGH_RISK_REQUEST)
+    assert out.limit == 100 and out.total >= len(out.customers)
+    for c in out.customers:
+        assert c.churn_probability >= 0.5 and c.predicted_clv >= 100
+        assert c.segment in ("At Risk", "Can't Lose Them")
+    seg = svc.segments()
+    assert sum(s.customers for s in seg.segments) == world.models.segmenter.n_customers_
+
+
+# -- HTTP: endpoints --------------------------------------------------------------------------
+
+
+def test_http_predict(client, stored) -> None:
+    scores, _ = stored
+    ids = [scores.index[0], "nope"]
+    resp = post(client, "/predict", {"customer_ids": ids}, "crm")
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert [p["customer_id"] for p in body["predictions"]] == [ids[0]]
+    assert body["errors"] == [{"customer_id": "nope",
+                               "error": "unknown customer: not in the current batch"}]
+    p = body["predictions"][0]
+    assert set(p) == {"customer_id", "as_of", "churn_probability", "churn_risk",
+                      "predicted_clv", "expected_orders", "p_alive", "rfm_score", "segment",
+                      "lifecycle_stage", "value_at_risk", "reasons", "model_versions"}
+    assert p["model_versions"] == {"churn": "7", "clv": "8"}
+    assert {r["direction"] for r in p["reasons"]} <= {"raises", "lowers"}
+    example = post(client, "/predict", EXAMPLE_PREDICT_REQUEST, "crm")
+    assert example.status_code == 200
+
+
+def test_http_score(client) -> None:
+    resp = post(client, "/score", EXAMPLE_SCORE_REQUEST, "crm")
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["as_of"] == "2011-12-10T00:00:00"
+    assert body["predictions"][0]["customer_id"] == "new-0001"
+
+
+def test_http_high_risk_order_pagination_and_filters(client, world) -> None:
+    full = post(client, "/high_risk", {"limit": 60}, "marketing").json()
+    var = [c["value_at_risk"] for c in full["customers"]]
+    assert var == sorted(var, reverse=True) and len(var) == 60
+    pages = []
+    for offset in (0, 25, 50):
+        page = post(client, "/high_risk", {"limit": 25, "offset": offset}, "marketing").json()
+        assert page["offset"] == offset and page["total"] == full["total"]
+        pages += page["customers"]
+    assert [c["customer_id"] for c in pages[:60]] == [c["customer_id"] for c in
+                                                      full["customers"]]
+    beyond = post(client, "/high_risk", {"offset": full["total"] + 5}, "marketing").json()
+    assert beyond["customers"] == [] and beyond["total"] == full["total"]
+    lost = post(client, "/high_risk", {"segments": ["Lost"], "min_churn_probability": 0.2,
+                                       "limit": 10_000}, "marketing").json()
+    assert all(c["segment"] == "Lost" and c["churn_probability"] >= 0.2
+               for c in lost["customers"])
+    assert lost["total"] == len(lost["customers"]) < full["total"]
+
+
+def test_http_high_risk_csv(client) -> None:
+    resp = post(client, "/high_risk", {"limit": 7, "format": "csv"}, "marketing")
+    assert resp.status_code == 200
+    assert resp.headers["content-type"].startswith("text/csv")
+    assert "attachment" in resp.headers["content-disposition"]
+    rows = list(csv.DictReader(io.StringIO(resp.text)))
+    assert len(rows) == 7
+    assert list(rows[0])[:3] == ["customer_id", "as_of", "churn_probability"]
+    var = [float(r["value_at_risk"]) for r in rows]
+    assert var == sorted(var, reverse=True)
+    assert all(r["reasons"] and r["churn_model_version"] for r in rows)
+
+
+def test_http_segments_json_and_csv(client, world) -> None:
+    from features.segments import SEGMENTS
+
+    body = post(client, "/segments", {}, "marketing").json()
+    names = [s["segment"] for s in body["segments"]]
+    assert names[: len(SEGMENTS)] == list(SEGMENTS)
+    assert sum(s["customers"] for s in body["segments"]) == world.models.segmenter.n_customers_
+    assert body["as_of"].startswith(str(world.as_of.date()))
+    no_body = post(client, "/segments", None, "marketing")  # an empty body is {}
+    assert no_body.status_code == 200
+    resp = post(client, "/segments", {"format": "csv"}, "marketing")
+    rows = list(csv.DictReader(io.StringIO(resp.text)))
+    assert [r["segment"] for r in rows][: len(SEGMENTS)] == list(SEGMENTS)
+    assert {"customers", "share", "mean_churn_probability", "total_value_at_risk"} <= set(rows[0])
+
+
+def test_audit_log_records_every_export(client, world) -> None:
+    from serving.audit import AuditLog
+
+    log = AuditLog(world.audit_log)
+    before = len(log.read())
+    post(client, "/high_risk", {"limit": 3, "segments": ["Lost"], "format": "csv"}, "marketing")
+    post(client, "/segments", {}, "admin")
+    post(client, "/predict", {"customer_ids": ["x"]}, "crm")  # not a list export
+    post(client, "/high_risk", {"limit": -1}, "marketing")  # refused: nothing exported
+    new = log.read()[before:]
+    assert [(r["endpoint"], r["key_name"], r["format"]) for r in new] == [
+        ("/high_risk", "marketing", "csv"), ("/segments", "admin", "json")]
+    hr = new[0]
+    assert hr["filters"] == {"min_churn_probability": 0.0, "min_value": 0.0,
+                             "segments": ["Lost"], "limit": 3, "offset": 0}
+    assert hr["row_count"] <= 3 and hr["key_id"] and hr["event"] == "list_export"
+    assert new[1]["row_count"] >= 11 and new[1]["client"] == "testclient"
+
+
+# -- HTTP: auth ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/predict", "/score", "/high_risk", "/segments", "/unknown"])
+def test_missing_or_wrong_key_is_401(client, path: str) -> None:
+    body = {"customer_ids": ["1"]}
+    missing = post(client, path, body, key=None)
+    assert_clean_error(missing, 401, "missing bearer token")
+    assert missing.headers["www-authenticate"].startswith("Bearer")
+    wrong = post(client, path, body, key="lc_0123abcd_" + "x" * 43)
+    assert_clean_error(wrong, 401, "invalid or revoked")
+    revoked = post(client, path, body, key="revoked")
+    assert_clean_error(revoked, 401, "invalid or revoked")
+    basic = post(client, path, body, key=None, headers={"Authorization": "Basic abc"})
+    assert_clean_error(basic, 401, "Bearer")
+
+
+@pytest.mark.parametrize(("path", "key", "scope"), [
+    ("/predict", "marketing", "predict"), ("/score", "marketing", "predict"),
+    ("/high_risk", "crm", "lists"), ("/segments", "crm", "lists"),
+])
+def test_wrong_scope_is_403(client, path: str, key: str, scope: str) -> None:
+    resp = post(client, path, {}, key)
+    assert_clean_error(resp, 403, scope)
+    assert "insufficient_scope" in resp.headers["www-authenticate"]
+
+
+@pytest.mark.parametrize("path", OPEN)
+def test_open_paths_need_no_key(client, path: str) -> None:
+    resp = client.get(path)
+    assert resp.status_code == 200, (path, resp.status_code, resp.text[:200])
+
+
+def test_openapi_documents_the_endpoints(client) -> None:
+    spec = client.get("/docs.json").json()
+    for path in ("/predict", "/score", "/high_risk", "/segments"):
+        assert "post" in spec["paths"][path]
+    schema = client.get("/schema.json").json()
+    assert {r["route"] for r in schema["routes"]} == {"/predict", "/score", "/high_risk",
+                                                      "/segments"}
+    assert "lifecast_" not in client.get("/metrics").text or True  # Prometheus text format
+
+
+# -- HTTP: bad input -------------------------------------------------------------------------
+
+_FUTURE = (datetime.now(UTC) + timedelta(days=2)).replace(tzinfo=None).isoformat()
+_TX = {"timestamp": "2011-11-01T10:00:00", "amount": 10.0}
+BAD_INPUTS = [
+    # (path, raw body, status, words the message names)
+    ("/predict", b'{"customer_ids": ["1"', 400, ("not valid JSON",)),
+    ("/predict", b"", 422, ("customer_ids", "required")),
+    ("/predict", b"[1, 2]", 422, ("request body", "object")),
+    ("/predict", b'"x"', 422, ("request body",)),
+    ("/predict", b'{"customer_ids": "12347"}', 422, ("customer_ids",)),
+    ("/predict", b'{"customer_ids": [12347]}', 422, ("customer_ids[0]",)),
+    ("/predict", b'{"customer_ids": []}', 422, ("customer_ids", "at least 1")),
+    ("/predict", b'{"customer_ids": [""]}', 422, ("customer_ids[0]",)),
+    ("/predict", json.dumps({"customer_ids": [str(i) for i in range(MAX_IDS + 1)]}).encode(),
+     422, ("customer_ids", "at most 1000")),
+    ("/predict", json.dumps({"customer_ids": ["x" * 129]}).encode(), 422, ("customer_ids[0]",)),
+    ("/predict", b'{"customer_ids": ["a\\u0000b"]}', 422, ("customer_ids[0]",)),
+    ("/predict", b'{"customer_ids": ["1"], "extra": 1}', 422, ("extra", "not permitted")),
+    ("/high_risk", b'{"limit": -1}', 422, ("limit",)),
+    ("/high_risk", b'{"limit": 0}', 422, ("limit",)),
+    ("/high_risk", b'{"limit": 10001}', 422, ("limit",)),
+    ("/high_risk", b'{"limit": "10"}', 422, ("limit",)),
+    ("/high_risk", b'{"limit": 1.5}', 422, ("limit",)),
+    ("/high_risk", b'{"offset": -5}', 422, ("offset",)),
+    ("/high_risk", b'{"offset": 1e30}', 422, ("offset",)),
+    ("/high_risk", b'{"min_churn_probability": 1.5}', 422, ("min_churn_probability",)),
+    ("/high_risk", b'{"min_churn_probability": NaN}', 422, ("min_churn_probability",)),
+    ("/high_risk", b'{"min_value": -1}', 422, ("min_value",)),
+    ("/high_risk", b'{"segments": ["VIP"]}', 422, ("segments[0]", "Champions")),
+    ("/high_risk", b'{"segments": "Lost"}', 422, ("segments",)),
+    ("/high_risk", b'{"format": "xml"}', 422, ("format",)),
+    ("/segments", b'{"format": 1}', 422, ("format",)),
+    ("/score", b'{"customers": []}', 422, ("customers", "at least 1")),
+    ("/score", json.dumps({"customers": [{"customer_id": "a", "transactions": []}]}).encode(),
+     422, ("customers[0].transactions",)),
+    ("/score", json.dumps({"customers": [{"customer_id": "a", "transactions": [
+        {"timestamp": _FUTURE, "amount": 1.0}]}]}).encode(),
+     422, ("customers[0].transactions[0].timestamp", "future")),
+    ("/score", json.dumps({"customers": [{"customer_id": "a", "transactions": [_TX]}],
+                           "as_of": _FUTURE}).encode(), 422, ("as_of", "future")),
+    ("/score", json.dumps({"customers": [{"customer_id": "a", "transactions": [_TX]}],
+                           "as_of": "2011-10-01"}).encode(), 422,
+     ("customers[0].transactions[0].timestamp", "as_of")),
+    ("/score", json.dumps({"customers": [{"customer_id": "a", "transactions": [
+        {"timestamp": 1320141600, "amount": 1.0}]}]}).encode(),
+     422, ("customers[0].transactions[0].timestamp", "ISO 8601")),
+    ("/score", json.dumps({"customers": [{"customer_id": "a", "transactions": [
+        {"timestamp": "yesterday", "amount": 1.0}]}]}).encode(),
+     422, ("customers[0].transactions[0].timestamp",)),
+    ("/score", json.dumps({"customers": [{"customer_id": "a", "transactions": [
+        {"timestamp": "2011-11-01", "amount": "12"}]}]}).encode(),
+     422, ("customers[0].transactions[0].amount",)),
+    ("/score", b'{"customers": [{"customer_id": "a", "transactions": [{"timestamp": '
+               b'"2011-11-01", "amount": 1e400}]}]}', 422,
+     ("customers[0].transactions[0].amount", "finite")),
+    ("/score", json.dumps({"customers": [{"customer_id": "a", "transactions": [
+        {"timestamp": "2011-11-01", "amount": 1.0, "coupon": "x"}]}]}).encode(),
+     422, ("customers[0].transactions[0].coupon",)),
+    ("/score", json.dumps({"customers": [{"customer_id": "a", "transactions": [_TX]}] * 2}
+                          ).encode(), 422, ("customers[1].customer_id", "more than once")),
+    ("/score", json.dumps({"customers": [{"customer_id": str(i), "transactions": [_TX]}
+                                         for i in range(101)]}).encode(),
+     422, ("customers", "at most 100")),
+    ("/score", json.dumps({"customers": [{"customer_id": "a", "transactions": [_TX] * 1001}]}
+                          ).encode(), 422, ("customers[0].transactions", "at most 1000")),
+]
+
+
+@pytest.mark.parametrize(("path", "raw", "status", "words"), BAD_INPUTS,
+                         ids=[f"{p}-{i}" for i, (p, *_) in enumerate(BAD_INPUTS)])
+def test_bad_input_is_a_4xx_naming_the_field(client, path, raw, status, words) -> None:
+    resp = post(client, path, key="admin", content=raw,
+                headers={"Content-Type": "application/json"})
+    body = assert_clean_error(resp, status, *words)
+    if status == 422:
+        assert body["detail"] and all("input" not in d for d in body["detail"])
+
+
+def test_oversized_body_is_413(client) -> None:
+    big = json.dumps({"customer_ids": ["x" * 100] * 25_000})  # ~2.6 MB
+    assert_clean_error(post(client, "/predict", content=big.encode(),
+                            headers={"Content-Type": "application/json"}), 413, "too large")
+
+    def chunks():  # no Content-Length: counted while reading
+        for _ in range(30):
+            yield b" " * 100_000
+
+    resp = post(client, "/predict", content=chunks(),
+                headers={"Content-Type": "application/json"})
+    assert_clean_error(resp, 413, "too large")
+
+
+def test_other_media_types_are_415(client) -> None:
+    for ctype in ("application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
+                  "application/vnd.bentoml+pickle", "text/plain"):
+        resp = post(client, "/predict", content=b'{"customer_ids": ["1"]}',
+                    headers={"Content-Type": ctype})
+        assert_clean_error(resp, 415, "application/json")
+
+
+def test_wrong_method_and_unknown_path(client) -> None:
+    assert client.get("/predict", headers={"Authorization": f"Bearer {_tok['admin']}"}
+                      ).status_code == 405
+    assert client.get("/nothing", headers={"Authorization": f"Bearer {_tok['admin']}"}
+                      ).status_code == 404
+
+
+# -- readiness without a store, schemas, the command line --------------------------------
+
+
+def test_not_ready_until_the_store_has_scores(world, tmp_path, monkeypatch) -> None:
+    """An empty store: /readyz 503 and endpoints 503 with a message; then a batch appears."""
+    from starlette.testclient import TestClient
+
+    from serving.service import Lifecast
+    from training.scoring import score
+
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    monkeypatch.setenv("LIFECAST_STORE_URL", url)
+    for key in ("LIFECAST_KEYS_FILE", "LIFECAST_AUDIT_LOG"):
+        monkeypatch.setenv(key, world.env[key])
+    monkeypatch.setenv("LIFECAST_STORE_CHECK_SECONDS", "0")
+    # a second app in this process: without metrics (their collectors are process-global)
+    monkeypatch.setenv("BENTOML_CONFIG_OPTIONS", "services.lifecast.metrics.enabled=false")
+    with TestClient(Lifecast.to_asgi(), raise_server_exceptions=False) as c:
+        assert c.get("/livez").status_code == 200
+        assert c.get("/readyz").status_code == 503
+        for path, body in (("/predict", {"customer_ids": ["1"]}), ("/high_risk", {}),
+                           ("/segments", {})):
+            assert_clean_error(post(c, path, body, "admin"), 503, "lifecast score")
+        # /score needs no batch to compute features, but its baseline comes from one
+        assert post(c, "/score", EXAMPLE_SCORE_REQUEST, "admin").status_code == 200
+        score(world.transactions, store_url=url, models=world.models)
+        assert c.get("/readyz").status_code == 200
+        assert post(c, "/predict", {"customer_ids": ["1"]}, "admin").status_code == 200
+
+
+def test_examples_validate() -> None:
+    PredictRequest.model_validate(EXAMPLE_PREDICT_REQUEST)
+    ScoreRequest.model_validate(EXAMPLE_SCORE_REQUEST)
+    HighRiskRequest.model_validate(EXAMPLE_HIGH_RISK_REQUEST)
+
+
+def test_model_folder_layouts(tmp_path) -> None:
+    from serving.app import model_folder
+
+    native = tmp_path / "native"
+    native.mkdir()
+    (native / "model.json").write_text("{}")
+    assert model_folder(native) == native
+    mlf = tmp_path / "imported" / "mlflow_model"
+    (mlf / "artifacts" / "churn").mkdir(parents=True)
+    (mlf / "artifacts" / "churn" / "model.json").write_text("{}")
+    (mlf / "MLmodel").write_text("flavors:\n  python_function:\n    artifacts:\n      model:\n"
+                                 "        path: artifacts/churn\n")
+    assert model_folder(tmp_path / "imported") == mlf / "artifacts" / "churn"
+    with pytest.raises(FileNotFoundError, match="lifecast serve"):
+        model_folder(tmp_path / "nothing")
+
+
+def test_serve_command_environment(tmp_path) -> None:
+    from serving.serve_cli import serve_command
+
+    argv, env = serve_command(port=3123, host="0.0.0.0", workers=2, store="sqlite:///x.db",
+                              keys_file=tmp_path / "k.json", audit_log=tmp_path / "a.log",
+                              access_log=False, tags={"churn": "lifecast-churn:v1-ab",
+                                                      "clv": "lifecast-clv:v1-ab"},
+                              base_env={"BENTOML_CONFIG_OPTIONS": "api_server.http.port=1"})
+    assert argv[1:] == ["-m", "bentoml", "serve", "serving.service:Lifecast", "--port", "3123",
+                        "--host", "0.0.0.0"]
+    assert env["LIFECAST_STORE_URL"] == "sqlite:///x.db"
+    assert env["LIFECAST_KEYS_FILE"] == str(tmp_path / "k.json")
+    assert env["LIFECAST_CHURN_MODEL"] == "lifecast-churn:v1-ab"
+    assert env["BENTOML_CONFIG_OPTIONS"].split() == [
+        "services.lifecast.workers=2", "services.lifecast.logging.access.enabled=false",
+        "api_server.http.port=1"]
+    assert env["BENTOML_DO_NOT_TRACK"] == "True"
+    with pytest.raises(ValueError, match="--port"):
+        serve_command(port=0)
+
+
+def test_serve_is_a_lifecast_command() -> None:
+    from typer.testing import CliRunner
+
+    from serving.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "--help"])
+    assert result.exit_code == 0
+    for flag in ("--port", "--host", "--workers", "--store", "--no-access-log"):
+        assert flag in result.output
+
+
+def test_timestamps_with_offsets_are_utc() -> None:
+    req = ScoreRequest.model_validate({"customers": [{"customer_id": "a", "transactions": [
+        {"timestamp": "2011-11-01T10:00:00+02:00", "amount": 1.0}]}]})
+    assert req.customers[0].transactions[0].timestamp == datetime(2011, 11, 1, 8, 0)
+    assert pd.Timestamp(req.customers[0].transactions[0].timestamp).tzinfo is None

@@ -1,0 +1,266 @@
+"""The prediction service for real (slow tier): MLflow registry -> `lifecast serve` -> a
+`bentoml serve` process over HTTP, schemathesis against its OpenAPI spec, `bentoml build`.
+
+One server per module, in a temporary working folder (its own mlflow.db, customer store, keys
+and audit log) with ``BENTOML_HOME`` in a temporary folder (see conftest). The server runs in
+its own process group, which is terminated at the end (and killed if it lingers).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from serving.schemas import EXAMPLE_SCORE_REQUEST
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+READY_TIMEOUT = 300
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the server's process group, wait, SIGKILL what remains."""
+    pgid = proc.pid  # started with start_new_session: its own group
+    if _group_alive(pgid):
+        os.killpg(pgid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        pass
+    deadline = time.monotonic() + 30
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if _group_alive(pgid):
+        os.killpg(pgid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def workdir(world, tmp_path_factory):
+    """MLflow registry with the trained models as champions, a scored store, keys."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    from serving.keys import KeyStore
+    from training import tracking
+    from training.scoring import score
+
+    folder = tmp_path_factory.mktemp("served")
+    previous = tracking_utils._tracking_uri
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mp.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        mp.setattr(tracking, "_last_set_uri", None)
+        tracking.configure(folder)
+        try:
+            summary = tracking.log_training(world.train_result, source="demo", promote="always")
+            champions = tracking.load_champions(folder / "downloads")
+            score(world.transactions, store_url=f"sqlite:///{folder / 'lifecast_store.db'}",
+                  models=champions)
+        finally:
+            mlflow.set_tracking_uri(previous)
+    keys = KeyStore(folder / ".lifecast" / "keys.json")
+    tokens = {name: keys.create(name, scopes)[1] for name, scopes in
+              (("crm", ["predict"]), ("marketing", ["lists"]), ("admin", ["predict", "lists"]))}
+    return folder, summary.versions, tokens
+
+
+@pytest.fixture(scope="module")
+def server(workdir):
+    """`lifecast serve --port <free>` in the working folder, until the module ends."""
+    import httpx
+
+    folder, versions, tokens = workdir
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("LIFECAST_", "MLFLOW_TRACKING_URI", "PROMETHEUS_"))}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    log = open(folder / "serve.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [str(BIN / "lifecast"), "serve", "--port", str(port), "--no-access-log"],
+        cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"lifecast serve exited with {proc.returncode}:\n"
+                            + (folder / "serve.log").read_text()[-4000:])
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("service not ready in time:\n"
+                            + (folder / "serve.log").read_text()[-4000:])
+            time.sleep(1)
+        yield {"url": url, "tokens": tokens, "versions": versions, "folder": folder,
+               "proc": proc}
+    finally:
+        _stop_group(proc)
+        log.close()
+    assert not _group_alive(proc.pid), "server processes left behind"
+
+
+def _client(server, key: str | None = None):
+    import httpx
+
+    headers = {"Authorization": f"Bearer {server['tokens'][key]}"} if key else {}
+    return httpx.Client(base_url=server["url"], headers=headers, timeout=60)
+
+
+def _assert_error(resp, status: int, *words: str) -> None:
+    assert resp.status_code == status, (resp.status_code, resp.text)
+    body = resp.json()
+    assert isinstance(body["error"], str)
+    for word in words:
+        assert word in body["error"], (word, body)
+    assert "Traceback" not in resp.text and 'File "' not in resp.text
+
+
+def test_endpoints_over_http(server) -> None:
+    crm, mkt = _client(server, "crm"), _client(server, "marketing")
+    top = mkt.post("/high_risk", json={"limit": 5}).json()
+    assert len(top["customers"]) == 5 and top["total"] > 5
+    ids = [c["customer_id"] for c in top["customers"]]
+    pred = crm.post("/predict", json={"customer_ids": [*ids, "nobody"]})
+    assert pred.status_code == 200, pred.text
+    body = pred.json()
+    assert [p["customer_id"] for p in body["predictions"]] == ids
+    assert body["errors"][0]["customer_id"] == "nobody"
+    expected = {"churn": server["versions"]["churn"], "clv": server["versions"]["clv"]}
+    assert body["predictions"][0]["model_versions"] == expected
+    for p, stored in zip(body["predictions"], top["customers"], strict=True):
+        assert abs(p["churn_probability"] - stored["churn_probability"]) < 1e-9
+    score = crm.post("/score", json=EXAMPLE_SCORE_REQUEST)
+    assert score.status_code == 200 and score.json()["predictions"][0]["customer_id"] == "new-0001"
+    csv_resp = mkt.post("/high_risk", json={"limit": 3, "format": "csv"})
+    assert csv_resp.headers["content-type"].startswith("text/csv")
+    assert len(list(csv.DictReader(io.StringIO(csv_resp.text)))) == 3
+    segs = mkt.post("/segments", json={}).json()["segments"]
+    assert sum(s["customers"] for s in segs) > 0
+
+
+def test_auth_and_open_paths(server) -> None:
+    anon = _client(server)
+    for path in ("/predict", "/score", "/high_risk", "/segments"):
+        _assert_error(anon.post(path, json={}), 401, "bearer")
+    _assert_error(_client(server, "marketing").post("/predict", json={"customer_ids": ["1"]}),
+                  403, "predict")
+    _assert_error(_client(server, "crm").post("/segments", json={}), 403, "lists")
+    for path in ("/livez", "/healthz", "/readyz", "/docs.json", "/schema.json", "/"):
+        assert anon.get(path).status_code == 200, path
+    metrics = anon.get("/metrics")
+    assert metrics.status_code == 200 and "bentoml_service_request" in metrics.text
+
+
+def test_audit_log_over_http(server) -> None:
+    from serving.audit import AuditLog
+
+    mkt = _client(server, "marketing")
+    log = AuditLog(server["folder"] / ".lifecast" / "audit.log")
+    before = len(log.read())
+    mkt.post("/high_risk", json={"limit": 4, "min_churn_probability": 0.3, "format": "csv"})
+    mkt.post("/segments", json={"format": "csv"})
+    new = log.read()[before:]
+    assert [(r["endpoint"], r["key_name"], r["format"]) for r in new] == [
+        ("/high_risk", "marketing", "csv"), ("/segments", "marketing", "csv")]
+    assert new[0]["filters"]["min_churn_probability"] == 0.3 and new[0]["row_count"] <= 4
+    assert new[0]["client"] == "127.0.0.1"
+
+
+def test_bad_inputs_over_http(server) -> None:
+    admin = _client(server, "admin")
+    headers = {"Content-Type": "application/json"}
+    _assert_error(admin.post("/predict", content=b'{"customer_ids": [', headers=headers), 400,
+                  "not valid JSON")
+    _assert_error(admin.post("/predict", json={"customer_ids": []}), 422, "customer_ids")
+    _assert_error(admin.post("/predict", json={"customer_ids": [str(i) for i in range(1001)]}),
+                  422, "customer_ids")
+    _assert_error(admin.post("/predict", json={"customer_ids": [1]}), 422, "customer_ids[0]")
+    _assert_error(admin.post("/high_risk", json={"limit": -3}), 422, "limit")
+    _assert_error(admin.post("/high_risk", json={"segments": ["Whales"]}), 422, "segments[0]")
+    future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    _assert_error(admin.post("/score", json={"customers": [{"customer_id": "a", "transactions": [
+        {"timestamp": future, "amount": 1.0}]}]}), 422, "timestamp", "future")
+    _assert_error(admin.post("/predict", content=b"x" * (3 * 1024 * 1024), headers=headers),
+                  413, "too large")
+    _assert_error(admin.post("/predict", content=b"{}", headers={"Content-Type": "text/csv"}),
+                  415, "application/json")
+    log = (server["folder"] / "serve.log").read_text()
+    assert "Traceback" not in log, log[-3000:]
+
+
+def test_bentoml_client(server) -> None:
+    """BentoML's own client (it reads /schema.json when created) with an API key."""
+    import bentoml
+
+    with bentoml.SyncHTTPClient(server["url"], token=server["tokens"]["crm"]) as client:
+        out = client.predict(customer_ids=["nobody"])
+    assert out["errors"][0]["customer_id"] == "nobody"
+
+
+def test_schemathesis_finds_no_server_error(server, tmp_path) -> None:
+    """Property-based requests from the published OpenAPI spec: no 5xx, ever."""
+    exe = BIN / "schemathesis"
+    if not exe.exists():
+        pytest.skip("schemathesis is not installed (pip install schemathesis)")
+    cmd = [str(exe), "run", f"{server['url']}/docs.json",
+           "--header", f"Authorization: Bearer {server['tokens']['admin']}",
+           "--checks", "not_a_server_error", "--max-examples", "40", "--seed", "1",
+           "--request-timeout", "60", "--report-dir", str(tmp_path)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
+                            cwd=tmp_path, env={**os.environ, "NO_COLOR": "1"})
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    print(result.stdout[-3000:])
+
+
+def test_bentoml_build_carries_the_models(server) -> None:
+    """`bentoml build` of the repository, offline, packs the imported champions."""
+    import yaml
+
+    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True"}
+    out = subprocess.run([str(BIN / "bentoml"), "build", str(ROOT), "--output", "tag"],
+                         capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    tag = out.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+    name, version = tag.split(":")
+    bento = Path(os.environ["BENTOML_HOME"]) / "bentos" / name / version
+    info = yaml.safe_load((bento / "bento.yaml").read_text())
+    tags = {m["tag"].split(":")[0]: m["tag"] for m in info["models"]}
+    assert set(tags) == {"lifecast-churn", "lifecast-clv"}
+    for kind in ("churn", "clv"):
+        assert tags[f"lifecast-{kind}"].split(":")[1].startswith(f"v{server['versions'][kind]}-")
+    assert (bento / "src" / "serving" / "service.py").is_file()
+    assert not (bento / "src" / "tests").exists()
+    shutil.rmtree(bento, ignore_errors=True)
