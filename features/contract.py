@@ -30,6 +30,7 @@ that table is created.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import glob as globlib
 import itertools
@@ -1245,7 +1246,5 @@ def disable_progress_bar(con: Any) -> None:
     refusal is harmless and ignored."""
     import duckdb
 
-    try:
+    with contextlib.suppress(duckdb.InvalidInputException):
         con.execute("SET enable_progress_bar = false")
-    except duckdb.InvalidInputException:
-        pass
