@@ -276,16 +276,21 @@ class Runtime:
             self._checked_at = now
             try:
                 batch = self.store.current_batch()
-            except Exception as exc:  # unreachable database: not ready, say why
-                self._store_error = f"the customer store is unavailable: {exc}"
-                logger.warning("%s", self._store_error)
+            except Exception as exc:  # unreachable database: not ready (details in the log)
+                self._store_error = "the customer store is unavailable"
+                logger.warning("the customer store is unavailable: %s", exc)
                 return self._state is not None
             if batch is None:
                 self._store_error = "no scores yet: run `lifecast score` first"
                 self._state = None
                 return False
             if self._state is None or self._state.batch_id != batch["batch_id"]:
-                self._state = self._load_batch(batch)
+                try:
+                    self._state = self._load_batch(batch)
+                except Exception:  # keep serving the batch loaded before, if any
+                    logger.exception("cannot load batch %s", batch["batch_id"])
+                    self._store_error = "the customer store's current batch cannot be read"
+                    return self._state is not None
                 logger.info("customer store batch %s (as of %s, %d customers) loaded",
                             batch["batch_id"], batch["as_of"], batch["n_customers"])
             self._store_error = None
@@ -416,6 +421,7 @@ class Runtime:
         """Features from the caller's transactions at ``as_of`` (default now), scored."""
         import pandas as pd
 
+        self._batch()  # the baseline features come from the current batch's population
         latest = max(tx.timestamp for c in request.customers for tx in c.transactions)
         if request.as_of is not None:
             cutoff = pd.Timestamp(request.as_of)

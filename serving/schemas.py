@@ -10,7 +10,7 @@ a 4xx naming the field before any work is done (the service turns pydantic's err
   `MAX_TRANSACTIONS` (1,000) transactions: ``timestamp`` (ISO 8601; a timezone offset is
   converted to UTC, a naive value is read as UTC; from 1900 on and at most `CLOCK_SKEW` (5
   minutes) ahead of the server clock, and before ``as_of`` when it is given), ``amount``
-  (finite, ``|amount| <= 1e12``; negative for a return) and optionally ``order_id``,
+  (finite, ``|amount| <= 1e9``; negative for a return) and optionally ``order_id``,
   ``product_id``, ``category``, ``channel``, ``quantity``, ``discount``. ``as_of`` (optional,
   default: now) is the cutoff the features are computed at. The request body is also bounded
   in bytes by the service (``LIFECAST_MAX_BODY_BYTES``, 2 MB by default), which binds before
@@ -18,8 +18,8 @@ a 4xx naming the field before any work is done (the service turns pydantic's err
 * ``/high_risk``: ``min_churn_probability`` in [0, 1] (default 0), ``min_value`` >= 0 (default
   0; predicted values are never negative, so a negative threshold would mean "no filter",
   which 0 already is; customers without a predicted value never pass), ``segments`` (names of
-  `features.segments.SEGMENTS`, none = all), ``limit`` 1-10,000 (default 100), ``offset`` >= 0,
-  ``format`` ``json`` or ``csv``.
+  `features.segments.SEGMENTS`; null or an empty list: every segment), ``limit`` 1-10,000
+  (default 100), ``offset`` >= 0, ``format`` ``json`` or ``csv``.
 * ``/segments``: optional ``format``.
 
 Unknown fields are refused (``extra="forbid"``) and types are strict (``"5"`` is not a number,
@@ -80,7 +80,7 @@ MAX_SCORE_CUSTOMERS = 100
 MAX_TRANSACTIONS = 1_000
 MAX_LIMIT = 10_000
 MAX_OFFSET = 2**31 - 1
-MAX_ABS_AMOUNT = 1e12
+MAX_ABS_AMOUNT = 1e9  # the feature engine sums money as DECIMAL(18, 6): below 1e12
 #: How far ahead of the server clock a transaction timestamp may be (clients' clocks drift).
 CLOCK_SKEW = timedelta(minutes=5)
 EARLIEST = datetime(1900, 1, 1)
@@ -254,7 +254,8 @@ class HighRiskRequest(BaseModel):
     min_value: float = Field(0.0, ge=0.0, allow_inf_nan=False,
                              description="Minimum predicted value (CLV).")
     segments: list[SegmentName] | None = Field(
-        None, max_length=len(SEGMENTS), description="Keep these segments only (none: all).")
+        None, max_length=len(SEGMENTS),
+        description="Keep these segments only (null or empty: every segment).")
     limit: int = Field(100, ge=1, le=MAX_LIMIT)
     offset: int = Field(0, ge=0, le=MAX_OFFSET)
     format: Format = "json"

@@ -198,6 +198,18 @@ def test_score_order_ids_partly_missing(svc) -> None:
     assert p.customer_id == "m" and np.isfinite(p.predicted_clv)
 
 
+def test_score_customer_without_a_purchase_is_an_error_entry(svc) -> None:
+    out = svc.score(customers=[
+        {"customer_id": "returns-only", "transactions": [
+            {"timestamp": "2011-11-01T10:00:00", "amount": -12.0}]},
+        {"customer_id": "buyer", "transactions": [
+            {"timestamp": "2011-11-01T10:00:00", "amount": 12.0}]},
+    ], as_of="2011-12-10")
+    assert [p.customer_id for p in out.predictions] == ["buyer"]
+    assert [e.customer_id for e in out.errors] == ["returns-only"]
+    assert "no purchase" in out.errors[0].error
+
+
 def test_high_risk_and_segments_direct(svc, world) -> None:
     out = svc.high_risk(**EXAMPLE_HIGH_RISK_REQUEST)
     assert out.limit == 100 and out.total >= len(out.customers)
@@ -256,6 +268,8 @@ def test_http_high_risk_order_pagination_and_filters(client, world) -> None:
     assert all(c["segment"] == "Lost" and c["churn_probability"] >= 0.2
                for c in lost["customers"])
     assert lost["total"] == len(lost["customers"]) < full["total"]
+    every = post(client, "/high_risk", {"segments": [], "limit": 1}, "marketing").json()
+    assert every["total"] == full["total"]  # an empty list filters nothing, like null
 
 
 def test_http_high_risk_csv(client) -> None:
@@ -346,7 +360,8 @@ def test_openapi_documents_the_endpoints(client) -> None:
     schema = client.get("/schema.json").json()
     assert {r["route"] for r in schema["routes"]} == {"/predict", "/score", "/high_risk",
                                                       "/segments"}
-    assert "lifecast_" not in client.get("/metrics").text or True  # Prometheus text format
+    metrics = client.get("/metrics")
+    assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
 
 
 # -- HTTP: bad input -------------------------------------------------------------------------
@@ -477,11 +492,10 @@ def test_not_ready_until_the_store_has_scores(world, tmp_path, monkeypatch) -> N
     with TestClient(Lifecast.to_asgi(), raise_server_exceptions=False) as c:
         assert c.get("/livez").status_code == 200
         assert c.get("/readyz").status_code == 503
+        # /score too: the baseline features come from the batch's population
         for path, body in (("/predict", {"customer_ids": ["1"]}), ("/high_risk", {}),
-                           ("/segments", {})):
+                           ("/segments", {}), ("/score", EXAMPLE_SCORE_REQUEST)):
             assert_clean_error(post(c, path, body, "admin"), 503, "lifecast score")
-        # /score needs no batch to compute features, but its baseline comes from one
-        assert post(c, "/score", EXAMPLE_SCORE_REQUEST, "admin").status_code == 200
         score(world.transactions, store_url=url, models=world.models)
         assert c.get("/readyz").status_code == 200
         assert post(c, "/predict", {"customer_ids": ["1"]}, "admin").status_code == 200
