@@ -249,20 +249,24 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _customer_ids(column: pd.Series, frame: str) -> np.ndarray:
-    """The ids as an object array of str; refuses missing and duplicate ids."""
+def _customer_ids(column: pd.Series, frame: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, order)``: the ids as an object array of str and the permutation sorting them;
+    refuses missing and duplicate ids."""
     missing = column.isna()
     if missing.any():
         rows = list(column.index[missing.to_numpy()])
         raise ValueError(f"{frame}: customer_id is missing in {int(missing.sum())} row(s) "
                          f"(index {_few(rows)})")
-    ids = column.astype(str)
-    dup = ids.duplicated(keep=False)
+    text = column.astype(str)
+    order = text.argsort(kind="stable").to_numpy()
+    ids = text.to_numpy(dtype=object)
+    ranked = ids[order]
+    dup = ranked[1:] == ranked[:-1]  # sorted: duplicates are neighbours
     if dup.any():
-        names = list(dict.fromkeys(ids[dup.to_numpy()].tolist()))
+        names = list(dict.fromkeys(ranked[1:][dup].tolist()))
         raise ValueError(f"{frame}: duplicate customer_id(s) {_few(names)}; "
                          f"one row per customer is expected")
-    return ids.to_numpy(dtype=object)
+    return ids, order
 
 
 def _float_column(column: pd.Series, what: str) -> np.ndarray:
@@ -289,15 +293,12 @@ def _nullable_list(values: np.ndarray) -> list[float | None]:
 
 
 def _text_list(column: pd.Series, order: np.ndarray) -> list[str | None]:
-    """A column, reordered, as a list of str with None for missing values."""
-    values = column.to_numpy(dtype=object)[order]
-    missing = pd.isna(values)
-    out = values.tolist()
-    if not isinstance(column.dtype, pd.StringDtype):
-        out = [v if type(v) is str else str(v) for v in out]
-    for i in np.flatnonzero(missing).tolist():
-        out[i] = None
-    return out
+    """A column, reordered, as a list of str with None for missing values (through its
+    distinct values: these columns hold few)."""
+    codes, uniques = pd.factorize(column, use_na_sentinel=True)
+    lookup = np.empty(len(uniques) + 1, dtype=object)  # code -1 (missing) -> the last: None
+    lookup[:-1] = [u if type(u) is str else str(u) for u in uniques]
+    return lookup[codes[order]].tolist()
 
 
 def _encode_reasons(column: pd.Series, order: np.ndarray) -> list[str | None]:
@@ -363,6 +364,11 @@ class CustomerStore:
             ``postgres://`` without a driver mean psycopg (version 3, the ``postgres`` extra).
         keep_batches: how many batches to keep, the current one included (>= 1).
         chunk_size: rows per INSERT round trip when writing.
+
+    Errors: ``ValueError``/``TypeError`` for bad input (naming the columns, ids or URL at
+    fault); `EmptyStoreError` when reading before any batch was written; `StoreUnavailableError`
+    when the database cannot be opened or fails (the URL is named, its password hidden);
+    `StoreError` (their base) when the database driver is missing.
     """
 
     def __init__(self, url: str | URL, *, keep_batches: int = DEFAULT_KEEP_BATCHES,
@@ -524,8 +530,13 @@ class CustomerStore:
                 conn.execution_options(lifecast_write=write)
             elif not write:
                 conn.execution_options(isolation_level="REPEATABLE READ")
-            with conn.begin():
-                yield conn
+            try:
+                with conn.begin():
+                    yield conn
+            except (sa_exc.OperationalError, sa_exc.InterfaceError) as e:
+                # the database failed us (connection lost, locked for too long, disk error...)
+                raise StoreUnavailableError(
+                    f"customer store {self.safe_url}: {_db_message(e)}") from e
 
     def _ensure_schema(self) -> None:
         if self._schema_ready:
@@ -903,7 +914,7 @@ def _prepare(scores: pd.DataFrame, features: pd.DataFrame, as_of: pd.Timestamp) 
     if len(scores) == 0:
         raise ValueError("scores is empty: a batch needs at least one customer")
     scores = scores.reset_index(drop=True)
-    ids = _customer_ids(scores["customer_id"], "scores")
+    ids, order = _customer_ids(scores["customer_id"], "scores")
 
     if "as_of" in scores.columns:
         try:
@@ -915,7 +926,6 @@ def _prepare(scores: pd.DataFrame, features: pd.DataFrame, as_of: pd.Timestamp) 
             raise ValueError(f"scores column as_of holds {_few(scores['as_of'][wrong].unique(), 3)}"
                              f", not as_of={as_of}")
 
-    order = pd.Series(ids).argsort(kind="stable").to_numpy()
     sorted_ids = ids[order]
     columns: dict[str, list] = {}
     floats: dict[str, np.ndarray] = {}
@@ -938,16 +948,18 @@ def _prepare(scores: pd.DataFrame, features: pd.DataFrame, as_of: pd.Timestamp) 
 
     if "customer_id" not in features.columns:
         raise ValueError("features is missing column 'customer_id'")
-    fids = _customer_ids(features["customer_id"].reset_index(drop=True), "features")
+    fid_column = features["customer_id"].reset_index(drop=True)
+    if len(fid_column) == len(ids) and fid_column.notna().all() and np.array_equal(
+            fid_column.astype(str).to_numpy(dtype=object), ids):
+        fids = ids  # the usual case: the same customers in the same order
+    else:
+        fids, _ = _customer_ids(fid_column, "features")
     names = [c for c in features.columns if c != "customer_id"]
     labels = [str(c) for c in names]
     if len(set(labels)) != len(labels):
         dup = sorted({x for x in labels if labels.count(x) > 1})
         raise ValueError(f"features has duplicate column name(s) {dup}")
-    if len(fids) == len(ids) and np.array_equal(fids, ids):  # the usual case: same order
-        position = order
-    else:
-        position = pd.Index(fids).get_indexer(sorted_ids)
+    position = order if fids is ids else pd.Index(fids).get_indexer(sorted_ids)
     if (position < 0).any() or len(fids) != len(ids):
         lacking = sorted_ids[position < 0]
         extra = pd.Index(fids).difference(pd.Index(ids)).tolist()
@@ -973,7 +985,8 @@ def _summarize(scores: pd.DataFrame, floats: Mapping[str, np.ndarray]) -> list[l
     from features.segments import SEGMENTS  # here, not at import: importing features is slow
 
     frame = pd.DataFrame({c: floats[c] for c in _FLOAT_COLUMNS})
-    frame["segment"] = scores["segment"].fillna("(none)").astype(str).to_numpy()
+    segment = scores["segment"].astype(object)  # also for a categorical column
+    frame["segment"] = segment.where(segment.notna(), "(none)").astype(str).to_numpy()
     grouped = frame.groupby("segment", sort=False).agg(
         customers=("segment", "size"),
         mean_churn_probability=("churn_probability", "mean"),

@@ -277,6 +277,8 @@ def test_validation_errors(store: CustomerStore) -> None:
         write(store, dup, features)
     with pytest.raises(ValueError, match="no features for customer.*'d'"):
         write(store, scores, features.iloc[:3])
+    with pytest.raises(ValueError, match="features: duplicate customer_id.*'c'"):
+        write(store, scores, pd.concat([features, features.iloc[[2]]]))
     bad = features.copy()
     bad["n_orders"] = ["1", "x", "3", "4"]
     with pytest.raises(ValueError, match="features column 'n_orders' must be numeric.*'x'"):
