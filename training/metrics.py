@@ -80,7 +80,7 @@ def _as_1d(values: ArrayLike, name: str) -> FloatArray:
     if arr.size == 0:
         raise ValueError(f"empty input: {name} has no values")
     if np.isnan(arr).any():
-        raise ValueError(f"{name} contains NaN")
+        raise ValueError(f"{name} contains NaN ({int(np.isnan(arr).sum())} of {arr.size})")
     if np.isinf(arr).any():
         raise ValueError(f"{name} contains infinite values")
     return arr

@@ -32,6 +32,8 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from training.metrics import _as_1d  # one input check for metrics and plots
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure, SubFigure
@@ -73,20 +75,6 @@ def _new_ax(ax: Axes | None, figsize: tuple[float, float] = (6.4, 4.8)) -> Axes:
     return new_ax
 
 
-def _as_1d(values: ArrayLike, name: str) -> FloatArray:
-    try:
-        arr = np.asarray(values, dtype=float)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be numeric") from exc
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be one-dimensional (one value per customer)")
-    if arr.size == 0:
-        raise ValueError(f"empty input: {name} has no values")
-    if np.isnan(arr).any():
-        raise ValueError(f"{name} contains NaN ({int(np.isnan(arr).sum())} of {arr.size})")
-    if np.isinf(arr).any():
-        raise ValueError(f"{name} contains infinite values")
-    return arr
 
 
 def _same_length(arr: FloatArray, name: str, ref: FloatArray, ref_name: str) -> None:
