@@ -235,18 +235,27 @@ def _condense(
     if not keep.all():
         columns = tuple(c[keep] for c in columns)
         weights = weights[keep]
+    codes, rep = _group_rows(columns)
+    if rep.size == codes.size:
+        return columns, weights
+    summed = np.bincount(codes, weights=weights, minlength=rep.size)
+    return tuple(c[rep] for c in columns), summed
+
+
+def _group_rows(
+    columns: tuple[FloatArray, ...],
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """(group code of every row, one row index per group) for the distinct rows of
+    ``columns`` (1-d arrays of one length, no NaN): ``columns[i][rep][codes]`` equals
+    ``columns[i]``. Hash-based (no sort); groups are numbered in order of appearance."""
     codes: npt.NDArray[np.intp] | None = None
     for col in columns:
         c, uniques = pd.factorize(col)
         codes = c if codes is None else pd.factorize(codes * len(uniques) + c)[0]
     assert codes is not None
-    n_groups = int(codes.max()) + 1
-    if n_groups == codes.size:
-        return columns, weights
-    rep = np.empty(n_groups, dtype=np.intp)
+    rep = np.empty(int(codes.max()) + 1 if codes.size else 0, dtype=np.intp)
     rep[codes] = np.arange(codes.size)  # any member represents its group: all are equal
-    summed = np.bincount(codes, weights=weights, minlength=n_groups)
-    return tuple(c[rep] for c in columns), summed
+    return codes, rep
 
 
 class _BGNBDData:
@@ -323,16 +332,22 @@ def _one_minus_scaled_hyp2f1(
     ``2F1(a, b; c; z) = (1 - z)^(c - a - b) 2F1(c - a, c - b; c; z)`` is used instead.
     Where 2F1 is positive, ``-expm1(...)`` keeps full precision for small horizons.
     """
+    k, a, b, c, z = np.broadcast_arrays(k, a, b, c, z)
     log1mz = np.log1p(-z)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         f = hyp2f1(a, b, c, z)
-        f_euler = hyp2f1(c - a, c - b, c, z)
+        finite = np.isfinite(f)
+        # the Euler transform only where 2F1 itself overflowed (hyp2f1 is the costly part)
+        f_euler = np.full(f.shape, np.nan)
+        if not finite.all():
+            bad = ~finite
+            f_euler[bad] = hyp2f1(c[bad] - a[bad], c[bad] - b[bad], c[bad], z[bad])
         log_abs = np.where(
-            np.isfinite(f),
+            finite,
             np.log(np.abs(f)) + k * log1mz,
             np.log(np.abs(f_euler)) + (c - a - b + k) * log1mz,
         )
-        sign = np.where(np.isfinite(f), np.sign(f), np.sign(f_euler))
+        sign = np.where(finite, np.sign(f), np.sign(f_euler))
         bracket = np.where(sign > 0, -np.expm1(log_abs), 1.0 - sign * np.exp(log_abs))
     return np.asarray(bracket, dtype=float)
 
@@ -469,8 +484,17 @@ class BetaGeoModel:
         x, tx, t_obs = _check_rft(frequency, recency, T)
         horizon = _check_horizon(t)
         r, alpha, a, b = self._param_array()
-        z = horizon / (alpha + t_obs + horizon)
-        bracket = _one_minus_scaled_hyp2f1(r + x, r + x, b + x, a + b + x - 1.0, z)
+        if horizon.size == 1 and x.size > 1:
+            # one horizon: the bracket depends on (frequency, T) only, so evaluate 2F1 once
+            # per distinct pair (the same values, so the same results, as per customer)
+            codes, rep = _group_rows((x, t_obs))
+            xu, tu = x[rep], t_obs[rep]
+            z = horizon / (alpha + tu + horizon)
+            bracket = _one_minus_scaled_hyp2f1(r + xu, r + xu, b + xu, a + b + xu - 1.0, z)
+            bracket = bracket.reshape(-1)[codes]
+        else:
+            z = horizon / (alpha + t_obs + horizon)
+            bracket = _one_minus_scaled_hyp2f1(r + x, r + x, b + x, a + b + x - 1.0, z)
         p_alive = expit(-self._log_odds_dead(x, tx, t_obs))
         return np.asarray((a + b + x - 1.0) / (a - 1.0) * bracket * p_alive, dtype=float)
 
@@ -654,7 +678,9 @@ class GammaGammaModel:
                 "infinite (spend too heavy-tailed); try a penalizer or cap extreme values"
             )
         self.params_ = {"p": float(p), "q": float(q), "v": float(v_s * scale)}
-        value, _ = _gamma_gamma_objective(np.log(self._param_array()), x, m, 0.0)
+        value, _ = _gamma_gamma_objective_factorised(
+            np.log(self._param_array()), _GammaGammaData(x, m), 0.0
+        )
         self.log_likelihood_ = float(-value * x.size)
         self.n_customers_ = int(x.size)
         self.population_mean_ = float(p * self.params_["v"] / (q - 1.0))

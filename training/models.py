@@ -22,8 +22,11 @@ MLflow logs and what the service loads, so serving never unpickles a training ob
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +47,8 @@ BASELINE_FEATURES = [
     "bg_clv",
 ]
 _MONOTONE_UP = ("days_since_last", "overdue_ratio")
+#: rows per LightGBM ``pred_contrib`` call when computing reasons
+_REASONS_CHUNK = 200_000
 
 
 class TrainConfig(BaseModel):
@@ -104,17 +109,11 @@ def add_baseline_features(frame: pd.DataFrame, config: FeatureConfig) -> pd.Data
     `BASELINE_FEATURES` columns added out. Horizons: churn horizon for
     ``bg_p_no_purchase``/``bg_expected_orders``, value horizon for ``bg_clv``.
     """
-    out = frame.copy()
-    for col in BASELINE_FEATURES:
-        out[col] = np.nan
-    for cut, idx in out.groupby("cutoff", sort=True).groups.items():
-        snap = out.loc[idx]
-        summary = pd.DataFrame({
-            "frequency": snap["frequency"].astype("float64"),
-            "recency": snap["recency"].astype("float64"),
-            "T": snap["T"].astype("float64"),
-            "monetary_value": snap["monetary_value"].astype("float64"),
-        })
+    values = {col: np.full(len(frame), np.nan) for col in BASELINE_FEATURES}
+    rft = {c: frame[c].astype("float64").to_numpy()
+           for c in ("frequency", "recency", "T", "monetary_value")}
+    for cut, rows in frame.groupby("cutoff", sort=True).indices.items():
+        summary = pd.DataFrame({c: v[rows] for c, v in rft.items()})
         try:
             base = BaselineCLV().fit(summary)
         except ValueError as exc:
@@ -126,13 +125,15 @@ def add_baseline_features(frame: pd.DataFrame, config: FeatureConfig) -> pd.Data
             )
             continue
         churn_h = base.predict(summary, config.churn_horizon_days)
-        value_h = base.predict(summary, config.clv_horizon_days)
-        out.loc[idx, "bg_p_alive"] = churn_h["p_alive"].to_numpy()
-        out.loc[idx, "bg_p_no_purchase"] = churn_h["churn_probability"].to_numpy()
-        out.loc[idx, "bg_expected_orders"] = churn_h["expected_orders"].to_numpy()
-        out.loc[idx, "gg_expected_value"] = value_h["expected_order_value"].to_numpy()
-        out.loc[idx, "bg_clv"] = value_h["predicted_clv"].to_numpy()
-    return out
+        value_h = (churn_h if config.clv_horizon_days == config.churn_horizon_days
+                   else base.predict(summary, config.clv_horizon_days))
+        values["bg_p_alive"][rows] = churn_h["p_alive"].to_numpy()
+        values["bg_p_no_purchase"][rows] = churn_h["churn_probability"].to_numpy()
+        values["bg_expected_orders"][rows] = churn_h["expected_orders"].to_numpy()
+        values["gg_expected_value"][rows] = value_h["expected_order_value"].to_numpy()
+        values["bg_clv"][rows] = value_h["predicted_clv"].to_numpy()
+    # new columns on a shallow copy (copy-on-write): the input's columns are not copied
+    return frame.assign(**values)
 
 
 def _matrix(frame: pd.DataFrame, names: list[str]) -> np.ndarray:
@@ -229,10 +230,21 @@ class ChurnModel:
         return calibrate(self.raw_score(frame), *self.calibration_)
 
     def reasons(self, frame: pd.DataFrame, k: int | None = None) -> list[list[dict[str, Any]]]:
-        """Top-k features by |SHAP contribution| to the churn score, with direction."""
+        """Top-k features by |SHAP contribution| to the churn score, with direction.
+
+        Computed ``_REASONS_CHUNK`` rows at a time, so the contributions matrix (one float
+        per feature and row) never needs memory for the whole population at once.
+        """
         X = _matrix(frame, self.feature_names_)
-        contrib = self.booster_.predict(X, num_iteration=self.best_iteration_, pred_contrib=True)
-        return top_reasons(contrib, X, self.feature_names_, k or self.config_.top_reasons)
+        k = k or self.config_.top_reasons
+        out: list[list[dict[str, Any]]] = []
+        for start in range(0, max(len(X), 1), _REASONS_CHUNK):
+            chunk = X[start:start + _REASONS_CHUNK]
+            contrib = self.booster_.predict(
+                chunk, num_iteration=self.best_iteration_, pred_contrib=True
+            )
+            out.extend(top_reasons(contrib, chunk, self.feature_names_, k))
+        return out
 
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
@@ -363,22 +375,66 @@ def calibrate(raw_score: np.ndarray, slope: float, intercept: float) -> np.ndarr
 def top_reasons(
     contrib: np.ndarray, X: np.ndarray, names: list[str], k: int
 ) -> list[list[dict[str, Any]]]:
-    """Per row, the k features with the largest |contribution| (bias column dropped)."""
+    """Per row, the k features with the largest |contribution| (bias column dropped).
+
+    Ties keep the column order. Vectorised: the selection and every value are computed as
+    arrays and only the final dicts are built in Python (about 1 s per million rows).
+    """
     c = np.asarray(contrib)[:, : len(names)]
-    order = np.argsort(-np.abs(c), axis=1, kind="stable")[:, :k]
-    out = []
-    for i, row in enumerate(order):
-        reasons = []
-        for j in row:
-            value = X[i, j]
-            reasons.append({
-                "feature": names[j],
-                "value": None if np.isnan(value) else float(value),
-                "contribution": float(c[i, j]),
-                "direction": "raises" if c[i, j] > 0 else "lowers",
-            })
-        out.append(reasons)
+    order = _top_k_columns(np.abs(c), k)
+    rows = np.arange(c.shape[0])[:, None]
+    top_c = c[rows, order]
+    top_x = np.asarray(X, dtype="float64")[rows, order]
+    value = top_x.astype(object)
+    value[np.isnan(top_x)] = None
+    feature = np.asarray(names, dtype=object)[order]
+    direction = np.where(top_c > 0, "raises", "lowers").astype(object)
+    with _gc_paused():  # millions of small containers: the cyclic GC would rescan them
+        columns = [
+            [
+                {"feature": f, "value": v, "contribution": ci, "direction": d}
+                for f, v, ci, d in zip(
+                    feature[:, j].tolist(), value[:, j].tolist(), top_c[:, j].tolist(),
+                    direction[:, j].tolist(), strict=True,
+                )
+            ]
+            for j in range(order.shape[1])
+        ]
+        if not columns:
+            return [[] for _ in range(c.shape[0])]
+        return [list(r) for r in zip(*columns, strict=True)]
+
+
+def _top_k_columns(magnitude: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the column indices of the k largest values, largest first, ties in column
+    order, NaN after every number: ``np.argsort(-magnitude, kind="stable")[:, :k]`` for
+    non-negative ``magnitude``, by k passes of argmax instead of a full sort per row."""
+    n, m = magnitude.shape
+    k = min(k, m)
+    if k > m // 4:  # a few columns of many: argmax passes; otherwise the sort is as cheap
+        return np.argsort(-magnitude, axis=1, kind="stable")[:, :k]
+    a = np.where(np.isnan(magnitude), -1.0, magnitude)  # a copy: NaN below every number
+    rows = np.arange(n)
+    out = np.empty((n, k), dtype=np.intp)
+    for j in range(k):
+        best = a.argmax(axis=1)  # the first of equal maxima: column order on ties
+        out[:, j] = best
+        a[rows, best] = -2.0  # taken: below NaN
     return out
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector for a block that allocates many acyclic
+    objects (dicts and lists of floats and str): each collection would walk every object
+    built so far, which made building a million customers' reasons ~2x slower."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def risk_band(p: np.ndarray, bands: tuple[float, float]) -> np.ndarray:

@@ -11,6 +11,10 @@ most recent fully observed snapshot (``train``) or from the real outcome after t
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +39,8 @@ from training.models import (
     add_baseline_features,
     risk_band,
 )
+
+logger = logging.getLogger(__name__)
 
 OUTPUT_COLUMNS = [
     "customer_id", "as_of", "churn_probability", "churn_risk", "predicted_clv",
@@ -63,6 +69,9 @@ class TrainResult:
     eval_predictions: dict[str, pd.DataFrame]  # per-customer y, model, baseline on eval snap
     eval_cutoffs: dict[str, pd.Timestamp]
     data_report: Any
+    #: wall seconds per stage of `train`, in the order run: load, training_frame,
+    #: baseline_features, population, churn_fit, value_fit, segmenter_fit, evaluation
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -72,6 +81,19 @@ class BacktestResult:
     cutoff: pd.Timestamp
     observed: bool
     models: FittedModels
+
+
+@contextlib.contextmanager
+def _timed(timings: dict[str, float] | None, stage: str) -> Iterator[None]:
+    """Add the wall time of the block to ``timings[stage]`` (nothing when ``timings`` is None)."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        elapsed = time.perf_counter() - started
+        logger.debug("%s: %.2f s", stage, elapsed)
+        if timings is not None:
+            timings[stage] = timings.get(stage, 0.0) + elapsed
 
 
 def _load(transactions: Any, mapping: ColumnMapping | None, table: str | None = None
@@ -108,37 +130,61 @@ def sample_snapshots(frame: pd.DataFrame, config: TrainConfig) -> pd.DataFrame:
     n = config.max_customers_per_snapshot
     if n <= 0 or frame.groupby("cutoff").size().max() <= n:
         return frame
-    key = pd.util.hash_pandas_object(
-        frame["customer_id"].astype(str), index=False, hash_key=f"{config.seed:016d}"[:16]
-    )
-    rank = key.groupby(frame["cutoff"].to_numpy()).rank(method="first")
-    return frame[rank.to_numpy() <= n].reset_index(drop=True)
+    # hash each distinct id once (the snapshots repeat the same customers)
+    codes, ids = pd.factorize(frame["customer_id"], use_na_sentinel=False)
+    hashed = pd.util.hash_pandas_object(
+        pd.Series(ids).astype(str), index=False, hash_key=f"{config.seed:016d}"[:16]
+    ).to_numpy()
+    key = hashed[codes]
+    # per snapshot, the n smallest keys (equal keys in row order): one stable sort by
+    # (snapshot, key) and the position within the snapshot
+    snapshot = pd.factorize(frame["cutoff"], use_na_sentinel=False)[0]
+    order = np.lexsort((key, snapshot))
+    grouped = snapshot[order]
+    position = np.arange(order.size) - np.searchsorted(grouped, grouped, side="left")
+    keep = np.zeros(order.size, dtype=bool)
+    keep[order[position < n]] = True
+    return frame[keep].reset_index(drop=True)
 
 
 def fit_models(frame: pd.DataFrame, population: pd.DataFrame, config: TrainConfig,
-               as_of: pd.Timestamp) -> FittedModels:
+               as_of: pd.Timestamp, *, timings: dict[str, float] | None = None
+               ) -> FittedModels:
     """Fit churn and value models on a training frame (with baseline features) and the
-    segmenter on the population at ``as_of``."""
-    churn = ChurnModel(config).fit(frame)
-    value = ValueModel(config).fit(frame)
-    segmenter = RFMSegmenter().fit(population)
+    segmenter on the population at ``as_of``. ``timings``, if given, receives the wall
+    seconds of each fit (``churn_fit``, ``value_fit``, ``segmenter_fit``)."""
+    with _timed(timings, "churn_fit"):
+        churn = ChurnModel(config).fit(frame)
+    with _timed(timings, "value_fit"):
+        value = ValueModel(config).fit(frame)
+    with _timed(timings, "segmenter_fit"):
+        segmenter = RFMSegmenter().fit(population)
     return FittedModels(churn, value, segmenter, config, as_of)
 
 
 def predict_customers(models: FittedModels, features: pd.DataFrame,
-                      as_of: pd.Timestamp | None = None) -> pd.DataFrame:
+                      as_of: pd.Timestamp | None = None, *,
+                      timings: dict[str, float] | None = None) -> pd.DataFrame:
     """Per-customer output of DESIGN.md for a feature frame at one cutoff.
 
     Features at one cutoff in (one row per customer, baseline features added here when
     missing); one row per customer out with `OUTPUT_COLUMNS` plus the model versions.
+    ``timings``, if given, receives the wall seconds of each step (``baseline_features``
+    when added here, ``churn_predict``, ``value_predict``, ``segments``, ``reasons``).
     """
     cfg = models.config
     feats = features
     if "bg_p_alive" not in feats.columns:
-        feats = add_baseline_features(feats, cfg.features)
-    p = models.churn.predict_proba(feats)
-    clv = models.value.predict(feats)
-    seg = segment_customers(feats, models.segmenter, cfg.features)
+        with _timed(timings, "baseline_features"):
+            feats = add_baseline_features(feats, cfg.features)
+    with _timed(timings, "churn_predict"):
+        p = models.churn.predict_proba(feats)
+    with _timed(timings, "value_predict"):
+        clv = models.value.predict(feats)
+    with _timed(timings, "segments"):
+        seg = segment_customers(feats, models.segmenter, cfg.features)
+    with _timed(timings, "reasons"):
+        reasons = models.churn.reasons(feats)
     out = pd.DataFrame({
         "customer_id": feats["customer_id"].astype("string").to_numpy(),
         "as_of": pd.Timestamp(as_of if as_of is not None else feats["cutoff"].iloc[0]),
@@ -151,7 +197,7 @@ def predict_customers(models: FittedModels, features: pd.DataFrame,
         "segment": seg["segment"].astype(str).to_numpy(),
         "lifecycle_stage": seg["lifecycle_stage"].astype(str).to_numpy(),
         "value_at_risk": p * clv,
-        "reasons": models.churn.reasons(feats),
+        "reasons": reasons,
     })
     out["churn_model_version"] = models.versions.get("churn", "unregistered")
     out["clv_model_version"] = models.versions.get("clv", "unregistered")
@@ -185,39 +231,49 @@ def train(
     describe exactly the models that are registered.
     """
     config = config or TrainConfig()
-    tx = _load(transactions, mapping, table)
-    as_of = parse_cutoff(as_of) if as_of is not None else default_as_of(tx)
-    _check_horizons(tx, as_of, config)
+    timings: dict[str, float] = {}
+    with _timed(timings, "load"):
+        tx = _load(transactions, mapping, table)
+        as_of = parse_cutoff(as_of) if as_of is not None else default_as_of(tx)
+        _check_horizons(tx, as_of, config)
     fcfg = config.features
-    frame = sample_snapshots(build_training_frame(tx, as_of, config=fcfg), config)
-    frame = add_baseline_features(frame, fcfg)
+    with _timed(timings, "training_frame"):
+        frame = sample_snapshots(build_training_frame(tx, as_of, config=fcfg), config)
+    with _timed(timings, "baseline_features"):
+        frame = add_baseline_features(frame, fcfg)
 
     eval_cut = {
         "churn": pd.Timestamp(frame.loc[frame["churned"].notna(), "cutoff"].max()),
         "value": pd.Timestamp(frame.loc[frame["future_value"].notna(), "cutoff"].max()),
     }
-    fit_frame = frame.copy()
-    fit_frame.loc[fit_frame["cutoff"] == eval_cut["churn"], "churned"] = pd.NA
-    fit_frame.loc[fit_frame["cutoff"] == eval_cut["value"], "future_value"] = np.nan
-    population = build_features(tx, as_of, config=fcfg)
-    models = fit_models(fit_frame, population, config, as_of)
+    # the labels of the evaluation snapshots hidden from fitting; `assign` replaces the two
+    # columns and shares the others (copy-on-write) instead of copying the whole frame
+    fit_frame = frame.assign(
+        churned=frame["churned"].mask(frame["cutoff"] == eval_cut["churn"]),
+        future_value=frame["future_value"].mask(frame["cutoff"] == eval_cut["value"]),
+    )
+    with _timed(timings, "population"):
+        population = build_features(tx, as_of, config=fcfg)
+    models = fit_models(fit_frame, population, config, as_of, timings=timings)
+    del fit_frame
 
-    ev_c = frame[frame["cutoff"] == eval_cut["churn"]]
-    ev_v = frame[frame["cutoff"] == eval_cut["value"]]
-    y = ev_c["churned"].astype(int).to_numpy()
-    p_model = models.churn.predict_proba(ev_c)
-    p_base = ev_c["bg_p_no_purchase"].to_numpy(dtype="float64")
-    yv = ev_v["future_value"].to_numpy(dtype="float64")
-    v_model = models.value.predict(ev_v)
-    v_base = ev_v["bg_clv"].to_numpy(dtype="float64")
-    evaluation = _eval_tables(y, p_model, p_base, yv, v_model, v_base)
-    preds = {
-        "churn": pd.DataFrame({"customer_id": ev_c["customer_id"].to_numpy(), "actual": y,
-                               "model": p_model, "baseline": p_base}),
-        "value": pd.DataFrame({"customer_id": ev_v["customer_id"].to_numpy(), "actual": yv,
-                               "model": v_model, "baseline": v_base}),
-    }
-    return TrainResult(models, frame, evaluation, preds, eval_cut, tx.report)
+    with _timed(timings, "evaluation"):
+        ev_c = frame[frame["cutoff"] == eval_cut["churn"]]
+        ev_v = frame[frame["cutoff"] == eval_cut["value"]]
+        y = ev_c["churned"].astype(int).to_numpy()
+        p_model = models.churn.predict_proba(ev_c)
+        p_base = ev_c["bg_p_no_purchase"].to_numpy(dtype="float64")
+        yv = ev_v["future_value"].to_numpy(dtype="float64")
+        v_model = models.value.predict(ev_v)
+        v_base = ev_v["bg_clv"].to_numpy(dtype="float64")
+        evaluation = _eval_tables(y, p_model, p_base, yv, v_model, v_base)
+        preds = {
+            "churn": pd.DataFrame({"customer_id": ev_c["customer_id"].to_numpy(), "actual": y,
+                                   "model": p_model, "baseline": p_base}),
+            "value": pd.DataFrame({"customer_id": ev_v["customer_id"].to_numpy(),
+                                   "actual": yv, "model": v_model, "baseline": v_base}),
+        }
+    return TrainResult(models, frame, evaluation, preds, eval_cut, tx.report, timings)
 
 
 def backtest(

@@ -6,7 +6,7 @@ to the store atomically (readers see the previous batch or this one, never a mix
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -15,7 +15,7 @@ from features.config import ColumnMapping
 from features.contract import parse_cutoff
 from features.pipeline import build_features
 from training.models import add_baseline_features
-from training.pipeline import FittedModels, _load, default_as_of, predict_customers
+from training.pipeline import FittedModels, _load, _timed, default_as_of, predict_customers
 from training.store import CustomerStore
 
 
@@ -26,18 +26,27 @@ class ScoreResult:
     as_of: pd.Timestamp
     versions: dict[str, str]
     store_url: str
+    #: wall seconds per step: load, features, baseline_features, churn_predict,
+    #: value_predict, segments, reasons, store_write
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def score_customers(models: FittedModels, transactions: Any, as_of: Any | None = None,
-                    mapping: ColumnMapping | None = None, *, table: str | None = None
+                    mapping: ColumnMapping | None = None, *, table: str | None = None,
+                    timings: dict[str, float] | None = None
                     ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(per-customer output, model features) for every customer with a purchase before
-    ``as_of`` (default: the day after the last event)."""
-    tx = _load(transactions, mapping, table)
-    cut = parse_cutoff(as_of) if as_of is not None else default_as_of(tx)
+    ``as_of`` (default: the day after the last event). ``timings``, if given, receives the
+    wall seconds of each step (see `ScoreResult.timings`)."""
+    with _timed(timings, "load"):
+        tx = _load(transactions, mapping, table)
+        cut = parse_cutoff(as_of) if as_of is not None else default_as_of(tx)
     fcfg = models.config.features
-    feats = add_baseline_features(build_features(tx, cut, config=fcfg), fcfg)
-    return predict_customers(models, feats, cut), feats
+    with _timed(timings, "features"):
+        feats = build_features(tx, cut, config=fcfg)
+    with _timed(timings, "baseline_features"):
+        feats = add_baseline_features(feats, fcfg)
+    return predict_customers(models, feats, cut, timings=timings), feats
 
 
 def score(
@@ -55,19 +64,22 @@ def score(
         from training.tracking import load_champions
 
         models = load_champions()
-    scores, feats = score_customers(models, transactions, as_of, mapping, table=table)
+    timings: dict[str, float] = {}
+    scores, feats = score_customers(models, transactions, as_of, mapping, table=table,
+                                    timings=timings)
     cut = pd.Timestamp(scores["as_of"].iloc[0])
     store = CustomerStore(store_url or CustomerStore.default_url())
     try:
         feature_cols = ["customer_id", *models.churn.feature_names_]
-        batch = store.write_batch(
-            scores.drop(columns=["churn_model_version", "clv_model_version"]),
-            feats[feature_cols],
-            as_of=cut,
-            model_versions=dict(models.versions),
-            segmenter=models.segmenter.to_dict(),
-            metadata={"config": models.config.model_dump(mode="json")},
-        )
+        with _timed(timings, "store_write"):
+            batch = store.write_batch(
+                scores.drop(columns=["churn_model_version", "clv_model_version"]),
+                feats[feature_cols],
+                as_of=cut,
+                model_versions=dict(models.versions),
+                segmenter=models.segmenter.to_dict(),
+                metadata={"config": models.config.model_dump(mode="json")},
+            )
     finally:
         store.close()
-    return ScoreResult(scores, batch, cut, dict(models.versions), store.safe_url)
+    return ScoreResult(scores, batch, cut, dict(models.versions), store.safe_url, timings)
