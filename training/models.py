@@ -378,7 +378,7 @@ def top_reasons(
     """Per row, the k features with the largest |contribution| (bias column dropped).
 
     Ties keep the column order. Vectorised: the selection and every value are computed as
-    arrays and only the final dicts are built in Python (about 1 s per million rows).
+    arrays and only the final dicts are built in Python.
     """
     c = np.asarray(contrib)[:, : len(names)]
     order = _top_k_columns(np.abs(c), k)
@@ -427,7 +427,8 @@ def _top_k_columns(magnitude: np.ndarray, k: int) -> np.ndarray:
 def _gc_paused() -> Iterator[None]:
     """Pause Python's cyclic garbage collector for a block that allocates many acyclic
     objects (dicts and lists of floats and str): each collection would walk every object
-    built so far, which made building a million customers' reasons ~2x slower."""
+    built so far (in one test on a busy machine: 2.9 s with it, 0.9 s without, for 200k
+    customers' reasons)."""
     enabled = gc.isenabled()
     gc.disable()
     try:

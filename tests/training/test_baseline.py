@@ -361,3 +361,102 @@ def test_gamma_gamma_shrinks_towards_population_mean(gamma_gamma: GammaGammaMode
     assert values[0] == pytest.approx(mean)
     assert mean < values[1] < values[2] < values[3] < 100.0
     assert values[3] == pytest.approx(100.0, rel=0.01)
+
+
+# --------------------------------------------------------------------------------------------
+# large populations: condensed rows and factorised likelihoods (the same fit, less work)
+# --------------------------------------------------------------------------------------------
+
+
+def _population(n: int = 20_000, seed: int = 7) -> pd.DataFrame:
+    """A BG/NBD population observed in whole days, as a feature build gives it, so many
+    customers share (frequency, recency, T)."""
+    rng = np.random.default_rng(seed)
+    lam = rng.gamma(0.6, 1 / 25, n)  # purchases per day while alive
+    drop = rng.beta(0.8, 3.0, n)  # drop-out probability after each purchase
+    t_obs = rng.integers(30, 700, n).astype(float)
+    clock, last = np.zeros(n), np.zeros(n)
+    frequency = np.zeros(n)
+    alive = np.ones(n, dtype=bool)
+    while alive.any():
+        clock = clock + rng.exponential(1 / lam)
+        buys = alive & (clock <= t_obs)
+        frequency[buys] += 1
+        last[buys] = clock[buys]
+        alive = buys & (rng.random(n) >= drop)
+    recency = np.ceil(last)
+    monetary = np.where(frequency > 0, rng.lognormal(3.0, 0.6, n), 0.0)
+    return pd.DataFrame(
+        {"frequency": frequency, "recency": recency, "T": t_obs, "monetary_value": monetary}
+    )
+
+
+def _reference_fit(objective, n_params: int, name: str) -> np.ndarray:  # noqa: ANN001
+    return np.exp(baseline_module._minimize_log_params(objective, np.zeros(n_params), name))
+
+
+def test_factorised_likelihoods_equal_the_per_customer_ones() -> None:
+    df = _population()
+    x, tx, t_obs = (df[c].to_numpy() for c in ("frequency", "recency", "T"))
+    w = np.random.default_rng(1).integers(1, 4, x.size).astype(float)
+    scale = t_obs.max()
+    (cx, ctx, ct), cw = baseline_module._condense((x, tx, t_obs), w)
+    assert cx.size < x.size and cw.sum() == w.sum()
+    data = baseline_module._BGNBDData(cx, ctx / scale, ct / scale, cw)
+    keep = x > 0
+    m = df["monetary_value"].to_numpy()[keep]
+    gg_data = baseline_module._GammaGammaData(x[keep], m / m.mean())
+    rng = np.random.default_rng(2)
+    for penalizer in (0.0, 0.01):
+        for _ in range(5):
+            lp = rng.normal(0.0, 1.0, 4)
+            want = baseline_module._bgnbd_objective(lp, x, tx / scale, t_obs / scale, w,
+                                                    penalizer)
+            got = baseline_module._bgnbd_objective_factorised(lp, data, penalizer)
+            assert got[0] == pytest.approx(want[0], rel=1e-12, abs=1e-12)
+            np.testing.assert_allclose(got[1], want[1], rtol=1e-10, atol=1e-12)
+            lp3 = rng.normal(0.0, 1.0, 3)
+            want = baseline_module._gamma_gamma_objective(lp3, x[keep], m / m.mean(), penalizer)
+            got = baseline_module._gamma_gamma_objective_factorised(lp3, gg_data, penalizer)
+            assert got[0] == pytest.approx(want[0], rel=1e-12, abs=1e-12)
+            np.testing.assert_allclose(got[1], want[1], rtol=1e-10, atol=1e-12)
+
+
+def test_baseline_fit_on_condensed_rows_matches_the_per_customer_fit() -> None:
+    """`BaselineCLV.fit` condenses identical (frequency, recency, T) rows into weights and
+    factorises the likelihoods; the parameters equal those of a fit of the plain per-customer
+    likelihood (the published formulas, one term per customer) to optimiser tolerance."""
+    df = _population()
+    fitted = BaselineCLV().fit(df)
+    x, tx, t_obs = (df[c].to_numpy() for c in ("frequency", "recency", "T"))
+    scale = t_obs.max()
+    ones = np.ones_like(x)
+    r, alpha_s, a, b = _reference_fit(
+        lambda lp: baseline_module._bgnbd_objective(lp, x, tx / scale, t_obs / scale, ones,
+                                                    0.0), 4, "BG/NBD")
+    want = {"r": r, "alpha": alpha_s * scale, "a": a, "b": b}
+    for name, value in want.items():
+        assert fitted.bgnbd_.params_[name] == pytest.approx(value, rel=1e-5), name
+    assert fitted.bgnbd_.n_customers_ == len(df)
+    ll, *_ = baseline_module._bgnbd_loglik_terms(fitted.bgnbd_._param_array(), x, tx, t_obs)
+    assert fitted.bgnbd_.log_likelihood_ == pytest.approx(ll.sum(), rel=1e-10)
+
+    keep = x > 0
+    m = df["monetary_value"].to_numpy()[keep]
+    p, q, v_s = _reference_fit(
+        lambda lp: baseline_module._gamma_gamma_objective(lp, x[keep], m / m.mean(), 0.0),
+        3, "Gamma-Gamma")
+    want_gg = {"p": p, "q": q, "v": v_s * m.mean()}
+    for name, value in want_gg.items():
+        assert fitted.gamma_gamma_.params_[name] == pytest.approx(value, rel=1e-5), name
+    value, _ = baseline_module._gamma_gamma_objective(
+        np.log(fitted.gamma_gamma_._param_array()), x[keep], m, 0.0)
+    assert fitted.gamma_gamma_.log_likelihood_ == pytest.approx(-value * keep.sum(), rel=1e-10)
+
+
+def test_expected_purchases_per_distinct_pair_equals_per_customer(bgnbd: BetaGeoModel) -> None:
+    df = _population(5_000)
+    f, r, t = df["frequency"], df["recency"] / 7, df["T"] / 7
+    once = bgnbd.expected_purchases(13.0, f, r, t)  # one horizon: 2F1 per (frequency, T)
+    each = bgnbd.expected_purchases(np.full(len(df), 13.0), f, r, t)  # one per customer
+    np.testing.assert_array_equal(once, each)
