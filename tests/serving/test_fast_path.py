@@ -1,0 +1,264 @@
+"""/predict's fast path: `CustomerStore.lookup` (no pandas) and `Runtime.predict` give exactly
+what the pandas path (`CustomerStore.get_customers`, `Runtime.predict_frames`) gives, follow a
+new batch (whatever its feature column order) and never mix two batches in one answer.
+PostgreSQL runs the same lookup statement in the slow tier (skipped, saying why, without
+PostgreSQL binaries or psycopg)."""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from training.store import CustomerStore, EmptyStoreError
+
+
+@pytest.fixture(scope="module")
+def runtime(service_env):
+    from serving.service import Lifecast
+
+    instance = Lifecast()
+    yield instance.runtime
+    instance._close()
+
+
+@pytest.fixture(scope="module")
+def known(world) -> list[str]:
+    store = CustomerStore(world.store_url)
+    try:
+        ranked, _ = store.ranked(min_churn_probability=None, min_value=None, limit=100_000)
+    finally:
+        store.close()
+    return ranked["customer_id"].astype(str).tolist()
+
+
+def assert_same_answer(runtime, ids: list[str]) -> None:
+    fast, reference = runtime.predict(ids), runtime.predict_frames(ids)
+    assert fast.model_dump_json() == reference.model_dump_json()
+    assert fast.model_dump() == reference.model_dump()
+
+
+def test_fast_path_equals_the_pandas_path(runtime, known) -> None:
+    # ids with missing feature values among them (NaN -> reason value null)
+    assert_same_answer(runtime, [known[0]])
+    assert_same_answer(runtime, [known[-1]])
+    assert_same_answer(runtime, ["nobody"])
+    assert_same_answer(runtime, [known[5], "nobody", known[7], known[5], "nobody-else",
+                                 known[len(known) // 2]])
+    assert_same_answer(runtime, known[::37])
+
+
+def test_fast_path_equals_the_pandas_path_for_1000_ids(runtime, known) -> None:
+    ids = [*known[:990], *(f"unknown-{i}" for i in range(10))]
+    assert len(ids) == 1000
+    fast = runtime.predict(ids)
+    assert len(fast.predictions) == min(990, len(known)) and len(fast.errors) == 10
+    assert fast.model_dump_json() == runtime.predict_frames(ids).model_dump_json()
+
+
+def test_lookup_equals_get_customers(world, known) -> None:
+    store = CustomerStore(world.store_url)
+    try:
+        asked = [known[3], "nope", known[1], known[3], *known[10:20], "nope", "other"]
+        rows = store.lookup(asked)  # each id once (get_customers repeats duplicates)
+        scores, feats, unknown = store.get_customers(list(dict.fromkeys(asked)))
+    finally:
+        store.close()
+    assert rows.ids == scores["customer_id"].tolist() == [known[3], known[1], *known[10:20]]
+    assert rows.unknown == unknown == ["nope", "other"]
+    assert rows.batch.batch_id == scores["batch_id"].iloc[0]
+    assert rows.batch.as_of == scores["as_of"].iloc[0]
+    assert rows.batch.model_versions == {"churn": scores["churn_model_version"].iloc[0],
+                                         "clv": scores["clv_model_version"].iloc[0]}
+    assert list(rows.batch.feature_columns) == list(feats.columns[1:])
+    assert rows.features.dtype == np.float64 and rows.features.flags.c_contiguous
+    np.testing.assert_array_equal(rows.features, feats.iloc[:, 1:].to_numpy(), strict=True)
+    for name, values in rows.scores.items():
+        expected = [None if pd.isna(v) else v for v in scores[name].tolist()]
+        assert values == expected, name
+
+
+def test_lookup_of_an_empty_store(tmp_path: Path) -> None:
+    store = CustomerStore(CustomerStore.default_url(tmp_path))
+    with pytest.raises(EmptyStoreError, match="lifecast score"):
+        store.lookup(["a"])
+    assert not (tmp_path / "lifecast_store.db").exists()  # reading creates nothing
+    store._ensure_schema()  # tables, but no batch yet
+    with pytest.raises(EmptyStoreError, match="lifecast score"):
+        store.lookup(["a"])
+    with pytest.raises(TypeError, match="list"):
+        store.lookup("a")
+    store.close()
+
+
+def _copy_of_batch(world) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Scores and features of every customer of the fixture's batch."""
+    store = CustomerStore(world.store_url)
+    try:
+        ranked, _ = store.ranked(min_churn_probability=None, min_value=None, limit=100_000)
+        scores, feats, _ = store.get_customers(ranked["customer_id"].tolist())
+    finally:
+        store.close()
+    return scores, feats
+
+
+def test_a_new_batch_is_followed_whatever_its_column_order(world, runtime, tmp_path) -> None:
+    """The per-batch constants (feature positions, as_of, batch id) are cached by batch: a
+    new batch with its feature columns in another order and other values is answered from
+    its own rows, and equal to the pandas path."""
+    from serving.app import Runtime
+    from serving.audit import AuditLog
+
+    scores, feats = _copy_of_batch(world)
+    store = CustomerStore(CustomerStore.default_url(tmp_path))
+    versions = {"churn": "7", "clv": "8"}
+    first = store.write_batch(scores, feats, as_of=world.as_of, model_versions=versions)
+    rt = Runtime(runtime.models, CustomerStore(store.url), AuditLog(tmp_path / "audit.log"),
+                 store_check_seconds=3600)
+    try:
+        ids = scores["customer_id"].tolist()[:25]
+        before = rt.predict(ids)
+        assert before.batch_id == first
+        assert before.model_dump_json() == runtime.predict(ids).model_dump_json().replace(
+            runtime.predict(ids).batch_id, first)
+
+        columns = list(feats.columns[1:])
+        shuffled = feats[["customer_id", *columns[::-1]]].copy()
+        shuffled.loc[shuffled.index[:25], "days_since_last"] += 200.0
+        later = world.as_of + pd.Timedelta(days=7)
+        second = store.write_batch(scores.drop(columns=["as_of"]), shuffled, as_of=later,
+                                   model_versions=versions)
+        after = rt.predict(ids)  # no refresh needed: the lookup names its batch
+        assert after.batch_id == second != first
+        assert {p.as_of for p in after.predictions} == {later.to_pydatetime()}
+        assert [p.churn_probability for p in after.predictions] != [
+            p.churn_probability for p in before.predictions]
+        rt.refresh(force=True)  # the pandas path reads the refreshed batch state
+        assert after.model_dump_json() == rt.predict_frames(ids).model_dump_json()
+        rows = rt.store.lookup(ids)
+        assert rows.batch.feature_columns == tuple(columns[::-1])
+    finally:
+        rt.close()
+        store.close()
+
+
+def test_lookup_never_mixes_two_batches(world, tmp_path, monkeypatch) -> None:
+    """A reader looks customers up while a writer replaces the batch (the writer pauses inside
+    its transaction, after its first chunk, until the reader has read): every answer is wholly
+    from the old batch or wholly from the new one, batch id, scores and features alike."""
+    scores, feats = _copy_of_batch(world)
+    url = CustomerStore.default_url(tmp_path)
+    writer = CustomerStore(url, chunk_size=200)
+    versions = {"churn": "7", "clv": "8"}
+    old = scores.assign(churn_probability=0.1, value_at_risk=0.1 * scores["predicted_clv"])
+    old_id = writer.write_batch(old, feats.assign(n_orders=1.0), as_of=world.as_of,
+                                model_versions=versions)
+    reader = CustomerStore(url)
+    ids = scores["customer_id"].tolist()
+    n_col = list(feats.columns[1:]).index("n_orders")
+
+    paused, resume = threading.Event(), threading.Event()
+    real_insert = CustomerStore._insert_rows
+    calls = {"n": 0}
+
+    def pausing_insert(self, conn, table, rows):  # noqa: ANN001
+        real_insert(self, conn, table, rows)
+        calls["n"] += 1
+        if calls["n"] == 1:
+            paused.set()
+            resume.wait(timeout=60)
+
+    monkeypatch.setattr(CustomerStore, "_insert_rows", pausing_insert)
+    seen: list[tuple[str, frozenset, frozenset, bool]] = []
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def read_loop() -> None:
+        try:
+            while True:
+                finished = done.is_set()
+                during = paused.is_set() and not resume.is_set()
+                rows = reader.lookup(ids[::7] if not during else ids)
+                assert rows.unknown == []
+                seen.append((rows.batch.batch_id, frozenset(rows.scores["churn_probability"]),
+                             frozenset(rows.features[:, n_col].tolist()), during))
+                if during and sum(s[3] for s in seen) >= 3:
+                    resume.set()
+                if finished:
+                    return
+                time.sleep(0.001)
+        except BaseException as e:  # reported by the main thread
+            errors.append(e)
+            resume.set()
+
+    thread = threading.Thread(target=read_loop)
+    thread.start()
+    try:
+        new = scores.assign(churn_probability=0.9, value_at_risk=0.9 * scores["predicted_clv"])
+        new_id = writer.write_batch(new, feats.assign(n_orders=2.0), as_of=world.as_of,
+                                    model_versions=versions)
+    finally:
+        done.set()
+        resume.set()
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    if errors:
+        raise errors[0]
+    assert {(b, p, f) for b, p, f, _ in seen} <= {
+        (old_id, frozenset({0.1}), frozenset({1.0})), (new_id, frozenset({0.9}),
+                                                       frozenset({2.0}))}
+    during = [s for s in seen if s[3]]
+    assert len(during) >= 3 and all(s[0] == old_id for s in during)
+    assert seen[-1][0] == new_id
+    reader.close()
+    writer.close()
+
+
+# -- PostgreSQL (slow tier) --------------------------------------------------------------------
+
+
+def _pg_helper() -> ModuleType:
+    path = Path(__file__).resolve().parents[1] / "training" / "pg.py"
+    spec = importlib.util.spec_from_file_location("lifecast_test_pg_serving", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def pg_url() -> Iterator[str]:
+    pg = _pg_helper()
+    reason = pg.unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"no PostgreSQL to test against: {reason}")
+    with pg.postgres_server() as url:
+        yield pg.create_database(url)
+
+
+@pytest.mark.slow
+def test_lookup_equals_get_customers_postgres(world, pg_url: str) -> None:
+    scores, feats = _copy_of_batch(world)
+    store = CustomerStore(pg_url)
+    try:
+        batch_id = store.write_batch(scores, feats, as_of=world.as_of,
+                                     model_versions={"churn": "7", "clv": "8"})
+        ids = scores["customer_id"].tolist()
+        asked = [ids[4], "nope", ids[2], *ids[100:1100]]
+        rows = store.lookup(asked)
+        got, got_feats, unknown = store.get_customers(asked)
+        assert rows.batch.batch_id == batch_id and rows.unknown == unknown == ["nope"]
+        assert rows.ids == got["customer_id"].tolist()
+        np.testing.assert_array_equal(rows.features, got_feats.iloc[:, 1:].to_numpy())
+        assert rows.scores["segment"] == got["segment"].tolist()
+        with pytest.raises(TypeError):
+            store.lookup("x")
+    finally:
+        store.close()
