@@ -4,6 +4,7 @@ is created as in a worker). Models and scores come from the session fixture in c
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -104,14 +105,20 @@ def test_readiness_and_loaded_models(svc, world) -> None:
     assert svc.runtime.models.versions == {"churn": "7", "clv": "8"}
 
 
+def predict(svc, **request):
+    """/predict called directly (an async API: the coroutine is run here)."""
+    return asyncio.run(svc.predict(**request))
+
+
 def test_predict_direct_unknown_ids_and_duplicates(svc, stored) -> None:
     scores, _ = stored
     known = scores.index[:3].tolist()
-    out = svc.predict(customer_ids=[known[0], "no-such-customer", known[1], known[0], known[2]])
+    out = predict(svc, customer_ids=[known[0], "no-such-customer", known[1], known[0],
+                                     known[2]])
     assert [p.customer_id for p in out.predictions] == known
     assert [(e.customer_id, "unknown" in e.error) for e in out.errors] == [
         ("no-such-customer", True)]
-    only_unknown = svc.predict(customer_ids=["a", "b"])
+    only_unknown = predict(svc, customer_ids=["a", "b"])
     assert only_unknown.predictions == [] and len(only_unknown.errors) == 2
 
 
@@ -122,7 +129,7 @@ def test_predict_matches_the_batch_pipeline(svc, world, stored) -> None:
 
     scores, feats = stored
     ids = scores.index[:: max(len(scores) // 40, 1)].tolist()
-    out = svc.predict(customer_ids=ids)
+    out = predict(svc, customer_ids=ids)
     rows = feats.set_index("customer_id").loc[ids].reset_index()
     expected = predict_customers(world.models, rows, world.as_of).set_index("customer_id")
     assert len(out.predictions) == len(ids)
