@@ -243,10 +243,12 @@ def build_training_frame(
     frames = []
     for c in cuts:
         feats = _execute_features(visible, c, config)
+        labels: dict[int, pd.DataFrame] = {}  # per horizon: one query when both are equal
         for horizon, cols in ((hc, ["churned"]), (hv, ["future_value", "future_orders"])):
             if c + pd.Timedelta(days=horizon) <= train_cut:
-                lab = build_labels(visible, c, horizon, require_observed=False)
-                lab = lab[["customer_id", *cols]]
+                if horizon not in labels:
+                    labels[horizon] = build_labels(visible, c, horizon, require_observed=False)
+                lab = labels[horizon][["customer_id", *cols]]
                 feats = feats.merge(lab, on="customer_id", how="left", validate="one_to_one")
             else:
                 for col in cols:
