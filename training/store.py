@@ -783,7 +783,9 @@ class CustomerStore:
         ``np.frombuffer``. All statements of a call run in one read transaction (the snapshot
         of `get_customers`), so the rows, and the `BatchInfo` they come with, belong to one
         batch, old or new, never a mix. The batch's constants (``as_of``, feature columns,
-        model versions) are read once per batch and cached by ``(batch_no, batch_id)``.
+        model versions) are read once per batch and cached by ``(batch_no, batch_id)``; once
+        they are, up to 1,024 ids are read in one statement on a driver connection, without a
+        transaction of SQLAlchemy's (`_quick_lookup`).
 
         Returns a `CustomerRows`: the known ids once each in the order asked, their score
         columns and feature matrix row for row, and the unknown ids.
@@ -793,6 +795,10 @@ class CustomerStore:
         unique = list(dict.fromkeys(str(c) for c in customer_ids))
         if self._empty():
             raise EmptyStoreError(f"{EMPTY_STORE_MESSAGE} (customer store: {self.safe_url})")
+        if len(unique) <= _LOOKUP_CHUNK:
+            quick = self._quick_lookup(unique)
+            if quick is not None:
+                return quick
         found: dict[str, tuple] = {}
         pointer: tuple[int, str] | None = None
         with self._transaction(write=False) as conn:
@@ -818,17 +824,46 @@ class CustomerStore:
             info = self._batch_infos.get(pointer)
             if info is None:
                 info = self._batch_info(conn, *pointer)
-        ids = [c for c in unique if c in found]
-        rows = [found[c] for c in ids]
-        n_scores = len(_SCORE_SELECT) - 1
-        columns = (list(zip(*rows, strict=True)) if rows
-                   else [()] * (3 + n_scores + 1))
-        scores = {col.key: list(values) for col, values in
-                  zip(_SCORE_SELECT[1:], columns[3:3 + n_scores], strict=True)}
-        features = _feature_matrix([r[-1] for r in rows], len(info.feature_columns))
-        return CustomerRows(batch=info, ids=ids, scores=scores, features=features,
-                            unknown=[c for c in unique if c not in found])
+        return _customer_rows(info, unique, found)
 
+    def _quick_lookup(self, unique: list[str]) -> CustomerRows | None:
+        """`lookup` in ONE statement on a pooled driver connection, without SQLAlchemy's
+        transaction machinery (about 30 us instead of 230 us for one id on SQLite). One
+        statement sees one snapshot by itself (SQLite: its implicit read transaction;
+        PostgreSQL: READ COMMITTED's per-statement snapshot). None when it cannot answer
+        alone: a batch whose constants are not cached yet, an empty store or any database
+        error; `lookup` then reads in a transaction, which also reports the errors."""
+        cached = self._lookup_sql.get(_padded(len(unique)))
+        engine = self._engine
+        if cached is None or engine is None:
+            return None
+        sql, order, fixed = cached
+        params = dict(fixed)
+        pad = unique[-1] if unique else ""
+        for j in range(_padded(len(unique))):
+            params[f"lc_id{j}"] = unique[j] if j < len(unique) else pad
+        bound: Any = tuple(params[k] for k in order) if order is not None else params
+        try:
+            conn = engine.raw_connection()
+        except sa_exc.DBAPIError:
+            return None
+        try:
+            cursor = conn.cursor()
+            try:
+                cursor.execute(sql, bound)
+                fetched = cursor.fetchall()
+            finally:
+                cursor.close()
+        except Exception:  # the driver's own errors: the transactional path names them
+            return None
+        finally:
+            conn.close()  # back to the pool, which rolls back (and drops a broken connection)
+        if not fetched:
+            return None
+        info = self._batch_infos.get((fetched[0][0], fetched[0][1]))
+        if info is None:
+            return None
+        return _customer_rows(info, unique, {r[2]: r for r in fetched if r[2] is not None})
     def _lookup_statement(self, conn: Connection, n: int
                           ) -> tuple[str, tuple[str, ...] | None, dict[str, Any]]:
         """``(sql, parameter order or None for named parameters, fixed parameters)`` of
@@ -1209,6 +1244,20 @@ class CustomerRows:
     scores: dict[str, list[Any]]
     features: np.ndarray
     unknown: list[str]
+
+
+def _customer_rows(info: BatchInfo, unique: list[str], found: Mapping[str, Sequence[Any]]
+                   ) -> CustomerRows:
+    """`CustomerRows` from `CustomerStore.lookup`'s statement rows by customer id."""
+    ids = [c for c in unique if c in found]
+    rows = [found[c] for c in ids]
+    n_scores = len(_SCORE_SELECT) - 1
+    columns = list(zip(*rows, strict=True)) if rows else [()] * (3 + n_scores + 1)
+    scores = {col.key: list(values) for col, values in
+              zip(_SCORE_SELECT[1:], columns[3:3 + n_scores], strict=True)}
+    features = _feature_matrix([r[-1] for r in rows], len(info.feature_columns))
+    return CustomerRows(batch=info, ids=ids, scores=scores, features=features,
+                        unknown=[c for c in unique if c not in found])
 
 
 def _padded(n: int) -> int:

@@ -69,6 +69,12 @@ def test_lookup_equals_get_customers(world, known) -> None:
         asked = [known[3], "nope", known[1], known[3], *known[10:20], "nope", "other"]
         rows = store.lookup(asked)  # each id once (get_customers repeats duplicates)
         scores, feats, unknown = store.get_customers(list(dict.fromkeys(asked)))
+        # the first read of a batch is a transaction (it caches the batch's constants); then
+        # one statement without one answers, with the same rows
+        again = store._quick_lookup(list(dict.fromkeys(asked)))
+        assert again is not None and again.batch is rows.batch
+        assert (again.ids, again.unknown, again.scores) == (rows.ids, rows.unknown, rows.scores)
+        np.testing.assert_array_equal(again.features, rows.features, strict=True)
     finally:
         store.close()
     assert rows.ids == scores["customer_id"].tolist() == [known[3], known[1], *known[10:20]]
