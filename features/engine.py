@@ -95,13 +95,15 @@ def customer_aggregates(
     order_key = tx.order_id if "order_id" in cols else tx.timestamp.date()
     # Money is summed as DECIMAL(18, 6): exact, so the result does not depend on the order
     # in which parallel threads add up partial sums (DOUBLE sums differed in the last bits
-    # between identical runs, which changed models downstream).
+    # between identical runs, which changed models downstream). An order's sums are cast
+    # back to DECIMAL(18, 6) (an order worth 10^12 or more fails loudly): summing the
+    # engine's DECIMAL(38, 6) (128-bit) sums again per customer cost ~2x as much.
     m = tx.mutate(_order=order_key, _amount=tx.amount.cast(MONEY))
     amount = m._amount
     zero = ibis.literal(0, type=MONEY)
     has_discount = "discount" in cols
     extra = (
-        {"disc_gross": ibis.ifelse((m.discount > 0) & (amount > 0), amount, zero).sum()}
+        {"disc_gross": ibis.ifelse((m.discount > 0) & (amount > 0), amount, zero).sum().cast(MONEY)}
         if has_discount
         else {}
     )
@@ -110,21 +112,45 @@ def customer_aggregates(
     orders = m.group_by([*keys, "_order"]).aggregate(
         **extra,
         ts=m.timestamp.min(),
-        value=amount.sum(),
+        value=amount.sum().cast(MONEY),
         is_purchase=amount.max() >= 0,
-        gross=ibis.ifelse(amount > 0, amount, zero).sum(),
-        returned=ibis.ifelse(amount < 0, -amount, zero).sum(),
+        gross=ibis.ifelse(amount > 0, amount, zero).sum().cast(MONEY),
+        returned=ibis.ifelse(amount < 0, -amount, zero).sum().cast(MONEY),
         pos_rows=(amount > 0).sum(),
         neg_rows=(amount < 0).sum(),
     )
     orders = orders.mutate(day=orders.ts.date())
 
+    # 2. purchase days, without a table of them: one sorted window over each customer's
+    # orders of the same kind (purchases apart from returns), in time order. A purchase
+    # order whose day differs from the previous purchase order's starts a new purchase
+    # day; the first and last purchase days come from the same window. (A separate
+    # GROUP BY day, a window over it and a join cost about twice as much on DuckDB;
+    # Ibis compiles argmin/argmax to ordered aggregates and nunique to COUNT(DISTINCT),
+    # both slower still.)
+    win = ibis.window(
+        group_by=[*(orders[k] for k in keys if k != "cutoff_day"), orders.is_purchase],
+        order_by=orders.ts,
+    )
+    prev = orders.day.lag().over(win)
+    orders = orders.mutate(
+        prev_day=prev,
+        first_day=orders.day.first().over(win),
+        last_day=orders.day.last().over(win),
+    )
+    is_p = orders.is_purchase
+    # a purchase order on a day after the previous purchase order's: one row per purchase day
+    new_day = is_p & (orders.prev_day.isnull() | (orders.day != orders.prev_day))
+    gap = orders.day.delta(orders.prev_day, unit="day")  # days since the previous purchase day
+    has_gap = new_day & orders.prev_day.notnull()
+    dow = orders.day.day_of_week.index()
+
     def since(days: int) -> ir.BooleanValue:
         return orders.ts >= cut(orders) - ibis.interval(days=days)
 
     tw = config.trend_window_days
-    is_p = orders.is_purchase
-    order_aggs: dict[str, ir.Value] = {
+    null_int = ibis.null("int64")
+    aggs: dict[str, ir.Value] = {
         "n_orders": is_p.sum(),
         "monetary_total": orders.value.sum(),
         "max_order_value": ibis.ifelse(is_p, orders.value, ibis.null(MONEY)).max(),
@@ -135,49 +161,39 @@ def customer_aggregates(
         "trend_recent": ibis.ifelse(since(tw), orders.value, zero).sum(),
         "trend_before": ibis.ifelse(since(2 * tw) & ~since(tw), orders.value, zero).sum(),
         "trend_orders": (since(2 * tw) & is_p).sum(),
-    }
-    for w in config.windows_days:
-        order_aggs[f"orders_{w}d"] = (since(w) & is_p).sum()
-        order_aggs[f"spend_{w}d"] = ibis.ifelse(since(w), orders.value, zero).sum()
-    if has_discount:
-        order_aggs["disc_gross"] = orders.disc_gross.sum()
-    per_order = orders.group_by(keys).aggregate(**order_aggs)
-    if not has_discount:
-        per_order = per_order.mutate(disc_gross=ibis.null("float64"))
-
-    # 2. purchase days: one row per (cutoff, customer, day with a purchase order)
-    pdays = (
-        orders.filter(orders.is_purchase)
-        .group_by([*keys, "day"])
-        .aggregate(value=orders.value.sum())
-    )
-    win = ibis.window(group_by=[pdays[k] for k in keys if k != "cutoff_day"],
-                      order_by=pdays.day)
-    prev, nxt = pdays.day.lag().over(win), pdays.day.lead().over(win)
-    pdays = pdays.mutate(
-        gap=pdays.day.delta(prev, unit="day").cast("float64"),
-        is_first=prev.isnull(),
-        is_last=nxt.isnull(),
-        new_month=prev.isnull() | (pdays.day.truncate("M") != prev.truncate("M")),
-        dow=pdays.day.day_of_week.index(),
-    )
-    # Written against the one sorted window above on purpose: Ibis compiles argmin/argmax
-    # to ordered aggregates (a sort per group) and nunique to COUNT(DISTINCT), which made
-    # this step several times slower on DuckDB (bench/features.py).
-    per_day = pdays.group_by(keys).aggregate(
-        n_days=pdays.count(),
-        first_day=pdays.day.min(),
-        last_day=pdays.day.max(),
-        first_day_value=ibis.ifelse(pdays.is_first, pdays.value, zero).sum(),
-        day_value_sum=pdays.value.sum(),
-        gap_std=pdays.gap.std(how="pop"),
-        gap_last=ibis.ifelse(pdays.is_last, pdays.gap, ibis.null("float64")).max(),
-        active_months=pdays.new_month.sum(),
+        # purchase days
+        "n_days": new_day.sum(),
+        "first_day": ibis.ifelse(is_p, orders.first_day, ibis.null("date")).min(),
+        "last_day": ibis.ifelse(is_p, orders.last_day, ibis.null("date")).max(),
+        "first_day_value": ibis.ifelse(
+            is_p & (orders.day == orders.first_day), orders.value, zero
+        ).sum(),
+        "day_value_sum": ibis.ifelse(is_p, orders.value, zero).sum(),
+        # the gaps' sum of squares, an exact integer: gap_std is computed from it and
+        # the gaps' sum (= recency) in the registry, the same on every run (a parallel
+        # STDDEV_POP differs in the last bits with the order threads merge partial states)
+        "gap_sq_sum": ibis.ifelse(has_gap, gap * gap, null_int).sum(),
+        "gap_last": ibis.ifelse(
+            has_gap & (orders.day == orders.last_day), gap, null_int
+        ).max(),
+        "active_months": (
+            new_day
+            & (orders.prev_day.isnull()
+               | (orders.day.truncate("M") != orders.prev_day.truncate("M")))
+        ).sum(),
         # the most common weekday's count, as seven counts in the same pass (cheaper than
         # a second grouping by weekday and a join)
-        dow_max=ibis.greatest(*[(pdays.dow == d).sum() for d in range(7)]),
-    )
-    agg = per_day.join(per_order, keys)
+        "dow_max": ibis.greatest(*[(new_day & (dow == d)).sum() for d in range(7)]),
+    }
+    for w in config.windows_days:
+        aggs[f"orders_{w}d"] = (since(w) & is_p).sum()
+        aggs[f"spend_{w}d"] = ibis.ifelse(since(w), orders.value, zero).sum()
+    if has_discount:
+        aggs["disc_gross"] = orders.disc_gross.sum()
+    # the population: customers with at least one purchase order
+    agg = orders.group_by(keys).aggregate(**aggs).filter(ibis._.n_orders > 0)
+    if not has_discount:
+        agg = agg.mutate(disc_gross=ibis.null("float64"))
 
     # 3. distinct products / categories, only when the data has them
     for col, name in (("product_id", "distinct_products"), ("category", "distinct_categories")):

@@ -58,6 +58,15 @@ def _days(a: ir.Value, b: ir.Value) -> ir.IntegerValue:
     return a.delta(b, unit="day").cast("int64")
 
 
+def _gap_var_num(a: ir.Table) -> ir.FloatingValue:
+    """m * sum(gap^2) - sum(gap)^2 for the m = n_days - 1 gaps between purchase days, an
+    exact integer (so population std = sqrt(this) / m, identical on every run); the gaps
+    sum to the recency."""
+    m = (a.n_days - 1).cast("int64")
+    s1 = _days(a.last_day, a.first_day)
+    return (m * a.gap_sq_sum.cast("int64") - s1 * s1).cast("float64")
+
+
 def feature_definitions(config: FeatureConfig | None = None) -> list[Feature]:
     """The feature set for a config (window features depend on ``config.windows_days``)."""
     config = config or FeatureConfig()
@@ -155,7 +164,7 @@ def feature_definitions(config: FeatureConfig | None = None) -> list[Feature]:
             "gap_std", "float64", "behaviour",
             "Population standard deviation of the gaps between purchase days; "
             "null for one purchase day.",
-            lambda a: ibis.ifelse(a.n_days > 1, a.gap_std, ibis.null("float64")),
+            lambda a: _ratio(_gap_var_num(a).sqrt(), a.n_days - 1, a.n_days > 1),
         ),
         Feature(
             "gap_last", "Int64", "behaviour",

@@ -188,3 +188,29 @@ def test_training_frame_too_short_history_is_a_clear_error():
     cfg = FeatureConfig(churn_horizon_days=400, clv_horizon_days=400)
     with pytest.raises(DataValidationError, match="no snapshot fits"):
         build_training_frame(log, pd.Timestamp("2020-12-01"), config=cfg)
+
+
+def test_features_are_identical_on_every_run():
+    """Parallel aggregation must not change a single bit: money is summed exactly
+    (DECIMAL) and the gap spread comes from exact integer sums, not a parallel STDDEV."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    n = 2_000_000  # many DuckDB row groups, so both threads take part
+    df = pd.DataFrame({
+        "cust": rng.integers(0, 100_000, n),
+        "when": pd.Timestamp("2020-01-01")
+        + pd.to_timedelta(rng.integers(0, 700 * 86_400, n), unit="s"),
+        "value": np.round(rng.lognormal(3.0, 1.0, n) * rng.choice([1, 1, 1, -1], n), 2) / 3,
+    })
+    df["order"] = (df["cust"].astype(str) + "-" + (df["when"].dt.dayofyear % 5).astype(str))
+    mapping = ColumnMapping(
+        customer_id="cust", timestamp="when", amount="value", order_id="order"
+    )
+    runs = [
+        build_features(df.sample(frac=1.0, random_state=seed), "2021-10-01", mapping)
+        for seed in range(3)
+    ]
+    assert runs[0]["gap_std"].notna().sum() > 10_000
+    for other in runs[1:]:
+        pd.testing.assert_frame_equal(runs[0], other, check_exact=True)
