@@ -16,16 +16,22 @@ starts, each in its own process group, on 127.0.0.1:
   in MLflow's ``dataframe_split`` JSON (probability only, no reasons, no value model).
 
 For every concurrency C it warms both servers up, then sends the requests in alternating
-rounds (ours, peer, peer, ours, ...) so that machine noise hits both, from an asyncio httpx
-client with C requests in flight. Each request is one customer (a rotating pool of customers,
-the same sequence for both servers). It reports per server p50 / p99 latency, throughput and
+rounds (ours, peer, peer, ours, ...) so that machine noise hits both, from an asyncio client
+with C keep-alive connections, one request in flight on each (``--client raw``, the default:
+HTTP/1.1 written on asyncio streams, requests prepared as bytes; ``--client httpx``: an
+httpx.AsyncClient, as the first version did, which costs several times the CPU per request
+and showed stalls of over a second at C=32 that a raw client does not see on the same
+server). Each request is one customer (a rotating pool of customers, the same sequence for
+both servers). It reports per server p50 / p99 latency, throughput and
 errors, and the ratios ours / peer. The client runs on the same machine as the servers and
 takes CPU from them: the figures are for client + server together.
 
 It also times the in-process limit: the bare LightGBM booster ``predict`` for one row with
 ``num_threads=1`` (raw score; and with ``pred_contrib=True``, the reasons), the service's
 whole model call for one row (`serving.app.Runtime._predict` equivalent: churn + value +
-contributions), and the MLflow pyfunc's ``predict`` on a one-row DataFrame.
+contributions), `serving.app.Runtime.predict` for one id (store read, models, response), its
+store read alone, the pandas path it replaced (`Runtime.predict_frames`), and the MLflow
+pyfunc's ``predict`` on a one-row DataFrame.
 """
 
 from __future__ import annotations
@@ -220,10 +226,119 @@ class Target:
             name, url, bodies, headers, check)
 
 
+#: The load generator (``--client``): "raw" (default) or "httpx".
+CLIENT = {"name": "raw"}
+
+
 async def _round(target: Target, n: int, concurrency: int, offset: int, max_seconds: float
                  ) -> tuple[list[float], int, float, list[str]]:
     """``n`` requests with ``concurrency`` in flight; returns (latencies s, errors, wall s,
     first error messages). Stops issuing after ``max_seconds``."""
+    if CLIENT["name"] == "raw":
+        return await _raw_round(target, n, concurrency, offset, max_seconds)
+    return await _httpx_round(target, n, concurrency, offset, max_seconds)
+
+
+class _RawConnection:
+    """One keep-alive HTTP/1.1 connection on asyncio streams: writes a prepared request and
+    reads the status, headers and body (Content-Length or chunked)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, raw: bytes) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        self.writer.write(raw)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers = {}
+        for line in lines[1:]:
+            if ":" in line:
+                key, value = line.split(":", 1)
+                headers[key.strip().lower()] = value.strip()
+        if "content-length" in headers:
+            body = await self.reader.readexactly(int(headers["content-length"]))
+        elif headers.get("transfer-encoding", "").lower() == "chunked":
+            parts = []
+            while True:
+                size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                parts.append(await self.reader.readexactly(size + 2))
+                if size == 0:
+                    break
+            body = b"".join(x[:-2] for x in parts)
+        else:
+            raise RuntimeError("answer without Content-Length or chunked encoding")
+        if headers.get("connection", "").lower() == "close":
+            await self.close()
+        return status, body
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            with contextlib.suppress(Exception):
+                await self.writer.wait_closed()
+        self.reader = self.writer = None
+
+
+async def _raw_round(target: Target, n: int, concurrency: int, offset: int,
+                     max_seconds: float) -> tuple[list[float], int, float, list[str]]:
+    """`_round` with `_RawConnection`s: ``concurrency`` keep-alive connections, each with one
+    request in flight; every request is prepared as bytes beforehand."""
+    from urllib.parse import urlsplit
+
+    url = urlsplit(target.url)
+    host, port = url.hostname or "127.0.0.1", url.port or 80
+    head = (f"POST {url.path or '/'} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            + "".join(f"{k}: {v}\r\n" for k, v in target.headers.items()))
+    raws = [(head + f"Content-Length: {len(b)}\r\n\r\n").encode("latin-1") + b
+            for b in target.bodies]
+    latencies: list[float] = []
+    errors = 0
+    messages: list[str] = []
+    counter = iter(range(n))
+    t0 = time.perf_counter()
+    deadline = t0 + max_seconds
+
+    async def worker() -> None:
+        nonlocal errors
+        conn = _RawConnection(host, port)
+        try:
+            for i in counter:
+                if time.perf_counter() > deadline:
+                    return
+                raw = raws[(offset + i) % len(raws)]
+                start_t = time.perf_counter()
+                try:
+                    status, body = await asyncio.wait_for(conn.request(raw), timeout=60)
+                    ok = status == 200 and _checked(target, body)
+                    if not ok and len(messages) < 3:
+                        messages.append(f"{status} {body[:200]!r}")
+                except (TimeoutError, OSError, asyncio.IncompleteReadError,
+                        asyncio.LimitOverrunError, RuntimeError, ValueError) as exc:
+                    ok = False
+                    await conn.close()
+                    if len(messages) < 3:
+                        messages.append(repr(exc)[:200])
+                elapsed = time.perf_counter() - start_t
+                if ok:
+                    latencies.append(elapsed)
+                else:
+                    errors += 1
+        finally:
+            await conn.close()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies, errors, time.perf_counter() - t0, messages
+
+
+async def _httpx_round(target: Target, n: int, concurrency: int, offset: int,
+                       max_seconds: float) -> tuple[list[float], int, float, list[str]]:
+    """`_round` with an httpx.AsyncClient (the first version of this benchmark)."""
     import httpx
 
     latencies: list[float] = []
@@ -244,7 +359,7 @@ async def _round(target: Target, n: int, concurrency: int, offset: int, max_seco
                 start_t = time.perf_counter()
                 try:
                     resp = await client.post(target.url, content=body)
-                    ok = resp.status_code == 200 and target.check(resp)
+                    ok = resp.status_code == 200 and _checked(target, resp.content)
                     if not ok and len(messages) < 3:
                         messages.append(f"{resp.status_code} {resp.text[:200]}")
                 except httpx.HTTPError as exc:
@@ -260,6 +375,18 @@ async def _round(target: Target, n: int, concurrency: int, offset: int, max_seco
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - t0
     return latencies, errors, wall, messages
+
+
+def _checked(target: Target, body: bytes) -> bool:
+    try:
+        return bool(target.check(body))
+    except (ValueError, KeyError, IndexError, TypeError):  # not the answer expected
+        return False
+
+
+def _ours_ok(body: bytes) -> bool:
+    predictions = json.loads(body)["predictions"]
+    return bool(predictions) and "reasons" in predictions[0]
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -326,7 +453,9 @@ def _time_loop(func: Any, seconds: float = 2.0, min_calls: int = 200) -> dict[st
 
 def _runtime_predict(folder: Path, ids: list[str]) -> dict[str, dict[str, float]]:
     """The service's whole /predict work without HTTP: `serving.app.Runtime.predict` for one
-    id (store read, models, reasons, response model), as a worker runs it."""
+    id (store read, models, reasons, response model), as a worker runs it; its store read
+    alone (`CustomerStore.lookup`); and the pandas path it replaced
+    (`Runtime.predict_frames`: `CustomerStore.get_customers`' frames)."""
     from serving.app import Runtime
     from training.tracking import champion_artifacts
 
@@ -338,8 +467,15 @@ def _runtime_predict(folder: Path, ids: list[str]) -> dict[str, dict[str, float]
                                            champion_artifacts("clv", folder / "downloads"))
         calls = iter(range(10**9))
         try:
-            return {"Runtime.predict (1 id: store + models + reasons)": _time_loop(
-                lambda: runtime.predict([ids[next(calls) % len(ids)]]))}
+            return {
+                "Runtime.predict (1 id: store + models + reasons)": _time_loop(
+                    lambda: runtime.predict([ids[next(calls) % len(ids)]])),
+                "CustomerStore.lookup (1 id: the store read of Runtime.predict)": _time_loop(
+                    lambda: runtime.store.lookup([ids[next(calls) % len(ids)]])),
+                "Runtime.predict_frames (1 id: the pandas path, before)": _time_loop(
+                    lambda: runtime.predict_frames([ids[next(calls) % len(ids)]]),
+                    seconds=1.0),
+            }
         finally:
             runtime.close()
     finally:
@@ -448,10 +584,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="alternating rounds per level (default 4)")
     ap.add_argument("--max-seconds", type=float, default=120.0,
                     help="time bound per server and level (default 120)")
+    ap.add_argument("--client", choices=("raw", "httpx"), default="raw",
+                    help="load generator: keep-alive HTTP/1.1 on asyncio streams (raw, the "
+                         "default) or an httpx.AsyncClient (the first version's; it costs "
+                         "several times the CPU per request, taken from the servers)")
     ap.add_argument("--no-in-process", action="store_true", help="skip the in-process limit")
     ap.add_argument("--json", type=Path, default=None, help="write every figure as JSON")
     ap.add_argument("--keep", action="store_true", help="leave the temporary folder")
     args = ap.parse_args(argv)
+    CLIENT["name"] = args.client
     levels_c = [int(x) for x in args.concurrency.split(",") if x.strip()]
     if any(c < 1 for c in levels_c):
         ap.error("--concurrency levels must be >= 1")
@@ -501,13 +642,13 @@ def main(argv: list[str] | None = None) -> int:
             "ours", f"http://127.0.0.1:{p1}/predict",
             [json.dumps({"customer_ids": [c]}).encode() for c in ids],
             {"Authorization": f"Bearer {info['token']}", "Content-Type": "application/json"},
-            lambda r: bool(r.json()["predictions"]) and "reasons" in r.json()["predictions"][0])
+            _ours_ok)
         peer = Target(
             "peer", f"http://127.0.0.1:{p2}/invocations",
             [json.dumps({"dataframe_split": {"columns": names, "data": [row]}}).encode()
              for row in rows],
             {"Content-Type": "application/json"},
-            lambda r: "predictions" in r.json())
+            lambda body: "predictions" in json.loads(body))
         # one request each: fail early with the answer when a server refuses the request
         for t in (ours, peer):
             lat, err, _, msgs = asyncio.run(_round(t, 1, 1, 0, 30))
@@ -535,8 +676,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             _log(f"kept {folder}")
 
+    result["client"] = args.client
     lines = [f"cpus {os.cpu_count()}, load {result['machine']['load_start']} at start, "
-             f"{result['load_end']} at end; client, both servers share the machine", "",
+             f"{result['load_end']} at end; client ({args.client}), both servers share the "
+             f"machine", "",
              *report(levels, limits)]
     print("\n".join(lines))
     if args.json:

@@ -793,7 +793,7 @@ class CustomerStore:
         if isinstance(customer_ids, str):
             raise TypeError("customer_ids must be a list of ids, not a single string")
         unique = list(dict.fromkeys(str(c) for c in customer_ids))
-        if self._empty():
+        if not self._schema_ready and self._empty():  # (_empty builds a Path: skip it)
             raise EmptyStoreError(f"{EMPTY_STORE_MESSAGE} (customer store: {self.safe_url})")
         if len(unique) <= _LOOKUP_CHUNK:
             quick = self._quick_lookup(unique)
