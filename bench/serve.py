@@ -9,11 +9,13 @@ In a temporary folder it trains on the bundled demo data (``lifecast train``), s
 the customer store (``lifecast score``), creates an API key with scope ``predict`` and then
 starts, each in its own process group, on 127.0.0.1:
 
-- **ours**: ``lifecast serve --port P1 --no-access-log`` (one BentoML worker);
-  request ``POST /predict {"customer_ids": [id]}`` with the Bearer key (reasons included);
+- **ours**: ``lifecast serve --port P1 --no-access-log --workers W`` (W BentoML workers,
+  ``--workers``, default 1); request ``POST /predict {"customer_ids": [id]}`` with the Bearer
+  key (reasons included);
 - **peer**: ``mlflow models serve -m models:/lifecast-churn@champion -p P2 --env-manager local
-  -w 1``; request ``POST /invocations`` with the customer's churn-model feature row (doubles)
-  in MLflow's ``dataframe_split`` JSON (probability only, no reasons, no value model).
+  -w W`` (the same number of workers); request ``POST /invocations`` with the customer's
+  churn-model feature row (doubles) in MLflow's ``dataframe_split`` JSON (probability only, no
+  reasons, no value model).
 
 For every concurrency C it warms both servers up, then sends the requests in alternating
 rounds (ours, peer, peer, ours, ...) so that machine noise hits both, from an asyncio client
@@ -588,6 +590,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="load generator: keep-alive HTTP/1.1 on asyncio streams (raw, the "
                          "default) or an httpx.AsyncClient (the first version's; it costs "
                          "several times the CPU per request, taken from the servers)")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="worker processes of each server (default 1)")
     ap.add_argument("--no-in-process", action="store_true", help="skip the in-process limit")
     ap.add_argument("--json", type=Path, default=None, help="write every figure as JSON")
     ap.add_argument("--keep", action="store_true", help="leave the temporary folder")
@@ -596,6 +600,8 @@ def main(argv: list[str] | None = None) -> int:
     levels_c = [int(x) for x in args.concurrency.split(",") if x.strip()]
     if any(c < 1 for c in levels_c):
         ap.error("--concurrency levels must be >= 1")
+    if args.workers < 1:
+        ap.error("--workers must be >= 1")
 
     def _terminated(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")  # so that the servers are stopped
@@ -626,11 +632,12 @@ def main(argv: list[str] | None = None) -> int:
 
         p1, p2 = _free_port(), _free_port()
         _log(f"starting lifecast serve on {p1} and mlflow models serve on {p2}")
+        workers = str(args.workers)
         procs.append(start([str(BIN / "lifecast"), "serve", "--port", str(p1),
-                            "--no-access-log"], folder, env, "ours"))
+                            "--no-access-log", "--workers", workers], folder, env, "ours"))
         procs.append(start([str(BIN / "mlflow"), "models", "serve", "-m", CHAMPION_URI, "-p",
-                            str(p2), "-h", "127.0.0.1", "--env-manager", "local", "-w", "1"],
-                           folder, env, "peer"))
+                            str(p2), "-h", "127.0.0.1", "--env-manager", "local", "-w",
+                            workers], folder, env, "peer"))
         ready = {"ours": wait_ready(procs[0][0], f"http://127.0.0.1:{p1}/readyz", folder,
                                     "ours"),
                  "peer": wait_ready(procs[1][0], f"http://127.0.0.1:{p2}/health", folder,
@@ -676,10 +683,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             _log(f"kept {folder}")
 
-    result["client"] = args.client
+    result["client"], result["workers"] = args.client, args.workers
     lines = [f"cpus {os.cpu_count()}, load {result['machine']['load_start']} at start, "
-             f"{result['load_end']} at end; client ({args.client}), both servers share the "
-             f"machine", "",
+             f"{result['load_end']} at end; client ({args.client}), both servers "
+             f"({args.workers} worker(s) each) share the machine", "",
              *report(levels, limits)]
     print("\n".join(lines))
     if args.json:
