@@ -21,22 +21,27 @@ The mapping is applied once, here, at the boundary:
   ``discount``: DOUBLE.
 
 Work is done by one in-process DuckDB connection (an Ibis backend): the cleaned rows are a
-view over the source, one aggregate query computes the whole `ValidationReport` and every
-bad-value count, a second small query runs only when something is wrong (to show examples
-with row numbers), then the cleaned rows are materialized once as a temporary table, so
-later queries never re-read the source. Every problem raises `DataValidationError` before
-that table is created.
+view over the source, one aggregate query computes the `ValidationReport` and every
+bad-value count (customers and distinct orders are counted when first read: `_Counts`), a
+second small query runs only when something is wrong (to show examples
+with row numbers), then the cleaned rows become the contract table: a view over Parquet files
+and DuckDB tables (re-reading them costs about what copying them would, and a copy of 50M
+rows takes gigabytes of memory), a temporary table copied once for every other source
+(CSV parsing, pandas and other databases are costly to re-read). Every problem raises
+`DataValidationError` before that table or view is created.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime as dt
 import glob as globlib
 import itertools
+import threading
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -106,16 +111,38 @@ class StaleDataWarning(UserWarning):
     """The cutoff is long after the last event: the data may be out of date."""
 
 
+class _Counts:
+    """Customers and orders (distinct customer, order pairs) of a load, counted by one query
+    the first time they are read. Counting distinct orders is a grouping of every row (at
+    10M rows ~1.5 CPU-s, more than a third of the load), which `build_features` never
+    needs; the printed report and anything that reads ``report.orders`` pay for it once."""
+
+    def __init__(self, query: Any) -> None:
+        self._query: Any = query  # () -> (customers, orders), or the counts themselves
+        self._lock = threading.Lock()
+
+    def get(self) -> tuple[int, int]:
+        with self._lock:
+            if callable(self._query):
+                self._query = tuple(int(v) for v in self._query())
+            return self._query
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickles as the counts, not the connection
+        return (_Counts, (self.get(),))
+
+
 @dataclass(frozen=True)
 class ValidationReport:
-    """What a load read, dropped and kept; printed by ``lifecast features validate``."""
+    """What a load read, dropped and kept; printed by ``lifecast features validate``.
+
+    ``customers`` and ``orders`` are counted on first read (one query over the loaded
+    rows), so a load that only builds features does not pay for counting distinct orders.
+    """
 
     source: str
     rows_read: int
     rows_dropped: dict[str, int]
     rows_kept: int
-    customers: int
-    orders: int
     return_rows: int
     first_event: pd.Timestamp
     last_event: pd.Timestamp
@@ -124,10 +151,31 @@ class ValidationReport:
     timestamp_format: str | None = None
     #: "integer" or "string": the type ``customer_id`` has in the contract table
     customer_id_type: str = "string"
+    #: (customers, orders), or a `_Counts` that queries them when first read
+    counts: Any = field(default=(0, 0), repr=False, compare=False)
+
+    @property
+    def customers(self) -> int:
+        """Distinct customer ids among the kept rows."""
+        return self._counts()[0]
+
+    @property
+    def orders(self) -> int:
+        """Distinct (customer_id, order_id) pairs, or customer-days without an order_id."""
+        return self._counts()[1]
+
+    def _counts(self) -> tuple[int, int]:
+        return self.counts.get() if isinstance(self.counts, _Counts) else tuple(self.counts)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (timestamps as ISO 8601 strings)."""
-        out = asdict(self)
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name == "counts":
+                continue
+            out[f.name] = copy.deepcopy(getattr(self, f.name))
+            if f.name == "rows_kept":
+                out["customers"], out["orders"] = self._counts()
         out["first_event"] = pd.Timestamp(self.first_event).isoformat()
         out["last_event"] = pd.Timestamp(self.last_event).isoformat()
         return out
@@ -168,13 +216,30 @@ class ValidationReport:
 class Transactions:
     """Validated transactions on the contract.
 
-    ``table`` is an Ibis table over a temporary DuckDB table in ``backend`` holding the
-    contract columns only (in `CONTRACT_COLUMNS` order), one row per kept source row.
+    ``table`` is an Ibis table in ``backend`` holding the contract columns only (in
+    `CONTRACT_COLUMNS` order), one row per kept source row: a temporary DuckDB view over
+    the source when that can be re-read cheaply (Parquet files, a DuckDB table; then
+    ``is_view`` is true and the source must not change while in use), else a temporary
+    table holding a copy (CSV, pandas, other databases).
     """
 
     table: ibis.Table
     report: ValidationReport
     backend: DuckDBBackend = field(repr=False)
+    is_view: bool = False
+
+    def materialize(self) -> Transactions:
+        """The same rows copied once into a temporary table (unless they already are one):
+        cheaper than re-reading the source for many queries, such as one per cutoff."""
+        if not self.is_view:
+            return self
+        name = _view_name("transactions")
+        self.backend.con.execute(
+            f"CREATE TEMP TABLE {_q(name)} AS {self.backend.compile(self.table)}"
+        )
+        return Transactions(
+            table=self.backend.table(name), report=self.report, backend=self.backend
+        )
 
     def to_pandas(self) -> pd.DataFrame:
         """The contract rows as a pandas DataFrame (same rows and columns as ``table``)."""
@@ -214,6 +279,7 @@ def load_transactions(
     raw.execute("SET TimeZone = 'UTC'")  # naive text timestamps are read as UTC (unchanged)
     src = _open_source(con, source, table)
     clean = _view_name("clean")
+    done = False
     try:
         plan = _plan(src, mapping)
         stats = _profile(con, src, plan, clean)
@@ -223,29 +289,32 @@ def load_transactions(
         _validate(con, src, plan, stats)
         name = _view_name("transactions")
         cols = ", ".join(_q(c.contract) for c in plan.columns)
+        kind = "VIEW" if src.reread else "TABLE"
         raw.execute(
-            f"CREATE TEMP TABLE {_q(name)} AS SELECT {cols} FROM {_q(clean)} "
+            f"CREATE TEMP {kind} {_q(name)} AS SELECT {cols} FROM {_q(clean)} "
             f"WHERE customer_id IS NOT NULL"
         )
-    finally:  # the source views and attachments are not needed once the table exists
-        raw.execute(f"DROP VIEW IF EXISTS {_q(clean)}")
-        for stmt in src.cleanup:
-            raw.execute(stmt)
+        done = True
+    finally:  # a copied table needs the source views and attachments no more
+        if not (src.reread and done):
+            raw.execute(f"DROP VIEW IF EXISTS {_q(clean)}")
+            for stmt in src.cleanup:
+                raw.execute(stmt)
+    report_cols = {c.contract for c in plan.columns}
     report = ValidationReport(
         source=src.label,
         rows_read=stats["rows_read"],
         rows_dropped={MISSING_CUSTOMER: stats["missing_customer"]},
         rows_kept=stats["rows_read"] - stats["missing_customer"],
-        customers=stats["customers"],
-        orders=stats["orders"],
         return_rows=stats["return_rows"],
         first_event=pd.Timestamp(stats["first_event"]),
         last_event=pd.Timestamp(stats["last_event"]),
         columns={c.contract: c.label for c in plan.columns},
         timestamp_format=plan.timestamp_format,
         customer_id_type="integer" if plan.integer_ids else "string",
+        counts=_Counts(lambda: _count_customers_orders(raw, name, "order_id" in report_cols)),
     )
-    return Transactions(table=con.table(name), report=report, backend=con)
+    return Transactions(table=con.table(name), report=report, backend=con, is_view=src.reread)
 
 
 def parse_cutoff(value: Any) -> pd.Timestamp:
@@ -337,6 +406,9 @@ class _Source:
     row_note: str = ""  # how rows are numbered, for messages
     index_labels: pd.Index | None = None  # pandas: show index labels next to row numbers
     cleanup: list[str] = field(default_factory=list)
+    #: the rows can be read again cheaply (Parquet, a DuckDB table): the contract table is a
+    #: view over them rather than a copy
+    reread: bool = False
 
     @property
     def is_text(self) -> bool:
@@ -556,6 +628,7 @@ def _open_parquet(con: DuckDBBackend, pattern: str, label: str, *, multi: bool) 
         ),
         row_note="rows are numbered from 1 within each file",
         cleanup=[f"DROP VIEW IF EXISTS {_q(view)}"],
+        reread=True,
     )
 
 
@@ -665,6 +738,7 @@ def _open_duckdb_file(con: DuckDBBackend, path: str, table: str | None, label: s
         numbered=(f"(SELECT rowid + 1 AS __row, * FROM {relation})" if is_table else None),
         row_note="rows are numbered by DuckDB rowid + 1",
         cleanup=cleanup,
+        reread=True,
     )
 
 
@@ -732,9 +806,6 @@ class _Plan:
     cid_not_integer: str  # predicate: an integer-looking id column holds another value
     timestamp_format: str | None
     timestamp_is_text: bool
-    #: SQL over raw columns that identifies an order within a customer, for counting orders:
-    #: the raw integer when order_id is an integer column (same count, no string work)
-    order_key: str
 
     def get(self, contract: str) -> _Column:
         return next(c for c in self.columns if c.contract == contract)
@@ -862,13 +933,7 @@ def _plan(src: _Source, mapping: ColumnMapping, *, integer_ids: bool = True) -> 
             columns.append(_Column(contract, col, _text_sql(src, col), (col,)))
     if problems:
         _raise(src, problems, f"Columns in {src.label}: {_column_list(names)}")
-    if "order_id" not in resolved:
-        order_key = f"CAST(({ts}) AS DATE)"  # no order id: one customer-day is one order
-    elif _kind(src.types[resolved["order_id"]]) == "int":
-        order_key = _q(resolved["order_id"])
-    else:
-        order_key = next(c.value for c in columns if c.contract == "order_id")
-    return _Plan(columns, cid_int, cid_not_int, ts_format, ts_text, order_key)
+    return _Plan(columns, cid_int, cid_not_int, ts_format, ts_text)
 
 
 def _raw_is_text(src: _Source, col: str) -> bool:
@@ -1073,9 +1138,9 @@ def _amount_sql(
 
 
 def _profile(con: DuckDBBackend, src: _Source, plan: _Plan, clean: str) -> dict[str, Any]:
-    """Create the lazy view of cleaned rows and compute the whole report in ONE aggregate
-    query (every count, bad-value count, the date range, customers and orders): source rows
-    in, one row of numbers out."""
+    """Create the lazy view of cleaned rows and compute the report in ONE aggregate query
+    (every count, bad-value count and the date range; customers and orders later, when
+    read: `_Counts`): source rows in, one row of numbers out."""
     import duckdb
 
     raw = con.con
@@ -1083,7 +1148,6 @@ def _profile(con: DuckDBBackend, src: _Source, plan: _Plan, clean: str) -> dict[
     select = [f"{c.value} AS {_q(c.contract)}" for c in plan.columns]
     select += [f"({c.bad}) AS {_q('__bad_' + c.contract)}" for c in checked]
     select.append(f"({plan.cid_not_integer}) AS __cid_not_integer")
-    select.append(f"{plan.order_key} AS __order_key")
     raw.execute(
         f"CREATE OR REPLACE TEMP VIEW {_q(clean)} AS SELECT {', '.join(select)} "
         f"FROM {src.relation}"
@@ -1102,22 +1166,25 @@ def _profile(con: DuckDBBackend, src: _Source, plan: _Plan, clean: str) -> dict[
          for c in checked}
     )
     flat = ", ".join(f"{v} AS {_q(k)}" for k, v in aggs.items())
-    # Customers and orders come from one GROUP BY customer_id with a per-customer distinct
-    # count of orders: exact, and at 10M rows ~40% cheaper in CPU than two global DISTINCT
-    # aggregates in the flat part (which also slow down every other aggregate beside them).
-    sql = (
-        f"SELECT * FROM (SELECT {flat} FROM {_q(clean)}) CROSS JOIN ("
-        f"SELECT count(customer_id) AS customers, "
-        f"coalesce(sum(n_orders) FILTER (WHERE {known}), 0) AS orders FROM ("
-        f"SELECT customer_id, count(DISTINCT __order_key) AS n_orders FROM {_q(clean)} "
-        f"GROUP BY customer_id))"
-    )
-    keys = [*aggs, "customers", "orders"]
+    sql = f"SELECT {flat} FROM {_q(clean)}"  # customers and orders: see `_Counts`
+    keys = list(aggs)
     try:
         row = raw.execute(sql).fetchone()
     except duckdb.Error as exc:
         raise _read_error(src.label, exc) from None
     return dict(zip(keys, row, strict=True))
+
+
+def _count_customers_orders(raw: Any, table: str, has_order_id: bool) -> tuple[int, int]:
+    """(distinct customers, distinct (customer, order) pairs) of the contract table; without
+    an order_id an order is a customer-day. One GROUP BY customer_id with a per-customer
+    distinct count: at 10M rows ~40% cheaper in CPU than two global DISTINCT aggregates."""
+    key = "order_id" if has_order_id else "CAST(timestamp AS DATE)"
+    return raw.execute(
+        f"SELECT count(customer_id), coalesce(sum(n_orders), 0) FROM ("
+        f"SELECT customer_id, count(DISTINCT {key}) AS n_orders FROM {_q(table)} "
+        f"GROUP BY customer_id)"
+    ).fetchone()
 
 
 def _validate(con: DuckDBBackend, src: _Source, plan: _Plan, stats: dict[str, Any]) -> None:

@@ -49,8 +49,9 @@ def as_transactions(
 
 
 def _typed(df: pd.DataFrame, config: FeatureConfig) -> pd.DataFrame:
-    """Give every feature column its registry dtype (engines disagree on integer types)."""
-    out = df.copy()
+    """Give every feature column its registry dtype (engines disagree on integer types).
+    Changes ``df`` in place (callers pass a frame they own) and returns it."""
+    out = df
     out["customer_id"] = out["customer_id"].astype("string")
     out["cutoff"] = pd.to_datetime(out["cutoff"]).astype("datetime64[us]")
     for f in feature_definitions(config):
@@ -68,7 +69,8 @@ def _to_pandas(tx: Transactions, expr: ibis.Table) -> pd.DataFrame:
     together. Integer columns keep their nulls as pandas ``Int64``."""
     table = tx.backend.to_pyarrow(expr)
     ints = {t: pd.Int64Dtype() for t in (pa.int8(), pa.int16(), pa.int32(), pa.int64())}
-    return table.to_pandas(types_mapper=ints.get)
+    # self_destruct frees each Arrow column once converted (one copy of the result at a time)
+    return table.to_pandas(types_mapper=ints.get, split_blocks=True, self_destruct=True)
 
 
 def _execute_features(
@@ -114,7 +116,8 @@ def build_snapshots(
     for Spark). Every cutoff must be after the first event.
     """
     config = config or FeatureConfig()
-    tx = as_transactions(transactions, mapping)
+    # one query per cutoff: copy a view over a file once rather than re-read it each time
+    tx = as_transactions(transactions, mapping).materialize()
     frames = []
     for c in sorted({parse_cutoff(c) for c in cutoffs}):
         cut = check_cutoff(tx.report, c, config)
@@ -226,7 +229,7 @@ def build_training_frame(
     snapshots its own horizon allows and nothing at or after ``train_cutoff`` is read.
     """
     config = config or FeatureConfig()
-    tx = as_transactions(transactions, mapping)
+    tx = as_transactions(transactions, mapping).materialize()  # one query per snapshot
     train_cut = parse_cutoff(train_cutoff)
     # Everything, labels included, must come from before train_cutoff.
     visible = _restrict(tx, train_cut)

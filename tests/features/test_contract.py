@@ -558,3 +558,22 @@ def test_ibis_table_on_a_duckdb_connection_is_read_in_place(tmp_path: Path) -> N
     assert tx.backend is con  # no copy into another connection
     assert tx.report.rows_read == 5 and tx.report.source == "Ibis table"
     assert tx.to_pandas()["amount"].tolist() == [3.0, 10.0, 4.5, 10.0]
+
+
+def test_parquet_is_read_in_place_and_counts_come_when_read(tmp_path: Path) -> None:
+    """A Parquet source is a view (no copy of the rows); customers and orders are counted
+    on first read, equal to the counts of a copied source, and survive pickling."""
+    import pickle
+
+    tx = load_transactions(_parquet(user_log(), tmp_path), MAPPING)
+    copied = load_transactions(user_log(), MAPPING)
+    assert tx.is_view and not copied.is_view
+    kinds = tx.backend.con.execute(
+        "SELECT table_type FROM information_schema.tables WHERE table_name = ?",
+        [tx.table.get_name()],
+    ).fetchall()
+    assert kinds == [("VIEW",)]
+    assert (tx.report.customers, tx.report.orders) == (copied.report.customers, 2 + 2)
+    assert pickle.loads(pickle.dumps(tx.report)).to_dict() == tx.report.to_dict()
+    table = tx.materialize()
+    assert not table.is_view and table.to_pandas().equals(tx.to_pandas())
