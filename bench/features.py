@@ -194,6 +194,9 @@ def _compare(product: pd.DataFrame, reference: pd.DataFrame) -> dict:
 def run_worker(step: str, path: str, cutoff: str, n_rows: int, seed: int) -> dict:
     """Run one measurement in this process and return its figures."""
     result: dict[str, Any] = {"step": step}
+    # process CPU time (user + sys, all threads) of the timed part: on a busy machine the
+    # wall time of a step depends on what else runs, its CPU seconds much less so
+    cpu0 = time.process_time()
     if step == "generate":
         t0 = time.perf_counter()
         write_parquet(n_rows, path, seed=seed)
@@ -203,6 +206,7 @@ def run_worker(step: str, path: str, cutoff: str, n_rows: int, seed: int) -> dic
         features = _import_product()
         result["import_s"] = time.perf_counter() - t0
         result["rss_before_gb"] = _current_rss_gb()
+        cpu0 = time.process_time()
         t0 = time.perf_counter()
         out = features.build_features(path, cutoff=cutoff, mapping=MAPPING)
         result["wall_s"] = time.perf_counter() - t0
@@ -239,6 +243,7 @@ def run_worker(step: str, path: str, cutoff: str, n_rows: int, seed: int) -> dic
     elif step == "snapshots_product":
         features = _import_product()
         result["rss_before_gb"] = _current_rss_gb()
+        cpu0 = time.process_time()
         result.update(_run_product_snapshots(features, path, _snapshot_cutoffs(cutoff)))
     elif step == "snapshots_pandas":
         result["rss_before_gb"] = _current_rss_gb()
@@ -254,6 +259,8 @@ def run_worker(step: str, path: str, cutoff: str, n_rows: int, seed: int) -> dic
         result.update(_compare(product, reference))
     else:
         raise ValueError(f"unknown step {step!r}")
+    if step != "compare":
+        result["cpu_s"] = time.process_time() - cpu0
     result["peak_gb"] = _peak_rss_gb()
     result["load_1m"] = os.getloadavg()[0]
     return result
@@ -311,6 +318,7 @@ class Measurement:
             "step": self.step,
             "rows": self.rows,
             "median_wall_s": self.median("wall_s"),
+            "median_cpu_s": self.median("cpu_s"),
             "median_read_s": self.median("read_s"),
             "median_compute_s": self.median("compute_s"),
             "peak_gb": self.peak_gb(),
@@ -376,7 +384,8 @@ def measure(
             extra = f", read {res['read_s']:.2f} s" if "read_s" in res else ""
             print(
                 f"  {_fmt_rows(rows):>6} {STEP_LABELS.get(step, step):<26} run {i + 1}/{repeats}: "
-                f"{res['wall_s']:.2f} s{extra}, peak {res['peak_gb']:.2f} GB",
+                f"{res['wall_s']:.2f} s{extra}, cpu {res.get('cpu_s', float('nan')):.2f} s, "
+                f"peak {res['peak_gb']:.2f} GB, load {res.get('load_1m', float('nan')):.1f}",
                 flush=True,
             )
     if m.error and log:
@@ -426,7 +435,7 @@ def _ratio(num: float | None, den: float | None) -> float | None:
 def format_table(measurements: list[Measurement]) -> str:
     """The plain-text results table."""
     head = (
-        f"{'rows':>6}  {'step':<34} {'wall s':>8} {'read s':>8} {'compute s':>9} "
+        f"{'rows':>6}  {'step':<34} {'wall s':>8} {'cpu s':>8} {'read s':>8} {'compute s':>9} "
         f"{'peak GB':>8} {'x product':>9}  {'customers':>10}"
     )
     lines = [head, "-" * len(head)]
@@ -445,7 +454,8 @@ def format_table(measurements: list[Measurement]) -> str:
         customers = m.median("customers") or m.median("rows_out")
         lines.append(
             f"{_fmt_rows(m.rows):>6}  {label:<34} {_fmt(m.median('wall_s')):>8} "
-            f"{_fmt(m.median('read_s')):>8} {_fmt(m.median('compute_s')):>9} "
+            f"{_fmt(m.median('cpu_s')):>8} {_fmt(m.median('read_s')):>8} "
+            f"{_fmt(m.median('compute_s')):>9} "
             f"{_fmt(m.peak_gb()):>8} {_fmt(ratio, '.1f', 'x'):>9}  "
             f"{'-' if customers is None else f'{int(customers):,}':>10}"
         )
