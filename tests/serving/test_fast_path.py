@@ -63,6 +63,31 @@ def test_fast_path_equals_the_pandas_path_for_1000_ids(runtime, known) -> None:
     assert fast.model_dump_json() == runtime.predict_frames(ids).model_dump_json()
 
 
+def test_concurrent_requests_get_the_sequential_answers(runtime, known) -> None:
+    """/predict answers small requests on the event loop while a large one runs in a worker
+    thread: the store, the per-batch cache and the boosters are used from two threads at once."""
+    requests = [known[i:i + n] for i, n in ((0, 1), (7, 300), (3, 2), (50, 1), (100, 200),
+                                             (9, 16))]
+    expected = [runtime.predict(ids).model_dump_json() for ids in requests]
+    got: dict[int, str] = {}
+    errors: list[BaseException] = []
+
+    def work(k: int) -> None:
+        try:
+            for _ in range(3):
+                got[k] = runtime.predict(requests[k]).model_dump_json()
+        except BaseException as e:  # reported by the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors[0]
+    assert [got[k] for k in range(len(requests))] == expected
+
+
 def test_lookup_equals_get_customers(world, known) -> None:
     store = CustomerStore(world.store_url)
     try:
