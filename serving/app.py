@@ -14,10 +14,12 @@ can be used and tested without a server.
   BG/NBD + Gamma-Gamma baseline (`training.baseline.BaselineCLV`) that ``/score`` needs:
   the models take the baseline's predictions as features, and in batch those come from a
   baseline fitted on the population at the cutoff (`training.models.add_baseline_features`).
-  The store holds every customer's ``frequency, recency, T, monetary_value``, so the service
-  refits the same baseline on the same population when it starts and whenever the current
-  batch changes (checked at most every ``LIFECAST_STORE_CHECK_SECONDS``, default 30 s). A
-  population too small for the fit leaves the baseline features missing, as in batch;
+  `lifecast score` saves that baseline's parameters with the batch, and the service loads
+  them when it starts and whenever the current batch changes (checked at most every
+  ``LIFECAST_STORE_CHECK_SECONDS``, default 30 s); a batch written without them gets the
+  same baseline refitted on its population (the store holds every customer's ``frequency,
+  recency, T, monetary_value``). A population too small for the fit leaves the baseline
+  features missing, as in batch;
 * `OnlineFeatures`, the batch pipeline's feature code compiled once for small inputs.
 
 Endpoints (the methods of `Runtime`):
@@ -331,11 +333,24 @@ class Runtime:
         )
 
     def _fit_baseline(self, batch: dict[str, Any]) -> BaselineCLV | None:
-        """BG/NBD + Gamma-Gamma fitted on the batch's population, as the batch did."""
+        """The BG/NBD + Gamma-Gamma baseline the batch used: the parameters `lifecast score`
+        saved with it, or, for a batch written without them, refitted on its population."""
         import pandas as pd
 
         from training.baseline import BaselineCLV
 
+        meta = batch.get("metadata") or {}
+        if "baseline" in meta:
+            if meta["baseline"] is None:  # the batch could not fit one: features stay empty
+                logger.warning("batch %s has no baseline (its population was too small): "
+                               "/score leaves the baseline features empty, as the batch did",
+                               batch["batch_id"])
+                return None
+            try:
+                return BaselineCLV.from_dict(meta["baseline"])
+            except ValueError as exc:
+                logger.warning("batch %s: saved baseline unusable (%s); refitting it",
+                               batch["batch_id"], exc)
         columns = ("frequency", "recency", "T", "monetary_value")
         if any(c not in batch["feature_columns"] for c in columns):
             logger.warning("batch %s lacks %s: /score leaves the baseline features empty",

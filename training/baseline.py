@@ -776,6 +776,49 @@ class BaselineCLV:
         )
         return self
 
+    def to_dict(self) -> dict[str, Any]:
+        """The fitted parameters as plain JSON-able values (what `from_dict` takes back):
+        stored with a scoring batch so that real-time scoring uses the very baseline the
+        batch used, without refitting it on the population."""
+        if not hasattr(self, "bgnbd_"):
+            raise ValueError("BaselineCLV is not fitted yet: call fit first")
+        bg, gg = self.bgnbd_, self.gamma_gamma_
+        return {
+            "bgnbd": {"params": dict(bg.params_), "penalizer": float(bg.penalizer),
+                      "n_customers": float(bg.n_customers_),
+                      "log_likelihood": float(bg.log_likelihood_)},
+            "gamma_gamma": {"params": dict(gg.params_), "penalizer": float(gg.penalizer),
+                            "n_customers": int(gg.n_customers_),
+                            "log_likelihood": float(gg.log_likelihood_)},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BaselineCLV:
+        """A fitted baseline from `to_dict`'s output. Raises ValueError naming the missing or
+        invalid field."""
+        try:
+            bgd, ggd = data["bgnbd"], data["gamma_gamma"]
+            bg_params = {k: float(bgd["params"][k]) for k in ("r", "alpha", "a", "b")}
+            gg_params = {k: float(ggd["params"][k]) for k in ("p", "q", "v")}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a saved BaselineCLV: field {exc} missing or invalid") from exc
+        bad = [k for k, v in {**bg_params, **gg_params}.items() if not (np.isfinite(v) and v > 0)]
+        if bad or gg_params["q"] <= 1.0:
+            raise ValueError(f"not a saved BaselineCLV: invalid parameter(s) {bad or ['q']}")
+        self = cls(float(bgd.get("penalizer", 0.0)), float(ggd.get("penalizer", 0.0)))
+        bg = BetaGeoModel(self.bgnbd_penalizer)
+        bg.params_ = bg_params
+        bg.n_customers_ = float(bgd.get("n_customers", 0.0))
+        bg.log_likelihood_ = float(bgd.get("log_likelihood", float("nan")))
+        gg = GammaGammaModel(self.gamma_gamma_penalizer)
+        gg.params_ = gg_params
+        gg.n_customers_ = int(ggd.get("n_customers", 0))
+        gg.log_likelihood_ = float(ggd.get("log_likelihood", float("nan")))
+        p, q, v = (gg_params[k] for k in ("p", "q", "v"))
+        gg.population_mean_ = p * v / (q - 1.0)
+        self.bgnbd_, self.gamma_gamma_ = bg, gg
+        return self
+
     def predict(self, summary_df: pd.DataFrame, horizon_days: float) -> pd.DataFrame:
         """Predict over the next ``horizon_days`` days, one row per customer in and out.
 

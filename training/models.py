@@ -102,12 +102,15 @@ def model_feature_names(config: FeatureConfig | None = None) -> list[str]:
     return [*feature_names(config), *BASELINE_FEATURES]
 
 
-def add_baseline_features(frame: pd.DataFrame, config: FeatureConfig) -> pd.DataFrame:
+def add_baseline_features(frame: pd.DataFrame, config: FeatureConfig, *,
+                          fitted: dict[pd.Timestamp, BaselineCLV] | None = None
+                          ) -> pd.DataFrame:
     """Fit BG/NBD + Gamma-Gamma per snapshot cutoff and add their predictions as features.
 
     One row per (cutoff, customer) in; the same rows, in the same order, with the
     `BASELINE_FEATURES` columns added out. Horizons: churn horizon for
-    ``bg_p_no_purchase``/``bg_expected_orders``, value horizon for ``bg_clv``.
+    ``bg_p_no_purchase``/``bg_expected_orders``, value horizon for ``bg_clv``. ``fitted``,
+    if given, receives each cutoff's fitted baseline (scoring stores it with the batch).
     """
     values = {col: np.full(len(frame), np.nan) for col in BASELINE_FEATURES}
     rft = {c: frame[c].astype("float64").to_numpy()
@@ -124,6 +127,8 @@ def add_baseline_features(frame: pd.DataFrame, config: FeatureConfig) -> pd.Data
                 stacklevel=2,
             )
             continue
+        if fitted is not None:
+            fitted[pd.Timestamp(cut)] = base
         churn_h = base.predict(summary, config.churn_horizon_days)
         value_h = (churn_h if config.clv_horizon_days == config.churn_horizon_days
                    else base.predict(summary, config.clv_horizon_days))

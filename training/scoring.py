@@ -14,6 +14,7 @@ import pandas as pd
 from features.config import ColumnMapping
 from features.contract import parse_cutoff
 from features.pipeline import build_features
+from training.baseline import BaselineCLV
 from training.models import add_baseline_features
 from training.pipeline import FittedModels, _load, _timed, default_as_of, predict_customers
 from training.store import CustomerStore
@@ -33,11 +34,13 @@ class ScoreResult:
 
 def score_customers(models: FittedModels, transactions: Any, as_of: Any | None = None,
                     mapping: ColumnMapping | None = None, *, table: str | None = None,
-                    timings: dict[str, float] | None = None
+                    timings: dict[str, float] | None = None,
+                    baselines: dict[pd.Timestamp, BaselineCLV] | None = None,
                     ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(per-customer output, model features) for every customer with a purchase before
     ``as_of`` (default: the day after the last event). ``timings``, if given, receives the
-    wall seconds of each step (see `ScoreResult.timings`)."""
+    wall seconds of each step (see `ScoreResult.timings`); ``baselines``, if given, the
+    BG/NBD + Gamma-Gamma baseline fitted on this population (keyed by ``as_of``)."""
     with _timed(timings, "load"):
         tx = _load(transactions, mapping, table)
         cut = parse_cutoff(as_of) if as_of is not None else default_as_of(tx)
@@ -45,7 +48,7 @@ def score_customers(models: FittedModels, transactions: Any, as_of: Any | None =
     with _timed(timings, "features"):
         feats = build_features(tx, cut, config=fcfg)
     with _timed(timings, "baseline_features"):
-        feats = add_baseline_features(feats, fcfg)
+        feats = add_baseline_features(feats, fcfg, fitted=baselines)
     return predict_customers(models, feats, cut, timings=timings), feats
 
 
@@ -65,8 +68,9 @@ def score(
 
         models = load_champions()
     timings: dict[str, float] = {}
+    baselines: dict[pd.Timestamp, BaselineCLV] = {}
     scores, feats = score_customers(models, transactions, as_of, mapping, table=table,
-                                    timings=timings)
+                                    timings=timings, baselines=baselines)
     cut = pd.Timestamp(scores["as_of"].iloc[0])
     store = CustomerStore(store_url or CustomerStore.default_url())
     try:
@@ -78,7 +82,9 @@ def score(
                 as_of=cut,
                 model_versions=dict(models.versions),
                 segmenter=models.segmenter.to_dict(),
-                metadata={"config": models.config.model_dump(mode="json")},
+                # the baseline fitted on this population: /score reuses it (no refit)
+                metadata={"config": models.config.model_dump(mode="json"),
+                          "baseline": next((b.to_dict() for b in baselines.values()), None)},
             )
     finally:
         store.close()

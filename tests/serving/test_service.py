@@ -179,6 +179,22 @@ def test_score_reproduces_the_batch_from_raw_transactions(svc, world, stored) ->
             s["segment"], s["lifecycle_stage"], s["rfm_score"], s["churn_risk"])
 
 
+def test_service_uses_the_baseline_saved_with_the_batch(svc, world) -> None:
+    """`lifecast score` stores the baseline it fitted on the population; the service loads
+    those parameters instead of refitting (same numbers as the batch, no refit at start)."""
+    from training.store import CustomerStore
+
+    store = CustomerStore(world.store_url)
+    try:
+        saved = store.current_batch()["metadata"]["baseline"]
+    finally:
+        store.close()
+    assert svc.runtime.is_ready()
+    baseline = svc.runtime._state.baseline
+    assert baseline is not None and saved is not None
+    assert baseline.to_dict() == saved
+
+
 def test_score_new_customer_and_default_cutoff(svc) -> None:
     out = svc.score(**EXAMPLE_SCORE_REQUEST)
     [p] = out.predictions

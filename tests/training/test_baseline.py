@@ -460,3 +460,39 @@ def test_expected_purchases_per_distinct_pair_equals_per_customer(bgnbd: BetaGeo
     once = bgnbd.expected_purchases(13.0, f, r, t)  # one horizon: 2F1 per (frequency, T)
     each = bgnbd.expected_purchases(np.full(len(df), 13.0), f, r, t)  # one per customer
     np.testing.assert_array_equal(once, each)
+
+
+def test_baseline_round_trips_through_a_dict(cdnow_days: pd.DataFrame) -> None:
+    """`to_dict` is what a scoring batch stores; `from_dict` must predict exactly the same."""
+    import json
+
+    fitted = BaselineCLV().fit(cdnow_days)
+    saved = json.loads(json.dumps(fitted.to_dict()))  # as it travels through the store
+    loaded = BaselineCLV.from_dict(saved)
+    pd.testing.assert_frame_equal(loaded.predict(cdnow_days, 90), fitted.predict(cdnow_days, 90))
+    assert loaded.bgnbd_.params_ == fitted.bgnbd_.params_
+    assert loaded.gamma_gamma_.population_mean_ == pytest.approx(
+        fitted.gamma_gamma_.population_mean_, rel=1e-15)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "words"),
+    [
+        (lambda d: d.pop("bgnbd"), "bgnbd"),
+        (lambda d: d["gamma_gamma"]["params"].pop("q"), "'q'"),
+        (lambda d: d["bgnbd"]["params"].update(r=-1.0), "['r']"),
+        (lambda d: d["gamma_gamma"]["params"].update(q=0.5), "['q']"),
+    ],
+)
+def test_baseline_from_a_bad_dict_names_the_field(cdnow_days: pd.DataFrame, mutate,  # noqa: ANN001
+                                                  words: str) -> None:
+    saved = BaselineCLV().fit(cdnow_days).to_dict()
+    mutate(saved)
+    with pytest.raises(ValueError, match="not a saved BaselineCLV") as err:
+        BaselineCLV.from_dict(saved)
+    assert words in str(err.value)
+
+
+def test_unfitted_baseline_has_no_dict() -> None:
+    with pytest.raises(ValueError, match="not fitted"):
+        BaselineCLV().to_dict()
