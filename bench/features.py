@@ -225,6 +225,7 @@ def run_worker(step: str, path: str, cutoff: str, n_rows: int, seed: int) -> dic
             warnings.simplefilter("ignore")
             from lifetimes.utils import summary_data_from_transaction_data
         result["rss_before_gb"] = _current_rss_gb()
+        cpu0 = time.process_time()
         df, result["read_s"] = _read(path, ["customer_id", "timestamp", "amount"])
         cut = pd.Timestamp(cutoff)
         t0 = time.perf_counter()
