@@ -116,8 +116,8 @@ def customer_aggregates(
         is_purchase=amount.max() >= 0,
         gross=ibis.ifelse(amount > 0, amount, zero).sum().cast(MONEY),
         returned=ibis.ifelse(amount < 0, -amount, zero).sum().cast(MONEY),
-        pos_rows=(amount > 0).sum(),
-        neg_rows=(amount < 0).sum(),
+        pos_rows=m.count(where=amount > 0),
+        neg_rows=m.count(where=amount < 0),
     )
     orders = orders.mutate(day=orders.ts.date())
 
@@ -148,10 +148,15 @@ def customer_aggregates(
     def since(days: int) -> ir.BooleanValue:
         return orders.ts >= cut(orders) - ibis.interval(days=days)
 
+    def count(where: ir.BooleanValue) -> ir.IntegerValue:
+        # COUNT(*) FILTER (WHERE ...): on DuckDB ~40% cheaper than Ibis's boolean
+        # .sum(), a SUM(CAST(... AS INT))
+        return orders.count(where=where)
+
     tw = config.trend_window_days
     null_int = ibis.null("int64")
     aggs: dict[str, ir.Value] = {
-        "n_orders": is_p.sum(),
+        "n_orders": count(is_p),
         "monetary_total": orders.value.sum(),
         "max_order_value": ibis.ifelse(is_p, orders.value, ibis.null(MONEY)).max(),
         "gross": orders.gross.sum(),
@@ -160,9 +165,9 @@ def customer_aggregates(
         "neg_rows": orders.neg_rows.sum(),
         "trend_recent": ibis.ifelse(since(tw), orders.value, zero).sum(),
         "trend_before": ibis.ifelse(since(2 * tw) & ~since(tw), orders.value, zero).sum(),
-        "trend_orders": (since(2 * tw) & is_p).sum(),
+        "trend_orders": count(since(2 * tw) & is_p),
         # purchase days
-        "n_days": new_day.sum(),
+        "n_days": count(new_day),
         "first_day": ibis.ifelse(is_p, orders.first_day, ibis.null("date")).min(),
         "last_day": ibis.ifelse(is_p, orders.last_day, ibis.null("date")).max(),
         "first_day_value": ibis.ifelse(
@@ -178,15 +183,15 @@ def customer_aggregates(
         ).max(),
         # a purchase day opens a new month when the previous one is at least as many days
         # back as the day's day-of-month (no month truncation: ~4x cheaper on DuckDB)
-        "active_months": (
+        "active_months": count(
             new_day & (orders.prev_day.isnull() | (gap >= orders.day.day().cast("int64")))
-        ).sum(),
+        ),
         # the most common weekday's count, as seven counts in the same pass (cheaper than
         # a second grouping by weekday and a join)
-        "dow_max": ibis.greatest(*[(new_day & (dow == d)).sum() for d in range(7)]),
+        "dow_max": ibis.greatest(*[count(new_day & (dow == d)) for d in range(7)]),
     }
     for w in config.windows_days:
-        aggs[f"orders_{w}d"] = (since(w) & is_p).sum()
+        aggs[f"orders_{w}d"] = count(since(w) & is_p)
         aggs[f"spend_{w}d"] = ibis.ifelse(since(w), orders.value, zero).sum()
     if has_discount:
         aggs["disc_gross"] = orders.disc_gross.sum()
