@@ -5,7 +5,7 @@ Markdown table: each metric for the model and the baseline, and whether the bar 
 churn beats the baseline's ROC-AUC and Brier score; value beats its normalized Gini and
 decile MAPE with an aggregate bias within 10%.
 
-    python bench/quality.py [--data ../shared/data] [--json out.json]
+    python bench/quality.py [--data ../shared/data] [--json out.json] [--set KEY=VALUE]
 
 The same numbers come from the CLI, e.g.:
 
@@ -48,10 +48,13 @@ CHECKS = [  # (target, metric, rule)
 ]
 
 
-def run(data: Path) -> list[dict]:
+def run(data: Path, overrides: dict[str, str] | None = None) -> list[dict]:
+    """Every case with the default `TrainConfig` (``overrides``: field -> value, to measure
+    another setting the same way)."""
     rows = []
     for name, file, mapping, cutoff, hc, hv in CASES:
-        config = TrainConfig(features=FeatureConfig(churn_horizon_days=hc, clv_horizon_days=hv))
+        config = TrainConfig(features=FeatureConfig(churn_horizon_days=hc, clv_horizon_days=hv),
+                             **(overrides or {}))
         start = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -88,8 +91,16 @@ def main() -> None:
     default = Path(__file__).resolve().parents[2] / "shared" / "data"
     parser.add_argument("--data", type=Path, default=default)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a TrainConfig field, e.g. --set learning_rate=0.05")
     args = parser.parse_args()
-    rows = run(args.data)
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key] = value
+    rows = run(args.data, overrides)
     print(markdown(rows))
     met = sum(r["met"] for r in rows)
     print(f"\n{met} of {len(rows)} bars met")

@@ -4,7 +4,7 @@ Run from the repository root, with the project's virtualenv::
 
     python bench/train.py                                  # 1M customers, everything
     python bench/train.py --skip-train                     # scoring only (cached models)
-    python bench/train.py --max-customers 200000 --set learning_rate=0.1 --json out.json
+    python bench/train.py --max-customers 100000,0 --set learning_rate=0.1 --json out.json
 
 It generates (once, cached under ``--cache`` like ``bench/features.py``, and shared with it) a
 synthetic log of about ``--customers`` customers (`bench.synthetic`, ~10 rows per customer over
@@ -13,8 +13,8 @@ its own:
 
 - **train**: ``training.pipeline.train(path, mapping, as_of, TrainConfig(features=FeatureConfig(
   churn_horizon_days=90, clv_horizon_days=90, n_snapshots=12, snapshot_every_days=30),
-  max_customers_per_snapshot=N))`` for each N of ``--max-customers`` (default 200000, the
-  default of `TrainConfig`, then 0 = every customer in every snapshot, with a shorter
+  max_customers_per_snapshot=N))`` for each N of ``--max-customers`` (default 100000, the
+  default of `TrainConfig`; 0 = every customer in every snapshot runs with a shorter
   timeout), broken down by the stages `TrainResult.timings` records;
 - **score**: ``training.scoring.score(path, mapping, as_of, store_url=<SQLite file in a temp
   folder>, models=<the models of the first train run>)``: features, baseline features, the
@@ -317,7 +317,7 @@ def _worker_main(argv: list[str]) -> int:
     p.add_argument("--as-of", default=DEFAULT_AS_OF)
     p.add_argument("--rows", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-customers", type=int, default=200_000)
+    p.add_argument("--max-customers", type=int, default=100_000)
     p.add_argument("--overrides", default="{}")
     p.add_argument("--save-models", default="")
     p.add_argument("--models", default="")
@@ -545,9 +545,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"folder for the generated log and models (default {DEFAULT_CACHE})")
     p.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     p.add_argument("--as-of", default=DEFAULT_AS_OF, help=f"cutoff (default {DEFAULT_AS_OF})")
-    p.add_argument("--max-customers", default="200000,0",
+    p.add_argument("--max-customers", default="100000",
                    help="max_customers_per_snapshot values to train with, in order; the "
-                        "first one's models are scored (default 200000,0)")
+                        "first one's models are scored (default 100000, the default of "
+                        "TrainConfig; add 0 for everyone in every snapshot)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a TrainConfig field, e.g. --set learning_rate=0.1")
     p.add_argument("--skip-train", action="store_true",

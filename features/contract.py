@@ -532,7 +532,7 @@ def _open_csv(con: DuckDBBackend, path: Path, label: str) -> _Source:
         sniff = raw.execute(
             f"SELECT Columns, DateFormat, TimestampFormat, SkipRows, Delimiter "
             f"FROM sniff_csv({p}, header = true)"
-        ).fetchone()
+        ).fetchall()[0]
         header = _first_line(path)
         one_column = len(sniff[0]) == 1 and any(d in header for d in _DELIMITERS)
         if sniff[3] or one_column:  # skipped lines, or fell back to no delimiter: ragged rows
@@ -1169,7 +1169,7 @@ def _profile(con: DuckDBBackend, src: _Source, plan: _Plan, clean: str) -> dict[
     sql = f"SELECT {flat} FROM {_q(clean)}"  # customers and orders: see `_Counts`
     keys = list(aggs)
     try:
-        row = raw.execute(sql).fetchone()
+        row = raw.execute(sql).fetchall()[0]
     except duckdb.Error as exc:
         raise _read_error(src.label, exc) from None
     return dict(zip(keys, row, strict=True))
@@ -1180,11 +1180,13 @@ def _count_customers_orders(raw: Any, table: str, has_order_id: bool) -> tuple[i
     an order_id an order is a customer-day. One GROUP BY customer_id with a per-customer
     distinct count: at 10M rows ~40% cheaper in CPU than two global DISTINCT aggregates."""
     key = "order_id" if has_order_id else "CAST(timestamp AS DATE)"
+    # fetchall, never fetchone, in this module: DuckDB 2.0 keeps a partly fetched result
+    # open and then refuses any other query on the connection (ResourceInUseException)
     return raw.execute(
         f"SELECT count(customer_id), coalesce(sum(n_orders), 0) FROM ("
         f"SELECT customer_id, count(DISTINCT {key}) AS n_orders FROM {_q(table)} "
         f"GROUP BY customer_id)"
-    ).fetchone()
+    ).fetchall()[0]
 
 
 def _validate(con: DuckDBBackend, src: _Source, plan: _Plan, stats: dict[str, Any]) -> None:
@@ -1240,7 +1242,7 @@ def _examples(
             f"FROM {numbered} WHERE {has_cid} AND ({c.bad}) ORDER BY __row LIMIT {_EXAMPLES})"
         )
     sql = " UNION ALL ".join(parts)
-    old_threads = raw.execute("SELECT current_setting('threads')").fetchone()[0]
+    old_threads = raw.execute("SELECT current_setting('threads')").fetchall()[0][0]
     if src.numbered_single_thread:
         raw.execute("SET threads = 1")  # row_number() over a scan follows the file order
     try:
@@ -1291,7 +1293,7 @@ def _format_suggestion(con: DuckDBBackend, values: list[str]) -> str:
         ok = con.con.execute(
             "SELECT bool_and(try_strptime(v, ?) IS NOT NULL) FROM unnest(?::VARCHAR[]) t(v)",
             [fmt, values],
-        ).fetchone()[0]
+        ).fetchall()[0][0]
         if ok:
             fits.append(f"'{fmt}'")
     if not fits:
