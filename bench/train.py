@@ -386,25 +386,46 @@ def _run_worker(step: str, options: list[str], timeout: float, echo: str) -> dic
     def read_stderr() -> None:
         assert proc.stderr is not None
         for line in proc.stderr:
-            if line.startswith(STAGE_PREFIX):
-                info = json.loads(line[len(STAGE_PREFIX):])
+            infos, rest = [], line
+            if STAGE_PREFIX in line:
+                # stage lines can share a line with each other or with other stderr output
+                # written without a newline: decode each JSON object after a prefix
+                rest, *pieces = line.split(STAGE_PREFIX)
+                for piece in pieces:
+                    try:
+                        infos.append(json.JSONDecoder().raw_decode(piece)[0])
+                    except ValueError:
+                        rest += piece
+            for info in infos:
                 stages[info["stage"]] = stages.get(info["stage"], 0.0) + info["s"]
                 print(f"      {echo}: {info['stage']} {info['s']:.1f} s "
                       f"(load {info['load']:.1f})", flush=True)
-            else:
-                tail.append(line.rstrip())
+            if rest.strip():
+                tail.append(rest.rstrip())
                 del tail[:-20]
 
-    reader = threading.Thread(target=read_stderr, daemon=True)
-    reader.start()
+    out: list[str] = []
+
+    def read_stdout() -> None:
+        assert proc.stdout is not None
+        out.append(proc.stdout.read())
+
+    # One reader per pipe (not `communicate`, which would read stderr too and split its
+    # lines between two readers).
+    readers = [threading.Thread(target=f, daemon=True) for f in (read_stderr, read_stdout)]
+    for reader in readers:
+        reader.start()
     try:
-        stdout, _ = proc.communicate(timeout=timeout)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
-        proc.communicate()
-        reader.join(5)
+        proc.wait()
+        for reader in readers:
+            reader.join(5)
         return {"error": f"timed out after {timeout:.0f} s", "stages_done": stages}
-    reader.join(5)
+    for reader in readers:
+        reader.join(5)
+    stdout = "".join(out)
     for line in reversed(stdout.splitlines()):
         if line.startswith(RESULT_PREFIX):
             return json.loads(line[len(RESULT_PREFIX):])
