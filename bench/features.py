@@ -683,8 +683,9 @@ def main(argv: list[str] | None = None) -> int:
     if loads:
         print(
             f"\n1-minute load average during the runs: median {statistics.median(loads):.1f}, "
-            f"max {max(loads):.1f} on {os.cpu_count()} cores (above the core count, other "
-            f"processes were competing and the times are inflated)"
+            f"max {max(loads):.1f} on {os.cpu_count()} cores"
+            + (": above the core count, other processes were competing and the times are "
+               "inflated" if max(loads) > (os.cpu_count() or 1) + 0.5 else "")
         )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -656,9 +656,11 @@ def main(argv: list[str] | None = None) -> int:
             print(text)
     loads = [v for run in every for v in run.loads()]
     if loads:
+        busy = max(loads) > (os.cpu_count() or 1) + 0.5
         print(f"\n1-minute load average at the start and end of the runs: {min(loads):.1f} to "
-              f"{max(loads):.1f} on {os.cpu_count()} cores (above the core count, other "
-              f"processes were competing and the times are inflated)")
+              f"{max(loads):.1f} on {os.cpu_count()} cores"
+              + (": above the core count, other processes were competing and the times are "
+                 "inflated" if busy else ""))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         payload = {
