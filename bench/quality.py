@@ -24,9 +24,12 @@ import warnings
 from pathlib import Path
 
 # Run as a script, this folder comes first on sys.path and its features.py (the feature
-# benchmark) would shadow the `features` package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+# benchmark) would shadow the `features` package: put the repository root there instead.
+_BENCH_DIR = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH_DIR]
+sys.path.insert(0, str(_BENCH_DIR.parent))
 
+from bench.train import parse_set  # noqa: E402
 from features import DEMO_MAPPING, ColumnMapping, FeatureConfig  # noqa: E402
 from training.models import TrainConfig  # noqa: E402
 from training.pipeline import backtest  # noqa: E402
@@ -48,7 +51,7 @@ CHECKS = [  # (target, metric, rule)
 ]
 
 
-def run(data: Path, overrides: dict[str, str] | None = None) -> list[dict]:
+def run(data: Path, overrides: dict | None = None) -> list[dict]:
     """Every case with the default `TrainConfig` (``overrides``: field -> value, to measure
     another setting the same way)."""
     rows = []
@@ -94,13 +97,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a TrainConfig field, e.g. --set learning_rate=0.05")
     args = parser.parse_args()
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set expects KEY=VALUE, got {item!r}")
-        overrides[key] = value
-    rows = run(args.data, overrides)
+    rows = run(args.data, parse_set(args.set))
     print(markdown(rows))
     met = sum(r["met"] for r in rows)
     print(f"\n{met} of {len(rows)} bars met")

@@ -542,7 +542,9 @@ def _describe(run: Run) -> str:
     return ""
 
 
-def _parse_set(items: list[str]) -> dict[str, Any]:
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` options as TrainConfig overrides (values parsed as JSON when they
+    are JSON, else kept as text; pydantic converts them)."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -591,7 +593,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.repeats < 1:
         raise SystemExit("--repeats must be >= 1")
-    overrides = _parse_set(args.set)
+    overrides = parse_set(args.set)
     _train_config(0, overrides)  # fail early on a bad --set
     max_customers = [int(float(v)) for v in args.max_customers.split(",") if v.strip()]
     rows = int(round(args.customers * ROWS_PER_CUSTOMER))
