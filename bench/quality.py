@@ -11,7 +11,8 @@ The same numbers come from the CLI, e.g.:
 
     lifecast backtest -t ../shared/data/online_retail.parquet --customer-col CustomerID \
         --timestamp-col InvoiceDate --amount "Quantity * UnitPrice" --order-col InvoiceNo \
-        --cutoff 2011-09-01 --churn-horizon-days 90 --clv-horizon-days 90 --out bt.parquet
+        --product-col StockCode --quantity-col Quantity --cutoff 2011-09-01 \
+        --churn-horizon-days 90 --clv-horizon-days 90 --out bt.parquet
 """
 
 from __future__ import annotations
