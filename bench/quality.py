@@ -76,17 +76,19 @@ def run(data: Path, overrides: dict | None = None) -> list[dict]:
             rows.append(dict(data=name, cutoff=cutoff, horizons=f"{hc}/{hv}", target=target,
                              metric=metric, model=float(model), baseline=float(base),
                              bar=rule, met=bool(ok), customers=len(result.predictions),
+                             churn_trees=result.models.churn.best_iteration_,
+                             value_trees=result.models.value.best_iteration_,
                              seconds=round(seconds, 1)))
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
-    out = ["| data | cutoff | metric | model | BG/NBD + GG | bar | met |",
-           "| --- | --- | --- | --- | --- | --- | --- |"]
+    out = ["| data | cutoff | metric | model | BG/NBD + GG | bar | met | trees |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         out.append(f"| {r['data']} | {r['cutoff']} | {r['target']} {r['metric']} | "
                    f"{r['model']:.4f} | {r['baseline']:.4f} | {r['bar']} | "
-                   f"{'yes' if r['met'] else '**no**'} |")
+                   f"{'yes' if r['met'] else '**no**'} | {r[r['target'] + '_trees']} |")
     return "\n".join(out)
 
 

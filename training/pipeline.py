@@ -170,21 +170,19 @@ def predict_customers(models: FittedModels, features: pd.DataFrame,
     Features at one cutoff in (one row per customer, baseline features added here when
     missing); one row per customer out with `OUTPUT_COLUMNS` plus the model versions.
     ``timings``, if given, receives the wall seconds of each step (``baseline_features``
-    when added here, ``churn_predict``, ``value_predict``, ``segments``, ``reasons``).
+    when added here, ``churn_predict_reasons``, ``value_predict``, ``segments``).
     """
     cfg = models.config
     feats = features
     if "bg_p_alive" not in feats.columns:
         with _timed(timings, "baseline_features"):
             feats = add_baseline_features(feats, cfg.features)
-    with _timed(timings, "churn_predict"):
-        p = models.churn.predict_proba(feats)
+    with _timed(timings, "churn_predict_reasons"):
+        p, reasons = models.churn.predict_with_reasons(feats)
     with _timed(timings, "value_predict"):
         clv = models.value.predict(feats)
     with _timed(timings, "segments"):
         seg = segment_customers(feats, models.segmenter, cfg.features)
-    with _timed(timings, "reasons"):
-        reasons = models.churn.reasons(feats)
     out = pd.DataFrame({
         "customer_id": feats["customer_id"].astype("string").to_numpy(),
         "as_of": pd.Timestamp(as_of if as_of is not None else feats["cutoff"].iloc[0]),

@@ -27,8 +27,8 @@ class ScoreResult:
     as_of: pd.Timestamp
     versions: dict[str, str]
     store_url: str
-    #: wall seconds per step: load, features, baseline_features, churn_predict,
-    #: value_predict, segments, reasons, store_write
+    #: wall seconds per step: load, features, baseline_features, churn_predict_reasons,
+    #: value_predict, segments, store_write
     timings: dict[str, float] = field(default_factory=dict)
 
 

@@ -51,7 +51,6 @@ Nothing happens on import or in ``CustomerStore.__init__``: the engine is create
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -66,6 +65,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
@@ -232,9 +232,13 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"cannot store a {type(obj).__name__} as JSON: {obj!r}")
 
 
-_encode_json = json.JSONEncoder(
-    separators=(",", ":"), default=_json_default, check_circular=False
-).encode
+_ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME
+
+
+def _encode_json(obj: Any) -> str:
+    """Compact JSON text (orjson: exact floats like the standard library, ~5x faster on the
+    per-customer reasons, most of a batch write's time; NaN becomes null)."""
+    return orjson.dumps(obj, default=_json_default, option=_ORJSON_OPTIONS).decode()
 
 
 def _dumps(obj: Any, what: str) -> str | None:
@@ -247,7 +251,7 @@ def _dumps(obj: Any, what: str) -> str | None:
 
 
 def _loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
+    return None if text is None else orjson.loads(text)
 
 
 def _few(values: Iterable[Any], n: int = 5) -> str:
@@ -316,9 +320,8 @@ def _text_list(column: pd.Series, order: np.ndarray) -> list[str | None]:
 def _encode_reasons(column: pd.Series, order: np.ndarray) -> list[str | None]:
     """Each customer's reasons (a list of dicts), reordered, as JSON text; None/NaN -> NULL.
 
-    The JSON encoding is most of the time of a write (about 9 us per customer with three
-    reasons, mostly formatting floats exactly), and there is no faster exact encoder in the
-    standard library."""
+    The JSON encoding was most of the time of a write with the standard library (about 9 us
+    per customer with three reasons, mostly formatting floats exactly); orjson takes ~1.5."""
     values = column.to_numpy(dtype=object)[order].tolist()
     if set(map(type, values)) <= {list}:  # the usual case: one C-level pass
         try:
@@ -332,7 +335,7 @@ def _encode_reasons(column: pd.Series, order: np.ndarray) -> list[str | None]:
             continue
         if isinstance(value, str):  # already JSON text: check it parses
             try:
-                json.loads(value)
+                orjson.loads(value)
             except ValueError as e:
                 raise ValueError(f"scores: reasons of customer row {i} is a string that is "
                                  f"not JSON: {value[:80]!r}") from e
@@ -347,7 +350,7 @@ def _encode_reasons(column: pd.Series, order: np.ndarray) -> list[str | None]:
 
 
 def _decode_reasons(text: str | None) -> list[dict[str, Any]]:
-    return [] if text is None else json.loads(text)
+    return [] if text is None else orjson.loads(text)
 
 
 def _as_timestamp(value: Any, what: str) -> pd.Timestamp:
@@ -493,6 +496,7 @@ class CustomerStore:
                     cursor.execute("PRAGMA journal_mode=WAL")
                     cursor.execute("PRAGMA journal_size_limit=67108864")
                 cursor.execute("PRAGMA synchronous=NORMAL")
+                cursor.execute("PRAGMA cache_size=-262144")
             finally:
                 cursor.close()
 
