@@ -121,6 +121,7 @@ class TreeContributions:
                 per_feature.setdefault(f, set()).add(t)
         self.thresholds_ = {f: np.array(sorted(ts), dtype="float64")
                             for f, ts in sorted(per_feature.items())}
+        reps = {f: _representatives(ts) for f, ts in self.thresholds_.items()}
         self.n_features_ = n_features
         self.trees_: list[_Tree] = []
         expected = constant = 0.0
@@ -131,15 +132,15 @@ class TreeContributions:
                 expected += float(contrib[0, -1])
                 constant += float(contrib[0, -1])
                 continue
-            tree, bias = self._tabulate(booster, t, splits)
+            tree, bias = self._tabulate(booster, t, splits, reps)
             self.trees_.append(tree)
             expected += bias
         self.expected_value_ = expected
         self.constant_ = constant  # the single-leaf trees' sum (the raw score's offset)
         return self
 
-    def _tabulate(self, booster: Any, t: int, splits: list[tuple[int, float]]
-                  ) -> tuple[_Tree, float]:
+    def _tabulate(self, booster: Any, t: int, splits: list[tuple[int, float]],
+                  global_reps: dict[int, np.ndarray]) -> tuple[_Tree, float]:
         features = sorted({f for f, _ in splits})
         local = [np.array(sorted({th for g, th in splits if g == f}), dtype="float64")
                  for f in features]
@@ -150,11 +151,8 @@ class TreeContributions:
         strides = np.cumprod([1, *sizes[::-1]])[:-1][::-1]
         remaps, columns = [], []
         for f, ts, stride in zip(features, local, strides, strict=True):
-            glob = self.thresholds_[f]
             # the local code of each global code: a global bin lies inside one local bin
-            reps = _representatives(glob)
-            remap = _codes(reps, ts)
-            remap[-2], remap[-1] = len(ts) + 1, len(ts) + 2  # NaN, zero
+            remap = _codes(global_reps[f], ts)
             remaps.append((remap * stride).astype(np.int32))
             columns.append(_representatives(ts))
         grid = np.meshgrid(*columns, indexing="ij")
