@@ -399,13 +399,12 @@ class Runtime:
 
         m = self.models
         churn, value, cfg = m.churn, m.value, m.config
-        raw = churn.booster_.predict(X, num_iteration=churn.best_iteration_, raw_score=True,
-                                     num_threads=1)
-        p = calibrate(raw, *churn.calibration_)
-        clv = value.booster_.predict(Xv, num_iteration=value.best_iteration_,
-                                     num_threads=1) * value.level_
+        # one churn call: a row's raw score is the sum of its SHAP contributions
         contrib = churn.booster_.predict(X, num_iteration=churn.best_iteration_,
                                          pred_contrib=True, num_threads=1)
+        p = calibrate(contrib.sum(axis=1), *churn.calibration_)
+        clv = value.booster_.predict(Xv, num_iteration=value.best_iteration_,
+                                     num_threads=1) * value.level_
         return {
             "churn_probability": np.asarray(p, dtype="float64"),
             "churn_risk": risk_band(p, cfg.risk_bands),

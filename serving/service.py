@@ -109,12 +109,20 @@ def _caller(ctx: Any) -> tuple[Any, str | None]:
     return key, client
 
 
+#: Set to 1 (with BentoML's tracing configuration: exporter, sample rate) to trace requests.
+#: Otherwise every path is excluded from BentoML's OpenTelemetry middleware: with no exporter
+#: its spans go nowhere, and creating them cost ~10% of a worker's CPU per /predict.
+TRACING_ENV = "LIFECAST_TRACING"
+_TRACING = os.environ.get(TRACING_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
 @bentoml.service(
     name=SERVICE_NAME,
     description="Churn probability, predicted customer value, segments and reasons.",
     traffic={"timeout": 60},
     # the access log is on by default; `lifecast serve --no-access-log` turns it off
     logging={"access": {"enabled": True}},
+    **({} if _TRACING else {"tracing": {"excluded_urls": [".*"]}}),
 )
 class Lifecast:
     """lifecast: churn probability and future customer value.

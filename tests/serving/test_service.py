@@ -588,3 +588,22 @@ def test_timestamps_with_offsets_are_utc() -> None:
         {"timestamp": "2011-11-01T10:00:00+02:00", "amount": 1.0}]}]})
     assert req.customers[0].transactions[0].timestamp == datetime(2011, 11, 1, 8, 0)
     assert pd.Timestamp(req.customers[0].transactions[0].timestamp).tzinfo is None
+
+
+def test_tracing_is_off_unless_asked_for() -> None:
+    """BentoML's OpenTelemetry middleware skips every path unless LIFECAST_TRACING is set
+    (spans without an exporter cost CPU per request and go nowhere)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from serving.service import Lifecast; "
+            "print(repr(Lifecast.config.get('tracing')))")
+    env = {k: v for k, v in os.environ.items() if k != "LIFECAST_TRACING"}
+    default = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, check=True).stdout.strip().splitlines()[-1]
+    assert default == "{'excluded_urls': ['.*']}"
+    traced = subprocess.run([sys.executable, "-c", code], env={**env, "LIFECAST_TRACING": "1"},
+                            capture_output=True, text=True, check=True
+                            ).stdout.strip().splitlines()[-1]
+    assert traced == "None"
