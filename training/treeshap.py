@@ -190,14 +190,19 @@ class TreeContributions:
         return X
 
     def _run(self, X: np.ndarray, out: np.ndarray, block: Any, n_jobs: int | None) -> None:
-        starts = range(0, X.shape[0], BLOCK)
-        jobs = max(1, min(n_jobs or os.cpu_count() or 1, len(starts)))
+        n = X.shape[0]
+        jobs = max(1, min(n_jobs or os.cpu_count() or 1, -(-n // BLOCK)))
+        # equal blocks of at most BLOCK rows, a multiple of the threads in number, so that
+        # no thread idles through a short last round
+        n_blocks = -(-max(1, -(-n // BLOCK)) // jobs) * jobs
+        size = max(1, -(-n // n_blocks))
+        bounds = [(start, min(start + size, n)) for start in range(0, n, size)]
         if jobs == 1:
-            for start in starts:
-                block(X, out, start)
+            for start, stop in bounds:
+                block(X, out, start, stop)
         else:
             with ThreadPoolExecutor(jobs) as pool:
-                list(pool.map(lambda s: block(X, out, s), starts))
+                list(pool.map(lambda b: block(X, out, *b), bounds))
 
     def _cases(self, x: np.ndarray) -> Any:
         """Per tree (in order): the tree and each row's case index in its table."""
@@ -212,8 +217,8 @@ class TreeContributions:
                 idx += part
             yield tree, idx
 
-    def _contrib_block(self, X: np.ndarray, out: np.ndarray, start: int) -> None:
-        x = X[start:start + BLOCK]
+    def _contrib_block(self, X: np.ndarray, out: np.ndarray, start: int, stop: int) -> None:
+        x = X[start:stop]
         acc = np.zeros((self.n_features_ + 1, len(x)), dtype="float64")  # a row per feature
         acc[-1] = self.expected_value_
         vals = np.empty(len(x), dtype="float64")
@@ -221,13 +226,13 @@ class TreeContributions:
             for f, column in zip(tree.features, tree.table, strict=True):
                 np.take(column, idx, out=vals)
                 acc[f] += vals
-        out[start:start + len(x)] = acc.T
+        out[start:stop] = acc.T
 
-    def _raw_block(self, X: np.ndarray, out: np.ndarray, start: int) -> None:
-        x = X[start:start + BLOCK]
+    def _raw_block(self, X: np.ndarray, out: np.ndarray, start: int, stop: int) -> None:
+        x = X[start:stop]
         acc = np.full(len(x), self.constant_, dtype="float64")
         vals = np.empty(len(x), dtype="float64")
         for tree, idx in self._cases(x):
             np.take(tree.leaf, idx, out=vals)
             acc += vals
-        out[start:start + len(x)] = acc
+        out[start:stop] = acc

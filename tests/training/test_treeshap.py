@@ -60,6 +60,12 @@ def test_num_iteration_and_single_leaf_trees():
                                stumps.predict(X, pred_contrib=True), atol=1e-12)
     booster = lgb.train({"objective": "binary", "num_leaves": 7, "verbosity": -1},
                         lgb.Dataset(X, y), num_boost_round=30)
+    whole = TreeContributions().fit(booster)
+    assert whole.predict(X[:0]).shape == (0, X.shape[1] + 1)
+    assert whole.predict_raw(X[:0]).shape == (0,)
+    for n in (1, 3, 257):  # blocks split evenly over the threads, whatever the row count
+        np.testing.assert_allclose(whole.predict(X[:n], n_jobs=2),
+                                   booster.predict(X[:n], pred_contrib=True), atol=1e-12)
     part = TreeContributions(num_iteration=10).fit(booster)
     np.testing.assert_allclose(part.predict(X),
                                booster.predict(X, num_iteration=10, pred_contrib=True),
