@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from training import models as tm
+from training import treeshap
 from training.treeshap import NotTabulable, TreeContributions
 
 
@@ -51,7 +52,7 @@ def test_contributions_and_raw_scores_equal_lightgbm(params):
                                rtol=0, atol=1e-12)
 
 
-def test_num_iteration_and_single_leaf_trees():
+def test_num_iteration_and_single_leaf_trees(monkeypatch):
     X, y = _awkward_matrix(500, 2)
     # min_child_samples above the row count: every tree is a single leaf
     stumps = lgb.train({"objective": "binary", "min_child_samples": 1000, "verbosity": -1},
@@ -63,6 +64,7 @@ def test_num_iteration_and_single_leaf_trees():
     whole = TreeContributions().fit(booster)
     assert whole.predict(X[:0]).shape == (0, X.shape[1] + 1)
     assert whole.predict_raw(X[:0]).shape == (0,)
+    monkeypatch.setattr(treeshap, "BLOCK", 50)  # several blocks per thread
     for n in (1, 3, 257):  # blocks split evenly over the threads, whatever the row count
         np.testing.assert_allclose(whole.predict(X[:n], n_jobs=2),
                                    booster.predict(X[:n], pred_contrib=True), atol=1e-12)
