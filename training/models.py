@@ -10,7 +10,9 @@
   than isotonic: on the real logs in ``bench/README.md`` isotonic steps overfit the one
   validation snapshot (worse log-loss and Brier), while the two-parameter map did not.
   Monotone constraints make churn probability non-decreasing in ``days_since_last`` and
-  ``overdue_ratio``. Reasons come from LightGBM's own SHAP contributions (``pred_contrib``).
+  ``overdue_ratio``. Reasons come from LightGBM's own SHAP contributions (``pred_contrib``);
+  for large batches they are looked up in per-tree tables of those same values
+  (`training.treeshap`), which also give the raw score.
 * `ValueModel`: LightGBM with a Tweedie objective for zero-inflated, heavy-tailed spend;
   the total level is corrected on the validation snapshot (sum of actual / sum of
   predicted) so that the sum of predictions tracks the actual total when spend drifts

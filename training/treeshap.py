@@ -37,7 +37,7 @@ ZERO = float(np.float32(1e-35))
 #: back to pred_contrib); depth-3 trees have at most 4**6 = 4,096
 MAX_CASES = 1 << 16
 #: rows per lookup block (fewer, larger numpy calls: 2**16 rows ran ~3x faster than 2**13)
-BLOCK = 1 << 16
+BLOCK = 1 << 17
 
 
 class NotTabulable(ValueError):
