@@ -445,15 +445,16 @@ def _tables(model: ChurnModel | ValueModel, n_rows: int) -> TreeContributions | 
     ``_TABULATE_ROWS`` rows; None for smaller batches or a model it cannot tabulate."""
     if n_rows < _TABULATE_ROWS:
         return None
-    tables = model.__dict__.get("_tables")
-    if tables is None or (tables and tables.num_iteration != model.best_iteration_):
+    # keyed on the booster itself: a refit (a new booster) never reads the old tables
+    cached = model.__dict__.get("_tables")
+    if cached is None or cached[0] is not model.booster_:
         try:
             tables = TreeContributions(model.best_iteration_).fit(model.booster_)
         except NotTabulable as e:
             logger.info("%s model: not tabulated (%s); LightGBM predicts", model.kind, e)
-            tables = False
-        model._tables = tables
-    return tables or None
+            tables = None
+        cached = model._tables = (model.booster_, tables)
+    return cached[1]
 
 
 def _without_cache(model: ChurnModel | ValueModel) -> dict[str, Any]:

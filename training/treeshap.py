@@ -26,6 +26,7 @@ linear trees, several trees per iteration, or trees with too many cases) raise
 
 from __future__ import annotations
 
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -76,7 +77,11 @@ def _representatives(thresholds: np.ndarray) -> np.ndarray:
 
 
 def _codes(x: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """Each value's code against sorted thresholds (see `_representatives`), as int32."""
+    """Each value's code against sorted thresholds (see `_representatives`), as int32.
+
+    Every value in LightGBM's zero range shares the zero code, whose representative is 0.0:
+    exact for missing-type Zero nodes, and for the others as long as no threshold lies
+    strictly inside (-ZERO, ZERO), which LightGBM's bin boundaries never do."""
     codes = np.searchsorted(thresholds, x, side="left").astype(np.int32)
     codes[np.abs(x) <= ZERO] = len(thresholds) + 2
     codes[np.isnan(x)] = len(thresholds) + 1
@@ -162,10 +167,10 @@ class TreeContributions:
         for f, values in zip(features, grid, strict=True):
             rows[:, f] = values.ravel()
         contrib = booster.predict(rows, start_iteration=t, num_iteration=1, pred_contrib=True)
-        table = np.ascontiguousarray(contrib[:, features].T)
+        used = contrib[:, features]
         bias = float(contrib[0, -1])
-        leaf = contrib[:, features].sum(axis=1) + bias
-        return _Tree(np.array(features), remaps, table, leaf), bias
+        leaf = used.sum(axis=1) + bias
+        return _Tree(np.array(features), remaps, np.ascontiguousarray(used.T), leaf), bias
 
     def predict(self, X: np.ndarray, n_jobs: int | None = None) -> np.ndarray:
         """(rows, features + 1) contributions, the last column the expected value: what
@@ -193,11 +198,11 @@ class TreeContributions:
 
     def _run(self, X: np.ndarray, out: np.ndarray, block: Any, n_jobs: int | None) -> None:
         n = X.shape[0]
-        jobs = max(1, min(n_jobs or os.cpu_count() or 1, -(-n // BLOCK)))
-        # equal blocks of at most BLOCK rows, a multiple of the threads in number, so that
-        # no thread idles through a short last round
-        n_blocks = -(-max(1, -(-n // BLOCK)) // jobs) * jobs
-        size = max(1, -(-n // n_blocks))
+        needed = max(1, math.ceil(n / BLOCK))  # blocks of at most BLOCK rows
+        jobs = max(1, min(n_jobs or os.cpu_count() or 1, needed))
+        # equal blocks, a multiple of the threads in number: no thread idles through a
+        # short last round
+        size = max(1, math.ceil(n / (math.ceil(needed / jobs) * jobs)))
         bounds = [(start, min(start + size, n)) for start in range(0, n, size)]
         if jobs == 1:
             for start, stop in bounds:

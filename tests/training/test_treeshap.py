@@ -106,8 +106,9 @@ def test_models_give_the_same_answers_tabulated(demo_train_result, monkeypatch):
     monkeypatch.setattr(tm, "_TABULATE_ROWS", 1)
     p_tab, reasons_tab = models.churn.predict_with_reasons(rows)
     v_tab = models.value.predict(rows)
-    assert isinstance(models.churn._tables, TreeContributions)
-    assert isinstance(models.value._tables, TreeContributions)
+    assert models.churn._tables[0] is models.churn.booster_
+    assert isinstance(models.churn._tables[1], TreeContributions)
+    assert isinstance(models.value._tables[1], TreeContributions)
     np.testing.assert_allclose(p_tab, p_direct, rtol=1e-12, atol=0)
     np.testing.assert_allclose(v_tab, v_direct, rtol=1e-9, atol=0)
     assert [[r["feature"] for r in x] for x in reasons_tab] == \
@@ -119,6 +120,12 @@ def test_models_give_the_same_answers_tabulated(demo_train_result, monkeypatch):
     copy = pickle.loads(pickle.dumps(models.churn))
     assert "_tables" not in copy.__dict__
     np.testing.assert_allclose(copy.predict_with_reasons(rows)[0], p_direct, rtol=1e-12)
+    # a new booster (a refit) gets new tables, never the old ones
+    first = models.churn._tables[1]
+    monkeypatch.setattr(models.churn, "booster_",
+                        lgb.Booster(model_str=models.churn.booster_.model_to_string()))
+    np.testing.assert_allclose(models.churn.predict_with_reasons(rows)[0], p_direct, rtol=1e-12)
+    assert models.churn._tables[1] is not first
     models.churn.__dict__.pop("_tables")
     models.value.__dict__.pop("_tables")
 
@@ -131,8 +138,7 @@ def test_value_model_falls_back_when_the_tables_disagree(demo_train_result, monk
     monkeypatch.setattr(tm, "_TABULATE_ROWS", 1)
     wrong = TreeContributions().fit(value.booster_)
     wrong.constant_ += 1.0  # every tabulated prediction off by a factor e
-    monkeypatch.setitem(value.__dict__, "_tables", wrong)
-    monkeypatch.setattr(wrong, "num_iteration", value.best_iteration_)
+    monkeypatch.setitem(value.__dict__, "_tables", (value.booster_, wrong))
     with caplog.at_level("WARNING"):
         got = value.predict(rows)
     np.testing.assert_allclose(got, expected, rtol=1e-12)
