@@ -84,6 +84,7 @@ if TYPE_CHECKING:
     from serving.keys import KeyRecord, KeyStore
     from training.baseline import BaselineCLV
     from training.models import ChurnModel, TrainConfig, ValueModel
+    from training.rowpredict import RowPredictor
     from training.store import BatchInfo, CustomerStore
 
 __all__ = [
@@ -206,6 +207,28 @@ def _manifest(folder: Path) -> dict[str, Any]:
         return {}
 
 
+#: requests of at most this many rows are predicted row by row through LightGBM's
+#: single-row fast path (`training.rowpredict.RowPredictor`), larger ones by
+#: ``Booster.predict``
+ROW_PATH_MAX = 64
+
+
+def _row_predictors(models: LoadedModels) -> tuple[RowPredictor, RowPredictor] | None:
+    """The churn model's contributions and the value model's predictions through LightGBM's
+    single-row fast path (a third of ``Booster.predict``'s time for one row), or None, and
+    ``Booster.predict`` serves every request, when LightGBM cannot set it up."""
+    from training.rowpredict import RowPredictor
+
+    churn, value = models.churn, models.value
+    try:
+        return (RowPredictor(churn.booster_, "contrib", churn.best_iteration_),
+                RowPredictor(value.booster_, "normal", value.best_iteration_))
+    except Exception as exc:  # an optimization: the models still serve without it
+        logger.warning("LightGBM's single-row fast path is unavailable (%s): every request "
+                       "uses Booster.predict", exc)
+        return None
+
+
 # --------------------------------------------------------------------------------------------
 # the runtime
 # --------------------------------------------------------------------------------------------
@@ -247,6 +270,7 @@ class Runtime:
             store_check_seconds = float(os.environ.get(STORE_CHECK_ENV, "30"))
         self.store_check_seconds = store_check_seconds
         self.online: OnlineFeatures = OnlineFeatures(models.config.features).fit()
+        self._rows = _row_predictors(models)
         self._state: _BatchState | None = None
         self._checked_at = -math.inf
         self._lock = threading.Lock()
@@ -400,11 +424,15 @@ class Runtime:
         m = self.models
         churn, value, cfg = m.churn, m.value, m.config
         # one churn call: a row's raw score is the sum of its SHAP contributions
-        contrib = churn.booster_.predict(X, num_iteration=churn.best_iteration_,
-                                         pred_contrib=True, num_threads=1)
+        if self._rows is not None and X.shape[0] <= ROW_PATH_MAX:
+            contrib = self._rows[0].predict(X)
+            clv = self._rows[1].predict(Xv) * value.level_
+        else:
+            contrib = churn.booster_.predict(X, num_iteration=churn.best_iteration_,
+                                             pred_contrib=True, num_threads=1)
+            clv = value.booster_.predict(Xv, num_iteration=value.best_iteration_,
+                                         num_threads=1) * value.level_
         p = calibrate(contrib.sum(axis=1), *churn.calibration_)
-        clv = value.booster_.predict(Xv, num_iteration=value.best_iteration_,
-                                     num_threads=1) * value.level_
         return {
             "churn_probability": np.asarray(p, dtype="float64"),
             "churn_risk": risk_band(p, cfg.risk_bands),

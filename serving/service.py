@@ -58,6 +58,7 @@ from typing import Any
 import anyio
 import bentoml
 from bentoml.models import BentoModel
+from pydantic import BaseModel
 from starlette.responses import JSONResponse, Response
 
 from serving.app import (
@@ -91,6 +92,19 @@ def _error(exc: ServiceError, ctx: Any) -> JSONResponse:
     if ctx is not None:  # BentoML gives the answer the context's status code
         ctx.response.status_code = exc.status
     return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+
+def _json(answer: BaseModel, ctx: Any) -> BaseModel | Response:
+    """An answer as BentoML would send it, made cheaper over HTTP.
+
+    Over HTTP (``ctx`` given) the answer's JSON, from the pydantic model's own serializer
+    (exactly the bytes BentoML's JSON serde would send), goes out as one plain response with
+    its Content-Length. BentoML's own path wraps it in a streaming response that sends the
+    body through every middleware in three messages; at one worker's ~800 requests per second
+    that was about a tenth of its CPU. A direct call (tests, notebooks) gets the model."""
+    if ctx is None:
+        return answer
+    return Response(answer.model_dump_json().encode(), media_type="application/json")
 
 
 def _csv(text: str, filename: str) -> Response:
@@ -163,7 +177,8 @@ class Lifecast:
     # (tests, notebooks) gets the same checks. Errors become JSON answers with their status.
 
     @bentoml.api(input_spec=PredictRequest, output_spec=PredictResponse)
-    async def predict(self, ctx: bentoml.Context = None, **request: Any) -> PredictResponse:
+    async def predict(self, ctx: bentoml.Context = None, **request: Any
+                      ) -> PredictResponse | Response:
         """Churn probability, predicted value, segment, lifecycle stage and reasons of
         customers in the customer store, scored by the champion models. Unknown ids are
         listed in `errors`; they never fail the batch."""
@@ -175,24 +190,24 @@ class Lifecast:
         try:
             req = PredictRequest.model_validate(request)
             if len(req.customer_ids) <= INLINE_IDS:
-                return self.runtime.predict(req.customer_ids)
-            return await anyio.to_thread.run_sync(self.runtime.predict, req.customer_ids,
-                                                  limiter=self._large_requests)
+                return _json(self.runtime.predict(req.customer_ids), ctx)
+            return _json(await anyio.to_thread.run_sync(
+                self.runtime.predict, req.customer_ids, limiter=self._large_requests), ctx)
         except ServiceError as exc:
             return _error(exc, ctx)
 
     @bentoml.api(input_spec=ScoreRequest, output_spec=ScoreResponse)
-    def score(self, ctx: bentoml.Context = None, **request: Any) -> ScoreResponse:
+    def score(self, ctx: bentoml.Context = None, **request: Any) -> ScoreResponse | Response:
         """Real-time scoring from the caller's own recent transactions (a new customer, an
         order just placed), with the batch pipeline's features, the population's BG/NBD +
         Gamma-Gamma baseline and the segment thresholds saved with the model."""
         try:
-            return self.runtime.score(ScoreRequest.model_validate(request))
+            return _json(self.runtime.score(ScoreRequest.model_validate(request)), ctx)
         except ServiceError as exc:
             return _error(exc, ctx)
 
     @bentoml.api(input_spec=HighRiskRequest, output_spec=HighRiskResponse)
-    def high_risk(self, ctx: bentoml.Context = None, **request: Any) -> HighRiskResponse:
+    def high_risk(self, ctx: bentoml.Context = None, **request: Any) -> HighRiskResponse | Response:
         """The ranked list of who to act on first (highest value at risk first), filtered and
         paginated, from the latest batch scores; `format: csv` answers text/csv. Audited."""
         key, client = _caller(ctx)
@@ -203,10 +218,10 @@ class Lifecast:
             return _error(exc, ctx)
         if isinstance(result, str):
             return _csv(result, "high_risk.csv")
-        return result
+        return _json(result, ctx)
 
     @bentoml.api(input_spec=SegmentsRequest, output_spec=SegmentsResponse)
-    def segments(self, ctx: bentoml.Context = None, **request: Any) -> SegmentsResponse:
+    def segments(self, ctx: bentoml.Context = None, **request: Any) -> SegmentsResponse | Response:
         """Segment sizes and shares, mean churn probability, total value at risk and total
         predicted value per segment of the latest batch. Audited."""
         key, client = _caller(ctx)
@@ -217,7 +232,7 @@ class Lifecast:
             return _error(exc, ctx)
         if isinstance(result, str):
             return _csv(result, "segments.csv")
-        return result
+        return _json(result, ctx)
 
     @bentoml.on_shutdown
     def _close(self) -> None:

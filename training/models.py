@@ -28,6 +28,7 @@ import contextlib
 import gc
 import json
 import logging
+import math
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -468,10 +469,14 @@ def top_reasons(
 ) -> list[list[dict[str, Any]]]:
     """Per row, the k features with the largest |contribution| (bias column dropped).
 
-    Ties keep the column order. Vectorised: the selection and every value are computed as
-    arrays and only the final dicts are built in Python.
+    Ties keep the column order; a NaN contribution comes after every number. Vectorised: the
+    selection and every value are computed as arrays and only the final dicts are built in
+    Python; a few rows (the service's requests) take a plain-Python path instead, with the
+    same result, because numpy's fixed cost per call is most of the time for one row.
     """
     c = np.asarray(contrib)[:, : len(names)]
+    if c.shape[0] <= _FEW_ROWS:
+        return _few_top_reasons(c, np.asarray(X, dtype="float64"), names, k)
     order = _top_k_columns(np.abs(c), k)
     rows = np.arange(c.shape[0])[:, None]
     top_c = c[rows, order]
@@ -494,6 +499,27 @@ def top_reasons(
         if not columns:
             return [[] for _ in range(c.shape[0])]
         return [list(r) for r in zip(*columns, strict=True)]
+
+
+#: `top_reasons` builds the reasons of at most this many rows in plain Python
+_FEW_ROWS = 8
+
+
+def _few_top_reasons(c: np.ndarray, X: np.ndarray, names: list[str], k: int
+                     ) -> list[list[dict[str, Any]]]:
+    """`top_reasons` row by row: ``sorted`` is stable, so equal magnitudes keep the column
+    order, and NaN (keyed as infinity) sorts after every number, as in `_top_k_columns`."""
+    out = []
+    inf = math.inf
+    for crow, xrow in zip(c.tolist(), X.tolist(), strict=True):
+        keys = [inf if v != v else -abs(v) for v in crow]
+        top = sorted(range(len(crow)), key=keys.__getitem__)[:k]
+        out.append([
+            {"feature": names[j], "value": None if xrow[j] != xrow[j] else xrow[j],
+             "contribution": crow[j], "direction": "raises" if crow[j] > 0 else "lowers"}
+            for j in top
+        ])
+    return out
 
 
 def _top_k_columns(magnitude: np.ndarray, k: int) -> np.ndarray:

@@ -63,6 +63,20 @@ def test_fast_path_equals_the_pandas_path_for_1000_ids(runtime, known) -> None:
     assert fast.model_dump_json() == runtime.predict_frames(ids).model_dump_json()
 
 
+def test_single_row_path_equals_booster_predict(runtime, known, monkeypatch) -> None:
+    """Requests of up to `serving.app.ROW_PATH_MAX` ids go through LightGBM's single-row fast
+    path: the same answer as ``Booster.predict`` (the path of larger requests), bit for bit."""
+    import serving.app as app
+
+    assert runtime._rows is not None  # the fast path is set up for these models
+    ids = [known[0], known[-1], *known[10:40]]
+    for asked in ([ids[0]], [ids[1]], ids):
+        fast = runtime.predict(asked).model_dump_json()
+        monkeypatch.setattr(app, "ROW_PATH_MAX", 0)
+        assert runtime.predict(asked).model_dump_json() == fast
+        monkeypatch.setattr(app, "ROW_PATH_MAX", 64)
+
+
 def test_concurrent_requests_get_the_sequential_answers(runtime, known) -> None:
     """/predict answers small requests on the event loop while a large one runs in a worker
     thread: the store, the per-batch cache and the boosters are used from two threads at once."""

@@ -250,7 +250,7 @@ def test_high_risk_and_segments_direct(svc, world) -> None:
 # -- HTTP: endpoints --------------------------------------------------------------------------
 
 
-def test_http_predict(client, stored) -> None:
+def test_http_predict(client, svc, stored) -> None:
     scores, _ = stored
     ids = [scores.index[0], "nope"]
     resp = post(client, "/predict", {"customer_ids": ids}, "crm")
@@ -267,6 +267,10 @@ def test_http_predict(client, stored) -> None:
     assert {r["direction"] for r in p["reasons"]} <= {"raises", "lowers"}
     example = post(client, "/predict", EXAMPLE_PREDICT_REQUEST, "crm")
     assert example.status_code == 200
+    # one plain JSON answer with its length: the bytes of the direct call's response model
+    assert resp.headers["content-type"] == "application/json"
+    assert int(resp.headers["content-length"]) == len(resp.content)
+    assert resp.content == predict(svc, customer_ids=ids).model_dump_json().encode()
 
 
 def test_http_score(client) -> None:
