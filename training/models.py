@@ -558,4 +558,8 @@ def _gc_paused() -> Iterator[None]:
 def risk_band(p: np.ndarray, bands: tuple[float, float]) -> np.ndarray:
     """low / medium / high by the configured thresholds."""
     lo, hi = bands
+    p = np.asarray(p)
+    if p.ndim == 1 and len(p) <= _FEW_ROWS:  # a request's few rows: numpy's setup dominates
+        return np.array(["high" if x >= hi else "medium" if x >= lo else "low"
+                         for x in p.tolist()], dtype="<U6")
     return np.where(p >= hi, "high", np.where(p >= lo, "medium", "low"))

@@ -1,5 +1,5 @@
-"""`training.models.top_reasons`: the few-rows path (plain Python) and the vectorised path
-give the same reasons, in the documented order."""
+"""`training.models.top_reasons` and `risk_band`: the few-rows paths (plain Python) and the
+vectorised paths give the same answers, in the documented order."""
 
 from __future__ import annotations
 
@@ -48,3 +48,14 @@ def test_few_rows_path_equals_vectorised_path(contrib, X, k) -> None:
     big_x = np.vstack([X, np.zeros((pad, X.shape[1]))])
     vectorised = top_reasons(big_c, big_x, NAMES, k)[: len(contrib)]
     assert repr(few) == repr(vectorised)  # repr: NaN == NaN, -0.0 kept apart from 0.0
+
+
+def test_risk_band_few_and_many_rows_agree() -> None:
+    from training.models import risk_band
+
+    p = np.array([0.0, 0.2999, 0.3, 0.5, 0.6, 0.61, 1.0, np.nan])
+    expected = ["low", "low", "medium", "medium", "high", "high", "high", "low"]
+    assert risk_band(p, (0.3, 0.6)).tolist() == expected  # few rows: plain Python
+    many = np.tile(p, 3)  # 24 rows: numpy
+    assert risk_band(many, (0.3, 0.6)).tolist() == expected * 3
+    assert risk_band(np.array([]), (0.3, 0.6)).tolist() == []
