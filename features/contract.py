@@ -17,8 +17,9 @@ The mapping is applied once, here, at the boundary:
   DuckDB sniffs from a CSV, or with ``mapping.timestamp_format``.
 - ``amount``: DOUBLE, a column or an arithmetic expression over columns
   (``Quantity * UnitPrice``); negative amounts (returns, cancellations) are kept.
-- ``order_id``, ``product_id``, ``category``, ``channel``: VARCHAR; ``quantity``,
-  ``discount``: DOUBLE.
+- ``order_id``, ``product_id``: BIGINT when the source column is an integer column, else
+  VARCHAR (they are only grouped and counted, and integers group faster);
+  ``category``, ``channel``: VARCHAR; ``quantity``, ``discount``: DOUBLE.
 
 Work is done by one in-process DuckDB connection (an Ibis backend): the cleaned rows are a
 view over the source, one aggregate query computes the `ValidationReport` and every
@@ -929,6 +930,11 @@ def _plan(src: _Source, mapping: ColumnMapping, *, integer_ids: bool = True) -> 
                     hint=f"Fix these values, or leave {contract} unmapped.",
                 )
             )
+        elif contract in _INTEGER_KEYS and src.types[col].upper() in _BIGINT_SAFE:
+            # kept as integers: only grouped and counted, never shown, and grouping on
+            # BIGINT instead of VARCHAR ran the 50M-row feature query 18% faster in 15%
+            # less memory (bench/README.md "Feature pipeline")
+            columns.append(_Column(contract, col, f"CAST({_q(col)} AS BIGINT)", (col,)))
         else:
             columns.append(_Column(contract, col, _text_sql(src, col), (col,)))
     if problems:
@@ -1020,6 +1026,13 @@ def _numeric_sql(src: _Source, col: str, contract: str, problems: list[str]) -> 
         f"set {_hint(contract)} to a numeric column"
     )
     return "NULL::DOUBLE"
+
+
+#: id columns kept as BIGINT when the source column is an integer column (else VARCHAR)
+_INTEGER_KEYS = ("order_id", "product_id")
+#: integer types whose every value fits a BIGINT (UBIGINT and HUGEINT may not: VARCHAR)
+_BIGINT_SAFE = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT",
+                "UINTEGER"}
 
 
 def _text_sql(src: _Source, col: str) -> str:

@@ -318,11 +318,17 @@ def test_optional_columns_get_contract_types() -> None:
     )
     tx = load_transactions(df, MAPPING.with_overrides(channel="Channel"))
     got = tx.to_pandas()
-    assert got["product_id"].tolist() == ["10", "11", "10", "10", "11"]
+    # an integer id column stays integer (only grouped and counted); text ids stay text
+    assert got["product_id"].tolist() == [10, 11, 10, 10, 11]
     assert got["channel"].tolist()[:2] == ["web", "shop"]
     assert pd.isna(got["channel"].iloc[4])  # blank label is null, the row is kept
     schema = tx.table.schema()
     assert schema["quantity"].is_float64() and schema["order_id"].is_string()
+    assert schema["product_id"].is_int64()
+    big = df.assign(StockCode=pd.array([2**63 + 1, 11, 10, 10, 12, 11], dtype="UInt64"))
+    big_tx = load_transactions(big, MAPPING.with_overrides(channel="Channel"))
+    assert big_tx.table.schema()["product_id"].is_string()  # may not fit a BIGINT
+    assert big_tx.to_pandas()["product_id"].tolist()[0] == str(2**63 + 1)
 
 
 def test_a_given_backend_holds_the_table_and_nothing_is_left_on_error() -> None:
