@@ -17,7 +17,8 @@ Transactions in (rows), one row per (cutoff, customer) out.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import ibis
 import ibis.expr.datatypes as idt
@@ -64,8 +65,71 @@ def attach_cutoffs(tx: ir.Table, cutoffs: Sequence[pd.Timestamp]) -> ir.Table:
     return tx.join(cuts, tx.timestamp < cuts.cutoff)
 
 
+@dataclass(frozen=True)
+class SharedWork:
+    """What features at several cutoffs over the same rows can share (`shared_work`).
+
+    * ``lines``: the rows summed per (customer, order, timestamp) (`order_lines`). Rows of
+      one line fall on the same side of every cutoff, so the orders before a cutoff are the
+      lines before it summed per order, or the lines themselves when ``lines_are_orders``
+      (every order has one timestamp, as in most logs): the per-cutoff pass over the raw
+      rows becomes a filter over fewer, pre-summed rows.
+    * ``first_seen``: per optional column (``product_id``, ``category``), each distinct
+      (customer, value) pair with the time it was first seen (`first_seen`): the distinct
+      values before a cutoff are the pairs first seen before it, counted per customer,
+      instead of a fresh two-key distinct over the rows at every cutoff.
+
+    Sums stay exact (DECIMAL), so the features equal those computed from the rows (tested).
+    """
+
+    lines: ir.Table
+    lines_are_orders: bool
+    first_seen: Mapping[str, ir.Table]
+
+
+def _order_key(tx: ir.Table) -> ir.Value:
+    """An order is one order_id, else one customer-day (grouped on the date itself)."""
+    return tx.order_id if "order_id" in tx.columns else tx.timestamp.date()
+
+
+def order_lines(tx: ir.Table) -> ir.Table:
+    """Contract rows summed per (customer_id, order, timestamp): rows in, one row per line
+    out, with the partial sums `customer_aggregates` needs (``_order``, ``ts``, ``value``,
+    ``max_amount``, ``gross``, ``returned``, ``pos_rows``, ``neg_rows`` and ``disc_gross``
+    when the data has discounts)."""
+    m = tx.mutate(_order=_order_key(tx), _amount=tx.amount.cast(MONEY))
+    amount = m._amount
+    zero = ibis.literal(0, type=MONEY)
+    extra = (
+        {"disc_gross": ibis.ifelse((m.discount > 0) & (amount > 0), amount, zero).sum().cast(MONEY)}
+        if "discount" in tx.columns
+        else {}
+    )
+    return m.group_by(["customer_id", "_order", "timestamp"]).aggregate(
+        **extra,
+        value=amount.sum().cast(MONEY),
+        max_amount=amount.max(),
+        gross=ibis.ifelse(amount > 0, amount, zero).sum().cast(MONEY),
+        returned=ibis.ifelse(amount < 0, -amount, zero).sum().cast(MONEY),
+        pos_rows=m.count(where=amount > 0),
+        neg_rows=m.count(where=amount < 0),
+    ).rename(ts="timestamp")
+
+
+def first_seen(tx: ir.Table, col: str) -> ir.Table:
+    """Each distinct (customer_id, ``col``) pair of the rows where ``col`` is not null, with
+    the earliest timestamp it appears at (``first_ts``)."""
+    return (
+        tx.filter(tx[col].notnull())
+        .group_by(["customer_id", col])
+        .aggregate(first_ts=tx.timestamp.min())
+        .select("customer_id", "first_ts")
+    )
+
+
 def customer_aggregates(
-    tx: ir.Table, config: FeatureConfig, cutoff: pd.Timestamp | None = None
+    tx: ir.Table, config: FeatureConfig, cutoff: pd.Timestamp | None = None,
+    shared: SharedWork | None = None,
 ) -> ir.Table:
     """Intermediate per-(cutoff, customer) aggregates that the registry's features read.
 
@@ -74,8 +138,12 @@ def customer_aggregates(
     Literal mode (one ``cutoff``): ``tx`` is the plain contract table; rows are filtered here
     and groupings are by customer alone, which spares hashing two constant columns in every
     aggregation (the hot path of `features.build_features`). Both return one row per
-    (cutoff, customer with at least one purchase order) with the same columns.
+    (cutoff, customer with at least one purchase order) with the same columns. ``shared``
+    (literal mode only: `SharedWork` built from ``tx``) starts from its pre-summed lines
+    and first-seen pairs instead of the rows; the result is the same.
     """
+    if shared is not None and cutoff is None:
+        raise ValueError("shared work is for one cutoff at a time (literal mode)")
     cols = set(tx.columns)
     keyed = cutoff is None
     if keyed:
@@ -91,8 +159,7 @@ def customer_aggregates(
         def cut(t: ir.Table) -> ir.Value:
             return cut_lit
 
-    # An order is one order_id, else one customer-day (grouped on the date itself).
-    order_key = tx.order_id if "order_id" in cols else tx.timestamp.date()
+    order_key = _order_key(tx)
     # Money is summed as DECIMAL(18, 6): exact, so the result does not depend on the order
     # in which parallel threads add up partial sums (DOUBLE sums differed in the last bits
     # between identical runs, which changed models downstream). An order's sums are cast
@@ -109,16 +176,19 @@ def customer_aggregates(
     )
 
     # 1. orders: one row per (cutoff, customer, order)
-    orders = m.group_by([*keys, "_order"]).aggregate(
-        **extra,
-        ts=m.timestamp.min(),
-        value=amount.sum().cast(MONEY),
-        is_purchase=amount.max() >= 0,
-        gross=ibis.ifelse(amount > 0, amount, zero).sum().cast(MONEY),
-        returned=ibis.ifelse(amount < 0, -amount, zero).sum().cast(MONEY),
-        pos_rows=m.count(where=amount > 0),
-        neg_rows=m.count(where=amount < 0),
-    )
+    if shared is None:
+        orders = m.group_by([*keys, "_order"]).aggregate(
+            **extra,
+            ts=m.timestamp.min(),
+            value=amount.sum().cast(MONEY),
+            is_purchase=amount.max() >= 0,
+            gross=ibis.ifelse(amount > 0, amount, zero).sum().cast(MONEY),
+            returned=ibis.ifelse(amount < 0, -amount, zero).sum().cast(MONEY),
+            pos_rows=m.count(where=amount > 0),
+            neg_rows=m.count(where=amount < 0),
+        )
+    else:
+        orders = _orders_from_lines(shared, cut_lit, has_discount)
     orders = orders.mutate(day=orders.ts.date())
 
     # 2. purchase days, without a table of them: one sorted window over each customer's
@@ -203,13 +273,21 @@ def customer_aggregates(
     # 3. distinct products / categories, only when the data has them
     for col, name in (("product_id", "distinct_products"), ("category", "distinct_categories")):
         if col in cols:
-            distinct = (
-                tx.filter(tx[col].notnull())
-                .group_by([*keys, col])
-                .aggregate()
-                .group_by(keys)
-                .aggregate(**{name: ibis._.count()})
-            )
+            if shared is not None:
+                pairs = shared.first_seen[col]
+                distinct = (
+                    pairs.filter(pairs.first_ts < cut_lit)
+                    .group_by(keys)
+                    .aggregate(**{name: ibis._.count()})
+                )
+            else:
+                distinct = (
+                    tx.filter(tx[col].notnull())
+                    .group_by([*keys, col])
+                    .aggregate()
+                    .group_by(keys)
+                    .aggregate(**{name: ibis._.count()})
+                )
             agg = agg.left_join(distinct, keys).drop(*(f"{k}_right" for k in keys))
             agg = agg.mutate(**{name: ibis.coalesce(agg[name], 0)})
         else:
@@ -221,19 +299,44 @@ def customer_aggregates(
     return agg
 
 
+def _orders_from_lines(shared: SharedWork, cut: ir.Value, has_discount: bool) -> ir.Table:
+    """The orders before ``cut`` from `order_lines` (what step 1 of `customer_aggregates`
+    computes from the rows): the lines themselves when each order is one line, else the
+    lines summed per order."""
+    lines = shared.lines.filter(shared.lines.ts < cut)
+    money = ["value", "gross", "returned", *(["disc_gross"] if has_discount else [])]
+    if shared.lines_are_orders:
+        return lines.select(
+            "customer_id", "_order", "ts", *money,
+            is_purchase=lines.max_amount >= 0,
+            pos_rows=lines.pos_rows.cast("int64"),
+            neg_rows=lines.neg_rows.cast("int64"),
+        )
+    return lines.group_by(["customer_id", "_order"]).aggregate(
+        ts=lines.ts.min(),
+        is_purchase=lines.max_amount.max() >= 0,
+        pos_rows=lines.pos_rows.sum().cast("int64"),
+        neg_rows=lines.neg_rows.sum().cast("int64"),
+        **{c: lines[c].sum().cast(MONEY) for c in money},
+    )
+
+
 def customer_features(
-    tx: ir.Table, config: FeatureConfig | None = None, cutoff: pd.Timestamp | None = None
+    tx: ir.Table, config: FeatureConfig | None = None, cutoff: pd.Timestamp | None = None,
+    shared: SharedWork | None = None,
 ) -> ir.Table:
     """Point-in-time features per (cutoff, customer), as an Ibis expression.
 
     With ``cutoff``: ``tx`` is the contract table and only its rows before the cutoff are
     read. Without: ``tx`` carries ``cutoff``/``cutoff_day`` columns and holds only rows
     before them (see `attach_cutoff`, `attach_cutoffs`), one or many cutoffs at once.
-    Returns one row per (cutoff, customer with a purchase before it): ``customer_id``
-    (string), ``cutoff``, then every feature of `features.registry.feature_definitions`.
+    ``shared`` (with ``cutoff``): `SharedWork` built once from ``tx`` for a loop over
+    cutoffs. Returns one row per (cutoff, customer with a purchase before it):
+    ``customer_id`` (string), ``cutoff``, then every feature of
+    `features.registry.feature_definitions`.
     """
     config = config or FeatureConfig()
-    agg = customer_aggregates(tx, config, cutoff)
+    agg = customer_aggregates(tx, config, cutoff, shared)
     exprs = {f.name: f.expr(agg) for f in feature_definitions(config)}
     return agg.select(
         customer_id=agg.customer_id.cast("string"), cutoff=agg.cutoff, **exprs

@@ -8,7 +8,8 @@ DataFrame, an Ibis table, a database URL with ``table=``, or an already loaded
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import ibis
@@ -24,7 +25,7 @@ from features.contract import (
     load_transactions,
     parse_cutoff,
 )
-from features.engine import MONEY, customer_features
+from features.engine import MONEY, SharedWork, customer_features, first_seen, order_lines
 from features.registry import feature_definitions
 
 TransactionsLike = Any  # path | DataFrame | ibis.Table | Transactions
@@ -74,10 +75,41 @@ def _to_pandas(tx: Transactions, expr: ibis.Table) -> pd.DataFrame:
 
 
 def _execute_features(
-    tx: Transactions, cutoff: pd.Timestamp, config: FeatureConfig
+    tx: Transactions, cutoff: pd.Timestamp, config: FeatureConfig,
+    shared: SharedWork | None = None,
 ) -> pd.DataFrame:
-    expr = customer_features(tx.table, config, cutoff=cutoff)
+    expr = customer_features(tx.table, config, cutoff=cutoff, shared=shared)
     return _typed(_to_pandas(tx, expr), config)
+
+
+@contextlib.contextmanager
+def _shared_work(tx: Transactions, n_cutoffs: int) -> Iterator[SharedWork | None]:
+    """`features.engine.SharedWork` of ``tx`` for a loop over ``n_cutoffs`` cutoffs
+    (`build_snapshots`, `build_training_frame`), its tables copied once into temporary
+    tables of ``tx``'s backend and dropped at the end; None for a single cutoff."""
+    if n_cutoffs < 2:
+        yield None
+        return
+    from features.contract import _q, _view_name
+
+    backend = tx.backend
+    names: list[str] = []
+
+    def temp(expr: ibis.Table, kind: str) -> ibis.Table:
+        names.append(_view_name(kind))
+        backend.con.execute(f"CREATE TEMP TABLE {_q(names[-1])} AS {backend.compile(expr)}")
+        return backend.table(names[-1])
+
+    try:
+        lines = temp(order_lines(tx.table), "lines")
+        n_lines = backend.execute(lines.count())
+        n_orders = backend.execute(lines.select("customer_id", "_order").distinct().count())
+        pairs = {col: temp(first_seen(tx.table, col), f"first_{col}")
+                 for col in ("product_id", "category") if col in tx.table.columns}
+        yield SharedWork(lines=lines, lines_are_orders=n_lines == n_orders, first_seen=pairs)
+    finally:
+        for name in names:
+            backend.con.execute(f"DROP TABLE IF EXISTS {_q(name)}")
 
 
 def build_features(
@@ -118,12 +150,13 @@ def build_snapshots(
     config = config or FeatureConfig()
     # one query per cutoff: copy a view over a file once rather than re-read it each time
     tx = as_transactions(transactions, mapping).materialize()
-    frames = []
-    for c in sorted({parse_cutoff(c) for c in cutoffs}):
-        cut = check_cutoff(tx.report, c, config)
-        frames.append(_execute_features(tx, cut, config))
-    if not frames:
+    cuts = sorted({parse_cutoff(c) for c in cutoffs})
+    if not cuts:
         raise DataValidationError("no cutoffs given: pass at least one cutoff")
+    cuts = [check_cutoff(tx.report, c, config) for c in cuts]
+    # several cutoffs share the orders' pre-summed lines and the first-seen products
+    with _shared_work(tx, len(cuts)) as shared:
+        frames = [_execute_features(tx, cut, config, shared) for cut in cuts]
     return pd.concat(frames, ignore_index=True)
 
 
@@ -243,9 +276,10 @@ def build_training_frame(
             f"{config.snapshot_every_days} days of history; use a later cutoff or shorter "
             f"horizons (--churn-horizon-days / --clv-horizon-days)"
         )
+    with _shared_work(visible, len(cuts)) as shared:
+        features = [_execute_features(visible, c, config, shared) for c in cuts]
     frames = []
-    for c in cuts:
-        feats = _execute_features(visible, c, config)
+    for c, feats in zip(cuts, features, strict=True):
         labels: dict[int, pd.DataFrame] = {}  # per horizon: one query when both are equal
         for horizon, cols in ((hc, ["churned"]), (hv, ["future_value", "future_orders"])):
             if c + pd.Timedelta(days=horizon) <= train_cut:

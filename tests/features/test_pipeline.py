@@ -214,3 +214,45 @@ def test_features_are_identical_on_every_run():
     assert runs[0]["gap_std"].notna().sum() > 10_000
     for other in runs[1:]:
         pd.testing.assert_frame_equal(runs[0], other, check_exact=True)
+
+
+@pytest.mark.parametrize("variant", ["orders span timestamps", "one line per order",
+                                     "customer-days"])
+def test_snapshots_sharing_work_at_the_edges(variant):
+    """`build_snapshots` sums order lines and first-seen products once for all cutoffs
+    (`features.engine.SharedWork`); at the edges it must still equal `build_features` at
+    each cutoff: an order whose rows straddle a cutoff, an order of zero amounts (a
+    purchase: its largest amount is >= 0), a product first bought exactly at a cutoff."""
+    from features.pipeline import build_snapshots
+
+    extra = pd.DataFrame(
+        [
+            ("E", "2021-02-10 10:00", "s1", "p5", "X", 10.0, 0.0),
+            ("E", "2021-02-20 10:00", "s1", "p6", "X", 15.0, 0.0),  # same order, later
+            ("F", "2021-02-01 09:00", "z1", "p5", "X", 0.0, 0.0),   # zero-amount order
+            ("G", "2021-02-01 09:00", "g1", "p8", "X", 5.0, 0.0),
+            ("G", "2021-02-15 00:00", "g2", "p9", "Y", 6.0, 0.0),   # AT the first cutoff
+        ],
+        columns=["cust", "when", "order", "sku", "cat", "value", "disc"],
+    )
+    extra["when"] = pd.to_datetime(extra["when"])
+    log = pd.concat([tiny_log(), extra], ignore_index=True)
+    mapping = MAPPING
+    if variant == "one line per order":
+        log = log[log["order"] != "s1"]
+    elif variant == "customer-days":
+        mapping = MAPPING.model_copy(update={"order_id": None})
+    cuts = ["2021-02-15", "2021-03-01", "2021-03-06"]
+    stacked = build_snapshots(log, cuts, mapping)
+    one_by_one = pd.concat([build_features(log, c, mapping) for c in cuts],
+                           ignore_index=True)
+    pd.testing.assert_frame_equal(stacked, one_by_one)
+    at = {c: stacked[stacked["cutoff"] == pd.Timestamp(c)].set_index("customer_id")
+          for c in cuts}
+    assert at["2021-02-15"].loc["G", "distinct_products"] == 1  # p9 is AT the cutoff
+    assert at["2021-03-01"].loc["G", "distinct_products"] == 2
+    assert at["2021-02-15"].loc["F", "n_orders"] == 1  # a zero-amount order is a purchase
+    if variant == "orders span timestamps":
+        assert at["2021-02-15"].loc["E", "monetary_total"] == 10.0  # only the first row
+        assert at["2021-03-01"].loc["E", "monetary_total"] == 25.0
+        assert at["2021-03-01"].loc["E", "n_orders"] == 1

@@ -103,3 +103,35 @@ def test_no_feature_counts_more_than_the_rows_before_the_cutoff(log):
     assert (feats["recency"] <= feats["T"]).all()
     assert (feats["days_since_last"] >= 1).all()
     assert (feats["T"] - feats["recency"] == feats["days_since_last"]).all()
+
+
+SNAPSHOT_CUTS = [START + pd.Timedelta(days=45), START + pd.Timedelta(days=120), CUTOFF]
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(log=logs(), one_line_orders=st.booleans(), with_order_id=st.booleans(),
+       extras=st.booleans())
+def test_snapshots_sharing_work_equal_one_cutoff_at_a_time(log, one_line_orders,
+                                                           with_order_id, extras):
+    """`build_snapshots` (and the training frame) compute several cutoffs from pre-summed
+    order lines and first-seen pairs (`features.engine.SharedWork`): the same features as
+    `build_features` at each cutoff from the rows, whether orders span several timestamps
+    or not, with or without order ids, discounts and categories."""
+    from features.pipeline import build_snapshots
+
+    log = log.copy()
+    log.loc[0, "timestamp"] = START  # a purchase before every cutoff
+    if one_line_orders:  # every order one timestamp: the lines are the orders
+        log["order_id"] = [f"{c}-{t.value}" for c, t in zip(log.customer_id, log.timestamp,
+                                                              strict=True)]
+    mapping = {"product_id": "product_id"}
+    if with_order_id:
+        mapping["order_id"] = "order_id"
+    if extras:
+        log["discount"] = [float(i % 3) for i in range(len(log))]
+        log["category"] = [None if i % 4 == 0 else f"k{i % 2}" for i in range(len(log))]
+        mapping.update(discount="discount", category="category")
+    stacked = build_snapshots(log, SNAPSHOT_CUTS, mapping)
+    one_by_one = pd.concat([build_features(log, c, mapping) for c in SNAPSHOT_CUTS],
+                           ignore_index=True)
+    pd.testing.assert_frame_equal(stacked, one_by_one)
