@@ -95,8 +95,8 @@ def _order_key(tx: ir.Table) -> ir.Value:
 def order_lines(tx: ir.Table) -> ir.Table:
     """Contract rows summed per (customer_id, order, timestamp): rows in, one row per line
     out, with the partial sums `customer_aggregates` needs (``_order``, ``ts``, ``value``,
-    ``max_amount``, ``gross``, ``returned``, ``pos_rows``, ``neg_rows`` and ``disc_gross``
-    when the data has discounts)."""
+    ``max_amount`` of the raw amounts, ``gross``, ``returned``, ``pos_rows``, ``neg_rows``
+    and ``disc_gross`` when the data has discounts)."""
     m = tx.mutate(_order=_order_key(tx), _amount=tx.amount.cast(MONEY))
     amount = m._amount
     zero = ibis.literal(0, type=MONEY)
@@ -108,7 +108,7 @@ def order_lines(tx: ir.Table) -> ir.Table:
     return m.group_by(["customer_id", "_order", "timestamp"]).aggregate(
         **extra,
         value=amount.sum().cast(MONEY),
-        max_amount=amount.max(),
+        max_amount=m.amount.max(),  # the raw amount: see `customer_aggregates`
         gross=ibis.ifelse(amount > 0, amount, zero).sum().cast(MONEY),
         returned=ibis.ifelse(amount < 0, -amount, zero).sum().cast(MONEY),
         pos_rows=m.count(where=amount > 0),
@@ -181,7 +181,9 @@ def customer_aggregates(
             **extra,
             ts=m.timestamp.min(),
             value=amount.sum().cast(MONEY),
-            is_purchase=amount.max() >= 0,
+            # a purchase has a row whose amount is >= 0 as given (DESIGN.md; the labels'
+            # rule): not after rounding to the money type, which made -1e-45 a purchase
+            is_purchase=m.amount.max() >= 0,
             gross=ibis.ifelse(amount > 0, amount, zero).sum().cast(MONEY),
             returned=ibis.ifelse(amount < 0, -amount, zero).sum().cast(MONEY),
             pos_rows=m.count(where=amount > 0),

@@ -62,13 +62,17 @@ def _typed(df: pd.DataFrame, config: FeatureConfig) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def _to_pandas(tx: Transactions, expr: ibis.Table) -> pd.DataFrame:
-    """Run ``expr`` and convert its Arrow result to pandas column by column.
+def _to_pandas(tx: Transactions, expr: ibis.Table | Sequence[ibis.Table]) -> pd.DataFrame:
+    """Run ``expr`` (or several, whose results are stacked) and convert the Arrow result to
+    pandas column by column.
 
     Not ``backend.execute``: Ibis 12 converts every column that has a null through Python
     objects (``to_pylist``), which at 10M rows cost more CPU than several feature stages
-    together. Integer columns keep their nulls as pandas ``Int64``."""
-    table = tx.backend.to_pyarrow(expr)
+    together. Integer columns keep their nulls as pandas ``Int64``. Several results are
+    stacked as Arrow tables (no copy) and converted once: stacking pandas frames of
+    nullable columns cost ~2.7 s for 12 snapshots of 10M rows."""
+    exprs = [expr] if isinstance(expr, ibis.Table) else list(expr)
+    table = pa.concat_tables([tx.backend.to_pyarrow(e) for e in exprs])
     ints = {t: pd.Int64Dtype() for t in (pa.int8(), pa.int16(), pa.int32(), pa.int64())}
     # self_destruct frees each Arrow column once converted (one copy of the result at a time)
     return table.to_pandas(types_mapper=ints.get, split_blocks=True, self_destruct=True)
@@ -156,8 +160,9 @@ def build_snapshots(
     cuts = [check_cutoff(tx.report, c, config) for c in cuts]
     # several cutoffs share the orders' pre-summed lines and the first-seen products
     with _shared_work(tx, len(cuts)) as shared:
-        frames = [_execute_features(tx, cut, config, shared) for cut in cuts]
-    return pd.concat(frames, ignore_index=True)
+        exprs = [customer_features(tx.table, config, cutoff=cut, shared=shared)
+                 for cut in cuts]
+        return _typed(_to_pandas(tx, exprs), config)
 
 
 def build_labels(

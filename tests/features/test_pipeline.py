@@ -256,3 +256,18 @@ def test_snapshots_sharing_work_at_the_edges(variant):
         assert at["2021-02-15"].loc["E", "monetary_total"] == 10.0  # only the first row
         assert at["2021-03-01"].loc["E", "monetary_total"] == 25.0
         assert at["2021-03-01"].loc["E", "n_orders"] == 1
+
+
+def test_a_tiny_negative_amount_is_not_a_purchase():
+    """A purchase order has a row with amount >= 0 as given (DESIGN.md, and the labels'
+    rule), not after rounding to the money type: an order of -1e-9 is a return."""
+    log = pd.DataFrame({
+        "cust": ["A", "B"], "when": pd.to_datetime(["2021-01-04", "2021-01-05"]),
+        "order": ["o1", "o2"], "value": [10.0, -1e-9],
+    })
+    mapping = ColumnMapping(customer_id="cust", timestamp="when", amount="value",
+                            order_id="order")
+    feats = build_features(log, CUTOFF, mapping)
+    assert feats["customer_id"].tolist() == ["A"]
+    labels = build_labels(log, "2021-01-06", 30, mapping, require_observed=False)
+    assert labels["customer_id"].tolist() == ["A"]  # the same population
