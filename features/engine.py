@@ -73,7 +73,8 @@ class SharedWork:
       one line fall on the same side of every cutoff, so the orders before a cutoff are the
       lines before it summed per order, or the lines themselves when ``lines_are_orders``
       (every order has one timestamp, as in most logs): the per-cutoff pass over the raw
-      rows becomes a filter over fewer, pre-summed rows.
+      rows becomes a filter over fewer, pre-summed rows. Lines that are the orders also
+      carry their purchase-day links (`linked_lines`), so no cutoff runs the window.
     * ``first_seen``: per optional column (``product_id``, ``category``), each distinct
       (customer, value) pair with the time it was first seen (`first_seen`): the distinct
       values before a cutoff are the pairs first seen before it, counted per customer,
@@ -114,6 +115,14 @@ def order_lines(tx: ir.Table) -> ir.Table:
         pos_rows=m.count(where=amount > 0),
         neg_rows=m.count(where=amount < 0),
     ).rename(ts="timestamp")
+
+
+def linked_lines(lines: ir.Table) -> ir.Table:
+    """`order_lines` that are the orders (one line per order) in, the same rows out with
+    ``day``, ``is_purchase`` and their `purchase_day_links` (computed once for every
+    cutoff: an order's previous and first purchase days do not depend on the cutoff)."""
+    lines = lines.mutate(day=lines.ts.date(), is_purchase=lines.max_amount >= 0)
+    return purchase_day_links(lines, ["customer_id"])
 
 
 def first_seen(tx: ir.Table, col: str) -> ir.Table:
@@ -191,25 +200,19 @@ def customer_aggregates(
         )
     else:
         orders = _orders_from_lines(shared, cut_lit, has_discount)
-    orders = orders.mutate(day=orders.ts.date())
+    if shared is None or not shared.lines_are_orders:
+        orders = orders.mutate(day=orders.ts.date())
 
     # 2. purchase days, without a table of them: one sorted window over each customer's
     # orders of the same kind (purchases apart from returns), in time order. A purchase
     # order whose day differs from the previous purchase order's starts a new purchase
-    # day; the first and last purchase days come from the same window. (A separate
-    # GROUP BY day, a window over it and a join cost about twice as much on DuckDB;
-    # Ibis compiles argmin/argmax to ordered aggregates and nunique to COUNT(DISTINCT),
-    # both slower still.)
-    win = ibis.window(
-        group_by=[*(orders[k] for k in keys if k != "cutoff_day"), orders.is_purchase],
-        order_by=orders.ts,
-    )
-    prev = orders.day.lag().over(win)
-    orders = orders.mutate(
-        prev_day=prev,
-        first_day=orders.day.first().over(win),
-        last_day=orders.day.last().over(win),
-    )
+    # day; the first purchase day comes from the same window. (A separate GROUP BY day, a
+    # window over it and a join cost about twice as much on DuckDB; Ibis compiles
+    # argmin/argmax to ordered aggregates and nunique to COUNT(DISTINCT), both slower
+    # still.) Neither depends on the cutoff: with shared work whose lines are the orders,
+    # the window ran once over every line (`purchase_day_links`).
+    if shared is None or not shared.lines_are_orders:
+        orders = purchase_day_links(orders, [k for k in keys if k != "cutoff_day"])
     is_p = orders.is_purchase
     # a purchase order on a day after the previous purchase order's: one row per purchase day
     new_day = is_p & (orders.prev_day.isnull() | (orders.day != orders.prev_day))
@@ -241,7 +244,7 @@ def customer_aggregates(
         # purchase days
         "n_days": count(new_day),
         "first_day": ibis.ifelse(is_p, orders.first_day, ibis.null("date")).min(),
-        "last_day": ibis.ifelse(is_p, orders.last_day, ibis.null("date")).max(),
+        "last_day": ibis.ifelse(is_p, orders.day, ibis.null("date")).max(),
         "first_day_value": ibis.ifelse(
             is_p & (orders.day == orders.first_day), orders.value, zero
         ).sum(),
@@ -250,9 +253,12 @@ def customer_aggregates(
         # the gaps' sum (= recency) in the registry, the same on every run (a parallel
         # STDDEV_POP differs in the last bits with the order threads merge partial states)
         "gap_sq_sum": ibis.ifelse(has_gap, gap * gap, null_int).sum(),
-        "gap_last": ibis.ifelse(
-            has_gap & (orders.day == orders.last_day), gap, null_int
-        ).max(),
+        # the last purchase day's gap: purchase days and their previous purchase days
+        # rise together, so it is the latest day minus the latest previous day (two plain
+        # maxima instead of a last-value window)
+        "gap_last": ibis.ifelse(has_gap, orders.day, ibis.null("date")).max().delta(
+            ibis.ifelse(has_gap, orders.prev_day, ibis.null("date")).max(), unit="day"
+        ),
         # a purchase day opens a new month when the previous one is at least as many days
         # back as the day's day-of-month (no month truncation: ~4x cheaper on DuckDB)
         "active_months": count(
@@ -301,16 +307,27 @@ def customer_aggregates(
     return agg
 
 
+def purchase_day_links(orders: ir.Table, keys: Sequence[str]) -> ir.Table:
+    """Orders (with ``day``, ``ts``, ``is_purchase``) in, the same rows out with
+    ``prev_day`` (the day of the customer's previous order of the same kind, purchase or
+    return, in time order; null for the first) and ``first_day`` (the day of the first):
+    one window per (``keys``, kind), ordered by time."""
+    win = ibis.window(group_by=[*(orders[k] for k in keys), orders.is_purchase],
+                      order_by=orders.ts)
+    return orders.mutate(prev_day=orders.day.lag().over(win),
+                         first_day=orders.day.first().over(win))
+
+
 def _orders_from_lines(shared: SharedWork, cut: ir.Value, has_discount: bool) -> ir.Table:
     """The orders before ``cut`` from `order_lines` (what step 1 of `customer_aggregates`
     computes from the rows): the lines themselves when each order is one line, else the
     lines summed per order."""
     lines = shared.lines.filter(shared.lines.ts < cut)
     money = ["value", "gross", "returned", *(["disc_gross"] if has_discount else [])]
-    if shared.lines_are_orders:
+    if shared.lines_are_orders:  # with their purchase-day links (`linked_lines`)
         return lines.select(
-            "customer_id", "_order", "ts", *money,
-            is_purchase=lines.max_amount >= 0,
+            "customer_id", "_order", "ts", "day", "is_purchase", "prev_day", "first_day",
+            *money,
             pos_rows=lines.pos_rows.cast("int64"),
             neg_rows=lines.neg_rows.cast("int64"),
         )

@@ -25,7 +25,14 @@ from features.contract import (
     load_transactions,
     parse_cutoff,
 )
-from features.engine import MONEY, SharedWork, customer_features, first_seen, order_lines
+from features.engine import (
+    MONEY,
+    SharedWork,
+    customer_features,
+    first_seen,
+    linked_lines,
+    order_lines,
+)
 from features.registry import feature_definitions
 
 TransactionsLike = Any  # path | DataFrame | ibis.Table | Transactions
@@ -108,6 +115,8 @@ def _shared_work(tx: Transactions, n_cutoffs: int) -> Iterator[SharedWork | None
         lines = temp(order_lines(tx.table), "lines")
         n_lines = backend.execute(lines.count())
         n_orders = backend.execute(lines.select("customer_id", "_order").distinct().count())
+        if n_lines == n_orders:  # the lines are the orders: link their purchase days once
+            lines = temp(linked_lines(lines), "linked_lines")
         pairs = {col: temp(first_seen(tx.table, col), f"first_{col}")
                  for col in ("product_id", "category") if col in tx.table.columns}
         yield SharedWork(lines=lines, lines_are_orders=n_lines == n_orders, first_seen=pairs)
