@@ -81,8 +81,11 @@ def _to_pandas(tx: Transactions, expr: ibis.Table | Sequence[ibis.Table]) -> pd.
     exprs = [expr] if isinstance(expr, ibis.Table) else list(expr)
     table = pa.concat_tables([tx.backend.to_pyarrow(e) for e in exprs])
     ints = {t: pd.Int64Dtype() for t in (pa.int8(), pa.int16(), pa.int32(), pa.int64())}
-    # self_destruct frees each Arrow column once converted (one copy of the result at a time)
-    return table.to_pandas(types_mapper=ints.get, split_blocks=True, self_destruct=True)
+    # self_destruct frees each Arrow column once converted (one copy of the result at a
+    # time); one thread: with split blocks, Arrow's threads made it ~3x slower here
+    # (0.37 vs 0.11 s for 863k customers on 2 cores)
+    return table.to_pandas(types_mapper=ints.get, split_blocks=True, self_destruct=True,
+                           use_threads=False)
 
 
 def _execute_features(
