@@ -9,7 +9,9 @@ can be used and tested without a server.
   model, and the training config: horizons, risk bands, number of reasons), loaded natively
   from their folder of plain files (``booster.txt``, ``model.json``, ``segmenter.json``);
   predictions call the LightGBM booster on a float64 numpy matrix with ``num_threads=1``
-  (requests are small: threads only add latency; scale out with workers);
+  (requests are small: threads only add latency; scale out with workers), requests of up to
+  `ROW_PATH_MAX` rows row by row through LightGBM's single-row fast path
+  (`training.rowpredict.RowPredictor`, a third of ``Booster.predict``'s time for one row);
 * the `CustomerStore` (its current batch) and, fitted on the features of that batch, the
   BG/NBD + Gamma-Gamma baseline (`training.baseline.BaselineCLV`) that ``/score`` needs:
   the models take the baseline's predictions as features, and in batch those come from a

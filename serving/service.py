@@ -39,9 +39,10 @@ boosters on numpy arrays with ``num_threads=1`` (about 3.6x the throughput of th
 more threads only add latency to small requests: scale with workers); ``gc.freeze()`` after
 loading removes ~130 ms collection pauses; no adaptive batching (with a small
 ``max_latency_ms`` it answers 503 under load, and requests are already vectorized).
-/predict reads the store without pandas (`serving.app.Runtime.predict`, about 1 ms in-process
-for one id) and, for a few ids, runs on the event loop instead of a worker thread (see
-`Lifecast.predict`); bench/README.md "Serving" has the figures.
+/predict reads the store without pandas (`serving.app.Runtime.predict`, about 0.25 ms
+in-process for one id, with LightGBM's single-row fast path) and, for a few ids, runs on the
+event loop instead of a worker thread (see `Lifecast.predict`); JSON answers go out as one plain
+response (`_json`); bench/README.md "Serving" has the figures.
 
 Importing this module imports the request schemas (and with them the `features` package) and
 parses the model tags; nothing is loaded, connected or written until BentoML creates the
