@@ -271,3 +271,25 @@ def test_a_tiny_negative_amount_is_not_a_purchase():
     assert feats["customer_id"].tolist() == ["A"]
     labels = build_labels(log, "2021-01-06", 30, mapping, require_observed=False)
     assert labels["customer_id"].tolist() == ["A"]  # the same population
+
+
+def test_attach_labels_places_or_merges():
+    """The training frame's labels are placed directly when both frames list the same
+    customers in the same order, merged otherwise: the same frame either way."""
+    from features.pipeline import _attach_labels
+
+    feats = pd.DataFrame({"customer_id": pd.array(["a", "b", "c"], dtype="string"),
+                          "x": [1.0, 2.0, 3.0]})
+    labels = pd.DataFrame({"customer_id": pd.array(["a", "b", "c"], dtype="string"),
+                           "churned": pd.array([1, 0, 1], dtype="Int8"),
+                           "future_orders": pd.array([0, 2, None], dtype="Int64")})
+    expected = feats.merge(labels, on="customer_id", how="left", validate="one_to_one")
+    pd.testing.assert_frame_equal(_attach_labels(feats, labels, ["churned", "future_orders"]),
+                                  expected)
+    shuffled = labels.iloc[[2, 0, 1]].reset_index(drop=True)  # another order: merged
+    pd.testing.assert_frame_equal(
+        _attach_labels(feats, shuffled, ["churned", "future_orders"]), expected)
+    partial = labels.iloc[[0, 2]].reset_index(drop=True)  # a missing customer: merged
+    got = _attach_labels(feats, partial, ["churned"])
+    assert got["churned"].tolist()[0] == 1 and got["churned"].isna().tolist() == [False, True,
+                                                                                    False]
