@@ -196,7 +196,15 @@ def build_labels(
     last event at or after the window's last day); otherwise the labels would call a
     customer churned merely because the log ends.
     """
-    tx = as_transactions(transactions, mapping)
+    return _labels(as_transactions(transactions, mapping), cutoff, horizon_days,
+                   require_observed=require_observed)
+
+
+def _labels(tx: Transactions, cutoff: Any, horizon_days: int, *, require_observed: bool,
+            shared: SharedWork | None = None) -> pd.DataFrame:
+    """`build_labels` on loaded transactions; with ``shared`` (`_shared_work` of ``tx``)
+    from its pre-summed order lines instead of the rows (the same labels: every row of a
+    line is on the same side of the cutoff and of the window's end)."""
     cut = parse_cutoff(cutoff)
     if horizon_days <= 0:
         raise DataValidationError(f"horizon_days must be positive, got {horizon_days}")
@@ -208,27 +216,40 @@ def build_labels(
             f"covered by the data, whose last event is {last}: choose an earlier cutoff "
             f"or a shorter horizon"
         )
-    t = tx.table
-    cols = set(t.columns)
     lo = ibis.literal(cut.to_pydatetime(), type="timestamp")
     hi = ibis.literal(end.to_pydatetime(), type="timestamp")
-    before = t.filter(t.timestamp < lo)
-    order_key = before.order_id if "order_id" in cols else before.timestamp.date().cast("string")
-    population = (
-        before.mutate(_order=order_key)
-        .group_by(["customer_id", "_order"])
-        .aggregate(p=ibis._.amount.max())
-        .filter(ibis._.p >= 0)
-        .select("customer_id")
-        .distinct()
-    )
-    window = t.filter((t.timestamp >= lo) & (t.timestamp < hi))
-    wkey = window.order_id if "order_id" in cols else window.timestamp.date().cast("string")
-    w_orders = (
-        window.mutate(_order=wkey, _amount=window.amount.cast(MONEY))
-        .group_by(["customer_id", "_order"])
-        .aggregate(value=ibis._._amount.sum(), p=ibis._.amount.max())
-    )
+    if shared is None:
+        t = tx.table
+        cols = set(t.columns)
+        before = t.filter(t.timestamp < lo)
+        order_key = (before.order_id if "order_id" in cols
+                     else before.timestamp.date().cast("string"))
+        population = (
+            before.mutate(_order=order_key)
+            .group_by(["customer_id", "_order"])
+            .aggregate(p=ibis._.amount.max())
+            .filter(ibis._.p >= 0)
+            .select("customer_id")
+            .distinct()
+        )
+        window = t.filter((t.timestamp >= lo) & (t.timestamp < hi))
+        wkey = window.order_id if "order_id" in cols else window.timestamp.date().cast("string")
+        w_orders = (
+            window.mutate(_order=wkey, _amount=window.amount.cast(MONEY))
+            .group_by(["customer_id", "_order"])
+            .aggregate(value=ibis._._amount.sum(), p=ibis._.amount.max())
+        )
+    else:
+        lines = shared.lines
+        before = lines.filter(lines.ts < lo)
+        if not shared.lines_are_orders:
+            before = before.group_by(["customer_id", "_order"]).aggregate(
+                max_amount=before.max_amount.max())
+        population = (before.filter(before.max_amount >= 0).select("customer_id")
+                      .distinct())
+        window = lines.filter((lines.ts >= lo) & (lines.ts < hi))
+        w_orders = window.group_by(["customer_id", "_order"]).aggregate(
+            value=window.value.sum(), p=window.max_amount.max())
     outcome = w_orders.group_by("customer_id").aggregate(
         future_value=w_orders.value.sum(),
         future_orders=(w_orders.p >= 0).sum(),
@@ -307,20 +328,21 @@ def build_training_frame(
             f"{config.snapshot_every_days} days of history; use a later cutoff or shorter "
             f"horizons (--churn-horizon-days / --clv-horizon-days)"
         )
-    with _shared_work(visible, len(cuts)) as shared:
-        features = [_execute_features(visible, c, config, shared) for c in cuts]
     frames = []
-    for c, feats in zip(cuts, features, strict=True):
-        labels: dict[int, pd.DataFrame] = {}  # per horizon: one query when both are equal
-        for horizon, cols in ((hc, ["churned"]), (hv, ["future_value", "future_orders"])):
-            if c + pd.Timedelta(days=horizon) <= train_cut:
-                if horizon not in labels:
-                    labels[horizon] = build_labels(visible, c, horizon, require_observed=False)
-                feats = _attach_labels(feats, labels[horizon], cols)
-            else:
-                for col in cols:
-                    feats[col] = pd.Series(pd.NA, index=feats.index, dtype="Float64")
-        frames.append(feats)
+    with _shared_work(visible, len(cuts)) as shared:
+        for c in cuts:
+            feats = _execute_features(visible, c, config, shared)
+            labels: dict[int, pd.DataFrame] = {}  # per horizon: one query when both are equal
+            for horizon, cols in ((hc, ["churned"]), (hv, ["future_value", "future_orders"])):
+                if c + pd.Timedelta(days=horizon) <= train_cut:
+                    if horizon not in labels:
+                        labels[horizon] = _labels(visible, c, horizon, require_observed=False,
+                                                  shared=shared)
+                    feats = _attach_labels(feats, labels[horizon], cols)
+                else:
+                    for col in cols:
+                        feats[col] = pd.Series(pd.NA, index=feats.index, dtype="Float64")
+            frames.append(feats)
     out = pd.concat(frames, ignore_index=True)
     out["churned"] = out["churned"].astype("Int8")
     out["future_value"] = out["future_value"].astype("float64")

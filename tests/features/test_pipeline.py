@@ -216,19 +216,13 @@ def test_features_are_identical_on_every_run():
         pd.testing.assert_frame_equal(runs[0], other, check_exact=True)
 
 
-@pytest.mark.parametrize("variant", ["orders span timestamps", "one line per order",
-                                     "customer-days"])
-def test_snapshots_sharing_work_at_the_edges(variant):
-    """`build_snapshots` sums order lines and first-seen products once for all cutoffs
-    (`features.engine.SharedWork`); at the edges it must still equal `build_features` at
-    each cutoff: an order whose rows straddle a cutoff, an order of zero amounts (a
-    purchase: its largest amount is >= 0), a product first bought exactly at a cutoff."""
-    from features.pipeline import build_snapshots
-
+def _edge_log(variant: str) -> tuple[pd.DataFrame, ColumnMapping]:
+    """The tiny log plus edge cases for the shared snapshot work, in three variants."""
     extra = pd.DataFrame(
         [
             ("E", "2021-02-10 10:00", "s1", "p5", "X", 10.0, 0.0),
             ("E", "2021-02-20 10:00", "s1", "p6", "X", 15.0, 0.0),  # same order, later
+            ("E", "2021-03-03 10:00", "s1", "p6", "X", -4.0, 0.0),  # ... and in a window
             ("F", "2021-02-01 09:00", "z1", "p5", "X", 0.0, 0.0),   # zero-amount order
             ("G", "2021-02-01 09:00", "g1", "p8", "X", 5.0, 0.0),
             ("G", "2021-02-15 00:00", "g2", "p9", "Y", 6.0, 0.0),   # AT the first cutoff
@@ -242,6 +236,38 @@ def test_snapshots_sharing_work_at_the_edges(variant):
         log = log[log["order"] != "s1"]
     elif variant == "customer-days":
         mapping = MAPPING.model_copy(update={"order_id": None})
+    return log, mapping
+
+
+@pytest.mark.parametrize("variant", ["orders span timestamps", "one line per order",
+                                     "customer-days"])
+def test_labels_from_shared_lines_equal_labels_from_rows(variant):
+    """The training frame's labels come from the shared order lines: the same labels as
+    `build_labels` from the rows, at every cutoff and horizon."""
+    from features.contract import load_transactions
+    from features.pipeline import _labels, _shared_work
+
+    log, mapping = _edge_log(variant)
+    tx = load_transactions(log, mapping)
+    cuts = ["2021-02-15", "2021-02-20", "2021-03-01"]
+    with _shared_work(tx, len(cuts)) as shared:
+        for cut in cuts:
+            for horizon in (1, 5, 30):
+                expected = build_labels(tx, cut, horizon, require_observed=False)
+                got = _labels(tx, cut, horizon, require_observed=False, shared=shared)
+                pd.testing.assert_frame_equal(got, expected)
+
+
+@pytest.mark.parametrize("variant", ["orders span timestamps", "one line per order",
+                                     "customer-days"])
+def test_snapshots_sharing_work_at_the_edges(variant):
+    """`build_snapshots` sums order lines and first-seen products once for all cutoffs
+    (`features.engine.SharedWork`); at the edges it must still equal `build_features` at
+    each cutoff: an order whose rows straddle a cutoff, an order of zero amounts (a
+    purchase: its largest amount is >= 0), a product first bought exactly at a cutoff."""
+    from features.pipeline import build_snapshots
+
+    log, mapping = _edge_log(variant)
     cuts = ["2021-02-15", "2021-03-01", "2021-03-06"]
     stacked = build_snapshots(log, cuts, mapping)
     one_by_one = pd.concat([build_features(log, c, mapping) for c in cuts],
