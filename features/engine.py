@@ -93,28 +93,41 @@ def _order_key(tx: ir.Table) -> ir.Value:
     return tx.order_id if "order_id" in tx.columns else tx.timestamp.date()
 
 
-def order_lines(tx: ir.Table) -> ir.Table:
-    """Contract rows summed per (customer_id, order, timestamp): rows in, one row per line
-    out, with the partial sums `customer_aggregates` needs (``_order``, ``ts``, ``value``,
-    ``max_amount`` of the raw amounts, ``gross``, ``returned``, ``pos_rows``, ``neg_rows``
-    and ``disc_gross`` when the data has discounts)."""
+def _row_sums(tx: ir.Table) -> tuple[ir.Table, dict[str, ir.Value]]:
+    """The contract rows with ``_order`` and the partial sums an order or a line is made
+    of: ``value``, ``max_amount`` (of the raw amounts: a purchase has a row whose amount is
+    >= 0 as given, DESIGN.md and the labels' rule, not after rounding to the money type,
+    which made -1e-45 a purchase), ``gross``, ``returned``, ``pos_rows``, ``neg_rows`` and
+    ``disc_gross`` when the data has discounts.
+
+    Money is summed as DECIMAL(18, 6): exact, so the result does not depend on the order in
+    which parallel threads add up partial sums (DOUBLE sums differed in the last bits
+    between identical runs, which changed models downstream). Each sum is cast back to
+    DECIMAL(18, 6) (an order worth 10^12 or more fails loudly): summing the engine's
+    DECIMAL(38, 6) (128-bit) sums again per customer cost ~2x as much."""
     m = tx.mutate(_order=_order_key(tx), _amount=tx.amount.cast(MONEY))
     amount = m._amount
     zero = ibis.literal(0, type=MONEY)
-    extra = (
-        {"disc_gross": ibis.ifelse((m.discount > 0) & (amount > 0), amount, zero).sum().cast(MONEY)}
-        if "discount" in tx.columns
-        else {}
-    )
-    return m.group_by(["customer_id", "_order", "timestamp"]).aggregate(
-        **extra,
-        value=amount.sum().cast(MONEY),
-        max_amount=m.amount.max(),  # the raw amount: see `customer_aggregates`
-        gross=ibis.ifelse(amount > 0, amount, zero).sum().cast(MONEY),
-        returned=ibis.ifelse(amount < 0, -amount, zero).sum().cast(MONEY),
-        pos_rows=m.count(where=amount > 0),
-        neg_rows=m.count(where=amount < 0),
-    ).rename(ts="timestamp")
+    sums: dict[str, ir.Value] = {
+        "value": amount.sum().cast(MONEY),
+        "max_amount": m.amount.max(),
+        "gross": ibis.ifelse(amount > 0, amount, zero).sum().cast(MONEY),
+        "returned": ibis.ifelse(amount < 0, -amount, zero).sum().cast(MONEY),
+        "pos_rows": m.count(where=amount > 0),
+        "neg_rows": m.count(where=amount < 0),
+    }
+    if "discount" in tx.columns:
+        sums["disc_gross"] = ibis.ifelse((m.discount > 0) & (amount > 0), amount,
+                                         zero).sum().cast(MONEY)
+    return m, sums
+
+
+def order_lines(tx: ir.Table) -> ir.Table:
+    """Contract rows summed per (customer_id, order, timestamp): rows in, one row per line
+    out, with ``ts`` and the partial sums of `_row_sums`."""
+    m, sums = _row_sums(tx)
+    return m.group_by(["customer_id", "_order", "timestamp"]).aggregate(**sums).rename(
+        ts="timestamp")
 
 
 def linked_lines(lines: ir.Table) -> ir.Table:
@@ -168,36 +181,14 @@ def customer_aggregates(
         def cut(t: ir.Table) -> ir.Value:
             return cut_lit
 
-    order_key = _order_key(tx)
-    # Money is summed as DECIMAL(18, 6): exact, so the result does not depend on the order
-    # in which parallel threads add up partial sums (DOUBLE sums differed in the last bits
-    # between identical runs, which changed models downstream). An order's sums are cast
-    # back to DECIMAL(18, 6) (an order worth 10^12 or more fails loudly): summing the
-    # engine's DECIMAL(38, 6) (128-bit) sums again per customer cost ~2x as much.
-    m = tx.mutate(_order=order_key, _amount=tx.amount.cast(MONEY))
-    amount = m._amount
     zero = ibis.literal(0, type=MONEY)
     has_discount = "discount" in cols
-    extra = (
-        {"disc_gross": ibis.ifelse((m.discount > 0) & (amount > 0), amount, zero).sum().cast(MONEY)}
-        if has_discount
-        else {}
-    )
 
     # 1. orders: one row per (cutoff, customer, order)
     if shared is None:
-        orders = m.group_by([*keys, "_order"]).aggregate(
-            **extra,
-            ts=m.timestamp.min(),
-            value=amount.sum().cast(MONEY),
-            # a purchase has a row whose amount is >= 0 as given (DESIGN.md; the labels'
-            # rule): not after rounding to the money type, which made -1e-45 a purchase
-            is_purchase=m.amount.max() >= 0,
-            gross=ibis.ifelse(amount > 0, amount, zero).sum().cast(MONEY),
-            returned=ibis.ifelse(amount < 0, -amount, zero).sum().cast(MONEY),
-            pos_rows=m.count(where=amount > 0),
-            neg_rows=m.count(where=amount < 0),
-        )
+        m, sums = _row_sums(tx)
+        orders = m.group_by([*keys, "_order"]).aggregate(ts=m.timestamp.min(), **sums)
+        orders = orders.mutate(is_purchase=orders.max_amount >= 0)
     else:
         orders = _orders_from_lines(shared, cut_lit, has_discount)
     if shared is None or not shared.lines_are_orders:
