@@ -194,22 +194,12 @@ def customer_aggregates(
     if shared is None or not shared.lines_are_orders:
         orders = orders.mutate(day=orders.ts.date())
 
-    # 2. purchase days, without a table of them: one sorted window over each customer's
-    # orders of the same kind (purchases apart from returns), in time order. A purchase
-    # order whose day differs from the previous purchase order's starts a new purchase
-    # day; the first purchase day comes from the same window. (A separate GROUP BY day, a
-    # window over it and a join cost about twice as much on DuckDB; Ibis compiles
-    # argmin/argmax to ordered aggregates and nunique to COUNT(DISTINCT), both slower
-    # still.) Neither depends on the cutoff: with shared work whose lines are the orders,
-    # the window ran once over every line (`purchase_day_links`).
+    # 2. purchase days and the other per-order links to earlier orders (one sorted window
+    # per customer and kind, `purchase_day_links`). None depends on the cutoff: with shared
+    # work whose lines are the orders, they were computed once for every cutoff.
     if shared is None or not shared.lines_are_orders:
         orders = purchase_day_links(orders, [k for k in keys if k != "cutoff_day"])
     is_p = orders.is_purchase
-    # a purchase order on a day after the previous purchase order's: one row per purchase day
-    new_day = is_p & (orders.prev_day.isnull() | (orders.day != orders.prev_day))
-    gap = orders.day.delta(orders.prev_day, unit="day")  # days since the previous purchase day
-    has_gap = new_day & orders.prev_day.notnull()
-    dow = orders.day.day_of_week.index()
 
     def since(days: int) -> ir.BooleanValue:
         return orders.ts >= cut(orders) - ibis.interval(days=days)
@@ -220,7 +210,6 @@ def customer_aggregates(
         return orders.count(where=where)
 
     tw = config.trend_window_days
-    null_int = ibis.null("int64")
     aggs: dict[str, ir.Value] = {
         "n_orders": count(is_p),
         "monetary_total": orders.value.sum(),
@@ -233,31 +222,26 @@ def customer_aggregates(
         "trend_before": ibis.ifelse(since(2 * tw) & ~since(tw), orders.value, zero).sum(),
         "trend_orders": count(since(2 * tw) & is_p),
         # purchase days
-        "n_days": count(new_day),
+        "n_days": count(orders.new_day),
         "first_day": ibis.ifelse(is_p, orders.first_day, ibis.null("date")).min(),
         "last_day": ibis.ifelse(is_p, orders.day, ibis.null("date")).max(),
-        "first_day_value": ibis.ifelse(
-            is_p & (orders.day == orders.first_day), orders.value, zero
-        ).sum(),
+        "first_day_value": ibis.ifelse(orders.on_first_day, orders.value, zero).sum(),
         "day_value_sum": ibis.ifelse(is_p, orders.value, zero).sum(),
         # the gaps' sum of squares, an exact integer: gap_std is computed from it and
         # the gaps' sum (= recency) in the registry, the same on every run (a parallel
         # STDDEV_POP differs in the last bits with the order threads merge partial states)
-        "gap_sq_sum": ibis.ifelse(has_gap, gap * gap, null_int).sum(),
+        "gap_sq_sum": orders.gap_sq.sum(),
         # the last purchase day's gap: purchase days and their previous purchase days
         # rise together, so it is the latest day minus the latest previous day (two plain
         # maxima instead of a last-value window)
-        "gap_last": ibis.ifelse(has_gap, orders.day, ibis.null("date")).max().delta(
-            ibis.ifelse(has_gap, orders.prev_day, ibis.null("date")).max(), unit="day"
+        "gap_last": ibis.ifelse(orders.has_gap, orders.day, ibis.null("date")).max().delta(
+            ibis.ifelse(orders.has_gap, orders.prev_day, ibis.null("date")).max(), unit="day"
         ),
-        # a purchase day opens a new month when the previous one is at least as many days
-        # back as the day's day-of-month (no month truncation: ~4x cheaper on DuckDB)
-        "active_months": count(
-            new_day & (orders.prev_day.isnull() | (gap >= orders.day.day().cast("int64")))
-        ),
+        "active_months": count(orders.new_month),
         # the most common weekday's count, as seven counts in the same pass (cheaper than
         # a second grouping by weekday and a join)
-        "dow_max": ibis.greatest(*[count(new_day & (dow == d)) for d in range(7)]),
+        "dow_max": ibis.greatest(*[count(orders.new_day & (orders.dow == d))
+                                   for d in range(7)]),
     }
     for w in config.windows_days:
         aggs[f"orders_{w}d"] = count(since(w) & is_p)
@@ -299,14 +283,47 @@ def customer_aggregates(
 
 
 def purchase_day_links(orders: ir.Table, keys: Sequence[str]) -> ir.Table:
-    """Orders (with ``day``, ``ts``, ``is_purchase``) in, the same rows out with
-    ``prev_day`` (the day of the customer's previous order of the same kind, purchase or
-    return, in time order; null for the first) and ``first_day`` (the day of the first):
-    one window per (``keys``, kind), ordered by time."""
+    """Orders (with ``day``, ``ts``, ``is_purchase``) in, the same rows out with their links
+    to the customer's earlier orders, none of which depends on the cutoff (an order's
+    earlier orders are before every cutoff it is before):
+
+    * ``prev_day``: the day of the previous order of the same kind (purchase or return), in
+      time order; null for the first. ``first_day``: the day of the first.
+    * ``new_day``: a purchase order on a day after the previous purchase order's, so one
+      row per purchase day. ``has_gap``: a new purchase day with a previous one;
+      ``gap_sq``: its gap in days, squared (null otherwise).
+    * ``new_month``: a purchase day that opens a new calendar month: the previous one is at
+      least as many days back as the day's day of the month (no month truncation: ~4x
+      cheaper on DuckDB).
+    * ``on_first_day``: a purchase order on the first purchase day; ``dow``: the weekday
+      (0 = Monday).
+
+    Purchase days come from one sorted window over each customer's orders of the same kind,
+    in time order, without a table of days: a separate GROUP BY day, a window over it and
+    a join cost about twice as much on DuckDB; Ibis compiles argmin/argmax to ordered
+    aggregates and nunique to COUNT(DISTINCT), both slower still. With `SharedWork` whose
+    lines are the orders, this runs once for every cutoff (`linked_lines`).
+    """
     win = ibis.window(group_by=[*(orders[k] for k in keys), orders.is_purchase],
                       order_by=orders.ts)
-    return orders.mutate(prev_day=orders.day.lag().over(win),
-                         first_day=orders.day.first().over(win))
+    linked = orders.mutate(prev_day=orders.day.lag().over(win),
+                           first_day=orders.day.first().over(win))
+    is_p, day, prev = linked.is_purchase, linked.day, linked.prev_day
+    new_day = is_p & (prev.isnull() | (day != prev))
+    gap = day.delta(prev, unit="day")  # days since the previous purchase day
+    has_gap = new_day & prev.notnull()
+    return linked.mutate(
+        new_day=new_day,
+        has_gap=has_gap,
+        gap_sq=ibis.ifelse(has_gap, gap * gap, ibis.null("int64")),
+        new_month=new_day & (prev.isnull() | (gap >= day.day().cast("int64"))),
+        on_first_day=is_p & (day == linked.first_day),
+        dow=day.day_of_week.index().cast("int8"),
+    )
+
+
+#: The cutoff-independent per-order flags `purchase_day_links` adds besides the two days.
+LINK_COLUMNS = ("new_day", "has_gap", "gap_sq", "new_month", "on_first_day", "dow")
 
 
 def _orders_from_lines(shared: SharedWork, cut: ir.Value, has_discount: bool) -> ir.Table:
@@ -318,7 +335,7 @@ def _orders_from_lines(shared: SharedWork, cut: ir.Value, has_discount: bool) ->
     if shared.lines_are_orders:  # with their purchase-day links (`linked_lines`)
         return lines.select(
             "customer_id", "_order", "ts", "day", "is_purchase", "prev_day", "first_day",
-            *money,
+            *LINK_COLUMNS, *money,
             pos_rows=lines.pos_rows.cast("int64"),
             neg_rows=lines.neg_rows.cast("int64"),
         )
