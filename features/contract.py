@@ -41,7 +41,7 @@ import glob as globlib
 import itertools
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -229,18 +229,25 @@ class Transactions:
     backend: DuckDBBackend = field(repr=False)
     is_view: bool = False
 
-    def materialize(self) -> Transactions:
-        """The same rows copied once into a temporary table (unless they already are one):
-        cheaper than re-reading the source for many queries, such as one per cutoff."""
+    @contextlib.contextmanager
+    def materialized(self) -> Iterator[Transactions]:
+        """The same rows copied once into a temporary table (unless they already are one)
+        for the ``with`` block, and dropped after it: cheaper than re-reading the source
+        for many queries, such as one per cutoff, without leaving a copy of the whole log
+        behind in the caller's connection for every call."""
         if not self.is_view:
-            return self
+            yield self
+            return
         name = _view_name("transactions")
         self.backend.con.execute(
             f"CREATE TEMP TABLE {_q(name)} AS {self.backend.compile(self.table)}"
         )
-        return Transactions(
-            table=self.backend.table(name), report=self.report, backend=self.backend
-        )
+        try:
+            yield Transactions(
+                table=self.backend.table(name), report=self.report, backend=self.backend
+            )
+        finally:
+            self.backend.con.execute(f"DROP TABLE IF EXISTS {_q(name)}")
 
     def to_pandas(self) -> pd.DataFrame:
         """The contract rows as a pandas DataFrame (same rows and columns as ``table``)."""

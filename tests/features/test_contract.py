@@ -581,5 +581,14 @@ def test_parquet_is_read_in_place_and_counts_come_when_read(tmp_path: Path) -> N
     assert kinds == [("VIEW",)]
     assert (tx.report.customers, tx.report.orders) == (copied.report.customers, 2 + 2)
     assert pickle.loads(pickle.dumps(tx.report)).to_dict() == tx.report.to_dict()
-    table = tx.materialize()
-    assert not table.is_view and table.to_pandas().equals(tx.to_pandas())
+    with tx.materialized() as table:
+        name = table.table.get_name()
+        assert not table.is_view and table.to_pandas().equals(tx.to_pandas())
+    # the copy is gone after the block: repeated calls leave nothing behind
+    left = tx.backend.con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]
+    ).fetchall()
+    assert left == [(0,)]
+    with copied.materialized() as same:  # already a table: itself, never dropped
+        assert same is copied
+    assert copied.to_pandas().equals(tx.to_pandas())

@@ -183,6 +183,33 @@ def test_training_frame_reads_nothing_at_or_after_train_cutoff():
         assert rows["future_value"].notna().all() == (c + pd.Timedelta(days=120) <= train_cut)
 
 
+def test_snapshots_and_training_frames_leave_no_tables_behind(tmp_path):
+    """A log loaded once (a view over a Parquet file) and used for several snapshot runs:
+    each run's copy of the rows and its shared work are dropped, not left in the caller's
+    connection (they held a copy of the whole log per call)."""
+    from features.contract import load_transactions
+    from features.pipeline import build_snapshots
+
+    path = tmp_path / "log.parquet"
+    _synthetic_log().to_parquet(path)
+    tx = load_transactions(path, ColumnMapping())
+    assert tx.is_view
+
+    def tables() -> list[tuple]:
+        return tx.backend.con.execute(
+            "SELECT table_name FROM information_schema.tables ORDER BY 1").fetchall()
+
+    before = tables()
+    cfg = FeatureConfig(churn_horizon_days=60, clv_horizon_days=60, snapshot_every_days=30,
+                        n_snapshots=3)
+    first = build_snapshots(tx, ["2020-10-01", "2020-11-01", "2020-12-01"], config=cfg)
+    again = build_snapshots(tx, ["2020-10-01", "2020-11-01", "2020-12-01"], config=cfg)
+    frame = build_training_frame(tx, "2020-12-01", config=cfg)
+    assert tables() == before
+    pd.testing.assert_frame_equal(first, again)
+    assert len(frame) > 0
+
+
 def test_training_frame_too_short_history_is_a_clear_error():
     log = _synthetic_log()
     cfg = FeatureConfig(churn_horizon_days=400, clv_horizon_days=400)
