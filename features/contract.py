@@ -424,7 +424,18 @@ class _Source:
 
 
 def _new_backend() -> DuckDBBackend:
-    return ibis.duckdb.connect()
+    """A DuckDB database of our own, whose allocator returns freed memory to the system in
+    the background (``allocator_background_threads``). Without it, memory DuckDB freed
+    (dropped temporary tables, finished hash tables) stayed in its allocator while pandas
+    allocated the result beside it: 12 snapshots over 10M rows peaked at 6.7 GB instead
+    of 4.8 GB. A backend the caller passes in is left as configured. (Only a saving: where
+    the platform's DuckDB refuses the setting, it runs without it.)"""
+    import duckdb
+
+    con = ibis.duckdb.connect()
+    with contextlib.suppress(duckdb.Error):
+        con.con.execute("SET allocator_background_threads = true")
+    return con
 
 
 def _view_name(kind: str) -> str:

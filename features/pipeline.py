@@ -131,6 +131,7 @@ def _shared_work(tx: Transactions, n_cutoffs: int) -> Iterator[SharedWork | None
         n_orders = backend.execute(lines.select("customer_id", "_order").distinct().count())
         if n_lines == n_orders:  # the lines are the orders: link their purchase days once
             lines = temp(linked_lines(lines), "linked_lines")
+            backend.con.execute(f"DROP TABLE {_q(names.pop(-2))}")  # the unlinked copy
         pairs = {col: temp(first_seen(tx.table, col), f"first_{col}")
                  for col in ("product_id", "category") if col in tx.table.columns}
         yield SharedWork(lines=lines, lines_are_orders=n_lines == n_orders, first_seen=pairs)

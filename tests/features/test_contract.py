@@ -566,6 +566,15 @@ def test_ibis_table_on_a_duckdb_connection_is_read_in_place(tmp_path: Path) -> N
     assert tx.to_pandas()["amount"].tolist() == [3.0, 10.0, 4.5, 10.0]
 
 
+def test_own_database_returns_freed_memory_in_the_background() -> None:
+    """The DuckDB database load_transactions opens for itself purges freed memory in the
+    background (12 snapshots over 10M rows peaked 1.9 GB higher without it)."""
+    tx = load_transactions(user_log(), MAPPING)
+    setting = tx.backend.con.execute(
+        "SELECT current_setting('allocator_background_threads')").fetchall()[0][0]
+    assert setting is True
+
+
 def test_parquet_is_read_in_place_and_counts_come_when_read(tmp_path: Path) -> None:
     """A Parquet source is a view (no copy of the rows); customers and orders are counted
     on first read, equal to the counts of a copied source, and survive pickling."""
