@@ -33,7 +33,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import pandas as pd
@@ -191,13 +191,80 @@ class _Fitted:
     names: list[str]
 
 
-class ChurnModel:
-    """Calibrated LightGBM churn classifier. ``fit`` takes a stacked training frame."""
+class _SavedBooster:
+    """What `ChurnModel` and `ValueModel` share: a fitted LightGBM booster with its feature
+    names, the snapshots it was fitted and validated on and its config, saved as a folder of
+    plain files (``booster.txt``, ``model.json``) and loaded back. Each model adds its own
+    fitted state to ``model.json`` (`_own_meta`, `_restore_own`)."""
 
-    kind = "churn"
+    kind: str
+    config: TrainConfig | None
 
     def __init__(self, config: TrainConfig | None = None) -> None:
         self.config = config
+
+    def _own_meta(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _restore_own(self, meta: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def __getstate__(self) -> dict[str, Any]:
+        return _without_cache(self)
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``booster.txt`` and ``model.json`` into ``folder``; each file goes to a
+        temporary name first and is renamed, so a failed save leaves no half-written file."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "kind": self.kind,
+            "feature_names": self.feature_names_,
+            "best_iteration": self.best_iteration_,
+            **self._own_meta(),
+            "train_cutoffs": self.train_cutoffs_,
+            "valid_cutoff": self.valid_cutoff_,
+            "config": json.loads(self.config_.model_dump_json()),
+        }
+        with _written(folder / "booster.txt") as tmp:
+            self.booster_.save_model(str(tmp), num_iteration=self.best_iteration_)
+        with _written(folder / "model.json") as tmp:
+            tmp.write_text(json.dumps(meta, indent=2))
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Self:
+        import lightgbm as lgb
+
+        folder = Path(folder)
+        meta = json.loads((folder / "model.json").read_text())
+        self = cls(TrainConfig(**meta["config"]))
+        self.booster_ = lgb.Booster(model_file=str(folder / "booster.txt"))
+        self.feature_names_ = meta["feature_names"]
+        self.best_iteration_ = self.booster_.current_iteration()
+        self._restore_own(meta)
+        self.train_cutoffs_ = meta["train_cutoffs"]
+        self.valid_cutoff_ = meta["valid_cutoff"]
+        self.config_ = self.config
+        return self
+
+
+@contextlib.contextmanager
+def _written(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write; renamed to ``path`` if the block succeeds,
+    removed if it fails."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        yield tmp
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class ChurnModel(_SavedBooster):
+    """Calibrated LightGBM churn classifier. ``fit`` takes a stacked training frame."""
+
+    kind = "churn"
 
     def fit(self, frame: pd.DataFrame) -> ChurnModel:
         """Fit on every labelled snapshot but the latest; early-stop and calibrate on it."""
@@ -297,49 +364,17 @@ class ChurnModel:
 
         return direct
 
-    def __getstate__(self) -> dict[str, Any]:
-        return _without_cache(self)
+    def _own_meta(self) -> dict[str, Any]:
+        return {"calibration": list(self.calibration_)}
 
-    def save(self, folder: str | Path) -> Path:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.booster_.save_model(str(folder / "booster.txt"), num_iteration=self.best_iteration_)
-        meta = {
-            "kind": self.kind,
-            "feature_names": self.feature_names_,
-            "best_iteration": self.best_iteration_,
-            "calibration": list(self.calibration_),
-            "train_cutoffs": self.train_cutoffs_,
-            "valid_cutoff": self.valid_cutoff_,
-            "config": json.loads(self.config_.model_dump_json()),
-        }
-        (folder / "model.json").write_text(json.dumps(meta, indent=2))
-        return folder
-
-    @classmethod
-    def load(cls, folder: str | Path) -> ChurnModel:
-        import lightgbm as lgb
-
-        folder = Path(folder)
-        meta = json.loads((folder / "model.json").read_text())
-        self = cls(TrainConfig(**meta["config"]))
-        self.booster_ = lgb.Booster(model_file=str(folder / "booster.txt"))
-        self.feature_names_ = meta["feature_names"]
-        self.best_iteration_ = self.booster_.current_iteration()
+    def _restore_own(self, meta: dict[str, Any]) -> None:
         self.calibration_ = tuple(float(v) for v in meta["calibration"])
-        self.train_cutoffs_ = meta["train_cutoffs"]
-        self.valid_cutoff_ = meta["valid_cutoff"]
-        self.config_ = self.config
-        return self
 
 
-class ValueModel:
+class ValueModel(_SavedBooster):
     """LightGBM Tweedie regression of future net spend, with a level correction."""
 
     kind = "clv"
-
-    def __init__(self, config: TrainConfig | None = None) -> None:
-        self.config = config
 
     def fit(self, frame: pd.DataFrame) -> ValueModel:
         """Fit on every labelled snapshot but the latest; early-stop and correct the level
@@ -400,40 +435,11 @@ class ValueModel:
                            "the first rows; predicting with LightGBM")
         return self.booster_.predict(X, num_iteration=self.best_iteration_) * self.level_
 
-    def __getstate__(self) -> dict[str, Any]:
-        return _without_cache(self)
+    def _own_meta(self) -> dict[str, Any]:
+        return {"level": self.level_}
 
-    def save(self, folder: str | Path) -> Path:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.booster_.save_model(str(folder / "booster.txt"), num_iteration=self.best_iteration_)
-        meta = {
-            "kind": self.kind,
-            "feature_names": self.feature_names_,
-            "best_iteration": self.best_iteration_,
-            "level": self.level_,
-            "train_cutoffs": self.train_cutoffs_,
-            "valid_cutoff": self.valid_cutoff_,
-            "config": json.loads(self.config_.model_dump_json()),
-        }
-        (folder / "model.json").write_text(json.dumps(meta, indent=2))
-        return folder
-
-    @classmethod
-    def load(cls, folder: str | Path) -> ValueModel:
-        import lightgbm as lgb
-
-        folder = Path(folder)
-        meta = json.loads((folder / "model.json").read_text())
-        self = cls(TrainConfig(**meta["config"]))
-        self.booster_ = lgb.Booster(model_file=str(folder / "booster.txt"))
-        self.feature_names_ = meta["feature_names"]
-        self.best_iteration_ = self.booster_.current_iteration()
+    def _restore_own(self, meta: dict[str, Any]) -> None:
         self.level_ = float(meta["level"])
-        self.train_cutoffs_ = meta["train_cutoffs"]
-        self.valid_cutoff_ = meta["valid_cutoff"]
-        self.config_ = self.config
-        return self
 
 
 def calibrate(raw_score: np.ndarray, slope: float, intercept: float) -> np.ndarray:

@@ -358,6 +358,35 @@ def test_load_champions_round_trip(first_run, trained, tmp_path: Path) -> None:
     assert manifest["run_id"] == first_run.run_id
 
 
+def test_models_save_and_load(trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both models as plain files and back: the same predictions and fitted state; a save
+    that fails leaves no file half-written (each file is renamed into place when whole)."""
+    ev = _eval_rows(trained, "churn")
+    for model, own in ((trained.models.churn, "calibration_"), (trained.models.value, "level_")):
+        folder = model.save(tmp_path / model.kind)
+        assert sorted(p.name for p in folder.iterdir()) == ["booster.txt", "model.json"]
+        back = type(model).load(folder)
+        assert getattr(back, own) == getattr(model, own)
+        assert (back.feature_names_, back.best_iteration_) == (model.feature_names_,
+                                                               model.best_iteration_)
+        assert (back.train_cutoffs_, back.valid_cutoff_) == (model.train_cutoffs_,
+                                                             model.valid_cutoff_)
+        assert back.config_ == model.config_
+        predict = "predict_proba" if model.kind == "churn" else "predict"
+        np.testing.assert_array_equal(getattr(back, predict)(ev), getattr(model, predict)(ev))
+
+    import lightgbm as lgb
+
+    def broken(self, filename, **kwargs):  # writes part of the file, then fails
+        Path(filename).write_text("tree\n")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(lgb.Booster, "save_model", broken)
+    with pytest.raises(OSError, match="disk full"):
+        trained.models.churn.save(tmp_path / "failed")
+    assert list((tmp_path / "failed").iterdir()) == []
+
+
 def test_no_champion_is_a_clear_error(store, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(tracking.MODEL_NAMES, "churn", "lifecast-churn-never-registered")
     with pytest.raises(tracking.NoChampionError,
