@@ -348,13 +348,13 @@ def _orders_from_lines(shared: SharedWork, cut: ir.Value, has_discount: bool) ->
             pos_rows=lines.pos_rows.cast("int64"),
             neg_rows=lines.neg_rows.cast("int64"),
         )
-    return lines.group_by(["customer_id", "_order"]).aggregate(
+    return _with_value(lines.group_by(["customer_id", "_order"]).aggregate(
         ts=lines.ts.min(),
         is_purchase=lines.max_amount.max() >= 0,
         pos_rows=lines.pos_rows.sum().cast("int64"),
         neg_rows=lines.neg_rows.sum().cast("int64"),
-        **{c: lines[c].sum().cast(MONEY) for c in money},
-    )
+        **{c: lines[c].sum().cast(MONEY) for c in money if c != "value"},
+    ))
 
 
 def customer_features(

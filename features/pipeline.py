@@ -28,6 +28,7 @@ from features.contract import (
 from features.engine import (
     MONEY,
     SharedWork,
+    _order_key,
     customer_features,
     first_seen,
     linked_lines,
@@ -231,38 +232,24 @@ def _labels(tx: Transactions, cutoff: Any, horizon_days: int, *, require_observe
         )
     lo = ibis.literal(cut.to_pydatetime(), type="timestamp")
     hi = ibis.literal(end.to_pydatetime(), type="timestamp")
+    # orders before the cutoff (the population) and in the window (the outcome), summed
+    # from the order lines of ``shared``, or from the rows, each row a line of its own
+    # (summing them into lines first cost ~1 s more at 10M rows for a single cutoff)
     if shared is None:
         t = tx.table
-        cols = set(t.columns)
-        before = t.filter(t.timestamp < lo)
-        order_key = (before.order_id if "order_id" in cols
-                     else before.timestamp.date().cast("string"))
-        population = (
-            before.mutate(_order=order_key)
-            .group_by(["customer_id", "_order"])
-            .aggregate(p=ibis._.amount.max())
-            .filter(ibis._.p >= 0)
-            .select("customer_id")
-            .distinct()
-        )
-        window = t.filter((t.timestamp >= lo) & (t.timestamp < hi))
-        wkey = window.order_id if "order_id" in cols else window.timestamp.date().cast("string")
-        w_orders = (
-            window.mutate(_order=wkey, _amount=window.amount.cast(MONEY))
-            .group_by(["customer_id", "_order"])
-            .aggregate(value=ibis._._amount.sum(), p=ibis._.amount.max())
-        )
+        lines = t.select("customer_id", ts=t.timestamp, _order=_order_key(t),
+                         value=t.amount.cast(MONEY), max_amount=t.amount)
+        lines_are_orders = False
     else:
-        lines = shared.lines
-        before = lines.filter(lines.ts < lo)
-        if not shared.lines_are_orders:
-            before = before.group_by(["customer_id", "_order"]).aggregate(
-                max_amount=before.max_amount.max())
-        population = (before.filter(before.max_amount >= 0).select("customer_id")
-                      .distinct())
-        window = lines.filter((lines.ts >= lo) & (lines.ts < hi))
-        w_orders = window.group_by(["customer_id", "_order"]).aggregate(
-            value=window.value.sum(), p=window.max_amount.max())
+        lines, lines_are_orders = shared.lines, shared.lines_are_orders
+    before = lines.filter(lines.ts < lo)
+    if not lines_are_orders:
+        before = before.group_by(["customer_id", "_order"]).aggregate(
+            max_amount=before.max_amount.max())
+    population = before.filter(before.max_amount >= 0).select("customer_id").distinct()
+    window = lines.filter((lines.ts >= lo) & (lines.ts < hi))
+    w_orders = window.group_by(["customer_id", "_order"]).aggregate(
+        value=window.value.sum(), p=window.max_amount.max())
     outcome = w_orders.group_by("customer_id").aggregate(
         future_value=w_orders.value.sum(),
         future_orders=(w_orders.p >= 0).sum(),
