@@ -10,6 +10,9 @@ For each size it generates a synthetic log once (`bench.synthetic`, cached as pa
 subprocess so that the peak RSS is the step's own:
 
 - **product**: ``features.build_features(path, cutoff=..., mapping=...)`` straight from parquet;
+- **duckdb-floor**: `bench.reference_duckdb.features_duckdb_floor`, the two aggregations no
+  DuckDB plan of the feature set can skip (orders, distinct products) and nothing else: a
+  lower bound for the product on this engine and machine;
 - **pandas-full**: ``pandas.read_parquet`` (timed on its own) then
   `bench.reference_pandas.features_pandas_full`, every feature the product computes: the
   like-for-like baseline;
@@ -18,8 +21,8 @@ subprocess so that the peak RSS is the step's own:
 - **lifetimes**: the same read, then ``lifetimes.utils.summary_data_from_transaction_data``
   (only up to ``--lifetimes-max`` rows, 10M by default: it is slow and memory hungry).
 
-``--steps`` picks among them (default ``product,pandas-full,pandas,lifetimes``). It prints
-median wall times, peak memory and the ratios to the product as a table; the "faster than
+``--steps`` picks among them (default ``product,duckdb-floor,pandas-full,pandas,lifetimes``).
+It prints median wall times, peak memory and the ratios to the product as a table; the "faster than
 pandas" target is computed against the full reference when it was measured (else the core
 one) and says which. It checks that the product agrees with both pandas references on their
 shared columns (on the 1M log, or the smallest size given; ``--no-compare`` skips it), and
@@ -56,6 +59,7 @@ from typing import Any
 
 import pandas as pd
 
+from bench.reference_duckdb import features_duckdb_floor
 from bench.reference_pandas import features_pandas, features_pandas_full
 from bench.synthetic import GENERATOR_VERSION, write_parquet
 
@@ -66,7 +70,7 @@ DEFAULT_CUTOFF = "2021-10-01"
 SNAPSHOT_ROWS = 10_000_000
 N_SNAPSHOTS = 12
 RESULT_PREFIX = "@@RESULT "
-STEPS: tuple[str, ...] = ("product", "pandas-full", "pandas", "lifetimes")
+STEPS: tuple[str, ...] = ("product", "duckdb-floor", "pandas-full", "pandas", "lifetimes")
 
 #: Columns each pandas reference reads (the full one also counts distinct products).
 CORE_COLUMNS: list[str] = ["customer_id", "timestamp", "amount", "order_id"]
@@ -88,6 +92,7 @@ TARGET_SNAPSHOT_SECONDS = 30.0
 STEP_LABELS: dict[str, str] = {
     "generate": "generate synthetic log",
     "product": "product build_features",
+    "duckdb-floor": "DuckDB floor (2 aggregations)",
     "pandas-full": "pandas read + full reference",
     "pandas": "pandas read + reference",
     "lifetimes": "lifetimes read + summary",
@@ -229,6 +234,12 @@ def run_worker(step: str, path: str, cutoff: str, n_rows: int, seed: int) -> dic
         result["wall_s"] = time.perf_counter() - t0
         result["customers"] = len(out)
         result["columns"] = out.shape[1]
+    elif step == "duckdb-floor":
+        result["rss_before_gb"] = _current_rss_gb()
+        t0 = time.perf_counter()
+        out = features_duckdb_floor(path, cutoff)
+        result["wall_s"] = time.perf_counter() - t0
+        result["customers"] = len(out)
     elif step in ("pandas", "pandas-full"):
         full = step == "pandas-full"
         result["rss_before_gb"] = _current_rss_gb()
@@ -527,6 +538,14 @@ def format_targets(measurements: list[Measurement]) -> str:
             f"{_verdict(None if total is None else total >= TARGET_SPEEDUP_VS_PANDAS)}"
             f"; vs lifetimes: {_fmt(vs_lt, '.1f', 'x')}"
         )
+        floor = by.get(("duckdb-floor", rows))
+        if floor is not None and pdm is not None:
+            fw = floor.median("wall_s")
+            lines.append(
+                f"    DuckDB floor (orders + distinct products only), {_fmt_rows(rows)} rows: "
+                f"{_fmt(fw, '.1f', ' s')}, {_fmt(_ratio(pdm.median('wall_s'), fw), '.1f', 'x')} "
+                f"faster than pandas ({which}): no DuckDB plan of these features does better"
+            )
     snap = next((m for m in measurements if m.step == "snapshots_product" and m.ok), None)
     ts = snap.median("wall_s") if snap else None
     lines.append(
