@@ -346,3 +346,18 @@ def test_attach_labels_places_or_merges():
     got = _attach_labels(feats, partial, ["churned"])
     assert got["churned"].tolist()[0] == 1 and got["churned"].isna().tolist() == [False, True,
                                                                                     False]
+
+
+def test_order_money_is_64_bit_on_duckdb():
+    """Every money column of an order line is DECIMAL(18, 6) as DuckDB computes it, not only
+    as Ibis types it: Ibis dropped the cast of ``gross - returned``, which DuckDB widens to
+    DECIMAL(19, 6), a 128-bit integer, and every per-customer sum of it ran 128-bit."""
+    from features.contract import load_transactions
+    from features.engine import linked_lines, order_lines
+
+    tx = load_transactions(tiny_log(), MAPPING)
+    con = tx.backend.con
+    for expr in (order_lines(tx.table), linked_lines(order_lines(tx.table))):
+        types = dict(zip(expr.columns, con.sql(tx.backend.compile(expr)).types, strict=True))
+        for col in ("value", "gross", "returned", "disc_gross"):
+            assert str(types[col]) == "DECIMAL(18,6)", (col, types[col])
