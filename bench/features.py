@@ -738,7 +738,9 @@ def main(argv: list[str] | None = None) -> int:
     print(format_targets(measurements))
     print()
     print(format_comparison(comparison))
-    loads = [r["load_1m"] for m in measurements for r in m.runs if "load_1m" in r]
+    # a cached log's record carries the load of the run that generated it, not of this one
+    loads = [r["load_1m"] for m in measurements if m.note != "cached"
+             for r in m.runs if "load_1m" in r]
     if loads:
         print(
             f"\n1-minute load average during the runs: median {statistics.median(loads):.1f}, "
