@@ -152,6 +152,9 @@ class ValidationReport:
     timestamp_format: str | None = None
     #: "integer" or "string": the type ``customer_id`` has in the contract table
     customer_id_type: str = "string"
+    #: the earliest row with ``amount >= 0`` (what makes an order a purchase), None when no
+    #: row is one: a cutoff must be after it for any customer to exist
+    first_purchase: pd.Timestamp | None = None
     #: (customers, orders), or a `_Counts` that queries them when first read
     counts: Any = field(default=(0, 0), repr=False, compare=False)
 
@@ -179,6 +182,8 @@ class ValidationReport:
                 out["customers"], out["orders"] = self._counts()
         out["first_event"] = pd.Timestamp(self.first_event).isoformat()
         out["last_event"] = pd.Timestamp(self.last_event).isoformat()
+        if self.first_purchase is not None:
+            out["first_purchase"] = pd.Timestamp(self.first_purchase).isoformat()
         return out
 
     def format(self) -> str:
@@ -320,6 +325,8 @@ def load_transactions(
         columns={c.contract: c.label for c in plan.columns},
         timestamp_format=plan.timestamp_format,
         customer_id_type="integer" if plan.integer_ids else "string",
+        first_purchase=(None if stats["first_purchase"] is None
+                        else pd.Timestamp(stats["first_purchase"])),
         counts=_Counts(lambda: _count_customers_orders(raw, name, "order_id" in report_cols)),
     )
     return Transactions(table=con.table(name), report=report, backend=con, is_view=src.reread)
@@ -362,9 +369,11 @@ def check_cutoff(
 ) -> pd.Timestamp:
     """Parse ``cutoff`` and check it against the data's date range; returns the cutoff.
 
-    Raises `DataValidationError` when the cutoff is at or before the first event (features
-    see only ``timestamp < cutoff``, so no customer would exist); warns `StaleDataWarning`
-    when it is more than ``config.stale_after_days`` days after the last event.
+    Raises `DataValidationError` when the cutoff is at or before the first event, or at or
+    before the first purchase (the first row with ``amount >= 0``): features see only
+    ``timestamp < cutoff`` and a customer is someone with a purchase before it, so no
+    customer would exist. Warns `StaleDataWarning` when it is more than
+    ``config.stale_after_days`` days after the last event.
     """
     config = config or FeatureConfig()
     cut = parse_cutoff(cutoff)
@@ -379,6 +388,18 @@ def check_cutoff(
             f"features see only events before the cutoff, so there would be no customers. "
             f"The data covers {first} to {last}; choose a cutoff after {first.date()}, "
             f"e.g. {suggestion.date()}.",
+            source=report.source,
+        )
+    buy = report.first_purchase
+    if buy is None or cut <= pd.Timestamp(buy):
+        where = ("has no purchase at all: every row has a negative amount (returns or "
+                 "cancellations). Check the amount mapping and its sign"
+                 if buy is None else
+                 f"has no purchase before the cutoff: its first purchase (a row with amount "
+                 f">= 0) is at {pd.Timestamp(buy)}; earlier rows are only returns. Choose a "
+                 f"cutoff after {pd.Timestamp(buy).date()}")
+        raise DataValidationError(
+            f"cutoff {cut} leaves no customers: {report.source} {where}.",
             source=report.source,
         )
     gap = cut - last
@@ -1191,6 +1212,7 @@ def _profile(con: DuckDBBackend, src: _Source, plan: _Plan, clean: str) -> dict[
         "return_rows": f"count_if({known} AND amount < 0)",
         "first_event": f"min(timestamp) FILTER (WHERE {known})",
         "last_event": f"max(timestamp) FILTER (WHERE {known})",
+        "first_purchase": f"min(timestamp) FILTER (WHERE {known} AND amount >= 0)",
     }
     aggs.update(
         {f"bad_{c.contract}": f"count_if({known} AND {_q('__bad_' + c.contract)})"

@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+from features import build_features
 from features.config import ColumnMapping, FeatureConfig
 from features.contract import (
     DataValidationError,
@@ -544,6 +545,37 @@ def test_cutoff_at_or_before_first_event_is_an_error() -> None:
         assert "pandas DataFrame" in msg
         assert "2021-01-04 10:00:00 to 2021-02-01 00:00:00" in msg
         assert "choose a cutoff after 2021-01-04" in msg
+
+
+def test_cutoff_before_the_first_purchase_is_an_error() -> None:
+    """A log that opens with returns: a cutoff after its first event but not after its
+    first purchase leaves no customer, which is an error, not an empty frame."""
+    log = user_log()
+    log["InvoiceDate"] = log["InvoiceDate"] + pd.Timedelta(days=30)
+    first_return = pd.DataFrame({
+        "InvoiceNo": ["C0999"], "StockCode": ["A"], "Qty": [-2], "Unit Price": [1.5],
+        "CustomerID": pd.array([17850], dtype="Int64"),
+        "InvoiceDate": pd.to_datetime(["2021-01-02 09:00"]),
+    })
+    tx = load_transactions(pd.concat([first_return, log], ignore_index=True), MAPPING)
+    assert tx.report.first_event == pd.Timestamp("2021-01-02 09:00")
+    assert tx.report.first_purchase == pd.Timestamp("2021-02-03 10:00")
+    assert tx.report.to_dict()["first_purchase"] == "2021-02-03T10:00:00"
+    for cutoff in ("2021-01-10", "2021-02-03 10:00"):
+        with pytest.raises(DataValidationError) as info:
+            build_features(tx, cutoff)
+        msg = str(info.value)
+        assert "leaves no customers" in msg and "pandas DataFrame" in msg
+        assert "first purchase (a row with amount >= 0) is at 2021-02-03 10:00:00" in msg
+        assert "choose a cutoff after 2021-02-03" in msg.lower()
+    assert len(build_features(tx, "2021-02-03 10:01")) == 1
+
+    only_returns = first_return.assign(CustomerID=pd.array([1], dtype="Int64"))
+    tx = load_transactions(only_returns, MAPPING)
+    assert tx.report.first_purchase is None
+    with pytest.raises(DataValidationError, match="has no purchase at all: every row has a "
+                                                  "negative amount"):
+        build_features(tx, "2021-06-01")
 
 
 def test_stale_cutoff_warns_with_the_last_event() -> None:

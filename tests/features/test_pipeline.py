@@ -29,6 +29,15 @@ def tiny_log() -> pd.DataFrame:
         ("C", "2021-02-01 10:00", "r2", "p1", "X", -10.0, 0.0),   # only a return
         ("D", "2021-02-28 23:00", "o8", None, None, 7.0, 0.0),
         ("D", "2021-02-28 23:59", "o7", None, None, 5.0, 0.0),
+        # H: one order in every window length (365/180/90/30 days), both trend windows,
+        # three unequal gaps and two weekdays; p5 bought twice
+        ("H", "2020-05-08 12:00", "o10", "p5", "X", 40.0, 0.0),   # Friday
+        ("H", "2020-10-30 12:00", "o11", "p6", "Y", 60.0, 0.0),   # Friday
+        ("H", "2020-11-06 12:00", "o12", "p5", "X", 20.0, 0.0),   # Friday
+        ("H", "2021-02-10 12:00", "o13", "p7", "Z", 30.0, 0.0),   # Wednesday
+        # J: no purchase in the last 180 days, only a return
+        ("J", "2020-06-01 10:00", "o14", "p8", "X", 25.0, 0.0),
+        ("J", "2021-01-10 12:00", "r3", "p8", "X", -5.0, 0.0),    # return-only order
     ]
     df = pd.DataFrame(
         rows, columns=["cust", "when", "order", "sku", "cat", "value", "disc"]
@@ -77,6 +86,37 @@ EXPECTED = {
         n_returns=0, distinct_products=0, distinct_categories=0, active_months=1,
         dow_regularity=1.0, discount_share=0.0,
     ),
+    # H: purchase days 2020-05-08, 10-30, 11-06, 2021-02-10; gaps 175, 7 and 96 days (sum
+    # 278 = recency); T = 2020-05-08 to 2021-03-01 = 297 days. Windows start 2021-01-30
+    # (30d), 2020-12-01 (90d), 2020-09-02 (180d), 2020-03-01 (365d). Trend: last 90 days
+    # 30, the 90 before (from 2020-09-02) 60 + 20 = 80. Weekdays: three Fridays, one
+    # Wednesday.
+    "H": dict(
+        frequency=3, recency=278, T=297, monetary_value=(60 + 20 + 30) / 3,
+        days_since_last=19, n_orders=4, monetary_total=150.0, monetary_mean=150 / 4,
+        first_order_value=40.0, max_order_value=60.0,
+        orders_30d=1, spend_30d=30.0, orders_90d=1, spend_90d=30.0,
+        orders_180d=3, spend_180d=110.0, orders_365d=4, spend_365d=150.0,
+        spend_trend=(30 - 80) / (30 + 80),
+        gap_mean=278 / 3,
+        # population std of (175, 7, 96): sqrt(3 * (175^2 + 7^2 + 96^2) - 278^2) / 3
+        gap_std=math.sqrt(3 * (175**2 + 7**2 + 96**2) - 278**2) / 3,
+        gap_last=96, overdue_ratio=19 * 3 / 278, return_rate=0.0, n_returns=0,
+        distinct_products=3, distinct_categories=3, active_months=4, dow_regularity=3 / 4,
+        discount_share=0.0,
+    ),
+    # J: one purchase 2020-06-01 (273 days before the cutoff), then a return-only order on
+    # 2021-01-10: spend in the recent windows is negative, no purchase in the last 180
+    # days, so the spend trend is undefined (null).
+    "J": dict(
+        frequency=0, recency=0, T=273, monetary_value=0.0, days_since_last=273, n_orders=1,
+        monetary_total=20.0, monetary_mean=20.0, first_order_value=25.0,
+        max_order_value=25.0, orders_30d=0, spend_30d=0.0, orders_90d=0, spend_90d=-5.0,
+        orders_180d=0, spend_180d=-5.0, orders_365d=1, spend_365d=20.0, spend_trend=None,
+        gap_mean=None, gap_std=None, gap_last=None, overdue_ratio=None, return_rate=5 / 25,
+        n_returns=1, distinct_products=1, distinct_categories=1, active_months=1,
+        dow_regularity=1.0, discount_share=0.0,
+    ),
 }
 
 
@@ -88,7 +128,8 @@ def _same(actual, expected) -> bool:
 
 def test_hand_computed_log_feature_by_feature():
     feats = build_features(tiny_log(), CUTOFF, mapping=MAPPING)
-    assert list(feats["customer_id"]) == ["A", "B", "D"]  # C only returned: not a customer
+    # C only returned: not a customer
+    assert list(feats["customer_id"]) == ["A", "B", "D", "H", "J"]
     assert list(feats.columns) == ["customer_id", "cutoff", *feature_names()]
     assert (feats["cutoff"] == CUTOFF).all()
     for cust, expected in EXPECTED.items():
@@ -122,13 +163,15 @@ def test_optional_columns_absent_give_null_features():
 def test_labels_hand_computed():
     labels = build_labels(tiny_log(), CUTOFF, 30, mapping=MAPPING, require_observed=False)
     got = labels.set_index("customer_id")
-    assert list(got.index) == ["A", "B", "D"]
+    assert list(got.index) == ["A", "B", "D", "H", "J"]
     # A buys o4 (03-01 00:00, inside [cutoff, cutoff+30d)) and o5 (03-05).
     assert got.loc["A", "churned"] == 0
     assert got.loc["A", "future_value"] == 1039.0
     assert got.loc["A", "future_orders"] == 2
     assert got.loc["B", "churned"] == 1 and got.loc["B", "future_value"] == 0.0
     assert got.loc["D", "churned"] == 1
+    assert (got.loc[["H", "J"], "churned"] == 1).all()
+    assert (got.loc[["H", "J"], "future_value"] == 0.0).all()
 
 
 def test_labels_refuse_unobserved_window():
