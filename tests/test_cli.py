@@ -88,11 +88,16 @@ def test_unknown_run_id_is_a_clear_error(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_train_score_models_end_to_end(tmp_path, monkeypatch):
-    """train -> models -> score with a real MLflow store and customer store in tmp."""
-    from features import demo_data_path
+    """train -> models -> score -> backtest with a real MLflow store and customer store in
+    tmp: the store holds every customer, scored by the champions, as of the default date;
+    the backtest writes the per-customer output for everyone active before its cutoff."""
+    from features import DEMO_MAPPING, build_features, demo_data_path
+    from training import tracking
+    from training.store import CustomerStore
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mapping = DEMO_MAPPING.model_copy(update={"product_id": None, "quantity": None})
     demo = ["-t", demo_data_path(), "--customer-col", "CustomerID", "--timestamp-col",
             "InvoiceDate", "--amount", "Quantity * UnitPrice", "--order-col", "InvoiceNo"]
     res = runner.invoke(app, ["train", *demo, "--churn-horizon-days", "90",
@@ -101,11 +106,40 @@ def test_train_score_models_end_to_end(tmp_path, monkeypatch):
     assert "roc_auc" in res.output and "promoted" in res.output
     res = runner.invoke(app, ["models"])
     assert res.exit_code == 0 and "champion" in res.output
+    tracking.configure(tmp_path)
+    models = tracking.list_models()
+    champions = {m.removeprefix("lifecast-"): str(v) for m, v, a in
+                 zip(models["model"], models["version"], models["aliases"], strict=True)
+                 if "champion" in str(a)}
+    assert champions == {"churn": "1", "clv": "1"}
+
     res = runner.invoke(app, ["score", *demo])
     assert res.exit_code == 0, res.output
-    assert (tmp_path / "lifecast_store.db").exists()
+    demo_log = pd.read_parquet(demo_data_path(), columns=["InvoiceDate"])
+    as_of = (demo_log["InvoiceDate"].max() + pd.Timedelta(days=1)).normalize()
+    everyone = build_features(demo_data_path(), as_of, mapping=mapping)["customer_id"]
+    store = CustomerStore(CustomerStore.default_url(tmp_path))
+    try:
+        batch = store.current_batch()
+        assert batch["n_customers"] == len(everyone) > 500
+        assert batch["model_versions"] == champions
+        assert pd.Timestamp(batch["as_of"]) == as_of
+        scores, _, unknown = store.get_customers(list(everyone))
+    finally:
+        store.close()
+    assert unknown == [] and list(scores["customer_id"]) == list(everyone)
+    assert scores["churn_probability"].between(0, 1).all()
+    assert (scores["predicted_clv"] >= 0).all()
+
+    out = tmp_path / "bt.parquet"
     res = runner.invoke(app, ["backtest", *demo, "--cutoff", "2011-09-01",
                               "--churn-horizon-days", "90", "--clv-horizon-days", "90",
-                              "--out", str(tmp_path / "bt.parquet")])
+                              "--out", str(out)])
     assert res.exit_code == 0, res.output
-    assert len(pd.read_parquet(tmp_path / "bt.parquet")) > 500
+    bt = pd.read_parquet(out)
+    active = build_features(demo_data_path(), "2011-09-01", mapping=mapping)["customer_id"]
+    # the training issue's per-customer backtest row
+    assert {"customer_id", "churn_probability", "predicted_clv", "expected_orders", "p_alive",
+            "segment", "lifecycle_stage"} <= set(bt.columns)
+    assert sorted(bt["customer_id"]) == sorted(active) and bt["customer_id"].is_unique
+    assert bt["churn_probability"].between(0, 1).all() and (bt["predicted_clv"] >= 0).all()

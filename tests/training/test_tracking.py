@@ -320,6 +320,42 @@ def test_champion_rule(first_run, trained, monkeypatch: pytest.MonkeyPatch) -> N
             tracking.promote_run(unknown)
 
 
+def test_a_better_model_is_promoted_and_the_champion_is_rescored(
+        first_run, trained, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under "auto" a better churn model takes the alias from a worse champion; and the
+    champion is scored again on the new run's own evaluation snapshot, not read from the
+    metrics of the run that made it champion."""
+    monkeypatch.setattr(tracking, "_log_plots", lambda result, folder: None)
+    worse, bad_auc = _with_bad_churn_model(trained)
+    weak = tracking.log_training(worse, source="synthetic", promote="always")
+    assert _aliases("churn") == {"champion": weak.versions["churn"]}
+
+    better = tracking.log_training(trained, source="synthetic")  # promote="auto"
+    good_auc = better.decision["churn"]["new"]["roc_auc"]
+    assert better.promoted["churn"] is True
+    assert better.decision["churn"]["champion_version"] == weak.versions["churn"]
+    assert better.decision["churn"]["message"] == (
+        f"promoted: {good_auc:.3f} > {bad_auc:.3f}")
+    assert _aliases("churn") == {"champion": better.versions["churn"]}
+
+    # A run whose evaluation snapshot holds only every other customer: the champion (the
+    # model of `better`) is scored on those rows, so its AUC is not the stored one.
+    eval_cut = trained.eval_cutoffs["churn"]
+    at_eval = trained.frame.index[trained.frame["cutoff"] == eval_cut]
+    half = dataclasses.replace(trained, frame=trained.frame.drop(at_eval[1::2]))
+    rows = _eval_rows(half, "churn")
+    expected = roc_auc(rows["churned"].astype(int).to_numpy(),
+                       trained.models.churn.predict_proba(rows))
+    assert abs(expected - good_auc) > 1e-4, "the half snapshot must score differently"
+    rescored = tracking.log_training(half, source="synthetic", promote="never")
+    assert rescored.decision["churn"]["champion"]["roc_auc"] == pytest.approx(expected,
+                                                                            rel=1e-12)
+    assert _aliases("churn") == {"champion": better.versions["churn"]}
+
+    assert tracking.promote_run(first_run.run_id) == first_run.versions
+    assert _aliases("churn") == {"champion": first_run.versions["churn"]}
+
+
 def test_list_models(first_run) -> None:
     table = tracking.list_models()
     assert list(table.columns) == tracking.LIST_COLUMNS
