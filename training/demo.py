@@ -57,7 +57,9 @@ def run_demo(source: str, mapping: ColumnMapping, workdir: str | Path = "lifecas
                 value_at_risk=("value_at_risk", "sum"))
            .sort_values("value_at_risk", ascending=False))
     lines += ["", f"Scored {len(s):,} customers as of {scored.as_of.date()} into "
-                  f"{scored.store_url}", "", "Segments:",
+                  f"{scored.store_url}: churn_probability = no purchase in the next "
+                  f"{churn_horizon_days} days, predicted_clv = net spend in the next "
+                  f"{clv_horizon_days} days", "", "Segments:",
               seg.to_string(float_format=lambda v: f"{v:,.2f}")]
     top = s.nlargest(10, "value_at_risk")[
         ["customer_id", "segment", "lifecycle_stage", "churn_probability", "predicted_clv",
