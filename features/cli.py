@@ -136,8 +136,9 @@ def build_cmd(
     """Build point-in-time features at a cutoff: one row per customer, written to --out."""
     from features.contract import load_transactions
     from features.pipeline import build_features
-    from features.storage import write_frame
+    from features.storage import check_frame_path, write_frame
 
+    check_frame_path(out)  # a folder or an unwritable name: say so before any work
     tx = load_transactions(source, mapping, table=table)
     typer.echo(tx.report.format(), err=True)
     frame = build_features(tx, cutoff)

@@ -782,6 +782,19 @@ def _open_duckdb_file(con: DuckDBBackend, path: str, table: str | None, label: s
     )
 
 
+def _missing_sqlite_file(url: Any) -> str | None:
+    """The database file of a ``sqlite:///file.db`` URL when that file does not exist (SQLite
+    would create it, empty, on connecting); None for other databases, in-memory SQLite and
+    ``file:`` URIs (``?uri=true``), whose options may say how to open them."""
+    if url.get_backend_name() != "sqlite":
+        return None
+    database = url.database or ""
+    uri = str(url.query.get("uri", "")).lower() in ("true", "1")
+    if not database or database == ":memory:" or uri or database.startswith("file:"):
+        return None
+    return None if Path(database).exists() else database
+
+
 def _open_sqlalchemy(con: DuckDBBackend, url: str, table: str | None) -> _Source:
     import sqlalchemy as sa
 
@@ -800,6 +813,10 @@ def _open_sqlalchemy(con: DuckDBBackend, url: str, table: str | None) -> _Source
             source=shown,
         )
     label = f"{shown} table {table}"
+    missing = _missing_sqlite_file(engine.url)
+    if missing is not None:  # as for a DuckDB file; connecting would create an empty one
+        engine.dispose()
+        raise DataValidationError(f"{missing} does not exist; check the path", source=label)
     schema, name = _split_table(table)
     try:
         names = sa.inspect(engine).get_table_names(schema=schema)
@@ -1101,6 +1118,10 @@ def _amount_ast(text: str, names: Sequence[str], problems: list[str]) -> exp.Exp
     if ";" in text:
         problems.append(f"{where}: semicolons are not allowed; {_AMOUNT_RULE}")
         return None
+    adjacent = _adjacent_tokens(text)
+    if adjacent is not None:
+        problems.append(f"{where}: {adjacent}; {_AMOUNT_RULE}. Set {_hint('amount')}")
+        return None
     try:
         tree = sqlglot.parse_one(text, read="duckdb")
     except sqlglot.errors.SqlglotError as exc:
@@ -1120,7 +1141,7 @@ def _amount_ast(text: str, names: Sequence[str], problems: list[str]) -> exp.Exp
         return None
     bad = _disallowed(tree)
     if bad is not None:
-        problems.append(f"{where}: {bad}; {_AMOUNT_RULE}")
+        problems.append(f"{where}: {bad}; {_AMOUNT_RULE}. Set {_hint('amount')}")
         return None
     unknown = [
         c.name for c in tree.find_all(exp.Column) if _resolve(c.name, names) is None
@@ -1133,6 +1154,41 @@ def _amount_ast(text: str, names: Sequence[str], problems: list[str]) -> exp.Exp
         problems.append(f"{where} uses no column; {_AMOUNT_RULE}")
         return None
     return None if unknown else tree
+
+
+_OPERATORS = {"PLUS", "DASH", "STAR", "SLASH"}
+_OPERAND_END = {"VAR", "NUMBER", "IDENTIFIER", "R_PAREN"}
+_OPERAND_START = {"VAR", "NUMBER", "IDENTIFIER", "L_PAREN"}
+
+
+def _adjacent_tokens(text: str) -> str | None:
+    """What is wrong when two operators (``* *``) or two values (``Unit Price``) stand side
+    by side, quoting the user's own text; None when there is no such pair. (The parser
+    would read ``a * * b`` as ``a * * AS b``, which is no help to show.)"""
+    try:
+        tokens = sqlglot.tokenize(text, read="duckdb")
+    except sqlglot.errors.SqlglotError:
+        return None  # the parser reports it
+    for a, b in itertools.pairwise(tokens):
+        ta, tb = a.token_type.name, b.token_type.name
+        span = text[a.start : b.end + 1]
+        if ta in _OPERATORS and tb in ("STAR", "SLASH"):
+            return (
+                f"{span!r} is two operators in a row; write one operator between two values, "
+                f"e.g. 'Quantity * UnitPrice'"
+            )
+        if ta in _OPERAND_END and tb in _OPERAND_START and not (ta == "VAR" and tb == "L_PAREN"):
+            left, right = text[a.start : a.end + 1], text[b.start : b.end + 1]
+            one_name = (
+                f", or if {span!r} is one column name, put it in double quotes: \"{span}\""
+                if ta == tb == "VAR"
+                else ""
+            )
+            return (
+                f"{left!r} and {right!r} have no operator between them; put + - * or / "
+                f"between them{one_name}"
+            )
+    return None
 
 
 def _disallowed(node: exp.Expression) -> str | None:
@@ -1150,7 +1206,7 @@ def _disallowed(node: exp.Expression) -> str | None:
             f"text literal {node.sql()!r} (column names take double quotes, not single)"
         )
     if isinstance(node, exp.Alias):
-        return f"{node.sql()!r} looks like two names (quote a name with spaces in double quotes)"
+        return "two names or values stand side by side without an operator between them"
     if isinstance(node, (exp.Subquery, exp.Select, exp.Query)):
         return "subqueries are not allowed"
     if isinstance(node, exp.Func):
@@ -1264,13 +1320,15 @@ def _validate(con: DuckDBBackend, src: _Source, plan: _Plan, stats: dict[str, An
         what = f"column {c.label!r}" if len(c.raw) == 1 and c.raw[0] == c.label else (
             f"amount {c.label!r}"
         )
-        text = (
-            f"{what} ({c.contract}): {n:,} of {kept:,} rows with a customer id have "
-            f"{c.problem}, e.g. {examples[c.contract]}. {c.hint}"
-        )
+        hint = c.hint
         if c.contract == "timestamp" and plan.timestamp_is_text:
-            text += _format_suggestion(con, examples.get("_values_timestamp", []))
-        problems.append(text)
+            hint = _timestamp_advice(
+                con, plan, n, kept, examples.get("_values_timestamp", []), c.hint
+            )
+        problems.append(
+            f"{what} ({c.contract}): {n:,} of {kept:,} rows with a customer id have "
+            f"{c.problem}, e.g. {examples[c.contract]}. {hint}"
+        )
     _raise(src, problems, src.row_note and f"({src.row_note}.)")
 
 
@@ -1337,10 +1395,42 @@ def _where(src: _Source, row_no: int | None, file: str | None) -> str:
     return where
 
 
-def _format_suggestion(con: DuckDBBackend, values: list[str]) -> str:
-    """' Formats that read all the examples: ...' (empty when none does)."""
+def _timestamp_advice(
+    con: DuckDBBackend, plan: _Plan, n_bad: int, kept: int, values: list[str], hint: str
+) -> str:
+    """What to do about ``n_bad`` of ``kept`` text timestamps that did not parse.
+
+    When most values parse and only a few do not, those few are bad data (``2011-13-45``,
+    a stray other format, blanks): passing a format for the whole column would break the
+    rest, so the advice is to fix or drop those rows. Otherwise the column as a whole is
+    likely in another format: ``hint`` (pass --timestamp-format) plus the guessed formats
+    that read the examples. "A few" is fewer than half the rows and either at most one in
+    ten or values that no guessed format reads.
+    """
+    fits = _fitting_formats(con, values)
+    few = 2 * n_bad < kept and (10 * n_bad <= kept or not fits)
+    if not few:
+        if not fits:
+            return hint
+        return f"{hint} Formats that read these examples: {', '.join(fits[:3])}."
+    how = f"with the format {plan.timestamp_format!r}" if plan.timestamp_format else (
+        "as ISO 8601 dates"
+    )
+    looks = (
+        f" (they look like {fits[0]}: write them like the other rows)" if fits else ""
+    )
+    return (
+        f"The other {kept - n_bad:,} rows parse {how}, so these rows hold missing or invalid "
+        f"dates{looks}: fix those rows or remove them from the data."
+    )
+
+
+def _fitting_formats(con: DuckDBBackend, values: list[str]) -> list[str]:
+    """The guessed formats (quoted) that read every one of ``values`` (blanks aside: they
+    say nothing of the format); [] for no values."""
+    values = [v for v in values if v.strip()]
     if not values:
-        return ""
+        return []
     fits = []
     for fmt in _TIMESTAMP_GUESSES:
         ok = con.con.execute(
@@ -1349,9 +1439,7 @@ def _format_suggestion(con: DuckDBBackend, values: list[str]) -> str:
         ).fetchall()[0][0]
         if ok:
             fits.append(f"'{fmt}'")
-    if not fits:
-        return ""
-    return f" Formats that read these examples: {', '.join(fits[:3])}."
+    return fits
 
 
 def _raise(src: _Source, problems: list[str], footer: str = "") -> None:

@@ -1,29 +1,78 @@
 """Atomic file output: write to a temporary name in the target folder, then rename.
 
 A failed or interrupted run therefore never leaves a half-written file behind; an
-existing file is replaced only once the new one is complete.
+existing file is replaced only once the new one is complete. The file gets the
+permissions a plain ``open(path, "w")`` would give it: a new file ``0o666`` less the
+umask, a replaced file its old permission bits.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 
+_FRAME_SUFFIXES = (".parquet", ".csv", ".csv.gz")
+
+
+def check_output_path(path: str | Path) -> Path:
+    """Raise ValueError unless ``path`` can be written as a file: it must not be an existing
+    folder. Cheap; commands call it before doing any work."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(
+            f"cannot write {path}: it is a folder, not a file; give a file name "
+            f"(e.g. {path / 'features.parquet'}) or remove the folder"
+        )
+    return path
+
+
+def check_frame_path(path: str | Path) -> Path:
+    """`check_output_path`, and the name ends in a suffix `write_frame` can write."""
+    path = check_output_path(path)
+    if _frame_suffix(path) not in _FRAME_SUFFIXES:
+        raise ValueError(f"cannot write {path}: use a .parquet, .csv or .csv.gz file name")
+    return path
+
+
+def _frame_suffix(path: Path) -> str:
+    return "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
+
+
+def _create_temp(path: Path) -> Path:
+    """Create an empty file with a fresh name next to ``path``, mode 0o666 less the umask
+    (as ``open`` does; ``tempfile.mkstemp`` would make it 0o600)."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"could not create a temporary file next to {path}")
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` on success."""
-    path = Path(path)
+    """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
+
+    Raises ValueError when ``path`` is an existing folder (before creating anything). An
+    existing file keeps its permission bits; a new one gets 0o666 less the umask.
+    """
+    path = check_output_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _create_temp(path)
     try:
-        yield Path(tmp)
+        yield tmp
+        check_output_path(path)  # a folder made meanwhile: say so, not IsADirectoryError
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))  # replacing: keep its mode
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -33,12 +82,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 def write_frame(frame: pd.DataFrame, path: str | Path) -> Path:
     """Write a DataFrame to .parquet or .csv (by extension), atomically."""
-    path = Path(path)
-    suffix = "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
-    if suffix not in (".parquet", ".csv", ".csv.gz"):
-        raise ValueError(
-            f"cannot write {path}: use a .parquet, .csv or .csv.gz file name"
-        )
+    path = check_frame_path(path)
+    suffix = _frame_suffix(path)
     with atomic_path(path) as tmp:
         if suffix == ".parquet":
             frame.to_parquet(tmp, index=False)

@@ -633,3 +633,82 @@ def test_parquet_is_read_in_place_and_counts_come_when_read(tmp_path: Path) -> N
     with copied.materialized() as same:  # already a table: itself, never dropped
         assert same is copied
     assert copied.to_pandas().equals(tx.to_pandas())
+
+
+# --------------------------------------------------------------------------- user review fixes
+
+
+def test_a_missing_sqlite_file_is_an_error_and_is_not_created(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = tmp_path / "nosuch.db"
+    msg = _error(f"sqlite:///{missing}", table="sales")
+    assert f"{missing} does not exist; check the path" in msg
+    assert not missing.exists()
+    monkeypatch.chdir(tmp_path)  # a relative path, as a user types it
+    msg = _error("sqlite:///nosuch.db", table="sales")
+    assert "nosuch.db does not exist" in msg and "(none)" not in msg
+    assert list(tmp_path.iterdir()) == []
+    # in-memory SQLite is not a file: it still says which tables there are
+    assert "no table 'sales'" in _error("sqlite://", table="sales")
+
+
+@pytest.mark.parametrize(
+    ("amount", "expected"),
+    [
+        ('Qty * * "Unit Price"', "'* *' is two operators in a row"),
+        ("Qty / * 2", "'/ *' is two operators in a row"),
+        ("Unit Price * Qty", "put it in double quotes: \"Unit Price\""),
+        ("Qty 2", "'Qty' and '2' have no operator between them"),
+        ("Qty AS x", "without an operator between them"),
+    ],
+)
+def test_malformed_amount_is_quoted_as_typed(amount: str, expected: str) -> None:
+    msg = _error(user_log(), MAPPING.with_overrides(amount=amount))
+    assert f"amount {amount!r}" in msg
+    assert expected in msg
+    assert " AS " not in msg.replace(amount, "")  # the parser's rewrite does not leak
+    assert "--amount" in msg
+
+
+def _iso_log(n: int) -> pd.DataFrame:
+    return pd.DataFrame({
+        "CustomerID": np.arange(n) % 50,
+        "InvoiceDate": pd.date_range("2011-01-01", periods=n, freq="h").strftime(
+            "%Y-%m-%d %H:%M"),
+        "Quantity": 1,
+        "UnitPrice": 2.0,
+    })
+
+
+ISO_MAPPING = ColumnMapping(customer_id="CustomerID", timestamp="InvoiceDate",
+                            amount="Quantity * UnitPrice")
+
+
+@pytest.mark.parametrize(("n", "bad"), [(2000, "2011-13-45 99:00"), (6, "2011-13-45"),
+                                        (2000, "31/01/2011 10:00")])
+def test_a_few_bad_timestamps_among_good_ones_say_fix_the_rows(
+    tmp_path: Path, n: int, bad: str
+) -> None:
+    df = _iso_log(n)
+    df.loc[6 if n > 6 else 2, "InvoiceDate"] = bad
+    msg = _error(_csv(df, tmp_path), ISO_MAPPING)
+    row = 7 if n > 6 else 3
+    assert f"1 of {n:,} rows" in msg and f"row {row}: {bad!r}" in msg
+    assert f"other {n - 1:,} rows parse" in msg
+    assert "fix those rows or remove them" in msg
+    assert "--timestamp-format" not in msg and "pass its format" not in msg
+    if "/" in bad:
+        assert "they look like '%d/%m/%Y %H:%M'" in msg
+
+
+def test_timestamps_mostly_in_another_format_still_get_the_format_hint(
+    tmp_path: Path,
+) -> None:
+    df = _iso_log(20)
+    df["InvoiceDate"] = pd.to_datetime(df["InvoiceDate"]).dt.strftime("%d/%m/%Y %H:%M")
+    df.loc[:5, "InvoiceDate"] = "2011-01-01 00:00"  # 6 ISO, 14 day-first
+    msg = _error(_csv(df, tmp_path), ISO_MAPPING)
+    assert "--timestamp-format" in msg
+    assert "Formats that read these examples: '%d/%m/%Y %H:%M'" in msg
+    assert "fix those rows" not in msg

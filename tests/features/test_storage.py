@@ -1,0 +1,110 @@
+"""Atomic output files: a folder in the way is a clear error, and files get the permissions
+a plain open() would give them."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from features.cli import app
+from features.storage import atomic_path, write_frame
+
+FRAME = pd.DataFrame({"customer_id": ["a", "b"], "x": [1.0, 2.0]})
+
+
+@pytest.fixture()
+def umask() -> Iterator[None]:
+    """Run with umask 0o027 (new files 0o640), restoring the old umask after."""
+    old = os.umask(0o027)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture()
+def sales_csv(tmp_path: Path) -> Path:
+    path = tmp_path / "sales.csv"
+    pd.DataFrame({
+        "CustomerID": [1, 1, 2],
+        "InvoiceDate": ["2011-01-04 10:00", "2011-02-01 09:00", "2011-01-20 12:00"],
+        "Quantity": [2, 1, 3],
+        "UnitPrice": [10.0, 5.0, 2.5],
+    }).to_csv(path, index=False)
+    return path
+
+
+def _build(source: str, out: Path) -> list[str]:
+    return ["build", "-t", source, "--customer-col", "CustomerID",
+            "--timestamp-col", "InvoiceDate", "--amount", "Quantity * UnitPrice",
+            "--cutoff", "2011-03-01", "--out", str(out)]
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv", ".csv.gz"])
+def test_a_new_file_gets_the_umask_mode(tmp_path: Path, umask: None, suffix: str) -> None:
+    out = write_frame(FRAME, tmp_path / f"out{suffix}")
+    assert _mode(out) == 0o640  # 0o666 & ~0o027, as open() gives; not mkstemp's 0o600
+    os.umask(0o002)
+    assert _mode(write_frame(FRAME, tmp_path / f"other{suffix}")) == 0o664
+
+
+def test_overwriting_keeps_the_existing_mode(tmp_path: Path, umask: None) -> None:
+    out = tmp_path / "out.parquet"
+    write_frame(FRAME, out)
+    os.chmod(out, 0o604)
+    write_frame(FRAME.iloc[:1], out)
+    assert _mode(out) == 0o604
+    assert len(pd.read_parquet(out)) == 1
+
+
+def test_a_folder_as_output_is_a_clear_error_and_leaves_nothing(tmp_path: Path) -> None:
+    folder = tmp_path / "d.parquet"
+    folder.mkdir()
+    with pytest.raises(ValueError, match=r"d\.parquet: it is a folder, not a file"):
+        write_frame(FRAME, folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.parquet"]
+    assert list(folder.iterdir()) == []
+
+
+def test_a_folder_made_while_writing_is_a_clear_error_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "out.csv"
+    with pytest.raises(ValueError, match="it is a folder"), atomic_path(target) as tmp:
+        tmp.write_text("x\n")
+        target.mkdir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv"]
+
+
+def test_cli_out_folder_fails_before_any_work(
+    tmp_path: Path, sales_csv: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("d.parquet").mkdir()
+    res = CliRunner().invoke(app, _build(str(sales_csv), Path("d.parquet")))
+    assert res.exit_code == 2, res.output
+    assert "d.parquet" in res.output and "is a folder" in res.output
+    assert "Traceback" not in res.output and "Validation report" not in res.output
+    # checked before reading: a missing source is not even looked at
+    res = CliRunner().invoke(app, _build("nosuch.csv", Path("d.parquet")))
+    assert res.exit_code == 2 and "is a folder" in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.parquet", "sales.csv"]
+
+
+def test_cli_output_file_mode_follows_the_umask(
+    tmp_path: Path, sales_csv: Path, umask: None
+) -> None:
+    out = tmp_path / "features.parquet"
+    res = CliRunner().invoke(app, _build(str(sales_csv), out))
+    assert res.exit_code == 0, res.output
+    assert _mode(out) == 0o640
