@@ -12,8 +12,8 @@ from typing import Annotated
 import typer
 
 from features.cli import app as features_app
-from features.cli import run_cli
 from serving.keys_cli import keys_app
+from training.cli import command
 from training.cli import register as register_training
 
 app = typer.Typer(
@@ -28,8 +28,7 @@ register_training(app)
 __import__("serving.serve_cli").serve_cli.register(app)  # `lifecast serve`
 
 
-@app.command("demo")
-@run_cli
+@command(app, "demo", mlflow=True)
 def demo_cmd(
     transactions: Annotated[
         Path | None,
@@ -43,11 +42,16 @@ def demo_cmd(
     churn_h: Annotated[int, typer.Option("--churn-horizon-days")] = 90,
     clv_h: Annotated[int, typer.Option("--clv-horizon-days")] = 90,
 ) -> None:
-    """The main job on the bundled demo data: validate, features and segments, train and
-    backtest-evaluate both models against BG/NBD + Gamma-Gamma, log to MLflow, score every
-    customer into the customer store, and print a summary."""
+    """Run the whole job on the bundled demo data and print a summary.
+
+    Validate the data, build features and segments, train both models and evaluate them
+    against BG/NBD + Gamma-Gamma on a past snapshot, log them to MLflow, and score every
+    customer into the customer store."""
     from features import DEMO_MAPPING, ColumnMapping, demo_data_path
+    from training.cli import train_config
     from training.demo import run_demo
+
+    train_config(churn_h, clv_h)  # bad flags fail before the work folder is made
 
     source = str(transactions) if transactions else demo_data_path()
     cmap = ColumnMapping.from_yaml(mapping) if mapping else (
@@ -62,6 +66,8 @@ def main() -> None:
     import os
 
     os.environ.setdefault("MPLBACKEND", "Agg")
+    # `import mlflow` (lazy, after this) sets its logger to this level, INFO when unset
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for name in ("mlflow", "alembic", "bentoml"):
         logging.getLogger(name).setLevel(logging.WARNING)

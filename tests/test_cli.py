@@ -143,3 +143,278 @@ def test_train_score_models_end_to_end(tmp_path, monkeypatch):
             "segment", "lifecycle_stage"} <= set(bt.columns)
     assert sorted(bt["customer_id"]) == sorted(active) and bt["customer_id"].is_unique
     assert bt["churn_probability"].between(0, 1).all() and (bt["predicted_clv"] >= 0).all()
+
+
+# ------------------------------------------------------------------ flags, messages, output
+
+
+@pytest.mark.parametrize(("command", "flags", "expected"), [
+    ("train", ["--churn-horizon-days", "0"],
+     "--churn-horizon-days must be a whole number of days > 0, got 0"),
+    ("backtest", ["--cutoff", "2021-02-01", "--clv-horizon-days", "-5"],
+     "--clv-horizon-days must be a whole number of days > 0, got -5"),
+    ("train", ["--churn-horizon-days", "0", "--clv-horizon-days", "0"],
+     "--churn-horizon-days must be a whole number of days > 0, got 0; "
+     "--clv-horizon-days must be a whole number of days > 0, got 0"),
+])
+def test_a_bad_horizon_is_one_line_naming_the_flag(sales_csv, tmp_path, monkeypatch, command,
+                                                   flags, expected):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = tmp_path / "bt.parquet"
+    extra = ["--out", str(out)] if command == "backtest" else []
+    res = runner.invoke(app, [command, "-t", str(sales_csv), *MAP, *flags, *extra])
+    assert res.exit_code == 2, res.output
+    assert res.output.splitlines() == [f"error: {expected}"]
+    assert not out.exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_demo_checks_its_horizons_before_making_the_work_folder(tmp_path):
+    workdir = tmp_path / "work"
+    res = runner.invoke(app, ["demo", "--workdir", str(workdir), "--clv-horizon-days", "0"])
+    assert res.exit_code == 2, res.output
+    assert res.output.splitlines() == [
+        "error: --clv-horizon-days must be a whole number of days > 0, got 0"]
+    assert not workdir.exists()
+
+
+def test_tune_cannot_be_negative(sales_csv):
+    res = runner.invoke(app, ["train", "-t", str(sales_csv), *MAP, "--tune", "-1"],
+                        env={"COLUMNS": "200"})
+    assert res.exit_code == 2
+    assert "Invalid value for '--tune': Input should be greater than or equal to 0" in (
+        res.output)
+
+
+def test_config_errors_name_the_flag_or_the_field():
+    from pydantic import ValidationError
+
+    from features.config import FeatureConfig
+    from training.cli import config_error_message
+    from training.models import TrainConfig
+
+    with pytest.raises(ValidationError) as caught:
+        TrainConfig(features=FeatureConfig(clv_horizon_days=-1))
+    assert config_error_message(caught.value) == (
+        "--clv-horizon-days must be a whole number of days > 0, got -1")
+    with pytest.raises(ValidationError) as caught:
+        TrainConfig(num_leaves=1, learning_rate=2.5)
+    assert config_error_message(caught.value) == (
+        "learning_rate must be <= 1.0, got 2.5; num_leaves must be >= 2, got 1")
+    with pytest.raises(ValidationError) as caught:
+        FeatureConfig(trend_window_days="soon")
+    assert config_error_message(caught.value).startswith(
+        "trend_window_days: Input should be a valid integer")
+
+
+@pytest.fixture()
+def registry(tmp_path, monkeypatch):
+    """An MLflow store in tmp (the working folder) whose runs register placeholder versions of
+    both models, quickly: `register()` returns the run id. The global tracking URI is put
+    back afterwards."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    from training import tracking
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(tracking, "_last_set_uri", None)
+    previous = tracking_utils._tracking_uri
+    tracking.configure(tmp_path)
+    client = mlflow.MlflowClient()
+
+    def register() -> str:
+        with mlflow.start_run(experiment_id=tracking._experiment_id("lifecast")) as run:
+            pass
+        for name in tracking.MODEL_NAMES.values():
+            if not client.search_registered_models(f"name='{name}'"):
+                client.create_registered_model(name)
+            client.create_model_version(name, source=f"runs:/{run.info.run_id}/model",
+                                        run_id=run.info.run_id)
+        return run.info.run_id
+
+    try:
+        yield register
+    finally:
+        mlflow.set_tracking_uri(previous)
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def test_promote_says_when_the_run_already_is_champion(registry):
+    first, second = registry(), registry()
+    res = runner.invoke(app, ["promote", "--run", first])
+    assert res.exit_code == 0, res.output
+    assert res.output.splitlines() == ["lifecast-churn v1 is now champion",
+                                       "lifecast-clv v1 is now champion"]
+    res = runner.invoke(app, ["promote", "--run", first])
+    assert res.exit_code == 0, res.output
+    assert res.output.splitlines() == ["lifecast-churn v1 is already champion: nothing changed",
+                                       "lifecast-clv v1 is already champion: nothing changed"]
+    res = runner.invoke(app, ["promote", "--run", second])
+    assert res.exit_code == 0, res.output
+    assert res.output.splitlines() == ["lifecast-churn v2 is now champion (was v1)",
+                                       "lifecast-clv v2 is now champion (was v1)"]
+
+
+def test_no_mlflow_info_lines_on_a_new_store(tmp_path, monkeypatch):
+    """MLflow logs `INFO mlflow.store.db.utils: Creating initial MLflow database tables...`
+    when `lifecast models` makes the store: the command shows only its own message."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_LOGGING_LEVEL", raising=False)
+    res = runner.invoke(app, ["models"])
+    assert res.exit_code == 2
+    assert (tmp_path / "mlflow.db").is_file()
+    assert res.output.splitlines() == [
+        "error: no models registered yet: run `lifecast train` first"]
+
+
+def test_quiet_mlflow_hides_progress_keeps_warnings_and_restores(capsys, monkeypatch):
+    import logging
+
+    from mlflow.utils import logging_utils
+    from mlflow.utils.logging_utils import eprint
+
+    from training.cli import quiet_mlflow
+
+    monkeypatch.delenv("MLFLOW_LOGGING_LEVEL", raising=False)
+    root = logging.getLogger("mlflow")
+    log = logging.getLogger("mlflow.store.db.utils")
+    before = (root.level, list(root.handlers))
+    with quiet_mlflow():
+        log.info("Creating initial MLflow database tables...")
+        eprint("Successfully registered model 'lifecast-churn'.")
+        logging_utils.disable_logging()  # what MLflow does around some imports: it ends
+        logging_utils.enable_logging()  # with the stream on, whatever it was before
+        eprint("Created version '1' of model 'lifecast-churn'.")
+        log.warning("the store needs an upgrade")
+        log.error("the store is locked")
+    err = capsys.readouterr().err
+    assert "Creating initial" not in err and "Successfully registered" not in err
+    assert "Created version" not in err
+    assert "WARNING mlflow.store.db.utils: the store needs an upgrade" in err
+    assert "ERROR mlflow.store.db.utils: the store is locked" in err
+    assert (root.level, list(root.handlers)) == before
+    eprint("printed again")  # the stream is on again after the block
+    assert "printed again" in capsys.readouterr().err
+
+    monkeypatch.setenv("MLFLOW_LOGGING_LEVEL", "INFO")  # asked for: everything shows
+    with quiet_mlflow():
+        eprint("Created version '1' of model 'lifecast-churn'.")
+    assert "Created version" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_output_has_no_mlflow_progress_lines(tmp_path):
+    """`lifecast demo` as a user runs it (the console entry point, a fresh process): no
+    `INFO mlflow...` lines, no `Successfully registered model` / `Created version` lines;
+    the output opens with the validation report and the decisions name the metric."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_LOGGING_LEVEL")}
+    code = "import sys; from serving.cli import main; sys.argv[0] = 'lifecast'; main()"
+    proc = subprocess.run([sys.executable, "-c", code, "demo", "--workdir", "work"],
+                          cwd=tmp_path, env=env, text=True, capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = (proc.stdout + proc.stderr).splitlines()
+    noise = [line for line in lines if " INFO " in f" {line}"
+             or line.startswith(("Successfully registered", "Created version"))]
+    assert noise == []
+    assert proc.stdout.startswith("Validation report for ")
+    assert "  lifecast-churn v1: promoted: no champion yet (roc_auc 0." in proc.stdout
+
+
+OUR_COMMANDS = ("train", "backtest", "score", "promote", "models", "demo")
+
+
+def _paragraphs(name: str) -> list[str]:
+    import inspect
+
+    import typer
+
+    help_text = typer.main.get_command(app).commands[name].help
+    return [" ".join(p.split()) for p in inspect.cleandoc(help_text).split("\n\n")]
+
+
+def test_help_reflows_at_80_columns():
+    """At 80 columns each command's summary is one line of `lifecast --help`; in its own
+    help every paragraph is whole and each line is as full as the next word allows (no
+    sentence split where a docstring line ended)."""
+    res = runner.invoke(app, ["--help"], env={"COLUMNS": "80"})
+    assert res.exit_code == 0
+    listing = res.output.splitlines()
+    for name in OUR_COMMANDS:
+        summary = _paragraphs(name)[0]
+        assert any(line.startswith(f"│ {name} ") and summary in line for line in listing), (
+            name, summary, res.output)
+
+    for name in OUR_COMMANDS:
+        res = runner.invoke(app, [name, "--help"], env={"COLUMNS": "80"})
+        assert res.exit_code == 0
+        lines = res.output.splitlines()
+        start = next(i for i, line in enumerate(lines) if "Usage:" in line) + 1
+        end = next(i for i, line in enumerate(lines) if line.startswith("╭"))
+        shown: list[list[str]] = [[]]
+        for line in (line.strip() for line in lines[start:end]):
+            if line:
+                shown[-1].append(line)
+            elif shown[-1]:
+                shown.append([])
+        shown = [p for p in shown if p]
+        assert [" ".join(p) for p in shown] == _paragraphs(name), name
+        for paragraph in shown:
+            assert all(len(line) <= 78 for line in paragraph), paragraph
+            for line, following in zip(paragraph, paragraph[1:], strict=False):
+                assert len(line) + 1 + len(following.split()[0]) > 78, (name, line)
+
+
+def test_backtest_past_the_data_says_until_when_each_horizon_needs_data(
+        sales_csv, tmp_path, monkeypatch):
+    """The data ends 2021-02-01 09:00: a 20-day churn window from 2021-01-15 needs it until
+    2021-02-04, the 10-day value window is covered."""
+    from training import pipeline
+
+    def fake_backtest(tx, cutoff, mapping=None, config=None, *, table=None):
+        assert config.features.churn_horizon_days == 20
+        return pipeline.BacktestResult(pd.DataFrame({"customer_id": ["a", "b"]}), None,
+                                       pd.Timestamp(cutoff), False, None)
+
+    monkeypatch.setattr(pipeline, "backtest", fake_backtest)
+    out = tmp_path / "bt.csv"
+    res = runner.invoke(app, ["backtest", "-t", str(sales_csv), *MAP, "--cutoff", "2021-01-15",
+                              "--churn-horizon-days", "20", "--clv-horizon-days", "10",
+                              "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.splitlines() == [
+        f"wrote 2 customers to {out}",
+        "no metrics: the data does not cover the outcome windows after the cutoff 2021-01-15:",
+        "  --churn-horizon-days 20: needs data until 2021-02-04 (cutoff + 20 days); "
+        "the data ends 2021-02-01 09:00",
+        "for metrics, use --cutoff 2021-01-13 or earlier, or shorter horizons",
+    ]
+
+
+@pytest.mark.slow
+def test_backtest_past_the_end_of_the_demo_data(tmp_path):
+    from features import demo_data_path
+
+    demo = ["-t", demo_data_path(), "--customer-col", "CustomerID", "--timestamp-col",
+            "InvoiceDate", "--amount", "Quantity * UnitPrice", "--order-col", "InvoiceNo"]
+    out = tmp_path / "bt.parquet"
+    res = runner.invoke(app, ["backtest", *demo, "--cutoff", "2011-11-01",
+                              "--churn-horizon-days", "90", "--clv-horizon-days", "90",
+                              "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.splitlines()[1:] == [
+        "no metrics: the data does not cover the outcome windows after the cutoff 2011-11-01:",
+        "  --churn-horizon-days 90: needs data until 2012-01-30 (cutoff + 90 days); "
+        "the data ends 2011-12-09 12:50",
+        "  --clv-horizon-days 90: needs data until 2012-01-30 (cutoff + 90 days); "
+        "the data ends 2011-12-09 12:50",
+        "for metrics, use --cutoff 2011-09-11 or earlier, or shorter horizons",
+    ]
+    assert out.is_file()

@@ -2,22 +2,151 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from pydantic import ValidationError
 
 from features.cli import fail, run_cli, with_mapping
 from features.config import ColumnMapping
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from features.config import FeatureConfig
 
 ChurnH = Annotated[int, typer.Option("--churn-horizon-days", help="Churn outcome window.")]
 ClvH = Annotated[int, typer.Option("--clv-horizon-days", help="Future-value outcome window.")]
 AsOf = Annotated[str | None, typer.Option(
     "--as-of", help="Use only events before this instant (default: the day after the last).")]
-Tune = Annotated[int, typer.Option("--tune", help="Optuna trials (0: use the defaults).")]
+Tune = Annotated[int, typer.Option("--tune", min=0,
+                                   help="Optuna trials (0: use the defaults).")]
+
+#: Config fields that command-line flags set, with the flag that sets each: a config error
+#: names the flag the user typed, not the field.
+CONFIG_FLAGS: dict[str, str] = {
+    "churn_horizon_days": "--churn-horizon-days",
+    "clv_horizon_days": "--clv-horizon-days",
+}
+_BOUNDS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
 
 
-def _config(churn_h: int, clv_h: int):  # noqa: ANN202
+def config_error_message(exc: ValidationError) -> str:
+    """One line per invalid value of a pydantic config, naming the flag that set it
+    (`CONFIG_FLAGS`; the field's path for the others), e.g. ``--churn-horizon-days must be
+    a whole number of days > 0, got 0``."""
+    parts = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        field = loc[-1] if loc else ""
+        name = CONFIG_FLAGS.get(field, ".".join(loc) or "config")
+        ctx = err.get("ctx") or {}
+        bounds = [f"{op} {ctx[key]}" for key, op in _BOUNDS.items() if key in ctx]
+        value = err.get("input")
+        if bounds:
+            what = "a whole number of days " if field.endswith("_days") else ""
+            parts.append(f"{name} must be {what}{' and '.join(bounds)}, got {value!r}")
+        else:
+            parts.append(f"{name}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def flag_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a pydantic ValidationError raised by a command (a flag building an invalid
+    config) into a ValueError whose message names the flag (`config_error_message`);
+    `run_cli` then prints it as one line and exits 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ValidationError as exc:
+            raise ValueError(config_error_message(exc)) from None
+
+    return wrapper
+
+
+def reflowed_help(doc: str | None) -> str:
+    """A docstring as help text: each paragraph on one line. Typer's rich help keeps the
+    single line breaks of a docstring, so a wrapped docstring would split sentences
+    wherever its source lines end, whatever the terminal's width."""
+    paragraphs = inspect.cleandoc(doc or "").split("\n\n")
+    return "\n\n".join(" ".join(p.split()) for p in paragraphs)
+
+
+def command(app: typer.Typer, name: str, *, mlflow: bool = False
+            ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a function as ``lifecast <name>``: its docstring (reflowed) is the help,
+    errors exit 2 with one line naming the flag (`flag_errors`, `run_cli`) and, with
+    ``mlflow=True``, MLflow's progress lines are off while it runs (`quiet_mlflow`)."""
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        body = _quietly(func) if mlflow else func
+        return app.command(name, help=reflowed_help(func.__doc__))(run_cli(flag_errors(body)))
+
+    return decorate
+
+
+def _quietly(func: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with quiet_mlflow():
+            return func(*args, **kwargs)
+
+    return wrapper
+
+
+@contextmanager
+def quiet_mlflow() -> Iterator[None]:
+    """MLflow's own progress output off for the block; its warnings and errors still show.
+
+    ``import mlflow`` gives the ``mlflow`` logger its own handler and the level of
+    ``MLFLOW_LOGGING_LEVEL`` (INFO when unset), so lines like ``INFO mlflow.store.db.utils:
+    Creating initial MLflow database tables...`` show whatever level was set before the
+    (lazy) import. And the model registry prints ``Successfully registered model ...`` and
+    ``Created version ...`` with ``mlflow.utils.logging_utils.eprint``, no logging at all:
+    it writes to the module's ``MLFLOW_LOGGING_STREAM``, which MLflow itself switches back
+    on after silencing it (``enable_logging``), so switching it off does not last. In the
+    block the logger is at WARNING or above, and ``eprint`` writes to a stream that drops
+    everything (the logger's handler keeps the real one). ``MLFLOW_LOGGING_LEVEL=INFO`` (or
+    DEBUG) keeps everything.
+    """
+    import logging
+    import os
+
+    from mlflow.utils import logging_utils
+
+    if (os.environ.get("MLFLOW_LOGGING_LEVEL") or "").strip().upper() in ("DEBUG", "INFO"):
+        yield
+        return
+
+    class Discard(logging_utils.MlflowLoggingStream):
+        def write(self, text: str) -> None:
+            pass
+
+        def flush(self) -> None:
+            pass
+
+    logger = logging.getLogger("mlflow")
+    level, handlers = logger.level, list(logger.handlers)
+    stream = logging_utils.MLFLOW_LOGGING_STREAM
+    if logger.getEffectiveLevel() < logging.WARNING:
+        logger.setLevel(logging.WARNING)
+    logging_utils.MLFLOW_LOGGING_STREAM = Discard()
+    try:
+        yield
+    finally:
+        logging_utils.MLFLOW_LOGGING_STREAM = stream
+        logger.setLevel(level)
+        logger.handlers = handlers
+
+
+def train_config(churn_h: int, clv_h: int):  # noqa: ANN202
     from features.config import FeatureConfig
     from training.models import TrainConfig
 
@@ -25,11 +154,45 @@ def _config(churn_h: int, clv_h: int):  # noqa: ANN202
                                               clv_horizon_days=clv_h))
 
 
+def _when(ts: pd.Timestamp) -> str:
+    return str(ts.date()) if ts == ts.normalize() else f"{ts:%Y-%m-%d %H:%M}"
+
+
+def uncovered_message(cutoff: Any, last_event: Any, first_event: Any,
+                      features: FeatureConfig) -> str:
+    """Why a backtest has no metrics: for each horizon whose outcome window (cutoff +
+    horizon) runs past the last event, until when the data would need to reach; and the
+    latest cutoff that would give metrics with these horizons.
+
+    Mirrors the rule of `training.pipeline.backtest`: a window counts as observed when the
+    data reaches its last day (``last_event >= cutoff + horizon - 1 day``).
+    """
+    import pandas as pd
+
+    cut, last = pd.Timestamp(cutoff), pd.Timestamp(last_event)
+    lines = [f"no metrics: the data does not cover the outcome windows after the cutoff "
+             f"{_when(cut)}:"]
+    horizons = (("--churn-horizon-days", features.churn_horizon_days),
+                ("--clv-horizon-days", features.clv_horizon_days))
+    for flag, days in horizons:
+        until = cut + pd.Timedelta(days=days)
+        if last < until - pd.Timedelta(days=1):
+            lines.append(f"  {flag} {days}: needs data until {_when(until)} (cutoff + {days} "
+                         f"days); the data ends {_when(last)}")
+    if len(lines) == 1:  # the pipeline's rule differs from the one mirrored here
+        lines[0] += f" the data ends {_when(last)}"
+    latest = (last + pd.Timedelta(days=1)
+              - pd.Timedelta(days=max(days for _, days in horizons))).normalize()
+    if latest > pd.Timestamp(first_event):
+        lines.append(f"for metrics, use --cutoff {latest.date()} or earlier, or shorter "
+                     f"horizons")
+    return "\n".join(lines)
+
+
 def register(app: typer.Typer) -> None:
     """Add the training commands to the root `lifecast` app."""
 
-    @app.command("train")
-    @run_cli
+    @command(app, "train", mlflow=True)
     @with_mapping
     def train_cmd(
         *, source: str, table: str | None, mapping: ColumnMapping, as_of: AsOf = None,
@@ -38,12 +201,16 @@ def register(app: typer.Typer) -> None:
             help="auto: only if it beats the champion; always; never.")] = "auto",
         tune: Tune = 0,
     ) -> None:
-        """Train both models on events before --as-of, evaluate, log to MLflow, register."""
+        """Train both models, evaluate them, log to MLflow and register them.
+
+        Uses the events before --as-of. The new versions become the champions as --promote
+        says (auto: only where they beat the current champion on this run's evaluation
+        snapshot)."""
         from training.pipeline import train
         from training.tracking import configure, log_training
 
+        config = train_config(churn_h, clv_h)  # bad flags fail before anything is made
         configure(".")
-        config = _config(churn_h, clv_h)
         if tune:
             from training.tuning import tune_config
 
@@ -55,8 +222,7 @@ def register(app: typer.Typer) -> None:
         for kind, version in summary.versions.items():
             typer.echo(f"  lifecast-{kind} v{version}: {summary.decision[kind]['message']}")
 
-    @app.command("backtest")
-    @run_cli
+    @command(app, "backtest")
     @with_mapping
     def backtest_cmd(
         *, source: str, table: str | None, mapping: ColumnMapping,
@@ -64,28 +230,33 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option(help="Per-customer predictions (.parquet/.csv).")],
         churn_h: ChurnH = 90, clv_h: ClvH = 365,
     ) -> None:
-        """Train as of --cutoff, score every customer, compare with the real outcome and
-        the BG/NBD + Gamma-Gamma baseline when the data covers it."""
+        """Train as of a past --cutoff and score every customer into --out.
+
+        When the data covers the outcome windows after the cutoff, compare with the real
+        outcome and with the BG/NBD + Gamma-Gamma baseline."""
+        from features.contract import load_transactions
         from features.storage import write_frame
         from training.pipeline import backtest
 
-        result = backtest(source, cutoff, mapping, _config(churn_h, clv_h), table=table)
+        config = train_config(churn_h, clv_h)
+        tx = load_transactions(source, mapping, table=table)
+        result = backtest(tx, cutoff, config=config)
         write_frame(result.predictions, out)
         typer.echo(f"wrote {len(result.predictions):,} customers to {out}")
         if result.metrics is None:
-            typer.echo("the data does not cover the outcome windows: no metrics")
+            typer.echo(uncovered_message(result.cutoff, tx.report.last_event,
+                                         tx.report.first_event, config.features))
         else:
             typer.echo(result.metrics.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
 
-    @app.command("score")
-    @run_cli
+    @command(app, "score", mlflow=True)
     @with_mapping
     def score_cmd(
         *, source: str, table: str | None, mapping: ColumnMapping, as_of: AsOf = None,
         store: Annotated[str | None, typer.Option(
             help="Customer store URL (default sqlite:///./lifecast_store.db).")] = None,
     ) -> None:
-        """Score every customer with the champion models into the customer store."""
+        """Score every customer with the champions into the customer store."""
         from training.scoring import score
         from training.tracking import configure
 
@@ -97,18 +268,22 @@ def register(app: typer.Typer) -> None:
             f"into {result.store_url} (batch {result.batch_id})"
         )
 
-    @app.command("promote")
-    @run_cli
+    @command(app, "promote", mlflow=True)
     def promote_cmd(run: Annotated[str, typer.Option("--run", help="MLflow run id.")]) -> None:
         """Make the models registered by a run the champions."""
-        from training.tracking import configure, promote_run
+        from training.tracking import champion_versions, configure, promote_run
 
         configure(".")
+        before = champion_versions()
         for kind, version in promote_run(run).items():
-            typer.echo(f"lifecast-{kind} v{version} is now champion")
+            if before[kind] == version:
+                typer.echo(f"lifecast-{kind} v{version} is already champion: nothing changed")
+            elif before[kind] is None:
+                typer.echo(f"lifecast-{kind} v{version} is now champion")
+            else:
+                typer.echo(f"lifecast-{kind} v{version} is now champion (was v{before[kind]})")
 
-    @app.command("models")
-    @run_cli
+    @command(app, "models", mlflow=True)
     def models_cmd() -> None:
         """List registered model versions with their aliases and scores."""
         from training.tracking import configure, list_models

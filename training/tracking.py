@@ -84,6 +84,7 @@ __all__ = [
     "NoChampionError",
     "RunSummary",
     "champion_artifacts",
+    "champion_versions",
     "configure",
     "list_models",
     "load_champions",
@@ -748,7 +749,8 @@ def _decide(client: MlflowClient, kind: str, result: TrainResult, promote: str
                              f"no champion yet ({metric} {new[metric]:.3f})")
     elif old is None:
         promoted = promote == "always"
-        message = f"champion v{cv} cannot be scored on this snapshot: {reason}"
+        message = (f"champion v{cv} cannot be scored on this snapshot: {reason} "
+                   f"(new {metric} {new[metric]:.3f})")
     else:
         a, b = _fmt_pair(new[metric], old[metric])
         if math.isclose(new[metric], old[metric], rel_tol=1e-9, abs_tol=1e-12) and tie:
@@ -758,7 +760,7 @@ def _decide(client: MlflowClient, kind: str, result: TrainResult, promote: str
         else:
             better = new[metric] > old[metric] and not math.isclose(
                 new[metric], old[metric], rel_tol=1e-9, abs_tol=1e-12)
-            cmp = f"{a} {'>' if better else '<='} {b}"
+            cmp = f"{metric} {a} {'>' if better else '<='} {b}"
         promoted = promote == "always" or (promote == "auto" and better)
         message = cmp
     if promote == "auto":
@@ -814,6 +816,12 @@ def promote_run(run_id: str) -> dict[str, str]:
         if kind in found:
             client.set_registered_model_alias(MODEL_NAMES[kind], CHAMPION_ALIAS, found[kind])
     return {kind: found[kind] for kind in KINDS if kind in found}
+
+
+def champion_versions() -> dict[str, str | None]:
+    """The version carrying the ``champion`` alias, per kind (None: no champion yet)."""
+    client = _client()
+    return {kind: _champion_version(client, kind) for kind in KINDS}
 
 
 LIST_COLUMNS = ["model", "version", "aliases", "run_id", "as_of", "eval_cutoff", "created",

@@ -287,10 +287,12 @@ def test_champion_rule(first_run, trained, monkeypatch: pytest.MonkeyPatch) -> N
     assert d["new"]["roc_auc"] == pytest.approx(bad_auc)
     assert d["champion"]["roc_auc"] == pytest.approx(good_auc)
     assert d["message"] == (f"kept champion v{v1['churn']}: "
-                            f"{bad_auc:.3f} <= {good_auc:.3f}")
+                            f"roc_auc {bad_auc:.3f} <= {good_auc:.3f}")
     # the unchanged value model ties with its champion: a tie does not promote
-    assert second.decision["clv"]["message"].startswith(f"kept champion v{v1['clv']}: ")
-    assert " <= " in second.decision["clv"]["message"]
+    clv = second.decision["clv"]
+    new, old = tracking._fmt_pair(clv["new"]["normalized_gini"],
+                                  clv["champion"]["normalized_gini"])
+    assert clv["message"] == f"kept champion v{v1['clv']}: normalized_gini {new} <= {old}"
     run = client.get_run(second.run_id)
     assert run.data.tags["decision_churn"] == d["message"]
     assert run.data.tags["promoted_churn"] == "false"
@@ -302,13 +304,15 @@ def test_champion_rule(first_run, trained, monkeypatch: pytest.MonkeyPatch) -> N
 
     third = tracking.log_training(worse, source="synthetic", promote="always")
     assert third.promoted == {"churn": True, "clv": True}
-    assert third.decision["churn"]["message"].startswith("promoted (always): ")
+    assert third.decision["churn"]["message"] == (
+        f"promoted (always): roc_auc {bad_auc:.3f} <= {good_auc:.3f}")
     assert _aliases("churn") == {"champion": third.versions["churn"]}
     assert _aliases("clv") == {"champion": third.versions["clv"]}
 
     never = tracking.log_training(trained, source="synthetic", promote="never")
     assert never.promoted == {"churn": False, "clv": False}
-    assert never.decision["churn"]["message"].startswith("not promoted (never): ")
+    assert never.decision["churn"]["message"] == (
+        f"not promoted (never): roc_auc {good_auc:.3f} > {bad_auc:.3f}")
     assert _aliases("churn") == {"champion": third.versions["churn"]}
 
     assert tracking.promote_run(first_run.run_id) == v1
@@ -335,7 +339,7 @@ def test_a_better_model_is_promoted_and_the_champion_is_rescored(
     assert better.promoted["churn"] is True
     assert better.decision["churn"]["champion_version"] == weak.versions["churn"]
     assert better.decision["churn"]["message"] == (
-        f"promoted: {good_auc:.3f} > {bad_auc:.3f}")
+        f"promoted: roc_auc {good_auc:.3f} > {bad_auc:.3f}")
     assert _aliases("churn") == {"champion": better.versions["churn"]}
 
     # A run whose evaluation snapshot holds only every other customer: the champion (the
@@ -354,6 +358,25 @@ def test_a_better_model_is_promoted_and_the_champion_is_rescored(
 
     assert tracking.promote_run(first_run.run_id) == first_run.versions
     assert _aliases("churn") == {"champion": first_run.versions["churn"]}
+
+
+def test_a_champion_that_cannot_be_scored_is_kept_and_the_message_names_the_metric(
+        first_run, trained, monkeypatch: pytest.MonkeyPatch) -> None:
+    reason = "it predicts a 365-day horizon, this run 90 days"
+    monkeypatch.setattr(tracking, "_comparable", lambda kind, champion, result: reason)
+    client = mlflow.MlflowClient()
+    for kind in tracking.KINDS:
+        metric, cv = tracking.PRIMARY_METRIC[kind], first_run.versions[kind]
+        d = tracking._decide(client, kind, trained, "auto")
+        assert (d["promoted"], d["champion"], d["champion_version"]) == (False, None, cv)
+        assert d["message"] == (
+            f"kept champion v{cv}: champion v{cv} cannot be scored on this snapshot: "
+            f"{reason} (new {metric} {d['new'][metric]:.3f})")
+    assert _aliases("churn") == {"champion": first_run.versions["churn"]}
+
+
+def test_champion_versions(first_run) -> None:
+    assert tracking.champion_versions() == first_run.versions
 
 
 def test_list_models(first_run) -> None:
