@@ -164,10 +164,11 @@ def uncovered_message(cutoff: Any, last_event: Any, first_event: Any,
     horizon) runs past the last event, until when the data would need to reach; and the
     latest cutoff that would give metrics with these horizons.
 
-    Mirrors the rule of `training.pipeline.backtest`: a window counts as observed when the
-    data reaches its last day (``last_event >= cutoff + horizon - 1 day``).
+    The rule is `training.pipeline.window_observed`, the one `backtest` applies.
     """
     import pandas as pd
+
+    from training.pipeline import window_observed
 
     cut, last = pd.Timestamp(cutoff), pd.Timestamp(last_event)
     lines = [f"no metrics: the data does not cover the outcome windows after the cutoff "
@@ -176,10 +177,10 @@ def uncovered_message(cutoff: Any, last_event: Any, first_event: Any,
                 ("--clv-horizon-days", features.clv_horizon_days))
     for flag, days in horizons:
         until = cut + pd.Timedelta(days=days)
-        if last < until - pd.Timedelta(days=1):
+        if not window_observed(last, cut, days):
             lines.append(f"  {flag} {days}: needs data until {_when(until)} (cutoff + {days} "
                          f"days); the data ends {_when(last)}")
-    if len(lines) == 1:  # the pipeline's rule differs from the one mirrored here
+    if len(lines) == 1:  # every window covered: not reached when backtest had no metrics
         lines[0] += f" the data ends {_when(last)}"
     latest = (last + pd.Timedelta(days=1)
               - pd.Timedelta(days=max(days for _, days in horizons))).normalize()

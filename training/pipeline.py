@@ -83,6 +83,14 @@ class BacktestResult:
     models: FittedModels
 
 
+def window_observed(last_event: Any, cutoff: Any, horizon_days: int) -> bool:
+    """Whether data ending at ``last_event`` covers the outcome window ``[cutoff, cutoff +
+    horizon_days)``: it reaches the window's last day (a log's last event is rarely at
+    midnight, so a window ending on the data's last day counts)."""
+    end = pd.Timestamp(cutoff) + pd.Timedelta(days=horizon_days)
+    return pd.Timestamp(last_event) >= end - pd.Timedelta(days=1)
+
+
 @contextlib.contextmanager
 def _timed(timings: dict[str, float] | None, stage: str) -> Iterator[None]:
     """Add the wall time of the block to ``timings[stage]`` (nothing when ``timings`` is None)."""
@@ -306,9 +314,8 @@ def backtest(
     preds["baseline_churn_probability"] = population["bg_p_no_purchase"].to_numpy()
     preds["baseline_clv"] = population["bg_clv"].to_numpy()
 
-    last = pd.Timestamp(tx.report.last_event)
-    horizon_end = cut + pd.Timedelta(days=max(fcfg.churn_horizon_days, fcfg.clv_horizon_days))
-    observed = last >= horizon_end - pd.Timedelta(days=1)
+    observed = all(window_observed(tx.report.last_event, cut, h)
+                   for h in (fcfg.churn_horizon_days, fcfg.clv_horizon_days))
     metrics = None
     if observed:
         lc = build_labels(tx, cut, fcfg.churn_horizon_days)
