@@ -131,6 +131,29 @@ def _check_horizons(tx: Transactions, as_of: pd.Timestamp, config: TrainConfig) 
             )
 
 
+def _check_repeat_buyers(tx: Transactions, as_of: pd.Timestamp) -> None:
+    """Fail fast when no customer bought on two different days before ``as_of``: then
+    everyone in every snapshot churns and no model can be fit (found only after building
+    the training frame otherwise: 27 s on a 600-customer log, with a warning per snapshot).
+    A purchase here is a row with ``amount >= 0``; the exact rule (orders) is applied by
+    the models' own check, so this one only catches logs with no repeat buyer at all."""
+    import ibis
+
+    t = tx.table
+    lit = ibis.literal(as_of.to_pydatetime(), type="timestamp")
+    bought = t.filter((t.timestamp < lit) & (t.amount >= 0))
+    span = bought.group_by("customer_id").aggregate(first=bought.timestamp.min().date(),
+                                                    last=bought.timestamp.max().date())
+    if tx.backend.execute(span.filter(span.last > span.first).count()) == 0:
+        raise DataValidationError(
+            f"no repeat customers in {tx.report.source} before {as_of.date()}: no customer "
+            f"bought on two different days, so everyone churns in every snapshot and a churn "
+            f"model cannot be learned. Training needs a log where some customers buy again "
+            f"(check the customer id mapping: an id that changes per order looks like this)",
+            source=tx.report.source,
+        )
+
+
 def sample_snapshots(frame: pd.DataFrame, config: TrainConfig) -> pd.DataFrame:
     """Keep at most ``config.max_customers_per_snapshot`` customers per snapshot: those with
     the smallest seeded hash of their id, so the same customers are kept in every snapshot
@@ -242,6 +265,7 @@ def train(
         tx = _load(transactions, mapping, table)
         as_of = parse_cutoff(as_of) if as_of is not None else default_as_of(tx)
         _check_horizons(tx, as_of, config)
+        _check_repeat_buyers(tx, as_of)
     fcfg = config.features
     with _timed(timings, "training_frame"):
         frame = sample_snapshots(build_training_frame(tx, as_of, config=fcfg), config)

@@ -72,8 +72,34 @@ def test_no_repeat_customers_is_a_clear_error():
     one_each = pd.DataFrame({"customer_id": [f"c{i}" for i in range(600)],
                              "timestamp": days, "amount": 10.0})
     config = TrainConfig(features=FeatureConfig(churn_horizon_days=60, clv_horizon_days=60))
-    with pytest.raises(ValueError, match="repeat"):
-        train(one_each, config=config)
+    with warnings.catch_warnings():
+        # fails before any snapshot's baseline warns that it cannot be fitted
+        warnings.filterwarnings("error", message="baseline features left empty")
+        with pytest.raises(DataValidationError) as info:
+            train(one_each, config=config)
+    assert str(info.value).startswith(
+        "no repeat customers in pandas DataFrame before 2021-08-23: no customer bought on "
+        "two different days, so everyone churns in every snapshot")
+    assert "check the customer id mapping" in str(info.value)
+
+
+def test_no_repeat_customers_is_exit_2_on_the_command_line(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from serving.cli import app
+
+    days = pd.date_range("2020-01-01", periods=600, freq="D")
+    path = tmp_path / "one_each.csv"
+    pd.DataFrame({"cust": [f"c{i}" for i in range(600)], "when": days,
+                  "amount": 10.0}).to_csv(path, index=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    res = CliRunner().invoke(app, ["train", "-t", str(path), "--customer-col", "cust",
+                                   "--timestamp-col", "when", "--amount", "amount",
+                                   "--churn-horizon-days", "60", "--clv-horizon-days", "60"])
+    assert res.exit_code == 2, res.output
+    assert "no repeat customers in" in res.output, res.output
+    assert "one_each.csv before 2021-08-23: no customer bought on two" in res.output
 
 
 def test_sample_snapshots_keeps_the_same_customers_in_every_snapshot():
