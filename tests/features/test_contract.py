@@ -479,6 +479,8 @@ def test_empty_inputs_say_no_rows(tmp_path: Path) -> None:
     assert "header.csv has no rows" in msg
     msg = _error(user_log().iloc[:0])
     assert "pandas DataFrame has no rows" in msg
+    msg = _error(_parquet(user_log().iloc[:0], tmp_path))
+    assert "sales.parquet has no rows" in msg
 
 
 def test_no_rows_with_a_customer_id(tmp_path: Path) -> None:

@@ -23,6 +23,26 @@ def test_churn_probability_never_falls_as_days_since_last_grows(demo_train_resul
         previous = now
 
 
+def test_churn_probability_with_reasons_never_falls_on_the_tabulated_path(demo_train_result):
+    """The same property through `predict_with_reasons` on more than `_TABULATE_ROWS` rows,
+    where the scores come from the per-tree tables (what `lifecast score` uses), not from
+    LightGBM's own prediction."""
+    from training.models import _TABULATE_ROWS
+
+    churn = demo_train_result.models.churn
+    rows = _eval_rows(demo_train_result).head(300)
+    steps = -(-_TABULATE_ROWS // len(rows)) + 1  # enough copies to pass the threshold
+    grown = pd.concat(
+        [rows.assign(days_since_last=rows["days_since_last"].astype("float64") + 10 * s)
+         for s in range(steps)], ignore_index=True)
+    assert len(grown) >= _TABULATE_ROWS
+    p, reasons = churn.predict_with_reasons(grown)
+    assert len(reasons) == len(grown)
+    np.testing.assert_allclose(p, churn.predict_proba(grown), rtol=0, atol=1e-9)
+    by_step = p.reshape(steps, len(rows))
+    assert (np.diff(by_step, axis=0) >= -1e-12).all()
+
+
 def test_churn_probabilities_are_calibrated_probabilities(demo_train_result):
     p = demo_train_result.models.churn.predict_proba(_eval_rows(demo_train_result))
     assert ((p > 0) & (p < 1)).all()

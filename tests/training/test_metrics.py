@@ -37,6 +37,14 @@ def test_pr_auc_hand() -> None:
     assert M.pr_auc(Y4, P4) == pytest.approx(5 / 6)
 
 
+def test_pr_auc_tied_scores_are_one_threshold() -> None:
+    # y [1, 1, 0, 0], p [0.9, 0.5, 0.5, 0.1]: thresholds 0.9 (P 1, R 1/2), 0.5 (the tied
+    # pair enters together: P 2/3, R 1), 0.1 (R unchanged): AP = 1/2 * 1 + 1/2 * 2/3 = 5/6
+    assert M.pr_auc([1, 1, 0, 0], [0.9, 0.5, 0.5, 0.1]) == pytest.approx(5 / 6)
+    # a positive and a negative tied at the top: P 1/2 at R 1/2 and at R 1 -> AP = 1/2
+    assert M.pr_auc([1, 0, 1, 0], [0.8, 0.8, 0.3, 0.3]) == pytest.approx(0.5)
+
+
 def test_brier_hand() -> None:
     # (0.1 - 0)^2 + (0.4 - 0)^2 + (0.35 - 1)^2 + (0.8 - 1)^2 = 0.01 + 0.16 + 0.4225 + 0.04
     # = 0.6325; / 4 = 0.158125
@@ -162,6 +170,12 @@ def test_spearman_hand() -> None:
     # ranks of predicted: [1, 4, 3, 2]; of actual: [1, 2, 3, 4]; d = [0, -2, 0, 2]
     # rho = 1 - 6 * sum d^2 / (n (n^2 - 1)) = 1 - 6 * 8 / (4 * 15) = 1 - 0.8 = 0.2
     assert M.spearman(A4, S4) == pytest.approx(0.2)
+
+
+def test_spearman_ties_take_average_ranks() -> None:
+    # actual [1, 2, 2, 3] ranks [1, 2.5, 2.5, 4]; predicted ranks [1, 2, 3, 4]; centred:
+    # [-1.5, 0, 0, 1.5] and [-1.5, -0.5, 0.5, 1.5]: rho = 4.5 / sqrt(4.5 * 5) = 3 / sqrt(10)
+    assert M.spearman([1, 2, 2, 3], [10, 20, 30, 40]) == pytest.approx(3 / math.sqrt(10))
 
 
 def test_decile_mape_hand() -> None:
