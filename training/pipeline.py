@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -230,7 +231,23 @@ def predict_customers(models: FittedModels, features: pd.DataFrame,
     })
     out["churn_model_version"] = models.versions.get("churn", "unregistered")
     out["clv_model_version"] = models.versions.get("clv", "unregistered")
+    _warn_if_p_alive_is_flat(out["p_alive"].to_numpy())
     return out
+
+
+def _warn_if_p_alive_is_flat(p_alive: np.ndarray) -> None:
+    """Say so when the baseline's ``p_alive`` is ~1 for every customer: BG/NBD's maximum
+    likelihood fit found no dropout in this data (its dropout parameter ``a`` goes to 0,
+    as on Online Retail, where the `lifetimes` package fits the same), so the column carries
+    no information; ``churn_probability`` is the churn estimate to use."""
+    known = p_alive[~np.isnan(p_alive)]
+    if len(known) > 1 and known.min() > 1 - 1e-6:
+        warnings.warn(
+            f"p_alive is 1 for all {len(known):,} customers: the BG/NBD baseline finds no "
+            f"dropout in this data, so p_alive carries no information here; use "
+            f"churn_probability (the lifecast model) to rank customers by risk",
+            stacklevel=2,
+        )
 
 
 def _eval_tables(y_churn: np.ndarray, p_model: np.ndarray, p_base: np.ndarray,

@@ -115,3 +115,19 @@ def test_sample_snapshots_keeps_the_same_customers_in_every_snapshot():
     assert len(first & second) >= 7  # a consistent panel, not two independent draws
     pd.testing.assert_frame_equal(kept, sample_snapshots(frame, config))
     assert len(sample_snapshots(frame, TrainConfig(max_customers_per_snapshot=0))) == 90
+
+
+def test_a_flat_p_alive_is_called_out():
+    """On Online Retail the BG/NBD fit finds no dropout (a -> 0): p_alive is 1 for everyone,
+    and the output says so rather than pass it off as information."""
+    import numpy as np
+
+    from training.pipeline import _warn_if_p_alive_is_flat
+
+    with pytest.warns(UserWarning, match=r"p_alive is 1 for all 3 customers: the BG/NBD "
+                                         r"baseline finds no dropout"):
+        _warn_if_p_alive_is_flat(np.array([1.0, 1 - 1e-9, 1.0]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_if_p_alive_is_flat(np.array([1.0, 0.97, 1.0]))
+        _warn_if_p_alive_is_flat(np.array([1.0]))
