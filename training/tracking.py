@@ -813,8 +813,16 @@ def promote_run(run_id: str) -> dict[str, str]:
             f"no registered models come from run {run_id}; `lifecast models` lists the versions"
         )
     for kind in KINDS:
-        if kind in found:
-            client.set_registered_model_alias(MODEL_NAMES[kind], CHAMPION_ALIAS, found[kind])
+        if kind in found and _champion_version(client, kind) != found[kind]:
+            name = MODEL_NAMES[kind]
+            client.set_registered_model_alias(name, CHAMPION_ALIAS, found[kind])
+            # the version's decision (what `lifecast models` shows) now says how it became
+            # champion, keeping what was decided when it was trained
+            before = client.get_model_version(name, found[kind]).tags.get("decision", "")
+            when = pd.Timestamp.now(tz="UTC").strftime("%Y-%m-%d %H:%M UTC")
+            client.set_model_version_tag(
+                name, found[kind], "decision",
+                f"promoted by hand {when}" + (f" (when trained: {before})" if before else ""))
     return {kind: found[kind] for kind in KINDS if kind in found}
 
 

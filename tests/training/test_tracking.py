@@ -12,6 +12,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -318,6 +319,11 @@ def test_champion_rule(first_run, trained, monkeypatch: pytest.MonkeyPatch) -> N
     assert tracking.promote_run(first_run.run_id) == v1
     assert _aliases("churn") == {"champion": v1["churn"]}
     assert _aliases("clv") == {"champion": v1["clv"]}
+    # `lifecast models` shows how v1 became champion again, and what was decided in training
+    listed = tracking.list_models().set_index(["model", "version"])
+    decision = listed.loc[("lifecast-churn", int(v1["churn"])), "decision"]
+    assert re.fullmatch(r"promoted by hand \d{4}-\d\d-\d\d \d\d:\d\d UTC \(when trained: "
+                        r"promoted: no champion yet \(roc_auc 0\.\d+\)\)", decision), decision
     for unknown in ("0" * 32, "not a run id'"):
         with pytest.raises(ValueError, match="no registered models come from run .*"
                                              "`lifecast models` lists the versions"):
