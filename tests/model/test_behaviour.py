@@ -27,9 +27,12 @@ def test_churn_probability_with_reasons_never_falls_on_the_tabulated_path(demo_t
     """The same property through `predict_with_reasons` on more than `_TABULATE_ROWS` rows,
     where the scores come from the per-tree tables (what `lifecast score` uses), not from
     LightGBM's own prediction."""
+    import pickle
+
     from training.models import _TABULATE_ROWS
 
-    churn = demo_train_result.models.churn
+    # a copy: the tables are cached on the model, and the shared fixture must stay as trained
+    churn = pickle.loads(pickle.dumps(demo_train_result.models.churn))
     rows = _eval_rows(demo_train_result).head(300)
     steps = -(-_TABULATE_ROWS // len(rows)) + 1  # enough copies to pass the threshold
     grown = pd.concat(
