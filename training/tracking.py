@@ -813,8 +813,11 @@ def promote_run(run_id: str) -> dict[str, str]:
             f"no registered models come from run {run_id}; `lifecast models` lists the versions"
         )
     for kind in KINDS:
-        if kind in found and _champion_version(client, kind) != found[kind]:
+        previous = _champion_version(client, kind)
+        if kind in found and previous != found[kind]:
             name = MODEL_NAMES[kind]
+            if previous is not None:
+                _warn_if_horizon_changes(client, kind, found[kind], previous)
             client.set_registered_model_alias(name, CHAMPION_ALIAS, found[kind])
             # the version's decision (what `lifecast models` shows) now says how it became
             # champion, keeping what was decided when it was trained
@@ -824,6 +827,24 @@ def promote_run(run_id: str) -> dict[str, str]:
                 name, found[kind], "decision",
                 f"promoted by hand {when}" + (f" (when trained: {before})" if before else ""))
     return {kind: found[kind] for kind in KINDS if kind in found}
+
+
+def _warn_if_horizon_changes(client: MlflowClient, kind: str, new: str, old: str) -> None:
+    """Warn when a version promoted by hand predicts another horizon than the champion it
+    replaces (its run's ``features.<kind>_horizon_days`` parameter): the scores served after
+    the next `lifecast score` then mean something else ("no purchase in 90 days" instead of
+    180). "auto" never does this: such a champion cannot be scored (`_comparable`)."""
+    param = "features.churn_horizon_days" if kind == "churn" else "features.clv_horizon_days"
+    name = MODEL_NAMES[kind]
+    days = [client.get_run(client.get_model_version(name, v).run_id).data.params.get(param)
+            for v in (new, old)]
+    if None not in days and days[0] != days[1]:
+        warnings.warn(
+            f"{name} v{new} predicts a {days[0]}-day horizon, the champion it replaces (v{old}) "
+            f"{days[1]} days: after the next `lifecast score` the served "
+            f"{'churn probabilities' if kind == 'churn' else 'values'} cover {days[0]} days",
+            stacklevel=2,
+        )
 
 
 def champion_versions() -> dict[str, str | None]:

@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -383,6 +384,31 @@ def test_a_champion_that_cannot_be_scored_is_kept_and_the_message_names_the_metr
 
 def test_champion_versions(first_run) -> None:
     assert tracking.champion_versions() == first_run.versions
+
+
+def test_promoting_another_horizon_by_hand_warns(first_run, trained,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A version promoted by hand that predicts another value horizon than the champion it
+    replaces: the scores served next mean something else, and the user is told."""
+    monkeypatch.setattr(tracking, "_log_plots", lambda result, folder: None)
+    cfg = trained.models.config
+    longer = cfg.model_copy(update={"features": cfg.features.model_copy(
+        update={"clv_horizon_days": cfg.features.clv_horizon_days + 30})})
+    other = tracking.log_training(
+        dataclasses.replace(trained, models=dataclasses.replace(trained.models, config=longer)),
+        source="synthetic", promote="never")
+    v1, h = first_run.versions, cfg.features.clv_horizon_days
+    with pytest.warns(UserWarning) as caught:
+        assert tracking.promote_run(other.run_id) == other.versions
+    messages = [str(w.message) for w in caught]
+    assert messages == [f"lifecast-clv v{other.versions['clv']} predicts a {h + 30}-day "
+                        f"horizon, the champion it replaces (v{v1['clv']}) {h} days: after the "
+                        f"next `lifecast score` the served values cover {h + 30} days"]
+    with pytest.warns(UserWarning, match=f"predicts a {h}-day horizon"):
+        assert tracking.promote_run(first_run.run_id) == v1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert tracking.promote_run(first_run.run_id) == v1  # already champion: silent
 
 
 def test_list_models(first_run) -> None:
