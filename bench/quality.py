@@ -6,6 +6,13 @@ churn beats the baseline's ROC-AUC and Brier score; value beats its normalized G
 decile MAPE with an aggregate bias within 10%.
 
     python bench/quality.py [--data ../shared/data] [--json out.json] [--set KEY=VALUE]
+    python bench/quality.py --by-tenure     # + each case's errors by customer tenure
+
+``--by-tenure`` also prints, per case, the churn and value errors of the model and the
+baseline by tenure band (days from the customer's first purchase in the log to the cutoff):
+where a log starts shortly before the cutoff, its early snapshots' "new" customers are
+mostly established ones seen for the first time, and the models' errors concentrate on the
+truly new customers of the scored population (bench/README.md, "Model quality").
 
 The same numbers come from the CLI, e.g.:
 
@@ -30,8 +37,10 @@ _BENCH_DIR = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH_DIR]
 sys.path.insert(0, str(_BENCH_DIR.parent))
 
+import pandas as pd  # noqa: E402
+
 from bench.train import parse_set  # noqa: E402
-from features import DEMO_MAPPING, ColumnMapping, FeatureConfig  # noqa: E402
+from features import DEMO_MAPPING, ColumnMapping, FeatureConfig, build_features  # noqa: E402
 from training.models import TrainConfig  # noqa: E402
 from training.pipeline import backtest  # noqa: E402
 
@@ -52,9 +61,43 @@ CHECKS = [  # (target, metric, rule)
 ]
 
 
-def run(data: Path, overrides: dict | None = None) -> list[dict]:
+#: Tenure bands of `tenure_breakdown`, in days (left-closed).
+TENURE_BANDS = (0, 30, 60, 90, 180, 365)
+
+
+def tenure_breakdown(predictions: pd.DataFrame, tenure: pd.Series) -> pd.DataFrame:
+    """A backtest's errors by tenure band: one row per customer in (``predictions`` of
+    `training.pipeline.backtest`, with the observed ``churned`` and ``actual_value``;
+    ``tenure``: days from first purchase to the cutoff, indexed by customer id), one row
+    per band out: customers, the actual churn rate beside the model's and the baseline's
+    mean churn probability, the actual spend and each one's bias (sum predicted / sum
+    actual - 1; NaN when the band's actual spend is not positive)."""
+    frame = predictions.assign(tenure=predictions["customer_id"].map(tenure))
+    if frame["tenure"].isna().any():
+        missing = frame.loc[frame["tenure"].isna(), "customer_id"].head(3).tolist()
+        raise ValueError(f"no tenure for customers {missing}")
+    edges = [*TENURE_BANDS, float("inf")]
+    labels = [f"{lo}-{hi - 1}" if hi != float("inf") else f"{lo}+"
+              for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+    frame["band"] = pd.cut(frame["tenure"], edges, right=False, labels=labels)
+    out = frame.groupby("band", observed=True).agg(
+        customers=("customer_id", "size"),
+        churn_actual=("churned", "mean"),
+        churn_model=("churn_probability", "mean"),
+        churn_baseline=("baseline_churn_probability", "mean"),
+        spend_actual=("actual_value", "sum"),
+        spend_model=("predicted_clv", "sum"),
+        spend_baseline=("baseline_clv", "sum"),
+    )
+    positive = out["spend_actual"] > 0
+    for who in ("model", "baseline"):
+        out[f"bias_{who}"] = (out[f"spend_{who}"] / out["spend_actual"] - 1).where(positive)
+    return out.drop(columns=["spend_model", "spend_baseline"]).rename_axis("tenure_days")
+
+
+def run(data: Path, overrides: dict | None = None, *, by_tenure: bool = False) -> list[dict]:
     """Every case with the default `TrainConfig` (``overrides``: field -> value, to measure
-    another setting the same way)."""
+    another setting the same way). ``by_tenure``: print each case's `tenure_breakdown`."""
     rows = []
     for name, file, mapping, cutoff, hc, hv in CASES:
         config = TrainConfig(features=FeatureConfig(churn_horizon_days=hc, clv_horizon_days=hv),
@@ -64,6 +107,12 @@ def run(data: Path, overrides: dict | None = None) -> list[dict]:
             warnings.simplefilter("ignore")
             result = backtest(data / file, cutoff, mapping, config)
         seconds = time.perf_counter() - start
+        if by_tenure:
+            feats = build_features(data / file, cutoff, mapping, config.features)
+            table = tenure_breakdown(result.predictions,
+                                     feats.set_index("customer_id")["T"].astype("float64"))
+            print(f"\n{name}, cutoff {cutoff}: errors by tenure (days since first purchase)")
+            print(table.to_string(float_format=lambda v: f"{v:.3f}"))
         m = result.metrics.set_index(["target", "metric"])
         for target, metric, rule in CHECKS:
             model, base = m.loc[(target, metric), "model"], m.loc[(target, metric), "baseline"]
@@ -99,8 +148,12 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a TrainConfig field, e.g. --set learning_rate=0.05")
+    parser.add_argument("--by-tenure", action="store_true",
+                        help="also print each case's errors by customer tenure band")
     args = parser.parse_args()
-    rows = run(args.data, parse_set(args.set))
+    rows = run(args.data, parse_set(args.set), by_tenure=args.by_tenure)
+    if args.by_tenure:
+        print()
     print(markdown(rows))
     met = sum(r["met"] for r in rows)
     print(f"\n{met} of {len(rows)} bars met")
