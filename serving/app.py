@@ -428,12 +428,12 @@ class Runtime:
         # one churn call: a row's raw score is the sum of its SHAP contributions
         if self._rows is not None and X.shape[0] <= ROW_PATH_MAX:
             contrib = self._rows[0].predict(X)
-            clv = self._rows[1].predict(Xv) * value.level_
+            clv = self._rows[1].predict(Xv) * value.scale
         else:
             contrib = churn.booster_.predict(X, num_iteration=churn.best_iteration_,
                                              pred_contrib=True, num_threads=1)
             clv = value.booster_.predict(Xv, num_iteration=value.best_iteration_,
-                                         num_threads=1) * value.level_
+                                         num_threads=1) * value.scale
         p = calibrate(contrib.sum(axis=1), *churn.calibration_)
         return {
             "churn_probability": np.asarray(p, dtype="float64"),

@@ -15,8 +15,12 @@
   (`training.treeshap`), which also give the raw score.
 * `ValueModel`: LightGBM with a Tweedie objective for zero-inflated, heavy-tailed spend;
   the total level is corrected on the validation snapshot (sum of actual / sum of
-  predicted) so that the sum of predictions tracks the actual total when spend drifts
-  between snapshots.
+  predicted), then anchored to the population it will score (`ValueModel.anchor`): the
+  total follows the BG/NBD + Gamma-Gamma total of that population, corrected by the
+  baseline's own ratio of actual to predicted spend on the validation snapshot. The
+  boosted trees say which customers spend; the baseline, fitted on the population's whole
+  history up to its cutoff, carries drift in who the population is (new customers, aging)
+  that trees fitted on earlier snapshots cannot extrapolate.
 
 Both save to and load from a folder of plain files (booster text, JSON), which is what
 MLflow logs and what the service loads, so serving never unpickles a training object.
@@ -376,9 +380,11 @@ class ValueModel(_SavedBooster):
 
     kind = "clv"
 
-    def fit(self, frame: pd.DataFrame) -> ValueModel:
+    def fit(self, frame: pd.DataFrame, population: pd.DataFrame | None = None) -> ValueModel:
         """Fit on every labelled snapshot but the latest; early-stop and correct the level
-        on it (sum actual / sum predicted), so the total tracks spend drift."""
+        on it (sum actual / sum predicted), so the total tracks spend drift; then, with
+        ``population`` (the customers the model will score, at its cutoff, with the
+        baseline features), `anchor` the total to it."""
         import lightgbm as lgb
 
         cfg = self.config or TrainConfig()
@@ -408,12 +414,46 @@ class ValueModel(_SavedBooster):
         actual_total = float(valid["future_value"].sum())
         pred_total = float(pred_va.sum())
         self.level_ = actual_total / pred_total if pred_total > 0 and actual_total > 0 else 1.0
+        # the baseline's ratio of actual to predicted spend on the validation snapshot,
+        # what `anchor` carries to a population (None: no usable baseline there)
+        base_total = _baseline_total(valid)
+        self.baseline_ratio_ = (actual_total / base_total
+                                if base_total is not None and actual_total > 0 else None)
+        self.anchor_ = 1.0
         self.booster_ = booster
         self.feature_names_ = names
         self.best_iteration_ = int(booster.best_iteration or booster.current_iteration())
         self.train_cutoffs_ = [str(pd.Timestamp(c)) for c in sorted(train["cutoff"].unique())]
         self.valid_cutoff_ = str(pd.Timestamp(valid["cutoff"].iloc[0]))
         self.config_ = cfg
+        if population is not None:
+            self.anchor(population)
+        return self
+
+    def anchor(self, population: pd.DataFrame) -> ValueModel:
+        """Anchor the total to ``population`` (features at one cutoff with the baseline
+        features, no labels): afterwards the predictions for it sum to the baseline's total
+        for it (``bg_clv``) times the baseline's ratio of actual to predicted spend on the
+        validation snapshot (a ratio estimator, with the baseline as the auxiliary model).
+        Sets ``anchor_``, the factor applied on top of ``level_`` (1.0, with a log line,
+        when the baseline is missing or not positive on the validation snapshot or on
+        ``population``). Returns self.
+
+        Why: on logs whose scored population differs from the snapshots the trees were fit
+        on (a log that starts shortly before the cutoff, so the early snapshots' "new"
+        customers are mostly established ones seen for the first time), the level from
+        the validation snapshot alone over-predicted the new customers by 40-85%
+        (bench/README.md, "Model quality"), while the baseline, fitted on the population's
+        own history, tracked them."""
+        self.anchor_ = 1.0
+        pop_base = _baseline_total(population)
+        if self.baseline_ratio_ is None or pop_base is None:
+            logger.info("value model: not anchored to the population (the baseline's "
+                        "predictions are missing or not positive)")
+            return self
+        pred = float(self.predict(population).sum())
+        if pred > 0:
+            self.anchor_ = self.baseline_ratio_ * pop_base / pred
         return self
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
@@ -430,16 +470,36 @@ class ValueModel(_SavedBooster):
             pred = np.exp(tables.predict_raw(X))
             head = self.booster_.predict(X[:64], num_iteration=self.best_iteration_)
             if np.allclose(pred[:64], head, rtol=1e-9, atol=0):
-                return pred * self.level_
+                return pred * self.scale
             logger.warning("value model: tabulated prediction differs from LightGBM's on "
                            "the first rows; predicting with LightGBM")
-        return self.booster_.predict(X, num_iteration=self.best_iteration_) * self.level_
+        return self.booster_.predict(X, num_iteration=self.best_iteration_) * self.scale
+
+    @property
+    def scale(self) -> float:
+        """What the booster's prediction is multiplied by: ``level_ * anchor_``."""
+        return self.level_ * self.anchor_
 
     def _own_meta(self) -> dict[str, Any]:
-        return {"level": self.level_}
+        return {"level": self.level_, "anchor": self.anchor_,
+                "baseline_ratio": self.baseline_ratio_}
 
     def _restore_own(self, meta: dict[str, Any]) -> None:
         self.level_ = float(meta["level"])
+        # models saved before the anchor existed: not anchored
+        self.anchor_ = float(meta.get("anchor", 1.0))
+        ratio = meta.get("baseline_ratio")
+        self.baseline_ratio_ = None if ratio is None else float(ratio)
+
+
+def _baseline_total(frame: pd.DataFrame) -> float | None:
+    """The baseline's predicted total spend (``bg_clv``) of ``frame``'s customers, or None
+    when it is missing for any of them or not positive."""
+    if "bg_clv" not in frame.columns:
+        return None
+    base = frame["bg_clv"].to_numpy(dtype="float64", na_value=np.nan)
+    total = float(base.sum())
+    return total if np.isfinite(total) and total > 0 else None
 
 
 def calibrate(raw_score: np.ndarray, slope: float, intercept: float) -> np.ndarray:

@@ -12,6 +12,7 @@ most recent fully observed snapshot (``train``) or from the real outcome after t
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import time
 import warnings
@@ -183,12 +184,16 @@ def fit_models(frame: pd.DataFrame, population: pd.DataFrame, config: TrainConfi
                as_of: pd.Timestamp, *, timings: dict[str, float] | None = None
                ) -> FittedModels:
     """Fit churn and value models on a training frame (with baseline features) and the
-    segmenter on the population at ``as_of``. ``timings``, if given, receives the wall
-    seconds of each fit (``churn_fit``, ``value_fit``, ``segmenter_fit``)."""
+    segmenter on the population at ``as_of``, to which the value model's total is anchored
+    (`ValueModel.anchor`; the population's baseline features are added when missing).
+    ``timings``, if given, receives the wall seconds of each fit (``churn_fit``,
+    ``value_fit``, ``segmenter_fit``)."""
     with _timed(timings, "churn_fit"):
         churn = ChurnModel(config).fit(frame)
     with _timed(timings, "value_fit"):
-        value = ValueModel(config).fit(frame)
+        if "bg_clv" not in population.columns:
+            population = add_baseline_features(population, config.features)
+        value = ValueModel(config).fit(frame, population)
     with _timed(timings, "segmenter_fit"):
         segmenter = RFMSegmenter().fit(population)
     return FittedModels(churn, value, segmenter, config, as_of)
@@ -274,7 +279,9 @@ def train(
     The most recent fully observed snapshot of each label (its window ends at ``as_of``)
     is held out for evaluation; the models are fit on the snapshots before it (the latest
     of those validates early stopping and calibration). The logged metrics therefore
-    describe exactly the models that are registered.
+    describe exactly the models that are registered, with the value model anchored to the
+    population at the evaluation cutoff as the registered one is to the population at
+    ``as_of`` (`ValueModel.anchor`).
     """
     config = config or TrainConfig()
     timings: dict[str, float] = {}
@@ -300,7 +307,7 @@ def train(
         future_value=frame["future_value"].mask(frame["cutoff"] == eval_cut["value"]),
     )
     with _timed(timings, "population"):
-        population = build_features(tx, as_of, config=fcfg)
+        population = add_baseline_features(build_features(tx, as_of, config=fcfg), fcfg)
     models = fit_models(fit_frame, population, config, as_of, timings=timings)
     del fit_frame
 
@@ -311,7 +318,10 @@ def train(
         p_model = models.churn.predict_proba(ev_c)
         p_base = ev_c["bg_p_no_purchase"].to_numpy(dtype="float64")
         yv = ev_v["future_value"].to_numpy(dtype="float64")
-        v_model = models.value.predict(ev_v)
+        # the value model as it would have been at the evaluation cutoff: anchored to the
+        # population there (its features, not its outcomes), as the registered model is to
+        # the population at as_of
+        v_model = copy.copy(models.value).anchor(ev_v).predict(ev_v)
         v_base = ev_v["bg_clv"].to_numpy(dtype="float64")
         evaluation = _eval_tables(y, p_model, p_base, yv, v_model, v_base)
         preds = {

@@ -498,6 +498,12 @@ def _log_metrics(result: TrainResult) -> None:
         metrics[f"{EVAL_KEY[kind]}_best_iteration"] = float(model.best_iteration_)
         rows = int((result.frame["cutoff"] == result.eval_cutoffs[EVAL_KEY[kind]]).sum())
         metrics[f"{EVAL_KEY[kind]}_eval_rows"] = float(rows)
+    # the value model's scale: the validation snapshot's level and the anchor to the
+    # population at as_of (`ValueModel.anchor`); NaN ratios are left out below
+    value = result.models.value
+    metrics["value_level"] = float(value.level_)
+    metrics["value_anchor"] = float(value.anchor_)
+    metrics["value_baseline_ratio"] = float(value.baseline_ratio_ or math.nan)
     mlflow.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)})
 
 

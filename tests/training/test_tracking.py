@@ -189,6 +189,10 @@ def test_run_logs_params_metrics_data_and_plots(first_run, trained) -> None:
             assert metrics[f"{key}_{rec['metric']}"] == pytest.approx(rec["model"])
             assert metrics[f"baseline_{key}_{rec['metric']}"] == pytest.approx(rec["baseline"])
     assert {"churn_roc_auc", "baseline_churn_roc_auc", "value_normalized_gini"} <= set(metrics)
+    value = trained.models.value
+    assert metrics["value_level"] == pytest.approx(value.level_)
+    assert metrics["value_anchor"] == pytest.approx(value.anchor_)
+    assert metrics["value_baseline_ratio"] == pytest.approx(value.baseline_ratio_)
 
     (inp,) = run.inputs.dataset_inputs
     assert inp.dataset.name == "transactions"
