@@ -49,3 +49,11 @@ def test_tenure_breakdown_names_customers_without_tenure() -> None:
     tenure = pd.Series({"a": 0.0, "b": 1.0, "c": 2.0})
     with pytest.raises(ValueError, match=r"no tenure for customers \['d', 'e'\]"):
         quality.tenure_breakdown(_predictions(), tenure)
+
+
+def test_summary_counts_the_bar_and_the_extra_cutoffs_apart() -> None:
+    rows = [{"met": True}, {"met": False, "in_bar": True}, {"met": True, "in_bar": True},
+            {"met": False, "in_bar": False}, {"met": True, "in_bar": False}]
+    assert quality.summary(rows) == (
+        "2 of 3 bars met; extra cutoffs (outside the bar): 1 of 2 checks met")
+    assert quality.summary(rows[:3]) == "2 of 3 bars met"
