@@ -376,7 +376,8 @@ class ChurnModel(_SavedBooster):
 
 
 class ValueModel(_SavedBooster):
-    """LightGBM Tweedie regression of future net spend, with a level correction."""
+    """LightGBM Tweedie regression of future net spend, with a level correction on the
+    validation snapshot and an anchor to the population it scores (`anchor`)."""
 
     kind = "clv"
 
