@@ -185,14 +185,13 @@ def fit_models(frame: pd.DataFrame, population: pd.DataFrame, config: TrainConfi
                ) -> FittedModels:
     """Fit churn and value models on a training frame (with baseline features) and the
     segmenter on the population at ``as_of``, to which the value model's total is anchored
-    (`ValueModel.anchor`; the population's baseline features are added when missing).
+    (`ValueModel.anchor`: the population needs the baseline features, else it is not
+    anchored).
     ``timings``, if given, receives the wall seconds of each fit (``churn_fit``,
     ``value_fit``, ``segmenter_fit``)."""
     with _timed(timings, "churn_fit"):
         churn = ChurnModel(config).fit(frame)
     with _timed(timings, "value_fit"):
-        if "bg_clv" not in population.columns:
-            population = add_baseline_features(population, config.features)
         value = ValueModel(config).fit(frame, population)
     with _timed(timings, "segmenter_fit"):
         segmenter = RFMSegmenter().fit(population)
