@@ -133,6 +133,25 @@ def _check_horizons(tx: Transactions, as_of: pd.Timestamp, config: TrainConfig) 
             )
 
 
+def _warn_if_under_a_year(tx: Transactions, as_of: pd.Timestamp) -> None:
+    """Say so when the data before ``as_of`` covers less than a year: then no training
+    snapshot's outcome window falls in the same season as the prediction's, so neither the
+    models nor the baseline can learn a seasonal swing, and a prediction window over a peak
+    or a lull is off by more than the usual error (Online Retail at 2011-09-01, September to
+    November: the value total -33%, the baseline's -37%; bench/README.md, "Model
+    quality")."""
+    first = pd.Timestamp(tx.report.first_event).normalize()
+    history = (as_of - first).days
+    if history < 365:
+        warnings.warn(
+            f"the data before {as_of.date()} covers {history} days (from {first.date()}), "
+            f"less than a year: seasonal swings (a holiday peak, a summer lull) cannot be "
+            f"learned, so predictions for a window over one can be off by more than the "
+            f"backtest on other windows shows",
+            stacklevel=3,
+        )
+
+
 def _check_repeat_buyers(tx: Transactions, as_of: pd.Timestamp) -> None:
     """Fail fast when no customer bought on two different days before ``as_of``: then
     everyone in every snapshot churns and no model can be fit (found only after building
@@ -288,6 +307,7 @@ def train(
         tx = _load(transactions, mapping, table)
         as_of = parse_cutoff(as_of) if as_of is not None else default_as_of(tx)
         _check_horizons(tx, as_of, config)
+        _warn_if_under_a_year(tx, as_of)
         _check_repeat_buyers(tx, as_of)
     fcfg = config.features
     with _timed(timings, "training_frame"):
@@ -352,6 +372,7 @@ def backtest(
     tx = _load(transactions, mapping, table)
     cut = parse_cutoff(cutoff)
     _check_horizons(tx, cut, config)
+    _warn_if_under_a_year(tx, cut)
     fcfg = config.features
     frame = sample_snapshots(build_training_frame(tx, cut, config=fcfg), config)
     frame = add_baseline_features(frame, fcfg)

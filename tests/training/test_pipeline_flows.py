@@ -41,9 +41,12 @@ def test_predict_customers_output_contract(demo_train_result):
 
 
 def test_backtest_scores_everyone_and_compares_with_baseline(demo_transactions, demo_config):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         result = backtest(demo_transactions, "2011-09-01", config=demo_config)
+    # the demo log starts on 2010-12-01: 274 days before the cutoff, and the user is told
+    assert any("covers 274 days (from 2010-12-01), less than a year" in str(w.message)
+               for w in caught)
     preds = result.predictions
     assert result.observed and result.metrics is not None
     assert {"customer_id", "churn_probability", "predicted_clv", "expected_orders", "p_alive",
@@ -131,3 +134,19 @@ def test_a_flat_p_alive_is_called_out():
         warnings.simplefilter("error")
         _warn_if_p_alive_is_flat(np.array([1.0, 0.97, 1.0]))
         _warn_if_p_alive_is_flat(np.array([1.0]))
+
+
+def test_less_than_a_year_of_history_is_called_out():
+    """Under a year of history no snapshot covers the prediction window's season: said, not
+    hidden; a full year is not."""
+    from types import SimpleNamespace
+
+    from training.pipeline import _warn_if_under_a_year
+
+    tx = SimpleNamespace(report=SimpleNamespace(first_event=pd.Timestamp("2010-12-01 08:26")))
+    with pytest.warns(UserWarning, match=r"the data before 2011-11-30 covers 364 days \(from "
+                                         r"2010-12-01\), less than a year: seasonal swings"):
+        _warn_if_under_a_year(tx, pd.Timestamp("2011-11-30"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_if_under_a_year(tx, pd.Timestamp("2011-12-02"))
