@@ -55,6 +55,8 @@ _LOG_BOUND = 25.0
 # negative log-likelihood (w.r.t. the log-parameters) is this small: L-BFGS-B often stops with
 # "ABNORMAL_TERMINATION_IN_LNSRCH" at the optimum once it hits floating-point precision.
 _GRAD_TOL = 1e-5
+# Restarts of L-BFGS-B from where it stopped without converging (`_minimize_log_params`).
+_RESTARTS = 3
 _MIN_GAMMA_GAMMA_CUSTOMERS = 10
 
 
@@ -138,19 +140,42 @@ def _minimize_log_params(
     x0: FloatArray,
     model_name: str,
 ) -> FloatArray:
-    """Minimise ``objective`` (value and gradient) over bounded log-parameters."""
+    """Minimise ``objective`` (value and gradient) over bounded log-parameters.
+
+    L-BFGS-B also stops with ``ABNORMAL_TERMINATION_IN_LNSRCH`` where the objective is flat
+    to within its own rounding error, with a gradient above ``_GRAD_TOL``: BG/NBD on a
+    population whose drop-out shows no heterogeneity, where ``a`` and ``b`` run off
+    together to large values (only ``a / (a + b)`` is identified) and the log-likelihood's
+    terms lose precision (Complete Journey at 2017-03-03: a ~ e^15, b ~ e^24, finite
+    differences of the objective dominated by rounding noise of ~1e-5). Then the fit is
+    restarted from where it stopped, up to ``_RESTARTS`` times; a restart that cannot lower
+    the objective at all means no better point can be told apart numerically, and that
+    point is the fit. A restart that does lower it continues; if the restarts run out the
+    fit fails as before."""
     # L-BFGS-B calls BLAS on vectors of 3-4 parameters: threads only add synchronisation,
     # which costs milliseconds per iteration when the cores are busy (see `_dot`).
-    with _single_threaded_blas():
-        res = minimize(
-            objective,
-            x0,
-            jac=True,
-            method="L-BFGS-B",
-            bounds=[(-_LOG_BOUND, _LOG_BOUND)] * len(x0),
-            options={"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-9},
-        )
+    def run(start: FloatArray) -> Any:
+        with _single_threaded_blas():
+            return minimize(
+                objective,
+                start,
+                jac=True,
+                method="L-BFGS-B",
+                bounds=[(-_LOG_BOUND, _LOG_BOUND)] * len(start),
+                options={"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-9},
+            )
+
+    res = run(x0)
     value, grad = objective(res.x)
+    for _ in range(_RESTARTS):
+        if res.success or not np.isfinite(value) or np.max(np.abs(grad)) <= _GRAD_TOL:
+            break
+        again = run(res.x)
+        value_again, grad_again = objective(again.x)
+        if not value_again < value:  # no lower point found: the optimum, numerically
+            res.success = True
+            break
+        res, value, grad = again, value_again, grad_again
     if not np.isfinite(value) or not np.all(np.isfinite(grad)):
         raise ValueError(f"{model_name} fit did not converge: non-finite log-likelihood")
     if not res.success and np.max(np.abs(grad)) > _GRAD_TOL:

@@ -52,3 +52,19 @@ def test_feature_pipeline_runs_on_real_logs(shared_data, file, mapping, cutoff):
     assert (feats["T"] >= feats["recency"]).all()
     # every customer in the output bought something before the cutoff, nothing after
     assert feats["cutoff"].eq(pd.Timestamp(cutoff)).all()
+
+
+def test_the_baseline_fits_at_every_monthly_snapshot_of_complete_journey(shared_data):
+    """BG/NBD + Gamma-Gamma fit at each monthly cutoff of 2017. At 2017-03-03 the BG/NBD
+    optimiser stops on rounding noise (a and b run off together); the fit used to fail
+    there, which left the baseline features of that training snapshot empty."""
+    from training.baseline import BaselineCLV
+
+    cutoffs = pd.date_range("2017-02-01", "2017-12-01", freq="30D")
+    assert pd.Timestamp("2017-03-03") in cutoffs
+    tx = load_transactions(shared_data / "completejourney_transactions.parquet", CJ_MAPPING)
+    for cutoff in cutoffs:
+        feats = build_features(tx, cutoff)
+        baseline = BaselineCLV().fit(feats)
+        assert 0 < baseline.bgnbd_.params_["a"] / (baseline.bgnbd_.params_["a"]
+                                                   + baseline.bgnbd_.params_["b"]) < 1, cutoff
