@@ -165,20 +165,25 @@ def _minimize_log_params(
                 options={"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-9},
             )
 
+    def converged(result: Any, grad: FloatArray) -> bool:
+        return bool(result.success) or np.max(np.abs(grad)) <= _GRAD_TOL
+
     res = run(x0)
     value, grad = objective(res.x)
+    done = converged(res, grad)
     for _ in range(_RESTARTS):
-        if res.success or not np.isfinite(value) or np.max(np.abs(grad)) <= _GRAD_TOL:
+        if done or not np.isfinite(value):
             break
         again = run(res.x)
         value_again, grad_again = objective(again.x)
         if not value_again < value:  # no lower point found: the optimum, numerically
-            res.success = True
+            done = True
             break
         res, value, grad = again, value_again, grad_again
+        done = converged(res, grad)
     if not np.isfinite(value) or not np.all(np.isfinite(grad)):
         raise ValueError(f"{model_name} fit did not converge: non-finite log-likelihood")
-    if not res.success and np.max(np.abs(grad)) > _GRAD_TOL:
+    if not done:
         raise ValueError(f"{model_name} fit did not converge: {res.message}")
     return np.asarray(res.x, dtype=float)
 
