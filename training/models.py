@@ -432,13 +432,19 @@ class ValueModel(_SavedBooster):
         return self
 
     def anchor(self, population: pd.DataFrame) -> ValueModel:
+        """`anchor_predict` without the predictions. Returns self."""
+        self._anchor(population)
+        return self
+
+    def anchor_predict(self, population: pd.DataFrame) -> np.ndarray:
         """Anchor the total to ``population`` (features at one cutoff with the baseline
         features, no labels): afterwards the predictions for it sum to the baseline's total
         for it (``bg_clv``) times the baseline's ratio of actual to predicted spend on the
         validation snapshot (a ratio estimator, with the baseline as the auxiliary model).
         Sets ``anchor_``, the factor applied on top of ``level_`` (1.0, with a log line,
         when the baseline is missing or not positive on the validation snapshot or on
-        ``population``). Returns self.
+        ``population``). Returns the predictions for ``population`` after anchoring, from
+        the one prediction pass the anchor needs.
 
         Why: on logs whose scored population differs from the snapshots the trees were fit
         on (a log that starts shortly before the cutoff, so the early snapshots' "new"
@@ -446,16 +452,23 @@ class ValueModel(_SavedBooster):
         the validation snapshot alone over-predicted the new customers by 40-85%
         (bench/README.md, "Model quality"), while the baseline, fitted on the population's
         own history, tracked them."""
+        pred = self._anchor(population)
+        return self.predict(population) if pred is None else pred * self.anchor_
+
+    def _anchor(self, population: pd.DataFrame) -> np.ndarray | None:
+        """Set ``anchor_`` (see `anchor_predict`); return the predictions for
+        ``population`` before it (None when not anchored: nothing was predicted)."""
         self.anchor_ = 1.0
         pop_base = _baseline_total(population)
         if self.baseline_ratio_ is None or pop_base is None:
             logger.info("value model: not anchored to the population (the baseline's "
                         "predictions are missing or not positive)")
-            return self
-        pred = float(self.predict(population).sum())
-        if pred > 0:
-            self.anchor_ = self.baseline_ratio_ * pop_base / pred
-        return self
+            return None
+        pred = self.predict(population)
+        total = float(pred.sum())
+        if total > 0:
+            self.anchor_ = self.baseline_ratio_ * pop_base / total
+        return pred
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
         """Predicted net spend in the value horizon, per row (>= 0).

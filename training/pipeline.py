@@ -340,7 +340,7 @@ def train(
         # the value model as it would have been at the evaluation cutoff: anchored to the
         # population there (its features, not its outcomes), as the registered model is to
         # the population at as_of
-        v_model = copy.copy(models.value).anchor(ev_v).predict(ev_v)
+        v_model = copy.copy(models.value).anchor_predict(ev_v)
         v_base = ev_v["bg_clv"].to_numpy(dtype="float64")
         evaluation = _eval_tables(y, p_model, p_base, yv, v_model, v_base)
         preds = {
