@@ -81,9 +81,10 @@ def test_without_a_usable_baseline_it_is_not_anchored(demo_train_result, populat
     model = _model(demo_train_result).anchor(pop)
     assert model.anchor_ == 1.0
     assert model.scale == model.level_
-    # anchor_predict: the same state, and the unanchored predictions
-    np.testing.assert_array_equal(_model(demo_train_result).anchor_predict(pop),
-                                  model.predict(pop))
+    if broken != "missing":  # (without bg_clv, a frame cannot be scored at all)
+        # anchor_predict: the same state, and the unanchored predictions
+        np.testing.assert_array_equal(_model(demo_train_result).anchor_predict(pop),
+                                      model.predict(pop))
 
 
 def test_a_model_without_a_baseline_ratio_is_not_anchored(demo_train_result,
