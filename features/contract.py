@@ -39,6 +39,7 @@ import copy
 import datetime as dt
 import glob as globlib
 import itertools
+import re
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
@@ -332,11 +333,18 @@ def load_transactions(
     return Transactions(table=con.table(name), report=report, backend=con, is_view=src.reread)
 
 
+#: Text that starts with a four-digit year and a month and day (any of ``-/.``): unambiguous.
+_YEAR_FIRST = re.compile(r"^\d{4}[-/.]\d{1,2}[-/.]\d{1,2}(?:$|[ T])")
+
+
 def parse_cutoff(value: Any) -> pd.Timestamp:
     """A cutoff instant as a naive `pandas.Timestamp` (aware values are converted to UTC).
 
-    Accepts ISO 8601 text (``"2011-09-01"``, ``"2011-09-01 12:00"``), `datetime.date`,
-    `datetime.datetime`, `numpy.datetime64` and `pandas.Timestamp`.
+    Accepts ISO 8601 text (``"2011-09-01"``, ``"2011-09-01 12:00"``, ``"20110901"``), other
+    year-first text (``"2011/9/1"``), `datetime.date`, `datetime.datetime`,
+    `numpy.datetime64` and `pandas.Timestamp`. Text with the day or the month first
+    (``"01/09/2011"``) is refused: pandas would read it month-first, so a user who meant
+    1 September would silently get 9 January.
     """
     if isinstance(value, (bool, int, float)) or value is None:
         raise ValueError(
@@ -345,12 +353,21 @@ def parse_cutoff(value: Any) -> pd.Timestamp:
     if isinstance(value, str):
         text = value.strip()
         try:
-            ts = pd.Timestamp(text)
-        except (ValueError, TypeError):
-            raise ValueError(
-                f"cutoff {value!r} is not a date; write it as YYYY-MM-DD or "
-                f"'YYYY-MM-DD HH:MM' (ISO 8601), e.g. '2011-09-01'"
-            ) from None
+            ts = pd.Timestamp(dt.datetime.fromisoformat(text))
+        except ValueError:
+            if _YEAR_FIRST.match(text) is None:
+                raise ValueError(
+                    f"cutoff {value!r} is not a date written year first; write it as "
+                    f"YYYY-MM-DD or 'YYYY-MM-DD HH:MM' (ISO 8601), e.g. '2011-09-01' "
+                    f"(a day or month first, as in '01/09/2011', is ambiguous)"
+                ) from None
+            try:
+                ts = pd.Timestamp(text)
+            except (ValueError, TypeError):
+                raise ValueError(
+                    f"cutoff {value!r} is not a date; write it as YYYY-MM-DD or "
+                    f"'YYYY-MM-DD HH:MM' (ISO 8601), e.g. '2011-09-01'"
+                ) from None
     elif isinstance(value, (dt.date, np.datetime64, pd.Timestamp)):
         ts = pd.Timestamp(value)
     else:

@@ -533,9 +533,20 @@ def test_parse_cutoff_accepts_dates_and_rejects_junk() -> None:
                   np.datetime64("2021-03-01")):
         assert parse_cutoff(value) == want
     assert parse_cutoff("2021-03-01T01:00:00+01:00") == want
-    for junk in ("next tuesday", None, 20210301, pd.NaT, [2021]):
+    for junk in ("next tuesday", None, 20210301, pd.NaT, [2021], "2021-13-01"):
         with pytest.raises(ValueError, match="cutoff"):
             parse_cutoff(junk)
+
+
+def test_parse_cutoff_takes_year_first_text_and_refuses_day_or_month_first() -> None:
+    """pandas reads '01/03/2021' as 3 January: a user meaning 1 March would silently get
+    features two months early. Year-first text is unambiguous and accepted."""
+    for text in ("20210301", "2021/03/01", "2021-3-1", "2021.03.01"):
+        assert parse_cutoff(text) == pd.Timestamp("2021-03-01"), text
+    assert parse_cutoff("2021/3/1 06:30") == pd.Timestamp("2021-03-01 06:30")
+    for text in ("01/03/2021", "03/01/2021", "13/03/2021", "1-3-2021", "2021-03"):
+        with pytest.raises(ValueError, match="YYYY-MM-DD.*ambiguous"):
+            parse_cutoff(text)
 
 
 def test_cutoff_at_or_before_first_event_is_an_error() -> None:
