@@ -1042,6 +1042,16 @@ def _customer_sql(src: _Source, col: str, integer_ids: bool) -> tuple[str, bool,
             f"({t} <> '' AND ({value} IS NULL OR CAST({value} AS VARCHAR) <> {t}))"
         )  # the cast must round-trip: '007' and '+7' stay strings
         return f"(CASE WHEN NOT {not_int} THEN {value} END)", True, not_int
+    if integer_ids and kind == "text" and declared == "float":
+        # a CSV whose ids were written as floats ('17850.0', typical of an export from
+        # pandas, where an id column with a gap is float64): the same customers as 17850,
+        # else the store and the service hold '17850.0' and a lookup of '17850' finds nothing
+        t = f"trim({c})"
+        d = f"TRY_CAST({t} AS DOUBLE)"
+        value = (f"(CASE WHEN isfinite({d}) AND {d} = trunc({d}) AND abs({d}) < 9e15 "
+                 f"THEN CAST({d} AS BIGINT) END)")
+        not_int = f"({t} <> '' AND {value} IS NULL)"
+        return f"(CASE WHEN NOT {not_int} THEN {value} END)", True, not_int
     if kind == "float":
         d = f"CAST({c} AS DOUBLE)"
         value = f"(CASE WHEN NOT isnan({d}) THEN CAST({c} AS VARCHAR) END)"

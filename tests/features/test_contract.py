@@ -243,6 +243,28 @@ def test_integer_ids_stay_integers_including_pandas_floats_with_gaps() -> None:
     assert sorted(set(got["customer_id"])) == [12345, 17850]
 
 
+def test_csv_ids_written_as_floats_are_the_integer_ids(tmp_path: Path) -> None:
+    """A pandas export of an id column with a gap writes '17850.0': those are customer
+    17850, the same as in a file written without the '.0'."""
+    df = user_log().assign(CustomerID=[17850.0, 17850.0, 12345.0, 17850.0, np.nan, 12345.0])
+    path = tmp_path / "float_ids.csv"
+    df.to_csv(path, index=False)
+    assert "17850.0" in path.read_text()
+    tx = load_transactions(path, MAPPING)
+    got = tx.to_pandas()
+    assert tx.report.customer_id_type == "integer"
+    assert sorted(set(got["customer_id"])) == [12345, 17850]
+    assert tx.report.rows_dropped == {"missing customer_id": 1}
+    want = build_features(df, "2021-03-01", MAPPING)
+    pd.testing.assert_frame_equal(build_features(path, "2021-03-01", MAPPING), want)
+    assert want["customer_id"].tolist() == ["12345", "17850"]
+    # a fraction is not an integer id: the column is text, as given
+    path.write_text(path.read_text().replace("12345.0", "12345.5"))
+    tx = load_transactions(path, MAPPING)
+    assert tx.report.customer_id_type == "string"
+    assert sorted(set(tx.to_pandas()["customer_id"])) == ["12345.5", "17850.0"]
+
+
 def test_csv_id_column_that_only_looks_numeric_falls_back_to_strings(tmp_path: Path) -> None:
     # DuckDB sniffs types on a sample; a letter far down the file must not null the id.
     n = 21_000  # just past the sniffer's 20,480-row sample
