@@ -80,7 +80,7 @@ def test_features_list_is_the_registry():
 
 def test_unknown_run_id_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     res = runner.invoke(app, ["promote", "--run", "0123456789abcdef"])
     assert res.exit_code == 2
     assert "no registered models come from run 0123456789abcdef" in res.output
@@ -257,17 +257,40 @@ def test_promote_says_when_the_run_already_is_champion(registry):
                                        "lifecast-clv v2 is now champion (was v1)"]
 
 
+# SQLAlchemy 2.1 deprecates a loader MLflow's store uses; pytest shows every warning, the
+# command line only once per process, so it would come first here depending on test order
+@pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy:DeprecationWarning")
 def test_no_mlflow_info_lines_on_a_new_store(tmp_path, monkeypatch):
     """MLflow logs `INFO mlflow.store.db.utils: Creating initial MLflow database tables...`
-    when `lifecast models` makes the store: the command shows only its own message."""
+    when `lifecast models` makes the store (at MLFLOW_TRACKING_URI): the command shows
+    only its own message, naming the store it looked in."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_LOGGING_LEVEL", raising=False)
+    uri = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     res = runner.invoke(app, ["models"])
     assert res.exit_code == 2
-    assert (tmp_path / "mlflow.db").is_file()
+    assert (tmp_path / "elsewhere.db").is_file()
     assert res.output.splitlines() == [
-        "error: no models registered yet: run `lifecast train` first"]
+        f"error: no models registered yet in {uri}: run `lifecast train` first"]
+
+
+@pytest.mark.parametrize("args", [["models"], ["promote", "--run", "abc"],
+                                  ["score", "-t", "x.parquet", "--customer-col", "c",
+                                   "--timestamp-col", "t", "--amount", "a"]])
+def test_commands_that_read_models_leave_no_empty_store_behind(tmp_path, monkeypatch, args):
+    """`models`, `promote` and `score` in a folder without a store say where they looked
+    and what to do, and do not create an empty mlflow.db there."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2, res.output
+    assert res.output.splitlines() == [
+        f"error: no MLflow tracking store here: {tmp_path.resolve() / 'mlflow.db'} does not "
+        f"exist. Run `lifecast train` in this folder first, or set MLFLOW_TRACKING_URI to the "
+        f"store that holds the models (`lifecast demo` keeps its own: "
+        f"MLFLOW_TRACKING_URI=sqlite:///lifecast_work/mlflow.db)"]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_quiet_mlflow_hides_progress_keeps_warnings_and_restores(capsys, monkeypatch):

@@ -261,7 +261,7 @@ def register(app: typer.Typer) -> None:
         from training.scoring import score
         from training.tracking import configure
 
-        configure(".")
+        configure(".", create=False)
         result = score(source, mapping, as_of, store_url=store, table=table)
         typer.echo(
             f"scored {len(result.scores):,} customers as of {result.as_of.date()} with "
@@ -274,7 +274,7 @@ def register(app: typer.Typer) -> None:
         """Make the models registered by a run the champions."""
         from training.tracking import champion_versions, configure, promote_run
 
-        configure(".")
+        configure(".", create=False)
         before = champion_versions()
         for kind, version in promote_run(run).items():
             if before[kind] == version:
@@ -289,10 +289,10 @@ def register(app: typer.Typer) -> None:
         """List registered model versions with their aliases and scores."""
         from training.tracking import configure, list_models
 
-        configure(".")
+        uri = configure(".", create=False)
         table = list_models()
         if table.empty:
-            raise fail("no models registered yet: run `lifecast train` first")
+            raise fail(f"no models registered yet in {uri}: run `lifecast train` first")
         typer.echo(table.to_string(index=False))
 
 

@@ -175,12 +175,17 @@ class RunSummary:
 # --------------------------------------------------------------------------------------------
 
 
-def configure(workdir: Path | str = ".", experiment: str = DEFAULT_EXPERIMENT) -> str:
+def configure(workdir: Path | str = ".", experiment: str = DEFAULT_EXPERIMENT, *,
+              create: bool = True) -> str:
     """Set the tracking URI and make sure ``experiment`` exists; returns the URI.
 
     ``MLFLOW_TRACKING_URI`` from the environment wins; otherwise the store is the SQLite file
     ``<workdir>/mlflow.db`` (made, with ``workdir``, when missing). On a SQLite store a new
     experiment keeps its artifacts in ``mlartifacts`` beside the database file.
+
+    ``create=False`` is for commands that only read models (``lifecast models``, ``score``,
+    ``promote``): a missing default store raises `LookupError` naming the file, instead of
+    leaving an empty ``mlflow.db`` behind in whatever folder the command ran in.
     """
     global _last_set_uri
     env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
@@ -190,6 +195,13 @@ def configure(workdir: Path | str = ".", experiment: str = DEFAULT_EXPERIMENT) -
         uri = env
     else:
         folder = Path(workdir).expanduser().resolve()
+        if not create and not (folder / "mlflow.db").is_file():
+            raise LookupError(
+                f"no MLflow tracking store here: {folder / 'mlflow.db'} does not exist. Run "
+                f"`lifecast train` in this folder first, or set MLFLOW_TRACKING_URI to the "
+                f"store that holds the models (`lifecast demo` keeps its own: "
+                f"MLFLOW_TRACKING_URI=sqlite:///lifecast_work/mlflow.db)"
+            )
         folder.mkdir(parents=True, exist_ok=True)
         uri = f"sqlite:///{folder / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
