@@ -118,7 +118,11 @@ def default_as_of(tx: Transactions) -> pd.Timestamp:
     return default_cutoff(tx.report)
 
 
-def _check_horizons(tx: Transactions, as_of: pd.Timestamp, config: TrainConfig) -> None:
+def _check_horizons(tx: Transactions, as_of: pd.Timestamp, config: TrainConfig,
+                    flag: str = "--as-of") -> None:
+    """Fail when ``as_of`` (given as ``flag``) is long after the data, or when the
+    horizons leave no room for the snapshots training needs in the history before it."""
+    _check_as_of_in_data(tx, as_of, config, flag)
     first = pd.Timestamp(tx.report.first_event)
     history = (as_of - first).days
     for name, h in (("--churn-horizon-days", config.features.churn_horizon_days),
@@ -131,6 +135,27 @@ def _check_horizons(tx: Transactions, as_of: pd.Timestamp, config: TrainConfig) 
                 f"plus {2 * config.features.snapshot_every_days} days of snapshots; "
                 f"use a shorter horizon or more history"
             )
+
+
+def _check_as_of_in_data(tx: Transactions, as_of: pd.Timestamp, config: TrainConfig,
+                         flag: str) -> None:
+    """Training labels each snapshot with what the customer buys in the horizon after it,
+    up to ``as_of``: when ``as_of`` is more than ``stale_after_days`` after the last event,
+    the latest snapshots' outcome windows are (partly) after the data, where nobody buys,
+    so their customers all look churned. Features alone at such a cutoff are only stale
+    (a warning); training on them is wrong, so this is an error."""
+    last = pd.Timestamp(tx.report.last_event)
+    slack = config.features.stale_after_days
+    if as_of > last + pd.Timedelta(days=slack):
+        latest = (last + pd.Timedelta(days=slack)).normalize()
+        raise DataValidationError(
+            f"{flag} {as_of.date()} is {(as_of - last).days:,} days after the last event in "
+            f"{tx.report.source} ({last}): training labels each snapshot with the purchases "
+            f"in the horizon after it, and windows after the data would show every customer "
+            f"as churned. Use a date no later than {latest.date()}, or leave {flag} out (the "
+            f"default is the day after the last event, {default_as_of(tx).date()})",
+            source=tx.report.source,
+        )
 
 
 def _warn_if_under_a_year(tx: Transactions, as_of: pd.Timestamp) -> None:
@@ -371,7 +396,7 @@ def backtest(
     config = config or TrainConfig()
     tx = _load(transactions, mapping, table)
     cut = parse_cutoff(cutoff)
-    _check_horizons(tx, cut, config)
+    _check_horizons(tx, cut, config, "--cutoff")
     _warn_if_under_a_year(tx, cut)
     fcfg = config.features
     frame = sample_snapshots(build_training_frame(tx, cut, config=fcfg), config)

@@ -70,6 +70,26 @@ def test_horizon_longer_than_history_is_a_clear_error(demo_transactions):
         train(demo_transactions, config=config)
 
 
+def test_as_of_long_after_the_data_is_a_clear_error(demo_transactions, demo_config):
+    """Training windows after the data would label every customer churned: train and
+    backtest refuse a date more than `stale_after_days` (30) after the last event, and
+    say which date works. Up to 30 days after it is still allowed."""
+    last = pd.Timestamp(demo_transactions.report.last_event)
+    with pytest.raises(DataValidationError) as info:
+        train(demo_transactions, as_of="2030-01-01", config=demo_config)
+    msg = str(info.value)
+    assert msg.startswith(f"--as-of 2030-01-01 is {(pd.Timestamp('2030-01-01') - last).days:,} "
+                          f"days after the last event in ")
+    assert f"no later than {(last + pd.Timedelta(days=30)).date()}" in msg
+    assert f"the day after the last event, {(last + pd.Timedelta(days=1)).date()}" in msg
+    with pytest.raises(DataValidationError, match=r"^--cutoff 2012-02-01 is \d+ days after"):
+        backtest(demo_transactions, "2012-02-01", config=demo_config)
+    from training.pipeline import _check_as_of_in_data
+
+    _check_as_of_in_data(demo_transactions, last + pd.Timedelta(days=30), demo_config,
+                         "--as-of")
+
+
 def test_no_repeat_customers_is_a_clear_error():
     days = pd.date_range("2020-01-01", periods=600, freq="D")
     one_each = pd.DataFrame({"customer_id": [f"c{i}" for i in range(600)],
