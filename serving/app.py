@@ -177,6 +177,10 @@ class LoadedModels:
     value_names: list[str] = field(default_factory=list)
 
 
+def _versions_text(versions: dict[str, str]) -> str:
+    return ", ".join(f"{kind} v{v}" for kind, v in sorted(versions.items())) or "none"
+
+
 def load_models(churn_folder: str | os.PathLike[str], clv_folder: str | os.PathLike[str],
                 versions: dict[str, str] | None = None) -> LoadedModels:
     """Load both models natively from their folders; the segmenter and the config are the
@@ -352,6 +356,15 @@ class Runtime:
             logger.warning("batch %s lacks features of the champion models (%s): /predict "
                            "refuses until `lifecast score` is run with them",
                            batch["batch_id"], ", ".join(sorted(missing)[:5]))
+        scored_by = {str(k): str(v) for k, v in (batch.get("model_versions") or {}).items()}
+        if scored_by != self.models.versions:
+            # /predict scores with the service's models; /high_risk and /segments are the
+            # batch's own scores: the two disagree until the store is rescored
+            logger.warning("batch %s was scored by models %s, the service runs %s: /predict "
+                           "uses the service's models, /high_risk and /segments the batch's "
+                           "scores; run `lifecast score` to rescore the store",
+                           batch["batch_id"], _versions_text(scored_by),
+                           _versions_text(self.models.versions))
         return _BatchState(
             batch_id=str(batch["batch_id"]), as_of=pd.Timestamp(batch["as_of"]),
             feature_columns=list(batch["feature_columns"]),

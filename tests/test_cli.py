@@ -7,6 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from serving.cli import app
+from training.cli import RESCORE_HINT
 
 runner = CliRunner()
 MAP = ["--customer-col", "cust", "--timestamp-col", "when", "--amount", "qty * price"]
@@ -104,6 +105,7 @@ def test_train_score_models_end_to_end(tmp_path, monkeypatch):
                               "--clv-horizon-days", "90"])
     assert res.exit_code == 0, res.output
     assert "roc_auc" in res.output and "promoted" in res.output
+    assert res.output.splitlines()[-1] == RESCORE_HINT  # a new champion: rescore
     res = runner.invoke(app, ["models"])
     assert res.exit_code == 0 and "champion" in res.output
     tracking.configure(tmp_path)
@@ -246,7 +248,7 @@ def test_promote_says_when_the_run_already_is_champion(registry):
     res = runner.invoke(app, ["promote", "--run", first])
     assert res.exit_code == 0, res.output
     assert res.output.splitlines() == ["lifecast-churn v1 is now champion",
-                                       "lifecast-clv v1 is now champion"]
+                                       "lifecast-clv v1 is now champion", RESCORE_HINT]
     res = runner.invoke(app, ["promote", "--run", first])
     assert res.exit_code == 0, res.output
     assert res.output.splitlines() == ["lifecast-churn v1 is already champion: nothing changed",
@@ -254,7 +256,7 @@ def test_promote_says_when_the_run_already_is_champion(registry):
     res = runner.invoke(app, ["promote", "--run", second])
     assert res.exit_code == 0, res.output
     assert res.output.splitlines() == ["lifecast-churn v2 is now champion (was v1)",
-                                       "lifecast-clv v2 is now champion (was v1)"]
+                                       "lifecast-clv v2 is now champion (was v1)", RESCORE_HINT]
 
 
 # SQLAlchemy 2.1 deprecates a loader MLflow's store uses; pytest shows every warning, the

@@ -222,6 +222,8 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"\nMLflow run {summary.run_id}")
         for kind, version in summary.versions.items():
             typer.echo(f"  lifecast-{kind} v{version}: {summary.decision[kind]['message']}")
+        if any(summary.promoted.values()):
+            typer.echo(RESCORE_HINT)
 
     @command(app, "backtest")
     @with_mapping
@@ -276,13 +278,18 @@ def register(app: typer.Typer) -> None:
 
         configure(".", create=False)
         before = champion_versions()
+        changed = False
         for kind, version in promote_run(run).items():
             if before[kind] == version:
                 typer.echo(f"lifecast-{kind} v{version} is already champion: nothing changed")
-            elif before[kind] is None:
+                continue
+            changed = True
+            if before[kind] is None:
                 typer.echo(f"lifecast-{kind} v{version} is now champion")
             else:
                 typer.echo(f"lifecast-{kind} v{version} is now champion (was v{before[kind]})")
+        if changed:
+            typer.echo(RESCORE_HINT)
 
     @command(app, "models", mlflow=True)
     def models_cmd() -> None:
@@ -294,6 +301,13 @@ def register(app: typer.Typer) -> None:
         if table.empty:
             raise fail(f"no models registered yet in {uri}: run `lifecast train` first")
         typer.echo(table.to_string(index=False))
+
+
+#: Printed when a new champion is made: the customer store and a running service still
+#: use the previous champions' scores and models until these two steps.
+RESCORE_HINT = ("next: `lifecast score` to rescore the customer store with the new champions "
+                "(/high_risk and /segments read it), and restart `lifecast serve` (it keeps "
+                "the models it started with)")
 
 
 def format_evaluation(evaluation: dict) -> str:

@@ -199,6 +199,32 @@ def test_service_uses_the_baseline_saved_with_the_batch(svc, world) -> None:
     assert baseline.to_dict() == saved
 
 
+def test_a_batch_scored_by_other_models_is_logged(svc, world, caplog) -> None:
+    """After a promote without `lifecast score`, /predict (the service's models) and
+    /high_risk (the batch's scores) disagree: the service says so when it loads the batch."""
+    import logging
+
+    from training.store import CustomerStore
+
+    store = CustomerStore(world.store_url)
+    try:
+        batch = store.current_batch()
+    finally:
+        store.close()
+    runtime = svc.runtime
+    with caplog.at_level(logging.WARNING, logger="lifecast.serving"):
+        runtime._load_batch(batch)
+    assert "was scored by models" not in caplog.text
+    older = {**batch, "model_versions": {**batch["model_versions"], "churn": "0"}}
+    with caplog.at_level(logging.WARNING, logger="lifecast.serving"):
+        runtime._load_batch(older)
+    churn, clv = world.models.versions["churn"], world.models.versions["clv"]
+    assert churn != "0"
+    assert (f"batch {batch['batch_id']} was scored by models churn v0, clv v{clv}, "
+            f"the service runs churn v{churn}, clv v{clv}") in caplog.text
+    assert "run `lifecast score` to rescore the store" in caplog.text
+
+
 def test_score_new_customer_and_default_cutoff(svc) -> None:
     out = svc.score(**EXAMPLE_SCORE_REQUEST)
     [p] = out.predictions
