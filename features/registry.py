@@ -121,7 +121,9 @@ def feature_definitions(config: FeatureConfig | None = None) -> list[Feature]:
         ),
         Feature(
             "first_order_value", "float64", "rfm",
-            "Net value of the first purchase day.",
+            "Net value of the purchase orders of the first purchase day (a return booked "
+            "as its own order, e.g. a same-day cancellation, is not netted; without "
+            "order_id an order is a customer-day, so it is).",
             lambda a: a.first_day_value.cast("float64"),
         ),
         Feature(
