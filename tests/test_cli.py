@@ -106,6 +106,8 @@ def test_train_score_models_end_to_end(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     assert "roc_auc" in res.output and "promoted" in res.output
     assert res.output.splitlines()[-1] == RESCORE_HINT  # a new champion: rescore
+    assert "churn (model vs BG/NBD + Gamma-Gamma on the evaluation snapshot at 2011-" \
+        in res.output
     res = runner.invoke(app, ["models"])
     assert res.exit_code == 0 and "champion" in res.output
     tracking.configure(tmp_path)
@@ -117,6 +119,8 @@ def test_train_score_models_end_to_end(tmp_path, monkeypatch):
 
     res = runner.invoke(app, ["score", *demo])
     assert res.exit_code == 0, res.output
+    assert "\nSegments:\n" in res.output
+    assert "\nTen customers with the most value at risk:\n" in res.output
     demo_log = pd.read_parquet(demo_data_path(), columns=["InvoiceDate"])
     as_of = (demo_log["InvoiceDate"].max() + pd.Timedelta(days=1)).normalize()
     everyone = build_features(demo_data_path(), as_of, mapping=mapping)["customer_id"]

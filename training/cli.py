@@ -218,7 +218,7 @@ def register(app: typer.Typer) -> None:
             config = tune_config(source, mapping, as_of, config, n_trials=tune, table=table)
         result = train(source, mapping, as_of, config, table=table)
         summary = log_training(result, source=source, promote=promote)
-        typer.echo(format_evaluation(result.evaluation))
+        typer.echo(format_evaluation(result.evaluation, result.eval_cutoffs))
         typer.echo(f"\nMLflow run {summary.run_id}")
         for kind, version in summary.versions.items():
             typer.echo(f"  lifecast-{kind} v{version}: {summary.decision[kind]['message']}")
@@ -260,7 +260,7 @@ def register(app: typer.Typer) -> None:
             help="Customer store URL (default sqlite:///./lifecast_store.db).")] = None,
     ) -> None:
         """Score every customer with the champions into the customer store."""
-        from training.scoring import score
+        from training.scoring import score, scores_summary
         from training.tracking import configure
 
         configure(".", create=False)
@@ -270,6 +270,7 @@ def register(app: typer.Typer) -> None:
             f"churn v{result.versions.get('churn')} / clv v{result.versions.get('clv')} "
             f"into {result.store_url} (batch {result.batch_id})"
         )
+        typer.echo(f"\n{scores_summary(result.scores)}")
 
     @command(app, "promote", mlflow=True)
     def promote_cmd(run: Annotated[str, typer.Option("--run", help="MLflow run id.")]) -> None:
@@ -310,10 +311,12 @@ RESCORE_HINT = ("next: `lifecast score` to rescore the customer store with the n
                 "the models it started with)")
 
 
-def format_evaluation(evaluation: dict) -> str:
-    """Model vs baseline tables as text."""
+def format_evaluation(evaluation: dict, cutoffs: dict) -> str:
+    """Model vs baseline tables as text, each with its evaluation snapshot's date."""
     parts = []
     for kind, frame in evaluation.items():
-        parts.append(f"{kind} (model vs BG/NBD + Gamma-Gamma on the evaluation snapshot)")
+        parts.append(f"{kind} (model vs BG/NBD + Gamma-Gamma on the evaluation snapshot at "
+                     f"{cutoffs[kind].date()}, its outcome window fully "
+                     f"observed, never trained on)")
         parts.append(frame.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return "\n".join(parts)

@@ -21,7 +21,7 @@ def run_demo(source: str, mapping: ColumnMapping, workdir: str | Path = "lifecas
              churn_horizon_days: int = 90, clv_horizon_days: int = 90) -> str:
     """Run the whole job in ``workdir`` and return the summary text."""
     from training.pipeline import train
-    from training.scoring import score
+    from training.scoring import score, scores_summary
     from training.store import CustomerStore
     from training.tracking import configure, log_training
 
@@ -51,20 +51,9 @@ def run_demo(source: str, mapping: ColumnMapping, workdir: str | Path = "lifecas
     for kind, version in run.versions.items():
         lines.append(f"  lifecast-{kind} v{version}: {run.decision[kind]['message']}")
     s = scored.scores
-    seg = (s.groupby("segment")
-           .agg(customers=("customer_id", "size"),
-                mean_churn_probability=("churn_probability", "mean"),
-                value_at_risk=("value_at_risk", "sum"))
-           .sort_values("value_at_risk", ascending=False))
     lines += ["", f"Scored {len(s):,} customers as of {scored.as_of.date()} into "
                   f"{scored.store_url}: churn_probability = no purchase in the next "
                   f"{churn_horizon_days} days, predicted_clv = net spend in the next "
-                  f"{clv_horizon_days} days", "", "Segments:",
-              seg.to_string(float_format=lambda v: f"{v:,.2f}")]
-    top = s.nlargest(10, "value_at_risk")[
-        ["customer_id", "segment", "lifecycle_stage", "churn_probability", "predicted_clv",
-         "value_at_risk"]]
-    lines += ["", "Ten customers with the most value at risk:",
-              top.to_string(index=False, float_format=lambda v: f"{v:,.2f}")]
+                  f"{clv_horizon_days} days", "", scores_summary(s)]
     with pd.option_context("display.width", 140):
         return "\n".join(lines)

@@ -52,6 +52,26 @@ def score_customers(models: FittedModels, transactions: Any, as_of: Any | None =
     return predict_customers(models, feats, cut, timings=timings), feats
 
 
+def scores_summary(scores: pd.DataFrame, n_top: int = 10) -> str:
+    """The per-customer output of one batch (`predict_customers`) in, a text summary out:
+    per segment its customers, mean churn probability and value at risk (largest first),
+    then the ``n_top`` customers with the most value at risk. What `lifecast score` and
+    `lifecast demo` print."""
+    seg = (scores.groupby("segment")
+           .agg(customers=("customer_id", "size"),
+                mean_churn_probability=("churn_probability", "mean"),
+                value_at_risk=("value_at_risk", "sum"))
+           .sort_values("value_at_risk", ascending=False))
+    top = scores.nlargest(n_top, "value_at_risk")[
+        ["customer_id", "segment", "lifecycle_stage", "churn_probability", "predicted_clv",
+         "value_at_risk"]]
+    money = {"float_format": lambda v: f"{v:,.2f}"}
+    with pd.option_context("display.width", 140):
+        return "\n".join(["Segments:", seg.to_string(**money), "",
+                          f"{'Ten' if n_top == 10 else n_top} customers with the most value "
+                          f"at risk:", top.to_string(index=False, **money)])
+
+
 def score(
     transactions: Any,
     mapping: ColumnMapping | None = None,

@@ -1,0 +1,28 @@
+"""`training.scoring`'s text summary of a batch, checked exactly on a hand-made batch."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from training.scoring import scores_summary
+
+
+def test_scores_summary_by_segment_and_top_value_at_risk() -> None:
+    scores = pd.DataFrame({
+        "customer_id": ["a", "b", "c", "d"],
+        "segment": ["At Risk", "Champions", "At Risk", "Lost"],
+        "lifecycle_stage": ["cooling", "active", "lapsed", "churned"],
+        "churn_probability": [0.5, 0.1, 0.7, 0.9],
+        "predicted_clv": [100.0, 1000.0, 20.0, 0.0],
+        "value_at_risk": [50.0, 100.0, 14.0, 0.0],
+    })
+    text = scores_summary(scores, n_top=2)
+    lines = text.splitlines()
+    assert lines[0] == "Segments:"
+    # largest value at risk first: Champions 100, At Risk 64 (2 customers, mean 0.6), Lost 0
+    seg = [line.split() for line in lines[3:6]]
+    assert seg == [["Champions", "1", "0.10", "100.00"], ["At", "Risk", "2", "0.60", "64.00"],
+                   ["Lost", "1", "0.90", "0.00"]]
+    assert lines[7] == "2 customers with the most value at risk:"
+    assert [line.split()[0] for line in lines[9:]] == ["b", "a"]
+    assert "1,000.00" in lines[9]
