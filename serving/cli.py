@@ -71,6 +71,13 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for name in ("mlflow", "alembic", "bentoml"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # the stages of train / backtest / score as they finish, e.g. "training frame: 12.3 s"
+    progress = logging.getLogger("lifecast.progress")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("  %(message)s"))
+    progress.addHandler(handler)
+    progress.setLevel(logging.INFO)
+    progress.propagate = False
     app()
 
 

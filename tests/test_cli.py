@@ -355,6 +355,11 @@ def test_demo_output_has_no_mlflow_progress_lines(tmp_path):
     assert noise == []
     assert proc.stdout.startswith("Validation report for ")
     assert "  lifecast-churn v1: promoted: no champion yet (roc_auc 0." in proc.stdout
+    # each stage on stderr as it finishes (a run on a large log is otherwise silent)
+    stages = [line.split(":")[0].strip() for line in proc.stderr.splitlines()
+              if line.startswith("  ") and line.endswith(" s")]
+    for stage in ("training frame", "churn fit", "value fit", "mlflow plots", "features"):
+        assert stage in stages, proc.stderr
 
 
 OUR_COMMANDS = ("train", "backtest", "score", "promote", "models", "demo")

@@ -43,6 +43,8 @@ from training.models import (
 )
 
 logger = logging.getLogger(__name__)
+#: stage timings as they finish; `serving.cli.main` shows them on stderr
+progress = logging.getLogger("lifecast.progress")
 
 OUTPUT_COLUMNS = [
     "customer_id", "as_of", "churn_probability", "churn_risk", "predicted_clv",
@@ -101,7 +103,9 @@ def _timed(timings: dict[str, float] | None, stage: str) -> Iterator[None]:
         yield
     finally:
         elapsed = time.perf_counter() - started
-        logger.debug("%s: %.2f s", stage, elapsed)
+        # one line per finished stage, which the command line shows on stderr (a training
+        # run on a large log is otherwise silent for minutes); silent in library use
+        progress.info("%s: %.1f s", stage.replace("_", " "), elapsed)
         if timings is not None:
             timings[stage] = timings.get(stage, 0.0) + elapsed
 

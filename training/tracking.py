@@ -66,6 +66,7 @@ from mlflow.pyfunc import PythonModel
 
 from training.metrics import brier, normalized_gini, roc_auc
 from training.models import BASELINE_FEATURES, ChurnModel, ValueModel
+from training.pipeline import _timed
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -340,17 +341,20 @@ def log_training(
 
     with _quiet(), mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
         run_id = run.info.run_id
-        _log_params_and_data(result, source)
-        _log_metrics(result)
-        _log_features(result)
+        with _timed(None, "mlflow parameters and metrics"):
+            _log_params_and_data(result, source)
+            _log_metrics(result)
+            _log_features(result)
         with tempfile.TemporaryDirectory(prefix="lifecast-run-") as tmp:
             tmp_path = Path(tmp)
-            _log_plots(result, tmp_path / "plots")
+            with _timed(None, "mlflow plots"):
+                _log_plots(result, tmp_path / "plots")
             # decide and register both kinds before moving any alias, so a failure part way
             # leaves the champions as they were
-            decisions = {kind: _decide(client, kind, result, promote) for kind in KINDS}
-            versions = {kind: _log_model(kind, result, run_id, source, tmp_path / kind)
-                        for kind in KINDS}
+            with _timed(None, "mlflow models registered"):
+                decisions = {kind: _decide(client, kind, result, promote) for kind in KINDS}
+                versions = {kind: _log_model(kind, result, run_id, source, tmp_path / kind)
+                            for kind in KINDS}
         for kind in KINDS:
             _record_decision(client, kind, versions[kind], decisions[kind])
     return RunSummary(
