@@ -1350,7 +1350,7 @@ def _validate(con: DuckDBBackend, src: _Source, plan: _Plan, stats: dict[str, An
         hint = c.hint
         if c.contract == "timestamp" and plan.timestamp_is_text:
             hint = _timestamp_advice(
-                con, plan, n, kept, examples.get("_values_timestamp", []), c.hint
+                con, plan, n, kept, examples.get("_values_timestamp", []), c.hint, src
             )
         problems.append(
             f"{what} ({c.contract}): {n:,} of {kept:,} rows with a customer id have "
@@ -1423,7 +1423,8 @@ def _where(src: _Source, row_no: int | None, file: str | None) -> str:
 
 
 def _timestamp_advice(
-    con: DuckDBBackend, plan: _Plan, n_bad: int, kept: int, values: list[str], hint: str
+    con: DuckDBBackend, plan: _Plan, n_bad: int, kept: int, values: list[str], hint: str,
+    src: _Source | None = None,
 ) -> str:
     """What to do about ``n_bad`` of ``kept`` text timestamps that did not parse.
 
@@ -1439,6 +1440,9 @@ def _timestamp_advice(
     if not few:
         if not fits:
             return hint
+        narrowed = _formats_reading_the_column(con, src, plan, fits) if len(fits) > 1 else []
+        if narrowed and len(narrowed) < len(fits):
+            return f"{hint} Formats that read the column's values: {', '.join(narrowed[:3])}."
         return f"{hint} Formats that read these examples: {', '.join(fits[:3])}."
     how = f"with the format {plan.timestamp_format!r}" if plan.timestamp_format else (
         "as ISO 8601 dates"
@@ -1450,6 +1454,34 @@ def _timestamp_advice(
         f"The other {kept - n_bad:,} rows parse {how}, so these rows hold missing or invalid "
         f"dates{looks}: fix those rows or remove them from the data."
     )
+
+
+#: distinct timestamp texts `_formats_reading_the_column` checks the candidate formats on
+_FORMAT_SAMPLE = 100_000
+
+
+def _formats_reading_the_column(
+    con: DuckDBBackend, src: _Source | None, plan: _Plan, fits: list[str]
+) -> list[str]:
+    """Of ``fits`` (quoted formats that read the examples), those that read up to
+    `_FORMAT_SAMPLE` distinct timestamp texts of all the rows that did not parse: the
+    first examples of a day-first file ('01/12/2010 08:26') read month-first too, a
+    '13/12/2010' further down does not. [] when none does (or without ``src``): the caller
+    keeps ``fits``. Runs only when loading has already failed."""
+    if src is None:
+        return []
+    ts = plan.get("timestamp")
+    text = f"trim(CAST({_q(ts.raw[0])} AS VARCHAR))"
+    sample = (f"(SELECT DISTINCT {text} AS v FROM {src.relation} WHERE ({ts.bad}) AND "
+              f"{text} <> '' LIMIT {_FORMAT_SAMPLE})")
+    out = []
+    for quoted in fits:
+        ok = con.con.execute(
+            f"SELECT bool_and(try_strptime(v, ?) IS NOT NULL) FROM {sample}", [quoted[1:-1]]
+        ).fetchall()[0][0]
+        if ok:
+            out.append(quoted)
+    return out
 
 
 def _fitting_formats(con: DuckDBBackend, values: list[str]) -> list[str]:

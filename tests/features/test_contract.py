@@ -737,6 +737,21 @@ def test_a_few_bad_timestamps_among_good_ones_say_fix_the_rows(
         assert "they look like '%d/%m/%Y %H:%M'" in msg
 
 
+def test_the_format_hint_is_narrowed_on_the_whole_column(tmp_path: Path) -> None:
+    """The first bad rows of a day-first file read month-first too; a 13th of the month
+    further down does not, so only the day-first format is suggested."""
+    df = _iso_log(20)
+    df["InvoiceDate"] = pd.to_datetime(df["InvoiceDate"]).dt.strftime("%d/%m/%Y %H:%M")
+    df.loc[:14, "InvoiceDate"] = "01/12/2010 08:26"
+    df.loc[15:, "InvoiceDate"] = "13/12/2010 09:00"
+    msg = _error(_csv(df, tmp_path), ISO_MAPPING)
+    assert "Formats that read the column's values: '%d/%m/%Y %H:%M'." in msg
+    assert "%m/%d/%Y" not in msg
+    df.loc[15:, "InvoiceDate"] = "02/12/2010 09:00"  # nothing tells them apart
+    msg = _error(_csv(df, tmp_path), ISO_MAPPING)
+    assert "Formats that read these examples: '%d/%m/%Y %H:%M', '%m/%d/%Y %H:%M'" in msg
+
+
 def test_timestamps_mostly_in_another_format_still_get_the_format_hint(
     tmp_path: Path,
 ) -> None:
