@@ -131,7 +131,7 @@ def build_cmd(
     table: str | None,
     mapping: ColumnMapping,
     cutoff: Annotated[str, typer.Option(help="Cutoff instant: only events before it are used.")],
-    out: Annotated[Path, typer.Option(help="Output file (.parquet or .csv).")],
+    out: Annotated[Path, typer.Option(help="Output file (.parquet, .csv or .csv.gz).")],
 ) -> None:
     """Build point-in-time features at a cutoff: one row per customer, written to --out."""
     from features.contract import load_transactions

@@ -39,8 +39,12 @@ def demo_cmd(
     workdir: Annotated[Path, typer.Option(
         help="Folder for the MLflow store, the artifacts and the customer store.")]
     = Path("lifecast_work"),
-    churn_h: Annotated[int, typer.Option("--churn-horizon-days")] = 90,
-    clv_h: Annotated[int, typer.Option("--clv-horizon-days")] = 90,
+    churn_h: Annotated[int, typer.Option(
+        "--churn-horizon-days", help="Churn outcome window.")] = 90,
+    clv_h: Annotated[int, typer.Option(
+        "--clv-horizon-days",
+        help="Future-value outcome window (90, not train's 365: the demo extract covers "
+             "374 days, and a horizon needs its length plus 60 days of history).")] = 90,
 ) -> None:
     """Run the whole job on the bundled demo data and print a summary.
 

@@ -194,13 +194,15 @@ def serve_cmd(
     except (NoChampionError, ValueError, OSError) as exc:
         raise fail(str(exc)) from None
     _preflight(env)
-    typer.echo(f"serving {tags['churn']} and {tags['clv']} on http://{host}:{port} "
-               f"(docs at /, OpenAPI at /docs.json)", err=True)
     if dry_run:
+        typer.echo(f"would serve {tags['churn']} and {tags['clv']} on http://{host}:{port} "
+                   f"with:", err=True)
         shown = {k: env[k] for k in sorted(env) if k.startswith(("LIFECAST_", "BENTOML_"))}
         typer.echo(" ".join(f"{k}={shlex.quote(v)}" for k, v in shown.items()) + " "
                    + shlex.join(argv))
         return
+    typer.echo(f"serving {tags['churn']} and {tags['clv']} on http://{host}:{port} "
+               f"(docs at /, OpenAPI at /docs.json)", err=True)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(argv[0], argv, env)

@@ -230,7 +230,8 @@ def register(app: typer.Typer) -> None:
     def backtest_cmd(
         *, source: str, table: str | None, mapping: ColumnMapping,
         cutoff: Annotated[str, typer.Option(help="Train as if today were this instant.")],
-        out: Annotated[Path, typer.Option(help="Per-customer predictions (.parquet/.csv).")],
+        out: Annotated[Path, typer.Option(
+            help="Per-customer predictions (.parquet, .csv or .csv.gz).")],
         churn_h: ChurnH = 90, clv_h: ClvH = 365,
     ) -> None:
         """Train as of a past --cutoff and score every customer into --out.
