@@ -1033,7 +1033,7 @@ def _customer_sql(src: _Source, col: str, integer_ids: bool) -> tuple[str, bool,
         return value, True, f"({c} IS NOT NULL AND {value} IS NULL)"
     if integer_ids and kind == "float":
         d = f"CAST({c} AS DOUBLE)"
-        value = f"(CASE WHEN isfinite({d}) AND {d} = trunc({d}) THEN TRY_CAST({d} AS BIGINT) END)"
+        value = _whole_bigint(d)
         return value, True, f"({c} IS NOT NULL AND NOT isnan({d}) AND {value} IS NULL)"
     if integer_ids and kind == "text" and declared == "int":  # CSV column sniffed as integers
         t = f"trim({c})"
@@ -1047,9 +1047,7 @@ def _customer_sql(src: _Source, col: str, integer_ids: bool) -> tuple[str, bool,
         # pandas, where an id column with a gap is float64): the same customers as 17850,
         # else the store and the service hold '17850.0' and a lookup of '17850' finds nothing
         t = f"trim({c})"
-        d = f"TRY_CAST({t} AS DOUBLE)"
-        value = (f"(CASE WHEN isfinite({d}) AND {d} = trunc({d}) AND abs({d}) < 9e15 "
-                 f"THEN CAST({d} AS BIGINT) END)")
+        value = _whole_bigint(f"TRY_CAST({t} AS DOUBLE)")
         not_int = f"({t} <> '' AND {value} IS NULL)"
         return f"(CASE WHEN NOT {not_int} THEN {value} END)", True, not_int
     if kind == "float":
@@ -1057,6 +1055,12 @@ def _customer_sql(src: _Source, col: str, integer_ids: bool) -> tuple[str, bool,
         value = f"(CASE WHEN NOT isnan({d}) THEN CAST({c} AS VARCHAR) END)"
         return value, False, "false"
     return f"NULLIF(trim(CAST({c} AS VARCHAR)), '')", False, "false"
+
+
+def _whole_bigint(d: str) -> str:
+    """SQL: the DOUBLE expression ``d`` as a BIGINT when it is a whole number that fits,
+    else NULL (a fraction, NaN, infinity, out of range)."""
+    return f"(CASE WHEN isfinite({d}) AND {d} = trunc({d}) THEN TRY_CAST({d} AS BIGINT) END)"
 
 
 def _timestamp_sql(
@@ -1350,7 +1354,7 @@ def _validate(con: DuckDBBackend, src: _Source, plan: _Plan, stats: dict[str, An
         hint = c.hint
         if c.contract == "timestamp" and plan.timestamp_is_text:
             hint = _timestamp_advice(
-                con, plan, n, kept, examples.get("_values_timestamp", []), c.hint, src
+                con, src, plan, n, kept, examples.get("_values_timestamp", []), c.hint
             )
         problems.append(
             f"{what} ({c.contract}): {n:,} of {kept:,} rows with a customer id have "
@@ -1423,8 +1427,8 @@ def _where(src: _Source, row_no: int | None, file: str | None) -> str:
 
 
 def _timestamp_advice(
-    con: DuckDBBackend, plan: _Plan, n_bad: int, kept: int, values: list[str], hint: str,
-    src: _Source | None = None,
+    con: DuckDBBackend, src: _Source, plan: _Plan, n_bad: int, kept: int, values: list[str],
+    hint: str,
 ) -> str:
     """What to do about ``n_bad`` of ``kept`` text timestamps that did not parse.
 
@@ -1440,8 +1444,8 @@ def _timestamp_advice(
     if not few:
         if not fits:
             return hint
-        narrowed = _formats_reading_the_column(con, src, plan, fits) if len(fits) > 1 else []
-        if narrowed and len(narrowed) < len(fits):
+        narrowed = _formats_reading_the_column(con, src, plan, fits) if len(fits) > 1 else fits
+        if 0 < len(narrowed) < len(fits):
             return f"{hint} Formats that read the column's values: {', '.join(narrowed[:3])}."
         return f"{hint} Formats that read these examples: {', '.join(fits[:3])}."
     how = f"with the format {plan.timestamp_format!r}" if plan.timestamp_format else (
@@ -1461,27 +1465,17 @@ _FORMAT_SAMPLE = 100_000
 
 
 def _formats_reading_the_column(
-    con: DuckDBBackend, src: _Source | None, plan: _Plan, fits: list[str]
+    con: DuckDBBackend, src: _Source, plan: _Plan, fits: list[str]
 ) -> list[str]:
     """Of ``fits`` (quoted formats that read the examples), those that read up to
     `_FORMAT_SAMPLE` distinct timestamp texts of all the rows that did not parse: the
     first examples of a day-first file ('01/12/2010 08:26') read month-first too, a
-    '13/12/2010' further down does not. [] when none does (or without ``src``): the caller
-    keeps ``fits``. Runs only when loading has already failed."""
-    if src is None:
-        return []
+    '13/12/2010' further down does not. Runs only when loading has already failed."""
     ts = plan.get("timestamp")
     text = f"trim(CAST({_q(ts.raw[0])} AS VARCHAR))"
-    sample = (f"(SELECT DISTINCT {text} AS v FROM {src.relation} WHERE ({ts.bad}) AND "
-              f"{text} <> '' LIMIT {_FORMAT_SAMPLE})")
-    out = []
-    for quoted in fits:
-        ok = con.con.execute(
-            f"SELECT bool_and(try_strptime(v, ?) IS NOT NULL) FROM {sample}", [quoted[1:-1]]
-        ).fetchall()[0][0]
-        if ok:
-            out.append(quoted)
-    return out
+    sample = (f"SELECT DISTINCT {text} AS v FROM {src.relation} WHERE ({ts.bad}) AND "
+              f"{text} <> '' LIMIT {_FORMAT_SAMPLE}")
+    return _formats_that_read(con, [f[1:-1] for f in fits], sample)
 
 
 def _fitting_formats(con: DuckDBBackend, values: list[str]) -> list[str]:
@@ -1490,11 +1484,19 @@ def _fitting_formats(con: DuckDBBackend, values: list[str]) -> list[str]:
     values = [v for v in values if v.strip()]
     if not values:
         return []
+    return _formats_that_read(con, _TIMESTAMP_GUESSES, "SELECT unnest(?::VARCHAR[]) AS v",
+                              [values])
+
+
+def _formats_that_read(con: DuckDBBackend, formats: Sequence[str], values_sql: str,
+                       params: Sequence[Any] = ()) -> list[str]:
+    """The ``formats`` (returned quoted) that read every value ``v`` of the query
+    ``values_sql`` (with its ``params``)."""
     fits = []
-    for fmt in _TIMESTAMP_GUESSES:
+    for fmt in formats:
         ok = con.con.execute(
-            "SELECT bool_and(try_strptime(v, ?) IS NOT NULL) FROM unnest(?::VARCHAR[]) t(v)",
-            [fmt, values],
+            f"SELECT bool_and(try_strptime(v, ?) IS NOT NULL) FROM ({values_sql})",
+            [fmt, *params],
         ).fetchall()[0][0]
         if ok:
             fits.append(f"'{fmt}'")
