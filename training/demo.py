@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-
 from features.config import ColumnMapping, FeatureConfig
 from features.contract import load_transactions
 from features.demo import run_feature_demo
@@ -55,5 +53,4 @@ def run_demo(source: str, mapping: ColumnMapping, workdir: str | Path = "lifecas
                   f"{scored.store_url}: churn_probability = no purchase in the next "
                   f"{churn_horizon_days} days, predicted_clv = net spend in the next "
                   f"{clv_horizon_days} days", "", scores_summary(s)]
-    with pd.option_context("display.width", 140):
-        return "\n".join(lines)
+    return "\n".join(lines)

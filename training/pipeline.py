@@ -122,7 +122,7 @@ def default_as_of(tx: Transactions) -> pd.Timestamp:
     return default_cutoff(tx.report)
 
 
-def _check_horizons(tx: Transactions, as_of: pd.Timestamp, config: TrainConfig,
+def _check_history(tx: Transactions, as_of: pd.Timestamp, config: TrainConfig,
                     flag: str = "--as-of") -> None:
     """Fail when ``as_of`` (given as ``flag``) is long after the data, or when the
     horizons leave no room for the snapshots training needs in the history before it."""
@@ -335,7 +335,7 @@ def train(
     with _timed(timings, "load"):
         tx = _load(transactions, mapping, table)
         as_of = parse_cutoff(as_of) if as_of is not None else default_as_of(tx)
-        _check_horizons(tx, as_of, config)
+        _check_history(tx, as_of, config)
         _warn_if_under_a_year(tx, as_of)
         _check_repeat_buyers(tx, as_of)
     fcfg = config.features
@@ -400,7 +400,7 @@ def backtest(
     config = config or TrainConfig()
     tx = _load(transactions, mapping, table)
     cut = parse_cutoff(cutoff)
-    _check_horizons(tx, cut, config, "--cutoff")
+    _check_history(tx, cut, config, "--cutoff")
     _warn_if_under_a_year(tx, cut)
     fcfg = config.features
     frame = sample_snapshots(build_training_frame(tx, cut, config=fcfg), config)

@@ -56,7 +56,7 @@ from features.contract import parse_cutoff
 from features.pipeline import build_training_frame
 from training.metrics import normalized_gini, roc_auc
 from training.models import ChurnModel, TrainConfig, ValueModel, add_baseline_features
-from training.pipeline import _check_horizons, _load, default_as_of, sample_snapshots
+from training.pipeline import _check_history, _load, default_as_of, sample_snapshots
 
 if TYPE_CHECKING:
     import optuna
@@ -130,7 +130,7 @@ def prepare(
     snapshot of each label, as `train` does."""
     tx = _load(transactions, mapping, table)
     cut = parse_cutoff(as_of) if as_of is not None else default_as_of(tx)
-    _check_horizons(tx, cut, config)
+    _check_history(tx, cut, config)
     fcfg = config.features
     frame = _stable(sample_snapshots(build_training_frame(tx, cut, config=fcfg), config))
     frame = add_baseline_features(frame, fcfg)
