@@ -80,7 +80,7 @@ TARGET_TRAIN_S = 600.0
 TARGET_SCORE_S = 60.0
 #: Stages in the order `train` / `score` run them.
 TRAIN_STAGES = ("load", "training_frame", "baseline_features", "population", "churn_fit",
-                "value_fit", "segmenter_fit", "evaluation")
+                "value_fit", "segmenter_fit", "evaluation_frame", "evaluation_fit", "evaluation")
 SCORE_STAGES = ("load", "features", "baseline_features", "churn_predict", "value_predict",
                 "segments", "reasons", "store_write")
 

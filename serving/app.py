@@ -187,11 +187,13 @@ def load_models(churn_folder: str | os.PathLike[str], clv_folder: str | os.PathL
     churn model's (as `training.tracking.load_champions` does). ``versions`` defaults to the
     ``version`` recorded in each folder's ``lifecast.json`` (else ``"unregistered"``)."""
     from features.segments import RFMSegmenter
-    from training.models import ChurnModel, ValueModel
+    from training.models import ChurnModel, ValueModel, check_same_feature_settings
 
     churn_folder, clv_folder = Path(churn_folder), Path(clv_folder)
     churn = ChurnModel.load(churn_folder)
     value = ValueModel.load(clv_folder)
+    check_same_feature_settings(churn, value, str(churn_folder), str(clv_folder),
+                                "Serve two models from one training run")
     segmenter = RFMSegmenter.load(churn_folder / _SEGMENTER_FILE)
     manifest = _manifest(churn_folder)
     found = {"churn": _manifest(churn_folder).get("version"),
@@ -656,7 +658,7 @@ class Runtime:
     def high_risk(self, request: HighRiskRequest, *, key: KeyRecord | None = None,
                   client: str | None = None) -> HighRiskResponse | str:
         """The ranked list (JSON model, or CSV text for ``format="csv"``), audited."""
-        state = self._batch()
+        self._batch()  # not ready (503) until the store holds a batch
         frame, total = self._store_call(
             self.store.ranked,
             min_churn_probability=request.min_churn_probability,
@@ -668,10 +670,11 @@ class Runtime:
         self._audit("/high_risk", filters, len(frame), request.format, key, client)
         if request.format == "csv":
             return _ranked_csv(frame)
-        as_of = frame["as_of"].iloc[0] if len(frame) else state.as_of
-        batch_id = str(frame["batch_id"].iloc[0]) if len(frame) else state.batch_id
+        # the label from the same read as the rows (`frame.attrs`), not from `_batch`, which
+        # looks at the store at most every LIFECAST_STORE_CHECK_SECONDS
         return HighRiskResponse(
-            batch_id=batch_id, as_of=_py_datetime(as_of), total=total,
+            batch_id=frame.attrs["batch_id"], as_of=_py_datetime(frame.attrs["as_of"]),
+            total=total,
             limit=request.limit, offset=request.offset,
             customers=[_stored_prediction(r) for r in frame.to_dict("records")],
         )
@@ -679,15 +682,15 @@ class Runtime:
     def segments(self, request: SegmentsRequest, *, key: KeyRecord | None = None,
                  client: str | None = None) -> SegmentsResponse | str:
         """Segment sizes, mean churn probability and value at risk (JSON or CSV), audited."""
-        state = self._batch()
+        self._batch()  # not ready (503) until the store holds a batch
         frame = self._store_call(self.store.segment_summary)
         self._audit("/segments", {}, len(frame), request.format, key, client)
         rows = [{k: (None if isinstance(v, float) and math.isnan(v) else v)
                  for k, v in r.items()} for r in frame.to_dict("records")]
         if request.format == "csv":
             return _csv_text(list(frame.columns), rows)
-        return SegmentsResponse(batch_id=state.batch_id, as_of=_py_datetime(state.as_of),
-                                segments=rows)
+        return SegmentsResponse(batch_id=frame.attrs["batch_id"],
+                                as_of=_py_datetime(frame.attrs["as_of"]), segments=rows)
 
     def _audit(self, endpoint: str, filters: dict[str, Any], rows: int, fmt: str,
                key: KeyRecord | None, client: str | None) -> None:

@@ -110,11 +110,22 @@ def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+_ISO_HINT = "must be an ISO 8601 date or datetime text, e.g. 2011-12-09T12:50:00"
+
+
 def _iso_text(value: Any) -> Any:
-    # timestamps come as ISO 8601 text; pydantic would read a bare number as Unix seconds
-    if isinstance(value, bool | int | float):
-        raise ValueError("must be an ISO 8601 date or datetime text, e.g. 2011-12-09T12:50:00")
-    return value
+    """Timestamps come as ISO 8601 text, read here with `datetime.fromisoformat` (the
+    extended and the basic form: ``2011-10-02``, ``20111002``, ``2011-10-02T12:50Z``).
+    Not pydantic's own parsing: it reads a number, or text made only of digits, as Unix
+    seconds (``"20111002"`` became 1970-08-21, with no error)."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(_ISO_HINT)
+    try:
+        return datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ValueError(f"{_ISO_HINT}; got {value[:40]!r}") from None
 
 
 def _not_future(value: datetime) -> datetime:

@@ -42,7 +42,8 @@ def import_champions(workdir: str | os.PathLike[str] = ".") -> dict[str, str]:
     Skips a version already imported (same registry version and run) unless it is not the
     store's ``latest`` for its name (an older champion promoted back), which is imported
     again so that ``<name>:latest`` is the champion. Raises
-    `training.tracking.NoChampionError` when a model has no champion.
+    `training.tracking.NoChampionError` when a model has no champion and `LookupError`
+    when the working folder holds no tracking store (and MLFLOW_TRACKING_URI is not set).
     """
     import bentoml
     from bentoml.exceptions import NotFound
@@ -52,7 +53,7 @@ def import_champions(workdir: str | os.PathLike[str] = ".") -> dict[str, str]:
     from training.tracking import CHAMPION_ALIAS, MODEL_NAMES, NoChampionError, configure
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    configure(workdir)
+    configure(workdir, create=False)  # a folder without a store: say so, create nothing
     client = MlflowClient()
     tags: dict[str, str] = {}
     for kind in KINDS:
@@ -191,7 +192,7 @@ def serve_cmd(
         argv, env = serve_command(port=port, host=host, workers=workers, store=store,
                                   keys_file=keys_file, audit_log=audit_log,
                                   access_log=access_log, tags=tags)
-    except (NoChampionError, ValueError, OSError) as exc:
+    except (NoChampionError, LookupError, ValueError, OSError) as exc:
         raise fail(str(exc)) from None
     _preflight(env)
     if dry_run:

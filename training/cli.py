@@ -314,10 +314,10 @@ RESCORE_HINT = ("next: `lifecast score` to rescore the customer store with the n
 
 def format_evaluation(evaluation: dict, cutoffs: dict) -> str:
     """Model vs baseline tables as text, each with its evaluation snapshot's date."""
+    from training.pipeline import evaluation_heading
+
     parts = []
     for kind, frame in evaluation.items():
-        parts.append(f"{kind} (model vs BG/NBD + Gamma-Gamma on the evaluation snapshot at "
-                     f"{cutoffs[kind].date()}, its outcome window fully "
-                     f"observed, never trained on)")
+        parts.append(evaluation_heading(kind, cutoffs[kind]))
         parts.append(frame.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return "\n".join(parts)

@@ -18,7 +18,7 @@ from training.models import TrainConfig
 def run_demo(source: str, mapping: ColumnMapping, workdir: str | Path = "lifecast_work",
              churn_horizon_days: int = 90, clv_horizon_days: int = 90) -> str:
     """Run the whole job in ``workdir`` and return the summary text."""
-    from training.pipeline import train
+    from training.pipeline import evaluation_heading, train
     from training.scoring import score, scores_summary
     from training.store import CustomerStore
     from training.tracking import configure, log_training
@@ -41,9 +41,8 @@ def run_demo(source: str, mapping: ColumnMapping, workdir: str | Path = "lifecas
                  f"with a purchase ({tx.report.customers - len(feats.customers):,} others "
                  f"only returned goods)")
     for kind, table in result.evaluation.items():
-        cut = result.eval_cutoffs[kind].date()
-        lines += ["", f"{kind} model vs BG/NBD + Gamma-Gamma, evaluated on the snapshot at "
-                      f"{cut} (outcome window fully observed, never trained on):",
+        cut = result.eval_cutoffs[kind]
+        lines += ["", evaluation_heading(kind, cut) + ":",
                   table.to_string(index=False, float_format=lambda v: f"{v:.4f}")]
     lines += ["", f"MLflow run {run.run_id} ({configure(workdir)})"]
     for kind, version in run.versions.items():

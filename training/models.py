@@ -124,6 +124,25 @@ class TrainConfig(BaseModel):
         }
 
 
+def check_same_feature_settings(churn: ChurnModel, value: ValueModel, churn_from: str,
+                                value_from: str, fix: str) -> None:
+    """Raise ValueError when ``churn`` and ``value`` were trained with different feature
+    settings (``*_from`` say where each came from, ``fix`` what to do). Scoring computes
+    the baseline features once, with one feature config (the churn horizon sets
+    ``bg_p_no_purchase`` and ``bg_expected_orders``), so one of the two models would get
+    inputs unlike those it was trained on and predict something else, silently."""
+    a, b = churn.config.features, value.config.features
+    if a == b:
+        return
+    diff = [f"{k} {v} (value model {getattr(b, k)})" for k, v in a.model_dump().items()
+            if getattr(b, k) != v]
+    raise ValueError(
+        f"the churn model ({churn_from}) and the value model ({value_from}) were trained "
+        f"with other feature settings: {', '.join(diff[:4])}; they cannot score together. "
+        f"{fix}"
+    )
+
+
 def model_feature_names(config: FeatureConfig | None = None) -> list[str]:
     """The model inputs: every registry feature plus the baseline features."""
     return [*feature_names(config), *BASELINE_FEATURES]

@@ -4,15 +4,15 @@ The command line only parses and calls these; MLflow logging lives in
 `training.tracking` and the customer store in `training.store`.
 
 Time discipline: every flow takes its cutoff (``as_of``) explicitly; the training frame
-holds only snapshots whose outcome windows end on or before it; metrics come from the
-most recent fully observed snapshot (``train``) or from the real outcome after the cutoff
-(``backtest``), never from a random split.
+holds only snapshots whose outcome windows end on or before it; metrics always come from a
+backtest, never from a random split: ``backtest`` trains as if today were its cutoff and
+scores the real outcome after it, and ``train`` does the same at its evaluation cutoff (the
+most recent fully observed snapshot) before it refits on everything up to ``as_of``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import time
 import warnings
@@ -31,6 +31,7 @@ from features.pipeline import (
     build_labels,
     build_training_frame,
     default_cutoff,
+    snapshot_cutoffs,
 )
 from features.segments import RFMSegmenter
 from training.metrics import churn_metrics, compare_table, value_metrics
@@ -67,14 +68,20 @@ class FittedModels:
 
 @dataclass
 class TrainResult:
-    models: FittedModels
+    models: FittedModels  # fit on every labelled snapshot up to as_of (what is registered)
     frame: pd.DataFrame  # the stacked training frame (with baseline features)
     evaluation: dict[str, pd.DataFrame]  # "churn" / "value": metric, model, baseline, better
     eval_predictions: dict[str, pd.DataFrame]  # per-customer y, model, baseline on eval snap
     eval_cutoffs: dict[str, pd.Timestamp]
     data_report: Any
+    #: "churn" / "value": the models as they would have been at the evaluation cutoff (the
+    #: same settings, fit only on outcomes observed by then), which the evaluation scores
+    eval_models: dict[str, ChurnModel | ValueModel] = field(default_factory=dict)
+    #: "churn" / "value": the training frame at the evaluation cutoff they were fit on
+    eval_frames: dict[str, pd.DataFrame] = field(default_factory=dict)
     #: wall seconds per stage of `train`, in the order run: load, training_frame,
-    #: baseline_features, population, churn_fit, value_fit, segmenter_fit, evaluation
+    #: baseline_features, population, churn_fit, value_fit, segmenter_fit,
+    #: evaluation_frame, evaluation_fit, evaluation
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -122,22 +129,62 @@ def default_as_of(tx: Transactions) -> pd.Timestamp:
     return default_cutoff(tx.report)
 
 
+def _labelled_cutoffs(first_event: Any, cut: pd.Timestamp, horizon_days: int,
+                      config: TrainConfig) -> list[pd.Timestamp]:
+    """The snapshot cutoffs of `build_training_frame` at ``cut`` whose ``horizon_days``
+    outcome window ends by ``cut`` (the snapshots with that label)."""
+    fcfg = config.features
+    grid = snapshot_cutoffs(pd.Timestamp(first_event), cut,
+                            min(fcfg.churn_horizon_days, fcfg.clv_horizon_days), fcfg)
+    return [c for c in grid if c + pd.Timedelta(days=horizon_days) <= cut]
+
+
+def _horizons(config: TrainConfig) -> dict[str, int]:
+    return {"churn": config.features.churn_horizon_days,
+            "value": config.features.clv_horizon_days}
+
+
+def evaluation_cutoffs(first_event: Any, as_of: pd.Timestamp, config: TrainConfig
+                       ) -> dict[str, pd.Timestamp]:
+    """The cutoff of the most recent fully observed snapshot of each label (``"churn"``,
+    ``"value"``) in the training frame at ``as_of``: `train` evaluates there."""
+    out = {}
+    for kind, h in _horizons(config).items():
+        cuts = _labelled_cutoffs(first_event, as_of, h, config)
+        out[kind] = cuts[-1] if cuts else (as_of - pd.Timedelta(days=h)).normalize()
+    return out
+
+
 def _check_history(tx: Transactions, as_of: pd.Timestamp, config: TrainConfig,
-                    flag: str = "--as-of") -> None:
-    """Fail when ``as_of`` (given as ``flag``) is long after the data, or when the
-    horizons leave no room for the snapshots training needs in the history before it."""
+                   flag: str = "--as-of", *, evaluate: bool = False) -> None:
+    """Fail when ``as_of`` (given as ``flag``) is long after the data, or when a horizon
+    leaves fewer than the two labelled snapshots a fit needs (one to fit on, the latest to
+    validate on) in the history before it; with ``evaluate`` (`train`), also before the
+    evaluation cutoff, where the models are fit a second time as if today were that day."""
     _check_as_of_in_data(tx, as_of, config, flag)
     first = pd.Timestamp(tx.report.first_event)
-    history = (as_of - first).days
-    for name, h in (("--churn-horizon-days", config.features.churn_horizon_days),
-                    ("--clv-horizon-days", config.features.clv_horizon_days)):
-        # a horizon needs room for at least three snapshots (fit, validate, evaluate)
-        if h + 2 * config.features.snapshot_every_days >= history:
+    every = config.features.snapshot_every_days
+    evals = evaluation_cutoffs(first, as_of, config)
+    flags = {"churn": "--churn-horizon-days", "value": "--clv-horizon-days"}
+    for kind, h in _horizons(config).items():
+        # snapshots every `every` days back from the cutoff minus the shorter horizon, the
+        # earliest more than `every` days after the first event (`snapshot_cutoffs`)
+        need = h + 2 * every + 1  # days of history before a cutoff for two snapshots
+        cuts = [(as_of, flag)] + ([(evals[kind], "the evaluation cutoff")] if evaluate else [])
+        for cut, what in cuts:
+            if len(_labelled_cutoffs(first, cut, h, config)) >= 2:
+                continue
+            why = ("" if what == flag else
+                   f"; train evaluates out of time, so it also fits as if today were "
+                   f"{cut.date()} ({flag} {as_of.date()} minus the horizon), which needs "
+                   f"about {need + h} days of history before {flag} in all")
             raise DataValidationError(
-                f"{name} {h} is too long for the history: the data before {as_of.date()} "
-                f"covers {history} days from {first.date()}, and training needs the horizon "
-                f"plus {2 * config.features.snapshot_every_days} days of snapshots; "
-                f"use a shorter horizon or more history"
+                f"{flags[kind]} {h} is too long for the history: the data before "
+                f"{cut.date()} ({what}) covers {(cut - first).days} days from {first.date()}, "
+                f"and a fit needs two snapshots {every} days apart whose {h}-day outcome "
+                f"windows end by then, the earliest more than {every} days after the first "
+                f"event: about {need} days{why}. Use a shorter horizon or more history",
+                source=tx.report.source,
             )
 
 
@@ -313,6 +360,12 @@ def _eval_tables(y_churn: np.ndarray, p_model: np.ndarray, p_base: np.ndarray,
     return tables
 
 
+def evaluation_heading(kind: str, cutoff: pd.Timestamp) -> str:
+    """What `train`'s evaluation of ``kind`` is, in one line (printed above its table)."""
+    return (f"{kind} model vs BG/NBD + Gamma-Gamma, backtested at {cutoff.date()}: both fit "
+            f"only on data before it, scored on the outcomes after it")
+
+
 def train(
     transactions: Any,
     mapping: ColumnMapping | None = None,
@@ -321,55 +374,59 @@ def train(
     *,
     table: str | None = None,
 ) -> TrainResult:
-    """Train both models on events before ``as_of`` and evaluate them, time-based.
+    """Train both models on events before ``as_of`` and evaluate them by a backtest.
 
-    The most recent fully observed snapshot of each label (its window ends at ``as_of``)
-    is held out for evaluation; the models are fit on the snapshots before it (the latest
-    of those validates early stopping and calibration). The logged metrics therefore
-    describe exactly the models that are registered, with the value model anchored to the
-    population at the evaluation cutoff as the registered one is to the population at
-    ``as_of`` (`ValueModel.anchor`).
+    The registered models (``models``) are fit on every snapshot whose outcome window ends
+    by ``as_of``, the latest of them validating early stopping, calibration and the value
+    level. The evaluation is out of time: for each label, its most recent fully observed
+    snapshot (window ending at ``as_of``) is the evaluation cutoff, and the same settings
+    are fit again as if today were that day (`build_training_frame` there: features and
+    outcomes before it only, exactly what `backtest` at that cutoff fits) and scored on the
+    outcomes after it (``eval_models``, ``evaluation``). A fit on the snapshots just before
+    the evaluation snapshot would see most of its outcome window (with 30-day snapshots and
+    a 90-day horizon, 60 of its 90 days) and look better than it is. The logged metrics
+    therefore describe these settings on this data, not the registered models themselves,
+    which also learned from the latest outcomes.
     """
     config = config or TrainConfig()
     timings: dict[str, float] = {}
     with _timed(timings, "load"):
         tx = _load(transactions, mapping, table)
         as_of = parse_cutoff(as_of) if as_of is not None else default_as_of(tx)
-        _check_history(tx, as_of, config)
+        _check_history(tx, as_of, config, evaluate=True)
         _warn_if_under_a_year(tx, as_of)
         _check_repeat_buyers(tx, as_of)
     fcfg = config.features
+    eval_cut = evaluation_cutoffs(tx.report.first_event, as_of, config)
     with _timed(timings, "training_frame"):
         frame = sample_snapshots(build_training_frame(tx, as_of, config=fcfg), config)
     with _timed(timings, "baseline_features"):
         frame = add_baseline_features(frame, fcfg)
-
-    eval_cut = {
-        "churn": pd.Timestamp(frame.loc[frame["churned"].notna(), "cutoff"].max()),
-        "value": pd.Timestamp(frame.loc[frame["future_value"].notna(), "cutoff"].max()),
-    }
-    # the labels of the evaluation snapshots hidden from fitting; `assign` replaces the two
-    # columns and shares the others (copy-on-write) instead of copying the whole frame
-    fit_frame = frame.assign(
-        churned=frame["churned"].mask(frame["cutoff"] == eval_cut["churn"]),
-        future_value=frame["future_value"].mask(frame["cutoff"] == eval_cut["value"]),
-    )
     with _timed(timings, "population"):
         population = add_baseline_features(build_features(tx, as_of, config=fcfg), fcfg)
-    models = fit_models(fit_frame, population, config, as_of, timings=timings)
-    del fit_frame
+    models = fit_models(frame, population, config, as_of, timings=timings)
 
+    with _timed(timings, "evaluation_frame"):
+        by_cut: dict[pd.Timestamp, pd.DataFrame] = {}
+        for cut in sorted(set(eval_cut.values())):
+            by_cut[cut] = add_baseline_features(
+                sample_snapshots(build_training_frame(tx, cut, config=fcfg), config), fcfg)
+        eval_frames = {kind: by_cut[cut] for kind, cut in eval_cut.items()}
+    ev_c = frame[(frame["cutoff"] == eval_cut["churn"]) & frame["churned"].notna()]
+    ev_v = frame[(frame["cutoff"] == eval_cut["value"]) & frame["future_value"].notna()]
+    with _timed(timings, "evaluation_fit"):
+        eval_models: dict[str, ChurnModel | ValueModel] = {
+            "churn": ChurnModel(config).fit(eval_frames["churn"]),
+            # anchored to the evaluation snapshot's population (its features, not its
+            # outcomes), as the registered model is to the population at as_of
+            "value": ValueModel(config).fit(eval_frames["value"], ev_v),
+        }
     with _timed(timings, "evaluation"):
-        ev_c = frame[frame["cutoff"] == eval_cut["churn"]]
-        ev_v = frame[frame["cutoff"] == eval_cut["value"]]
         y = ev_c["churned"].astype(int).to_numpy()
-        p_model = models.churn.predict_proba(ev_c)
+        p_model = eval_models["churn"].predict_proba(ev_c)
         p_base = ev_c["bg_p_no_purchase"].to_numpy(dtype="float64")
         yv = ev_v["future_value"].to_numpy(dtype="float64")
-        # the value model as it would have been at the evaluation cutoff: anchored to the
-        # population there (its features, not its outcomes), as the registered model is to
-        # the population at as_of
-        v_model = copy.copy(models.value).anchor_predict(ev_v)
+        v_model = eval_models["value"].predict(ev_v)
         v_base = ev_v["bg_clv"].to_numpy(dtype="float64")
         evaluation = _eval_tables(y, p_model, p_base, yv, v_model, v_base)
         preds = {
@@ -378,7 +435,8 @@ def train(
             "value": pd.DataFrame({"customer_id": ev_v["customer_id"].to_numpy(),
                                    "actual": yv, "model": v_model, "baseline": v_base}),
         }
-    return TrainResult(models, frame, evaluation, preds, eval_cut, tx.report, timings)
+    return TrainResult(models, frame, evaluation, preds, eval_cut, tx.report,
+                       eval_models=eval_models, eval_frames=eval_frames, timings=timings)
 
 
 def backtest(

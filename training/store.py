@@ -982,7 +982,8 @@ class CustomerStore:
         Every named segment of `features.segments.SEGMENTS` in that order (empty ones with 0
         customers and a NaN mean), then any other segment name found, alphabetically
         (``"(none)"`` for customers without a segment). The totals are computed once when
-        the batch is written (a batch never changes), so this is a single-row read.
+        the batch is written (a batch never changes), so this is a single-row read. The
+        frame's ``attrs`` hold the batch's ``batch_id`` and ``as_of``.
         """
         with self._read() as (_conn, batch):
             records = batch["segment_summary"]
@@ -993,6 +994,7 @@ class CustomerStore:
             frame[col] = frame[col].astype("float64")
         total = int(frame["customers"].sum())
         frame.insert(2, "share", frame["customers"] / total if total else 0.0)
+        frame.attrs.update(_batch_attrs(batch))
         return frame
 
     def batches(self) -> pd.DataFrame:
@@ -1213,7 +1215,16 @@ def _scores_frame(rows: Sequence[Any], batch: Mapping[str, Any],
     for name, version in batch["model_versions"].items():
         out[f"{name}_model_version"] = pd.array([version] * n, dtype="str")
     out["batch_id"] = pd.array([batch["batch_id"]] * n, dtype="str")
-    return pd.DataFrame(out)
+    frame = pd.DataFrame(out)
+    frame.attrs.update(_batch_attrs(batch))
+    return frame
+
+
+def _batch_attrs(batch: Mapping[str, Any]) -> dict[str, Any]:
+    """Which batch a read came from (``DataFrame.attrs``), also when it returned no row:
+    a caller that labels the rows must take the label from the same read, not from an
+    earlier look at the current batch (a rescore may have landed in between)."""
+    return {"batch_id": str(batch["batch_id"]), "as_of": pd.Timestamp(batch["as_of"])}
 
 
 def _features_frame(rows: Sequence[Any], batch: Mapping[str, Any]) -> pd.DataFrame:

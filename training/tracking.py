@@ -28,13 +28,17 @@ What a training run logs (`log_training`):
   folder natively (`load_champions`, `champion_artifacts`) and use the booster directly.
 
 The champion rule (``promote``): ``"auto"`` gives a new version the ``champion`` alias only if
-it beats the current champion on this run's evaluation snapshot (the current champion is
-loaded and scored on the very same rows): churn by ROC-AUC, ties broken by the Brier score;
-CLV by normalized Gini. With no champion yet the new version is promoted. A champion that
-cannot be scored on the snapshot (it needs features this frame lacks, or it predicts another
-horizon) is kept, and the decision says why. ``"always"`` promotes, ``"never"`` does not.
-Each kind is decided on its own; the decision and both scores are logged (tags
-``decision_churn`` / ``decision_clv``, metrics ``champion_churn_roc_auc``, ...).
+its settings beat the current champion's on this run's evaluation snapshot, both fit as if
+today were the evaluation cutoff on this run's data and scored on the outcomes after it
+(`_champion_score`; the champion's registered model itself was fit on outcomes up to its own
+as-of date, which can overlap this window): churn by ROC-AUC, ties broken by the Brier score;
+CLV by normalized Gini. With the champion's settings unchanged (a scheduled retrain) the
+scores are equal and the version trained on later data wins. With no champion yet the new
+version is promoted. A champion that cannot be scored on the snapshot (other feature
+settings, such as another horizon) is kept, and the decision says why. ``"always"``
+promotes, ``"never"`` does not. Each kind is decided on its own; the decision and both
+scores are logged (tags ``decision_churn`` / ``decision_clv``, metrics
+``champion_churn_roc_auc``, ...).
 
 The pyfunc models import this package (``training.tracking`` and ``training.models``) when
 loaded, so load them where lifecast is installed.
@@ -49,7 +53,7 @@ import os
 import re
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -65,7 +69,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel
 
 from training.metrics import brier, normalized_gini, roc_auc
-from training.models import BASELINE_FEATURES, ChurnModel, ValueModel
+from training.models import (
+    BASELINE_FEATURES,
+    ChurnModel,
+    ValueModel,
+    check_same_feature_settings,
+)
 from training.pipeline import _timed
 
 if TYPE_CHECKING:
@@ -527,6 +536,12 @@ def _model_of(models: FittedModels, kind: str) -> ChurnModel | ValueModel:
     return models.churn if kind == "churn" else models.value
 
 
+def _eval_model(result: TrainResult, kind: str) -> ChurnModel | ValueModel:
+    """The model of ``kind`` as it was fit at the evaluation cutoff (what the run's
+    metrics and the champion rule score; `training.pipeline.train`)."""
+    return result.eval_models[EVAL_KEY[kind]]
+
+
 def _log_features(result: TrainResult) -> None:
     from features.registry import feature_definitions
 
@@ -666,7 +681,7 @@ def _log_model(kind: str, result: TrainResult, run_id: str, source: str, folder:
     code.write_text(_MODEL_CODE.format(kind=kind))
 
     metric = PRIMARY_METRIC[kind]
-    score = _score(kind, metric, result, model)
+    score = _score(kind, metric, result, _eval_model(result, kind))
     info = mlflow.pyfunc.log_model(
         name=kind,
         python_model=str(code),
@@ -721,16 +736,46 @@ def _fmt_pair(a: float, b: float) -> tuple[str, str]:
 
 def _comparable(kind: str, champion: ChurnModel | ValueModel, result: TrainResult
                 ) -> str | None:
-    """Why the champion cannot be scored on this snapshot, or None when it can."""
-    missing = [n for n in champion.feature_names_ if n not in result.frame.columns]
-    if missing:
-        return f"it needs features this run lacks ({', '.join(missing[:5])})"
+    """Why the champion's settings cannot be fit and scored on this run's evaluation
+    snapshot, or None when they can. Both models read the baseline features, whose
+    churn probability and expected orders depend on the churn horizon, so every feature
+    setting (horizons, windows, snapshots) must match, not only the model's own horizon."""
     attr = "churn_horizon_days" if kind == "churn" else "clv_horizon_days"
-    theirs = getattr(champion.config.features, attr)
-    ours = getattr(result.models.config.features, attr)
+    theirs_f, ours_f = champion.config.features, _eval_model(result, kind).config.features
+    theirs, ours = getattr(theirs_f, attr), getattr(ours_f, attr)
     if theirs != ours:
         return f"it predicts a {theirs}-day horizon, this run {ours} days"
+    if theirs_f != ours_f:
+        diff = [f"{k} {v} (this run {getattr(ours_f, k)})"
+                for k, v in theirs_f.model_dump().items() if getattr(ours_f, k) != v]
+        return f"it was trained with other feature settings: {', '.join(diff[:4])}"
     return None
+
+
+def _champion_score(kind: str, champion: ChurnModel | ValueModel, champion_as_of: str,
+                    result: TrainResult, metrics: Sequence[str]
+                    ) -> tuple[dict[str, float], str]:
+    """The champion's settings scored as this run's are: fit as if today were the
+    evaluation cutoff, on this run's data (`TrainResult.eval_frames`), then scored on the
+    outcomes after it. Returns the scores and how they were obtained.
+
+    Not the champion's registered model itself: it was fit on outcomes up to its own
+    as-of date, which for a champion trained less than a horizon ago overlap this run's
+    evaluation window, so it would be scored on outcomes it had learned from. With the
+    same settings as this run, the fit is this run's evaluation model (the same data and
+    settings give the same model), so the scores are equal."""
+    if champion.config == _eval_model(result, kind).config:
+        model = _eval_model(result, kind)
+        how = (f"the same settings as this run, champion as of {champion_as_of[:10]}, this "
+               f"run as of {pd.Timestamp(result.models.as_of):%Y-%m-%d}")
+    else:
+        frame = result.eval_frames[EVAL_KEY[kind]]
+        if kind == "churn":
+            model = ChurnModel(champion.config).fit(frame)
+        else:
+            model = ValueModel(champion.config).fit(frame, _eval_rows(result, kind))
+        how = "its settings fit at the evaluation cutoff on this run's data"
+    return {m: _score(kind, m, result, model) for m in metrics}, how
 
 
 def _champion_version(client: MlflowClient, kind: str) -> str | None:
@@ -746,11 +791,13 @@ def _champion_version(client: MlflowClient, kind: str) -> str | None:
 
 def _decide(client: MlflowClient, kind: str, result: TrainResult, promote: str
             ) -> dict[str, Any]:
-    """Compare the new model of ``kind`` with the current champion on this run's evaluation
-    snapshot and decide whether the new version becomes champion."""
+    """Compare the new settings with the current champion's on this run's evaluation
+    snapshot, each fit as if today were the evaluation cutoff (`_champion_score`), and
+    decide whether the new version becomes champion: when it scores better, or, with the
+    same settings (equal scores by construction), when it was trained on later data."""
     metric = PRIMARY_METRIC[kind]
     tie = TIE_BREAK_METRIC[kind]
-    new_model = _model_of(result.models, kind)
+    new_model = _eval_model(result, kind)
     new = {metric: _score(kind, metric, result, new_model)}
     if tie:
         new[tie] = _score(kind, tie, result, new_model)
@@ -758,12 +805,23 @@ def _decide(client: MlflowClient, kind: str, result: TrainResult, promote: str
                                 "champion_version": _champion_version(client, kind)}
     cv = decision["champion_version"]
     reason = None
+    how = ""
+    same_settings_newer = False
     if cv is not None:
         with tempfile.TemporaryDirectory(prefix="lifecast-champion-") as tmp:
-            champion = _load_native(kind, _download_version(kind, cv, Path(tmp)))
+            folder = _download_version(kind, cv, Path(tmp))
+            champion = _load_native(kind, folder)
+            manifest_path = folder / _MANIFEST_FILE
+            champion_as_of = (json.loads(manifest_path.read_text()).get("as_of", "")
+                              if manifest_path.is_file() else "")
         reason = _comparable(kind, champion, result)
         if reason is None:
-            decision["champion"] = {m: _score(kind, m, result, champion) for m in new}
+            decision["champion"], how = _champion_score(kind, champion, champion_as_of,
+                                                        result, list(new))
+            same_settings_newer = (champion.config == new_model.config
+                                   and bool(champion_as_of)
+                                   and pd.Timestamp(result.models.as_of)
+                                   > pd.Timestamp(champion_as_of))
 
     old = decision["champion"]
     if cv is None:
@@ -773,6 +831,11 @@ def _decide(client: MlflowClient, kind: str, result: TrainResult, promote: str
         promoted = promote == "always"
         message = (f"champion v{cv} cannot be scored on this snapshot: {reason} "
                    f"(new {metric} {new[metric]:.3f})")
+    elif champion.config == new_model.config:
+        better = same_settings_newer
+        promoted = promote == "always" or (promote == "auto" and better)
+        message = (f"{metric} {new[metric]:.3f} for both ({how}): "
+                   + ("trained on later data" if better else "not trained on later data"))
     else:
         a, b = _fmt_pair(new[metric], old[metric])
         if math.isclose(new[metric], old[metric], rel_tol=1e-9, abs_tol=1e-12) and tie:
@@ -784,7 +847,7 @@ def _decide(client: MlflowClient, kind: str, result: TrainResult, promote: str
                 new[metric], old[metric], rel_tol=1e-9, abs_tol=1e-12)
             cmp = f"{metric} {a} {'>' if better else '<='} {b}"
         promoted = promote == "always" or (promote == "auto" and better)
-        message = cmp
+        message = f"{cmp} (champion: {how})"
     if promote == "auto":
         prefix = "promoted" if promoted else f"kept champion v{cv}"
     elif promote == "always":
@@ -966,7 +1029,8 @@ def load_champions(dst: Path | str | None = None) -> FittedModels:
     ``versions`` holds the registry version numbers (``{"churn": "3", "clv": "2"}``); the
     segmenter, ``config`` and ``as_of`` are the churn champion's (both champions come from
     one run unless a run was promoted for one kind only). Raises `NoChampionError` when a
-    model has no champion yet.
+    model has no champion yet, and ValueError when the two champions were trained with
+    different feature settings (the baseline features they read would differ).
     """
     from features.segments import RFMSegmenter
     from training.pipeline import FittedModels
@@ -974,6 +1038,12 @@ def load_champions(dst: Path | str | None = None) -> FittedModels:
     folders = {kind: champion_artifacts(kind, dst) for kind in KINDS}
     churn = ChurnModel.load(folders["churn"])
     value = ValueModel.load(folders["clv"])
+    runs = {kind: json.loads((folders[kind] / _MANIFEST_FILE).read_text()).get("run_id")
+            for kind in KINDS}
+    check_same_feature_settings(
+        churn, value, f"{MODEL_NAMES['churn']} champion, run {runs['churn']}",
+        f"{MODEL_NAMES['clv']} champion, run {runs['clv']}",
+        "Make both champions come from one run: `lifecast promote --run <run id>`")
     segmenter: RFMSegmenter = RFMSegmenter.load(folders["churn"] / _SEGMENTER_FILE)
     manifest = json.loads((folders["churn"] / _MANIFEST_FILE).read_text())
     versions = {kind: json.loads((folders[kind] / _MANIFEST_FILE).read_text())["version"]

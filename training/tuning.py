@@ -14,10 +14,11 @@ parameter              range                  scale
 ``lambda_l2``          0.1 - 30               log
 =====================  =====================  =========
 
-The objective is time-based only, exactly as `training.pipeline.train` evaluates: the training
-frame is built once at ``as_of`` (features, labels and the BG/NBD + Gamma-Gamma baseline
-features, customers per snapshot sampled as ``train`` samples them), the most recent labelled
-snapshot of each label is held out, both models are fit on the snapshots before it with the
+The objective is time-based only: the training frame is built once at the earlier of
+`training.pipeline.train`'s two evaluation cutoffs (features, labels and the BG/NBD +
+Gamma-Gamma baseline features, customers per snapshot sampled as ``train`` samples them), so
+that no trial sees the outcomes `train` will evaluate the chosen settings on; the most recent
+labelled snapshot of each label is held out, both models are fit on the snapshots before it with the
 trial's parameters (the latest of those validates early stopping and calibration, as always)
 and scored on the held-out snapshot. A trial's score is
 
@@ -52,11 +53,18 @@ import numpy as np
 import pandas as pd
 
 from features.config import ColumnMapping
-from features.contract import parse_cutoff
+from features.contract import DataValidationError, parse_cutoff
 from features.pipeline import build_training_frame
 from training.metrics import normalized_gini, roc_auc
 from training.models import ChurnModel, TrainConfig, ValueModel, add_baseline_features
-from training.pipeline import _check_history, _load, default_as_of, sample_snapshots
+from training.pipeline import (
+    _check_history,
+    _labelled_cutoffs,
+    _load,
+    default_as_of,
+    evaluation_cutoffs,
+    sample_snapshots,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -81,9 +89,9 @@ _INSTALL_HINT = "pip install 'lifecast[tune]'"
 
 @dataclass(frozen=True)
 class TuningData:
-    """The training frame built once at ``as_of``, split as `train` splits it: ``fit`` has
-    the held-out snapshots' labels hidden, ``eval_churn`` / ``eval_value`` are those
-    snapshots' rows."""
+    """The training frame built once at `train`'s evaluation cutoff for ``as_of`` (`prepare`),
+    split: ``fit`` has the held-out snapshots' labels hidden, ``eval_churn`` /
+    ``eval_value`` are those snapshots' rows."""
 
     as_of: pd.Timestamp
     fit: pd.DataFrame
@@ -125,14 +133,31 @@ def prepare(
     *,
     table: str | None = None,
 ) -> TuningData:
-    """Build the training frame once at ``as_of`` (default: the day after the last event),
-    sampled as `training.pipeline.train` samples it, and hold out the most recent labelled
-    snapshot of each label, as `train` does."""
+    """Build the training frame once, at the earlier of `train`'s two evaluation cutoffs
+    for ``as_of`` (default: the day after the last event), sampled as `train` samples it,
+    and hold out its most recent labelled snapshot of each label.
+
+    Not at ``as_of``: `train` evaluates the chosen settings by fitting them as if today
+    were its evaluation cutoff and scoring the outcomes after it, so a search that saw
+    those outcomes would pick the settings that fit that very test (a tuned run's score,
+    and with it the champion decision, would be flattered)."""
     tx = _load(transactions, mapping, table)
     cut = parse_cutoff(as_of) if as_of is not None else default_as_of(tx)
-    _check_history(tx, cut, config)
+    _check_history(tx, cut, config, evaluate=True)
     fcfg = config.features
-    frame = _stable(sample_snapshots(build_training_frame(tx, cut, config=fcfg), config))
+    tune_cut = min(evaluation_cutoffs(tx.report.first_event, cut, config).values())
+    for name, h in (("--churn-horizon-days", fcfg.churn_horizon_days),
+                    ("--clv-horizon-days", fcfg.clv_horizon_days)):
+        n = len(_labelled_cutoffs(tx.report.first_event, tune_cut, h, config))
+        if n < 3:  # one to fit on, one to validate on, one to score the trials on
+            raise DataValidationError(
+                f"--tune needs three snapshots with the {h}-day label ({name}) before "
+                f"{tune_cut.date()}, the evaluation cutoff of train (the search must not see "
+                f"the outcomes train evaluates on); the history there allows {n}. Use a "
+                f"shorter horizon, more history, or train without --tune",
+                source=tx.report.source,
+            )
+    frame = _stable(sample_snapshots(build_training_frame(tx, tune_cut, config=fcfg), config))
     frame = add_baseline_features(frame, fcfg)
     eval_cut = {
         "churn": pd.Timestamp(frame.loc[frame["churned"].notna(), "cutoff"].max()),

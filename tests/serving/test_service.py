@@ -225,6 +225,34 @@ def test_a_batch_scored_by_other_models_is_logged(svc, world, caplog) -> None:
     assert "run `lifecast score` to rescore the store" in caplog.text
 
 
+def test_lists_are_labelled_with_the_batch_they_were_read_from(svc, world, monkeypatch
+                                                              ) -> None:
+    """Between a rescore and the service's next look at the store (every
+    LIFECAST_STORE_CHECK_SECONDS), /segments and /high_risk read the new batch: their
+    batch id and as-of come from that same read, not from the batch the service last saw."""
+    import dataclasses
+    import time
+
+    from serving.schemas import HighRiskRequest, SegmentsRequest
+
+    runtime = svc.runtime
+    assert runtime.refresh(force=True)
+    current = runtime._state
+    stale = dataclasses.replace(current, batch_id="an-earlier-batch",
+                                as_of=current.as_of - pd.Timedelta(days=40))
+    monkeypatch.setattr(runtime, "_state", stale)
+    monkeypatch.setattr(runtime, "store_check_seconds", 3600.0)  # no look at the store
+    monkeypatch.setattr(runtime, "_checked_at", time.monotonic())
+    empty = runtime.high_risk(HighRiskRequest(min_value=1e12))
+    some = runtime.high_risk(HighRiskRequest(limit=5))
+    segments = runtime.segments(SegmentsRequest())
+    assert runtime._state is stale
+    for out in (empty, some, segments):
+        assert out.batch_id == current.batch_id
+        assert pd.Timestamp(out.as_of) == current.as_of
+    assert empty.total == 0 and not empty.customers
+
+
 def test_score_new_customer_and_default_cutoff(svc) -> None:
     out = svc.score(**EXAMPLE_SCORE_REQUEST)
     [p] = out.predictions
@@ -471,6 +499,14 @@ BAD_INPUTS = [
     ("/score", json.dumps({"customers": [{"customer_id": "a", "transactions": [
         {"timestamp": "yesterday", "amount": 1.0}]}]}).encode(),
      422, ("customers[0].transactions[0].timestamp",)),
+    # text made only of digits is not Unix time (pydantic read "1317550000" as 2011-10-02
+    # and "2011" as 1970-01-01 00:33:31)
+    ("/score", json.dumps({"customers": [{"customer_id": "a", "transactions": [
+        {"timestamp": "1317550000", "amount": 1.0}]}]}).encode(),
+     422, ("customers[0].transactions[0].timestamp", "ISO 8601", "1317550000")),
+    ("/score", json.dumps({"customers": [{"customer_id": "a", "transactions": [
+        {"timestamp": "2011", "amount": 1.0}]}]}).encode(),
+     422, ("customers[0].transactions[0].timestamp", "ISO 8601")),
     ("/score", json.dumps({"customers": [{"customer_id": "a", "transactions": [
         {"timestamp": "2011-11-01", "amount": "12"}]}]}).encode(),
      422, ("customers[0].transactions[0].amount",)),
@@ -611,6 +647,17 @@ def test_serve_is_a_lifecast_command() -> None:
     assert result.exit_code == 0
     for flag in ("--port", "--host", "--workers", "--store", "--no-access-log"):
         assert flag in result.output
+
+
+def test_timestamps_in_the_iso_basic_form_are_dates_not_unix_time() -> None:
+    req = ScoreRequest.model_validate(
+        {"customers": [{"customer_id": "a", "transactions": [
+            {"timestamp": "20111002", "amount": 1.0},
+            {"timestamp": "20111002T125000Z", "amount": 1.0}]}],
+         "as_of": "20111210"})
+    stamps = [t.timestamp for t in req.customers[0].transactions]
+    assert stamps == [datetime(2011, 10, 2), datetime(2011, 10, 2, 12, 50)]
+    assert req.as_of == datetime(2011, 12, 10)
 
 
 def test_timestamps_with_offsets_are_utc() -> None:

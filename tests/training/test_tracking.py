@@ -37,6 +37,8 @@ PLOTS = {
     "churn_calibration", "churn_gains", "clv_decile_value", "churn_feature_importance",
     "clv_feature_importance", "churn_shap_summary", "clv_shap_summary",
 }
+#: How the champion rule says it scored a champion whose settings differ from the run's.
+REFIT = "champion: its settings fit at the evaluation cutoff on this run's data"
 FEATURES = FeatureConfig(churn_horizon_days=90, clv_horizon_days=90, snapshot_every_days=30,
                          n_snapshots=6)
 
@@ -97,19 +99,19 @@ def _eval_rows(result: TrainResult, kind: str) -> pd.DataFrame:
     return result.frame[result.frame["cutoff"] == result.eval_cutoffs[key]]
 
 
+BAD_CHURN = TrainConfig(features=FEATURES, n_estimators=1, num_leaves=2, max_depth=1,
+                        learning_rate=0.001, num_threads=1)
+
+
 def _with_bad_churn_model(result: TrainResult) -> tuple[TrainResult, float]:
-    """The same run with a deliberately weak churn model (one stump, tiny learning rate),
-    fitted on the same snapshots as `train` fits (the evaluation snapshot's labels hidden)."""
-    eval_cut = result.eval_cutoffs["churn"]
-    fit_frame = result.frame.copy()
-    fit_frame.loc[fit_frame["cutoff"] == eval_cut, "churned"] = pd.NA
-    fit_frame.loc[fit_frame["cutoff"] == result.eval_cutoffs["value"], "future_value"] = np.nan
-    cfg = TrainConfig(features=FEATURES, n_estimators=1, num_leaves=2, max_depth=1,
-                      learning_rate=0.001, num_threads=1)
-    bad = ChurnModel(cfg).fit(fit_frame)
+    """The same run with deliberately weak churn settings (one stump, tiny learning rate),
+    fitted as `train` fits: once on every snapshot (registered) and once at the evaluation
+    cutoff (evaluated)."""
+    bad = ChurnModel(BAD_CHURN).fit(result.frame)
+    bad_eval = ChurnModel(BAD_CHURN).fit(result.eval_frames["churn"])
     ev = _eval_rows(result, "churn")
     y = ev["churned"].astype(int).to_numpy()
-    p = bad.predict_proba(ev)
+    p = bad_eval.predict_proba(ev)
     base = ev["bg_p_no_purchase"].to_numpy(dtype="float64")
     evaluation = dict(result.evaluation)
     evaluation["churn"] = compare_table(churn_metrics(y, p), churn_metrics(y, base))
@@ -117,7 +119,7 @@ def _with_bad_churn_model(result: TrainResult) -> tuple[TrainResult, float]:
     preds["churn"] = preds["churn"].assign(model=p)
     worse = dataclasses.replace(
         result, models=dataclasses.replace(result.models, churn=bad), evaluation=evaluation,
-        eval_predictions=preds,
+        eval_predictions=preds, eval_models={**result.eval_models, "churn": bad_eval},
     )
     return worse, roc_auc(y, p)
 
@@ -293,12 +295,16 @@ def test_champion_rule(first_run, trained, monkeypatch: pytest.MonkeyPatch) -> N
     assert d["new"]["roc_auc"] == pytest.approx(bad_auc)
     assert d["champion"]["roc_auc"] == pytest.approx(good_auc)
     assert d["message"] == (f"kept champion v{v1['churn']}: "
-                            f"roc_auc {bad_auc:.3f} <= {good_auc:.3f}")
-    # the unchanged value model ties with its champion: a tie does not promote
+                            f"roc_auc {bad_auc:.3f} <= {good_auc:.3f} ({REFIT})")
+    # the unchanged value settings, trained as of the same day as the champion: equal
+    # scores, and not newer data, so the champion stays
     clv = second.decision["clv"]
-    new, old = tracking._fmt_pair(clv["new"]["normalized_gini"],
-                                  clv["champion"]["normalized_gini"])
-    assert clv["message"] == f"kept champion v{v1['clv']}: normalized_gini {new} <= {old}"
+    gini = clv["new"]["normalized_gini"]
+    assert clv["champion"]["normalized_gini"] == gini
+    assert clv["message"] == (
+        f"kept champion v{v1['clv']}: normalized_gini {gini:.3f} for both (the same settings "
+        f"as this run, champion as of {AS_OF}, this run as of {AS_OF}): not trained on later "
+        f"data")
     run = client.get_run(second.run_id)
     assert run.data.tags["decision_churn"] == d["message"]
     assert run.data.tags["promoted_churn"] == "false"
@@ -311,14 +317,14 @@ def test_champion_rule(first_run, trained, monkeypatch: pytest.MonkeyPatch) -> N
     third = tracking.log_training(worse, source="synthetic", promote="always")
     assert third.promoted == {"churn": True, "clv": True}
     assert third.decision["churn"]["message"] == (
-        f"promoted (always): roc_auc {bad_auc:.3f} <= {good_auc:.3f}")
+        f"promoted (always): roc_auc {bad_auc:.3f} <= {good_auc:.3f} ({REFIT})")
     assert _aliases("churn") == {"champion": third.versions["churn"]}
     assert _aliases("clv") == {"champion": third.versions["clv"]}
 
     never = tracking.log_training(trained, source="synthetic", promote="never")
     assert never.promoted == {"churn": False, "clv": False}
     assert never.decision["churn"]["message"] == (
-        f"not promoted (never): roc_auc {good_auc:.3f} > {bad_auc:.3f}")
+        f"not promoted (never): roc_auc {good_auc:.3f} > {bad_auc:.3f} ({REFIT})")
     assert _aliases("churn") == {"champion": third.versions["churn"]}
 
     assert tracking.promote_run(first_run.run_id) == v1
@@ -350,17 +356,18 @@ def test_a_better_model_is_promoted_and_the_champion_is_rescored(
     assert better.promoted["churn"] is True
     assert better.decision["churn"]["champion_version"] == weak.versions["churn"]
     assert better.decision["churn"]["message"] == (
-        f"promoted: roc_auc {good_auc:.3f} > {bad_auc:.3f}")
+        f"promoted: roc_auc {good_auc:.3f} > {bad_auc:.3f} ({REFIT})")
     assert _aliases("churn") == {"champion": better.versions["churn"]}
 
     # A run whose evaluation snapshot holds only every other customer: the champion (the
-    # model of `better`) is scored on those rows, so its AUC is not the stored one.
+    # settings of `better`, the same as this run's) is scored on those rows, so its AUC is
+    # not the stored one.
     eval_cut = trained.eval_cutoffs["churn"]
     at_eval = trained.frame.index[trained.frame["cutoff"] == eval_cut]
     half = dataclasses.replace(trained, frame=trained.frame.drop(at_eval[1::2]))
     rows = _eval_rows(half, "churn")
     expected = roc_auc(rows["churned"].astype(int).to_numpy(),
-                       trained.models.churn.predict_proba(rows))
+                       trained.eval_models["churn"].predict_proba(rows))
     assert abs(expected - good_auc) > 1e-4, "the half snapshot must score differently"
     rescored = tracking.log_training(half, source="synthetic", promote="never")
     assert rescored.decision["churn"]["champion"]["roc_auc"] == pytest.approx(expected,
@@ -369,6 +376,27 @@ def test_a_better_model_is_promoted_and_the_champion_is_rescored(
 
     assert tracking.promote_run(first_run.run_id) == first_run.versions
     assert _aliases("churn") == {"champion": first_run.versions["churn"]}
+
+
+def test_the_same_settings_trained_on_later_data_replace_the_champion(
+        first_run, trained, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scheduled retrain (the champion's settings, a later as-of date) scores the same as
+    the champion's settings by construction and takes the alias; an earlier one does not."""
+    monkeypatch.setattr(tracking, "_log_plots", lambda result, folder: None)
+    earlier = train(_transactions(), as_of="2023-12-01", config=trained.models.config)
+    old = tracking.log_training(earlier, source="synthetic", promote="always")
+    run = tracking.log_training(trained, source="synthetic")  # as of AS_OF, a month later
+    assert run.promoted == {"churn": True, "clv": True}
+    auc = run.decision["churn"]["new"]["roc_auc"]
+    assert run.decision["churn"]["champion"]["roc_auc"] == auc
+    assert run.decision["churn"]["message"] == (
+        f"promoted: roc_auc {auc:.3f} for both (the same settings as this run, champion as "
+        f"of 2023-12-01, this run as of {AS_OF}): trained on later data")
+    again = tracking.log_training(earlier, source="synthetic")
+    assert again.promoted == {"churn": False, "clv": False}
+    assert again.decision["churn"]["champion_version"] == run.versions["churn"]
+    assert old.versions != run.versions
+    assert tracking.promote_run(first_run.run_id) == first_run.versions
 
 
 def test_a_champion_that_cannot_be_scored_is_kept_and_the_message_names_the_metric(
@@ -451,6 +479,34 @@ def test_load_champions_round_trip(first_run, trained, tmp_path: Path) -> None:
     manifest = json.loads((folder / "lifecast.json").read_text())
     assert manifest["version"] == first_run.versions["clv"]
     assert manifest["run_id"] == first_run.run_id
+
+
+def test_champions_with_other_feature_settings_do_not_score_together(
+        first_run, trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A value champion trained with another churn horizon reads baseline features that
+    scoring computes with the churn champion's horizon: refused, naming both runs, instead of
+    scoring with inputs the model was not trained on."""
+    monkeypatch.setattr(tracking, "_log_plots", lambda result, folder: None)
+    other = TrainConfig(features=FEATURES.model_copy(update={"churn_horizon_days": 60}),
+                        n_estimators=20, num_threads=1)
+    value60 = ValueModel(other).fit(trained.frame)
+    odd = dataclasses.replace(
+        trained, models=dataclasses.replace(trained.models, value=value60),
+        eval_models={**trained.eval_models, "value": value60})
+    run = tracking.log_training(odd, source="synthetic", promote="never")
+    assert "other feature settings: churn_horizon_days 90 (this run 60)" in (
+        run.decision["clv"]["message"])
+    mlflow.MlflowClient().set_registered_model_alias("lifecast-clv", "champion",
+                                                     run.versions["clv"])
+    try:
+        with pytest.raises(ValueError) as err:
+            tracking.load_champions(tmp_path)
+        message = str(err.value)
+        assert f"run {first_run.run_id}" in message and f"run {run.run_id}" in message
+        assert "churn_horizon_days 90 (value model 60)" in message
+        assert "`lifecast promote --run <run id>`" in message
+    finally:
+        assert tracking.promote_run(first_run.run_id) == first_run.versions
 
 
 def test_models_save_and_load(trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -59,12 +59,13 @@ def test_evaluation_anchors_to_the_evaluation_snapshot(demo_train_result) -> Non
     snapshot's features alone (its outcomes are not used)."""
     result = demo_train_result
     ev = result.frame[result.frame["cutoff"] == result.eval_cutoffs["value"]]
-    ratio = result.models.value.baseline_ratio_
+    evaluated = result.eval_models["value"]  # fit as of the evaluation cutoff
+    ratio = evaluated.baseline_ratio_
     assert result.eval_predictions["value"]["model"].sum() == pytest.approx(
         ratio * ev["bg_clv"].sum(), rel=1e-9)
     # the same with the outcomes scrambled: they play no part
     scrambled = ev.assign(future_value=ev["future_value"].to_numpy()[::-1] * 3)
-    again = _model(result).anchor(scrambled).predict(scrambled)
+    again = copy.copy(evaluated).anchor(scrambled).predict(scrambled)
     np.testing.assert_allclose(again, result.eval_predictions["value"]["model"], rtol=1e-12)
 
 
