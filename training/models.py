@@ -134,13 +134,19 @@ def check_same_feature_settings(churn: ChurnModel, value: ValueModel, churn_from
     a, b = churn.config.features, value.config.features
     if a == b:
         return
-    diff = [f"{k} {v} (value model {getattr(b, k)})" for k, v in a.model_dump().items()
-            if getattr(b, k) != v]
     raise ValueError(
         f"the churn model ({churn_from}) and the value model ({value_from}) were trained "
-        f"with other feature settings: {', '.join(diff[:4])}; they cannot score together. "
-        f"{fix}"
+        f"with other feature settings: {feature_settings_diff(a, b, 'value model')}; they "
+        f"cannot score together. {fix}"
     )
+
+
+def feature_settings_diff(a: FeatureConfig, b: FeatureConfig, b_label: str) -> str:
+    """The settings where ``a`` and ``b`` differ (at most four), as ``"name <a> (<b_label>
+    <b>)"`` joined by commas."""
+    diff = [f"{k} {v} ({b_label} {getattr(b, k)})" for k, v in a.model_dump().items()
+            if getattr(b, k) != v]
+    return ", ".join(diff[:4])
 
 
 def model_feature_names(config: FeatureConfig | None = None) -> list[str]:

@@ -144,6 +144,10 @@ def _horizons(config: TrainConfig) -> dict[str, int]:
             "value": config.features.clv_horizon_days}
 
 
+#: The command-line flag that sets each label's horizon (named in errors).
+HORIZON_FLAGS = {"churn": "--churn-horizon-days", "value": "--clv-horizon-days"}
+
+
 def evaluation_cutoffs(first_event: Any, as_of: pd.Timestamp, config: TrainConfig
                        ) -> dict[str, pd.Timestamp]:
     """The cutoff of the most recent fully observed snapshot of each label (``"churn"``,
@@ -165,7 +169,6 @@ def _check_history(tx: Transactions, as_of: pd.Timestamp, config: TrainConfig,
     first = pd.Timestamp(tx.report.first_event)
     every = config.features.snapshot_every_days
     evals = evaluation_cutoffs(first, as_of, config)
-    flags = {"churn": "--churn-horizon-days", "value": "--clv-horizon-days"}
     for kind, h in _horizons(config).items():
         # snapshots every `every` days back from the cutoff minus the shorter horizon, the
         # earliest more than `every` days after the first event (`snapshot_cutoffs`)
@@ -179,7 +182,7 @@ def _check_history(tx: Transactions, as_of: pd.Timestamp, config: TrainConfig,
                    f"{cut.date()} ({flag} {as_of.date()} minus the horizon), which needs "
                    f"about {need + h} days of history before {flag} in all")
             raise DataValidationError(
-                f"{flags[kind]} {h} is too long for the history: the data before "
+                f"{HORIZON_FLAGS[kind]} {h} is too long for the history: the data before "
                 f"{cut.date()} ({what}) covers {(cut - first).days} days from {first.date()}, "
                 f"and a fit needs two snapshots {every} days apart whose {h}-day outcome "
                 f"windows end by then, the earliest more than {every} days after the first "

@@ -30,7 +30,7 @@ What a training run logs (`log_training`):
 The champion rule (``promote``): ``"auto"`` gives a new version the ``champion`` alias only if
 its settings beat the current champion's on this run's evaluation snapshot, both fit as if
 today were the evaluation cutoff on this run's data and scored on the outcomes after it
-(`_champion_score`; the champion's registered model itself was fit on outcomes up to its own
+(`_refit_score`; the champion's registered model itself was fit on outcomes up to its own
 as-of date, which can overlap this window): churn by ROC-AUC, ties broken by the Brier score;
 CLV by normalized Gini. With the champion's settings unchanged (a scheduled retrain) the
 scores are equal and the version trained on later data wins. With no champion yet the new
@@ -74,6 +74,7 @@ from training.models import (
     ChurnModel,
     ValueModel,
     check_same_feature_settings,
+    feature_settings_diff,
 )
 from training.pipeline import _timed
 
@@ -746,36 +747,27 @@ def _comparable(kind: str, champion: ChurnModel | ValueModel, result: TrainResul
     if theirs != ours:
         return f"it predicts a {theirs}-day horizon, this run {ours} days"
     if theirs_f != ours_f:
-        diff = [f"{k} {v} (this run {getattr(ours_f, k)})"
-                for k, v in theirs_f.model_dump().items() if getattr(ours_f, k) != v]
-        return f"it was trained with other feature settings: {', '.join(diff[:4])}"
+        return ("it was trained with other feature settings: "
+                f"{feature_settings_diff(theirs_f, ours_f, 'this run')}")
     return None
 
 
-def _champion_score(kind: str, champion: ChurnModel | ValueModel, champion_as_of: str,
-                    result: TrainResult, metrics: Sequence[str]
-                    ) -> tuple[dict[str, float], str]:
+def _refit_score(kind: str, champion: ChurnModel | ValueModel, result: TrainResult,
+                 metrics: Sequence[str]) -> dict[str, float]:
     """The champion's settings scored as this run's are: fit as if today were the
     evaluation cutoff, on this run's data (`TrainResult.eval_frames`), then scored on the
-    outcomes after it. Returns the scores and how they were obtained.
+    outcomes after it.
 
     Not the champion's registered model itself: it was fit on outcomes up to its own
     as-of date, which for a champion trained less than a horizon ago overlap this run's
-    evaluation window, so it would be scored on outcomes it had learned from. With the
-    same settings as this run, the fit is this run's evaluation model (the same data and
-    settings give the same model), so the scores are equal."""
-    if champion.config == _eval_model(result, kind).config:
-        model = _eval_model(result, kind)
-        how = (f"the same settings as this run, champion as of {champion_as_of[:10]}, this "
-               f"run as of {pd.Timestamp(result.models.as_of):%Y-%m-%d}")
+    evaluation window, so it would be scored on outcomes it had learned from. (With this
+    run's own settings the fit would be this run's evaluation model: `_decide` skips it.)"""
+    frame = result.eval_frames[EVAL_KEY[kind]]
+    if kind == "churn":
+        model = ChurnModel(champion.config).fit(frame)
     else:
-        frame = result.eval_frames[EVAL_KEY[kind]]
-        if kind == "churn":
-            model = ChurnModel(champion.config).fit(frame)
-        else:
-            model = ValueModel(champion.config).fit(frame, _eval_rows(result, kind))
-        how = "its settings fit at the evaluation cutoff on this run's data"
-    return {m: _score(kind, m, result, model) for m in metrics}, how
+        model = ValueModel(champion.config).fit(frame, _eval_rows(result, kind))
+    return {m: _score(kind, m, result, model) for m in metrics}
 
 
 def _champion_version(client: MlflowClient, kind: str) -> str | None:
@@ -792,7 +784,7 @@ def _champion_version(client: MlflowClient, kind: str) -> str | None:
 def _decide(client: MlflowClient, kind: str, result: TrainResult, promote: str
             ) -> dict[str, Any]:
     """Compare the new settings with the current champion's on this run's evaluation
-    snapshot, each fit as if today were the evaluation cutoff (`_champion_score`), and
+    snapshot, each fit as if today were the evaluation cutoff (`_refit_score`), and
     decide whether the new version becomes champion: when it scores better, or, with the
     same settings (equal scores by construction), when it was trained on later data."""
     metric = PRIMARY_METRIC[kind]
@@ -805,8 +797,7 @@ def _decide(client: MlflowClient, kind: str, result: TrainResult, promote: str
                                 "champion_version": _champion_version(client, kind)}
     cv = decision["champion_version"]
     reason = None
-    how = ""
-    same_settings_newer = False
+    same_settings = False
     if cv is not None:
         with tempfile.TemporaryDirectory(prefix="lifecast-champion-") as tmp:
             folder = _download_version(kind, cv, Path(tmp))
@@ -816,12 +807,10 @@ def _decide(client: MlflowClient, kind: str, result: TrainResult, promote: str
                               if manifest_path.is_file() else "")
         reason = _comparable(kind, champion, result)
         if reason is None:
-            decision["champion"], how = _champion_score(kind, champion, champion_as_of,
-                                                        result, list(new))
-            same_settings_newer = (champion.config == new_model.config
-                                   and bool(champion_as_of)
-                                   and pd.Timestamp(result.models.as_of)
-                                   > pd.Timestamp(champion_as_of))
+            # the same settings on the same data give the same model: no refit
+            same_settings = champion.config == new_model.config
+            decision["champion"] = (dict(new) if same_settings
+                                    else _refit_score(kind, champion, result, list(new)))
 
     old = decision["champion"]
     if cv is None:
@@ -831,10 +820,12 @@ def _decide(client: MlflowClient, kind: str, result: TrainResult, promote: str
         promoted = promote == "always"
         message = (f"champion v{cv} cannot be scored on this snapshot: {reason} "
                    f"(new {metric} {new[metric]:.3f})")
-    elif champion.config == new_model.config:
-        better = same_settings_newer
+    elif same_settings:
+        as_of = pd.Timestamp(result.models.as_of)
+        better = bool(champion_as_of) and as_of > pd.Timestamp(champion_as_of)
         promoted = promote == "always" or (promote == "auto" and better)
-        message = (f"{metric} {new[metric]:.3f} for both ({how}): "
+        message = (f"{metric} {new[metric]:.3f} for both (the same settings as this run, "
+                   f"champion as of {champion_as_of[:10]}, this run as of {as_of:%Y-%m-%d}): "
                    + ("trained on later data" if better else "not trained on later data"))
     else:
         a, b = _fmt_pair(new[metric], old[metric])
@@ -847,7 +838,7 @@ def _decide(client: MlflowClient, kind: str, result: TrainResult, promote: str
                 new[metric], old[metric], rel_tol=1e-9, abs_tol=1e-12)
             cmp = f"{metric} {a} {'>' if better else '<='} {b}"
         promoted = promote == "always" or (promote == "auto" and better)
-        message = f"{cmp} (champion: {how})"
+        message = f"{cmp} (champion: its settings fit at the evaluation cutoff on this run's data)"
     if promote == "auto":
         prefix = "promoted" if promoted else f"kept champion v{cv}"
     elif promote == "always":
@@ -1038,16 +1029,15 @@ def load_champions(dst: Path | str | None = None) -> FittedModels:
     folders = {kind: champion_artifacts(kind, dst) for kind in KINDS}
     churn = ChurnModel.load(folders["churn"])
     value = ValueModel.load(folders["clv"])
-    runs = {kind: json.loads((folders[kind] / _MANIFEST_FILE).read_text()).get("run_id")
-            for kind in KINDS}
+    manifests = {kind: json.loads((folders[kind] / _MANIFEST_FILE).read_text())
+                 for kind in KINDS}
     check_same_feature_settings(
-        churn, value, f"{MODEL_NAMES['churn']} champion, run {runs['churn']}",
-        f"{MODEL_NAMES['clv']} champion, run {runs['clv']}",
+        churn, value, f"{MODEL_NAMES['churn']} champion, run {manifests['churn'].get('run_id')}",
+        f"{MODEL_NAMES['clv']} champion, run {manifests['clv'].get('run_id')}",
         "Make both champions come from one run: `lifecast promote --run <run id>`")
     segmenter: RFMSegmenter = RFMSegmenter.load(folders["churn"] / _SEGMENTER_FILE)
-    manifest = json.loads((folders["churn"] / _MANIFEST_FILE).read_text())
-    versions = {kind: json.loads((folders[kind] / _MANIFEST_FILE).read_text())["version"]
-                for kind in KINDS}
+    manifest = manifests["churn"]
+    versions = {kind: manifests[kind]["version"] for kind in KINDS}
     return FittedModels(
         churn=churn,
         value=value,

@@ -18,9 +18,9 @@ The objective is time-based only: the training frame is built once at the earlie
 `training.pipeline.train`'s two evaluation cutoffs (features, labels and the BG/NBD +
 Gamma-Gamma baseline features, customers per snapshot sampled as ``train`` samples them), so
 that no trial sees the outcomes `train` will evaluate the chosen settings on; the most recent
-labelled snapshot of each label is held out, both models are fit on the snapshots before it with the
-trial's parameters (the latest of those validates early stopping and calibration, as always)
-and scored on the held-out snapshot. A trial's score is
+labelled snapshot of each label is held out, both models are fit on the snapshots before it
+with the trial's parameters (the latest of those validates early stopping and calibration, as
+always) and scored on the held-out snapshot. A trial's score is
 
     objective = ROC-AUC of churn + normalized Gini of value          (maximized)
 
@@ -58,7 +58,9 @@ from features.pipeline import build_training_frame
 from training.metrics import normalized_gini, roc_auc
 from training.models import ChurnModel, TrainConfig, ValueModel, add_baseline_features
 from training.pipeline import (
+    HORIZON_FLAGS,
     _check_history,
+    _horizons,
     _labelled_cutoffs,
     _load,
     default_as_of,
@@ -146,8 +148,8 @@ def prepare(
     _check_history(tx, cut, config, evaluate=True)
     fcfg = config.features
     tune_cut = min(evaluation_cutoffs(tx.report.first_event, cut, config).values())
-    for name, h in (("--churn-horizon-days", fcfg.churn_horizon_days),
-                    ("--clv-horizon-days", fcfg.clv_horizon_days)):
+    for kind, h in _horizons(config).items():
+        name = HORIZON_FLAGS[kind]
         n = len(_labelled_cutoffs(tx.report.first_event, tune_cut, h, config))
         if n < 3:  # one to fit on, one to validate on, one to score the trials on
             raise DataValidationError(
