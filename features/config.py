@@ -107,6 +107,25 @@ class ColumnMapping(BaseModel):
         except ValidationError as exc:
             raise ValueError(f"mapping file {path}: {_pydantic_message(exc)}") from None
 
+    @classmethod
+    def coerce(cls, value: ColumnMapping | dict | None) -> ColumnMapping:
+        """``value`` as a mapping: itself, the default (contract names) for None, or a dict
+        of contract column -> user column checked like a YAML file (`ValueError` naming the
+        unknown or bad key)."""
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, dict):
+            try:
+                return cls(**value)
+            except ValidationError as exc:
+                raise ValueError(f"column mapping: {_pydantic_message(exc)}") from None
+        raise TypeError(
+            f"mapping must be a ColumnMapping, a dict of contract column -> your column "
+            f"(e.g. {{'customer_id': 'CustomerID'}}) or None, got {type(value).__name__}"
+        )
+
     def with_overrides(self, **overrides: Any) -> ColumnMapping:
         """A copy with the given (non-None) fields replaced, as command-line flags do."""
         data = self.model_dump()

@@ -265,7 +265,7 @@ class Transactions:
 
 def load_transactions(
     source: Any,
-    mapping: ColumnMapping | None = None,
+    mapping: ColumnMapping | dict | None = None,
     *,
     table: str | None = None,
     backend: DuckDBBackend | None = None,
@@ -279,12 +279,15 @@ def load_transactions(
     a fresh in-memory one by default). Rows without a customer id are dropped and counted;
     every other row is kept.
 
+    ``mapping`` is a `ColumnMapping`, a dict with the same keys (contract column -> your
+    column), or None when the data already uses the contract's names.
+
     Raises `DataValidationError` naming the source, the column, examples and row numbers,
     and what to do, for: a missing file or unknown file type, missing columns, a bad amount
     expression, an empty source, no rows with a customer id, unparseable or missing
     timestamps, non-numeric or missing amounts and non-numeric quantity/discount.
     """
-    mapping = mapping or ColumnMapping()
+    mapping = ColumnMapping.coerce(mapping)
     if backend is None and isinstance(source, ibis.Table):
         backend = _ibis_owner(source)  # query the table where it lives
     con = backend if backend is not None else _new_backend()

@@ -52,8 +52,6 @@ def as_transactions(
     """Load (and validate) unless already loaded."""
     if isinstance(transactions, Transactions):
         return transactions
-    if isinstance(mapping, dict):
-        mapping = ColumnMapping(**mapping)
     return load_transactions(transactions, mapping, table=table)
 
 
@@ -209,9 +207,27 @@ def build_labels(
     With ``require_observed`` (the default) the data must cover the whole window (its
     last event at or after the window's last day); otherwise the labels would call a
     customer churned merely because the log ends.
+
+    Raises `features.contract.DataValidationError` for a cutoff at or before the first
+    purchase (no customers), a window the data does not cover, or a ``horizon_days`` that
+    is not a positive whole number.
     """
-    return _labels(as_transactions(transactions, mapping), cutoff, horizon_days,
-                   require_observed=require_observed)
+    tx = as_transactions(transactions, mapping)
+    check_cutoff(tx.report, cutoff)  # no customers before it: an error, not an empty frame
+    return _labels(tx, cutoff, horizon_days, require_observed=require_observed)
+
+
+def check_horizon(horizon_days: Any, name: str = "horizon_days") -> int:
+    """``horizon_days`` as a positive whole number of days, else `DataValidationError`
+    naming ``name`` (a text "30" or a float 30.5 is refused, not silently converted)."""
+    if isinstance(horizon_days, bool) or not isinstance(horizon_days, (int, np.integer)):
+        raise DataValidationError(
+            f"{name} must be a whole number of days such as 90, got {horizon_days!r} "
+            f"({type(horizon_days).__name__})"
+        )
+    if horizon_days <= 0:
+        raise DataValidationError(f"{name} must be positive, got {horizon_days}")
+    return int(horizon_days)
 
 
 def _labels(tx: Transactions, cutoff: Any, horizon_days: int, *, require_observed: bool,
@@ -220,8 +236,7 @@ def _labels(tx: Transactions, cutoff: Any, horizon_days: int, *, require_observe
     from its pre-summed order lines instead of the rows (the same labels: every row of a
     line is on the same side of the cutoff and of the window's end)."""
     cut = parse_cutoff(cutoff)
-    if horizon_days <= 0:
-        raise DataValidationError(f"horizon_days must be positive, got {horizon_days}")
+    horizon_days = check_horizon(horizon_days)
     end = cut + pd.Timedelta(days=horizon_days)
     last = pd.Timestamp(tx.report.last_event)
     if require_observed and last < end - pd.Timedelta(days=1):

@@ -179,6 +179,32 @@ def test_labels_refuse_unobserved_window():
         build_labels(tiny_log(), CUTOFF, 90, mapping=MAPPING)
 
 
+def test_labels_refuse_a_cutoff_with_no_customers_before_it():
+    # an empty frame would look like "nobody bought": say there is no population instead
+    with pytest.raises(DataValidationError, match="at or before the first event"):
+        build_labels(tiny_log(), "2019-01-01", 30, mapping=MAPPING, require_observed=False)
+
+
+@pytest.mark.parametrize("horizon", ["30", 30.0, 0, -5, True, None])
+def test_labels_refuse_a_horizon_that_is_not_a_positive_whole_number(horizon):
+    with pytest.raises(DataValidationError, match="horizon_days must be"):
+        build_labels(tiny_log(), CUTOFF, horizon, mapping=MAPPING, require_observed=False)
+
+
+def test_a_mapping_may_be_a_plain_dict_everywhere():
+    from features.contract import load_transactions
+
+    as_dict = MAPPING.model_dump(exclude_none=True)
+    tx = load_transactions(tiny_log(), as_dict)
+    assert tx.report.rows_read == len(tiny_log())
+    pd.testing.assert_frame_equal(build_features(tiny_log(), CUTOFF, as_dict),
+                                  build_features(tiny_log(), CUTOFF, MAPPING))
+    with pytest.raises(ValueError, match="unknown key 'customer'"):
+        load_transactions(tiny_log(), {"customer": "cust"})
+    with pytest.raises(TypeError, match="mapping must be a ColumnMapping, a dict"):
+        load_transactions(tiny_log(), ["cust"])
+
+
 def test_snapshot_cutoffs_never_cross_the_training_cutoff():
     cfg = FeatureConfig(snapshot_every_days=30, n_snapshots=12)
     first, train = pd.Timestamp("2020-01-01"), pd.Timestamp("2021-01-01")
