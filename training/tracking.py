@@ -68,13 +68,17 @@ from mlflow.data.dataset_source import DatasetSource
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel
 
+from features.config import FeatureConfig
+from features.registry import feature_names
 from training.metrics import brier, normalized_gini, roc_auc
 from training.models import (
     BASELINE_FEATURES,
     ChurnModel,
     ValueModel,
+    add_baseline_features,
     check_same_feature_settings,
     feature_settings_diff,
+    model_feature_names,
 )
 from training.pipeline import _timed
 
@@ -100,6 +104,7 @@ __all__ = [
     "list_models",
     "load_champions",
     "log_training",
+    "model_input",
     "promote_run",
 ]
 
@@ -314,6 +319,44 @@ class LifecastModel(PythonModel):
             values = self.model_.predict(model_input)
         return pd.Series(np.asarray(values, dtype="float64"), index=model_input.index,
                          name=OUTPUT_NAME[self.kind])
+
+
+#: The key of the registered model's metadata that holds its `FeatureConfig` (`model_input`).
+FEATURE_CONFIG_KEY = "feature_config"
+
+
+def model_input(features: pd.DataFrame, settings: FeatureConfig | Any) -> pd.DataFrame:
+    """What a registered model's pyfunc takes, from `features.build_features` output.
+
+    Features of one or more cutoffs in (one row per (cutoff, customer)); the same rows out,
+    with the baseline features (``bg_*``, ``gg_expected_value``) added when they are missing
+    (BG/NBD + Gamma-Gamma fitted per cutoff on these rows, as `lifecast score` does, so pass
+    the whole population, not a sample) and every model column as float64: MLflow's schema
+    check refuses pandas' nullable ``Int64`` (``customer_id`` and ``cutoff`` are kept in
+    front; the pyfunc ignores them). ``settings`` is the models' `FeatureConfig` or a loaded
+    pyfunc model (``mlflow.pyfunc.load_model("models:/lifecast-churn@champion")``), whose
+    metadata records the settings it was trained with: the baseline features depend on the
+    horizons."""
+    if not isinstance(settings, FeatureConfig):
+        meta = getattr(getattr(settings, "metadata", None), "metadata", None) or {}
+        if FEATURE_CONFIG_KEY not in meta:
+            raise ValueError(
+                "model_input needs the models' FeatureConfig: pass it, or a pyfunc model "
+                "loaded with mlflow.pyfunc.load_model from a lifecast run (this model's "
+                "metadata records no feature settings; it was logged before they were)"
+            )
+        settings = FeatureConfig(**meta[FEATURE_CONFIG_KEY])
+    missing = [c for c in feature_names(settings) if c not in features.columns]
+    if missing:
+        raise ValueError(
+            f"model_input takes features.build_features output; these model columns are "
+            f"missing: {', '.join(missing)}"
+        )
+    if not all(c in features.columns for c in BASELINE_FEATURES):
+        features = add_baseline_features(features, settings)
+    names = model_feature_names(settings)
+    keys = [c for c in ("customer_id", "cutoff") if c in features.columns]
+    return pd.concat([features[keys], features[names].astype("float64")], axis=1)
 
 
 def _load_native(kind: str, folder: Path) -> ChurnModel | ValueModel:
@@ -692,7 +735,8 @@ def _log_model(kind: str, result: TrainResult, run_id: str, source: str, folder:
         registered_model_name=MODEL_NAMES[kind],
         pip_requirements=_pip_requirements(),
         metadata={"lifecast_kind": kind, "as_of": manifest["as_of"],
-                  "eval_cutoff": eval_cutoff},
+                  "eval_cutoff": eval_cutoff,
+                  FEATURE_CONFIG_KEY: result.models.config.features.model_dump(mode="json")},
     )
     version = str(info.registered_model_version)
     client = mlflow.MlflowClient()

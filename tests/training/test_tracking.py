@@ -276,6 +276,34 @@ def test_champion_pyfunc_returns_probabilities(first_run, trained) -> None:
     np.testing.assert_allclose(v.to_numpy(), trained.models.value.predict(ev_v), rtol=1e-12)
 
 
+def test_the_pyfunc_scores_build_features_output_as_lifecast_scores(first_run) -> None:
+    """A user's own pipeline: build_features at a cutoff, `model_input`, the registered
+    pyfunc, and the same predictions as `predict_customers` on the same customers."""
+    from features import build_features
+    from training.models import add_baseline_features
+
+    assert _aliases("churn")["champion"] == first_run.versions["churn"]
+    feats = build_features(_transactions(), AS_OF, config=FEATURES)
+    assert any(str(feats[c].dtype) == "Int64" for c in feats.columns)
+    churn = mlflow.pyfunc.load_model("models:/lifecast-churn@champion")
+    clv = mlflow.pyfunc.load_model("models:/lifecast-clv@champion")
+    with pytest.raises(Exception, match="Int64"):  # why model_input exists
+        churn.predict(add_baseline_features(feats, FEATURES))
+    X = tracking.model_input(feats, churn)  # the settings come from the model's metadata
+    assert list(X.columns[:2]) == ["customer_id", "cutoff"] and len(X) == len(feats)
+    pd.testing.assert_frame_equal(X, tracking.model_input(feats, FEATURES))
+    expected = predict_customers(tracking.load_champions(), add_baseline_features(
+        feats, FEATURES), pd.Timestamp(AS_OF))
+    np.testing.assert_allclose(churn.predict(X).to_numpy(),
+                               expected["churn_probability"].to_numpy(), rtol=1e-9)
+    np.testing.assert_allclose(clv.predict(X).to_numpy(),
+                               expected["predicted_clv"].to_numpy(), rtol=1e-9)
+    with pytest.raises(ValueError, match="these model columns are missing: frequency"):
+        tracking.model_input(feats.drop(columns="frequency"), FEATURES)
+    with pytest.raises(ValueError, match="needs the models' FeatureConfig"):
+        tracking.model_input(feats, object())
+
+
 def test_champion_rule(first_run, trained, monkeypatch: pytest.MonkeyPatch) -> None:
     """A worse churn model does not replace the champion under "auto"; "always" does;
     promote_run puts the first run back."""
