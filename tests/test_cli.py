@@ -412,13 +412,17 @@ def test_help_reflows_at_80_columns():
 def test_backtest_past_the_data_says_until_when_each_horizon_needs_data(
         sales_csv, tmp_path, monkeypatch):
     """The data ends 2021-02-01 09:00: a 20-day churn window from 2021-01-15 needs it until
-    2021-02-04, the 10-day value window is covered."""
+    2021-02-04, the 10-day value window is covered (its metrics are printed; the log is
+    too small to train on, so `backtest` is replaced by its result)."""
     from training import pipeline
+
+    value = pd.DataFrame({"target": ["value"], "metric": ["normalized_gini"], "model": [0.5],
+                          "baseline": [0.25], "better": ["model"]})
 
     def fake_backtest(tx, cutoff, mapping=None, config=None, *, table=None):
         assert config.features.churn_horizon_days == 20
-        return pipeline.BacktestResult(pd.DataFrame({"customer_id": ["a", "b"]}), None,
-                                       pd.Timestamp(cutoff), False, None)
+        return pipeline.BacktestResult(pd.DataFrame({"customer_id": ["a", "b"]}), value,
+                                       pd.Timestamp(cutoff), False, None, ("value",))
 
     monkeypatch.setattr(pipeline, "backtest", fake_backtest)
     out = tmp_path / "bt.csv"
@@ -428,7 +432,9 @@ def test_backtest_past_the_data_says_until_when_each_horizon_needs_data(
     assert res.exit_code == 0, res.output
     assert res.stdout.splitlines() == [
         f"wrote 2 customers to {out}",
-        "no metrics: the data does not cover the outcome windows after the cutoff 2021-01-15:",
+        *value.to_string(index=False, float_format=lambda v: f"{v:.4f}").splitlines(),
+        "no churn metrics: the data does not cover the outcome windows after the cutoff "
+        "2021-01-15:",
         "  --churn-horizon-days 20: needs data until 2021-02-04 (cutoff + 20 days); "
         "the data ends 2021-02-01 09:00",
         "for metrics, use --cutoff 2021-01-13 or earlier, or shorter horizons",

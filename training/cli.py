@@ -159,10 +159,11 @@ def _when(ts: pd.Timestamp) -> str:
 
 
 def uncovered_message(cutoff: Any, last_event: Any, first_event: Any,
-                      features: FeatureConfig) -> str:
-    """Why a backtest has no metrics: for each horizon whose outcome window (cutoff +
-    horizon) runs past the last event, until when the data would need to reach; and the
-    latest cutoff that would give metrics with these horizons.
+                      features: FeatureConfig, evaluated: tuple[str, ...] = ()) -> str:
+    """Why a backtest has no metrics, or none for a label (``evaluated`` names those it
+    has): for each horizon whose outcome window (cutoff + horizon) runs past the last
+    event, until when the data would need to reach; and the latest cutoff that would give
+    every metric with these horizons.
 
     The rule is `training.pipeline.window_observed`, the one `backtest` applies.
     """
@@ -171,7 +172,9 @@ def uncovered_message(cutoff: Any, last_event: Any, first_event: Any,
     from training.pipeline import window_observed
 
     cut, last = pd.Timestamp(cutoff), pd.Timestamp(last_event)
-    lines = [f"no metrics: the data does not cover the outcome windows after the cutoff "
+    missing = [k for k in ("churn", "value") if k not in evaluated]
+    what = "metrics" if not evaluated else f"{' or '.join(missing)} metrics"
+    lines = [f"no {what}: the data does not cover the outcome windows after the cutoff "
              f"{_when(cut)}:"]
     horizons = (("--churn-horizon-days", features.churn_horizon_days),
                 ("--clv-horizon-days", features.clv_horizon_days))
@@ -247,11 +250,12 @@ def register(app: typer.Typer) -> None:
         result = backtest(tx, cutoff, config=config)
         write_frame(result.predictions, out)
         typer.echo(f"wrote {len(result.predictions):,} customers to {out}")
-        if result.metrics is None:
-            typer.echo(uncovered_message(result.cutoff, tx.report.last_event,
-                                         tx.report.first_event, config.features))
-        else:
+        if result.metrics is not None:
             typer.echo(result.metrics.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        if not result.observed:
+            typer.echo(uncovered_message(result.cutoff, tx.report.last_event,
+                                         tx.report.first_event, config.features,
+                                         result.evaluated))
 
     @command(app, "score", mlflow=True)
     @with_mapping

@@ -88,10 +88,16 @@ class TrainResult:
 @dataclass
 class BacktestResult:
     predictions: pd.DataFrame  # one row per customer (the backtest output columns)
-    metrics: pd.DataFrame | None  # metric, model, baseline, better, target; None if unobserved
+    #: target, metric, model, baseline, better: one block per evaluated label; None if none
+    metrics: pd.DataFrame | None
     cutoff: pd.Timestamp
-    observed: bool
+    observed: bool  # every outcome window covered by the data
     models: FittedModels
+    #: the labels whose outcome window the data covers, evaluated: "churn", "value"
+    evaluated: tuple[str, ...] = ()
+    #: wall seconds per stage (load, training_frame, baseline_features, population, the
+    #: fits, the predictions, evaluation)
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def window_observed(last_event: Any, cutoff: Any, horizon_days: int) -> bool:
@@ -450,49 +456,65 @@ def backtest(
     *,
     table: str | None = None,
 ) -> BacktestResult:
-    """Train as if today were ``cutoff``, score every customer active before it, and, when
-    the data covers the outcome windows, compare with the actual outcomes and with the
-    BG/NBD + Gamma-Gamma baseline fitted on the same data.
+    """Train as if today were ``cutoff``, score every customer active before it, and, for
+    each label whose outcome window the data covers, compare with the actual outcomes and
+    with the BG/NBD + Gamma-Gamma baseline fitted on the same data.
 
     Transactions in; one row per customer out (``customer_id, churn_probability,
-    predicted_clv, expected_orders, p_alive, segment, lifecycle_stage`` plus the actual
-    outcomes and the baseline's predictions when observed).
+    predicted_clv, expected_orders, p_alive, segment, lifecycle_stage`` plus the baseline's
+    predictions, and ``churned`` / ``actual_value`` and their metrics when the churn /
+    value window is observed: a short churn horizon is evaluated even when a longer value
+    horizon runs past the data).
     """
     config = config or TrainConfig()
-    tx = _load(transactions, mapping, table)
-    cut = parse_cutoff(cutoff)
-    _check_history(tx, cut, config, "--cutoff")
-    _warn_if_under_a_year(tx, cut)
+    timings: dict[str, float] = {}
+    with _timed(timings, "load"):
+        tx = _load(transactions, mapping, table)
+        cut = parse_cutoff(cutoff)
+        _check_history(tx, cut, config, "--cutoff")
+        _warn_if_under_a_year(tx, cut)
     fcfg = config.features
-    frame = sample_snapshots(build_training_frame(tx, cut, config=fcfg), config)
-    frame = add_baseline_features(frame, fcfg)
-    population = add_baseline_features(build_features(tx, cut, config=fcfg), fcfg)
-    models = fit_models(frame, population, config, cut)
-    out = predict_customers(models, population, cut)
+    with _timed(timings, "training_frame"):
+        frame = sample_snapshots(build_training_frame(tx, cut, config=fcfg), config)
+    with _timed(timings, "baseline_features"):
+        frame = add_baseline_features(frame, fcfg)
+    with _timed(timings, "population"):
+        population = add_baseline_features(build_features(tx, cut, config=fcfg), fcfg)
+    models = fit_models(frame, population, config, cut, timings=timings)
+    out = predict_customers(models, population, cut, timings=timings)
     keep = ["customer_id", "churn_probability", "churn_risk", "predicted_clv",
             "expected_orders", "p_alive", "segment", "lifecycle_stage", "value_at_risk"]
     preds = out[keep].copy()
     preds["baseline_churn_probability"] = population["bg_p_no_purchase"].to_numpy()
     preds["baseline_clv"] = population["bg_clv"].to_numpy()
 
-    observed = all(window_observed(tx.report.last_event, cut, h)
-                   for h in (fcfg.churn_horizon_days, fcfg.clv_horizon_days))
-    metrics = None
-    if observed:
-        lc = build_labels(tx, cut, fcfg.churn_horizon_days)
-        lv = build_labels(tx, cut, fcfg.clv_horizon_days)
-        preds = preds.merge(lc[["customer_id", "churned"]], on="customer_id", how="left")
-        preds = preds.merge(
-            lv[["customer_id", "future_value"]].rename(columns={"future_value": "actual_value"}),
-            on="customer_id", how="left",
-        )
-        tables = _eval_tables(
-            preds["churned"].astype(int).to_numpy(), preds["churn_probability"].to_numpy(),
-            preds["baseline_churn_probability"].to_numpy(),
-            preds["actual_value"].to_numpy(dtype="float64"),
-            preds["predicted_clv"].to_numpy(), preds["baseline_clv"].to_numpy(),
-        )
-        metrics = pd.concat(
-            [t.assign(target=k) for k, t in tables.items()], ignore_index=True
-        )[["target", "metric", "model", "baseline", "better"]]
-    return BacktestResult(preds, metrics, cut, observed, models)
+    horizons = {"churn": fcfg.churn_horizon_days, "value": fcfg.clv_horizon_days}
+    covered = {k: window_observed(tx.report.last_event, cut, h) for k, h in horizons.items()}
+    tables: dict[str, pd.DataFrame] = {}
+    with _timed(timings, "evaluation"):
+        labels: dict[int, pd.DataFrame] = {}  # one query when both horizons are equal
+        for kind in (k for k in horizons if covered[k]):
+            h = horizons[kind]
+            if h not in labels:
+                labels[h] = build_labels(tx, cut, h)
+            if kind == "churn":
+                preds = preds.merge(labels[h][["customer_id", "churned"]], on="customer_id",
+                                    how="left", validate="one_to_one")
+                y = preds["churned"].astype(int).to_numpy()
+                tables[kind] = compare_table(
+                    churn_metrics(y, preds["churn_probability"].to_numpy()),
+                    churn_metrics(y, preds["baseline_churn_probability"].to_numpy()))
+            else:
+                preds = preds.merge(
+                    labels[h][["customer_id", "future_value"]].rename(
+                        columns={"future_value": "actual_value"}),
+                    on="customer_id", how="left", validate="one_to_one")
+                yv = preds["actual_value"].to_numpy(dtype="float64")
+                tables[kind] = compare_table(
+                    value_metrics(yv, preds["predicted_clv"].to_numpy()),
+                    value_metrics(yv, preds["baseline_clv"].to_numpy()))
+    metrics = pd.concat(
+        [t.assign(target=k) for k, t in tables.items()], ignore_index=True
+    )[["target", "metric", "model", "baseline", "better"]] if tables else None
+    return BacktestResult(preds, metrics, cut, all(covered.values()), models,
+                          evaluated=tuple(tables), timings=timings)

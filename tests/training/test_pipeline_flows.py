@@ -7,7 +7,7 @@ import warnings
 import pandas as pd
 import pytest
 
-from features import FeatureConfig
+from features import FeatureConfig, build_labels
 from features.contract import DataValidationError
 from training.models import TrainConfig
 from training.pipeline import OUTPUT_COLUMNS, backtest, predict_customers, train
@@ -89,6 +89,28 @@ def test_backtest_without_observed_outcome_has_no_metrics(demo_transactions, dem
         result = backtest(demo_transactions, "2011-11-15", config=demo_config)
     assert not result.observed and result.metrics is None
     assert "churned" not in result.predictions.columns
+
+
+def test_backtest_evaluates_the_churn_window_the_data_covers(demo_transactions, demo_config):
+    """The demo log ends 2011-12-09: from 2011-10-15 a 45-day churn window is covered, a
+    90-day value window is not. Churn is evaluated (as a backtest with both at 45 days
+    evaluates it); value is not, and nothing says it was."""
+    features = demo_config.features.model_copy(update={"churn_horizon_days": 45})
+    config = demo_config.model_copy(update={"features": features})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = backtest(demo_transactions, "2011-10-15", config=config)
+    assert not result.observed and result.evaluated == ("churn",)
+    assert set(result.metrics["target"]) == {"churn"}
+    assert "churned" in result.predictions and "actual_value" not in result.predictions
+    # the churn labels are the real outcomes after the cutoff
+    labels = build_labels(demo_transactions, "2011-10-15", 45)
+    got = result.predictions.set_index("customer_id")["churned"]
+    pd.testing.assert_series_equal(got.sort_index(),
+                                   labels.set_index("customer_id")["churned"].sort_index(),
+                                   check_dtype=False, check_index_type=False)
+    assert {"load", "training_frame", "churn_fit", "value_fit", "evaluation"} <= set(
+        result.timings)
 
 
 def test_horizon_longer_than_history_is_a_clear_error(demo_transactions):
