@@ -745,6 +745,7 @@ def _log_model(kind: str, result: TrainResult, run_id: str, source: str, folder:
         "run_id": run_id,
         "as_of": manifest["as_of"],
         "eval_cutoff": eval_cutoff,
+        "horizon_days": str(_horizon_days(kind, result.models.config.features)),
         "primary_metric": metric,
         metric: f"{score:.6f}",
     }
@@ -949,12 +950,21 @@ def promote_run(run_id: str) -> dict[str, str]:
     return {kind: found[kind] for kind in KINDS if kind in found}
 
 
+#: The run parameter holding each kind's horizon (``features.<name>`` of the logged config).
+HORIZON_PARAM = {"churn": "features.churn_horizon_days", "clv": "features.clv_horizon_days"}
+
+
+def _horizon_days(kind: str, features: FeatureConfig) -> int:
+    """The outcome window ``kind``'s model predicts, in days."""
+    return features.churn_horizon_days if kind == "churn" else features.clv_horizon_days
+
+
 def _warn_if_horizon_changes(client: MlflowClient, kind: str, new: str, old: str) -> None:
     """Warn when a version promoted by hand predicts another horizon than the champion it
     replaces (its run's ``features.<kind>_horizon_days`` parameter): the scores served after
     the next `lifecast score` then mean something else ("no purchase in 90 days" instead of
     180). "auto" never does this: such a champion cannot be scored (`_comparable`)."""
-    param = "features.churn_horizon_days" if kind == "churn" else "features.clv_horizon_days"
+    param = HORIZON_PARAM[kind]
     name = MODEL_NAMES[kind]
     days = [client.get_run(client.get_model_version(name, v).run_id).data.params.get(param)
             for v in (new, old)]
@@ -973,16 +983,29 @@ def champion_versions() -> dict[str, str | None]:
     return {kind: _champion_version(client, kind) for kind in KINDS}
 
 
-LIST_COLUMNS = ["model", "version", "aliases", "run_id", "as_of", "eval_cutoff", "created",
-                "primary_metric", "score", "decision"]
+LIST_COLUMNS = ["model", "version", "aliases", "run_id", "as_of", "eval_cutoff", "horizon_days",
+                "created", "primary_metric", "score", "decision"]
 
 
 def list_models() -> pd.DataFrame:
     """One row per registered version of both models, newest first within each model:
-    ``model, version, aliases, run_id, as_of, eval_cutoff, created, primary_metric, score,
-    decision`` (``aliases`` comma-separated, ``created`` a UTC timestamp)."""
+    ``model, version, aliases, run_id, as_of, eval_cutoff, horizon_days, created,
+    primary_metric, score, decision`` (``aliases`` comma-separated, ``horizon_days`` the
+    outcome window the model predicts, ``created`` a UTC timestamp)."""
     client = _client()
     rows = []
+    run_params: dict[str, dict[str, str]] = {}
+
+    def horizon(kind: str, mv: Any, tags: dict[str, str]) -> float:
+        # a tag since session 12; versions logged before: their run's parameter
+        if "horizon_days" not in tags and mv.run_id not in run_params:
+            try:
+                run_params[mv.run_id] = client.get_run(mv.run_id).data.params
+            except MlflowException:  # the run was deleted
+                run_params[mv.run_id] = {}
+        days = tags.get("horizon_days") or run_params.get(mv.run_id, {}).get(HORIZON_PARAM[kind])
+        return int(days) if days else pd.NA
+
     for kind in KINDS:
         name = MODEL_NAMES[kind]
         found = client.search_model_versions(f"name='{name}'")
@@ -1003,12 +1026,13 @@ def list_models() -> pd.DataFrame:
                 "as_of": pd.Timestamp(tags["as_of"]) if tags.get("as_of") else pd.NaT,
                 "eval_cutoff": (pd.Timestamp(tags["eval_cutoff"]) if tags.get("eval_cutoff")
                                 else pd.NaT),
+                "horizon_days": horizon(kind, mv, tags),
                 "created": pd.Timestamp(int(mv.creation_timestamp), unit="ms", tz="UTC"),
                 "primary_metric": metric,
                 "score": float(score) if score is not None else np.nan,
                 "decision": tags.get("decision", ""),
             })
-    out = pd.DataFrame(rows, columns=LIST_COLUMNS)
+    out = pd.DataFrame(rows, columns=LIST_COLUMNS).astype({"horizon_days": "Int64"})
     if len(out):
         out = out.sort_values(["model", "version"], ascending=[True, False],
                               ignore_index=True)

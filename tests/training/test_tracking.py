@@ -484,6 +484,20 @@ def test_list_models(first_run) -> None:
     assert mine.loc["lifecast-clv", "as_of"] == pd.Timestamp(AS_OF)
     assert table["created"].dt.tz is not None
     assert (table["aliases"] == "champion").sum() == 2  # one champion per model
+    assert mine["horizon_days"].tolist() == [90, 90]
+    assert str(table["horizon_days"].dtype) == "Int64"
+
+
+def test_list_models_reads_the_horizon_of_versions_logged_without_its_tag(first_run) -> None:
+    client = mlflow.MlflowClient()
+    name, version = tracking.MODEL_NAMES["clv"], first_run.versions["clv"]
+    client.delete_model_version_tag(name, version, "horizon_days")
+    try:
+        table = tracking.list_models()
+        mine = table[(table["model"] == name) & (table["version"] == int(version))]
+        assert mine["horizon_days"].tolist() == [90]  # the run's features.clv_horizon_days
+    finally:
+        client.set_model_version_tag(name, version, "horizon_days", "90")
 
 
 def test_load_champions_round_trip(first_run, trained, tmp_path: Path) -> None:
