@@ -215,14 +215,17 @@ def register(app: typer.Typer) -> None:
 
         config = train_config(churn_h, clv_h)  # bad flags fail before anything is made
         configure(".")
+        tune_run = None
         if tune:
-            from training.tuning import tune_config
+            from training.tuning import last_tune_run_id, tune_config
 
             config = tune_config(source, mapping, as_of, config, n_trials=tune, table=table)
+            tune_run = last_tune_run_id()
         result = train(source, mapping, as_of, config, table=table)
-        summary = log_training(result, source=source, promote=promote)
+        summary = log_training(result, source=source, promote=promote, tune_run_id=tune_run)
         typer.echo(format_evaluation(result.evaluation, result.eval_cutoffs))
-        typer.echo(f"\nMLflow run {summary.run_id}")
+        typer.echo(f"\nMLflow run {summary.run_id}"
+                   + (f" (parameters from the --tune run {tune_run})" if tune_run else ""))
         for kind, version in summary.versions.items():
             typer.echo(f"  lifecast-{kind} v{version}: {summary.decision[kind]['message']}")
         if any(summary.promoted.values()):

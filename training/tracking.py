@@ -321,6 +321,9 @@ class LifecastModel(PythonModel):
                          name=OUTPUT_NAME[self.kind])
 
 
+#: Tags linking a training run and the ``--tune`` search it took its parameters from.
+TUNE_RUN_TAG, TRAIN_RUN_TAG = "lifecast.tune_run_id", "lifecast.train_run_id"
+
 #: The key of the registered model's metadata that holds its `FeatureConfig` (`model_input`).
 FEATURE_CONFIG_KEY = "feature_config"
 
@@ -375,11 +378,15 @@ def log_training(
     promote: str = "auto",
     experiment: str = DEFAULT_EXPERIMENT,
     run_name: str | None = None,
+    tune_run_id: str | None = None,
 ) -> RunSummary:
     """Log one training run, register both models and decide the champions.
 
     ``source`` describes where the transactions came from (a path, a table, ``"demo"``);
-    credentials in a URL are masked before it is logged. ``promote`` is ``"auto"`` (promote a
+    credentials in a URL are masked before it is logged. ``tune_run_id``: the ``tune`` run
+    whose best parameters this run trained with (`training.tuning.tune_config`); the two
+    runs are tagged with each other's id (``lifecast.tune_run_id``,
+    ``lifecast.train_run_id``). ``promote`` is ``"auto"`` (promote a
     version only if it beats the champion on this run's evaluation snapshot), ``"always"`` or
     ``"never"``. Returns the run id, the registered versions and the decisions.
     """
@@ -394,6 +401,9 @@ def log_training(
 
     with _quiet(), mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
         run_id = run.info.run_id
+        if tune_run_id is not None:
+            mlflow.set_tag(TUNE_RUN_TAG, tune_run_id)
+            client.set_tag(tune_run_id, TRAIN_RUN_TAG, run_id)
         with _timed(None, "mlflow parameters and metrics"):
             _log_params_and_data(result, source)
             _log_metrics(result)

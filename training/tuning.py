@@ -86,6 +86,8 @@ SEARCH_SPACE: dict[str, tuple[float, float, bool]] = {
 _INT_PARAMS = ("num_leaves", "max_depth", "min_child_samples")
 #: Name of the parent run started when no MLflow run is active.
 TUNE_RUN_NAME = "tune"
+#: The id of the last ``tune`` run `tune_config` started in this process (`last_tune_run_id`).
+_last_tune_run: str | None = None
 _INSTALL_HINT = "pip install 'lifecast[tune]'"
 
 
@@ -238,6 +240,13 @@ def _parent_run(parent_run_id: str | None, data: TuningData, n_trials: int, seed
         yield mlflow, run.info.run_id, experiment_id, True
 
 
+def last_tune_run_id() -> str | None:
+    """The ``tune`` run the last `tune_config` call in this process started, for linking
+    the training run that uses its parameters (`training.tracking.log_training`'s
+    ``tune_run_id``); None when it nested its trials under another run or logged nothing."""
+    return _last_tune_run
+
+
 def tune_config(
     transactions: Any,
     mapping: ColumnMapping | None,
@@ -283,6 +292,8 @@ def tune_config(
                                     study_name="lifecast-tune")
         study.optimize(objective, n_trials=n_trials)
         best = study.best_trial
+        global _last_tune_run
+        _last_tune_run = parent if own else None
         if own:  # the parent run "tune" is ours: it records the winner too
             mlflow.log_params({f"best_{k}": v for k, v in best.params.items()})
             mlflow.log_metrics({f"best_{k}": v for k, v in best.user_attrs["scores"].items()})

@@ -209,3 +209,30 @@ def test_nothing_is_logged_without_tracking(prepared: tuning.TuningData,
     _within_bounds(best)
     assert not mlflow.is_tracking_uri_set()
     assert mlflow.active_run() is None
+
+
+def test_a_tuned_training_run_and_its_tune_run_name_each_other(
+    transactions: pd.DataFrame, prepared: tuning.TuningData, store: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What `lifecast train --tune N` does: the search, then the training run with its
+    parameters, each run tagged with the other's id."""
+    from training.pipeline import train
+
+    monkeypatch.setattr(tuning, "prepare", lambda *args, **kwargs: prepared)
+    monkeypatch.setattr(tracking, "_log_plots", lambda result, folder: None)  # tested elsewhere
+    client = mlflow.MlflowClient()
+    experiment_id = tracking._experiment_id(tracking.DEFAULT_EXPERIMENT)
+    before = {r.info.run_id for r in _tune_runs(client, experiment_id)}
+    best = tuning.tune_config(transactions, None, AS_OF, CONFIG, n_trials=1)
+    tune_id = tuning.last_tune_run_id()
+    assert [r.info.run_id for r in _tune_runs(client, experiment_id)
+            if r.info.run_id not in before] == [tune_id]
+    summary = tracking.log_training(train(transactions, as_of=AS_OF, config=best),
+                                    source="synthetic", promote="never", tune_run_id=tune_id)
+    assert client.get_run(summary.run_id).data.tags[tracking.TUNE_RUN_TAG] == tune_id
+    assert client.get_run(tune_id).data.tags[tracking.TRAIN_RUN_TAG] == summary.run_id
+    # trials nested under a run of the caller's: no tune run of its own to link
+    with mlflow.start_run(experiment_id=experiment_id, run_name="outer"):
+        tuning.tune_config(None, None, AS_OF, CONFIG, n_trials=1)
+    assert tuning.last_tune_run_id() is None
