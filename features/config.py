@@ -108,14 +108,16 @@ class ColumnMapping(BaseModel):
             raise ValueError(f"mapping file {path}: {_pydantic_message(exc)}") from None
 
     @classmethod
-    def coerce(cls, value: ColumnMapping | dict | None) -> ColumnMapping:
-        """``value`` as a mapping: itself, the default (contract names) for None, or a dict
-        of contract column -> user column checked like a YAML file (`ValueError` naming the
-        unknown or bad key)."""
+    def coerce(cls, value: ColumnMapping | dict | str | Path | None) -> ColumnMapping:
+        """``value`` as a mapping: itself, the default (contract names) for None, a dict
+        of contract column -> user column, or the path of a YAML mapping file; a dict or a
+        file is checked the same way (`ValueError` naming the unknown or bad key)."""
         if value is None:
             return cls()
         if isinstance(value, cls):
             return value
+        if isinstance(value, (str, Path)):
+            return cls.from_yaml(value)
         if isinstance(value, dict):
             try:
                 return cls(**value)
@@ -123,7 +125,8 @@ class ColumnMapping(BaseModel):
                 raise ValueError(f"column mapping: {_pydantic_message(exc)}") from None
         raise TypeError(
             f"mapping must be a ColumnMapping, a dict of contract column -> your column "
-            f"(e.g. {{'customer_id': 'CustomerID'}}) or None, got {type(value).__name__}"
+            f"(e.g. {{'customer_id': 'CustomerID'}}), the path of a YAML mapping file or "
+            f"None, got {type(value).__name__}"
         )
 
     def with_overrides(self, **overrides: Any) -> ColumnMapping:

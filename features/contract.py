@@ -265,7 +265,7 @@ class Transactions:
 
 def load_transactions(
     source: Any,
-    mapping: ColumnMapping | dict | None = None,
+    mapping: ColumnMapping | dict | str | None = None,
     *,
     table: str | None = None,
     backend: DuckDBBackend | None = None,
@@ -280,7 +280,8 @@ def load_transactions(
     every other row is kept.
 
     ``mapping`` is a `ColumnMapping`, a dict with the same keys (contract column -> your
-    column), or None when the data already uses the contract's names.
+    column), the path of a YAML file of them, or None when the data already uses the
+    contract's names.
 
     Raises `DataValidationError` naming the source, the column, examples and row numbers,
     and what to do, for: a missing file or unknown file type, missing columns, a bad amount

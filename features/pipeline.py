@@ -46,7 +46,7 @@ def default_cutoff(report) -> pd.Timestamp:  # noqa: ANN001 (a ValidationReport)
 
 def as_transactions(
     transactions: TransactionsLike,
-    mapping: ColumnMapping | dict | None = None,
+    mapping: ColumnMapping | dict | str | None = None,
     table: str | None = None,
 ) -> Transactions:
     """Load (and validate) unless already loaded."""
@@ -142,7 +142,7 @@ def _shared_work(tx: Transactions, n_cutoffs: int) -> Iterator[SharedWork | None
 def build_features(
     transactions: TransactionsLike,
     cutoff: Any,
-    mapping: ColumnMapping | dict | None = None,
+    mapping: ColumnMapping | dict | str | None = None,
     config: FeatureConfig | None = None,
     *,
     table: str | None = None,
@@ -165,7 +165,7 @@ def build_features(
 def build_snapshots(
     transactions: TransactionsLike,
     cutoffs: Sequence[Any],
-    mapping: ColumnMapping | dict | None = None,
+    mapping: ColumnMapping | dict | str | None = None,
     config: FeatureConfig | None = None,
 ) -> pd.DataFrame:
     """Features at several cutoffs, stacked: one row per (cutoff, customer).
@@ -193,7 +193,7 @@ def build_labels(
     transactions: TransactionsLike,
     cutoff: Any,
     horizon_days: int,
-    mapping: ColumnMapping | dict | None = None,
+    mapping: ColumnMapping | dict | str | None = None,
     *,
     require_observed: bool = True,
 ) -> pd.DataFrame:
@@ -317,7 +317,7 @@ def snapshot_cutoffs(
 def build_training_frame(
     transactions: TransactionsLike,
     train_cutoff: Any,
-    mapping: ColumnMapping | dict | None = None,
+    mapping: ColumnMapping | dict | str | None = None,
     config: FeatureConfig | None = None,
 ) -> pd.DataFrame:
     """Stacked snapshots with labels, none of whose outcome windows cross ``train_cutoff``.

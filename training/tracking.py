@@ -332,14 +332,15 @@ def model_input(features: pd.DataFrame, settings: FeatureConfig | Any) -> pd.Dat
     """What a registered model's pyfunc takes, from `features.build_features` output.
 
     Features of one or more cutoffs in (one row per (cutoff, customer)); the same rows out,
-    with the baseline features (``bg_*``, ``gg_expected_value``) added when they are missing
-    (BG/NBD + Gamma-Gamma fitted per cutoff on these rows, as `lifecast score` does, so pass
-    the whole population, not a sample) and every model column as float64: MLflow's schema
-    check refuses pandas' nullable ``Int64`` (``customer_id`` and ``cutoff`` are kept in
-    front; the pyfunc ignores them). ``settings`` is the models' `FeatureConfig` or a loaded
-    pyfunc model (``mlflow.pyfunc.load_model("models:/lifecast-churn@champion")``), whose
-    metadata records the settings it was trained with: the baseline features depend on the
-    horizons."""
+    indexed by (``customer_id``, ``cutoff``), with the baseline features (``bg_*``,
+    ``gg_expected_value``) added when they are missing (BG/NBD + Gamma-Gamma fitted per
+    cutoff on these rows, as `lifecast score` does, so pass the whole population, not a
+    sample) and only the model columns, as float64: MLflow's schema check refuses pandas'
+    nullable ``Int64``. The pyfunc's predictions keep the index.
+
+    ``settings`` is the models' `FeatureConfig`, or a pyfunc model loaded with
+    ``mlflow.pyfunc.load_model("models:/lifecast-churn@champion")``, whose metadata records
+    the settings it was trained with (the baseline features depend on the horizons)."""
     if not isinstance(settings, FeatureConfig):
         meta = getattr(getattr(settings, "metadata", None), "metadata", None) or {}
         if FEATURE_CONFIG_KEY not in meta:
@@ -357,9 +358,8 @@ def model_input(features: pd.DataFrame, settings: FeatureConfig | Any) -> pd.Dat
         )
     if not all(c in features.columns for c in BASELINE_FEATURES):
         features = add_baseline_features(features, settings)
-    names = model_feature_names(settings)
-    keys = [c for c in ("customer_id", "cutoff") if c in features.columns]
-    return pd.concat([features[keys], features[names].astype("float64")], axis=1)
+    index = pd.MultiIndex.from_frame(features[["customer_id", "cutoff"]])
+    return features[model_feature_names(settings)].astype("float64").set_axis(index)
 
 
 def _load_native(kind: str, folder: Path) -> ChurnModel | ValueModel:

@@ -191,14 +191,22 @@ def test_labels_refuse_a_horizon_that_is_not_a_positive_whole_number(horizon):
         build_labels(tiny_log(), CUTOFF, horizon, mapping=MAPPING, require_observed=False)
 
 
-def test_a_mapping_may_be_a_plain_dict_everywhere():
+def test_a_mapping_may_be_a_plain_dict_or_a_yaml_file_everywhere(tmp_path):
+    import yaml
+
     from features.contract import load_transactions
 
     as_dict = MAPPING.model_dump(exclude_none=True)
     tx = load_transactions(tiny_log(), as_dict)
     assert tx.report.rows_read == len(tiny_log())
-    pd.testing.assert_frame_equal(build_features(tiny_log(), CUTOFF, as_dict),
-                                  build_features(tiny_log(), CUTOFF, MAPPING))
+    expected = build_features(tiny_log(), CUTOFF, MAPPING)
+    pd.testing.assert_frame_equal(build_features(tiny_log(), CUTOFF, as_dict), expected)
+    path = tmp_path / "mapping.yaml"
+    path.write_text(yaml.safe_dump(as_dict))
+    pd.testing.assert_frame_equal(build_features(tiny_log(), CUTOFF, mapping=str(path)),
+                                  expected)
+    with pytest.raises(FileNotFoundError, match="mapping file .*nope.yaml does not exist"):
+        build_features(tiny_log(), CUTOFF, mapping=tmp_path / "nope.yaml")
     with pytest.raises(ValueError, match="unknown key 'customer'"):
         load_transactions(tiny_log(), {"customer": "cust"})
     with pytest.raises(TypeError, match="mapping must be a ColumnMapping, a dict"):

@@ -290,12 +290,16 @@ def test_the_pyfunc_scores_build_features_output_as_lifecast_scores(first_run) -
     with pytest.raises(Exception, match="Int64"):  # why model_input exists
         churn.predict(add_baseline_features(feats, FEATURES))
     X = tracking.model_input(feats, churn)  # the settings come from the model's metadata
-    assert list(X.columns[:2]) == ["customer_id", "cutoff"] and len(X) == len(feats)
+    assert X.index.names == ["customer_id", "cutoff"] and len(X) == len(feats)
+    assert list(X.columns) == churn.metadata.get_input_schema().input_names()
+    assert (X.dtypes == "float64").all()
     pd.testing.assert_frame_equal(X, tracking.model_input(feats, FEATURES))
     expected = predict_customers(tracking.load_champions(), add_baseline_features(
         feats, FEATURES), pd.Timestamp(AS_OF))
-    np.testing.assert_allclose(churn.predict(X).to_numpy(),
-                               expected["churn_probability"].to_numpy(), rtol=1e-9)
+    p = churn.predict(X)
+    assert p.index.equals(X.index)  # the predictions keep the customers' ids
+    np.testing.assert_allclose(p.to_numpy(), expected["churn_probability"].to_numpy(),
+                               rtol=1e-9)
     np.testing.assert_allclose(clv.predict(X).to_numpy(),
                                expected["predicted_clv"].to_numpy(), rtol=1e-9)
     with pytest.raises(ValueError, match="these model columns are missing: frequency"):
