@@ -43,7 +43,9 @@ Endpoints (the methods of `Runtime`):
 (`serving.keys`), a body size limit (``LIFECAST_MAX_BODY_BYTES``, default 2 MB: 413), JSON only
 (415), and the rewriting of validation errors into ``{"error": "<field>: <message>",
 "detail": [...]}`` with status 422 (400 for a body that is not JSON). Probes, metrics and the
-docs stay open (`serving.keys.OPEN_PATHS`).
+docs stay open (`serving.keys.OPEN_PATHS`); it serves the OpenAPI document itself
+(`serving.openapi`: with the API key's security scheme) at ``/openapi.json`` and
+``/docs.json``, and redirects ``/docs`` to the Swagger UI at ``/``.
 
 Nothing happens on import; heavy modules are imported when a `Runtime` is built.
 """
@@ -873,9 +875,20 @@ Send = Callable[[Message], Awaitable[None]]
 KEY_STATE = "lifecast_key"
 
 
+#: What `GuardMiddleware` answers itself, without a key, when it is given the OpenAPI
+#: document: the document (``/openapi.json``, and ``/docs.json``, which BentoML's Swagger UI
+#: loads) and ``/docs``, a redirect to that Swagger UI at ``/``. They describe the API and
+#: hold no customer data.
+OPENAPI_PATHS = ("/openapi.json", "/docs.json")
+DOCS_PATH = "/docs"
+
+
 class GuardMiddleware:
     """API keys, body size, media type and readable validation errors, before BentoML.
 
+    * ``GET``/``HEAD`` of `OPENAPI_PATHS` answer ``openapi()`` (when given: the document of
+      `serving.openapi.openapi_document`, which declares the API key), made once; ``/docs``
+      redirects to the Swagger UI at ``/``. No key needed.
     * Open paths (`serving.keys.is_open_path`: probes, metrics, docs, schema) pass untouched.
     * Anything else needs ``Authorization: Bearer <key>`` with the endpoint's scope
       (`serving.keys.ENDPOINT_SCOPES`): 401 / 403 ``{"error": ...}`` with ``WWW-Authenticate``.
@@ -889,7 +902,8 @@ class GuardMiddleware:
     """
 
     def __init__(self, app: Callable[..., Awaitable[None]], keys: KeyStore | None = None,
-                 max_body_bytes: int | None = None) -> None:
+                 max_body_bytes: int | None = None,
+                 openapi: Callable[[], dict[str, Any]] | None = None) -> None:
         from serving.keys import KeyStore
 
         self.app = app
@@ -897,6 +911,8 @@ class GuardMiddleware:
         if max_body_bytes is None:
             max_body_bytes = int(os.environ.get(MAX_BODY_ENV, DEFAULT_MAX_BODY))
         self.max_body_bytes = int(max_body_bytes)
+        self.openapi = openapi
+        self._openapi_body: bytes | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         from serving.keys import KeyStoreError, is_open_path, scope_for_path
@@ -905,6 +921,10 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
+        if (self.openapi is not None and scope.get("method") in ("GET", "HEAD")
+                and path in (*OPENAPI_PATHS, DOCS_PATH)):
+            await self._docs(path, scope.get("method") == "HEAD", send)
+            return
         if is_open_path(path):
             await self.app(scope, receive, send)
             return
@@ -949,6 +969,29 @@ class GuardMiddleware:
             if not message.get("more_body", False):
                 break
         await self.app(scope, _replay(bytes(body), receive), _ErrorRewriter(send))
+
+    async def _docs(self, path: str, head: bool, send: Send) -> None:
+        """The OpenAPI document, or for ``/docs`` a redirect to the Swagger UI (``/``)."""
+        if path == DOCS_PATH:
+            # relative, so that it also works behind a proxy that adds a path prefix
+            await send({"type": "http.response.start", "status": 307, "headers": [
+                (b"location", b"./"), (b"content-length", b"0")]})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        if self._openapi_body is None:
+            try:
+                self._openapi_body = json.dumps(self.openapi()).encode("utf-8")
+            except Exception:
+                logger.exception("the OpenAPI document cannot be generated")
+                await _json(send, 500, {"error": "the OpenAPI document cannot be generated; "
+                                                 "see the server log"})
+                return
+        body = self._openapi_body
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": b"" if head else body,
+                    "more_body": False})
 
     def _too_large(self) -> dict[str, str]:
         return {"error": f"request body too large: at most {self.max_body_bytes:,} bytes "

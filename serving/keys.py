@@ -70,9 +70,14 @@ ENDPOINT_SCOPES: dict[str, str] = {
 #   /schema.json                          the service schema
 #   /static_content/...                   Swagger UI assets
 #   /assets/...                           assets of the new UI (only with the "new_index" feature)
-# BentoML 1.4 serves no /docs and no /openapi.json; they are not listed here.
+# and what lifecast adds (`serving.app.GuardMiddleware` answers them itself):
+#   /openapi.json                         the OpenAPI document (the same as /docs.json)
+#   /docs                                 a redirect to the Swagger UI at /
+# The docs and the OpenAPI document need no key: they describe the API (endpoints, schemas,
+# the API key scheme) and hold no customer data.
 OPEN_PATHS: frozenset[str] = frozenset({
     "/", "/livez", "/healthz", "/readyz", "/metrics", "/docs.json", "/schema.json",
+    "/openapi.json", "/docs",
 })
 OPEN_PREFIXES: tuple[str, ...] = ("/static_content/", "/assets/")
 

@@ -203,7 +203,7 @@ def serve_cmd(
                    + shlex.join(argv))
         return
     typer.echo(f"serving {tags['churn']} and {tags['clv']} on http://{host}:{port} "
-               f"(docs at /, OpenAPI at /docs.json)", err=True)
+               f"(docs at /docs, OpenAPI at /openapi.json)", err=True)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(argv[0], argv, env)

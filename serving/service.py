@@ -1,6 +1,7 @@
 """The BentoML service: ``bentoml serve serving.service:Lifecast`` (or ``lifecast serve``).
 
-Endpoints (JSON over HTTP; the OpenAPI page is ``/``, its spec ``/docs.json``):
+Endpoints (JSON over HTTP; the Swagger UI is ``/`` and ``/docs``, the OpenAPI document
+``/openapi.json`` and ``/docs.json``; they need no key, see `_openapi_document`):
 
 =============  ========  =====================================================================
 endpoint       scope     what
@@ -16,6 +17,8 @@ endpoint       scope     what
 /livez /readyz  (open)   BentoML's probes; ``/readyz`` is 503 until the models and a scored
                          batch of the store are loaded
 /metrics        (open)   Prometheus metrics
+/docs, /        (open)   Swagger UI (**Authorize** takes the API key); ``/openapi.json`` and
+                         ``/docs.json`` the OpenAPI document
 =============  ========  =====================================================================
 
 Requests and responses are the models of `serving.schemas`; the logic is `serving.app.Runtime`
@@ -142,8 +145,14 @@ _TRACING = os.environ.get(TRACING_ENV, "").strip().lower() in {"1", "true", "yes
 class Lifecast:
     """lifecast: churn probability and future customer value.
 
-    Authenticate with `Authorization: Bearer <API key>` (`lifecast keys create`): scope
-    `predict` for /predict and /score, `lists` for /high_risk and /segments.
+    Every API endpoint needs an API key (`lifecast keys create`), sent as
+    `Authorization: Bearer <key>` (on this page: **Authorize**, then paste the key): scope
+    `predict` for /predict and /score (the CRM), `lists` for /high_risk and /segments
+    (marketing). This page, the OpenAPI document (/openapi.json, /docs.json), the probes and
+    /metrics need no key: they describe the service and hold no customer data.
+
+    Errors are `{"error": "<what is wrong, naming the field>", "detail": [...]}` with the
+    status each operation lists below.
     """
 
     # Resolved from the BentoML model store when the worker starts (and packed by
@@ -241,4 +250,22 @@ class Lifecast:
         gc.unfreeze()  # let the interpreter's final collection free them (DuckDB complains)
 
 
-Lifecast.add_asgi_middleware(GuardMiddleware)
+def _openapi_document() -> dict[str, Any]:
+    """The OpenAPI document `GuardMiddleware` serves without a key at /openapi.json and
+    /docs.json: BentoML's, with the API key's security scheme, the error answers the
+    endpoints really give and without BentoML's boilerplate (`serving.openapi`). It holds
+    no customer data: endpoints, schemas and examples only."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from serving.keys import ENDPOINT_SCOPES
+    from serving.openapi import openapi_document
+
+    try:
+        package_version = version("lifecast")
+    except PackageNotFoundError:  # a Bento runs the sources: keep BentoML's (the Bento's)
+        package_version = None
+    return openapi_document(Lifecast.openapi_spec.asdict(), endpoints=ENDPOINT_SCOPES,
+                            description=Lifecast.inner.__doc__ or "", version=package_version)
+
+
+Lifecast.add_asgi_middleware(GuardMiddleware, openapi=_openapi_document)

@@ -232,7 +232,8 @@ def test_paths_and_scopes() -> None:
     assert scope_for_path("/high_risk/submit") == "lists"  # BentoML task sub-paths
     assert scope_for_path("/predictions") is None
     for path in ["/", "/livez", "/healthz", "/readyz", "/metrics", "/docs.json", "/schema.json",
-                 "/static_content/swagger-ui.css", "/assets/style.css"]:
+                 "/static_content/swagger-ui.css", "/assets/style.css", "/docs",
+                 "/openapi.json"]:
         assert is_open_path(path), path
     for path in ["/predict", "/high_risk", "/static_content/../predict", "/metrics/x", ""]:
         assert not is_open_path(path), path

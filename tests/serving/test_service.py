@@ -25,7 +25,7 @@ from serving.schemas import (
 )
 
 OPEN = ["/livez", "/healthz", "/readyz", "/metrics", "/schema.json", "/docs.json", "/",
-        "/static_content/swagger-ui.css"]
+        "/static_content/swagger-ui.css", "/docs", "/openapi.json"]
 
 
 # -- fixtures ------------------------------------------------------------------------------
@@ -447,6 +447,62 @@ def test_openapi_documents_the_endpoints(client) -> None:
                                                       "/segments"}
     metrics = client.get("/metrics")
     assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
+
+
+def test_docs_and_the_openapi_document_need_no_key(client) -> None:
+    """A browser opening /docs gets the Swagger UI (not 401); /openapi.json, the name
+    OpenAPI tools look for, is the document the Swagger UI loads (/docs.json)."""
+    docs = client.get("/docs", follow_redirects=False)
+    assert docs.status_code == 307 and docs.headers["location"] == "./"
+    page = client.get("/docs")
+    assert page.status_code == 200 and "swagger-ui" in page.text
+    assert page.headers["content-type"].startswith("text/html")
+    spec = client.get("/openapi.json")
+    assert spec.status_code == 200 and spec.headers["content-type"] == "application/json"
+    assert spec.json() == client.get("/docs.json").json()
+    head = client.head("/openapi.json")
+    assert head.status_code == 200 and head.content == b""
+    assert int(head.headers["content-length"]) == len(spec.content)
+    assert client.post("/openapi.json", json={}).status_code in (404, 405)  # read only
+
+
+def test_openapi_declares_the_api_key_and_the_errors_the_endpoints_give(client) -> None:
+    """Swagger UI shows "Authorize" (a security scheme that every API operation requires),
+    and each operation lists the answers the service really gives, not BentoML's defaults."""
+    from serving.keys import ENDPOINT_SCOPES
+    from serving.openapi import ERROR_STATUSES, SECURITY_SCHEME
+
+    spec = client.get("/openapi.json").json()
+    scheme = spec["components"]["securitySchemes"][SECURITY_SCHEME]
+    assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")  # Authorization: Bearer
+    documented = {str(s) for s in ERROR_STATUSES}
+    # what the tests of this module see the endpoints answer, besides 200
+    assert {"400", "401", "403", "413", "415", "422", "503"} <= documented
+    assert "404" not in documented  # unknown ids are listed in `errors`, never a 404
+    for path, scope in ENDPOINT_SCOPES.items():
+        op = spec["paths"][path]["post"]
+        assert op["security"] == [{SECURITY_SCHEME: []}], path
+        assert f"`{scope}`" in op["description"]
+        assert set(op["responses"]) == {"200", *documented}, path
+        for status in documented:
+            answer = op["responses"][status]
+            assert answer["content"]["application/json"]["schema"] == {
+                "$ref": "#/components/schemas/ErrorResponse"}
+            assert answer["description"] not in ("Bad Request", "Not Found",
+                                                 "Internal Server Error"), (path, status)
+        assert "headers" in op["responses"]["401"] and "headers" in op["responses"]["403"]
+    for path in ("/high_risk", "/segments"):
+        assert "text/csv" in spec["paths"][path]["post"]["responses"]["200"]["content"]
+    error = spec["components"]["schemas"]["ErrorResponse"]
+    assert error["required"] == ["error"] and "detail" in error["properties"]
+    for boilerplate in ("InvalidArgument", "NotFound", "InternalServerError",
+                        "TaskStatusResponse"):
+        assert boilerplate not in spec["components"]["schemas"]
+    for path in ("/livez", "/healthz", "/readyz", "/metrics"):
+        assert spec["paths"][path]["get"]["security"] == [], path
+    assert "503" in spec["paths"]["/readyz"]["get"]["responses"]
+    assert "BentoML" not in spec["info"]["description"] and "contact" not in spec["info"]
+    assert "Authorize" in spec["info"]["description"]
 
 
 # -- HTTP: bad input -------------------------------------------------------------------------

@@ -176,8 +176,15 @@ def test_auth_and_open_paths(server) -> None:
     _assert_error(_client(server, "marketing").post("/predict", json={"customer_ids": ["1"]}),
                   403, "predict")
     _assert_error(_client(server, "crm").post("/segments", json={}), 403, "lists")
-    for path in ("/livez", "/healthz", "/readyz", "/docs.json", "/schema.json", "/"):
+    for path in ("/livez", "/healthz", "/readyz", "/docs.json", "/schema.json", "/",
+                 "/openapi.json"):
         assert anon.get(path).status_code == 200, path
+    # a browser opening /docs lands on the Swagger UI, whose document declares the API key
+    docs = anon.get("/docs", follow_redirects=True)
+    assert docs.status_code == 200 and "swagger-ui" in docs.text
+    spec = anon.get("/openapi.json").json()
+    assert spec["components"]["securitySchemes"]["ApiKey"]["scheme"] == "bearer"
+    assert spec["paths"]["/predict"]["post"]["security"] == [{"ApiKey": []}]
     metrics = anon.get("/metrics")
     assert metrics.status_code == 200 and "bentoml_service_request" in metrics.text
 

@@ -1,0 +1,132 @@
+"""The service's OpenAPI document: BentoML's, made true to what the service does.
+
+BentoML 1.4 generates the document from the endpoints' pydantic models, but it knows nothing
+of the API keys `serving.app.GuardMiddleware` checks and it lists the same boilerplate error
+answers for every endpoint (400 / 404 / 500 with a ``detail`` string), some of which these
+endpoints never give, while it leaves out the ones they do give (401, 403, 413, 415, 422,
+503, 504). `openapi_document` rewrites it:
+
+* ``components.securitySchemes`` declares the API key (`SECURITY_SCHEME`, HTTP bearer:
+  ``Authorization: Bearer <key>``) and every API operation requires it, so Swagger UI shows
+  an **Authorize** button and sends the key with "Try it out"; the probes and metrics
+  declare that they need none (``security: []``);
+* each API operation documents the answers it really gives (`ERROR_STATUSES`, all with the
+  `serving.schemas.ErrorResponse` body), and ``/high_risk`` and ``/segments`` their CSV;
+* BentoML's boilerplate goes: the error schemas nothing references any more, the unused task
+  schema, BentoML's README and contact as the service description.
+
+`serving.app.GuardMiddleware` serves the result, without a key, at ``/openapi.json`` and
+``/docs.json`` (which the Swagger UI at ``/`` and ``/docs`` loads): the document describes
+the API and holds no customer data. Nothing happens on import.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+from typing import Any
+
+__all__ = ["ERROR_STATUSES", "SECURITY_SCHEME", "openapi_document"]
+
+#: The name of the API key's security scheme in the document.
+SECURITY_SCHEME = "ApiKey"
+
+_SCHEMAS = "#/components/schemas/"
+_ERROR_SCHEMA = "ErrorResponse"
+
+#: The error answers of every API endpoint (read from `serving.app` and BentoML 1.4's server:
+#: `GuardMiddleware`, `rewrite_error`, `Runtime`, BentoML's TimeoutMiddleware), each with the
+#: body ``{"error": "<message>", "detail": [...]}`` (`serving.schemas.ErrorResponse`).
+ERROR_STATUSES: dict[int, str] = {
+    400: "The body is not valid JSON (or its Content-Length header is not a number).",
+    401: "No API key, or an unknown, malformed or revoked one: send `Authorization: Bearer "
+         "<key>` with a key from `lifecast keys create`. Carries `WWW-Authenticate: Bearer`.",
+    403: "The key lacks this endpoint's scope (`predict` for /predict and /score, `lists` "
+         "for /high_risk and /segments).",
+    413: "The body is larger than the service's limit (LIFECAST_MAX_BODY_BYTES, 2 MB by "
+         "default).",
+    415: "The Content-Type is not application/json.",
+    422: "The request does not match the schema: `error` names each field and what is wrong "
+         "with it (e.g. `customer_ids: List should have at most 1000 items`), `detail` lists "
+         "them one by one.",
+    500: "An unexpected error (a bug): a generic message, the details are in the server log.",
+    503: "Not ready: the customer store holds no scored batch yet (run `lifecast score`), or "
+         "the customer store, the API key store or (for list exports) the audit log cannot be "
+         "used; `error` says which.",
+    504: "The request took longer than the service's timeout (60 s).",
+}
+
+#: Endpoints that answer text/csv with ``"format": "csv"``.
+_CSV_ENDPOINTS = frozenset({"/high_risk", "/segments"})
+#: BentoML's components that its error answers and task endpoints reference.
+_BENTOML_SCHEMAS = ("InvalidArgument", "NotFound", "InternalServerError", "TaskStatusResponse")
+
+
+def openapi_document(spec: dict[str, Any], *, endpoints: dict[str, str], description: str,
+                     version: str | None = None) -> dict[str, Any]:
+    """BentoML's document (``service.openapi_spec.asdict()``) with the API key, the real
+    error answers and without BentoML's boilerplate; ``endpoints`` maps each API path to the
+    scope its key needs (`serving.keys.ENDPOINT_SCOPES`), ``description`` replaces BentoML's
+    README text, ``version`` (when given) its version. The input is not changed."""
+    from serving.schemas import ErrorResponse
+
+    doc = copy.deepcopy(spec)
+    info = doc.setdefault("info", {})
+    info.pop("contact", None)  # "BentoML Team": not who answers for this service
+    info["description"] = inspect.cleandoc(description)
+    if version:
+        info["version"] = version
+    components = doc.setdefault("components", {})
+    components.setdefault("securitySchemes", {})[SECURITY_SCHEME] = {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "lc_<key id>_<secret>",
+        "description": "An API key from `lifecast keys create --name <caller> --scope "
+                       "predict|lists`, sent as `Authorization: Bearer <key>`.",
+    }
+    schemas = components.setdefault("schemas", {})
+    schemas[_ERROR_SCHEMA] = ErrorResponse.model_json_schema(
+        ref_template=_SCHEMAS + "{model}")
+
+    for path, item in doc.get("paths", {}).items():
+        for op in item.values():
+            if not isinstance(op, dict) or "responses" not in op:
+                continue
+            if path not in endpoints:  # probes and metrics: no key
+                op["security"] = []
+                if path == "/readyz":
+                    op["responses"]["503"] = {"description": (
+                        "Not ready: the models are loading, or the customer store holds no "
+                        "scored batch yet (run `lifecast score`).")}
+                continue
+            op["security"] = [{SECURITY_SCHEME: []}]
+            op["description"] = (f"{inspect.cleandoc(op.get('description') or '')}\n\n"
+                                 f"Needs an API key with the scope `{endpoints[path]}`.").strip()
+            ok = op["responses"].get("200") or op["responses"].get(200) or {}
+            if path in _CSV_ENDPOINTS:
+                ok.setdefault("content", {})["text/csv"] = {
+                    "schema": {"type": "string",
+                               "description": 'With "format": "csv": a header row and one '
+                                              'row per item.'}}
+            op["responses"] = {"200": ok, **{str(status): _error(status, text) for status, text
+                                             in ERROR_STATUSES.items()}}
+
+    text = json.dumps(doc)
+    for name in _BENTOML_SCHEMAS:
+        if f'"{_SCHEMAS}{name}"' not in text:
+            schemas.pop(name, None)
+    return doc
+
+
+def _error(status: int, description: str) -> dict[str, Any]:
+    answer: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": _SCHEMAS + _ERROR_SCHEMA}}},
+    }
+    if status in (401, 403):
+        answer["headers"] = {"WWW-Authenticate": {
+            "description": "RFC 6750: `Bearer realm=\"lifecast\"` (403: with "
+                           "`error=\"insufficient_scope\"` and the scope needed).",
+            "schema": {"type": "string"}}}
+    return answer
