@@ -41,7 +41,7 @@ LEFT JOIN (
     FROM (
         SELECT customer_id, product_id
         FROM read_parquet($path)
-        WHERE "timestamp" < $cutoff AND product_id IS NOT NULL
+        WHERE "timestamp" < $cutoff AND product_id IS NOT NULL AND amount >= 0
         GROUP BY customer_id, product_id
     )
     GROUP BY customer_id

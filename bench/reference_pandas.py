@@ -42,7 +42,8 @@ its earliest row, an order's value the net sum of its rows):
 - ``return_rate`` = sum of -amount over rows < 0 / sum of amount over rows > 0 (null
   without a positive row); ``n_returns`` = rows < 0;
 - ``distinct_products`` / ``distinct_categories`` = distinct non-null ``product_id`` /
-  ``category`` over the customer's rows (null when the column is absent);
+  ``category`` over the customer's rows with ``amount >= 0`` (bought, not only returned;
+  null when the column is absent);
 - ``active_months`` = distinct calendar months of the purchase days; ``dow_regularity`` =
   purchase days on the most common weekday / purchase days;
 - ``discount_share`` = amount of the rows > 0 with ``discount > 0`` / amount of the rows
@@ -193,10 +194,12 @@ def full_reference_columns(config: Any = None) -> list[str]:
 
 
 def _distinct(seen: pd.DataFrame, col: str, index: pd.Index) -> pd.Series:
-    """Distinct non-null ``col`` per customer of ``index`` (0 for none; null without it)."""
+    """Distinct non-null ``col`` bought (rows with amount >= 0) per customer of ``index``
+    (0 for none; null without it)."""
     if col not in seen.columns:
         return pd.Series(pd.NA, index=index, dtype="Int64")
-    counts = seen.dropna(subset=[col]).groupby("customer_id")[col].nunique()
+    bought = seen.loc[seen["amount"] >= 0].dropna(subset=[col])
+    counts = bought.groupby("customer_id")[col].nunique()
     return counts.reindex(index, fill_value=0).astype("int64")
 
 

@@ -155,10 +155,11 @@ def linked_lines(lines: ir.Table) -> ir.Table:
 
 
 def first_seen(tx: ir.Table, col: str) -> ir.Table:
-    """Each distinct (customer_id, ``col``) pair of the rows where ``col`` is not null, with
-    the earliest timestamp it appears at (``first_ts``)."""
+    """Each distinct (customer_id, ``col``) pair bought (rows where ``col`` is not null and
+    the amount is not negative: a purchase line, DESIGN.md), with the earliest timestamp it
+    was bought at (``first_ts``)."""
     return (
-        tx.filter(tx[col].notnull())
+        tx.filter(tx[col].notnull() & (tx.amount >= 0))
         .group_by(["customer_id", col])
         .aggregate(first_ts=tx.timestamp.min())
         .select("customer_id", "first_ts")
@@ -270,7 +271,8 @@ def customer_aggregates(
     if not has_discount:
         agg = agg.mutate(disc_gross=ibis.null("float64"))
 
-    # 3. distinct products / categories, only when the data has them
+    # 3. distinct products / categories bought (a line with amount >= 0: a product only
+    # returned, e.g. bought before the log starts, is not counted), only when the data has them
     for col, name in (("product_id", "distinct_products"), ("category", "distinct_categories")):
         if col in cols:
             if shared is not None:
@@ -282,7 +284,7 @@ def customer_aggregates(
                 )
             else:
                 distinct = (
-                    tx.filter(tx[col].notnull())
+                    tx.filter(tx[col].notnull() & (tx.amount >= 0))
                     .group_by([*keys, col])
                     .aggregate()
                     .group_by(keys)

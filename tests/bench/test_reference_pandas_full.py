@@ -108,7 +108,8 @@ def test_full_reference_null_rules() -> None:
     assert ref.loc["G", ["return_rate", "discount_share"]].isna().all()
     assert ref.drop(index="G")["discount_share"].notna().all()  # the column is present
     assert ref.loc["F", "spend_trend"] == -1.0  # spent only in the window before
-    assert ref.loc["A", "distinct_products"] == 4  # p1..p4; the null product is not counted
+    # p1, p2, p4: p3 was only returned, and the null product is not counted
+    assert ref.loc["A", "distinct_products"] == 3
 
 
 def test_a_fully_returned_purchase_nets_to_zero_as_in_the_product() -> None:

@@ -21,7 +21,8 @@ def tiny_log() -> pd.DataFrame:
         ("A", "2021-01-04 10:00", "o1", "p1", "X", 100.0, 0.0),   # Monday
         ("A", "2021-01-04 10:00", "o1", "p2", "Y", 50.0, 10.0),   # discounted line
         ("A", "2021-01-18 09:00", "o2", "p1", "X", 30.0, 0.0),    # Monday
-        ("A", "2021-01-20 12:00", "r1", "p2", "Y", -30.0, 0.0),   # return-only order
+        ("A", "2021-01-20 12:00", "r1", "p9", "W", -30.0, 0.0),   # return-only order of a
+        # product (and category) A never bought in the log: not among the distinct bought
         ("A", "2021-02-15 15:00", "o3", "p3", "X", 80.0, 0.0),    # Monday
         ("A", "2021-03-01 00:00", "o4", "p1", "X", 999.0, 0.0),   # AT the cutoff: unseen
         ("A", "2021-03-05 11:00", "o5", "p1", "X", 40.0, 0.0),    # after the cutoff
