@@ -2,13 +2,17 @@
 
 A thin wrapper: ``lifecast serve --port 3000`` is
 
-1. `import_champions`: the versions of ``lifecast-churn`` / ``lifecast-clv`` carrying the
+1. `check_listen_address` (not for ``--dry-run``): a port already in use, or a host that is
+   not an IP address of this machine, stops here, before any model is imported, with a
+   one-line error naming it and what to do (exit code 2) instead of ``bentoml serve``'s
+   traceback.
+2. `import_champions`: the versions of ``lifecast-churn`` / ``lifecast-clv`` carrying the
    ``champion`` alias in the MLflow registry (``MLFLOW_TRACKING_URI``, else ``./mlflow.db``)
    are imported into the BentoML model store (``BENTOML_HOME``, default ``~/bentoml``) as
    ``lifecast-churn:v<version>-<run id>``, labelled with the registry version and run. An
    already imported version is not copied again; the champion is always the store's
    ``latest``, so ``bentoml build`` (which packs ``lifecast-*:latest``) carries it too.
-2. ``bentoml serve serving.service:Lifecast --port N --host H`` replaces this process, with
+3. ``bentoml serve serving.service:Lifecast --port N --host H`` replaces this process, with
    the environment the service reads: the exact model tags, ``LIFECAST_STORE_URL``,
    ``LIFECAST_KEYS_FILE``, ``LIFECAST_AUDIT_LOG`` (made absolute), the number of workers and
    the access log switch (``BENTOML_CONFIG_OPTIONS``) and ``BENTOML_DO_NOT_TRACK``.
@@ -88,6 +92,66 @@ def import_champions(workdir: str | os.PathLike[str] = ".") -> dict[str, str]:
         )
         tags[kind] = str(model.tag)
     return tags
+
+
+def check_listen_address(host: str, port: int) -> None:
+    """Raise ValueError, saying what to do, when ``bentoml serve`` could not listen on
+    ``host:port``: a port out of range or already in use, a host that is not an IP address
+    of this machine, a port that needs privileges. Checked by binding a socket the way
+    BentoML's does (``SO_REUSEADDR``) and closing it at once; a program that takes the port
+    between this check and the server's start still makes ``bentoml serve`` fail."""
+    import errno
+    import ipaddress
+    import socket
+
+    if not 0 < port < 65536:
+        raise ValueError(f"--port must be between 1 and 65535, got {port}")
+    try:
+        family = (socket.AF_INET6 if ipaddress.ip_address(host).version == 6
+                  else socket.AF_INET)
+    except ValueError:
+        raise ValueError(
+            f"--host must be an IP address (bentoml serve takes no host names), got "
+            f"{host!r}: pass --host 127.0.0.1 (this machine only) or --host 0.0.0.0 (every "
+            f"interface)") from None
+    try:
+        _bind(family, host, port)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            other = next((p for p in range(port + 1, min(port + 50, 65536))
+                          if _can_bind(family, host, p)), None)
+            example = f" (e.g. --port {other}, free now)" if other else ""
+            raise ValueError(
+                f"port {port} on {host} is already in use (another `lifecast serve`, or "
+                f"another program, listens on it): stop that server, or pass a free port "
+                f"with --port{example}") from None
+        if exc.errno == errno.EACCES:
+            raise ValueError(
+                f"no permission to listen on port {port} on {host} (ports below 1024 need "
+                f"administrator rights): pass a port from 1024 up, e.g. --port 3000"
+            ) from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise ValueError(
+                f"--host {host} is not an address of this machine: pass --host 127.0.0.1 "
+                f"(this machine only) or --host 0.0.0.0 (every interface)") from None
+        raise ValueError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; pass "
+                         f"another --host or --port") from None
+
+
+def _bind(family: int, host: str, port: int) -> None:
+    import socket
+
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as BentoML's socket
+        sock.bind((host, port))
+
+
+def _can_bind(family: int, host: str, port: int) -> bool:
+    try:
+        _bind(family, host, port)
+    except OSError:
+        return False
+    return True
 
 
 def serve_command(
@@ -188,6 +252,8 @@ def serve_cmd(
     from training.tracking import NoChampionError
 
     try:
+        if not dry_run:  # before importing the models: a port in use fails at once
+            check_listen_address(host, port)
         tags = import_champions(".")
         argv, env = serve_command(port=port, host=host, workers=workers, store=store,
                                   keys_file=keys_file, audit_log=audit_log,

@@ -694,6 +694,47 @@ def test_serve_command_environment(tmp_path) -> None:
         serve_command(port=0)
 
 
+def test_serve_on_a_port_in_use_is_a_one_line_error(tmp_path) -> None:
+    """`lifecast serve --port N` while something listens on N: exit code 2 and one line
+    naming the port and --port, before any model is imported (it was bentoml serve's
+    traceback, exit code 1)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    lifecast = Path(sys.executable).parent / "lifecast"
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
+        result = subprocess.run([str(lifecast), "serve", "--port", str(port)], cwd=tmp_path,
+                                env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: port {port} on 127.0.0.1 is already in use")
+    assert "--port" in lines[0] and "Traceback" not in result.stderr + result.stdout
+    assert list(tmp_path.iterdir()) == []  # nothing imported or created
+
+
+@pytest.mark.parametrize(("host", "words"), [
+    ("localhost", ("--host", "IP address", "'localhost'", "127.0.0.1")),
+    ("192.0.2.7", ("--host 192.0.2.7", "not an address of this machine")),  # TEST-NET-1
+])
+def test_serve_on_a_host_it_cannot_listen_on_is_a_clear_error(host, words) -> None:
+    from serving.serve_cli import check_listen_address
+
+    with pytest.raises(ValueError) as info:
+        check_listen_address(host, 3000)
+    for word in words:
+        assert word in str(info.value)
+    with pytest.raises(ValueError, match="--port must be between 1 and 65535"):
+        check_listen_address("127.0.0.1", 0)
+
+
 def test_serve_is_a_lifecast_command() -> None:
     from typer.testing import CliRunner
 

@@ -189,6 +189,24 @@ def test_auth_and_open_paths(server) -> None:
     assert metrics.status_code == 200 and "bentoml_service_request" in metrics.text
 
 
+def test_a_second_serve_on_the_same_port_is_a_one_line_error(server) -> None:
+    """`lifecast serve` again, in the same folder and on the port the running server holds:
+    one line naming the port and --port, exit code 2, and the running server unharmed."""
+    import httpx
+
+    port = server["url"].rsplit(":", 1)[1]
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("LIFECAST_", "MLFLOW_TRACKING_URI", "PROMETHEUS_"))}
+    result = subprocess.run([str(BIN / "lifecast"), "serve", "--port", port],
+                            cwd=server["folder"], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-3000:]
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert f"port {port} on 127.0.0.1 is already in use" in result.stderr
+    assert "--port" in result.stderr and "Traceback" not in result.stderr + result.stdout
+    assert httpx.get(f"{server['url']}/readyz", timeout=10).status_code == 200
+
+
 def test_audit_log_over_http(server) -> None:
     from serving.audit import AuditLog
 
