@@ -375,6 +375,22 @@ def evaluation_heading(kind: str, cutoff: pd.Timestamp) -> str:
             f"only on data before it, scored on the outcomes after it")
 
 
+def _fit_as_of(tx: Transactions, cut: pd.Timestamp, config: TrainConfig,
+               timings: dict[str, float]) -> tuple[pd.DataFrame, pd.DataFrame, FittedModels]:
+    """(training frame, population, fitted models) as if today were ``cut``: the snapshots
+    whose outcome windows end by it, the customers with a purchase before it, both with
+    their baseline features, and both models fit on the one for the other (`train` and
+    `backtest` alike)."""
+    fcfg = config.features
+    with _timed(timings, "training_frame"):
+        frame = sample_snapshots(build_training_frame(tx, cut, config=fcfg), config)
+    with _timed(timings, "baseline_features"):
+        frame = add_baseline_features(frame, fcfg)
+    with _timed(timings, "population"):
+        population = add_baseline_features(build_features(tx, cut, config=fcfg), fcfg)
+    return frame, population, fit_models(frame, population, config, cut, timings=timings)
+
+
 def train(
     transactions: Any,
     mapping: ColumnMapping | None = None,
@@ -407,13 +423,7 @@ def train(
         _check_repeat_buyers(tx, as_of)
     fcfg = config.features
     eval_cut = evaluation_cutoffs(tx.report.first_event, as_of, config)
-    with _timed(timings, "training_frame"):
-        frame = sample_snapshots(build_training_frame(tx, as_of, config=fcfg), config)
-    with _timed(timings, "baseline_features"):
-        frame = add_baseline_features(frame, fcfg)
-    with _timed(timings, "population"):
-        population = add_baseline_features(build_features(tx, as_of, config=fcfg), fcfg)
-    models = fit_models(frame, population, config, as_of, timings=timings)
+    frame, population, models = _fit_as_of(tx, as_of, config, timings)
 
     with _timed(timings, "evaluation_frame"):
         by_cut: dict[pd.Timestamp, pd.DataFrame] = {}
@@ -474,13 +484,7 @@ def backtest(
         _check_history(tx, cut, config, "--cutoff")
         _warn_if_under_a_year(tx, cut)
     fcfg = config.features
-    with _timed(timings, "training_frame"):
-        frame = sample_snapshots(build_training_frame(tx, cut, config=fcfg), config)
-    with _timed(timings, "baseline_features"):
-        frame = add_baseline_features(frame, fcfg)
-    with _timed(timings, "population"):
-        population = add_baseline_features(build_features(tx, cut, config=fcfg), fcfg)
-    models = fit_models(frame, population, config, cut, timings=timings)
+    _, population, models = _fit_as_of(tx, cut, config, timings)
     out = predict_customers(models, population, cut, timings=timings)
     keep = ["customer_id", "churn_probability", "churn_risk", "predicted_clv",
             "expected_orders", "p_alive", "segment", "lifecycle_stage", "value_at_risk"]
