@@ -285,4 +285,7 @@ def test_bentoml_build_carries_the_models(server) -> None:
         assert tags[f"lifecast-{kind}"].split(":")[1].startswith(f"v{server['versions'][kind]}-")
     assert (bento / "src" / "serving" / "service.py").is_file()
     assert not (bento / "src" / "tests").exists()
+    # the store's drivers and encoder: a Bento reading a PostgreSQL store needs psycopg
+    requirements = (bento / "env" / "python" / "requirements.txt").read_text().splitlines()
+    assert "psycopg[binary]>=3.2" in requirements and "orjson>=3.10" in requirements
     shutil.rmtree(bento, ignore_errors=True)
