@@ -28,11 +28,14 @@ Endpoints (the methods of `Runtime`):
 
 * `Runtime.predict`: the customers' stored feature rows of the current batch, scored by the
   champion models (churn probability, risk band, predicted value, value at risk and reasons
-  are computed now; expected orders, p_alive, RFM score, segment and lifecycle stage are the
-  batch's, which are functions of the same stored features; ``as_of`` is the batch's). It
-  reads the store without pandas (`training.store.CustomerStore.lookup`) and keeps per-batch
-  constants (feature positions, ``as_of``) by batch; `Runtime.predict_frames` is the same
-  through pandas frames, slower, kept as the reference the tests compare it with.
+  are computed now; expected orders and p_alive are the batch's baseline features; RFM
+  score, segment and lifecycle stage are the batch's when the service's models scored it,
+  else computed again from the stored features with the service's segmenter and horizon, so
+  that an answer never mixes two champions; ``as_of`` is the batch's, and the answer names
+  the models that scored the batch). It reads the store without pandas
+  (`training.store.CustomerStore.lookup`) and keeps per-batch constants (feature positions,
+  ``as_of``, the batch's models) by batch; `Runtime.predict_frames` is the same through
+  pandas frames, slower, kept as the reference the tests compare it with.
 * `Runtime.score`: features from the caller's transactions at ``as_of`` (default: now), the
   baseline fitted on the current batch's population, the saved segment thresholds and the
   lifecycle rules at the model's churn horizon: the same output as the batch.
@@ -183,6 +186,15 @@ def _versions_text(versions: dict[str, str]) -> str:
     return ", ".join(f"{kind} v{v}" for kind, v in sorted(versions.items())) or "none"
 
 
+def _str_versions(versions: Any) -> dict[str, str]:
+    """Model versions as ``{kind: version}`` text, as `LoadedModels.versions` holds them."""
+    return {str(k): str(v) for k, v in (versions or {}).items()}
+
+
+def _setting(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple | list) else str(value)
+
+
 def load_models(churn_folder: str | os.PathLike[str], clv_folder: str | os.PathLike[str],
                 versions: dict[str, str] | None = None) -> LoadedModels:
     """Load both models natively from their folders; the segmenter and the config are the
@@ -244,6 +256,17 @@ def _row_predictors(models: LoadedModels) -> tuple[RowPredictor, RowPredictor] |
 # --------------------------------------------------------------------------------------------
 
 
+#: The features RFM scores, segment and lifecycle stage are computed from
+#: (`features.segments.RFMSegmenter.transform`, `features.segments.lifecycle_stage`).
+SEGMENT_FEATURES = ("days_since_last", "n_orders", "monetary_total", "frequency", "T",
+                    "gap_mean", "gap_last")
+#: The feature settings that change what a stored feature holds (the horizons of the
+#: baseline features, the windows of the behavioural ones): a batch built with other values
+#: holds other inputs than the service's models take.
+SCORING_SETTINGS = ("churn_horizon_days", "clv_horizon_days", "windows_days",
+                    "trend_window_days")
+
+
 @dataclass
 class _BatchState:
     """What the service knows about the store's current batch."""
@@ -252,18 +275,29 @@ class _BatchState:
     as_of: pd.Timestamp
     feature_columns: list[str]
     baseline: BaselineCLV | None
+    model_versions: dict[str, str] = field(default_factory=dict)  # the models that scored it
+    other_settings: str | None = None  # its feature settings where they are not the models'
 
 
 @dataclass(frozen=True)
 class _Layout:
     """/predict's constants of one store batch: where the models' features sit in the
-    batch's feature rows, the batch's ``as_of`` and what the models lack."""
+    batch's feature rows, the batch's ``as_of``, the models that scored it and what the
+    service's models lack."""
 
     batch_id: str
     as_of: datetime
     churn_index: np.ndarray  # positions of the churn model's features in the batch's rows
     value_index: np.ndarray | None  # the value model's, None when they are the churn's
     missing: tuple[str, ...]  # features of the models the batch does not hold
+    #: the models that scored the batch (its stored scores); when they are not the
+    #: service's (a new champion, the store not rescored yet), /predict computes the RFM
+    #: score, segment and lifecycle stage from the batch's features with the service's
+    #: segmenter and settings (``segment_index``: positions of `SEGMENT_FEATURES`)
+    batch_versions: dict[str, str] = field(default_factory=dict)
+    rescore: bool = False
+    segment_index: np.ndarray | None = None
+    other_settings: str | None = None  # the batch's feature settings unlike the models'
 
 
 class Runtime:
@@ -360,20 +394,48 @@ class Runtime:
             logger.warning("batch %s lacks features of the champion models (%s): /predict "
                            "refuses until `lifecast score` is run with them",
                            batch["batch_id"], ", ".join(sorted(missing)[:5]))
-        scored_by = {str(k): str(v) for k, v in (batch.get("model_versions") or {}).items()}
+        scored_by = _str_versions(batch.get("model_versions"))
+        other_settings = None
         if scored_by != self.models.versions:
-            # /predict scores with the service's models; /high_risk and /segments are the
-            # batch's own scores: the two disagree until the store is rescored
+            # /predict scores with the service's models (segments and lifecycle stages
+            # included); /high_risk and /segments are the batch's own scores: the two
+            # disagree until the store is rescored
+            other_settings = self._other_settings(batch.get("metadata"))
             logger.warning("batch %s was scored by models %s, the service runs %s: /predict "
-                           "uses the service's models, /high_risk and /segments the batch's "
-                           "scores; run `lifecast score` to rescore the store",
-                           batch["batch_id"], _versions_text(scored_by),
+                           "answers with the service's models (segments and lifecycle stages "
+                           "computed again from the batch's features), /high_risk and "
+                           "/segments with the batch's scores; run `lifecast score` to "
+                           "rescore the store", batch["batch_id"], _versions_text(scored_by),
                            _versions_text(self.models.versions))
+            if other_settings:
+                logger.warning("batch %s was built with other feature settings than the "
+                               "service's models (%s): /predict refuses (503) until `lifecast "
+                               "score` rescores the store", batch["batch_id"], other_settings)
         return _BatchState(
             batch_id=str(batch["batch_id"]), as_of=pd.Timestamp(batch["as_of"]),
             feature_columns=list(batch["feature_columns"]),
-            baseline=self._fit_baseline(batch),
+            baseline=self._fit_baseline(batch), model_versions=scored_by,
+            other_settings=other_settings,
         )
+
+    def _other_settings(self, metadata: dict[str, Any] | None) -> str | None:
+        """The batch's `SCORING_SETTINGS` where they are not the service's models', as
+        ``"name <batch's> (the service's models: <theirs>)"``; None when they agree or the
+        batch does not record them (`lifecast score` saves its config in the metadata)."""
+        from features.config import FeatureConfig
+
+        features = ((metadata or {}).get("config") or {}).get("features")
+        if not features:
+            return None
+        try:
+            theirs = FeatureConfig.model_validate(features)
+        except ValueError:
+            return None
+        ours = self.models.config.features
+        diff = [f"{name} {_setting(getattr(theirs, name))} (the service's models: "
+                f"{_setting(getattr(ours, name))})"
+                for name in SCORING_SETTINGS if getattr(theirs, name) != getattr(ours, name)]
+        return ", ".join(diff) or None
 
     def _fit_baseline(self, batch: dict[str, Any]) -> BaselineCLV | None:
         """The BG/NBD + Gamma-Gamma baseline the batch used: the parameters `lifecast score`
@@ -470,18 +532,28 @@ class Runtime:
         numpy, and the response built directly. Rows, ``as_of`` and ``batch_id`` come from
         one read of one batch, so a batch written meanwhile is seen whole or not at all.
         Same answer as `predict_frames` (the pandas path, kept as the reference).
+
+        Every field comes from the service's models and the batch's features as of the
+        batch's ``as_of``: churn probability, risk, value, value at risk and reasons are
+        computed now; expected orders and p_alive are the batch's baseline features (which
+        the churn model takes as inputs); RFM score, segment and lifecycle stage are the
+        batch's when the service's models scored it, else (a new champion, the store not
+        rescored yet) computed again from its features with the service's segmenter and
+        churn horizon. The answer names the batch, its ``as_of`` and the models that scored
+        it (``batch_model_versions``: whose scores /high_risk and /segments return). A batch
+        built with other feature settings (`SCORING_SETTINGS`) holds other inputs than the
+        models take: 503 until `lifecast score` runs again.
         """
         rows = self._store_call(self.store.lookup, customer_ids)
         layout = self._layout(rows.batch)
-        if layout.missing:
-            raise ServiceError(503, (
-                f"the customer store's batch {layout.batch_id} lacks features the champion "
-                f"models use ({', '.join(layout.missing[:5])}): run `lifecast score` again"))
+        self._check_usable(layout.batch_id, layout.missing, layout.other_settings,
+                           layout.batch_versions)
         errors = [CustomerError(customer_id=c,
                                 error="unknown customer: not in the current batch")
                   for c in rows.unknown]
         if not rows.ids:
-            return PredictResponse(batch_id=layout.batch_id, predictions=[], errors=errors)
+            return self._predict_response(layout.batch_id, layout.as_of, layout.batch_versions,
+                                          [], errors)
         F = rows.features
         X = F[:, layout.churn_index]
         Xv = X if layout.value_index is None else F[:, layout.value_index]
@@ -490,7 +562,10 @@ class Runtime:
         risk, reasons = out["churn_risk"].tolist(), out["reasons"]
         sc = rows.scores
         expected, alive = sc["expected_orders"], sc["p_alive"]
-        rfm, segment, stage = sc["rfm_score"], sc["segment"], sc["lifecycle_stage"]
+        if layout.rescore:
+            rfm, segment, stage = self._segments(rows.ids, F[:, layout.segment_index])
+        else:
+            rfm, segment, stage = sc["rfm_score"], sc["segment"], sc["lifecycle_stage"]
         as_of, versions = layout.as_of, self.models.versions
         predictions = [
             CustomerPrediction(
@@ -503,8 +578,50 @@ class Runtime:
             )
             for i, cid in enumerate(rows.ids)
         ]
-        return PredictResponse(batch_id=layout.batch_id, predictions=predictions,
-                               errors=errors)
+        return self._predict_response(layout.batch_id, layout.as_of, layout.batch_versions,
+                                      predictions, errors)
+
+    @staticmethod
+    def _predict_response(batch_id: str, as_of: Any, batch_versions: dict[str, str],
+                          predictions: list[Any], errors: list[Any]) -> PredictResponse:
+        return PredictResponse(
+            batch_id=batch_id, as_of=_py_datetime(as_of),
+            batch_model_versions={k: batch_versions.get(k) or "unknown"
+                                  for k in ("churn", "clv")},
+            predictions=predictions, errors=errors)
+
+    def _check_usable(self, batch_id: str, missing: Sequence[str], other_settings: str | None,
+                      batch_versions: dict[str, str]) -> None:
+        """503 when the batch's features are not what the service's models take."""
+        if missing:
+            raise ServiceError(503, (
+                f"the customer store's batch {batch_id} lacks features the champion "
+                f"models use ({', '.join(list(missing)[:5])}): run `lifecast score` again"))
+        if other_settings:
+            raise ServiceError(503, (
+                f"the customer store's batch {batch_id} was scored by models "
+                f"{_versions_text(batch_versions)} with other feature settings than the "
+                f"service's models {_versions_text(self.models.versions)} ({other_settings}): "
+                f"its features are not the inputs these models take; run `lifecast score` "
+                f"again"))
+
+    def _segments(self, ids: Sequence[str], values: Any) -> tuple[list, list, list]:
+        """RFM score, segment and lifecycle stage from `SEGMENT_FEATURES` (a matrix or a
+        frame holding them) with the service's segmenter and churn horizon, as the batch
+        computes them (`features.demo.segment_customers`)."""
+        import pandas as pd
+
+        from features.segments import lifecycle_stage
+
+        if isinstance(values, pd.DataFrame):
+            frame = values[list(SEGMENT_FEATURES)].reset_index(drop=True)
+        else:
+            frame = pd.DataFrame(values, columns=list(SEGMENT_FEATURES))
+        frame.insert(0, "customer_id", list(ids))
+        seg = self.models.segmenter.transform(frame)
+        stage = lifecycle_stage(
+            frame, churn_horizon_days=self.models.config.features.churn_horizon_days)
+        return seg["rfm_score"].tolist(), seg["segment"].tolist(), stage.tolist()
 
     def _layout(self, batch: BatchInfo) -> _Layout:
         """The `_Layout` of a store batch, made once per batch (a batch never changes)."""
@@ -516,39 +633,64 @@ class Runtime:
 
         position = {name: j for j, name in enumerate(batch.feature_columns)}
         m = self.models
-        missing = tuple(sorted(n for n in {*m.churn_names, *m.value_names}
-                               if n not in position))
+        batch_versions = _str_versions(batch.model_versions)
+        rescore = batch_versions != m.versions
+        needed = {*m.churn_names, *m.value_names, *(SEGMENT_FEATURES if rescore else ())}
+        missing = tuple(sorted(n for n in needed if n not in position))
         churn_index = np.array([position.get(n, -1) for n in m.churn_names], dtype=np.intp)
         value_index = (None if m.value_names == m.churn_names else
                        np.array([position.get(n, -1) for n in m.value_names], dtype=np.intp))
+        segment_index = (np.array([position.get(n, -1) for n in SEGMENT_FEATURES],
+                                  dtype=np.intp) if rescore else None)
         layout = _Layout(batch_id=batch.batch_id, as_of=_py_datetime(batch.as_of),
-                         churn_index=churn_index, value_index=value_index, missing=missing)
+                         churn_index=churn_index, value_index=value_index, missing=missing,
+                         batch_versions=batch_versions, rescore=rescore,
+                         segment_index=segment_index,
+                         other_settings=self._batch_settings(batch.batch_id) if rescore
+                         else None)
         # replaced whole (readers never see a dict being changed); few batches are current
         # over a worker's life, and the old ones are dropped
         self._layouts = {**{k: v for k, v in list(self._layouts.items())[-2:]}, key: layout}
         return layout
+
+    def _batch_settings(self, batch_id: str) -> str | None:
+        """`_other_settings` of a batch by id (read once per batch, from the kept batches)."""
+        state = self._state
+        if state is not None and state.batch_id == batch_id:
+            return state.other_settings
+        try:
+            kept = self.store.batches()
+        except Exception as exc:  # the settings cannot be checked: say so, answer anyway
+            logger.warning("cannot read the feature settings of batch %s: %s", batch_id, exc)
+            return None
+        row = kept[kept["batch_id"] == batch_id]
+        return self._other_settings(row["metadata"].iloc[0]) if len(row) else None
 
     def predict_frames(self, customer_ids: Sequence[str]) -> PredictResponse:
         """`predict` through `CustomerStore.get_customers`' pandas frames: the first
         implementation, slower (about 17 ms for one id, mostly building one-row frames), kept
         as the reference the fast path is tested against."""
         state = self._batch()
-        missing = [n for n in {*self.models.churn_names, *self.models.value_names}
-                   if n not in state.feature_columns]
-        if missing:
-            raise ServiceError(503, (
-                f"the customer store's batch {state.batch_id} lacks features the champion "
-                f"models use ({', '.join(sorted(missing)[:5])}): run `lifecast score` again"))
+        rescore = state.model_versions != self.models.versions
+        needed = {*self.models.churn_names, *self.models.value_names,
+                  *(SEGMENT_FEATURES if rescore else ())}
+        missing = sorted(n for n in needed if n not in state.feature_columns)
+        self._check_usable(state.batch_id, missing, state.other_settings if rescore else None,
+                           state.model_versions)
         ids = list(dict.fromkeys(str(c) for c in customer_ids))
         scores, feats, unknown = self._store_call(self.store.get_customers, ids)
         errors = [{"customer_id": c, "error": "unknown customer: not in the current batch"}
                   for c in unknown]
         if not len(scores):
-            return PredictResponse(batch_id=state.batch_id, predictions=[], errors=errors)
+            return self._predict_response(state.batch_id, state.as_of, state.model_versions,
+                                          [], errors)
         out = self._predict(feats)
         p, clv = out["churn_probability"], out["predicted_clv"]
         cols = {c: scores[c].tolist() for c in ("customer_id", "expected_orders", "p_alive",
                                                  "rfm_score", "segment", "lifecycle_stage")}
+        if rescore:
+            cols["rfm_score"], cols["segment"], cols["lifecycle_stage"] = self._segments(
+                cols["customer_id"], feats)
         as_of = _py_datetime(scores["as_of"].iloc[0])
         versions = self.models.versions
         predictions = [
@@ -566,7 +708,8 @@ class Runtime:
             for i in range(len(scores))
         ]
         batch_id = str(scores["batch_id"].iloc[0]) if "batch_id" in scores else state.batch_id
-        return PredictResponse(batch_id=batch_id, predictions=predictions, errors=errors)
+        return self._predict_response(batch_id, as_of, state.model_versions, predictions,
+                                      errors)
 
     # -- /score -----------------------------------------------------------------------------
 

@@ -322,7 +322,20 @@ class CustomerError(BaseModel):
 
 
 class PredictResponse(BaseModel):
+    """Customers of the store's current batch, every field from the service's models."""
+
     batch_id: str = Field(description="The customer store batch the features came from.")
+    as_of: datetime = Field(
+        description="The batch's cutoff: the features, and so every field of every "
+                    "prediction, describe the customers as of this instant (events before "
+                    "it).")
+    batch_model_versions: ModelVersions = Field(
+        description="The models that scored the batch: its stored scores, which /high_risk "
+                    "and /segments return, are theirs. After a new champion, until `lifecast "
+                    "score` runs again, they differ from the predictions' `model_versions`: "
+                    "/predict still computes every model-dependent field (churn, value, "
+                    "reasons, RFM score, segment, lifecycle stage) with the service's models "
+                    "from the batch's features, so one answer never mixes two models.")
     predictions: list[CustomerPrediction]
     errors: list[CustomerError] = Field(description="Ids that could not be answered, and why.")
 

@@ -7,8 +7,9 @@ Endpoints (JSON over HTTP; the Swagger UI is ``/`` and ``/docs``, the OpenAPI do
 endpoint       scope     what
 =============  ========  =====================================================================
 /predict       predict   ``{"customer_ids": [...]}`` (1-1,000): per customer the output of
-                         DESIGN.md from the champion models and the customer store's features;
-                         unknown ids in ``errors``
+                         DESIGN.md from the champion models and the customer store's features
+                         (the batch's ``as_of``; ``batch_model_versions``: the models that
+                         scored the batch); unknown ids in ``errors``
 /score         predict   ``{"customers": [{"customer_id", "transactions": [...]}], "as_of"}``:
                          real-time scoring from the caller's own history
 /high_risk     lists     the ranked list by value at risk (filters, ``limit``/``offset``,
@@ -190,8 +191,11 @@ class Lifecast:
     async def predict(self, ctx: bentoml.Context = None, **request: Any
                       ) -> PredictResponse | Response:
         """Churn probability, predicted value, segment, lifecycle stage and reasons of
-        customers in the customer store, scored by the champion models. Unknown ids are
-        listed in `errors`; they never fail the batch."""
+        customers in the customer store, every field from the champion models the service
+        runs, applied to the store's features as of the batch's `as_of`. Unknown ids are
+        listed in `errors`; they never fail the batch. `batch_model_versions` names the
+        models that scored the store's batch (whose scores /high_risk and /segments return):
+        after a new champion they differ until `lifecast score` runs again."""
         # Asynchronous, unlike the other endpoints: a request for a few ids (about 1 ms of
         # work) runs on the event loop, which halved the latency of one-id requests against
         # BentoML's hop to its worker thread and back; larger ones go to one worker thread

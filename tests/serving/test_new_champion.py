@@ -1,0 +1,161 @@
+"""/predict between a new champion and the next `lifecast score`.
+
+`lifecast promote` (or `train` promoting) makes new champions, but the customer store still
+holds the batch the previous champions scored until `lifecast score` runs again. /predict then
+scores the batch's features with the service's (new) models; it used to return the batch's
+RFM score, segment and lifecycle stage beside them, i.e. the previous champion's segmenter
+next to the new model's churn probability, in one answer. Now every field comes from the
+service's models and the batch's features, and the answer names the batch, its as-of and the
+models that scored it (whose scores /high_risk and /segments still return).
+
+The previous champion here is real: the same settings trained 60 days earlier on the demo
+data, which learns other RFM edges; its batch is written by `training.scoring.score`.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from serving.app import Runtime, ServiceError
+from training.store import CustomerStore
+
+PREVIOUS = {"churn": "5", "clv": "6"}
+
+
+@pytest.fixture(scope="module")
+def service_models(service_env):
+    """The service's models (the new champions, versions 7 and 8), as a worker loads them."""
+    from serving.service import Lifecast
+
+    instance = Lifecast()
+    yield instance.runtime.models
+    instance._close()
+
+
+@pytest.fixture(scope="module")
+def previous_batch(world, tmp_path_factory):
+    """A store whose current batch the previous champions scored (at the same as-of)."""
+    from training.pipeline import train
+    from training.scoring import score
+
+    earlier = world.as_of - pd.Timedelta(days=60)
+    previous = train(world.transactions, as_of=earlier, config=world.models.config).models
+    previous.versions = dict(PREVIOUS)
+    url = f"sqlite:///{tmp_path_factory.mktemp('promoted') / 'lifecast_store.db'}"
+    result = score(world.transactions, store_url=url, models=previous)
+    assert result.as_of == world.as_of
+    return url, previous
+
+
+@pytest.fixture()
+def runtime(service_models, previous_batch, tmp_path):
+    from serving.audit import AuditLog
+
+    rt = Runtime(service_models, CustomerStore(previous_batch[0]), AuditLog(
+        tmp_path / "audit.log"), store_check_seconds=0)
+    yield rt
+    rt.close()
+
+
+def _stored(url: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    store = CustomerStore(url)
+    try:
+        ranked, _ = store.ranked(min_churn_probability=None, min_value=None, limit=100_000)
+        scores, feats, _ = store.get_customers(ranked["customer_id"].tolist())
+    finally:
+        store.close()
+    return scores, feats
+
+
+def test_predict_answers_with_the_new_champion_alone(runtime, world, previous_batch) -> None:
+    from training.pipeline import predict_customers
+
+    url, previous = previous_batch
+    scores, feats = _stored(url)
+    ids = scores["customer_id"].astype(str).tolist()[:1000]
+    out = runtime.predict(ids)
+    # what the new champion says of these features, every field of it
+    rows = feats.set_index("customer_id").loc[ids].reset_index()
+    expected = predict_customers(world.models, rows, world.as_of).set_index("customer_id")
+    stored = scores.set_index("customer_id")
+    assert [p.customer_id for p in out.predictions] == ids
+    moved = 0
+    for p in out.predictions:
+        e = expected.loc[p.customer_id]
+        assert p.model_versions.model_dump() == {"churn": "7", "clv": "8"}
+        assert p.as_of == world.as_of.to_pydatetime()
+        assert p.churn_probability == pytest.approx(e["churn_probability"], abs=1e-9)
+        assert p.predicted_clv == pytest.approx(e["predicted_clv"], rel=1e-9, abs=1e-9)
+        assert (p.rfm_score, p.segment, p.lifecycle_stage) == (
+            e["rfm_score"], e["segment"], e["lifecycle_stage"]), p.customer_id
+        assert p.expected_orders == pytest.approx(e["expected_orders"], rel=1e-12)
+        assert p.p_alive == pytest.approx(e["p_alive"], rel=1e-12)
+        moved += p.segment != stored.loc[p.customer_id, "segment"]
+    # the scenario is real: the previous champion's segments were not these
+    assert moved > 0
+    assert previous.segmenter.to_dict() != world.models.segmenter.to_dict()
+    # and the answer says where its features come from and whose scores the lists hold
+    assert out.batch_model_versions.model_dump() == PREVIOUS
+    assert pd.Timestamp(out.as_of) == world.as_of
+
+
+def test_the_fast_path_and_the_pandas_path_agree_on_it(runtime, previous_batch) -> None:
+    scores, _ = _stored(previous_batch[0])
+    ids = [*scores["customer_id"].astype(str).tolist()[::13], "nobody"]
+    assert runtime.refresh(force=True)
+    fast, reference = runtime.predict(ids), runtime.predict_frames(ids)
+    assert fast.model_dump_json() == reference.model_dump_json()
+    unknown = runtime.predict(["nobody"])
+    assert unknown.predictions == [] and unknown.batch_model_versions.churn == "5"
+
+
+def test_a_batch_the_service_models_scored_keeps_its_stored_fields(world, service_models,
+                                                                   tmp_path) -> None:
+    """The usual case (the store scored by the service's models): the stored fields, which
+    are what the service would compute, and the batch's versions are the service's."""
+    from serving.audit import AuditLog
+
+    rt = Runtime(service_models, CustomerStore(world.store_url), AuditLog(
+        tmp_path / "audit.log"), store_check_seconds=0)
+    try:
+        scores, _ = _stored(world.store_url)
+        ids = scores["customer_id"].astype(str).tolist()[:50]
+        out = rt.predict(ids)
+        assert out.batch_model_versions.model_dump() == {"churn": "7", "clv": "8"}
+        stored = scores.set_index("customer_id")
+        for p in out.predictions:
+            s = stored.loc[p.customer_id]
+            assert (p.segment, p.rfm_score, p.lifecycle_stage) == (
+                s["segment"], s["rfm_score"], s["lifecycle_stage"])
+    finally:
+        rt.close()
+
+
+def test_a_batch_built_with_other_feature_settings_is_refused(world, service_models,
+                                                              previous_batch,
+                                                              tmp_path) -> None:
+    """Stored features built with another churn horizon (the baseline features' horizon)
+    are not the inputs the service's models take: 503, naming the setting and what to do,
+    rather than numbers computed from the wrong inputs."""
+    from serving.audit import AuditLog
+
+    scores, feats = _stored(previous_batch[0])
+    config = world.models.config.model_dump(mode="json")
+    config["features"]["churn_horizon_days"] = 60
+    store = CustomerStore(CustomerStore.default_url(tmp_path))
+    store.write_batch(scores.drop(columns=["churn_model_version", "clv_model_version",
+                                           "batch_id"]), feats,
+                      as_of=world.as_of, model_versions=PREVIOUS, metadata={"config": config})
+    rt = Runtime(service_models, store, AuditLog(tmp_path / "audit.log"),
+                 store_check_seconds=0)
+    try:
+        for call in (rt.predict, rt.predict_frames):
+            with pytest.raises(ServiceError) as info:
+                call([scores["customer_id"].iloc[0]])
+            assert info.value.status == 503
+            message = info.value.message
+            assert "churn_horizon_days 60 (the service's models: 90)" in message
+            assert "lifecast score" in message and "churn v5, clv v6" in message
+    finally:
+        rt.close()
