@@ -130,3 +130,22 @@ def service_env(world: World):
         for key, value in world.env.items():
             mp.setenv(key, value)
         yield world.env
+
+
+@pytest.fixture(scope="session")
+def stored_batch():
+    """``read(url)``: the scores and stored features of every customer of the current batch
+    in the customer store at ``url``."""
+    from training.store import CustomerStore
+
+    def read(url: str):
+        store = CustomerStore(url)
+        try:
+            ranked, _ = store.ranked(min_churn_probability=None, min_value=None,
+                                     limit=100_000)
+            scores, feats, _ = store.get_customers(ranked["customer_id"].tolist())
+        finally:
+            store.close()
+        return scores, feats
+
+    return read

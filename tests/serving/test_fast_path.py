@@ -143,25 +143,15 @@ def test_lookup_of_an_empty_store(tmp_path: Path) -> None:
     store.close()
 
 
-def _copy_of_batch(world) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Scores and features of every customer of the fixture's batch."""
-    store = CustomerStore(world.store_url)
-    try:
-        ranked, _ = store.ranked(min_churn_probability=None, min_value=None, limit=100_000)
-        scores, feats, _ = store.get_customers(ranked["customer_id"].tolist())
-    finally:
-        store.close()
-    return scores, feats
-
-
-def test_a_new_batch_is_followed_whatever_its_column_order(world, runtime, tmp_path) -> None:
+def test_a_new_batch_is_followed_whatever_its_column_order(world, runtime, tmp_path,
+                                                           stored_batch) -> None:
     """The per-batch constants (feature positions, as_of, batch id) are cached by batch: a
     new batch with its feature columns in another order and other values is answered from
     its own rows, and equal to the pandas path."""
     from serving.app import Runtime
     from serving.audit import AuditLog
 
-    scores, feats = _copy_of_batch(world)
+    scores, feats = stored_batch(world.store_url)
     store = CustomerStore(CustomerStore.default_url(tmp_path))
     versions = {"churn": "7", "clv": "8"}
     first = store.write_batch(scores, feats, as_of=world.as_of, model_versions=versions)
@@ -194,11 +184,11 @@ def test_a_new_batch_is_followed_whatever_its_column_order(world, runtime, tmp_p
         store.close()
 
 
-def test_lookup_never_mixes_two_batches(world, tmp_path, monkeypatch) -> None:
+def test_lookup_never_mixes_two_batches(world, tmp_path, monkeypatch, stored_batch) -> None:
     """A reader looks customers up while a writer replaces the batch (the writer pauses inside
     its transaction, after its first chunk, until the reader has read): every answer is wholly
     from the old batch or wholly from the new one, batch id, scores and features alike."""
-    scores, feats = _copy_of_batch(world)
+    scores, feats = stored_batch(world.store_url)
     url = CustomerStore.default_url(tmp_path)
     writer = CustomerStore(url, chunk_size=200)
     versions = {"churn": "7", "clv": "8"}
@@ -289,8 +279,8 @@ def pg_url() -> Iterator[str]:
 
 
 @pytest.mark.slow
-def test_lookup_equals_get_customers_postgres(world, pg_url: str) -> None:
-    scores, feats = _copy_of_batch(world)
+def test_lookup_equals_get_customers_postgres(world, pg_url: str, stored_batch) -> None:
+    scores, feats = stored_batch(world.store_url)
     store = CustomerStore(pg_url)
     try:
         batch_id = store.write_batch(scores, feats, as_of=world.as_of,

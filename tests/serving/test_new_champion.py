@@ -58,21 +58,12 @@ def runtime(service_models, previous_batch, tmp_path):
     rt.close()
 
 
-def _stored(url: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    store = CustomerStore(url)
-    try:
-        ranked, _ = store.ranked(min_churn_probability=None, min_value=None, limit=100_000)
-        scores, feats, _ = store.get_customers(ranked["customer_id"].tolist())
-    finally:
-        store.close()
-    return scores, feats
-
-
-def test_predict_answers_with_the_new_champion_alone(runtime, world, previous_batch) -> None:
+def test_predict_answers_with_the_new_champion_alone(runtime, world, previous_batch,
+                                                     stored_batch) -> None:
     from training.pipeline import predict_customers
 
     url, previous = previous_batch
-    scores, feats = _stored(url)
+    scores, feats = stored_batch(url)
     ids = scores["customer_id"].astype(str).tolist()[:1000]
     out = runtime.predict(ids)
     # what the new champion says of these features, every field of it
@@ -100,8 +91,9 @@ def test_predict_answers_with_the_new_champion_alone(runtime, world, previous_ba
     assert pd.Timestamp(out.as_of) == world.as_of
 
 
-def test_the_fast_path_and_the_pandas_path_agree_on_it(runtime, previous_batch) -> None:
-    scores, _ = _stored(previous_batch[0])
+def test_the_fast_path_and_the_pandas_path_agree_on_it(runtime, previous_batch,
+                                                       stored_batch) -> None:
+    scores, _ = stored_batch(previous_batch[0])
     ids = [*scores["customer_id"].astype(str).tolist()[::13], "nobody"]
     assert runtime.refresh(force=True)
     fast, reference = runtime.predict(ids), runtime.predict_frames(ids)
@@ -111,7 +103,7 @@ def test_the_fast_path_and_the_pandas_path_agree_on_it(runtime, previous_batch) 
 
 
 def test_a_batch_the_service_models_scored_keeps_its_stored_fields(world, service_models,
-                                                                   tmp_path) -> None:
+                                                                   tmp_path, stored_batch) -> None:
     """The usual case (the store scored by the service's models): the stored fields, which
     are what the service would compute, and the batch's versions are the service's."""
     from serving.audit import AuditLog
@@ -119,7 +111,7 @@ def test_a_batch_the_service_models_scored_keeps_its_stored_fields(world, servic
     rt = Runtime(service_models, CustomerStore(world.store_url), AuditLog(
         tmp_path / "audit.log"), store_check_seconds=0)
     try:
-        scores, _ = _stored(world.store_url)
+        scores, _ = stored_batch(world.store_url)
         ids = scores["customer_id"].astype(str).tolist()[:50]
         out = rt.predict(ids)
         assert out.batch_model_versions.model_dump() == {"churn": "7", "clv": "8"}
@@ -134,13 +126,13 @@ def test_a_batch_the_service_models_scored_keeps_its_stored_fields(world, servic
 
 def test_a_batch_built_with_other_feature_settings_is_refused(world, service_models,
                                                               previous_batch,
-                                                              tmp_path) -> None:
+                                                              tmp_path, stored_batch) -> None:
     """Stored features built with another churn horizon (the baseline features' horizon)
     are not the inputs the service's models take: 503, naming the setting and what to do,
     rather than numbers computed from the wrong inputs."""
     from serving.audit import AuditLog
 
-    scores, feats = _stored(previous_batch[0])
+    scores, feats = stored_batch(previous_batch[0])
     config = world.models.config.model_dump(mode="json")
     config["features"]["churn_horizon_days"] = 60
     store = CustomerStore(CustomerStore.default_url(tmp_path))
