@@ -191,10 +191,6 @@ def _str_versions(versions: Any) -> dict[str, str]:
     return {str(k): str(v) for k, v in (versions or {}).items()}
 
 
-def _setting(value: Any) -> str:
-    return ",".join(map(str, value)) if isinstance(value, tuple | list) else str(value)
-
-
 def load_models(churn_folder: str | os.PathLike[str], clv_folder: str | os.PathLike[str],
                 versions: dict[str, str] | None = None) -> LoadedModels:
     """Load both models natively from their folders; the segmenter and the config are the
@@ -431,11 +427,10 @@ class Runtime:
             theirs = FeatureConfig.model_validate(features)
         except ValueError:
             return None
-        ours = self.models.config.features
-        diff = [f"{name} {_setting(getattr(theirs, name))} (the service's models: "
-                f"{_setting(getattr(ours, name))})"
-                for name in SCORING_SETTINGS if getattr(theirs, name) != getattr(ours, name)]
-        return ", ".join(diff) or None
+        from training.models import feature_settings_diff
+
+        return feature_settings_diff(theirs, self.models.config.features,
+                                     "the service's models:", SCORING_SETTINGS) or None
 
     def _fit_baseline(self, batch: dict[str, Any]) -> BaselineCLV | None:
         """The BG/NBD + Gamma-Gamma baseline the batch used: the parameters `lifecast score`

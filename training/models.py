@@ -34,7 +34,7 @@ import json
 import logging
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -141,11 +141,12 @@ def check_same_feature_settings(churn: ChurnModel, value: ValueModel, churn_from
     )
 
 
-def feature_settings_diff(a: FeatureConfig, b: FeatureConfig, b_label: str) -> str:
-    """The settings where ``a`` and ``b`` differ (at most four), as ``"name <a> (<b_label>
-    <b>)"`` joined by commas."""
+def feature_settings_diff(a: FeatureConfig, b: FeatureConfig, b_label: str,
+                          names: Sequence[str] | None = None) -> str:
+    """The settings (of ``names``, default all) where ``a`` and ``b`` differ (at most four),
+    as ``"name <a> (<b_label> <b>)"`` joined by commas; empty when they agree."""
     diff = [f"{k} {v} ({b_label} {getattr(b, k)})" for k, v in a.model_dump().items()
-            if getattr(b, k) != v]
+            if (names is None or k in names) and getattr(b, k) != v]
     return ", ".join(diff[:4])
 
 
