@@ -358,14 +358,18 @@ def _warn_if_p_alive_is_flat(p_alive: np.ndarray) -> None:
         )
 
 
-def _eval_tables(y_churn: np.ndarray, p_model: np.ndarray, p_base: np.ndarray,
-                 y_value: np.ndarray | None, v_model: np.ndarray | None,
-                 v_base: np.ndarray | None) -> dict[str, pd.DataFrame]:
-    tables = {"churn": compare_table(churn_metrics(y_churn, p_model),
-                                     churn_metrics(y_churn, p_base))}
-    if y_value is not None:
-        tables["value"] = compare_table(value_metrics(y_value, v_model),
-                                        value_metrics(y_value, v_base))
+def _eval_tables(churn: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+                 value: tuple[np.ndarray, np.ndarray, np.ndarray] | None
+                 ) -> dict[str, pd.DataFrame]:
+    """Model vs baseline metrics per label: ``churn`` and ``value`` are (actual, model,
+    baseline) arrays, or None for a label not evaluated."""
+    tables = {}
+    if churn is not None:
+        y, model, base = churn
+        tables["churn"] = compare_table(churn_metrics(y, model), churn_metrics(y, base))
+    if value is not None:
+        y, model, base = value
+        tables["value"] = compare_table(value_metrics(y, model), value_metrics(y, base))
     return tables
 
 
@@ -447,7 +451,7 @@ def train(
         yv = ev_v["future_value"].to_numpy(dtype="float64")
         v_model = eval_models["value"].predict(ev_v)
         v_base = ev_v["bg_clv"].to_numpy(dtype="float64")
-        evaluation = _eval_tables(y, p_model, p_base, yv, v_model, v_base)
+        evaluation = _eval_tables((y, p_model, p_base), (yv, v_model, v_base))
         preds = {
             "churn": pd.DataFrame({"customer_id": ev_c["customer_id"].to_numpy(), "actual": y,
                                    "model": p_model, "baseline": p_base}),
@@ -494,29 +498,24 @@ def backtest(
 
     horizons = {"churn": fcfg.churn_horizon_days, "value": fcfg.clv_horizon_days}
     covered = {k: window_observed(tx.report.last_event, cut, h) for k, h in horizons.items()}
-    tables: dict[str, pd.DataFrame] = {}
     with _timed(timings, "evaluation"):
-        labels: dict[int, pd.DataFrame] = {}  # one query when both horizons are equal
-        for kind in (k for k in horizons if covered[k]):
-            h = horizons[kind]
-            if h not in labels:
-                labels[h] = build_labels(tx, cut, h)
-            if kind == "churn":
-                preds = preds.merge(labels[h][["customer_id", "churned"]], on="customer_id",
-                                    how="left", validate="one_to_one")
-                y = preds["churned"].astype(int).to_numpy()
-                tables[kind] = compare_table(
-                    churn_metrics(y, preds["churn_probability"].to_numpy()),
-                    churn_metrics(y, preds["baseline_churn_probability"].to_numpy()))
-            else:
-                preds = preds.merge(
-                    labels[h][["customer_id", "future_value"]].rename(
-                        columns={"future_value": "actual_value"}),
-                    on="customer_id", how="left", validate="one_to_one")
-                yv = preds["actual_value"].to_numpy(dtype="float64")
-                tables[kind] = compare_table(
-                    value_metrics(yv, preds["predicted_clv"].to_numpy()),
-                    value_metrics(yv, preds["baseline_clv"].to_numpy()))
+        labels = {h: build_labels(tx, cut, h)  # one query when both horizons are equal
+                  for h in {horizons[k] for k in horizons if covered[k]}}
+        churn = value = None
+        if covered["churn"]:
+            preds = preds.merge(labels[horizons["churn"]][["customer_id", "churned"]],
+                                on="customer_id", how="left", validate="one_to_one")
+            churn = (preds["churned"].astype(int).to_numpy(),
+                     preds["churn_probability"].to_numpy(),
+                     preds["baseline_churn_probability"].to_numpy())
+        if covered["value"]:
+            preds = preds.merge(
+                labels[horizons["value"]][["customer_id", "future_value"]].rename(
+                    columns={"future_value": "actual_value"}),
+                on="customer_id", how="left", validate="one_to_one")
+            value = (preds["actual_value"].to_numpy(dtype="float64"),
+                     preds["predicted_clv"].to_numpy(), preds["baseline_clv"].to_numpy())
+        tables = _eval_tables(churn, value)
     metrics = pd.concat(
         [t.assign(target=k) for k, t in tables.items()], ignore_index=True
     )[["target", "metric", "model", "baseline", "better"]] if tables else None
