@@ -37,6 +37,21 @@ from features.config import FeatureConfig
 Expr = Callable[[ir.Table], ir.Value]
 
 
+#: The version of the feature definitions. It is raised whenever what a feature holds changes
+#: for the same transactions, so that models and customer-store batches built with other
+#: definitions are recognised and refused (`training.models.check_feature_definitions`)
+#: instead of being fed, or mixed with, features they were not built from. Models and
+#: batches that record no version were built with version 1.
+DEFINITIONS_VERSION = 2
+
+#: What each version changed.
+DEFINITIONS_HISTORY = {
+    1: "the first definitions",
+    2: "distinct_products and distinct_categories count only products bought (lines with "
+       "amount >= 0), no longer products only returned",
+}
+
+
 @dataclass(frozen=True)
 class Feature:
     """One output column of `features.build_features`."""

@@ -391,22 +391,21 @@ class Runtime:
                            "refuses until `lifecast score` is run with them",
                            batch["batch_id"], ", ".join(sorted(missing)[:5]))
         scored_by = _str_versions(batch.get("model_versions"))
-        other_settings = None
+        other_settings = self._other_settings(batch.get("metadata"))
         if scored_by != self.models.versions:
             # /predict scores with the service's models (segments and lifecycle stages
             # included); /high_risk and /segments are the batch's own scores: the two
             # disagree until the store is rescored
-            other_settings = self._other_settings(batch.get("metadata"))
             logger.warning("batch %s was scored by models %s, the service runs %s: /predict "
                            "answers with the service's models (segments and lifecycle stages "
                            "computed again from the batch's features), /high_risk and "
                            "/segments with the batch's scores; run `lifecast score` to "
                            "rescore the store", batch["batch_id"], _versions_text(scored_by),
                            _versions_text(self.models.versions))
-            if other_settings:
-                logger.warning("batch %s was built with other feature settings than the "
-                               "service's models (%s): /predict refuses (503) until `lifecast "
-                               "score` rescores the store", batch["batch_id"], other_settings)
+        if other_settings:
+            logger.warning("batch %s was built with other features than the "
+                           "service's models (%s): /predict refuses (503) until `lifecast "
+                           "score` rescores the store", batch["batch_id"], other_settings)
         return _BatchState(
             batch_id=str(batch["batch_id"]), as_of=pd.Timestamp(batch["as_of"]),
             feature_columns=list(batch["feature_columns"]),
@@ -415,22 +414,27 @@ class Runtime:
         )
 
     def _other_settings(self, metadata: dict[str, Any] | None) -> str | None:
-        """The batch's `SCORING_SETTINGS` where they are not the service's models', as
-        ``"name <batch's> (the service's models: <theirs>)"``; None when they agree or the
-        batch does not record them (`lifecast score` saves its config in the metadata)."""
+        """Where the batch's features are not what the service's models take: its
+        feature definitions (`features.registry.DEFINITIONS_VERSION`, which the service's
+        models were trained on; a batch that records none was built with version 1) and its
+        `SCORING_SETTINGS`, as ``"name <batch's> (the service's models: <theirs>)"``; None
+        when they agree (settings a batch does not record are not compared: `lifecast
+        score` saves its config in the metadata)."""
         from features.config import FeatureConfig
+        from training.models import definitions_difference, feature_settings_diff
 
-        features = ((metadata or {}).get("config") or {}).get("features")
-        if not features:
-            return None
+        metadata = metadata or {}
+        found = [definitions_difference(int(metadata.get("feature_definitions", 1)),
+                                        "the batch")]
+        features = (metadata.get("config") or {}).get("features")
         try:
-            theirs = FeatureConfig.model_validate(features)
+            theirs = FeatureConfig.model_validate(features) if features else None
         except ValueError:
-            return None
-        from training.models import feature_settings_diff
-
-        return feature_settings_diff(theirs, self.models.config.features,
-                                     "the service's models:", SCORING_SETTINGS) or None
+            theirs = None
+        if theirs is not None:
+            found.append(feature_settings_diff(theirs, self.models.config.features,
+                                               "the service's models:", SCORING_SETTINGS))
+        return "; ".join(f for f in found if f) or None
 
     def _fit_baseline(self, batch: dict[str, Any]) -> BaselineCLV | None:
         """The BG/NBD + Gamma-Gamma baseline the batch used: the parameters `lifecast score`
@@ -536,8 +540,9 @@ class Runtime:
         rescored yet) computed again from its features with the service's segmenter and
         churn horizon. The answer names the batch, its ``as_of`` and the models that scored
         it (``batch_model_versions``: whose scores /high_risk and /segments return). A batch
-        built with other feature settings (`SCORING_SETTINGS`) holds other inputs than the
-        models take: 503 until `lifecast score` runs again.
+        built with other feature settings (`SCORING_SETTINGS`) or other feature definitions
+        (an older lifecast) holds other inputs than the models take: 503 until `lifecast
+        score` runs again.
         """
         rows = self._store_call(self.store.lookup, customer_ids)
         layout = self._layout(rows.batch)
@@ -595,7 +600,7 @@ class Runtime:
         if other_settings:
             raise ServiceError(503, (
                 f"the customer store's batch {batch_id} was scored by models "
-                f"{_versions_text(batch_versions)} with other feature settings than the "
+                f"{_versions_text(batch_versions)} with other features than the "
                 f"service's models {_versions_text(self.models.versions)} ({other_settings}): "
                 f"its features are not the inputs these models take; run `lifecast score` "
                 f"again"))
@@ -641,8 +646,7 @@ class Runtime:
                          churn_index=churn_index, value_index=value_index, missing=missing,
                          batch_versions=batch_versions, rescore=rescore,
                          segment_index=segment_index,
-                         other_settings=self._batch_settings(batch.batch_id) if rescore
-                         else None)
+                         other_settings=self._batch_settings(batch.batch_id))
         # replaced whole (readers never see a dict being changed); few batches are current
         # over a worker's life, and the old ones are dropped
         self._layouts = {**{k: v for k, v in list(self._layouts.items())[-2:]}, key: layout}
@@ -670,8 +674,7 @@ class Runtime:
         needed = {*self.models.churn_names, *self.models.value_names,
                   *(SEGMENT_FEATURES if rescore else ())}
         missing = sorted(n for n in needed if n not in state.feature_columns)
-        self._check_usable(state.batch_id, missing, state.other_settings if rescore else None,
-                           state.model_versions)
+        self._check_usable(state.batch_id, missing, state.other_settings, state.model_versions)
         ids = list(dict.fromkeys(str(c) for c in customer_ids))
         scores, feats, unknown = self._store_call(self.store.get_customers, ids)
         errors = [{"customer_id": c, "error": "unknown customer: not in the current batch"}

@@ -44,7 +44,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from features.config import FeatureConfig
-from features.registry import feature_names
+from features.registry import DEFINITIONS_HISTORY, DEFINITIONS_VERSION, feature_names
 from training.baseline import BaselineCLV
 from training.treeshap import NotTabulable, TreeContributions
 
@@ -124,13 +124,43 @@ class TrainConfig(BaseModel):
         }
 
 
+def definitions_difference(version: int, what: str) -> str | None:
+    """Why ``what`` (a model or a batch of stored features, built with feature definitions
+    ``version``) does not match the features this lifecast computes; None when it does."""
+    if version == DEFINITIONS_VERSION:
+        return None
+    if version > DEFINITIONS_VERSION:
+        return (f"{what} was built with feature definitions v{version}, by a later lifecast "
+                f"than this one (which computes v{DEFINITIONS_VERSION}): upgrade lifecast")
+    changes = "; ".join(f"in v{v}, {DEFINITIONS_HISTORY[v]}"
+                        for v in range(version + 1, DEFINITIONS_VERSION + 1))
+    return (f"{what} was built with feature definitions v{version}; this lifecast computes "
+            f"v{DEFINITIONS_VERSION}, and they differ: {changes}")
+
+
+def check_feature_definitions(models: Sequence[tuple[ChurnModel | ValueModel, str]],
+                              fix: str) -> None:
+    """Raise ValueError when a model was trained on features of other definitions than
+    this lifecast computes (`features.registry.DEFINITIONS_VERSION`): scored on today's
+    features it would predict something else, silently. ``models`` pairs each model with
+    where it came from; ``fix`` says what to do."""
+    for model, source in models:
+        why = definitions_difference(model.feature_definitions_, source)
+        if why:
+            raise ValueError(f"{why}. Its inputs would not mean what it learned. {fix}")
+
+
 def check_same_feature_settings(churn: ChurnModel, value: ValueModel, churn_from: str,
                                 value_from: str, fix: str) -> None:
     """Raise ValueError when ``churn`` and ``value`` were trained with different feature
-    settings (``*_from`` say where each came from, ``fix`` what to do). Scoring computes
-    the baseline features once, with one feature config (the churn horizon sets
+    settings (``*_from`` say where each came from, ``fix`` what to do), or on features of
+    other definitions than this lifecast computes (`check_feature_definitions`). Scoring
+    computes the baseline features once, with one feature config (the churn horizon sets
     ``bg_p_no_purchase`` and ``bg_expected_orders``), so one of the two models would get
     inputs unlike those it was trained on and predict something else, silently."""
+    check_feature_definitions([(churn, f"the churn model ({churn_from})"),
+                               (value, f"the value model ({value_from})")],
+                              "Retrain with `lifecast train` (then `lifecast score`).")
     a, b = churn.config.features, value.config.features
     if a == b:
         return
@@ -225,7 +255,9 @@ class _SavedBooster:
     """What `ChurnModel` and `ValueModel` share: a fitted LightGBM booster with its feature
     names, the snapshots it was fitted and validated on and its config, saved as a folder of
     plain files (``booster.txt``, ``model.json``) and loaded back. Each model adds its own
-    fitted state to ``model.json`` (`_own_meta`, `_restore_own`)."""
+    fitted state to ``model.json`` (`_own_meta`, `_restore_own`). ``feature_definitions_``
+    is the version of the feature definitions it was trained on
+    (`features.registry.DEFINITIONS_VERSION`)."""
 
     kind: str
     config: TrainConfig | None
@@ -255,6 +287,7 @@ class _SavedBooster:
             "train_cutoffs": self.train_cutoffs_,
             "valid_cutoff": self.valid_cutoff_,
             "config": json.loads(self.config_.model_dump_json()),
+            "feature_definitions": self.feature_definitions_,
         }
         with _written(folder / "booster.txt") as tmp:
             self.booster_.save_model(str(tmp), num_iteration=self.best_iteration_)
@@ -276,6 +309,8 @@ class _SavedBooster:
         self.train_cutoffs_ = meta["train_cutoffs"]
         self.valid_cutoff_ = meta["valid_cutoff"]
         self.config_ = self.config
+        # models saved before definitions were versioned were built with version 1
+        self.feature_definitions_ = int(meta.get("feature_definitions", 1))
         return self
 
 
@@ -342,6 +377,7 @@ class ChurnModel(_SavedBooster):
         self.train_cutoffs_ = [str(pd.Timestamp(c)) for c in sorted(train["cutoff"].unique())]
         self.valid_cutoff_ = str(pd.Timestamp(valid["cutoff"].iloc[0]))
         self.config_ = cfg
+        self.feature_definitions_ = DEFINITIONS_VERSION
         return self
 
     def raw_score(self, frame: pd.DataFrame) -> np.ndarray:
@@ -453,6 +489,7 @@ class ValueModel(_SavedBooster):
         self.train_cutoffs_ = [str(pd.Timestamp(c)) for c in sorted(train["cutoff"].unique())]
         self.valid_cutoff_ = str(pd.Timestamp(valid["cutoff"].iloc[0]))
         self.config_ = cfg
+        self.feature_definitions_ = DEFINITIONS_VERSION
         if population is not None:
             self.anchor(population)
         return self

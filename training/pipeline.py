@@ -324,7 +324,7 @@ def predict_customers(models: FittedModels, features: pd.DataFrame,
     with _timed(timings, "segments"):
         seg = segment_customers(feats, models.segmenter, cfg.features)
     out = pd.DataFrame({
-        "customer_id": feats["customer_id"].astype("string").to_numpy(),
+        "customer_id": feats["customer_id"].astype("string").array,
         "as_of": pd.Timestamp(as_of if as_of is not None else feats["cutoff"].iloc[0]),
         "churn_probability": p,
         "churn_risk": risk_band(p, cfg.risk_bands),

@@ -15,7 +15,7 @@ from features.config import ColumnMapping
 from features.contract import parse_cutoff
 from features.pipeline import build_features
 from training.baseline import BaselineCLV
-from training.models import add_baseline_features
+from training.models import add_baseline_features, check_feature_definitions
 from training.pipeline import FittedModels, _load, _timed, default_as_of, predict_customers
 from training.store import CustomerStore
 
@@ -41,6 +41,9 @@ def score_customers(models: FittedModels, transactions: Any, as_of: Any | None =
     ``as_of`` (default: the day after the last event). ``timings``, if given, receives the
     wall seconds of each step (see `ScoreResult.timings`); ``baselines``, if given, the
     BG/NBD + Gamma-Gamma baseline fitted on this population (keyed by ``as_of``)."""
+    check_feature_definitions([(models.churn, "the churn model"),
+                               (models.value, "the value model")],
+                              "Retrain with `lifecast train`, then score.")
     with _timed(timings, "load"):
         tx = _load(transactions, mapping, table)
         cut = parse_cutoff(as_of) if as_of is not None else default_as_of(tx)

@@ -72,6 +72,8 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
+from features.registry import DEFINITIONS_VERSION
+
 __all__ = [
     "DEFAULT_KEEP_BATCHES",
     "EMPTY_STORE_MESSAGE",
@@ -611,6 +613,7 @@ class CustomerStore:
         model_versions: dict[str, str],
         segmenter: dict | None = None,
         metadata: dict | None = None,
+        feature_definitions: int | None = DEFINITIONS_VERSION,
     ) -> str:
         """Write a new batch and make it current, atomically; returns its ``batch_id``.
 
@@ -625,6 +628,11 @@ class CustomerStore:
                 ``churn_model_version``, ``clv_model_version`` columns.
             segmenter: the segmenter's state (e.g. ``RFMSegmenter.to_dict()``), JSON-serializable.
             metadata: anything else JSON-serializable (run id, data source, ...).
+            feature_definitions: the version of the feature definitions ``features`` were
+                built with (default: this lifecast's, `features.registry.DEFINITIONS_VERSION`),
+                saved in the metadata under ``feature_definitions``; the service refuses a
+                batch of other definitions than its models'. None records none (as batches
+                written before it was recorded, which count as version 1).
 
         Either the whole batch becomes current or, on any error, nothing changes. Afterwards
         batches beyond the newest ``keep_batches`` are deleted.
@@ -643,7 +651,9 @@ class CustomerStore:
             "feature_columns": _dumps(prepared.feature_columns, "feature column names"),
             "model_versions": _dumps(versions, "model_versions"),
             "segmenter": _dumps(segmenter, "segmenter"),
-            "metadata": _dumps(metadata, "metadata"),
+            "metadata": _dumps(metadata if feature_definitions is None else
+                               {**(metadata or {}), "feature_definitions": feature_definitions},
+                               "metadata"),
             "segment_summary": _dumps(prepared.segment_summary, "segment summary"),
         }
         self._ensure_schema()

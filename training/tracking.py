@@ -77,6 +77,7 @@ from training.models import (
     ValueModel,
     add_baseline_features,
     check_same_feature_settings,
+    definitions_difference,
     feature_settings_diff,
     model_feature_names,
 )
@@ -326,6 +327,8 @@ TUNE_RUN_TAG, TRAIN_RUN_TAG = "lifecast.tune_run_id", "lifecast.train_run_id"
 
 #: The key of the registered model's metadata that holds its `FeatureConfig` (`model_input`).
 FEATURE_CONFIG_KEY = "feature_config"
+#: ... and the version of the feature definitions it was trained on (absent: version 1).
+FEATURE_DEFINITIONS_KEY = "feature_definitions"
 
 
 def model_input(features: pd.DataFrame, settings: FeatureConfig | Any) -> pd.DataFrame:
@@ -349,6 +352,11 @@ def model_input(features: pd.DataFrame, settings: FeatureConfig | Any) -> pd.Dat
                 "loaded with mlflow.pyfunc.load_model from a lifecast run (this model's "
                 "metadata records no feature settings; it was logged before they were)"
             )
+        why = definitions_difference(int(meta.get(FEATURE_DEFINITIONS_KEY, 1)), "this model")
+        if why:
+            raise ValueError(f"{why}: build_features output would not mean what it learned. "
+                             f"Retrain with `lifecast train`, or use the lifecast that "
+                             f"trained it.")
         settings = FeatureConfig(**meta[FEATURE_CONFIG_KEY])
     missing = [c for c in feature_names(settings) if c not in features.columns]
     if missing:
@@ -746,7 +754,8 @@ def _log_model(kind: str, result: TrainResult, run_id: str, source: str, folder:
         pip_requirements=_pip_requirements(),
         metadata={"lifecast_kind": kind, "as_of": manifest["as_of"],
                   "eval_cutoff": eval_cutoff,
-                  FEATURE_CONFIG_KEY: result.models.config.features.model_dump(mode="json")},
+                  FEATURE_CONFIG_KEY: result.models.config.features.model_dump(mode="json"),
+                  FEATURE_DEFINITIONS_KEY: model.feature_definitions_},
     )
     version = str(info.registered_model_version)
     client = mlflow.MlflowClient()
@@ -841,7 +850,9 @@ def _decide(client: MlflowClient, kind: str, result: TrainResult, promote: str
     """Compare the new settings with the current champion's on this run's evaluation
     snapshot, each fit as if today were the evaluation cutoff (`_refit_score`), and
     decide whether the new version becomes champion: when it scores better, or, with the
-    same settings (equal scores by construction), when it was trained on later data."""
+    same settings (equal scores by construction), when it was trained on later data, or
+    when the champion was trained on other feature definitions than this lifecast computes
+    (it can no longer score)."""
     metric = PRIMARY_METRIC[kind]
     tie = TIE_BREAK_METRIC[kind]
     new_model = _eval_model(result, kind)
@@ -851,7 +862,7 @@ def _decide(client: MlflowClient, kind: str, result: TrainResult, promote: str
     decision: dict[str, Any] = {"metric": metric, "new": new, "champion": None,
                                 "champion_version": _champion_version(client, kind)}
     cv = decision["champion_version"]
-    reason = None
+    reason = outdated = None
     same_settings = False
     if cv is not None:
         with tempfile.TemporaryDirectory(prefix="lifecast-champion-") as tmp:
@@ -860,8 +871,11 @@ def _decide(client: MlflowClient, kind: str, result: TrainResult, promote: str
             manifest_path = folder / _MANIFEST_FILE
             champion_as_of = (json.loads(manifest_path.read_text()).get("as_of", "")
                               if manifest_path.is_file() else "")
-        reason = _comparable(kind, champion, result)
-        if reason is None:
+        # a champion of other feature definitions cannot score with this lifecast at all
+        # (`lifecast score` refuses it): the new version replaces it unless told never to
+        outdated = definitions_difference(champion.feature_definitions_, f"champion v{cv}")
+        reason = None if outdated else _comparable(kind, champion, result)
+        if reason is None and not outdated:
             # the same settings on the same data give the same model: no refit
             same_settings = champion.config == new_model.config
             decision["champion"] = (dict(new) if same_settings
@@ -871,6 +885,10 @@ def _decide(client: MlflowClient, kind: str, result: TrainResult, promote: str
     if cv is None:
         promoted, message = (promote != "never",
                              f"no champion yet ({metric} {new[metric]:.3f})")
+    elif outdated:
+        promoted = promote != "never"
+        message = (f"{outdated}; this lifecast cannot score with it "
+                   f"(new {metric} {new[metric]:.3f})")
     elif old is None:
         promoted = promote == "always"
         message = (f"champion v{cv} cannot be scored on this snapshot: {reason} "

@@ -151,3 +151,43 @@ def test_a_batch_built_with_other_feature_settings_is_refused(world, service_mod
             assert "lifecast score" in message and "churn v5, clv v6" in message
     finally:
         rt.close()
+
+
+def test_a_batch_of_other_feature_definitions_is_refused(world, service_models,
+                                                         previous_batch, tmp_path,
+                                                         stored_batch) -> None:
+    """A batch written before feature definitions were versioned (v1: distinct products
+    counted products only returned) holds other inputs than today's models take, even when
+    it names the service's own model versions: 503, naming the difference and the fix."""
+    from serving.audit import AuditLog
+
+    scores, feats = stored_batch(previous_batch[0])
+    store = CustomerStore(CustomerStore.default_url(tmp_path))
+    store.write_batch(scores.drop(columns=["churn_model_version", "clv_model_version",
+                                           "batch_id"]), feats,
+                      as_of=world.as_of, model_versions=service_models.versions,
+                      metadata={"config": world.models.config.model_dump(mode="json")},
+                      feature_definitions=None)
+    rt = Runtime(service_models, store, AuditLog(tmp_path / "audit.log"),
+                 store_check_seconds=0)
+    try:
+        for call in (rt.predict, rt.predict_frames):
+            with pytest.raises(ServiceError) as info:
+                call([scores["customer_id"].iloc[0]])
+            assert info.value.status == 503
+            message = info.value.message
+            assert "the batch was built with feature definitions v1" in message
+            assert "this lifecast computes v2" in message and "distinct_products" in message
+            assert "lifecast score" in message
+    finally:
+        rt.close()
+    # the same batch written with today's definitions is served
+    store.write_batch(scores.drop(columns=["churn_model_version", "clv_model_version",
+                                           "batch_id"]), feats,
+                      as_of=world.as_of, model_versions=service_models.versions)
+    rt = Runtime(service_models, store, AuditLog(tmp_path / "audit.log"),
+                 store_check_seconds=0)
+    try:
+        assert rt.predict([scores["customer_id"].iloc[0]]).predictions
+    finally:
+        rt.close()

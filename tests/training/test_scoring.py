@@ -1,8 +1,10 @@
-"""`training.scoring`'s text summary of a batch, checked exactly on a hand-made batch."""
+"""`training.scoring`: the text summary of a batch, checked exactly on a hand-made batch;
+what `score` refuses."""
 
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 from training.scoring import scores_summary
 
@@ -26,3 +28,26 @@ def test_scores_summary_by_segment_and_top_value_at_risk() -> None:
     assert lines[7] == "2 customers with the most value at risk:"
     assert [line.split()[0] for line in lines[9:]] == ["b", "a"]
     assert "1,000.00" in lines[9]
+
+
+def test_score_refuses_models_of_other_feature_definitions(demo_train_result,
+                                                           demo_transactions, tmp_path) -> None:
+    """Models trained by a lifecast whose feature definitions differ are not scored on
+    today's features (their inputs would not mean what they learned), and no batch is
+    written: the error names the difference and says to retrain."""
+    import copy
+
+    from training.scoring import score
+    from training.store import CustomerStore
+
+    models = copy.copy(demo_train_result.models)
+    models.value = copy.copy(models.value)
+    models.value.feature_definitions_ = 1
+    url = CustomerStore.default_url(tmp_path)
+    with pytest.raises(ValueError) as err:
+        score(demo_transactions, store_url=url, models=models)
+    message = str(err.value)
+    assert message.startswith("the value model was built with feature definitions v1; "
+                              "this lifecast computes v2")
+    assert "Retrain with `lifecast train`" in message
+    assert not list(tmp_path.iterdir())  # nothing written

@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+from features.registry import DEFINITIONS_VERSION
 from training.store import (
     EMPTY_STORE_MESSAGE,
     SCORE_COLUMNS,
@@ -153,7 +154,9 @@ def check_round_trip(store: CustomerStore) -> None:
     assert batch["feature_columns"] == ["days_since_last", "n_orders", "monetary_total",
                                         "is_b2b"]
     assert batch["segmenter"] == {"r_edges": [1.5, 2.5]}
-    assert batch["metadata"] == {"run_id": "abc", "rows": 3}
+    # the version of the feature definitions is recorded beside the caller's metadata
+    assert batch["metadata"] == {"run_id": "abc", "rows": 3,
+                                 "feature_definitions": DEFINITIONS_VERSION}
     assert isinstance(batch["created_at"], pd.Timestamp)
 
     none, no_feats, all_unknown = store.get_customers(["x", "y"])
@@ -163,6 +166,19 @@ def check_round_trip(store: CustomerStore) -> None:
 
 def test_round_trip(store: CustomerStore) -> None:
     check_round_trip(store)
+
+
+def test_the_feature_definitions_a_batch_records(store: CustomerStore) -> None:
+    """A batch records the feature definitions its features were built with: this
+    lifecast's by default, another when given, none when told (a batch written before they
+    were recorded, which the service counts as version 1)."""
+    for given, recorded in ((DEFINITIONS_VERSION, DEFINITIONS_VERSION), (1, 1), (None, None)):
+        write(store, *make_batch(["a", "b"]), metadata={"run_id": "r"},
+              feature_definitions=given)
+        meta = store.current_batch()["metadata"]
+        assert meta.get("feature_definitions") == recorded and meta["run_id"] == "r"
+    write(store, *make_batch(["a"]), feature_definitions=None)
+    assert store.current_batch()["metadata"] is None
 
 
 def test_init_does_no_io_and_empty_store(tmp_path: Path) -> None:
@@ -256,7 +272,8 @@ def test_history_and_pruning(tmp_path: Path) -> None:
     assert history["batch_id"].tolist() == written[::-1][:2]
     assert history["is_current"].tolist() == [True, False]
     assert history["n_customers"].tolist() == [3, 3]
-    assert history["metadata"].tolist() == [{"i": 3}, {"i": 2}]
+    assert history["metadata"].tolist() == [{"i": i, "feature_definitions": DEFINITIONS_VERSION}
+                                            for i in (3, 2)]
     assert (history["as_of"] == AS_OF).all()
     assert _row_counts(url) == {"lifecast_batches": 2, "lifecast_scores": 6,
                                 "lifecast_details": 6}

@@ -26,6 +26,7 @@ import pytest
 from mlflow.tracking._tracking_service import utils as tracking_utils
 
 from features.config import FeatureConfig
+from features.registry import DEFINITIONS_VERSION
 from training import tracking
 from training.metrics import churn_metrics, compare_table, roc_auc
 from training.models import ChurnModel, TrainConfig, ValueModel
@@ -555,6 +556,43 @@ def test_champions_with_other_feature_settings_do_not_score_together(
         assert tracking.promote_run(first_run.run_id) == first_run.versions
 
 
+def test_a_champion_of_older_feature_definitions_is_refused_then_replaced(
+        first_run, trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Champions trained by a lifecast whose feature definitions differ (v1 here) would be
+    fed features that do not mean what they learned: `load_champions` (score, serve) and
+    `model_input` refuse them, naming the difference and the fix; retraining replaces them
+    even with the same settings on the same data (the champion rule would otherwise keep a
+    champion that nothing can score with)."""
+    monkeypatch.setattr(tracking, "_log_plots", lambda result, folder: None)
+    churn_v1, value_v1 = (type(m).load(m.save(tmp_path / m.kind))
+                          for m in (trained.models.churn, trained.models.value))
+    churn_v1.feature_definitions_ = value_v1.feature_definitions_ = 1
+    v1 = dataclasses.replace(trained, models=dataclasses.replace(
+        trained.models, churn=churn_v1, value=value_v1))
+    run_v1 = tracking.log_training(v1, source="synthetic", promote="always")
+    try:
+        with pytest.raises(ValueError) as err:
+            tracking.load_champions(tmp_path / "champions")
+        message = str(err.value)
+        assert "was built with feature definitions v1; this lifecast computes v2" in message
+        assert "distinct_products" in message and "lifecast train" in message
+        pyfunc = mlflow.pyfunc.load_model("models:/lifecast-churn@champion")
+        feats = _eval_rows(trained, "churn")
+        with pytest.raises(ValueError, match="this model was built with feature definitions v1"):
+            tracking.model_input(feats, pyfunc)
+
+        again = tracking.log_training(trained, source="synthetic", promote="auto")
+        for kind in ("churn", "clv"):
+            decision = again.decision[kind]
+            assert decision["promoted"], decision["message"]
+            assert f"champion v{run_v1.versions[kind]} was built with feature definitions v1" \
+                in decision["message"]
+            assert "cannot score with it" in decision["message"]
+        assert tracking.load_champions(tmp_path / "after").versions == again.versions
+    finally:
+        assert tracking.promote_run(first_run.run_id) == first_run.versions
+
+
 def test_models_save_and_load(trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Both models as plain files and back: the same predictions and fitted state; a save
     that fails leaves no file half-written (each file is renamed into place when whole)."""
@@ -569,8 +607,14 @@ def test_models_save_and_load(trained, tmp_path: Path, monkeypatch: pytest.Monke
         assert (back.train_cutoffs_, back.valid_cutoff_) == (model.train_cutoffs_,
                                                              model.valid_cutoff_)
         assert back.config_ == model.config_
+        assert back.feature_definitions_ == model.feature_definitions_ == DEFINITIONS_VERSION
         predict = "predict_proba" if model.kind == "churn" else "predict"
         np.testing.assert_array_equal(getattr(back, predict)(ev), getattr(model, predict)(ev))
+        # a model saved before the definitions were versioned was built with version 1
+        meta = json.loads((folder / "model.json").read_text())
+        del meta["feature_definitions"]
+        (folder / "model.json").write_text(json.dumps(meta))
+        assert type(model).load(folder).feature_definitions_ == 1
 
     import lightgbm as lgb
 
