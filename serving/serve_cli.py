@@ -220,6 +220,18 @@ def _preflight(env: dict[str, str]) -> None:
               f"`lifecast keys create --name crm --scope predict`")
 
 
+def check_champions(tags: dict[str, str]) -> None:
+    """Load the imported champions as a worker will (`serving.app.load_models`), so that
+    models the service refuses (trained with other feature settings than each other, or on
+    other feature definitions than this lifecast computes) stop `lifecast serve` with one
+    line saying what to do, instead of a worker's traceback after the server started."""
+    import bentoml
+
+    from serving.app import load_models, model_folder
+
+    load_models(*(model_folder(bentoml.models.get(tags[kind]).path) for kind in KINDS))
+
+
 def register(app: typer.Typer) -> None:
     """Add ``lifecast serve`` to the root command."""
     app.command("serve")(serve_cmd)
@@ -255,6 +267,7 @@ def serve_cmd(
         if not dry_run:  # before importing the models: a port in use fails at once
             check_listen_address(host, port)
         tags = import_champions(".")
+        check_champions(tags)
         argv, env = serve_command(port=port, host=host, workers=workers, store=store,
                                   keys_file=keys_file, audit_log=audit_log,
                                   access_log=access_log, tags=tags)

@@ -191,3 +191,26 @@ def test_a_batch_of_other_feature_definitions_is_refused(world, service_models,
         assert rt.predict([scores["customer_id"].iloc[0]]).predictions
     finally:
         rt.close()
+
+
+def test_models_of_other_feature_definitions_do_not_load(world, tmp_path) -> None:
+    """The service (and `lifecast serve`, which loads the imported champions the same way
+    before starting it: `serving.serve_cli.check_champions`) refuses models trained on
+    other feature definitions: /score would feed them features they were not built from."""
+    import copy
+
+    from serving.app import load_models
+
+    models = world.models
+    folders = {}
+    for kind, model in (("churn", models.churn), ("clv", models.value)):
+        old = copy.copy(model)
+        old.feature_definitions_ = 1 if kind == "clv" else model.feature_definitions_
+        folders[kind] = old.save(tmp_path / kind)
+        models.segmenter.save(folders[kind] / "segmenter.json")
+    with pytest.raises(ValueError) as err:
+        load_models(folders["churn"], folders["clv"])
+    message = str(err.value)
+    assert message.startswith(f"the value model ({folders['clv']}) was built with feature "
+                              f"definitions v1; this lifecast computes v2")
+    assert "Retrain with `lifecast train`" in message
