@@ -124,33 +124,46 @@ def test_a_batch_the_service_models_scored_keeps_its_stored_fields(world, servic
         rt.close()
 
 
+def _rewrite(scores, feats, store: CustomerStore, as_of, versions, **kw) -> None:
+    """Write a stored batch's scores and features again as a new batch of ``store``."""
+    store.write_batch(scores.drop(columns=["churn_model_version", "clv_model_version",
+                                           "batch_id"]), feats,
+                      as_of=as_of, model_versions=versions, **kw)
+
+
+def _predict_refused(service_models, store: CustomerStore, customer_id: str, folder
+                     ) -> str:
+    """The message of the 503 both /predict paths answer for ``customer_id``."""
+    from serving.audit import AuditLog
+
+    rt = Runtime(service_models, store, AuditLog(folder / "audit.log"), store_check_seconds=0)
+    messages = set()
+    try:
+        for call in (rt.predict, rt.predict_frames):
+            with pytest.raises(ServiceError) as info:
+                call([customer_id])
+            assert info.value.status == 503
+            messages.add(info.value.message)
+    finally:
+        rt.close()
+    assert len(messages) == 1
+    return messages.pop()
+
+
 def test_a_batch_built_with_other_feature_settings_is_refused(world, service_models,
                                                               previous_batch,
                                                               tmp_path, stored_batch) -> None:
     """Stored features built with another churn horizon (the baseline features' horizon)
     are not the inputs the service's models take: 503, naming the setting and what to do,
     rather than numbers computed from the wrong inputs."""
-    from serving.audit import AuditLog
-
     scores, feats = stored_batch(previous_batch[0])
     config = world.models.config.model_dump(mode="json")
     config["features"]["churn_horizon_days"] = 60
     store = CustomerStore(CustomerStore.default_url(tmp_path))
-    store.write_batch(scores.drop(columns=["churn_model_version", "clv_model_version",
-                                           "batch_id"]), feats,
-                      as_of=world.as_of, model_versions=PREVIOUS, metadata={"config": config})
-    rt = Runtime(service_models, store, AuditLog(tmp_path / "audit.log"),
-                 store_check_seconds=0)
-    try:
-        for call in (rt.predict, rt.predict_frames):
-            with pytest.raises(ServiceError) as info:
-                call([scores["customer_id"].iloc[0]])
-            assert info.value.status == 503
-            message = info.value.message
-            assert "churn_horizon_days 60 (the service's models: 90)" in message
-            assert "lifecast score" in message and "churn v5, clv v6" in message
-    finally:
-        rt.close()
+    _rewrite(scores, feats, store, world.as_of, PREVIOUS, metadata={"config": config})
+    message = _predict_refused(service_models, store, scores["customer_id"].iloc[0], tmp_path)
+    assert "churn_horizon_days 60 (the service's models: 90)" in message
+    assert "lifecast score" in message and "churn v5, clv v6" in message
 
 
 def test_a_batch_of_other_feature_definitions_is_refused(world, service_models,
@@ -162,33 +175,21 @@ def test_a_batch_of_other_feature_definitions_is_refused(world, service_models,
     from serving.audit import AuditLog
 
     scores, feats = stored_batch(previous_batch[0])
+    customer = scores["customer_id"].iloc[0]
     store = CustomerStore(CustomerStore.default_url(tmp_path))
-    store.write_batch(scores.drop(columns=["churn_model_version", "clv_model_version",
-                                           "batch_id"]), feats,
-                      as_of=world.as_of, model_versions=service_models.versions,
-                      metadata={"config": world.models.config.model_dump(mode="json")},
-                      feature_definitions=None)
-    rt = Runtime(service_models, store, AuditLog(tmp_path / "audit.log"),
-                 store_check_seconds=0)
-    try:
-        for call in (rt.predict, rt.predict_frames):
-            with pytest.raises(ServiceError) as info:
-                call([scores["customer_id"].iloc[0]])
-            assert info.value.status == 503
-            message = info.value.message
-            assert "the batch was built with feature definitions v1" in message
-            assert "this lifecast computes v2" in message and "distinct_products" in message
-            assert "lifecast score" in message
-    finally:
-        rt.close()
+    _rewrite(scores, feats, store, world.as_of, service_models.versions,
+             metadata={"config": world.models.config.model_dump(mode="json")},
+             feature_definitions=None)
+    message = _predict_refused(service_models, store, customer, tmp_path)
+    assert "the batch was built with feature definitions v1" in message
+    assert "this lifecast computes v2" in message and "distinct_products" in message
+    assert "lifecast score" in message
     # the same batch written with today's definitions is served
-    store.write_batch(scores.drop(columns=["churn_model_version", "clv_model_version",
-                                           "batch_id"]), feats,
-                      as_of=world.as_of, model_versions=service_models.versions)
+    _rewrite(scores, feats, store, world.as_of, service_models.versions)
     rt = Runtime(service_models, store, AuditLog(tmp_path / "audit.log"),
                  store_check_seconds=0)
     try:
-        assert rt.predict([scores["customer_id"].iloc[0]]).predictions
+        assert rt.predict([customer]).predictions
     finally:
         rt.close()
 
