@@ -1,23 +1,19 @@
 """The prediction service for real (slow tier): MLflow registry -> `lifecast serve` -> a
 `bentoml serve` process over HTTP, schemathesis against its OpenAPI spec, `bentoml build`.
 
-One server per module, in a temporary working folder (its own mlflow.db, customer store, keys
-and audit log) with ``BENTOML_HOME`` in a temporary folder (see conftest). The server runs in
-its own process group, which is terminated at the end (and killed if it lingers).
+One server per module, in a temporary working folder (conftest's `workdir`: its own mlflow.db,
+customer store, keys and audit log) with ``BENTOML_HOME`` in a temporary folder (see conftest).
+The server runs in its own process group, which is terminated at the end (and killed if it
+lingers: conftest's `start_server`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -27,107 +23,17 @@ from serving.schemas import EXAMPLE_SCORE_REQUEST
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-READY_TIMEOUT = 300
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _stop_group(proc: subprocess.Popen) -> None:
-    """SIGTERM the server's process group, wait, SIGKILL what remains."""
-    pgid = proc.pid  # started with start_new_session: its own group
-    if _group_alive(pgid):
-        os.killpg(pgid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=60)
-    deadline = time.monotonic() + 30
-    while _group_alive(pgid) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    if _group_alive(pgid):
-        os.killpg(pgid, signal.SIGKILL)
-        proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
-def workdir(world, tmp_path_factory):
-    """MLflow registry with the trained models as champions, a scored store, keys."""
-    import mlflow
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
-    from serving.keys import KeyStore
-    from training import tracking
-    from training.scoring import score
-
-    folder = tmp_path_factory.mktemp("served")
-    previous = tracking_utils._tracking_uri
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        mp.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        mp.setattr(tracking, "_last_set_uri", None)
-        tracking.configure(folder)
-        try:
-            summary = tracking.log_training(world.train_result, source="demo", promote="always")
-            champions = tracking.load_champions(folder / "downloads")
-            score(world.transactions, store_url=f"sqlite:///{folder / 'lifecast_store.db'}",
-                  models=champions)
-        finally:
-            mlflow.set_tracking_uri(previous)
-    keys = KeyStore(folder / ".lifecast" / "keys.json")
-    tokens = {name: keys.create(name, scopes)[1] for name, scopes in
-              (("crm", ["predict"]), ("marketing", ["lists"]), ("admin", ["predict", "lists"]))}
-    return folder, summary.versions, tokens
-
-
-@pytest.fixture(scope="module")
-def server(workdir):
+def server(workdir, clean_env, start_server):
     """`lifecast serve --port <free>` in the working folder, until the module ends."""
-    import httpx
-
     folder, versions, tokens = workdir
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("LIFECAST_", "MLFLOW_TRACKING_URI", "PROMETHEUS_"))}
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    log = open(folder / "serve.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [str(BIN / "lifecast"), "serve", "--port", str(port), "--no-access-log"],
-        cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"lifecast serve exited with {proc.returncode}:\n"
-                            + (folder / "serve.log").read_text()[-4000:])
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("service not ready in time:\n"
-                            + (folder / "serve.log").read_text()[-4000:])
-            time.sleep(1)
-        yield {"url": url, "tokens": tokens, "versions": versions, "folder": folder,
-               "proc": proc}
-    finally:
-        _stop_group(proc)
-        log.close()
-    assert not _group_alive(proc.pid), "server processes left behind"
+    with start_server([str(BIN / "lifecast"), "serve", "--no-access-log"], cwd=folder,
+                      env=clean_env, log=folder / "serve.log") as running:
+        yield {"url": running.url, "tokens": tokens, "versions": versions, "folder": folder,
+               "proc": running.proc}
 
 
 def _client(server, key: str | None = None):
@@ -189,16 +95,14 @@ def test_auth_and_open_paths(server) -> None:
     assert metrics.status_code == 200 and "bentoml_service_request" in metrics.text
 
 
-def test_a_second_serve_on_the_same_port_is_a_one_line_error(server) -> None:
+def test_a_second_serve_on_the_same_port_is_a_one_line_error(server, clean_env) -> None:
     """`lifecast serve` again, in the same folder and on the port the running server holds:
     one line naming the port and --port, exit code 2, and the running server unharmed."""
     import httpx
 
     port = server["url"].rsplit(":", 1)[1]
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("LIFECAST_", "MLFLOW_TRACKING_URI", "PROMETHEUS_"))}
     result = subprocess.run([str(BIN / "lifecast"), "serve", "--port", port],
-                            cwd=server["folder"], env=env, capture_output=True, text=True,
+                            cwd=server["folder"], env=clean_env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-3000:]
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
@@ -267,25 +171,20 @@ def test_schemathesis_finds_no_server_error(server, tmp_path) -> None:
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
 
 
-def test_bentoml_build_carries_the_models(server) -> None:
-    """`bentoml build` of the repository, offline, packs the imported champions."""
+def test_bentoml_build_carries_the_models(built_bento, workdir) -> None:
+    """`bentoml build` of the repository, offline, packs the imported champions
+    (test_built_bento.py starts the Bento)."""
     import yaml
 
-    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True"}
-    out = subprocess.run([str(BIN / "bentoml"), "build", str(ROOT), "--output", "tag"],
-                         capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    tag = out.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
-    name, version = tag.split(":")
-    bento = Path(os.environ["BENTOML_HOME"]) / "bentos" / name / version
+    bento = built_bento.path
+    versions = workdir[1]
     info = yaml.safe_load((bento / "bento.yaml").read_text())
     tags = {m["tag"].split(":")[0]: m["tag"] for m in info["models"]}
     assert set(tags) == {"lifecast-churn", "lifecast-clv"}
     for kind in ("churn", "clv"):
-        assert tags[f"lifecast-{kind}"].split(":")[1].startswith(f"v{server['versions'][kind]}-")
+        assert tags[f"lifecast-{kind}"].split(":")[1].startswith(f"v{versions[kind]}-")
     assert (bento / "src" / "serving" / "service.py").is_file()
     assert not (bento / "src" / "tests").exists()
     # the store's drivers and encoder: a Bento reading a PostgreSQL store needs psycopg
     requirements = (bento / "env" / "python" / "requirements.txt").read_text().splitlines()
     assert "psycopg[binary]>=3.2" in requirements and "orjson>=3.10" in requirements
-    shutil.rmtree(bento, ignore_errors=True)
