@@ -217,6 +217,25 @@ def load_models(churn_folder: str | os.PathLike[str], clv_folder: str | os.PathL
     )
 
 
+def _log_settings(store: CustomerStore) -> None:
+    """Say where the service reads its customer store, API keys and audit log, and warn
+    for each one left to its default in the working folder: `bentoml serve <bento tag>`
+    runs the service inside the Bento's own folder, where a default store is empty (the
+    service stays not ready) and a default keys file has no key (every request is 401)."""
+    from serving.audit import AUDIT_LOG_ENV, default_audit_path
+    from serving.keys import KEYS_FILE_ENV, default_keys_path
+
+    logger.info("customer store %s, API keys %s, audit log %s", store.safe_url,
+                default_keys_path(), default_audit_path())
+    unset = [env for env in (STORE_URL_ENV, KEYS_FILE_ENV, AUDIT_LOG_ENV)
+             if not os.environ.get(env)]
+    if unset:
+        logger.warning("%s not set: the default%s in the working folder %s are used; set %s "
+                       "to absolute paths when serving a built Bento, which runs in its own "
+                       "folder", ", ".join(unset), "s" if len(unset) > 1 else "", Path.cwd(),
+                       "them" if len(unset) > 1 else "it")
+
+
 def _manifest(folder: Path) -> dict[str, Any]:
     path = folder / _MANIFEST_FILE
     try:
@@ -332,7 +351,9 @@ class Runtime:
 
         models = load_models(churn_folder, clv_folder, versions)
         url = os.environ.get(STORE_URL_ENV) or CustomerStore.default_url(".")
-        return cls(models, CustomerStore(url), AuditLog())
+        store = CustomerStore(url)
+        _log_settings(store)
+        return cls(models, store, AuditLog())
 
     def _warm_up(self) -> None:
         """One tiny /score so the first real request does not pay for DuckDB planning."""

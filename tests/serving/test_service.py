@@ -781,3 +781,38 @@ def test_tracing_is_off_unless_asked_for() -> None:
                             capture_output=True, text=True, check=True
                             ).stdout.strip().splitlines()[-1]
     assert traced == "None"
+
+
+def test_the_service_says_where_it_reads_and_warns_for_defaults(tmp_path, monkeypatch,
+                                                                caplog) -> None:
+    """A built Bento runs in its own folder, where the default store and keys file are
+    not the user's: the service names the paths it uses and warns for each setting left
+    to its default (without them a Bento's service stayed not ready, or answered 401, with
+    nothing in its log to say why)."""
+    import logging
+
+    from serving.app import _log_settings
+    from training.store import CustomerStore
+
+    monkeypatch.chdir(tmp_path)
+    for env in ("LIFECAST_STORE_URL", "LIFECAST_KEYS_FILE", "LIFECAST_AUDIT_LOG"):
+        monkeypatch.delenv(env, raising=False)
+    monkeypatch.setenv("LIFECAST_AUDIT_LOG", str(tmp_path / "audit.log"))
+    store = CustomerStore(CustomerStore.default_url("."))
+    with caplog.at_level(logging.INFO, logger="lifecast.serving"):
+        _log_settings(store)
+    text = caplog.text
+    assert f"customer store {store.safe_url}" in text
+    assert str(tmp_path / ".lifecast" / "keys.json") in text
+    assert str(tmp_path / "audit.log") in text
+    warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning == [f"LIFECAST_STORE_URL, LIFECAST_KEYS_FILE not set: the defaults in the "
+                       f"working folder {tmp_path} are used; set them to absolute paths when "
+                       f"serving a built Bento, which runs in its own folder"]
+    caplog.clear()
+    monkeypatch.setenv("LIFECAST_STORE_URL", CustomerStore.default_url("."))
+    monkeypatch.setenv("LIFECAST_KEYS_FILE", str(tmp_path / "keys.json"))
+    with caplog.at_level(logging.INFO, logger="lifecast.serving"):
+        _log_settings(store)
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+    store.close()
