@@ -26,8 +26,9 @@ Conventions (DESIGN.md, "Time semantics"):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import ibis
 import ibis.expr.types as ir
@@ -43,6 +44,9 @@ Expr = Callable[[ir.Table], ir.Value]
 #: instead of being fed, or mixed with, features they were not built from. Models and
 #: batches that record no version were built with version 1.
 DEFINITIONS_VERSION = 2
+#: The key a saved model, a registered model's metadata and a store batch's metadata record
+#: the version under (`recorded_definitions` reads it).
+DEFINITIONS_KEY = "feature_definitions"
 
 #: What each version changed.
 DEFINITIONS_HISTORY = {
@@ -50,6 +54,13 @@ DEFINITIONS_HISTORY = {
     2: "distinct_products and distinct_categories count only products bought (lines with "
        "amount >= 0), no longer products only returned",
 }
+
+
+def recorded_definitions(record: Mapping[str, Any] | None) -> int:
+    """The version of the feature definitions a saved record (a model's ``model.json``, a
+    registered model's or a store batch's metadata) says it was built with; 1 for a record
+    written before the version was recorded."""
+    return int((record or {}).get(DEFINITIONS_KEY, 1))
 
 
 @dataclass(frozen=True)

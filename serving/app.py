@@ -442,11 +442,11 @@ class Runtime:
         when they agree (settings a batch does not record are not compared: `lifecast
         score` saves its config in the metadata)."""
         from features.config import FeatureConfig
+        from features.registry import recorded_definitions
         from training.models import definitions_difference, feature_settings_diff
 
         metadata = metadata or {}
-        found = [definitions_difference(int(metadata.get("feature_definitions", 1)),
-                                        "the batch")]
+        found = [definitions_difference(recorded_definitions(metadata), "the batch")]
         features = (metadata.get("config") or {}).get("features")
         try:
             theirs = FeatureConfig.model_validate(features) if features else None

@@ -44,7 +44,13 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from features.config import FeatureConfig
-from features.registry import DEFINITIONS_HISTORY, DEFINITIONS_VERSION, feature_names
+from features.registry import (
+    DEFINITIONS_HISTORY,
+    DEFINITIONS_KEY,
+    DEFINITIONS_VERSION,
+    feature_names,
+    recorded_definitions,
+)
 from training.baseline import BaselineCLV
 from training.treeshap import NotTabulable, TreeContributions
 
@@ -138,8 +144,12 @@ def definitions_difference(version: int, what: str) -> str | None:
             f"v{DEFINITIONS_VERSION}, and they differ: {changes}")
 
 
+#: What to do about models of other feature definitions.
+RETRAIN = "Retrain with `lifecast train` (then `lifecast score`)."
+
+
 def check_feature_definitions(models: Sequence[tuple[ChurnModel | ValueModel, str]],
-                              fix: str) -> None:
+                              fix: str = RETRAIN) -> None:
     """Raise ValueError when a model was trained on features of other definitions than
     this lifecast computes (`features.registry.DEFINITIONS_VERSION`): scored on today's
     features it would predict something else, silently. ``models`` pairs each model with
@@ -159,8 +169,7 @@ def check_same_feature_settings(churn: ChurnModel, value: ValueModel, churn_from
     ``bg_p_no_purchase`` and ``bg_expected_orders``), so one of the two models would get
     inputs unlike those it was trained on and predict something else, silently."""
     check_feature_definitions([(churn, f"the churn model ({churn_from})"),
-                               (value, f"the value model ({value_from})")],
-                              "Retrain with `lifecast train` (then `lifecast score`).")
+                               (value, f"the value model ({value_from})")])
     a, b = churn.config.features, value.config.features
     if a == b:
         return
@@ -287,7 +296,7 @@ class _SavedBooster:
             "train_cutoffs": self.train_cutoffs_,
             "valid_cutoff": self.valid_cutoff_,
             "config": json.loads(self.config_.model_dump_json()),
-            "feature_definitions": self.feature_definitions_,
+            DEFINITIONS_KEY: self.feature_definitions_,
         }
         with _written(folder / "booster.txt") as tmp:
             self.booster_.save_model(str(tmp), num_iteration=self.best_iteration_)
@@ -309,8 +318,7 @@ class _SavedBooster:
         self.train_cutoffs_ = meta["train_cutoffs"]
         self.valid_cutoff_ = meta["valid_cutoff"]
         self.config_ = self.config
-        # models saved before definitions were versioned were built with version 1
-        self.feature_definitions_ = int(meta.get("feature_definitions", 1))
+        self.feature_definitions_ = recorded_definitions(meta)
         return self
 
 

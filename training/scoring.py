@@ -42,8 +42,7 @@ def score_customers(models: FittedModels, transactions: Any, as_of: Any | None =
     wall seconds of each step (see `ScoreResult.timings`); ``baselines``, if given, the
     BG/NBD + Gamma-Gamma baseline fitted on this population (keyed by ``as_of``)."""
     check_feature_definitions([(models.churn, "the churn model"),
-                               (models.value, "the value model")],
-                              "Retrain with `lifecast train`, then score.")
+                               (models.value, "the value model")])
     with _timed(timings, "load"):
         tx = _load(transactions, mapping, table)
         cut = parse_cutoff(as_of) if as_of is not None else default_as_of(tx)

@@ -72,7 +72,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
-from features.registry import DEFINITIONS_VERSION
+from features.registry import DEFINITIONS_KEY, DEFINITIONS_VERSION
 
 __all__ = [
     "DEFAULT_KEEP_BATCHES",
@@ -652,7 +652,7 @@ class CustomerStore:
             "model_versions": _dumps(versions, "model_versions"),
             "segmenter": _dumps(segmenter, "segmenter"),
             "metadata": _dumps(metadata if feature_definitions is None else
-                               {**(metadata or {}), "feature_definitions": feature_definitions},
+                               {**(metadata or {}), DEFINITIONS_KEY: feature_definitions},
                                "metadata"),
             "segment_summary": _dumps(prepared.segment_summary, "segment summary"),
         }

@@ -69,7 +69,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel
 
 from features.config import FeatureConfig
-from features.registry import feature_names
+from features.registry import DEFINITIONS_KEY, feature_names, recorded_definitions
 from training.metrics import brier, normalized_gini, roc_auc
 from training.models import (
     BASELINE_FEATURES,
@@ -327,8 +327,6 @@ TUNE_RUN_TAG, TRAIN_RUN_TAG = "lifecast.tune_run_id", "lifecast.train_run_id"
 
 #: The key of the registered model's metadata that holds its `FeatureConfig` (`model_input`).
 FEATURE_CONFIG_KEY = "feature_config"
-#: ... and the version of the feature definitions it was trained on (absent: version 1).
-FEATURE_DEFINITIONS_KEY = "feature_definitions"
 
 
 def model_input(features: pd.DataFrame, settings: FeatureConfig | Any) -> pd.DataFrame:
@@ -352,7 +350,7 @@ def model_input(features: pd.DataFrame, settings: FeatureConfig | Any) -> pd.Dat
                 "loaded with mlflow.pyfunc.load_model from a lifecast run (this model's "
                 "metadata records no feature settings; it was logged before they were)"
             )
-        why = definitions_difference(int(meta.get(FEATURE_DEFINITIONS_KEY, 1)), "this model")
+        why = definitions_difference(recorded_definitions(meta), "this model")
         if why:
             raise ValueError(f"{why}: build_features output would not mean what it learned. "
                              f"Retrain with `lifecast train`, or use the lifecast that "
@@ -755,7 +753,7 @@ def _log_model(kind: str, result: TrainResult, run_id: str, source: str, folder:
         metadata={"lifecast_kind": kind, "as_of": manifest["as_of"],
                   "eval_cutoff": eval_cutoff,
                   FEATURE_CONFIG_KEY: result.models.config.features.model_dump(mode="json"),
-                  FEATURE_DEFINITIONS_KEY: model.feature_definitions_},
+                  DEFINITIONS_KEY: model.feature_definitions_},
     )
     version = str(info.registered_model_version)
     client = mlflow.MlflowClient()
