@@ -763,6 +763,7 @@ def _log_model(kind: str, result: TrainResult, run_id: str, source: str, folder:
         "as_of": manifest["as_of"],
         "eval_cutoff": eval_cutoff,
         "horizon_days": str(_horizon_days(kind, result.models.config.features)),
+        DEFINITIONS_KEY: str(model.feature_definitions_),
         "primary_metric": metric,
         metric: f"{score:.6f}",
     }
@@ -1010,14 +1011,16 @@ def champion_versions() -> dict[str, str | None]:
 
 
 LIST_COLUMNS = ["model", "version", "aliases", "run_id", "as_of", "eval_cutoff", "horizon_days",
-                "created", "primary_metric", "score", "decision"]
+                DEFINITIONS_KEY, "created", "primary_metric", "score", "decision"]
 
 
 def list_models() -> pd.DataFrame:
     """One row per registered version of both models, newest first within each model:
-    ``model, version, aliases, run_id, as_of, eval_cutoff, horizon_days, created,
-    primary_metric, score, decision`` (``aliases`` comma-separated, ``horizon_days`` the
-    outcome window the model predicts, ``created`` a UTC timestamp)."""
+    ``model, version, aliases, run_id, as_of, eval_cutoff, horizon_days,
+    feature_definitions, created, primary_metric, score, decision`` (``aliases``
+    comma-separated, ``horizon_days`` the outcome window the model predicts,
+    ``feature_definitions`` the version of `features.registry` it was built with: a version
+    of other definitions cannot score here, ``created`` a UTC timestamp)."""
     client = _client()
     rows = []
     run_params: dict[str, dict[str, str]] = {}
@@ -1031,6 +1034,18 @@ def list_models() -> pd.DataFrame:
                 run_params[mv.run_id] = {}
         days = tags.get("horizon_days") or run_params.get(mv.run_id, {}).get(HORIZON_PARAM[kind])
         return int(days) if days else pd.NA
+
+    def definitions(name: str, mv: Any, tags: dict[str, str]) -> float:
+        # a tag since session 14; versions logged before: their pyfunc's metadata (none
+        # before session 13: version 1)
+        if DEFINITIONS_KEY in tags:
+            return int(tags[DEFINITIONS_KEY])
+        try:
+            with _quiet():
+                meta = mlflow.models.get_model_info(f"models:/{name}/{mv.version}").metadata
+        except (MlflowException, OSError):  # the artifacts are gone
+            return pd.NA
+        return recorded_definitions(meta)
 
     for kind in KINDS:
         name = MODEL_NAMES[kind]
@@ -1053,12 +1068,14 @@ def list_models() -> pd.DataFrame:
                 "eval_cutoff": (pd.Timestamp(tags["eval_cutoff"]) if tags.get("eval_cutoff")
                                 else pd.NaT),
                 "horizon_days": horizon(kind, mv, tags),
+                DEFINITIONS_KEY: definitions(name, mv, tags),
                 "created": pd.Timestamp(int(mv.creation_timestamp), unit="ms", tz="UTC"),
                 "primary_metric": metric,
                 "score": float(score) if score is not None else np.nan,
                 "decision": tags.get("decision", ""),
             })
-    out = pd.DataFrame(rows, columns=LIST_COLUMNS).astype({"horizon_days": "Int64"})
+    out = pd.DataFrame(rows, columns=LIST_COLUMNS).astype({"horizon_days": "Int64",
+                                                           DEFINITIONS_KEY: "Int64"})
     if len(out):
         out = out.sort_values(["model", "version"], ascending=[True, False],
                               ignore_index=True)

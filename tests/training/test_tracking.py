@@ -491,6 +491,24 @@ def test_list_models(first_run) -> None:
     assert (table["aliases"] == "champion").sum() == 2  # one champion per model
     assert mine["horizon_days"].tolist() == [90, 90]
     assert str(table["horizon_days"].dtype) == "Int64"
+    assert mine["feature_definitions"].tolist() == [DEFINITIONS_VERSION] * 2
+    assert str(table["feature_definitions"].dtype) == "Int64"
+
+
+def test_list_models_reads_the_definitions_of_versions_logged_without_their_tag(
+    first_run,
+) -> None:
+    client = mlflow.MlflowClient()
+    name, version = tracking.MODEL_NAMES["churn"], first_run.versions["churn"]
+    client.delete_model_version_tag(name, version, "feature_definitions")
+    try:
+        table = tracking.list_models()
+        mine = table[(table["model"] == name) & (table["version"] == int(version))]
+        # session 13's versions: the record is in the pyfunc's metadata only
+        assert mine["feature_definitions"].tolist() == [DEFINITIONS_VERSION]
+    finally:
+        client.set_model_version_tag(name, version, "feature_definitions",
+                                     str(DEFINITIONS_VERSION))
 
 
 def test_list_models_reads_the_horizon_of_versions_logged_without_its_tag(first_run) -> None:
