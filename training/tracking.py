@@ -53,7 +53,7 @@ import os
 import re
 import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -73,6 +73,7 @@ from features.registry import DEFINITIONS_KEY, feature_names, recorded_definitio
 from training.metrics import brier, normalized_gini, roc_auc
 from training.models import (
     BASELINE_FEATURES,
+    RETRAIN,
     ChurnModel,
     ValueModel,
     add_baseline_features,
@@ -960,6 +961,13 @@ def promote_run(run_id: str) -> dict[str, str]:
         raise ValueError(
             f"no registered models come from run {run_id}; `lifecast models` lists the versions"
         )
+    for kind in (k for k in KINDS if k in found):  # a champion `lifecast score` would refuse
+        name, version = MODEL_NAMES[kind], found[kind]
+        defs = _version_definitions(name, version, client.get_model_version(name, version).tags)
+        why = None if pd.isna(defs) else definitions_difference(defs, f"{name} v{version}")
+        if why:
+            raise ValueError(f"{why}. It cannot be champion: `lifecast score` could not "
+                             f"score with it. {RETRAIN}")
     for kind in KINDS:
         previous = _champion_version(client, kind)
         if kind in found and previous != found[kind]:
@@ -1035,18 +1043,6 @@ def list_models() -> pd.DataFrame:
         days = tags.get("horizon_days") or run_params.get(mv.run_id, {}).get(HORIZON_PARAM[kind])
         return int(days) if days else pd.NA
 
-    def definitions(name: str, mv: Any, tags: dict[str, str]) -> float:
-        # a tag since session 14; versions logged before: their pyfunc's metadata (none
-        # before session 13: version 1)
-        if DEFINITIONS_KEY in tags:
-            return int(tags[DEFINITIONS_KEY])
-        try:
-            with _quiet():
-                meta = mlflow.models.get_model_info(f"models:/{name}/{mv.version}").metadata
-        except (MlflowException, OSError):  # the artifacts are gone
-            return pd.NA
-        return recorded_definitions(meta)
-
     for kind in KINDS:
         name = MODEL_NAMES[kind]
         found = client.search_model_versions(f"name='{name}'")
@@ -1068,7 +1064,7 @@ def list_models() -> pd.DataFrame:
                 "eval_cutoff": (pd.Timestamp(tags["eval_cutoff"]) if tags.get("eval_cutoff")
                                 else pd.NaT),
                 "horizon_days": horizon(kind, mv, tags),
-                DEFINITIONS_KEY: definitions(name, mv, tags),
+                DEFINITIONS_KEY: _version_definitions(name, mv.version, tags),
                 "created": pd.Timestamp(int(mv.creation_timestamp), unit="ms", tz="UTC"),
                 "primary_metric": metric,
                 "score": float(score) if score is not None else np.nan,
@@ -1080,6 +1076,20 @@ def list_models() -> pd.DataFrame:
         out = out.sort_values(["model", "version"], ascending=[True, False],
                               ignore_index=True)
     return out
+
+
+def _version_definitions(name: str, version: str | int, tags: Mapping[str, str]) -> Any:
+    """The feature definitions a registered version was built with: its tag (since session
+    14), else its pyfunc's metadata (session 13; nothing there before: version 1); NA when
+    the version's artifacts are gone."""
+    if DEFINITIONS_KEY in tags:
+        return int(tags[DEFINITIONS_KEY])
+    try:
+        with _quiet():
+            meta = mlflow.models.get_model_info(f"models:/{name}/{version}").metadata
+    except (MlflowException, OSError):
+        return pd.NA
+    return recorded_definitions(meta)
 
 
 def _download_version(kind: str, version: str, dst: Path) -> Path:

@@ -607,6 +607,18 @@ def test_a_champion_of_older_feature_definitions_is_refused_then_replaced(
                 in decision["message"]
             assert "cannot score with it" in decision["message"]
         assert tracking.load_champions(tmp_path / "after").versions == again.versions
+
+        listed = tracking.list_models().set_index(["model", "version"])["feature_definitions"]
+        assert listed[("lifecast-churn", int(run_v1.versions["churn"]))] == 1
+        assert listed[("lifecast-churn", int(again.versions["churn"]))] == DEFINITIONS_VERSION
+        # promoting the v1 versions back by hand is refused: nothing could score with them
+        with pytest.raises(ValueError) as err:
+            tracking.promote_run(run_v1.run_id)
+        message = str(err.value)
+        assert f"lifecast-churn v{run_v1.versions['churn']} was built with feature " \
+               "definitions v1" in message
+        assert "cannot be champion" in message and "lifecast train" in message
+        assert tracking.champion_versions() == again.versions  # unchanged
     finally:
         assert tracking.promote_run(first_run.run_id) == first_run.versions
 
