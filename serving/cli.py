@@ -44,7 +44,8 @@ def demo_cmd(
     clv_h: Annotated[int, typer.Option(
         "--clv-horizon-days",
         help="Future-value outcome window (90, not train's 365: the demo extract covers "
-             "374 days, and a horizon needs its length plus 60 days of history).")] = 90,
+             "374 days, and training with its out-of-time evaluation needs about twice the "
+             "horizon plus 61 days of history).")] = 90,
 ) -> None:
     """Run the whole job on the bundled demo data and print a summary.
 

@@ -54,7 +54,13 @@ def import_champions(workdir: str | os.PathLike[str] = ".") -> dict[str, str]:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from training.tracking import CHAMPION_ALIAS, MODEL_NAMES, NoChampionError, configure
+    from training.tracking import (
+        CHAMPION_ALIAS,
+        MODEL_NAMES,
+        NoChampionError,
+        configure,
+        no_champion_message,
+    )
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     configure(workdir, create=False)  # a folder without a store: say so, create nothing
@@ -65,10 +71,7 @@ def import_champions(workdir: str | os.PathLike[str] = ".") -> dict[str, str]:
         try:
             mv = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
         except MlflowException as exc:  # no such model, or no version with the alias
-            raise NoChampionError(
-                f"no champion model registered yet ({name}@{CHAMPION_ALIAS}): run `lifecast "
-                f"train` first"
-            ) from exc
+            raise NoChampionError(no_champion_message(client, kind)) from exc
         tag = _model_tag(name, str(mv.version), mv.run_id)
         try:
             existing = bentoml.models.get(tag)

@@ -461,3 +461,51 @@ def test_backtest_past_the_end_of_the_demo_data(tmp_path):
         "for metrics, use --cutoff 2011-09-11 or earlier, or shorter horizons",
     ]
     assert out.is_file()
+
+
+@pytest.mark.parametrize(("command", "flags", "expected"), [
+    ("train", ["--promote", "sometimes"],
+     "--promote must be one of auto, always, never, got 'sometimes'"),
+    ("backtest", ["--cutoff", "2021-02-01", "--out", "bt.txt"],
+     "cannot write bt.txt: use a .parquet, .csv or .csv.gz file name"),
+])
+def test_bad_options_fail_before_any_work(sales_csv, tmp_path, monkeypatch, command, flags,
+                                          expected):
+    """An option that cannot work is refused at once, not after training: one line, exit 2,
+    nothing made (no MLflow store, no output)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    res = runner.invoke(app, [command, "-t", str(sales_csv), *MAP, *flags])
+    assert res.exit_code == 2, res.output
+    assert res.output.splitlines() == [f"error: {expected}"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sales.csv"]
+
+
+@pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy:DeprecationWarning")
+def test_score_checks_the_customer_store_before_scoring(sales_csv, tmp_path, monkeypatch):
+    """A customer store that cannot be written is one line and exit 2, before the champions
+    are loaded or anything is scored (the MLflow store here has no models at all)."""
+    import socket
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    res = runner.invoke(app, ["score", "-t", str(sales_csv), *MAP,
+                              "--store", f"sqlite:///{blocker}/store.db"])
+    assert res.exit_code == 2, res.output
+    assert res.output.splitlines() == [
+        f"error: cannot write the customer store sqlite:///{blocker}/store.db: {blocker} is "
+        f"not a folder this user can write to"]
+    pytest.importorskip("psycopg", reason="pip install 'lifecast[postgres]'")
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    res = runner.invoke(app, ["score", "-t", str(sales_csv), *MAP,
+                              "--store", f"postgresql://u:s3cret@127.0.0.1:{port}/db"])
+    assert res.exit_code == 2, res.output
+    lines = res.output.splitlines()
+    at = f"postgresql+psycopg://u:***@127.0.0.1:{port}/db"
+    assert len(lines) == 1 and lines[0].startswith(
+        f"error: cannot open the customer store at {at}: ")
+    assert "s3cret" not in res.output

@@ -58,8 +58,9 @@ def config_error_message(exc: ValidationError) -> str:
 
 def flag_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     """Turn a pydantic ValidationError raised by a command (a flag building an invalid
-    config) into a ValueError whose message names the flag (`config_error_message`);
-    `run_cli` then prints it as one line and exits 2."""
+    config) into a ValueError whose message names the flag (`config_error_message`), and a
+    customer store error into a ValueError of its message; `run_cli` then prints it as one
+    line and exits 2."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -67,6 +68,12 @@ def flag_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(*args, **kwargs)
         except ValidationError as exc:
             raise ValueError(config_error_message(exc)) from None
+        except RuntimeError as exc:
+            from training.store import StoreError  # imported only on an error
+
+            if isinstance(exc, StoreError):  # the customer store: unreachable, no driver
+                raise ValueError(str(exc)) from None
+            raise
 
     return wrapper
 
@@ -211,8 +218,11 @@ def register(app: typer.Typer) -> None:
         says (auto: only where they beat the current champion on this run's evaluation
         snapshot)."""
         from training.pipeline import train
-        from training.tracking import configure, log_training
+        from training.tracking import PROMOTE_CHOICES, configure, log_training
 
+        if promote not in PROMOTE_CHOICES:  # before the training, not after it
+            raise ValueError(f"--promote must be one of {', '.join(PROMOTE_CHOICES)}, "
+                             f"got {promote!r}")
         config = train_config(churn_h, clv_h)  # bad flags fail before anything is made
         configure(".")
         tune_run = None
@@ -245,9 +255,10 @@ def register(app: typer.Typer) -> None:
         When the data covers the outcome windows after the cutoff, compare with the real
         outcome and with the BG/NBD + Gamma-Gamma baseline."""
         from features.contract import load_transactions
-        from features.storage import write_frame
+        from features.storage import check_frame_path, write_frame
         from training.pipeline import backtest
 
+        check_frame_path(out)  # a folder or an unwritable name: say so before any work
         config = train_config(churn_h, clv_h)
         tx = load_transactions(source, mapping, table=table)
         result = backtest(tx, cutoff, config=config)

@@ -24,7 +24,13 @@ import numpy as np
 import pandas as pd
 
 from features.config import ColumnMapping
-from features.contract import DataValidationError, Transactions, load_transactions, parse_cutoff
+from features.contract import (
+    DataValidationError,
+    Transactions,
+    check_cutoff,
+    load_transactions,
+    parse_cutoff,
+)
 from features.demo import segment_customers
 from features.pipeline import (
     build_features,
@@ -171,15 +177,18 @@ def _check_history(tx: Transactions, as_of: pd.Timestamp, config: TrainConfig,
     leaves fewer than the two labelled snapshots a fit needs (one to fit on, the latest to
     validate on) in the history before it; with ``evaluate`` (`train`), also before the
     evaluation cutoff, where the models are fit a second time as if today were that day."""
-    _check_as_of_in_data(tx, as_of, config, flag)
     first = pd.Timestamp(tx.report.first_event)
+    if as_of <= first:  # no customers at all: say that, not that a horizon is too long
+        check_cutoff(tx.report, as_of, config.features)
+    _check_as_of_in_data(tx, as_of, config, flag)
     every = config.features.snapshot_every_days
     evals = evaluation_cutoffs(first, as_of, config)
     for kind, h in _horizons(config).items():
         # snapshots every `every` days back from the cutoff minus the shorter horizon, the
         # earliest more than `every` days after the first event (`snapshot_cutoffs`)
         need = h + 2 * every + 1  # days of history before a cutoff for two snapshots
-        cuts = [(as_of, flag)] + ([(evals[kind], "the evaluation cutoff")] if evaluate else [])
+        # the evaluation cutoff first: the earlier one, so the message states all it needs
+        cuts = ([(evals[kind], "the evaluation cutoff")] if evaluate else []) + [(as_of, flag)]
         for cut, what in cuts:
             if len(_labelled_cutoffs(first, cut, h, config)) >= 2:
                 continue

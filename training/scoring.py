@@ -85,17 +85,18 @@ def score(
 ) -> ScoreResult:
     """Score every customer with the champion models (or ``models``) and write the batch
     into the customer store (default: ``lifecast_store.db`` in the working folder)."""
-    if models is None:
-        from training.tracking import load_champions
-
-        models = load_champions()
-    timings: dict[str, float] = {}
-    baselines: dict[pd.Timestamp, BaselineCLV] = {}
-    scores, feats = score_customers(models, transactions, as_of, mapping, table=table,
-                                    timings=timings, baselines=baselines)
-    cut = pd.Timestamp(scores["as_of"].iloc[0])
     store = CustomerStore(store_url or CustomerStore.default_url())
     try:
+        store.check_reachable()  # before the work, not after it
+        if models is None:
+            from training.tracking import load_champions
+
+            models = load_champions()
+        timings: dict[str, float] = {}
+        baselines: dict[pd.Timestamp, BaselineCLV] = {}
+        scores, feats = score_customers(models, transactions, as_of, mapping, table=table,
+                                        timings=timings, baselines=baselines)
+        cut = pd.Timestamp(scores["as_of"].iloc[0])
         feature_cols = ["customer_id", *models.churn.feature_names_]
         with _timed(timings, "store_write"):
             batch = store.write_batch(

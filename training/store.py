@@ -406,6 +406,32 @@ class CustomerStore:
         self._lookup_sql: dict[int, tuple[str, tuple[str, ...] | None, dict[str, Any]]] = {}
         self._batch_infos: dict[tuple[int, str], BatchInfo] = {}
 
+    def check_reachable(self) -> None:
+        """Raise `StoreUnavailableError` (or `StoreError` for a missing driver) now if a
+        batch could not be written: a database server that cannot be reached, or a SQLite
+        file whose folder cannot be created or written. Callers that compute for minutes
+        before `write_batch` check first. Creates nothing (not even a SQLite file)."""
+        path = self._sqlite_path
+        if path is not None:
+            folder = next((p for p in (path.parent, *path.parent.parents) if p.exists()),
+                          None)
+            if folder is None or not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+                raise StoreUnavailableError(
+                    f"cannot write the customer store {self.safe_url}: "
+                    f"{folder or path.parent} is not a folder this user can write to")
+            if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+                raise StoreUnavailableError(
+                    f"cannot write the customer store {self.safe_url}: {path} is read-only")
+            return
+        if self._is_sqlite:  # in memory: nothing to reach
+            return
+        try:
+            self._get_engine().connect().close()
+        except sa_exc.DBAPIError as e:
+            raise StoreUnavailableError(
+                f"cannot open the customer store at {self.safe_url}: {_db_message(e)}"
+            ) from e
+
     # -- construction --------------------------------------------------------------------------
 
     @classmethod

@@ -99,6 +99,7 @@ __all__ = [
     "PRIMARY_METRIC",
     "LifecastModel",
     "NoChampionError",
+    "no_champion_message",
     "RunSummary",
     "champion_artifacts",
     "champion_versions",
@@ -834,6 +835,19 @@ def _refit_score(kind: str, champion: ChurnModel | ValueModel, result: TrainResu
     return {m: _score(kind, m, result, model) for m in metrics}
 
 
+def no_champion_message(client: MlflowClient, kind: str) -> str:
+    """Why ``kind`` has no champion, and the fix: train, or promote a registered version
+    (e.g. after ``train --promote never``)."""
+    name = MODEL_NAMES[kind]
+    found = client.search_model_versions(f"name='{name}'")
+    if not found:
+        return f"{_NO_CHAMPION} (no {name}@{CHAMPION_ALIAS})"
+    latest = max(found, key=lambda mv: int(mv.version))
+    return (f"no {name} version is champion yet ({len(found)} registered, none promoted): "
+            f"make one champion with `lifecast promote --run {latest.run_id}` (the latest, "
+            f"v{latest.version}; `lifecast models` lists them all)")
+
+
 def _champion_version(client: MlflowClient, kind: str) -> str | None:
     try:
         mv = client.get_model_version_by_alias(MODEL_NAMES[kind], CHAMPION_ALIAS)
@@ -1125,7 +1139,7 @@ def champion_artifacts(kind: str, dst: Path | str | None = None) -> Path:
     client = _client()
     version = _champion_version(client, kind)
     if version is None:
-        raise NoChampionError(f"{_NO_CHAMPION} (no {MODEL_NAMES[kind]}@{CHAMPION_ALIAS})")
+        raise NoChampionError(no_champion_message(client, kind))
     base = Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix="lifecast-"))
     folder = _download_version(kind, version, base / kind)
     manifest_path = folder / _MANIFEST_FILE

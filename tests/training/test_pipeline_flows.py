@@ -115,8 +115,19 @@ def test_backtest_evaluates_the_churn_window_the_data_covers(demo_transactions, 
 
 def test_horizon_longer_than_history_is_a_clear_error(demo_transactions):
     config = TrainConfig(features=FeatureConfig(churn_horizon_days=90, clv_horizon_days=365))
-    with pytest.raises(DataValidationError, match="--clv-horizon-days 365 is too long"):
+    with pytest.raises(DataValidationError, match="--clv-horizon-days 365 is too long") as info:
         train(demo_transactions, config=config)
+    # the first message states everything train needs (its evaluation fits a year earlier)
+    assert "about 791 days of history before --as-of in all" in str(info.value)
+
+
+def test_a_cutoff_before_the_data_says_so(demo_transactions, demo_config):
+    """Not that the horizon is too long: that there would be no customers at all."""
+    for call in (lambda: backtest(demo_transactions, "2010-06-01", config=demo_config),
+                 lambda: train(demo_transactions, as_of="2010-06-01", config=demo_config)):
+        with pytest.raises(DataValidationError, match=r"cutoff 2010-06-01 00:00:00 is at or "
+                           r"before the first event .* choose a cutoff after 2010-12-01"):
+            call()
 
 
 def test_as_of_long_after_the_data_is_a_clear_error(demo_transactions, demo_config):

@@ -318,6 +318,29 @@ def test_validation_errors(store: CustomerStore) -> None:
     assert store.current_batch() is None  # nothing was written
 
 
+def test_check_reachable_fails_before_any_write_and_creates_nothing(tmp_path: Path) -> None:
+    fine = CustomerStore(f"sqlite:///{tmp_path}/new/sub/store.db")
+    fine.check_reachable()  # a folder that can be made: fine, and nothing is made
+    assert list(tmp_path.iterdir()) == []
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(StoreUnavailableError, match=f"{blocker} is not a folder"):
+        CustomerStore(f"sqlite:///{blocker}/store.db").check_reachable()
+    CustomerStore("sqlite://").check_reachable()  # in memory
+    if importlib.util.find_spec("psycopg") is None:
+        pytest.skip("psycopg is not installed (pip install 'lifecast[postgres]')")
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    store = CustomerStore(f"postgresql://lifecast:s3cret@127.0.0.1:{port}/nowhere")
+    with pytest.raises(StoreUnavailableError, match="cannot open the customer store at "
+                       rf"postgresql\+psycopg://lifecast:\*\*\*@127.0.0.1:{port}/nowhere"):
+        store.check_reachable()
+    store.close()
+
+
 def test_url_errors_hide_passwords(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="invalid customer store URL 'bad url'.*sqlite:///"):
         CustomerStore("bad url")

@@ -665,3 +665,19 @@ def test_no_champion_is_a_clear_error(store, monkeypatch: pytest.MonkeyPatch) ->
         tracking.load_champions()
     with pytest.raises(ValueError, match="kind must be one of"):
         tracking.champion_artifacts("ltv")
+
+
+def test_no_champion_among_registered_versions_says_to_promote(first_run) -> None:
+    """After `train --promote never` the fix is `lifecast promote`, not another train."""
+    client = mlflow.MlflowClient()
+    client.delete_registered_model_alias("lifecast-clv", "champion")
+    try:
+        with pytest.raises(tracking.NoChampionError) as info:
+            tracking.load_champions()
+        latest = max(client.search_model_versions("name='lifecast-clv'"),
+                     key=lambda mv: int(mv.version))
+        assert str(info.value).startswith("no lifecast-clv version is champion yet (")
+        assert f"`lifecast promote --run {latest.run_id}` (the latest, v{latest.version}" \
+            in str(info.value)
+    finally:
+        assert tracking.promote_run(first_run.run_id) == first_run.versions
