@@ -94,6 +94,8 @@ def test_train_score_models_end_to_end(tmp_path, monkeypatch):
     """train -> models -> score -> backtest with a real MLflow store and customer store in
     tmp: the store holds every customer, scored by the champions, as of the default date;
     the backtest writes the per-customer output for everyone active before its cutoff."""
+    import mlflow
+
     from features import DEMO_MAPPING, build_features, demo_data_path
     from training import tracking
     from training.store import CustomerStore
@@ -104,7 +106,7 @@ def test_train_score_models_end_to_end(tmp_path, monkeypatch):
     demo = ["-t", demo_data_path(), "--customer-col", "CustomerID", "--timestamp-col",
             "InvoiceDate", "--amount", "Quantity * UnitPrice", "--order-col", "InvoiceNo"]
     res = runner.invoke(app, ["train", *demo, "--churn-horizon-days", "90",
-                              "--clv-horizon-days", "90"])
+                              "--clv-horizon-days", "90", "--threads", "1"])
     assert res.exit_code == 0, res.output
     assert "roc_auc" in res.output and "promoted" in res.output
     assert res.output.splitlines()[-1] == RESCORE_HINT  # a new champion: rescore
@@ -118,6 +120,8 @@ def test_train_score_models_end_to_end(tmp_path, monkeypatch):
                  zip(models["model"], models["version"], models["aliases"], strict=True)
                  if "champion" in str(a)}
     assert champions == {"churn": "1", "clv": "1"}
+    run = mlflow.get_run(models["run_id"].iloc[0])
+    assert run.data.params["num_threads"] == "1"  # --threads reached LightGBM's config
 
     res = runner.invoke(app, ["score", *demo])
     assert res.exit_code == 0, res.output
@@ -184,6 +188,14 @@ def test_demo_checks_its_horizons_before_making_the_work_folder(tmp_path):
     assert res.output.splitlines() == [
         "error: --clv-horizon-days must be a whole number of days > 0, got 0"]
     assert not workdir.exists()
+
+
+@pytest.mark.parametrize("command", ["train", "backtest"])
+def test_threads_cannot_be_negative(sales_csv, command):
+    res = runner.invoke(app, [command, "-t", str(sales_csv), *MAP, "--threads", "-1"],
+                        env={"COLUMNS": "200"})
+    assert res.exit_code == 2
+    assert "Invalid value for '--threads'" in res.output
 
 
 def test_tune_cannot_be_negative(sales_csv):
