@@ -547,6 +547,7 @@ def _open_path(con: DuckDBBackend, text: str, table: str | None) -> _Source:
                 f"narrow the pattern (e.g. '*.parquet')",
                 source=text,
             )
+        _check_same_columns(files, text)
         return _open_parquet(con, pattern, text, multi=True)
     known = lower.endswith(_CSV_SUFFIXES + _PARQUET_SUFFIXES)
     if not path.exists() and (known or not path.suffix):
@@ -664,6 +665,27 @@ def _ragged_csv(path: Path, label: str, delimiter: str, skipped: int) -> DataVal
         f"of fields: {detail}.",
         source=label,
     )
+
+
+def _check_same_columns(files: Sequence[str], label: str) -> None:
+    """A folder or glob is one data set split into Parquet files: every file must have the
+    same columns (DuckDB would read the first file's and fail later, in its own words).
+    Reads each file's footer only."""
+    import pyarrow.parquet as pq
+
+    first = pq.read_schema(files[0]).names
+    for f in files[1:]:
+        names = pq.read_schema(f).names
+        if set(names) != set(first):
+            only = sorted(set(names) ^ set(first))
+            raise DataValidationError(
+                f"{label}: a folder or glob is read as one data set split into Parquet files "
+                f"with the same columns, but {f} and {files[0]} differ in "
+                f"{', '.join(only[:10])}{' ...' if len(only) > 10 else ''} "
+                f"({len(files)} files); give one file, or a pattern matching only the parts "
+                f"of one data set",
+                source=label,
+            )
 
 
 def _open_parquet(con: DuckDBBackend, pattern: str, label: str, *, multi: bool) -> _Source:

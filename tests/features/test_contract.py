@@ -524,6 +524,18 @@ def test_missing_file_and_unknown_extension(tmp_path: Path) -> None:
     assert "no Parquet files" in msg
 
 
+def test_a_folder_of_parquet_files_with_other_columns_is_refused(tmp_path: Path) -> None:
+    """A folder (or glob) is one data set split into files: a file of another table in it
+    is named, with the columns that differ, before DuckDB reads the first file's columns."""
+    folder = Path(_parquet_dir(user_log(), tmp_path))
+    pd.DataFrame({"household_id": [1], "income": ["high"]}).to_parquet(
+        folder / "part-2.parquet", index=False)
+    msg = _error(str(folder))
+    assert f"{folder}: a folder or glob is read as one data set" in msg
+    assert f"{folder / 'part-2.parquet'} and {folder / 'part-0.parquet'} differ in" in msg
+    assert "household_id" in msg and "(3 files)" in msg
+
+
 def test_ragged_csv_names_the_line(tmp_path: Path) -> None:
     path = tmp_path / "ragged.csv"
     path.write_text("c,t,v\n1,2021-01-01,1.5\n2,2021-01-02,2,5\n3,2021-01-03,1\n")
