@@ -22,6 +22,27 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        from features.registry import DEFINITIONS_VERSION
+
+        typer.echo(f"lifecast {version('lifecast')} (feature definitions "
+                   f"v{DEFINITIONS_VERSION})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True,
+        help="Print lifecast's version and its feature definitions' version, then exit.")]
+        = False) -> None:
+    """Churn probability and future customer value from a transaction log."""
+
+
 app.add_typer(features_app, name="features")
 app.add_typer(keys_app, name="keys")
 register_training(app)

@@ -521,3 +521,14 @@ def test_score_checks_the_customer_store_before_scoring(sales_csv, tmp_path, mon
     assert len(lines) == 1 and lines[0].startswith(
         f"error: cannot open the customer store at {at}: ")
     assert "s3cret" not in res.output
+
+
+def test_version():
+    from importlib.metadata import version
+
+    from features.registry import DEFINITIONS_VERSION
+
+    res = runner.invoke(app, ["--version"])
+    assert res.exit_code == 0, res.output
+    assert res.output == (f"lifecast {version('lifecast')} (feature definitions "
+                          f"v{DEFINITIONS_VERSION})\n")
