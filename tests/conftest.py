@@ -56,3 +56,21 @@ def demo_train_result(demo_transactions, demo_config):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return train(demo_transactions, config=demo_config)
+
+
+@pytest.fixture()
+def unreachable_postgres():
+    """A function returning a PostgreSQL URL (user ``lifecast``, password ``s3cret``) at a
+    local port nobody listens on; it skips the test when the driver is not installed."""
+    import importlib.util
+    import socket
+
+    def url(db: str = "nowhere") -> str:
+        if importlib.util.find_spec("psycopg") is None:
+            pytest.skip("psycopg is not installed (pip install 'lifecast[postgres]')")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        return f"postgresql://lifecast:s3cret@127.0.0.1:{port}/{db}"
+
+    return url

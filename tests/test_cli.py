@@ -494,11 +494,10 @@ def test_bad_options_fail_before_any_work(sales_csv, tmp_path, monkeypatch, comm
 
 
 @pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy:DeprecationWarning")
-def test_score_checks_the_customer_store_before_scoring(sales_csv, tmp_path, monkeypatch):
+def test_score_checks_the_customer_store_before_scoring(sales_csv, tmp_path, monkeypatch,
+                                                        unreachable_postgres):
     """A customer store that cannot be written is one line and exit 2, before the champions
     are loaded or anything is scored (the MLflow store here has no models at all)."""
-    import socket
-
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     blocker = tmp_path / "file"
@@ -509,15 +508,11 @@ def test_score_checks_the_customer_store_before_scoring(sales_csv, tmp_path, mon
     assert res.output.splitlines() == [
         f"error: cannot write the customer store sqlite:///{blocker}/store.db: {blocker} is "
         f"not a folder this user can write to"]
-    pytest.importorskip("psycopg", reason="pip install 'lifecast[postgres]'")
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    res = runner.invoke(app, ["score", "-t", str(sales_csv), *MAP,
-                              "--store", f"postgresql://u:s3cret@127.0.0.1:{port}/db"])
+    url = unreachable_postgres()
+    res = runner.invoke(app, ["score", "-t", str(sales_csv), *MAP, "--store", url])
     assert res.exit_code == 2, res.output
     lines = res.output.splitlines()
-    at = f"postgresql+psycopg://u:***@127.0.0.1:{port}/db"
+    at = url.replace("postgresql://", "postgresql+psycopg://").replace("s3cret", "***")
     assert len(lines) == 1 and lines[0].startswith(
         f"error: cannot open the customer store at {at}: ")
     assert "s3cret" not in res.output

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import re
 import sqlite3
 import threading
 import time
@@ -318,7 +319,8 @@ def test_validation_errors(store: CustomerStore) -> None:
     assert store.current_batch() is None  # nothing was written
 
 
-def test_check_reachable_fails_before_any_write_and_creates_nothing(tmp_path: Path) -> None:
+def test_check_reachable_fails_before_any_write_and_creates_nothing(
+        tmp_path: Path, unreachable_postgres) -> None:
     fine = CustomerStore(f"sqlite:///{tmp_path}/new/sub/store.db")
     fine.check_reachable()  # a folder that can be made: fine, and nothing is made
     assert list(tmp_path.iterdir()) == []
@@ -327,21 +329,14 @@ def test_check_reachable_fails_before_any_write_and_creates_nothing(tmp_path: Pa
     with pytest.raises(StoreUnavailableError, match=f"{blocker} is not a folder"):
         CustomerStore(f"sqlite:///{blocker}/store.db").check_reachable()
     CustomerStore("sqlite://").check_reachable()  # in memory
-    if importlib.util.find_spec("psycopg") is None:
-        pytest.skip("psycopg is not installed (pip install 'lifecast[postgres]')")
-    import socket
-
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    store = CustomerStore(f"postgresql://lifecast:s3cret@127.0.0.1:{port}/nowhere")
-    with pytest.raises(StoreUnavailableError, match="cannot open the customer store at "
-                       rf"postgresql\+psycopg://lifecast:\*\*\*@127.0.0.1:{port}/nowhere"):
+    store = CustomerStore(unreachable_postgres())
+    safe = re.escape(store.safe_url)
+    with pytest.raises(StoreUnavailableError, match=f"cannot open the customer store at {safe}"):
         store.check_reachable()
     store.close()
 
 
-def test_url_errors_hide_passwords(tmp_path: Path) -> None:
+def test_url_errors_hide_passwords(tmp_path: Path, unreachable_postgres) -> None:
     with pytest.raises(ValueError, match="invalid customer store URL 'bad url'.*sqlite:///"):
         CustomerStore("bad url")
     with pytest.raises(ValueError) as info:
@@ -354,18 +349,11 @@ def test_url_errors_hide_passwords(tmp_path: Path) -> None:
     with pytest.raises(StoreUnavailableError, match="lifecast_store|store.db"):
         write(store, *make_batch(["a"]))
 
-    if importlib.util.find_spec("psycopg") is None:
-        pytest.skip("psycopg is not installed (pip install 'lifecast[postgres]')")
-    import socket
-
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    store = CustomerStore(f"postgresql://lifecast:s3cret@127.0.0.1:{port}/nowhere")
+    store = CustomerStore(unreachable_postgres())
     with pytest.raises(StoreUnavailableError) as info:
         store.get_customers(["a"])
     message = str(info.value)
-    assert f"postgresql+psycopg://lifecast:***@127.0.0.1:{port}/nowhere" in message
+    assert store.safe_url in message and "lifecast:***@127.0.0.1:" in store.safe_url
     assert "s3cret" not in message
     store.close()
 
