@@ -224,11 +224,9 @@ def register(app: typer.Typer) -> None:
         says (auto: only where they beat the current champion on this run's evaluation
         snapshot)."""
         from training.pipeline import train
-        from training.tracking import PROMOTE_CHOICES, configure, log_training
+        from training.tracking import check_promote, configure, log_training
 
-        if promote not in PROMOTE_CHOICES:  # before the training, not after it
-            raise ValueError(f"--promote must be one of {', '.join(PROMOTE_CHOICES)}, "
-                             f"got {promote!r}")
+        check_promote(promote, "--promote")  # before the training, not after it
         config = train_config(churn_h, clv_h, threads)  # bad flags fail before anything
         configure(".")
         tune_run = None

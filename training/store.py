@@ -423,10 +423,13 @@ class CustomerStore:
                 raise StoreUnavailableError(
                     f"cannot write the customer store {self.safe_url}: {path} is read-only")
             return
-        if self._is_sqlite:  # in memory: nothing to reach
-            return
+        if not self._is_sqlite:  # in memory: nothing to reach
+            self._connect().close()
+
+    def _connect(self) -> Connection:
+        """A new connection; `StoreUnavailableError` naming the store when there is none."""
         try:
-            self._get_engine().connect().close()
+            return self._get_engine().connect()
         except sa_exc.DBAPIError as e:
             raise StoreUnavailableError(
                 f"cannot open the customer store at {self.safe_url}: {_db_message(e)}"
@@ -561,7 +564,6 @@ class CustomerStore:
         Reads see one snapshot of the database (SQLite: BEGIN on WAL; PostgreSQL and others:
         REPEATABLE READ), so the pointer and the rows it points to are read consistently.
         """
-        engine = self._get_engine()
         if write and (path := self._sqlite_path) is not None:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -569,12 +571,7 @@ class CustomerStore:
                 raise StoreUnavailableError(
                     f"cannot create the folder of the customer store {self.safe_url}: {e}"
                 ) from e
-        try:
-            conn = engine.connect()
-        except sa_exc.DBAPIError as e:
-            raise StoreUnavailableError(
-                f"cannot open the customer store at {self.safe_url}: {_db_message(e)}"
-            ) from e
+        conn = self._connect()
         with conn:
             if self._is_sqlite:
                 conn.execution_options(lifecast_write=write)

@@ -102,6 +102,7 @@ __all__ = [
     "no_champion_message",
     "RunSummary",
     "champion_artifacts",
+    "check_promote",
     "champion_versions",
     "configure",
     "list_models",
@@ -398,8 +399,7 @@ def log_training(
     version only if it beats the champion on this run's evaluation snapshot), ``"always"`` or
     ``"never"``. Returns the run id, the registered versions and the decisions.
     """
-    if promote not in PROMOTE_CHOICES:
-        raise ValueError(f"promote must be one of {', '.join(PROMOTE_CHOICES)}, got {promote!r}")
+    check_promote(promote)
     _ensure_configured()
     experiment_id = _experiment_id(experiment)
     client = mlflow.MlflowClient()
@@ -957,6 +957,13 @@ def _record_decision(client: MlflowClient, kind: str, version: str, decision: di
 # --------------------------------------------------------------------------------------------
 
 
+def check_promote(promote: str, name: str = "promote") -> None:
+    """ValueError unless ``promote`` is one of `PROMOTE_CHOICES` (``name``: what the user
+    typed it as, e.g. ``--promote``)."""
+    if promote not in PROMOTE_CHOICES:
+        raise ValueError(f"{name} must be one of {', '.join(PROMOTE_CHOICES)}, got {promote!r}")
+
+
 def promote_run(run_id: str) -> dict[str, str]:
     """Give the ``champion`` alias to the versions registered by run ``run_id``.
 
@@ -966,18 +973,19 @@ def promote_run(run_id: str) -> dict[str, str]:
     client = _client()
     run_id = str(run_id).strip()
     found: dict[str, str] = {}
+    tags: dict[str, dict[str, str]] = {}
     if re.fullmatch(r"[A-Za-z0-9_-]+", run_id):
         for mv in client.search_model_versions(f"run_id='{run_id}'"):
             for kind, name in MODEL_NAMES.items():
                 if mv.name == name and (kind not in found or int(mv.version) > int(found[kind])):
-                    found[kind] = str(mv.version)
+                    found[kind], tags[kind] = str(mv.version), dict(mv.tags or {})
     if not found:
         raise ValueError(
             f"no registered models come from run {run_id}; `lifecast models` lists the versions"
         )
     for kind in (k for k in KINDS if k in found):  # a champion `lifecast score` would refuse
         name, version = MODEL_NAMES[kind], found[kind]
-        defs = _version_definitions(name, version, client.get_model_version(name, version).tags)
+        defs = _version_definitions(name, version, tags[kind])
         why = None if pd.isna(defs) else definitions_difference(defs, f"{name} v{version}")
         if why:
             raise ValueError(f"{why}. It cannot be champion: `lifecast score` could not "
