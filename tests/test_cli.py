@@ -277,6 +277,49 @@ def test_promote_says_when_the_run_already_is_champion(registry):
                                        "lifecast-clv v2 is now champion (was v1)", RESCORE_HINT]
 
 
+def test_models_prints_each_decision_under_the_table(registry):
+    from mlflow import MlflowClient
+
+    from training.cli import format_models
+    from training.tracking import list_models
+
+    run = registry()
+    decision = ("promoted: roc_auc 0.7413 > 0.7349 (champion: its settings fit at the "
+                "evaluation cutoff on this run's data)")
+    MlflowClient().set_model_version_tag("lifecast-churn", "1", "decision", decision)
+    res = runner.invoke(app, ["models"])
+    assert res.exit_code == 0, res.output
+    table, _, decisions = res.output.partition("\n\ndecisions:\n")
+    assert decision not in table and run in table
+    assert max(len(line) for line in decisions.splitlines()) <= 100
+    assert " ".join(decisions.split()) == f"lifecast-churn v1: {decision}"
+    # no decision recorded anywhere: no empty heading
+    assert "decisions:" not in format_models(list_models().assign(decision=""))
+
+
+def test_promote_takes_the_start_of_a_run_id_that_fits_one_run(registry, monkeypatch):
+    from collections import Counter
+
+    from training import tracking
+
+    first, second = registry(), registry()
+    res = runner.invoke(app, ["promote", "--run", second[:8]])
+    assert res.exit_code == 0, res.output
+    assert res.output.splitlines()[:2] == ["lifecast-churn v2 is now champion",
+                                           "lifecast-clv v2 is now champion"]
+    res = runner.invoke(app, ["promote", "--run", first[:5]])  # shorter than 6: not looked up
+    assert res.exit_code == 2
+    assert f"no registered models come from run {first[:5]}" in res.output
+    # 17 runs: two ids share their first hex digit, a start that fits both is refused
+    monkeypatch.setattr(tracking, "MIN_RUN_PREFIX", 1)
+    runs = [first, second, *(registry() for _ in range(15))]
+    digit, n = Counter(r[0] for r in runs).most_common(1)[0]
+    assert n >= 2
+    with pytest.raises(ValueError, match=f"run id '{digit}' is the start of {n} runs' ids"):
+        tracking.promote_run(digit)
+    assert tracking.champion_versions() == {"churn": "2", "clv": "2"}
+
+
 # SQLAlchemy 2.1 deprecates a loader MLflow's store uses; pytest shows every warning, the
 # command line only once per process, so it would come first here depending on test order
 @pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy:DeprecationWarning")

@@ -296,7 +296,9 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"\n{scores_summary(result.scores)}")
 
     @command(app, "promote", mlflow=True)
-    def promote_cmd(run: Annotated[str, typer.Option("--run", help="MLflow run id.")]) -> None:
+    def promote_cmd(run: Annotated[str, typer.Option(
+        "--run", help="MLflow run id (`lifecast models` lists them), or its first 6 or more "
+        "characters.")]) -> None:
         """Make the models registered by a run the champions."""
         from training.tracking import champion_versions, configure, promote_run
 
@@ -324,7 +326,24 @@ def register(app: typer.Typer) -> None:
         table = list_models()
         if table.empty:
             raise fail(f"no models registered yet in {uri}: run `lifecast train` first")
-        typer.echo(table.to_string(index=False))
+        typer.echo(format_models(table))
+
+
+def format_models(table: pd.DataFrame, width: int = 100) -> str:
+    """`training.tracking.list_models` as text: the table without its ``decision`` column
+    (a sentence or two per version, which made every row hundreds of characters wide), then
+    each version's decision on lines of its own, wrapped to ``width``."""
+    import textwrap
+
+    shown = table.drop(columns="decision").assign(
+        created=table.created.dt.strftime("%Y-%m-%d %H:%M"))
+    lines = [shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"), "", "decisions:"]
+    for row in table.itertuples(index=False):
+        if row.decision:
+            lines.append(textwrap.fill(row.decision, width=width,
+                                       initial_indent=f"  {row.model} v{row.version}: ",
+                                       subsequent_indent="      "))
+    return "\n".join(lines if len(lines) > 3 else lines[:1])
 
 
 #: Printed when a new champion is made: the customer store and a running service still

@@ -964,24 +964,42 @@ def check_promote(promote: str, name: str = "promote") -> None:
         raise ValueError(f"{name} must be one of {', '.join(PROMOTE_CHOICES)}, got {promote!r}")
 
 
+#: The shortest start of a run id `promote_run` looks up.
+MIN_RUN_PREFIX = 6
+
+
 def promote_run(run_id: str) -> dict[str, str]:
     """Give the ``champion`` alias to the versions registered by run ``run_id``.
 
-    Returns ``{kind: version}`` for the versions promoted; raises ValueError when no
-    lifecast model comes from that run.
+    ``run_id`` may be the start of a run id (at least 6 characters, as git takes a commit's)
+    when exactly one run with registered lifecast models starts with it. Returns
+    ``{kind: version}`` for the versions promoted; raises ValueError when no lifecast model
+    comes from that run, or when the start given fits several.
     """
     client = _client()
     run_id = str(run_id).strip()
     found: dict[str, str] = {}
     tags: dict[str, dict[str, str]] = {}
     if re.fullmatch(r"[A-Za-z0-9_-]+", run_id):
-        for mv in client.search_model_versions(f"run_id='{run_id}'"):
+        versions = client.search_model_versions(f"run_id='{run_id}'")
+        if not versions and len(run_id) >= MIN_RUN_PREFIX:
+            # the model-version search has no LIKE on run_id: list lifecast's own versions
+            # (a few per training run) and match the start here
+            versions = [mv for name in MODEL_NAMES.values()
+                        for mv in client.search_model_versions(f"name='{name}'")
+                        if mv.run_id.startswith(run_id)]
+            runs = sorted({mv.run_id for mv in versions})
+            if len(runs) > 1:
+                raise ValueError(f"run id {run_id!r} is the start of {len(runs)} runs' ids "
+                                 f"({', '.join(runs)}): give more of it")
+        for mv in versions:
             for kind, name in MODEL_NAMES.items():
                 if mv.name == name and (kind not in found or int(mv.version) > int(found[kind])):
                     found[kind], tags[kind] = str(mv.version), dict(mv.tags or {})
     if not found:
         raise ValueError(
             f"no registered models come from run {run_id}; `lifecast models` lists the versions"
+            " and the runs they come from"
         )
     for kind in (k for k in KINDS if k in found):  # a champion `lifecast score` would refuse
         name, version = MODEL_NAMES[kind], found[kind]
