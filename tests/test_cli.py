@@ -125,6 +125,9 @@ def test_train_score_models_end_to_end(tmp_path, monkeypatch):
 
     res = runner.invoke(app, ["score", *demo])
     assert res.exit_code == 0, res.output
+    assert re.search(r"^scored [\d,]+ customers as of .*: every customer with a purchase "
+                     r"before \d{4}-\d\d-\d\d \(customers who only returned goods are not "
+                     r"scored\)$", res.output, re.M), res.output
     assert "\nSegments:\n" in res.output
     assert "\nTen customers with the most value at risk:\n" in res.output
     demo_log = pd.read_parquet(demo_data_path(), columns=["InvoiceDate"])

@@ -291,7 +291,9 @@ def register(app: typer.Typer) -> None:
         typer.echo(
             f"scored {len(result.scores):,} customers as of {result.as_of.date()} with "
             f"churn v{result.versions.get('churn')} / clv v{result.versions.get('clv')} "
-            f"into {result.store_url} (batch {result.batch_id})"
+            f"into {result.store_url} (batch {result.batch_id}): every customer with a "
+            f"purchase before {result.as_of.date()} (customers who only returned goods are "
+            f"not scored)"
         )
         typer.echo(f"\n{scores_summary(result.scores)}")
 
