@@ -65,8 +65,10 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.data.dataset_source import DatasetSource
+from mlflow.data.meta_dataset import MetaDataset
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel
+from mlflow.types import ColSpec, Schema
 
 from features.config import FeatureConfig
 from features.registry import DEFINITIONS_KEY, feature_names, recorded_definitions
@@ -551,27 +553,58 @@ def _log_params_and_data(result: TrainResult, source: str) -> None:
     if report:
         mlflow.log_dict({**report, "source": source}, "data_report.json")
 
-    row: dict[str, Any] = {}
-    for key, value in report.items():
-        if key == "source":
-            value = source
-        row[key] = json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else value
-    row.update({
+    profile = {
+        "num_rows": report.get("rows_kept"),
+        "rows_read": report.get("rows_read"),
+        "customers": report.get("customers"),
+        "orders": report.get("orders"),
+        "first_event": str(report.get("first_event", "")),
+        "last_event": str(report.get("last_event", "")),
         "as_of": params["as_of"],
-        "frame_rows": int(len(frame)),
-        "frame_columns": int(frame.shape[1]),
-        "n_snapshots": len(cutoffs),
+        "training_frame_rows": int(len(frame)),
+        "snapshots": len(cutoffs),
         "first_cutoff": str(cutoffs[0]) if cutoffs else "",
         "last_cutoff": str(cutoffs[-1]) if cutoffs else "",
-    })
-    described = pd.DataFrame([row])
-    dataset = mlflow.data.from_pandas(
-        described,
+    }
+    dataset = _TransactionsDataset(
         source=_dataset_source(source),
         name="transactions",
         digest=_data_digest(report, frame),
+        schema=_contract_schema(report),
+        profile=profile,
     )
     mlflow.log_input(dataset, context="training")
+
+
+class _TransactionsDataset(MetaDataset):
+    """The transaction log a run trained on, as MLflow records it: where it was read from,
+    the digest, the contract columns, and a profile of what was read (rows, customers,
+    orders, the date range, the training frame's snapshots). The rows themselves are not
+    logged: `mlflow.data.from_pandas` of the log would copy it, and of a summary row (what
+    was logged before) shows a one-row table in MLflow's UI."""
+
+    def __init__(self, *, profile: dict[str, Any], **kwargs: Any) -> None:
+        self._profile = profile
+        super().__init__(**kwargs)
+
+    @property
+    def profile(self) -> dict[str, Any]:
+        return self._profile
+
+    def to_dict(self) -> dict[str, str]:
+        return {**super().to_dict(), "profile": json.dumps(self._profile, default=str)}
+
+
+def _contract_schema(report: dict[str, Any]) -> Schema | None:
+    """The contract columns the log was read into (`features.contract`), as MLflow types."""
+    types = {"customer_id": ("long" if report.get("customer_id_type") == "integer"
+                             else "string"),
+             "timestamp": "datetime", "amount": "double", "quantity": "double",
+             "discount": "double"}
+    columns = report.get("columns") or {}
+    if not columns:
+        return None
+    return Schema([ColSpec(types.get(name, "string"), name) for name in columns])
 
 
 def _log_metrics(result: TrainResult) -> None:

@@ -201,10 +201,16 @@ def test_run_logs_params_metrics_data_and_plots(first_run, trained) -> None:
     assert inp.dataset.name == "transactions"
     assert {t.key: t.value for t in inp.tags}["mlflow.data.context"] == "training"
     described = json.loads(inp.dataset.profile)
-    assert described["num_rows"] == 1
+    report = trained.data_report.to_dict()
+    assert described["num_rows"] == report["rows_kept"]
+    assert described["customers"] == report["customers"]
+    assert described["first_event"] == report["first_event"]
+    assert described["last_event"] == report["last_event"]
+    assert described["snapshots"] == trained.frame["cutoff"].nunique()
+    schema = json.loads(inp.dataset.schema)["mlflow_colspec"]
+    assert [c["name"] for c in schema] == list(report["columns"])
     assert "synthetic/transactions.parquet" in inp.dataset.source
     # deterministic: the same data gives the same digest
-    report = trained.data_report.to_dict()
     assert inp.dataset.digest == tracking._data_digest(report, trained.frame)
     assert tracking._data_digest(report, trained.frame.iloc[:-1]) != inp.dataset.digest
 
