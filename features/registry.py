@@ -26,7 +26,7 @@ Conventions (DESIGN.md, "Time semantics"):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -252,6 +252,15 @@ def feature_definitions(config: FeatureConfig | None = None) -> list[Feature]:
         ),
     ]
     return feats
+
+
+def source_columns(columns: Iterable[str]) -> list[str]:
+    """Of the contract columns a log was read into, the optional ones the features are
+    computed from: ``order_id`` (what an order is) and each column a feature ``requires``.
+    Features of the same customers differ with them and without them, so a model records
+    the ones it was trained with (`training.models`) and scoring checks them."""
+    used = {"order_id", *(f.requires for f in feature_definitions() if f.requires)}
+    return sorted(used & set(columns))
 
 
 def feature_names(config: FeatureConfig | None = None) -> list[str]:

@@ -43,13 +43,14 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from features.config import FeatureConfig
+from features.config import MAPPING_FLAGS, FeatureConfig
 from features.registry import (
     DEFINITIONS_HISTORY,
     DEFINITIONS_KEY,
     DEFINITIONS_VERSION,
     feature_names,
     recorded_definitions,
+    source_columns,
 )
 from training.baseline import BaselineCLV
 from training.treeshap import NotTabulable, TreeContributions
@@ -160,6 +161,44 @@ def check_feature_definitions(models: Sequence[tuple[ChurnModel | ValueModel, st
             raise ValueError(f"{why}. Its inputs would not mean what it learned. {fix}")
 
 
+def check_source_columns(models: Sequence[tuple[ChurnModel | ValueModel, str]],
+                         columns: Sequence[str], data: str, fix: str = RETRAIN) -> None:
+    """Raise ValueError when the data to score (``data``, read into the contract
+    ``columns``) maps other optional columns the features are computed from than a model
+    was trained with: without ``order_id`` every customer-day is one order, without
+    ``product_id`` the distinct products are empty, so the same customers get other
+    features and the model predicts something else, silently (on Complete Journey scored
+    without its order, product and discount columns: a total predicted value 43% lower).
+    A model that recorded none (saved before they were recorded) is not checked."""
+    have = source_columns(columns)
+    for model, source in models:
+        trained = model.source_columns_
+        if trained is None or list(trained) == have:
+            continue
+        missing = [c for c in trained if c not in have]
+        extra = [c for c in have if c not in trained]
+        said = []
+        if missing:
+            said.append(f"{_listed(missing)} {'is' if len(missing) == 1 else 'are'} not "
+                        f"mapped for {data}")
+        if extra:
+            said.append(f"{_listed(extra)} {'is' if len(extra) == 1 else 'are'} mapped for "
+                        f"{data} but {'was' if len(extra) == 1 else 'were'} not in training")
+        flags = ", ".join(f"{MAPPING_FLAGS[c]} (YAML key {c}:)" for c in missing)
+        trained_with = (f"with {_listed(trained)} mapped" if trained else
+                        "without order_id, product_id, category or discount")
+        raise ValueError(
+            f"{source} was trained on data {trained_with}; {' and '.join(said)}. Features "
+            f"computed from other columns do not "
+            f"mean what the model learned. Score with the same mapping as training"
+            + (f" ({flags})" if flags else "") + f", or {fix[0].lower()}{fix[1:]}"
+        )
+
+
+def _listed(names: Sequence[str]) -> str:
+    return ", ".join(names)
+
+
 def check_same_feature_settings(churn: ChurnModel, value: ValueModel, churn_from: str,
                                 value_from: str, fix: str) -> None:
     """Raise ValueError when ``churn`` and ``value`` were trained with different feature
@@ -266,7 +305,13 @@ class _SavedBooster:
     plain files (``booster.txt``, ``model.json``) and loaded back. Each model adds its own
     fitted state to ``model.json`` (`_own_meta`, `_restore_own`). ``feature_definitions_``
     is the version of the feature definitions it was trained on
-    (`features.registry.DEFINITIONS_VERSION`)."""
+    (`features.registry.DEFINITIONS_VERSION`); ``source_columns_`` the optional contract
+    columns its features were computed from (`features.registry.source_columns`, set by
+    `training.pipeline.fit_models`; None when not recorded), which scoring checks
+    (`check_source_columns`)."""
+
+    #: set by `training.pipeline.fit_models`; a class default so a model fit alone has it
+    source_columns_: list[str] | None = None
 
     kind: str
     config: TrainConfig | None
@@ -297,6 +342,7 @@ class _SavedBooster:
             "valid_cutoff": self.valid_cutoff_,
             "config": json.loads(self.config_.model_dump_json()),
             DEFINITIONS_KEY: self.feature_definitions_,
+            "source_columns": getattr(self, "source_columns_", None),
         }
         with _written(folder / "booster.txt") as tmp:
             self.booster_.save_model(str(tmp), num_iteration=self.best_iteration_)
@@ -319,6 +365,7 @@ class _SavedBooster:
         self.valid_cutoff_ = meta["valid_cutoff"]
         self.config_ = self.config
         self.feature_definitions_ = recorded_definitions(meta)
+        self.source_columns_ = meta.get("source_columns")  # None: saved before session 15
         return self
 
 

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +39,7 @@ from features.pipeline import (
     default_cutoff,
     snapshot_cutoffs,
 )
+from features.registry import source_columns
 from features.segments import RFMSegmenter
 from training.metrics import churn_metrics, compare_table, value_metrics
 from training.models import (
@@ -294,18 +295,22 @@ def sample_snapshots(frame: pd.DataFrame, config: TrainConfig) -> pd.DataFrame:
 
 
 def fit_models(frame: pd.DataFrame, population: pd.DataFrame, config: TrainConfig,
-               as_of: pd.Timestamp, *, timings: dict[str, float] | None = None
-               ) -> FittedModels:
+               as_of: pd.Timestamp, *, timings: dict[str, float] | None = None,
+               columns: Sequence[str] | None = None) -> FittedModels:
     """Fit churn and value models on a training frame (with baseline features) and the
     segmenter on the population at ``as_of``, to which the value model's total is anchored
     (`ValueModel.anchor`: the population needs the baseline features, else it is not
     anchored).
     ``timings``, if given, receives the wall seconds of each fit (``churn_fit``,
-    ``value_fit``, ``segmenter_fit``)."""
+    ``value_fit``, ``segmenter_fit``). ``columns``, the contract columns the log was read
+    into, are recorded on both models as their ``source_columns_`` (the optional ones the
+    features come from), which scoring checks (`training.models.check_source_columns`)."""
     with _timed(timings, "churn_fit"):
         churn = ChurnModel(config).fit(frame)
     with _timed(timings, "value_fit"):
         value = ValueModel(config).fit(frame, population)
+    if columns is not None:
+        churn.source_columns_ = value.source_columns_ = source_columns(columns)
     with _timed(timings, "segmenter_fit"):
         segmenter = RFMSegmenter().fit(population)
     return FittedModels(churn, value, segmenter, config, as_of)
@@ -401,7 +406,8 @@ def _fit_as_of(tx: Transactions, cut: pd.Timestamp, config: TrainConfig,
         frame = add_baseline_features(frame, fcfg)
     with _timed(timings, "population"):
         population = add_baseline_features(build_features(tx, cut, config=fcfg), fcfg)
-    return frame, population, fit_models(frame, population, config, cut, timings=timings)
+    return frame, population, fit_models(frame, population, config, cut, timings=timings,
+                                         columns=list(tx.report.columns))
 
 
 def train(

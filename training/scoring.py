@@ -15,7 +15,11 @@ from features.config import ColumnMapping
 from features.contract import parse_cutoff
 from features.pipeline import build_features
 from training.baseline import BaselineCLV
-from training.models import add_baseline_features, check_feature_definitions
+from training.models import (
+    add_baseline_features,
+    check_feature_definitions,
+    check_source_columns,
+)
 from training.pipeline import FittedModels, _load, _timed, default_as_of, predict_customers
 from training.store import CustomerStore
 
@@ -45,6 +49,9 @@ def score_customers(models: FittedModels, transactions: Any, as_of: Any | None =
                                (models.value, "the value model")])
     with _timed(timings, "load"):
         tx = _load(transactions, mapping, table)
+        check_source_columns([(models.churn, "the churn model"),
+                              (models.value, "the value model")],
+                             list(tx.report.columns), tx.report.source)
         cut = parse_cutoff(as_of) if as_of is not None else default_as_of(tx)
     fcfg = models.config.features
     with _timed(timings, "features"):

@@ -51,3 +51,44 @@ def test_score_refuses_models_of_other_feature_definitions(demo_train_result,
                               "this lifecast computes v2")
     assert "Retrain with `lifecast train`" in message
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_score_refuses_data_mapped_without_the_columns_the_models_were_trained_on(
+        demo_train_result, tmp_path) -> None:
+    """The demo models were trained with order_id and product_id mapped. The same log
+    mapped without them gives every customer other features (customer-days as orders, no
+    distinct products): scoring stops before any work, names the columns and the flags, and
+    writes nothing. The models record the columns and keep them through save and load."""
+    import copy
+
+    from features import DEMO_MAPPING, demo_data_path
+    from training.models import ChurnModel
+    from training.scoring import score
+    from training.store import CustomerStore
+
+    models = demo_train_result.models
+    assert models.churn.source_columns_ == models.value.source_columns_ == [
+        "order_id", "product_id"]
+    loaded = ChurnModel.load(models.churn.save(tmp_path / "churn"))
+    assert loaded.source_columns_ == ["order_id", "product_id"]
+
+    url = CustomerStore.default_url(tmp_path / "store")
+    bare = DEMO_MAPPING.model_copy(update={"order_id": None, "product_id": None})
+    with pytest.raises(ValueError) as err:
+        score(demo_data_path(), bare, store_url=url, models=models)
+    message = str(err.value)
+    assert message.startswith("the churn model was trained on data with order_id, product_id "
+                              "mapped; order_id, product_id are not mapped for ")
+    assert "--order-col (YAML key order_id:), --product-col (YAML key product_id:)" in message
+    assert not (tmp_path / "store").exists()
+
+    # and the other way round: a column the models were not trained with
+    fewer = copy.copy(models)
+    fewer.churn, fewer.value = copy.copy(models.churn), copy.copy(models.value)
+    fewer.churn.source_columns_ = fewer.value.source_columns_ = ["order_id"]
+    with pytest.raises(ValueError, match="product_id is mapped for .* but was not in "
+                                         "training"):
+        score(demo_data_path(), DEMO_MAPPING, store_url=url, models=fewer)
+    # a model saved before the columns were recorded is not checked
+    fewer.churn.source_columns_ = fewer.value.source_columns_ = None
+    assert len(score(demo_data_path(), bare, store_url=url, models=fewer).scores) > 0
