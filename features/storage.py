@@ -22,13 +22,31 @@ _FRAME_SUFFIXES = (".parquet", ".csv", ".csv.gz")
 
 def check_output_path(path: str | Path) -> Path:
     """Raise ValueError unless ``path`` can be written as a file: it must not be an existing
-    folder. Cheap; commands call it before doing any work."""
+    folder, and the nearest folder of it that exists must be one a file can be created in
+    (checked by creating and removing an empty file there: permission bits do not tell for
+    root, read-only mounts, immutable folders or /proc). Cheap; commands call it before
+    doing any work, and it leaves nothing behind."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(
             f"cannot write {path}: it is a folder, not a file; give a file name "
             f"(e.g. {path / 'features.parquet'}) or remove the folder"
         )
+    folder = path.parent
+    while not os.path.lexists(folder) and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ValueError(f"cannot write {path}: {folder} is a file, not a folder; choose "
+                         f"another path")
+    probe = folder / f".lifecast-write-check.{secrets.token_hex(4)}"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(probe)
+    except OSError as exc:
+        raise ValueError(
+            f"cannot write {path}: no file can be created in {folder} ({exc.strerror}); "
+            f"choose another path or fix the folder's permissions"
+        ) from None
     return path
 
 
@@ -66,8 +84,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     existing file keeps its permission bits; a new one gets 0o666 less the umask.
     """
     path = check_output_path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _create_temp(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _create_temp(path)
+    except OSError as exc:  # e.g. the folder became read-only since the check
+        raise ValueError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         yield tmp
         check_output_path(path)  # a folder made meanwhile: say so, not IsADirectoryError

@@ -86,6 +86,22 @@ def test_a_folder_made_while_writing_is_a_clear_error_and_leaves_nothing(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv"]
 
 
+def test_a_path_under_a_file_is_a_clear_error_and_leaves_nothing(tmp_path: Path) -> None:
+    (tmp_path / "mapping.yaml").write_text("x")
+    with pytest.raises(ValueError, match=r"mapping\.yaml is a file, not a folder"):
+        write_frame(FRAME, tmp_path / "mapping.yaml" / "out" / "f.parquet")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mapping.yaml"]
+
+
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs Linux /proc")
+def test_a_folder_no_file_can_be_created_in_is_a_clear_error() -> None:
+    """/proc refuses new files even to root, for whom permission bits say nothing."""
+    for target in (Path("/proc/f.parquet"), Path("/proc/new/sub/f.parquet")):
+        with pytest.raises(ValueError, match=rf"cannot write {target}: no file can be "
+                                             r"created in /proc \("):
+            write_frame(FRAME, target)
+
+
 def test_cli_out_folder_fails_before_any_work(
     tmp_path: Path, sales_csv: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -98,6 +114,9 @@ def test_cli_out_folder_fails_before_any_work(
     # checked before reading: a missing source is not even looked at
     res = CliRunner().invoke(app, _build("nosuch.csv", Path("d.parquet")))
     assert res.exit_code == 2 and "is a folder" in res.output
+    res = CliRunner().invoke(app, _build("nosuch.csv", Path("/proc/f.parquet")))
+    assert res.exit_code == 2 and res.output.startswith(
+        "error: cannot write /proc/f.parquet: no file can be created in /proc")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.parquet", "sales.csv"]
 
 
