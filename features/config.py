@@ -11,6 +11,7 @@ lookback windows of the behavioural features.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,11 @@ class ColumnMapping(BaseModel):
         }
 
 
+#: The longest span in days a horizon or window may have (100 years): beyond it date
+#: arithmetic overflows, and no customer log needs it.
+MAX_DAYS = 36_500
+
+
 class FeatureConfig(BaseModel):
     """Time semantics and feature options; one object passed to every stage.
 
@@ -151,11 +157,11 @@ class FeatureConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    churn_horizon_days: int = Field(90, gt=0)
-    clv_horizon_days: int = Field(365, gt=0)
+    churn_horizon_days: int = Field(90, gt=0, le=MAX_DAYS)
+    clv_horizon_days: int = Field(365, gt=0, le=MAX_DAYS)
     windows_days: tuple[int, ...] = (30, 90, 180, 365)
-    trend_window_days: int = Field(90, gt=0)
-    snapshot_every_days: int = Field(30, gt=0)
+    trend_window_days: int = Field(90, gt=0, le=MAX_DAYS)
+    snapshot_every_days: int = Field(30, gt=0, le=MAX_DAYS)
     n_snapshots: int = Field(12, gt=0)
     #: warn when the cutoff is this many days after the last event (stale data)
     stale_after_days: int = Field(30, ge=0)
@@ -163,9 +169,23 @@ class FeatureConfig(BaseModel):
     @field_validator("windows_days")
     @classmethod
     def _positive_windows(cls, value: tuple[int, ...]) -> tuple[int, ...]:
-        if not value or any(w <= 0 for w in value):
-            raise ValueError("windows_days must be positive day counts")
+        if not value or any(w <= 0 or w > MAX_DAYS for w in value):
+            raise ValueError(f"windows_days must be day counts from 1 to {MAX_DAYS:,}")
         return tuple(sorted(set(value)))
+
+    @classmethod
+    def of(cls, config: FeatureConfig | Mapping[str, Any] | None) -> FeatureConfig:
+        """``config`` as a FeatureConfig: itself, the defaults for None, or one made from a
+        dict of its fields (``{"churn_horizon_days": 30}``), as every function that takes a
+        config accepts."""
+        if config is None:
+            return cls()
+        if isinstance(config, cls):
+            return config
+        if isinstance(config, Mapping):
+            return cls(**config)
+        raise TypeError(f"config must be a FeatureConfig or a dict of its fields, not "
+                        f"{type(config).__name__}")
 
 
 def _pydantic_message(exc: ValidationError) -> str:

@@ -49,8 +49,18 @@ def as_transactions(
     mapping: ColumnMapping | dict | str | None = None,
     table: str | None = None,
 ) -> Transactions:
-    """Load (and validate) unless already loaded."""
+    """Load (and validate) unless already loaded. Loaded transactions were read with their
+    mapping (and table) already: another one given with them would be ignored, so it is an
+    error."""
     if isinstance(transactions, Transactions):
+        given = [name for name, value in (("mapping", mapping), ("table", table))
+                 if value is not None]
+        if given:
+            raise ValueError(
+                f"the transactions are already loaded (from {transactions.report.source}), "
+                f"with the mapping they were loaded with: leave {' and '.join(given)} out, "
+                f"or pass the source itself (a path, DataFrame or URL) with them"
+            )
         return transactions
     return load_transactions(transactions, mapping, table=table)
 
@@ -143,7 +153,7 @@ def build_features(
     transactions: TransactionsLike,
     cutoff: Any,
     mapping: ColumnMapping | dict | str | None = None,
-    config: FeatureConfig | None = None,
+    config: FeatureConfig | dict | None = None,
     *,
     table: str | None = None,
 ) -> pd.DataFrame:
@@ -156,7 +166,7 @@ def build_features(
     Raises `features.contract.DataValidationError` for bad input or a cutoff at or before
     the first event; warns (``StaleDataWarning``) for a cutoff long after the last event.
     """
-    config = config or FeatureConfig()
+    config = FeatureConfig.of(config)
     tx = as_transactions(transactions, mapping, table)
     cut = check_cutoff(tx.report, cutoff, config)
     return _execute_features(tx, cut, config)
@@ -166,7 +176,9 @@ def build_snapshots(
     transactions: TransactionsLike,
     cutoffs: Sequence[Any],
     mapping: ColumnMapping | dict | str | None = None,
-    config: FeatureConfig | None = None,
+    config: FeatureConfig | dict | None = None,
+    *,
+    table: str | None = None,
 ) -> pd.DataFrame:
     """Features at several cutoffs, stacked: one row per (cutoff, customer).
 
@@ -174,8 +186,8 @@ def build_snapshots(
     leaner than one range join; `features.engine.attach_cutoffs` is the range-join shape
     for Spark). Every cutoff must be after the first event.
     """
-    config = config or FeatureConfig()
-    loaded = as_transactions(transactions, mapping)
+    config = FeatureConfig.of(config)
+    loaded = as_transactions(transactions, mapping, table)
     cuts = sorted({parse_cutoff(c) for c in cutoffs})
     if not cuts:
         raise DataValidationError("no cutoffs given: pass at least one cutoff")
@@ -196,6 +208,7 @@ def build_labels(
     mapping: ColumnMapping | dict | str | None = None,
     *,
     require_observed: bool = True,
+    table: str | None = None,
 ) -> pd.DataFrame:
     """Outcomes in the window ``[cutoff, cutoff + horizon_days)`` for the population at cutoff.
 
@@ -212,7 +225,7 @@ def build_labels(
     purchase (no customers), a window the data does not cover, or a ``horizon_days`` that
     is not a positive whole number.
     """
-    tx = as_transactions(transactions, mapping)
+    tx = as_transactions(transactions, mapping, table)
     check_cutoff(tx.report, cutoff)  # no customers before it: an error, not an empty frame
     return _labels(tx, cutoff, horizon_days, require_observed=require_observed)
 
@@ -318,7 +331,9 @@ def build_training_frame(
     transactions: TransactionsLike,
     train_cutoff: Any,
     mapping: ColumnMapping | dict | str | None = None,
-    config: FeatureConfig | None = None,
+    config: FeatureConfig | dict | None = None,
+    *,
+    table: str | None = None,
 ) -> pd.DataFrame:
     """Stacked snapshots with labels, none of whose outcome windows cross ``train_cutoff``.
 
@@ -328,9 +343,9 @@ def build_training_frame(
     end after ``train_cutoff`` is null for that snapshot, so each model trains on the
     snapshots its own horizon allows and nothing at or after ``train_cutoff`` is read.
     """
-    config = config or FeatureConfig()
+    config = FeatureConfig.of(config)
     train_cut = parse_cutoff(train_cutoff)
-    with as_transactions(transactions, mapping).materialized() as tx:  # a query per snapshot
+    with as_transactions(transactions, mapping, table).materialized() as tx:  # a query per snapshot
         frames = _labelled_snapshots(tx, train_cut, config)
     out = pd.concat(frames, ignore_index=True)
     out["churned"] = out["churned"].astype("Int8")

@@ -214,6 +214,63 @@ def test_a_mapping_may_be_a_plain_dict_or_a_yaml_file_everywhere(tmp_path):
         load_transactions(tiny_log(), ["cust"])
 
 
+def test_every_builder_reads_a_database_table_and_takes_a_config_dict(tmp_path):
+    """build_features, build_snapshots, build_labels and build_training_frame all take a
+    database URL with ``table=`` and a config as a dict of its fields, with the same results
+    as from the DataFrame and the config object."""
+    import sqlalchemy as sa
+
+    from features.pipeline import build_snapshots
+
+    url = f"sqlite:///{tmp_path / 'sales.db'}"
+    engine = sa.create_engine(url)
+    tiny_log().to_sql("sales", engine, index=False)
+    engine.dispose()
+    later = "2021-03-01"
+    config = FeatureConfig(churn_horizon_days=30, clv_horizon_days=30, n_snapshots=2)
+    as_dict = config.model_dump()
+    pairs = [
+        (build_features(url, CUTOFF, MAPPING, as_dict, table="sales"),
+         build_features(tiny_log(), CUTOFF, MAPPING, config)),
+        (build_snapshots(url, [CUTOFF, later], MAPPING, as_dict, table="sales"),
+         build_snapshots(tiny_log(), [CUTOFF, later], MAPPING, config)),
+        (build_labels(url, CUTOFF, 30, MAPPING, table="sales", require_observed=False),
+         build_labels(tiny_log(), CUTOFF, 30, MAPPING, require_observed=False)),
+        (build_training_frame(url, later, MAPPING, as_dict, table="sales"),
+         build_training_frame(tiny_log(), later, MAPPING, config)),
+    ]
+    for from_db, from_frame in pairs:
+        pd.testing.assert_frame_equal(from_db, from_frame)
+    with pytest.raises(TypeError, match="config must be a FeatureConfig or a dict"):
+        build_features(tiny_log(), CUTOFF, MAPPING, config=[30])
+
+
+def test_loaded_transactions_refuse_a_second_mapping():
+    """A mapping (or table) given with transactions already loaded would be ignored: it is
+    an error, not a silent no-op."""
+    from features.contract import load_transactions
+
+    tx = load_transactions(tiny_log(), MAPPING)
+    pd.testing.assert_frame_equal(build_features(tx, CUTOFF),
+                                  build_features(tiny_log(), CUTOFF, MAPPING))
+    with pytest.raises(ValueError, match=r"the transactions are already loaded \(from pandas "
+                                         r"DataFrame\), .*: leave mapping out"):
+        build_features(tx, CUTOFF, {"customer_id": "nope", "timestamp": "ts",
+                                    "amount": "amt"})
+    with pytest.raises(ValueError, match="leave mapping and table out"):
+        build_labels(tx, CUTOFF, 30, MAPPING, table="sales", require_observed=False)
+
+
+@pytest.mark.parametrize("field", ["churn_horizon_days", "clv_horizon_days",
+                                   "trend_window_days", "snapshot_every_days"])
+def test_spans_longer_than_a_hundred_years_are_refused(field):
+    FeatureConfig(**{field: 36_500})
+    with pytest.raises(ValueError, match="less than or equal to 36500"):
+        FeatureConfig(**{field: 99_999_999_999})
+    with pytest.raises(ValueError, match="windows_days must be day counts from 1 to 36,500"):
+        FeatureConfig(windows_days=(30, 40_000))
+
+
 def test_snapshot_cutoffs_never_cross_the_training_cutoff():
     cfg = FeatureConfig(snapshot_every_days=30, n_snapshots=12)
     first, train = pd.Timestamp("2020-01-01"), pd.Timestamp("2021-01-01")
