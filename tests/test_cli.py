@@ -264,6 +264,19 @@ def registry(tmp_path, monkeypatch):
         monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 
+def test_a_train_that_fails_leaves_no_mlflow_store_behind(sales_csv, tmp_path, monkeypatch):
+    """Bad data or a horizon the history cannot hold stops `train` before the MLflow
+    store is made: no empty mlflow.db that `models` would later report as "no models
+    registered yet" instead of "no store here"."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for args in (["-t", "nofile.csv", *MAP], ["-t", str(sales_csv), *MAP]):
+        res = runner.invoke(app, ["train", *args])
+        assert res.exit_code == 2, res.output
+    assert "is too long for the history" in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sales.csv"]
+
+
 def test_promote_says_when_the_run_already_is_champion(registry):
     first, second = registry(), registry()
     res = runner.invoke(app, ["promote", "--run", first])

@@ -223,19 +223,26 @@ def register(app: typer.Typer) -> None:
         Uses the events before --as-of. The new versions become the champions as --promote
         says (auto: only where they beat the current champion on this run's evaluation
         snapshot)."""
+        import os
+
+        from features.storage import check_output_path
         from training.pipeline import train
         from training.tracking import check_promote, configure, log_training
 
         check_promote(promote, "--promote")  # before the training, not after it
         config = train_config(churn_h, clv_h, threads)  # bad flags fail before anything
-        configure(".")
+        if not os.environ.get("MLFLOW_TRACKING_URI"):
+            check_output_path(Path("mlflow.db"))  # the store can be made here: say so now
         tune_run = None
-        if tune:
+        if tune:  # the trials are runs in the store: it is made first
             from training.tuning import last_tune_run_id, tune_config
 
+            configure(".")
             config = tune_config(source, mapping, as_of, config, n_trials=tune, table=table)
             tune_run = last_tune_run_id()
         result = train(source, mapping, as_of, config, table=table)
+        # made only now, so bad data or a horizon too long leaves no empty mlflow.db behind
+        configure(".")
         summary = log_training(result, source=source, promote=promote, tune_run_id=tune_run)
         typer.echo(format_evaluation(result.evaluation, result.eval_cutoffs))
         typer.echo(f"\nMLflow run {summary.run_id}"

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -197,14 +197,51 @@ def _check_history(tx: Transactions, as_of: pd.Timestamp, config: TrainConfig,
                    f"; train evaluates out of time, so it also fits as if today were "
                    f"{cut.date()} ({flag} {as_of.date()} minus the horizon), which needs "
                    f"about {need + h} days of history before {flag} in all")
+            if cut > first:
+                history = (f"the data before {cut.date()} ({what}) covers "
+                           f"{(cut - first).days} days from {first.date()}")
+            else:  # the evaluation cutoff is before the data: "covers -99627 days" said
+                history = (f"{what}, {cut.date()}, is before the data starts "
+                           f"({first.date()}; {(as_of - first).days} days before {flag})")
+            longest = _longest_horizon(first, as_of, config, kind, evaluate)
+            advice = (f"The longest {HORIZON_FLAGS[kind]} this history allows here is "
+                      f"{longest}: use" if longest else "Use")
             raise DataValidationError(
-                f"{HORIZON_FLAGS[kind]} {h} is too long for the history: the data before "
-                f"{cut.date()} ({what}) covers {(cut - first).days} days from {first.date()}, "
+                f"{HORIZON_FLAGS[kind]} {h} is too long for the history: {history}, "
                 f"and a fit needs two snapshots {every} days apart whose {h}-day outcome "
                 f"windows end by then, the earliest more than {every} days after the first "
-                f"event: about {need} days{why}. Use a shorter horizon or more history",
+                f"event: about {need} days{why}. {advice} a shorter horizon or more history",
                 source=tx.report.source,
             )
+
+
+def _fits(first: pd.Timestamp, as_of: pd.Timestamp, config: TrainConfig,
+          evaluate: bool) -> bool:
+    """Whether every label has the two labelled snapshots a fit needs (`_check_history`)."""
+    evals = evaluation_cutoffs(first, as_of, config)
+    return all(len(_labelled_cutoffs(first, cut, h, config)) >= 2
+               for kind, h in _horizons(config).items()
+               for cut in ([evals[kind]] if evaluate else []) + [as_of])
+
+
+def _longest_horizon(first: pd.Timestamp, as_of: pd.Timestamp, config: TrainConfig,
+                     kind: str, evaluate: bool) -> int | None:
+    """The longest horizon of ``kind`` (the other one as given) that `_check_history`
+    accepts, or None when none does (bisection: a shorter horizon never needs more
+    history)."""
+    field = "churn_horizon_days" if kind == "churn" else "clv_horizon_days"
+
+    def ok(days: int) -> bool:
+        fcfg = config.features.model_copy(update={field: days})
+        return _fits(first, as_of, config.model_copy(update={"features": fcfg}), evaluate)
+
+    if not ok(1):
+        return None
+    lo, hi = 1, _horizons(config)[kind]  # ok(lo) holds, ok(hi) does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    return lo
 
 
 def _check_as_of_in_data(tx: Transactions, as_of: pd.Timestamp, config: TrainConfig,
@@ -245,6 +282,19 @@ def _warn_if_under_a_year(tx: Transactions, as_of: pd.Timestamp) -> None:
             f"backtest on other windows shows",
             stacklevel=3,
         )
+
+
+def _train_config(config: TrainConfig | Mapping[str, Any] | None) -> TrainConfig:
+    """``config`` as a TrainConfig: itself, the defaults for None, or one made from a dict
+    of its fields (``{"features": {"churn_horizon_days": 30}, "num_threads": 1}``)."""
+    if config is None:
+        return TrainConfig()
+    if isinstance(config, TrainConfig):
+        return config
+    if isinstance(config, Mapping):
+        return TrainConfig(**config)
+    raise TypeError(f"config must be a TrainConfig or a dict of its fields, not "
+                    f"{type(config).__name__}")
 
 
 def _check_repeat_buyers(tx: Transactions, as_of: pd.Timestamp) -> None:
@@ -328,6 +378,14 @@ def predict_customers(models: FittedModels, features: pd.DataFrame,
     """
     cfg = models.config
     feats = features
+    if "cutoff" in feats.columns and feats["cutoff"].nunique(dropna=False) > 1:
+        cuts = sorted(pd.Timestamp(c) for c in feats["cutoff"].dropna().unique())
+        raise ValueError(
+            f"the features are at {len(cuts)} cutoffs ({cuts[0]} to {cuts[-1]}): "
+            f"predict_customers scores one cutoff at a time (each customer once, with the "
+            f"baseline fitted on that cutoff's population); pass the rows of one cutoff, "
+            f"e.g. features[features.cutoff == '{cuts[-1]}']"
+        )
     if "bg_p_alive" not in feats.columns:
         with _timed(timings, "baseline_features"):
             feats = add_baseline_features(feats, cfg.features)
@@ -414,7 +472,7 @@ def train(
     transactions: Any,
     mapping: ColumnMapping | None = None,
     as_of: Any | None = None,
-    config: TrainConfig | None = None,
+    config: TrainConfig | dict | None = None,
     *,
     table: str | None = None,
 ) -> TrainResult:
@@ -432,7 +490,7 @@ def train(
     therefore describe these settings on this data, not the registered models themselves,
     which also learned from the latest outcomes.
     """
-    config = config or TrainConfig()
+    config = _train_config(config)
     timings: dict[str, float] = {}
     with _timed(timings, "load"):
         tx = _load(transactions, mapping, table)
@@ -481,7 +539,7 @@ def backtest(
     transactions: Any,
     cutoff: Any,
     mapping: ColumnMapping | None = None,
-    config: TrainConfig | None = None,
+    config: TrainConfig | dict | None = None,
     *,
     table: str | None = None,
 ) -> BacktestResult:
@@ -495,13 +553,14 @@ def backtest(
     value window is observed: a short churn horizon is evaluated even when a longer value
     horizon runs past the data).
     """
-    config = config or TrainConfig()
+    config = _train_config(config)
     timings: dict[str, float] = {}
     with _timed(timings, "load"):
         tx = _load(transactions, mapping, table)
         cut = parse_cutoff(cutoff)
         _check_history(tx, cut, config, "--cutoff")
         _warn_if_under_a_year(tx, cut)
+        _check_repeat_buyers(tx, cut)
     fcfg = config.features
     _, population, models = _fit_as_of(tx, cut, config, timings)
     out = predict_customers(models, population, cut, timings=timings)

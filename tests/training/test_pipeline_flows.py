@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import pandas as pd
@@ -10,7 +11,14 @@ import pytest
 from features import FeatureConfig, build_labels
 from features.contract import DataValidationError
 from training.models import TrainConfig
-from training.pipeline import OUTPUT_COLUMNS, backtest, predict_customers, train
+from training.pipeline import (
+    OUTPUT_COLUMNS,
+    _check_history,
+    backtest,
+    default_as_of,
+    predict_customers,
+    train,
+)
 
 
 def test_train_evaluates_models_that_saw_no_outcome_after_the_evaluation_cutoff(
@@ -118,7 +126,26 @@ def test_horizon_longer_than_history_is_a_clear_error(demo_transactions):
     with pytest.raises(DataValidationError, match="--clv-horizon-days 365 is too long") as info:
         train(demo_transactions, config=config)
     # the first message states everything train needs (its evaluation fits a year earlier)
-    assert "about 791 days of history before --as-of in all" in str(info.value)
+    # and the longest horizon that would do (found by bisection: it passes, one more fails)
+    msg = str(info.value)
+    assert "about 791 days of history before --as-of in all" in msg
+    longest = int(re.search(r"The longest --clv-horizon-days this history allows here is "
+                            r"(\d+): use a shorter horizon", msg).group(1))
+    for days, fits in ((longest, True), (longest + 1, False)):
+        fcfg = FeatureConfig(churn_horizon_days=90, clv_horizon_days=days)
+        try:
+            _check_history(demo_transactions, default_as_of(demo_transactions),
+                           TrainConfig(features=fcfg), evaluate=True)
+        except DataValidationError:
+            assert not fits
+        else:
+            assert fits
+    # an evaluation cutoff before the data is said as such, not as "covers -N days"
+    config = TrainConfig(features=FeatureConfig(churn_horizon_days=90,
+                                                clv_horizon_days=30_000))
+    with pytest.raises(DataValidationError, match=r"the evaluation cutoff, 1929-\d\d-\d\d, "
+                       r"is before the data starts \(2010-12-01; \d+ days before --as-of\)"):
+        train(demo_transactions, config=config)
 
 
 def test_a_cutoff_before_the_data_says_so(demo_transactions, demo_config):
@@ -230,3 +257,37 @@ def test_less_than_a_year_of_history_is_called_out():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _warn_if_under_a_year(tx, pd.Timestamp("2011-12-02"))
+
+
+def test_backtest_without_repeat_customers_fails_before_any_work():
+    days = pd.date_range("2020-01-01", periods=600, freq="D")
+    one_each = pd.DataFrame({"customer_id": [f"c{i}" for i in range(600)],
+                             "timestamp": days, "amount": 10.0})
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="baseline features left empty")
+        with pytest.raises(DataValidationError, match="no repeat customers in pandas "
+                                                      "DataFrame before 2021-06-01"):
+            backtest(one_each, "2021-06-01",
+                     config={"features": {"churn_horizon_days": 60, "clv_horizon_days": 60}})
+
+
+def test_predict_customers_refuses_features_of_several_cutoffs(demo_train_result,
+                                                               demo_transactions):
+    from features.pipeline import build_snapshots
+
+    feats = build_snapshots(demo_transactions, ["2011-11-01", "2011-12-10"],
+                            config=demo_train_result.models.config.features)
+    with pytest.raises(ValueError, match=r"the features are at 2 cutoffs \(2011-11-01 "
+                                         r"00:00:00 to 2011-12-10 00:00:00\): "
+                                         r"predict_customers scores one cutoff at a time"):
+        predict_customers(demo_train_result.models, feats)
+
+
+def test_train_takes_its_config_as_a_dict():
+    from training.pipeline import _train_config
+
+    made = _train_config({"features": {"churn_horizon_days": 30}, "num_threads": 1})
+    assert made == TrainConfig(features=FeatureConfig(churn_horizon_days=30), num_threads=1)
+    assert _train_config(None) == TrainConfig()
+    with pytest.raises(TypeError, match="config must be a TrainConfig or a dict"):
+        _train_config("fast")
