@@ -131,10 +131,28 @@ class ColumnMapping(BaseModel):
         )
 
     def with_overrides(self, **overrides: Any) -> ColumnMapping:
-        """A copy with the given (non-None) fields replaced, as command-line flags do."""
+        """A copy with the given (non-None) fields replaced, as command-line flags do; an
+        empty string unsets an optional field (``--order-col ''`` drops the YAML file's
+        order_id). An invalid value raises ValueError naming its flag, in one line."""
         data = self.model_dump()
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        return ColumnMapping(**data)
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            if isinstance(value, str) and not value.strip():
+                if key in REQUIRED_COLUMNS:
+                    raise ValueError(f"{MAPPING_FLAGS.get(key, key)} cannot be empty: name "
+                                     f"the column that holds the {key}")
+                value = None
+            data[key] = value
+        try:
+            return ColumnMapping(**data)
+        except ValidationError as exc:
+            parts = []
+            for err in exc.errors():
+                key = str(err["loc"][0]) if err["loc"] else "mapping"
+                parts.append(f"{MAPPING_FLAGS.get(key, key)}: "
+                             f"{err['msg'].removeprefix('Value error, ')}")
+            raise ValueError("; ".join(parts)) from None
 
     def present(self) -> dict[str, str]:
         """Contract column -> user column (or expression) for the columns that are mapped."""

@@ -84,8 +84,23 @@ def test_with_overrides_replaces_only_given_fields() -> None:
     out = base.with_overrides(customer_id="cust", order_id=None, amount="Qty * Price")
     assert (out.customer_id, out.order_id, out.amount) == ("cust", "InvoiceNo", "Qty * Price")
     assert base.customer_id == "CustomerID"  # frozen original unchanged
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValueError, match="nonsense: Extra inputs are not permitted"):
         base.with_overrides(nonsense="x")
+
+
+def test_with_overrides_errors_name_the_flag_and_empty_unsets_optional_columns() -> None:
+    """What the command line's flags do on top of a YAML mapping: a bad value is one line
+    naming the flag (not pydantic's report), '' drops an optional column, and a required
+    one cannot be emptied."""
+    base = ColumnMapping(customer_id="c", timestamp="t", amount="a", order_id="o")
+    with pytest.raises(ValueError) as err:
+        base.with_overrides(timestamp_format="dd/mm/yyyy")
+    assert str(err.value) == ("--timestamp-format: 'dd/mm/yyyy' is not a strptime format; "
+                              "write it with % codes, e.g. '%d/%m/%Y %H:%M'")
+    assert base.with_overrides(order_id="").order_id is None
+    assert base.with_overrides(order_id=" ", product_id="p").product_id == "p"
+    with pytest.raises(ValueError, match="--customer-col cannot be empty"):
+        base.with_overrides(customer_id="")
 
 
 def test_mapping_is_frozen_and_strips_names() -> None:
