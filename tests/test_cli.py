@@ -379,7 +379,7 @@ def test_quiet_mlflow_hides_progress_keeps_warnings_and_restores(capsys, monkeyp
     from mlflow.utils import logging_utils
     from mlflow.utils.logging_utils import eprint
 
-    from training.cli import quiet_mlflow
+    from training.tracking import quiet_mlflow
 
     monkeypatch.delenv("MLFLOW_LOGGING_LEVEL", raising=False)
     root = logging.getLogger("mlflow")

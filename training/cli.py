@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -107,55 +106,12 @@ def command(app: typer.Typer, name: str, *, mlflow: bool = False
 def _quietly(func: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from training.tracking import quiet_mlflow  # imports mlflow: only when run
+
         with quiet_mlflow():
             return func(*args, **kwargs)
 
     return wrapper
-
-
-@contextmanager
-def quiet_mlflow() -> Iterator[None]:
-    """MLflow's own progress output off for the block; its warnings and errors still show.
-
-    ``import mlflow`` gives the ``mlflow`` logger its own handler and the level of
-    ``MLFLOW_LOGGING_LEVEL`` (INFO when unset), so lines like ``INFO mlflow.store.db.utils:
-    Creating initial MLflow database tables...`` show whatever level was set before the
-    (lazy) import. And the model registry prints ``Successfully registered model ...`` and
-    ``Created version ...`` with ``mlflow.utils.logging_utils.eprint``, no logging at all:
-    it writes to the module's ``MLFLOW_LOGGING_STREAM``, which MLflow itself switches back
-    on after silencing it (``enable_logging``), so switching it off does not last. In the
-    block the logger is at WARNING or above, and ``eprint`` writes to a stream that drops
-    everything (the logger's handler keeps the real one). ``MLFLOW_LOGGING_LEVEL=INFO`` (or
-    DEBUG) keeps everything.
-    """
-    import logging
-    import os
-
-    from mlflow.utils import logging_utils
-
-    if (os.environ.get("MLFLOW_LOGGING_LEVEL") or "").strip().upper() in ("DEBUG", "INFO"):
-        yield
-        return
-
-    class Discard(logging_utils.MlflowLoggingStream):
-        def write(self, text: str) -> None:
-            pass
-
-        def flush(self) -> None:
-            pass
-
-    logger = logging.getLogger("mlflow")
-    level, handlers = logger.level, list(logger.handlers)
-    stream = logging_utils.MLFLOW_LOGGING_STREAM
-    if logger.getEffectiveLevel() < logging.WARNING:
-        logger.setLevel(logging.WARNING)
-    logging_utils.MLFLOW_LOGGING_STREAM = Discard()
-    try:
-        yield
-    finally:
-        logging_utils.MLFLOW_LOGGING_STREAM = stream
-        logger.setLevel(level)
-        logger.handlers = handlers
 
 
 def train_config(churn_h: int, clv_h: int, threads: int = 0):  # noqa: ANN202

@@ -687,3 +687,28 @@ def test_no_champion_among_registered_versions_says_to_promote(first_run) -> Non
             in str(info.value)
     finally:
         assert tracking.promote_run(first_run.run_id) == first_run.versions
+
+
+def test_python_api_prints_no_mlflow_progress(store, trained, tmp_path, capfd,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """`configure` on a new store and `log_training` from Python print none of MLflow's
+    progress lines (``Creating initial MLflow database tables...``, ``Successfully
+    registered model ...``, ``Created version ...``), as the command line does not;
+    ``MLFLOW_LOGGING_LEVEL=INFO`` keeps them."""
+    monkeypatch.delenv("MLFLOW_LOGGING_LEVEL", raising=False)
+    capfd.readouterr()
+    try:
+        tracking.configure(tmp_path / "quiet")
+        tracking.log_training(trained, source="synthetic/transactions.parquet",
+                              promote="never")
+        out, err = capfd.readouterr()
+        for line in ("Creating initial MLflow database tables", "Successfully registered",
+                     "Created version"):
+            assert line not in out + err
+        monkeypatch.setenv("MLFLOW_LOGGING_LEVEL", "INFO")
+        tracking.log_training(trained, source="synthetic/transactions.parquet",
+                              promote="never")
+        out, err = capfd.readouterr()
+        assert "Created version" in out + err
+    finally:
+        tracking.configure(store[0])  # the module's store, for the tests after this one
