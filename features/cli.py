@@ -48,7 +48,9 @@ def with_mapping(func: Callable[..., Any]) -> Callable[..., Any]:
             "transactions", kw,
             annotation=Annotated[str, typer.Option(
                 "--transactions", "-t",
-                help="Transactions: a .csv/.parquet file, or a database URL with --table.")],
+                help="Transactions: a .csv, .csv.gz or .parquet file, a folder or glob of "
+                     "Parquet files (the parts of one log), or a database URL with --table "
+                     "(duckdb:///sales.duckdb, sqlite:///sales.db, postgresql+psycopg://...).")],
         ),
         inspect.Parameter(
             "table", kw, default=None,
@@ -58,7 +60,9 @@ def with_mapping(func: Callable[..., Any]) -> Callable[..., Any]:
         inspect.Parameter(
             "mapping_file", kw, default=None,
             annotation=Annotated[Path | None, typer.Option(
-                "--mapping", help="YAML file mapping contract columns to yours.")],
+                "--mapping", help="YAML file mapping the contract's columns to yours, one "
+                "'key: your column' per line; keys: " + ", ".join(MAPPING_FLAGS) + ". Flags "
+                "given as well override it; a flag of '' drops an optional column.")],
         ),
     ]
     for field, flag in MAPPING_FLAGS.items():
