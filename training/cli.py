@@ -245,8 +245,10 @@ def register(app: typer.Typer) -> None:
         store: Annotated[str | None, typer.Option(
             help="Customer store URL (default sqlite:///./lifecast_store.db).")] = None,
     ) -> None:
-        """Score every customer with the champions (from ./mlflow.db or
-        MLFLOW_TRACKING_URI) into the customer store (./lifecast_store.db or --store)."""
+        """Score every customer with the champions into the customer store.
+
+        The champions come from this folder's MLflow store (./mlflow.db) or
+        MLFLOW_TRACKING_URI; the customer store is ./lifecast_store.db unless --store."""
         from training.scoring import score, scores_summary
         from training.tracking import configure
 
@@ -265,8 +267,9 @@ def register(app: typer.Typer) -> None:
     def promote_cmd(run: Annotated[str, typer.Option(
         "--run", help="MLflow run id (`lifecast models` lists them), or its first 6 or more "
         "characters.")]) -> None:
-        """Make the models registered by a run the champions (in ./mlflow.db or
-        MLFLOW_TRACKING_URI)."""
+        """Make the models registered by a run the champions.
+
+        In this folder's MLflow store (./mlflow.db) or MLFLOW_TRACKING_URI."""
         from training.tracking import champion_versions, configure, promote_run
 
         configure(".", create=False)
@@ -286,8 +289,10 @@ def register(app: typer.Typer) -> None:
 
     @command(app, "models", mlflow=True)
     def models_cmd() -> None:
-        """List registered model versions with their aliases and scores, from the MLflow
-        store of this folder (./mlflow.db) or MLFLOW_TRACKING_URI."""
+        """List registered model versions with their aliases and scores.
+
+        They are read from this folder's MLflow store (./mlflow.db) or
+        MLFLOW_TRACKING_URI."""
         from training.tracking import configure, list_models
 
         uri = configure(".", create=False)
