@@ -8,28 +8,34 @@ category, channel, discount`` that the mapping names), one row per kept source r
 
 The mapping is applied once, here, at the boundary:
 
-- ``customer_id``: BIGINT when the source column is an integer (or integral float, as pandas
-  makes of an integer column with gaps, or a CSV column whose values are all plain integers),
-  else VARCHAR, trimmed; blank means missing. Rows without one are dropped and counted
+- ``customer_id``: BIGINT when the source column is an integer or a float (as pandas makes
+  of an integer column with gaps; a float id with a fraction is an error), or a CSV column
+  whose values are all plain integers (or integral floats such as ``17850.0``); else VARCHAR,
+  trimmed. Blank, NaN and text missing-value markers (``NaN``, ``N/A``, ``NA``, ``null``,
+  ``None``, ``<NA>``, any case) mean missing. Rows without one are dropped and counted
   (``report.rows_dropped["missing customer_id"]``); nothing else is dropped.
 - ``timestamp``: naive TIMESTAMP. Time-zone aware values are converted to UTC, dates become
-  midnight, text is parsed as ISO 8601 (with or without a UTC offset), with the format
-  DuckDB sniffs from a CSV, or with ``mapping.timestamp_format``.
+  midnight, text is parsed with ``mapping.timestamp_format``, else with the one format that
+  reads every value among DuckDB's CSV sniffer's and `_TIMESTAMP_GUESSES` (several that
+  read them differently, such as day-first and month-first, are an error: ambiguous), else
+  as ISO 8601 (with or without a UTC offset).
 - ``amount``: DOUBLE, a column or an arithmetic expression over columns
-  (``Quantity * UnitPrice``); negative amounts (returns, cancellations) are kept.
+  (``Quantity * UnitPrice``); negative amounts (returns, cancellations) are kept; an amount
+  of 10^12 or more (in absolute value) is an error: the features' money type cannot hold it.
 - ``order_id``, ``product_id``: BIGINT when the source column is an integer column, else
   VARCHAR (they are only grouped and counted, and integers group faster);
   ``category``, ``channel``: VARCHAR; ``quantity``, ``discount``: DOUBLE.
 
 Work is done by one in-process DuckDB connection (an Ibis backend): the cleaned rows are a
 view over the source, one aggregate query computes the `ValidationReport` and every
-bad-value count (customers and distinct orders are counted when first read: `_Counts`), a
-second small query runs only when something is wrong (to show examples
-with row numbers), then the cleaned rows become the contract table: a view over Parquet files
-and DuckDB tables (re-reading them costs about what copying them would, and a copy of 50M
-rows takes gigabytes of memory), a temporary table copied once for every other source
-(CSV parsing, pandas and other databases are costly to re-read). Every problem raises
-`DataValidationError` before that table or view is created.
+bad-value count (customers and distinct orders are counted when first read: `_Counts`; for
+text timestamps, a query over the first rows picks the candidate formats before it, and it
+counts the rows each does not read), a second small query runs only when something is wrong
+(to show examples with row numbers), then the cleaned rows become the contract table: a view
+over Parquet files and DuckDB tables (re-reading them costs about what copying them would,
+and a copy of 50M rows takes gigabytes of memory), a temporary table copied once for every
+other source (CSV parsing, pandas and other databases are costly to re-read). Every problem
+raises `DataValidationError` before that table or view is created.
 """
 
 from __future__ import annotations
@@ -88,6 +94,15 @@ _TIMESTAMP_GUESSES = (
     "%Y/%m/%d",
     "%Y%m%d",
 )
+#: rows at the start of a source whose timestamp texts pick the candidate formats (as many
+#: as DuckDB's CSV sniffer reads); every row is checked later (`_settle_timestamp_format`)
+_FORMAT_SNIFF_ROWS = 20_480
+#: customer id texts that mean "no customer id" (compared trimmed and lower-cased): what
+#: pandas, R, spreadsheets and SQL exports write for a missing value
+_MISSING_IDS = ("", "nan", "na", "n/a", "null", "none", "<na>")
+#: amounts must be below this in absolute value: features/engine.py sums money as
+#: DECIMAL(18, 6), which holds values below 10^12, and fails on a larger order
+_MONEY_LIMIT = 10**12
 _counter = itertools.count(1)
 
 
@@ -295,14 +310,18 @@ def load_transactions(
     raw = con.con
     disable_progress_bar(raw)
     raw.execute("SET TimeZone = 'UTC'")  # naive text timestamps are read as UTC (unchanged)
-    src = _open_source(con, source, table)
+    src = _open_source(con, source, table, mapping)
     clean = _view_name("clean")
     done = False
     try:
-        plan = _plan(src, mapping)
+        plan = _plan(src, mapping, ts_formats=_timestamp_candidates(con, src, mapping))
         stats = _profile(con, src, plan, clean)
-        if stats["cid_not_integer"]:  # an "integer" id column holds other text: use strings
-            plan = _plan(src, mapping, integer_ids=False)
+        ts_format = _settle_timestamp_format(con, src, plan, stats)  # raises when ambiguous
+        if stats["cid_not_integer"] or ts_format != plan.timestamp_format:
+            # an "integer" id column holds other text: use strings; or the only candidate
+            # format that reads every timestamp is not the one the first profile used
+            plan = _plan(src, mapping, integer_ids=not stats["cid_not_integer"],
+                         ts_formats=[ts_format] if ts_format else [])
             stats = _profile(con, src, plan, clean)
         _validate(con, src, plan, stats)
         name = _view_name("transactions")
@@ -459,6 +478,9 @@ class _Source:
     #: the rows can be read again cheaply (Parquet, a DuckDB table): the contract table is a
     #: view over them rather than a copy
     reread: bool = False
+    #: "file", or "frame" for rows held in memory (pandas, Ibis, a database table read
+    #: through pandas): what a read error tells the user to check (`_read_error`)
+    kind: str = "file"
 
     @property
     def is_text(self) -> bool:
@@ -494,11 +516,13 @@ def _lit(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _open_source(con: DuckDBBackend, source: Any, table: str | None) -> _Source:
+def _open_source(
+    con: DuckDBBackend, source: Any, table: str | None, mapping: ColumnMapping
+) -> _Source:
     """Make ``source`` a relation in ``con``; raise DataValidationError if it cannot be read."""
     if isinstance(source, pd.DataFrame):
         _no_table(table, "a pandas DataFrame")
-        return _open_pandas(con, source, "pandas DataFrame")
+        return _open_pandas(con, source, "pandas DataFrame", mapping)
     if isinstance(source, ibis.Table):
         _no_table(table, "an Ibis table")
         return _open_ibis(con, source)
@@ -507,7 +531,7 @@ def _open_source(con: DuckDBBackend, source: Any, table: str | None) -> _Source:
         if "://" in text:
             if text.startswith("duckdb://"):
                 return _open_duckdb_file(con, _url_path(text), table, text)
-            return _open_sqlalchemy(con, text, table)
+            return _open_sqlalchemy(con, text, table, mapping)
         return _open_path(con, text, table)
     raise DataValidationError(
         f"cannot read transactions from a {type(source).__name__}: pass a file path, a pandas "
@@ -572,10 +596,35 @@ def _describe(raw: Any, relation_sql: str) -> dict[str, str]:
     return {r[0]: r[1] for r in rows}
 
 
-def _read_error(label: str, exc: Exception) -> DataValidationError:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+_READ_ADVICE = {
+    "file": "Check that it is a valid file of that type.",
+    "frame": "Check that each column holds values of one type (numbers, text or dates).",
+    "database": "Check that the table can be read through this URL.",
+}
+
+
+def _read_error(label: str, exc: Exception, kind: str = "file") -> DataValidationError:
+    """DuckDB's (or a driver's) error reading ``label``, first line only (the rest repeats
+    the reader's options), with what to check for a source of this ``kind``."""
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    if "not utf-8 encoded" in text.lower():  # the reason is on the second line
+        line = re.search(r"on Line: (\d+)", text)
+        where = f" (line {line.group(1)} holds bytes that are not UTF-8)" if line else ""
+        return _not_utf8(label, where)
+    return DataValidationError(f"could not read {label}: {first}. {_READ_ADVICE[kind]}",
+                               source=label)
+
+
+def _not_utf8(label: str, where: str = "", encoding: str = "CP1252") -> DataValidationError:
+    """A text file lifecast cannot decode: say so, and how to re-save it as UTF-8."""
+    other = "-f LATIN1 or -f UTF-16" if encoding == "CP1252" else "-f CP1252 or -f LATIN1"
     return DataValidationError(
-        f"could not read {label}: {first}. Check that it is a valid file of that type.",
+        f"could not read {label}: the file is not UTF-8 text{where}; lifecast reads CSV files "
+        f"in UTF-8 (or UTF-16 with a little-endian byte-order mark). Re-save it as UTF-8, "
+        f"e.g. iconv -f {encoding} -t UTF-8 in.csv > out.csv ({other} for files in those "
+        f"encodings), or in pandas: pd.read_csv('in.csv', encoding='{encoding.lower()}')"
+        f".to_csv('out.csv', index=False).",
         source=label,
     )
 
@@ -590,20 +639,23 @@ def _open_csv(con: DuckDBBackend, path: Path, label: str) -> _Source:
             source=label,
         )
     p = _lit(str(path))
+    encoding = _csv_encoding(path, label)
+    # DuckDB reads UTF-16 (little-endian only) when told; it does not look for the BOM
+    enc = f", encoding = {_lit(encoding)}" if encoding != "utf-8" else ""
     try:
         sniff = raw.execute(
             f"SELECT Columns, DateFormat, TimestampFormat, SkipRows, Delimiter "
-            f"FROM sniff_csv({p}, header = true)"
+            f"FROM sniff_csv({p}, header = true{enc})"
         ).fetchall()[0]
-        header = _first_line(path)
+        header = _first_line(path, encoding)
         one_column = len(sniff[0]) == 1 and any(d in header for d in _DELIMITERS)
         if sniff[3] or one_column:  # skipped lines, or fell back to no delimiter: ragged rows
             delimiter = max(_DELIMITERS, key=header.count) if one_column else sniff[4]
-            raise _ragged_csv(path, label, delimiter, sniff[3])
+            raise _ragged_csv(path, label, delimiter, sniff[3], encoding)
         view = _view_name("src")
         raw.execute(
             f"CREATE TEMP VIEW {_q(view)} AS SELECT * FROM "
-            f"read_csv({p}, header = true, all_varchar = true)"
+            f"read_csv({p}, header = true, all_varchar = true{enc})"
         )
         types = _describe(raw, _q(view))
     except duckdb.Error as exc:
@@ -625,24 +677,44 @@ def _open_csv(con: DuckDBBackend, path: Path, label: str) -> _Source:
     )
 
 
-def _open_text(path: Path) -> Any:
+def _open_text(path: Path, encoding: str = "utf-8", mode: str = "rt") -> Any:
     import gzip
 
     opener = gzip.open if path.name.lower().endswith(".gz") else open
-    return opener(path, "rt", newline="", encoding="utf-8", errors="replace")
+    if mode == "rb":
+        return opener(path, "rb")
+    return opener(path, mode, newline="", encoding=encoding, errors="replace")
 
 
-def _first_line(path: Path) -> str:
-    with _open_text(path) as fh:
+def _csv_encoding(path: Path, label: str) -> str:
+    """"utf-16" for a CSV starting with the UTF-16 little-endian byte-order mark (what Excel
+    writes as "Unicode text"), else "utf-8"; a big-endian UTF-16 file, which DuckDB cannot
+    decode, is an error. Other encodings (cp1252, latin-1) carry no mark: DuckDB's error on
+    the first byte that is not UTF-8 becomes `_not_utf8`."""
+    import codecs
+
+    with _open_text(path, mode="rb") as fh:
+        start = fh.read(2)
+    if start == codecs.BOM_UTF16_LE:
+        return "utf-16"
+    if start == codecs.BOM_UTF16_BE:
+        raise _not_utf8(label, " but UTF-16 big-endian", encoding="UTF-16")
+    return "utf-8"
+
+
+def _first_line(path: Path, encoding: str = "utf-8") -> str:
+    with _open_text(path, encoding) as fh:
         return fh.readline()
 
 
-def _ragged_csv(path: Path, label: str, delimiter: str, skipped: int) -> DataValidationError:
+def _ragged_csv(
+    path: Path, label: str, delimiter: str, skipped: int, encoding: str = "utf-8"
+) -> DataValidationError:
     """Explain a CSV whose rows do not all have the header's number of fields."""
     import csv
 
     odd: list[str] = []
-    with _open_text(path) as fh:
+    with _open_text(path, encoding) as fh:
         reader = csv.reader(fh, delimiter=delimiter or ",")
         header = next(reader, [])
         for row in reader:
@@ -715,9 +787,12 @@ def _open_parquet(con: DuckDBBackend, pattern: str, label: str, *, multi: bool) 
     )
 
 
-def _open_pandas(con: DuckDBBackend, df: pd.DataFrame, label: str) -> _Source:
+def _open_pandas(
+    con: DuckDBBackend, df: pd.DataFrame, label: str, mapping: ColumnMapping
+) -> _Source:
     if not all(isinstance(c, str) for c in df.columns):
         df = df.rename(columns=str)  # cheap: shares the data
+    df = _decimals_as_floats(df, _mapped_columns(mapping, list(df.columns)))
     name = _view_name("pandas")
     con.con.register(name, df)
     labels = None if isinstance(df.index, pd.RangeIndex) and df.index.start == 0 else df.index
@@ -730,7 +805,52 @@ def _open_pandas(con: DuckDBBackend, df: pd.DataFrame, label: str) -> _Source:
         row_note="rows are numbered from 1 in frame order",
         index_labels=labels,
         cleanup=[f"DROP VIEW IF EXISTS {_q(name)}"],
+        kind="frame",
     )
+
+
+def _mapped_columns(mapping: ColumnMapping, names: Sequence[str]) -> list[str]:
+    """The columns of ``names`` the mapping uses, including those an amount expression
+    names (an expression that does not parse names none here: `_plan` reports it)."""
+    used = []
+    for contract, user in mapping.present().items():
+        col = _resolve(user, names)
+        if col is None and contract == "amount":
+            with contextlib.suppress(sqlglot.errors.SqlglotError):
+                tree = sqlglot.parse_one(user, read="duckdb")
+                used += [c for n in tree.find_all(exp.Column) if (c := _resolve(n.name, names))]
+        elif col is not None:
+            used.append(col)
+    return used
+
+
+def _decimals_as_floats(df: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """``df`` with each of ``columns`` that holds `decimal.Decimal` objects (what
+    ``pd.read_sql`` returns for NUMERIC) as float64; ``df`` itself when there is none.
+    DuckDB types an object column from a sample of its values, DECIMAL(3, 2) for '1.50', and
+    fails on a wider value further down."""
+    import decimal
+
+    floats = {}
+    for col in dict.fromkeys(columns):
+        values = df[col]
+        if values.dtype != object:
+            continue
+        first = next((v for v in values.array if not _is_missing(v)), None)
+        if isinstance(first, decimal.Decimal):
+            with contextlib.suppress(ValueError, TypeError):  # mixed with text: as it is
+                floats[col] = values.astype("float64")
+    return df.assign(**floats) if floats else df
+
+
+def _is_missing(value: Any) -> bool:
+    """None, pandas' NA or NaN (a float or a Decimal) in an object column."""
+    if value is None or value is pd.NA:
+        return True
+    try:
+        return bool(value != value)  # NaN only
+    except (TypeError, ValueError, ArithmeticError):  # an array, a signalling NaN
+        return False
 
 
 def _ibis_owner(table: ibis.Table) -> DuckDBBackend | None:
@@ -754,6 +874,7 @@ def _open_ibis(con: DuckDBBackend, table: ibis.Table) -> _Source:
         relation=_q(name),
         types=_describe(con.con, _q(name)),
         cleanup=[f"DROP VIEW IF EXISTS {_q(name)}"],
+        kind="frame",
     )
 
 
@@ -838,7 +959,9 @@ def _missing_sqlite_file(url: Any) -> str | None:
     return None if Path(database).exists() else database
 
 
-def _open_sqlalchemy(con: DuckDBBackend, url: str, table: str | None) -> _Source:
+def _open_sqlalchemy(
+    con: DuckDBBackend, url: str, table: str | None, mapping: ColumnMapping
+) -> _Source:
     import sqlalchemy as sa
 
     try:
@@ -874,10 +997,10 @@ def _open_sqlalchemy(con: DuckDBBackend, url: str, table: str | None) -> _Source
     except DataValidationError:
         raise
     except Exception as exc:
-        raise _read_error(label, exc) from None
+        raise _read_error(label, exc, "database") from None
     finally:
         engine.dispose()
-    src = _open_pandas(con, df, label)
+    src = _open_pandas(con, df, label, mapping)
     src.row_note = "rows are numbered from 1 in the order the database returned them"
     return src
 
@@ -897,6 +1020,16 @@ class _Column:
     bad: str | None = None
     problem: str = ""  # "... have <problem>"
     hint: str = ""
+    #: names a further check of the same column (`_Plan.checks`); "" for the column's own
+    check: str = ""
+    #: ``bad`` over the cleaned row's contract columns, for the profile when that is cheaper
+    #: than re-computing them from the raw ones (the examples query reads raw rows: ``bad``)
+    profile_bad: str | None = None
+
+    @property
+    def key(self) -> str:
+        """Names the check in the profile's and the examples' results."""
+        return f"{self.contract}_{self.check}" if self.check else self.contract
 
 
 @dataclass
@@ -906,9 +1039,19 @@ class _Plan:
     cid_not_integer: str  # predicate: an integer-looking id column holds another value
     timestamp_format: str | None
     timestamp_is_text: bool
+    #: further checks of contract columns (each with its own ``bad``), not columns
+    checks: list[_Column] = field(default_factory=list)
+    #: when other candidate formats read the first rows too: the one used and those,
+    #: checked on every row by the profile (`_settle_timestamp_format`); else []
+    timestamp_candidates: list[str] = field(default_factory=list)
 
     def get(self, contract: str) -> _Column:
         return next(c for c in self.columns if c.contract == contract)
+
+    @property
+    def checked(self) -> list[_Column]:
+        """Everything the profile counts bad rows of: columns with a ``bad``, then checks."""
+        return [c for c in self.columns if c.bad] + self.checks
 
 
 _INT_TYPES = {
@@ -954,10 +1097,15 @@ def _column_list(columns: Sequence[str], limit: int = 40) -> str:
     return shown + (f", ... ({len(columns)} columns)" if len(columns) > limit else "")
 
 
-def _plan(src: _Source, mapping: ColumnMapping, *, integer_ids: bool = True) -> _Plan:
+def _plan(
+    src: _Source, mapping: ColumnMapping, *, integer_ids: bool = True,
+    ts_formats: Sequence[str] = (),
+) -> _Plan:
     """Resolve the mapping against the source's columns and write the SQL of each contract
     column. Structural problems (missing columns, a bad amount expression, a column of an
-    unusable type) are all collected and raised together."""
+    unusable type) are all collected and raised together. Text timestamps are read with
+    ``mapping.timestamp_format``, else the first of ``ts_formats`` (the candidates of
+    `_timestamp_candidates`; the others are checked too), else as before."""
     problems: list[str] = []
     names = list(src.types)
     wanted = mapping.present()
@@ -979,14 +1127,24 @@ def _plan(src: _Source, mapping: ColumnMapping, *, integer_ids: bool = True) -> 
 
     columns: list[_Column] = []
     cid_col = resolved["customer_id"]
-    cid, cid_int, cid_not_int = _customer_sql(src, cid_col, integer_ids)
-    columns.append(_Column("customer_id", cid_col, cid, (cid_col,)))
+    cid, cid_int, cid_not_int, cid_bad = _customer_sql(src, cid_col, integer_ids)
+    columns.append(
+        _Column(
+            "customer_id", cid_col, cid, (cid_col,), bad=cid_bad,
+            problem="a customer id that is a number but not a whole number",
+            hint=(
+                "Customer ids must be whole numbers or text, and a fraction names no "
+                f"customer: fix or remove these rows, or set {_hint('customer_id')} to the "
+                f"customer id column."
+            ),
+        )
+    )
     ts_col = resolved["timestamp"]
-    ts, ts_format, ts_text = _timestamp_sql(src, ts_col, mapping.timestamp_format, problems)
-    used = f" (it was read with the format {ts_format!r})" if ts_format else ""
+    candidates = [] if mapping.timestamp_format else list(ts_formats)
+    ts_fmt = mapping.timestamp_format or (candidates[0] if candidates else None)
+    ts, ts_format, ts_text = _timestamp_sql(src, ts_col, ts_fmt, problems)
     ts_hint = (
-        f"The column holds text{used}: pass its format with {_hint('timestamp_format')}, "
-        f"e.g. '%d/%m/%Y %H:%M', or fix the values."
+        _text_timestamp_hint(ts_format)
         if ts_text
         else "Fill in or remove the rows without a timestamp."
     )
@@ -1014,6 +1172,24 @@ def _plan(src: _Source, mapping: ColumnMapping, *, integer_ids: bool = True) -> 
             ),
         )
     )
+    # counted by the profile's one aggregate query with the rest, on the amount it computes
+    # anyway: no scan of its own, no second parse of the text
+    scaled = f"({amount_label}) / 100" if "amount" not in resolved else (
+        f"{_ident(amount_label)} / 100"
+    )
+    too_big = f"isfinite({{a}}) AND abs({{a}}) >= {_MONEY_LIMIT}"
+    checks = [
+        _Column(
+            "amount", amount_label, amount_sql, amount_raw, check="size",
+            bad=too_big.format(a=amount_sql), profile_bad=too_big.format(a="amount"),
+            problem="an amount of 10^12 or more (in absolute value)",
+            hint=(
+                "lifecast's money type holds values below 10^12 per order. If the amounts "
+                f"are in minor units (e.g. cents), scale them, e.g. --amount '{scaled}' "
+                f"(YAML key amount:); otherwise fix or remove these rows."
+            ),
+        )
+    ]
     for contract in CONTRACT_COLUMNS[3:]:
         if contract not in resolved:
             continue
@@ -1038,7 +1214,24 @@ def _plan(src: _Source, mapping: ColumnMapping, *, integer_ids: bool = True) -> 
             columns.append(_Column(contract, col, _text_sql(src, col), (col,)))
     if problems:
         _raise(src, problems, f"Columns in {src.label}: {_column_list(names)}")
-    return _Plan(columns, cid_int, cid_not_int, ts_format, ts_text)
+    return _Plan(columns, cid_int, cid_not_int, ts_format, ts_text, checks,
+                 candidates if len(candidates) > 1 else [])
+
+
+def _ident(name: str) -> str:
+    """A column name as an amount expression writes it: double-quoted unless it is a plain
+    identifier."""
+    return name if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) else _q(name)
+
+
+def _text_timestamp_hint(fmt: str | None, example: str = "'%d/%m/%Y %H:%M'") -> str:
+    """What to do about text timestamps that did not parse (read with ``fmt``, if any):
+    pass the format, e.g. ``example`` (a quoted format)."""
+    used = f" (it was read with the format {fmt!r})" if fmt else ""
+    return (
+        f"The column holds text{used}: pass its format with {_hint('timestamp_format')}, "
+        f"e.g. {example}, or fix the values."
+    )
 
 
 def _raw_is_text(src: _Source, col: str) -> bool:
@@ -1049,38 +1242,65 @@ def _nonblank(col: str) -> str:
     return f"(trim(CAST({_q(col)} AS VARCHAR)) <> '')"
 
 
-def _customer_sql(src: _Source, col: str, integer_ids: bool) -> tuple[str, bool, str]:
-    """(value SQL, is integer, predicate 'not an integer') for the customer id column."""
+def _customer_sql(
+    src: _Source, col: str, integer_ids: bool
+) -> tuple[str, bool, str, str | None]:
+    """(value SQL, is integer, predicate 'not an integer', predicate 'bad' or None) for the
+    customer id column. Blank text and missing-value markers (`_MISSING_IDS`) are missing."""
     c = _q(col)
     kind = _kind(src.types[col])
     declared = _kind(src.sniffed.get(col, src.types[col]))
     if integer_ids and kind == "int":
         value = f"TRY_CAST({c} AS BIGINT)"
-        return value, True, f"({c} IS NOT NULL AND {value} IS NULL)"
-    if integer_ids and kind == "float":
-        d = f"CAST({c} AS DOUBLE)"
-        value = _whole_bigint(d)
-        return value, True, f"({c} IS NOT NULL AND NOT isnan({d}) AND {value} IS NULL)"
+        return value, True, f"({c} IS NOT NULL AND {value} IS NULL)", None
+    if kind == "float":
+        # always integers: a float id column is an integer column with gaps (pandas), and
+        # falling back to text would make customer 12365 the string '12365.0' (a lookup of
+        # '12365' finds nothing); a fraction is no customer id and stops the load
+        value, bad = _whole_id(f"CAST({c} AS DOUBLE)")
+        return value, True, "false", bad
+    # Text is looked up among the missing-value markers only where it is no number (in a
+    # CASE branch, which DuckDB evaluates for those rows only).
+    t = f"trim({c})"
     if integer_ids and kind == "text" and declared == "int":  # CSV column sniffed as integers
-        t = f"trim({c})"
         value = f"TRY_CAST({t} AS BIGINT)"
         not_int = (
-            f"({t} <> '' AND ({value} IS NULL OR CAST({value} AS VARCHAR) <> {t}))"
+            f"(CASE WHEN {value} IS NOT NULL THEN CAST({value} AS VARCHAR) <> {t} "
+            f"ELSE NOT {_missing_id(t)} END)"
         )  # the cast must round-trip: '007' and '+7' stay strings
-        return f"(CASE WHEN NOT {not_int} THEN {value} END)", True, not_int
+        return f"(CASE WHEN NOT {not_int} THEN {value} END)", True, not_int, None
     if integer_ids and kind == "text" and declared == "float":
         # a CSV whose ids were written as floats ('17850.0', typical of an export from
         # pandas, where an id column with a gap is float64): the same customers as 17850,
-        # else the store and the service hold '17850.0' and a lookup of '17850' finds nothing
-        t = f"trim({c})"
-        value = _whole_bigint(f"TRY_CAST({t} AS DOUBLE)")
-        not_int = f"({t} <> '' AND {value} IS NULL)"
-        return f"(CASE WHEN NOT {not_int} THEN {value} END)", True, not_int
-    if kind == "float":
-        d = f"CAST({c} AS DOUBLE)"
-        value = f"(CASE WHEN NOT isnan({d}) THEN CAST({c} AS VARCHAR) END)"
-        return value, False, "false"
-    return f"NULLIF(trim(CAST({c} AS VARCHAR)), '')", False, "false"
+        # else the store and the service hold '17850.0' and a lookup of '17850' finds
+        # nothing. Text that is no number makes the ids text; a fraction stops the load.
+        number = f"TRY_CAST({t} AS DOUBLE)"  # 'nan' is NaN (missing), other markers NULL
+        not_int = f"(CASE WHEN {number} IS NULL THEN NOT {_missing_id(t)} ELSE false END)"
+        value, bad = _whole_id(number)
+        return value, True, not_int, bad
+    t = f"trim(CAST({c} AS VARCHAR))"
+    longer = f"strlen({t}) > {max(map(len, _MISSING_IDS))}"  # no marker: skip the lookup
+    value = f"(CASE WHEN {longer} THEN {t} WHEN {_missing_id(t)} THEN NULL ELSE {t} END)"
+    return value, False, "false", None
+
+
+def _missing_id(t: str) -> str:
+    """SQL predicate: the trimmed id text ``t`` is blank or a missing-value marker. Written
+    as ORs: DuckDB turns an IN list this long into a join, evaluated on every row (not just
+    those of a CASE branch): a 2.2M-row CSV took 2.9 s to load instead of 1.7 s."""
+    return "(" + " OR ".join(f"lower({t}) = {_lit(m)}" for m in _MISSING_IDS) + ")"
+
+
+def _whole_id(d: str) -> tuple[str, str]:
+    """(value SQL, predicate 'bad') of a numeric customer id, the DOUBLE expression ``d``
+    (NULL or NaN: missing). The value is the id as a BIGINT when it is a whole number that
+    fits; any other number is bad and stops the load, and its value is 0 only so that the
+    row counts as one with a customer id (shown as an example) rather than as one without."""
+    whole = _whole_bigint(d)
+    return (
+        f"(CASE WHEN NOT isnan({d}) THEN coalesce({whole}, 0) END)",
+        f"(NOT isnan({d}) AND {whole} IS NULL)",
+    )
 
 
 def _whole_bigint(d: str) -> str:
@@ -1105,13 +1325,9 @@ def _timestamp_sql(
             f"datetime or text; set {_hint('timestamp')} to the column holding the event time"
         )
         return "NULL::TIMESTAMP", None, False
-    text = f"NULLIF(trim({c}), '')"
-    if fmt is None and src.is_text:  # use what DuckDB's CSV sniffer found, if anything
-        declared = _kind(src.sniffed.get(col, "VARCHAR"))
-        if declared == "timestamp" and src.timestamp_format:
-            fmt = src.timestamp_format
-        elif declared == "date" and src.date_format:
-            fmt = src.date_format
+    text = _timestamp_text(col)
+    if fmt is None:  # use what DuckDB's CSV sniffer found, if anything
+        fmt = _sniffed_format(src, col)
     if fmt is None:
         # ISO 8601. A UTC offset or zone name can only follow the date part; only such values
         # take the (slower, ICU) TIMESTAMPTZ parse, since a TIMESTAMP cast ignores an offset.
@@ -1124,6 +1340,108 @@ def _timestamp_sql(
     if "%z" in fmt or "%Z" in fmt:
         parsed = f"timezone('UTC', {parsed})"
     return f"CAST({parsed} AS TIMESTAMP)", fmt, True
+
+
+def _timestamp_text(col: str) -> str:
+    """SQL: the trimmed text of timestamp column ``col``, NULL when blank."""
+    return f"NULLIF(trim({_q(col)}), '')"
+
+
+def _sniffed_format(src: _Source, col: str) -> str | None:
+    """The date or timestamp format DuckDB's CSV sniffer found for ``col``, if any."""
+    declared = _kind(src.sniffed.get(col, "VARCHAR")) if src.is_text else ""
+    if declared == "timestamp" and src.timestamp_format:
+        return src.timestamp_format
+    if declared == "date" and src.date_format:
+        return src.date_format
+    return None
+
+
+def _timestamp_candidates(con: DuckDBBackend, src: _Source, mapping: ColumnMapping) -> list[str]:
+    """The formats a text timestamp column may be in: of the CSV sniffer's format (first)
+    and `_TIMESTAMP_GUESSES`, those that read every value in the first
+    `_FORMAT_SNIFF_ROWS` rows (one small query). [] when the mapping gives the format, the
+    column is not text (or not there: `_plan` says so), or no format reads those rows: then
+    the column is read as before, with the sniffer's format or as ISO 8601. The sniffer
+    alone would read '12/01/2010' day-first without a word, and finds no format for
+    '01/12/2010 08:28'; which candidates read every row, the profile counts
+    (`_settle_timestamp_format`)."""
+    col = _resolve(mapping.timestamp, list(src.types)) if mapping.timestamp else None
+    if mapping.timestamp_format or col is None or not _raw_is_text(src, col):
+        return []
+    sniffed = _sniffed_format(src, col)
+    declared = _kind(src.sniffed.get(col, "VARCHAR")) if src.is_text else ""
+    if declared in ("timestamp", "date") and (sniffed or "%Y").startswith("%Y"):
+        return []  # the sniffer read year-first (ISO 8601) dates: unambiguous, no query
+    formats = list(dict.fromkeys([*([sniffed] if sniffed else []), *_TIMESTAMP_GUESSES]))
+    text = _timestamp_text(col)
+    sample = (f"SELECT DISTINCT v FROM (SELECT {text} AS v FROM {src.relation} "
+              f"LIMIT {_FORMAT_SNIFF_ROWS}) WHERE v IS NOT NULL")
+    return [f[1:-1] for f in _formats_that_read(con, formats, sample)]
+
+
+def _settle_timestamp_format(
+    con: DuckDBBackend, src: _Source, plan: _Plan, stats: dict[str, Any]
+) -> str | None:
+    """The format to read text timestamps with, by one rule over the candidate formats the
+    profile checked on every row: exactly one reads every value: that one; several read
+    them, and differently: raise (the dates are ambiguous); none: the plan's own (its rows
+    that do not parse are reported by `_validate`, as any bad value). Without candidates
+    (the mapping's format, one candidate, or none) it is the plan's own."""
+    formats = plan.timestamp_candidates
+    fits = [f for i, f in enumerate(formats) if stats[f"ts_misfit_{i}"] == 0]
+    if not fits:
+        return plan.timestamp_format
+    if len(fits) > 1:
+        _ambiguous_timestamps(con, src, plan, fits)  # raises, unless all read alike
+    return fits[0]
+
+
+def _ambiguous_timestamps(con: DuckDBBackend, src: _Source, plan: _Plan, fits: list[str]) -> None:
+    """Raise: every timestamp reads with each of ``fits``, and the first row (with a customer
+    id) that they read differently is shown read each way. Return quietly when they read
+    every row alike (say '01/01/2011' only): any of them is right."""
+    ts = plan.get("timestamp")
+    text = _timestamp_text(ts.raw[0])
+    reads = [f"try_strptime({text}, {_lit(f)})" for f in fits]
+    differ = " OR ".join(f"{reads[0]} <> {r}" for r in reads[1:])
+    numbered = src.numbered or f"(SELECT NULL::BIGINT AS __row, * FROM {src.relation})"
+    file_col = "__file" if "AS __file" in numbered else "NULL"
+    has_cid = f"({plan.get('customer_id').value}) IS NOT NULL"
+    with _in_file_order(con.con, src):
+        rows = con.con.execute(
+            f"SELECT __row, {file_col}, {text}, {', '.join(reads)} FROM {numbered} "
+            f"WHERE {has_cid} AND ({differ}) ORDER BY __row LIMIT 1"
+        ).fetchall()
+    if not rows:
+        return
+    row_no, file, value, *read = rows[0]
+    where = _where(src, row_no, file)
+    ways = ", ".join(
+        f"{pd.Timestamp(r) if '%H' in f else pd.Timestamp(r).date()} with {f!r}"
+        for f, r in zip(fits, read, strict=True)
+    )
+    firsts = [_day_or_month_first(f) for f in fits]
+    which = (
+        ", ".join(f"{f!r} if {first}" for f, first in zip(fits, firsts, strict=True))
+        if None not in firsts and len(set(firsts)) == len(fits)
+        else "one of " + ", ".join(repr(f) for f in fits)
+    )
+    _raise(src, [
+        f"column {ts.label!r} (timestamp): the dates are ambiguous: every value reads with "
+        f"each of the formats {', '.join(repr(f) for f in fits)}, and they read some "
+        f"differently, e.g. {where + ': ' if where else ''}{value!r} is {ways}. Say which "
+        f"format the data is written in with {_hint('timestamp_format')}: {which}"
+    ], src.row_note and f"({src.row_note}.)")
+
+
+def _day_or_month_first(fmt: str) -> str | None:
+    """'the day comes first' or 'the month comes first' for a format with both, else None."""
+    if "%d" not in fmt or "%m" not in fmt:
+        return None
+    return "the day comes first" if fmt.index("%d") < fmt.index("%m") else (
+        "the month comes first"
+    )
 
 
 def _numeric_sql(src: _Source, col: str, contract: str, problems: list[str]) -> str:
@@ -1309,10 +1627,17 @@ def _profile(con: DuckDBBackend, src: _Source, plan: _Plan, clean: str) -> dict[
     import duckdb
 
     raw = con.con
-    checked = [c for c in plan.columns if c.bad]
+    checked = plan.checked
     select = [f"{c.value} AS {_q(c.contract)}" for c in plan.columns]
-    select += [f"({c.bad}) AS {_q('__bad_' + c.contract)}" for c in checked]
+    select += [f"({c.bad}) AS {_q('__bad_' + c.key)}" for c in checked if not c.profile_bad]
     select.append(f"({plan.cid_not_integer}) AS __cid_not_integer")
+    if plan.timestamp_candidates:  # rows (not blank) each candidate format does not read
+        text = _timestamp_text(plan.get("timestamp").raw[0])
+        select += [
+            f"({text} IS NOT NULL AND try_strptime({text}, {_lit(f)}) IS NULL) "
+            f"AS __ts_misfit_{i}"
+            for i, f in enumerate(plan.timestamp_candidates)
+        ]
     raw.execute(
         f"CREATE OR REPLACE TEMP VIEW {_q(clean)} AS SELECT {', '.join(select)} "
         f"FROM {src.relation}"
@@ -1328,8 +1653,15 @@ def _profile(con: DuckDBBackend, src: _Source, plan: _Plan, clean: str) -> dict[
         "first_purchase": f"min(timestamp) FILTER (WHERE {known} AND amount >= 0)",
     }
     aggs.update(
-        {f"bad_{c.contract}": f"count_if({known} AND {_q('__bad_' + c.contract)})"
+        {f"bad_{c.key}": f"count_if({known} AND ({c.profile_bad or _q('__bad_' + c.key)}))"
          for c in checked}
+    )
+    # rows with an id, or with one that is not an integer (it is NULL until the ids are
+    # read as text): a timestamp format must read the rows that will be kept
+    has_id = "(customer_id IS NOT NULL OR __cid_not_integer)"
+    aggs.update(
+        {f"ts_misfit_{i}": f"count_if({has_id} AND __ts_misfit_{i})"
+         for i in range(len(plan.timestamp_candidates))}
     )
     flat = ", ".join(f"{v} AS {_q(k)}" for k, v in aggs.items())
     sql = f"SELECT {flat} FROM {_q(clean)}"  # customers and orders: see `_Counts`
@@ -1337,7 +1669,7 @@ def _profile(con: DuckDBBackend, src: _Source, plan: _Plan, clean: str) -> dict[
     try:
         row = raw.execute(sql).fetchall()[0]
     except duckdb.Error as exc:
-        raise _read_error(src.label, exc) from None
+        raise _read_error(src.label, exc, src.kind) from None
     return dict(zip(keys, row, strict=True))
 
 
@@ -1367,24 +1699,24 @@ def _validate(con: DuckDBBackend, src: _Source, plan: _Plan, stats: dict[str, An
             f"no rows left in {src.label}: all {stats['rows_read']:,} rows have no customer id "
             f"in column {cid.label!r}; check {_hint('customer_id')} names the customer column"
         ])
-    bad = [c for c in plan.columns if c.bad and stats.get("bad_" + c.contract)]
+    bad = [c for c in plan.checked if stats.get("bad_" + c.key)]
     if not bad:
         return
     examples = _examples(con, src, plan, bad)
     problems = []
     for c in bad:
-        n = stats["bad_" + c.contract]
+        n = stats["bad_" + c.key]
         what = f"column {c.label!r}" if len(c.raw) == 1 and c.raw[0] == c.label else (
             f"amount {c.label!r}"
         )
         hint = c.hint
-        if c.contract == "timestamp" and plan.timestamp_is_text:
+        if c.key == "timestamp" and plan.timestamp_is_text:
             hint = _timestamp_advice(
                 con, src, plan, n, kept, examples.get("_values_timestamp", []), c.hint
             )
         problems.append(
             f"{what} ({c.contract}): {n:,} of {kept:,} rows with a customer id have "
-            f"{c.problem}, e.g. {examples[c.contract]}. {hint}"
+            f"{c.problem}, e.g. {examples[c.key]}. {hint}"
         )
     _raise(src, problems, src.row_note and f"({src.row_note}.)")
 
@@ -1410,14 +1742,9 @@ def _examples(
             f"FROM {numbered} WHERE {has_cid} AND ({c.bad}) ORDER BY __row LIMIT {_EXAMPLES})"
         )
     sql = " UNION ALL ".join(parts)
-    old_threads = raw.execute("SELECT current_setting('threads')").fetchall()[0][0]
-    if src.numbered_single_thread:
-        raw.execute("SET threads = 1")  # row_number() over a scan follows the file order
-    try:
+    with _in_file_order(raw, src):
         rows = raw.execute(sql).fetchall()
-    finally:
-        raw.execute(f"SET threads = {int(old_threads)}")
-    out: dict[str, Any] = {c.contract: [] for c in bad}
+    out: dict[str, Any] = {c.key: [] for c in bad}
     out["_values_timestamp"] = []
     for problem, row_no, file, *values in sorted(rows, key=lambda r: (r[0], r[1] or 0)):
         c = bad[problem]
@@ -1427,12 +1754,25 @@ def _examples(
         else:
             val = ", ".join(f"{col}={_show(shown[col])}" for col in c.raw)
         where = _where(src, row_no, file)
-        out[c.contract].append(f"{where}: {val}" if where else val)
-        if c.contract == "timestamp" and shown[c.raw[0]] not in (None, ""):
+        out[c.key].append(f"{where}: {val}" if where else val)
+        if c.key == "timestamp" and shown[c.raw[0]] not in (None, ""):
             out["_values_timestamp"].append(shown[c.raw[0]].strip())
     for c in bad:
-        out[c.contract] = "; ".join(out[c.contract])
+        out[c.key] = "; ".join(out[c.key])
     return out
+
+
+@contextlib.contextmanager
+def _in_file_order(raw: Any, src: _Source) -> Iterator[None]:
+    """Run the ``with`` block's queries on one thread when the source's row numbers come
+    from row_number() over a scan, which follows the file order only on one thread."""
+    old_threads = raw.execute("SELECT current_setting('threads')").fetchall()[0][0]
+    if src.numbered_single_thread:
+        raw.execute("SET threads = 1")
+    try:
+        yield
+    finally:
+        raw.execute(f"SET threads = {int(old_threads)}")
 
 
 def _show(value: Any) -> str:
@@ -1472,8 +1812,12 @@ def _timestamp_advice(
             return hint
         narrowed = _formats_reading_the_column(con, src, plan, fits) if len(fits) > 1 else fits
         if 0 < len(narrowed) < len(fits):
-            return f"{hint} Formats that read the column's values: {', '.join(narrowed[:3])}."
-        return f"{hint} Formats that read these examples: {', '.join(fits[:3])}."
+            fits, found = narrowed, "the column's values"
+        else:
+            found = "these examples"
+        # the example format is one found, never a generic one that contradicts them
+        return (f"{_text_timestamp_hint(plan.timestamp_format, fits[0])} Formats that read "
+                f"{found}: {', '.join(fits[:3])}.")
     how = f"with the format {plan.timestamp_format!r}" if plan.timestamp_format else (
         "as ISO 8601 dates"
     )
@@ -1518,15 +1862,11 @@ def _formats_that_read(con: DuckDBBackend, formats: Sequence[str], values_sql: s
                        params: Sequence[Any] = ()) -> list[str]:
     """The ``formats`` (returned quoted) that read every value ``v`` of the query
     ``values_sql`` (with its ``params``)."""
-    fits = []
-    for fmt in formats:
-        ok = con.con.execute(
-            f"SELECT bool_and(try_strptime(v, ?) IS NOT NULL) FROM ({values_sql})",
-            [fmt, *params],
-        ).fetchall()[0][0]
-        if ok:
-            fits.append(f"'{fmt}'")
-    return fits
+    if not formats:
+        return []
+    reads = ", ".join(f"bool_and(try_strptime(v, {_lit(f)}) IS NOT NULL)" for f in formats)
+    row = con.con.execute(f"SELECT {reads} FROM ({values_sql})", list(params)).fetchall()[0]
+    return [f"'{fmt}'" for fmt, ok in zip(formats, row, strict=True) if ok]
 
 
 def _raise(src: _Source, problems: list[str], footer: str = "") -> None:

@@ -258,11 +258,16 @@ def test_csv_ids_written_as_floats_are_the_integer_ids(tmp_path: Path) -> None:
     want = build_features(df, "2021-03-01", MAPPING)
     pd.testing.assert_frame_equal(build_features(path, "2021-03-01", MAPPING), want)
     assert want["customer_id"].tolist() == ["12345", "17850"]
-    # a fraction is not an integer id: the column is text, as given
+    # a fraction is no customer id: an error, not text ids in which 17850 is '17850.0'
     path.write_text(path.read_text().replace("12345.0", "12345.5"))
+    msg = _error(path, MAPPING)
+    assert "column 'CustomerID' (customer_id): 2 of 5 rows" in msg
+    assert "row 3: '12345.5'" in msg and "whole numbers or text" in msg
+    # text that is no number makes the ids text, as given
+    path.write_text(path.read_text().replace("12345.5", "C12345"))
     tx = load_transactions(path, MAPPING)
     assert tx.report.customer_id_type == "string"
-    assert sorted(set(tx.to_pandas()["customer_id"])) == ["12345.5", "17850.0"]
+    assert sorted(set(tx.to_pandas()["customer_id"])) == ["17850.0", "C12345"]
 
 
 def test_csv_id_column_that_only_looks_numeric_falls_back_to_strings(tmp_path: Path) -> None:
@@ -750,17 +755,21 @@ def test_a_few_bad_timestamps_among_good_ones_say_fix_the_rows(
 
 
 def test_the_format_hint_is_narrowed_on_the_whole_column(tmp_path: Path) -> None:
-    """The first bad rows of a day-first file read month-first too; a 13th of the month
-    further down does not, so only the day-first format is suggested."""
+    """The first bad rows of a mostly day-first column read month-first too; a 13th of the
+    month further down does not, so only the day-first format is suggested, and the
+    hint's example is that format. (ISO rows first: no one format reads the column.)"""
     df = _iso_log(20)
-    df["InvoiceDate"] = pd.to_datetime(df["InvoiceDate"]).dt.strftime("%d/%m/%Y %H:%M")
-    df.loc[:14, "InvoiceDate"] = "01/12/2010 08:26"
+    df.loc[6:14, "InvoiceDate"] = "01/12/2010 08:26"
     df.loc[15:, "InvoiceDate"] = "13/12/2010 09:00"
     msg = _error(_csv(df, tmp_path), ISO_MAPPING)
     assert "Formats that read the column's values: '%d/%m/%Y %H:%M'." in msg
     assert "%m/%d/%Y" not in msg
+    df.loc[15:, "InvoiceDate"] = "12/13/2010 09:00"  # month-first after all
+    msg = _error(_csv(df, tmp_path), ISO_MAPPING)
+    assert "e.g. '%m/%d/%Y %H:%M', or fix" in msg and "%d/%m/%Y" not in msg
     df.loc[15:, "InvoiceDate"] = "02/12/2010 09:00"  # nothing tells them apart
     msg = _error(_csv(df, tmp_path), ISO_MAPPING)
+    assert "e.g. '%d/%m/%Y %H:%M', or fix" in msg
     assert "Formats that read these examples: '%d/%m/%Y %H:%M', '%m/%d/%Y %H:%M'" in msg
 
 
@@ -774,3 +783,221 @@ def test_timestamps_mostly_in_another_format_still_get_the_format_hint(
     assert "--timestamp-format" in msg
     assert "Formats that read these examples: '%d/%m/%Y %H:%M'" in msg
     assert "fix those rows" not in msg
+
+
+# --------------------------------------------------------------------------- customer ids
+
+
+SIMPLE = ColumnMapping(customer_id="c", timestamp="t", amount="v")
+
+
+def test_missing_value_markers_as_customer_ids_are_dropped_and_counted(tmp_path: Path) -> None:
+    """'NaN', 'N/A', 'null', ... (any case, padded) name no customer: dropped and counted
+    with the blanks, not made customers with thousands of orders."""
+    ids = [" A1 ", "NaN", "nan", " N/A ", "NA", "null", "NULL", "None", "<NA>", "n/a ", "A2", ""]
+    df = pd.DataFrame({"c": ids, "t": "2021-01-01", "v": 1.0})
+    for source in (df, _csv(df, tmp_path), _parquet(df, tmp_path)):
+        tx = load_transactions(source, SIMPLE)
+        assert tx.to_pandas()["customer_id"].tolist() == ["A1", "A2"]
+        assert tx.report.rows_dropped == {"missing customer_id": 10}
+        assert tx.report.customers == 2
+
+
+def test_missing_value_markers_keep_integer_csv_ids_integers(tmp_path: Path) -> None:
+    # past the sniffer's sample, 'NA' used to turn the integer ids into text with a
+    # customer 'NA'; a pandas export with na_rep='NaN' of float ids, into '17850.0'
+    n = 21_000
+    ids = [str(i % 100) for i in range(n - 2)] + ["NA", " null "]
+    path = tmp_path / "late_na.csv"
+    pd.DataFrame({"c": ids, "t": "2021-01-01", "v": 1.0}).to_csv(path, index=False)
+    tx = load_transactions(path, SIMPLE)
+    assert tx.report.customer_id_type == "integer"
+    assert tx.report.rows_dropped == {"missing customer_id": 2}
+    assert tx.report.customers == 100
+    floats = pd.DataFrame({"c": [17850.0, np.nan, 12345.0], "t": "2021-01-01", "v": 1.0})
+    path = tmp_path / "nan_ids.csv"
+    floats.to_csv(path, index=False, na_rep="NaN")
+    assert "\nNaN," in path.read_text()
+    tx = load_transactions(path, SIMPLE)
+    assert tx.report.customer_id_type == "integer"
+    assert tx.to_pandas()["customer_id"].tolist() == [17850, 12345]
+    assert tx.report.rows_dropped == {"missing customer_id": 1}
+
+
+@pytest.mark.parametrize("kind", ["pandas", "parquet"])
+def test_float_customer_ids_with_a_fraction_are_an_error(kind: str, tmp_path: Path) -> None:
+    """One fractional id used to turn every id into text ('12365.0'), so that a lookup of
+    customer 12365 found nothing; integral float ids are always the integers."""
+    df = pd.DataFrame({
+        "c": [12346.0, 12346.5, 12365.0, np.nan, np.inf, 12365.0],
+        "t": "2021-01-01",
+        "v": 1.0,
+    })
+    source = _parquet(df, tmp_path) if kind == "parquet" else df
+    msg = _error(source, SIMPLE)
+    assert "column 'c' (customer_id): 2 of 5 rows with a customer id" in msg
+    assert "row 2: '12346.5'; row 5: 'inf'" in msg
+    assert "whole numbers or text" in msg and "--customer-col" in msg
+    ok = df[df["c"].isna() | (df["c"] % 1 == 0)]
+    source = _parquet(ok, tmp_path) if kind == "parquet" else ok
+    tx = load_transactions(source, SIMPLE)
+    assert tx.report.customer_id_type == "integer"
+    assert tx.to_pandas()["customer_id"].tolist() == [12346, 12365, 12365]
+
+
+# --------------------------------------------------------------------------- text timestamps
+
+
+def _dates(texts: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({"c": np.arange(len(texts)) % 7, "t": texts, "v": 1.0})
+
+
+@pytest.mark.parametrize(
+    ("texts", "read", "month_first"),
+    [
+        (["12/01/2010 08:26", "05/02/2010 09:00", "11/03/2010 10:00"],
+         "row 1: '12/01/2010 08:26' is 2010-01-12 08:26:00 with '%d/%m/%Y %H:%M', "
+         "2010-12-01 08:26:00 with '%m/%d/%Y %H:%M'", "%m/%d/%Y %H:%M"),
+        (["01/01/2011", "12/01/2010", "05/02/2010"],  # row 1 reads alike both ways
+         "row 2: '12/01/2010' is 2010-01-12 with '%d/%m/%Y', 2010-12-01 with '%m/%d/%Y'",
+         "%m/%d/%Y"),
+    ],
+)
+def test_ambiguous_day_and_month_first_dates_are_an_error(
+    texts: list[str], read: str, month_first: str, tmp_path: Path
+) -> None:
+    """No day above 12: day-first and month-first both read every value. The sniffer used
+    to read date-only text day-first without a word."""
+    for source in (_csv(_dates(texts), tmp_path), _dates(texts)):
+        msg = _error(source, SIMPLE)
+        assert "column 't' (timestamp): the dates are ambiguous" in msg
+        assert read in msg
+        assert "--timestamp-format (YAML key timestamp_format:)" in msg
+        assert f"'{month_first}' if the month comes first" in msg
+        assert "if the day comes first" in msg
+    tx = load_transactions(_csv(_dates(texts), tmp_path),
+                           SIMPLE.with_overrides(timestamp_format=month_first))
+    assert pd.Timestamp("2010-12-01") in tx.to_pandas()["timestamp"].dt.normalize().tolist()
+    assert tx.report.timestamp_format == month_first
+
+
+@pytest.mark.parametrize(
+    ("fmt", "day_first"), [("%d/%m/%Y %H:%M", True), ("%m/%d/%Y %H:%M", False),
+                           ("%d/%m/%Y", True)],
+)
+def test_the_one_format_that_reads_every_timestamp_is_used(
+    fmt: str, day_first: bool, tmp_path: Path
+) -> None:
+    """The first 21,000 rows read both ways (days 1 to 12); only the last, the 13th, tells
+    which format it is, past the rows that pick the candidate formats. Day-first with a
+    time used to fail, although its error named just this format."""
+    n = 21_001
+    days = np.arange(n) % 12  # 1 to 12 December
+    days[-1] = 12  # the 13th
+    when = pd.Timestamp("2010-12-01 08:28") + pd.to_timedelta(days, unit="D")
+    df = pd.DataFrame({"c": np.arange(n) % 50, "t": when.strftime(fmt), "v": 1.0})
+    if not day_first:  # as UCI Online Retail writes it: '12/1/2010 8:26'
+        df["t"] = df["t"].str.replace(r"(^|/| )0", r"\1", regex=True)
+    for source in (_csv(df, tmp_path), df):
+        tx = load_transactions(source, SIMPLE)
+        want = when if "%H" in fmt else when.normalize()
+        assert tx.to_pandas()["timestamp"].tolist() == list(want)
+        assert tx.report.timestamp_format == fmt
+        assert f"(parsed with {fmt})" in tx.report.format()
+    same = _dates(["01/01/2011 10:00", "02/02/2011 11:00"])  # read alike: no ambiguity
+    tx = load_transactions(_csv(same, tmp_path), SIMPLE)
+    assert tx.to_pandas()["timestamp"].tolist() == [pd.Timestamp("2011-01-01 10:00"),
+                                                    pd.Timestamp("2011-02-02 11:00")]
+
+
+# --------------------------------------------------------------------------- encodings
+
+
+def test_utf16_csv_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    df = pd.DataFrame({"c": ["Zoë", "b"], "t": ["2021-01-01", "2021-01-02"], "v": [1.0, 2.0]})
+    for name in ("u16.csv", "u16.csv.gz"):
+        path = tmp_path / name
+        df.to_csv(path, index=False, encoding="utf-16", sep="\t")
+        got = load_transactions(path, SIMPLE).to_pandas()
+        assert got["customer_id"].tolist() == ["Zoë", "b"]
+        assert got["amount"].tolist() == [1.0, 2.0]
+
+
+@pytest.mark.parametrize("encoding", ["cp1252", "latin-1", "utf-16-be"])
+def test_a_csv_that_is_not_utf8_says_how_to_convert_it(encoding: str, tmp_path: Path) -> None:
+    df = pd.DataFrame({"c": ["a", "Zoë"], "t": ["2021-01-01", "2021-01-02"], "v": [1.0, 2.0]})
+    path = tmp_path / "sales.csv"
+    path.write_bytes(("\ufeff" if encoding == "utf-16-be" else "").encode(encoding)
+                     + df.to_csv(index=False).encode(encoding))
+    msg = _error(path, SIMPLE)
+    assert "sales.csv" in msg and "not UTF-8" in msg
+    assert "iconv -f" in msg and "-t UTF-8" in msg and "encoding=" in msg
+    assert "valid file of that type" not in msg
+    if encoding == "utf-16-be":
+        assert "UTF-16 big-endian" in msg and "iconv -f UTF-16 " in msg
+    else:
+        assert "line 3 holds bytes that are not UTF-8" in msg
+
+
+# --------------------------------------------------------------------------- pandas types
+
+
+def test_decimal_objects_from_read_sql_are_numbers() -> None:
+    """pd.read_sql gives NUMERIC as decimal.Decimal objects; DuckDB typed the column from a
+    sample (DECIMAL(3, 2) for '1.50') and failed on a wider value further down."""
+    from decimal import Decimal
+
+    n = 5000
+    df = pd.DataFrame({
+        "c": [*range(n - 2), None, 1],  # the row without a price has no customer either
+        "t": "2021-01-01",
+        "price": [Decimal("1.50")] * (n - 2) + [None, Decimal("123456.78")],
+        "qty": [Decimal("2")] * n,
+        "other": [Decimal("1.5")] * (n - 1) + ["x"],  # not mapped: left alone
+    })
+    tx = load_transactions(df, SIMPLE.with_overrides(amount="price"))
+    got = tx.to_pandas()
+    assert got["amount"].dtype == "float64" and got["amount"].iloc[-1] == 123456.78
+    assert tx.report.rows_dropped == {"missing customer_id": 1}
+    got = load_transactions(df, SIMPLE.with_overrides(amount="qty * Price")).to_pandas()
+    assert got["amount"].sum() == 3.0 * (n - 2) + 2 * 123456.78
+    from features.contract import _decimals_as_floats
+
+    plain = user_log()
+    assert _decimals_as_floats(plain, list(plain.columns)) is plain  # no copy
+
+
+def test_a_data_frame_that_cannot_be_read_is_not_called_a_file() -> None:
+    n = 5000
+    df = pd.DataFrame({"c": np.arange(n), "t": "2021-01-01",
+                       "v": pd.Series([1] * (n - 1) + ["x"], dtype=object)})
+    msg = _error(df, SIMPLE)
+    assert "could not read pandas DataFrame" in msg and "file" not in msg
+    assert "one type" in msg
+
+
+# --------------------------------------------------------------------------- amount size
+
+
+def test_amounts_the_money_type_cannot_hold_are_an_error(tmp_path: Path) -> None:
+    """features/engine.py sums money as DECIMAL(18, 6): an amount of 10^12 or more failed
+    in feature building with DuckDB's ConversionException; checked at load."""
+    df = pd.DataFrame({
+        "c": [1, 2, 3, 4, 5],
+        "t": "2021-01-01",
+        "Unit Price": [1.01e10, 5.0, -2e12, 999_999_999_999.99, np.nan],
+        "Qty": [100, 1, 1, 1, 1],
+    })
+    msg = _error(df.iloc[:4], SIMPLE.with_overrides(amount="Unit Price"))
+    assert "column 'Unit Price' (amount): 1 of 4 rows with a customer id have an amount of " \
+        "10^12 or more" in msg
+    assert "row 3: '-2000000000000.0'" in msg
+    assert "below 10^12 per order" in msg and "--amount '\"Unit Price\" / 100'" in msg
+    msg = _error(_csv(df, tmp_path), SIMPLE.with_overrides(amount='Qty * "Unit Price"'))
+    assert "amount 'Qty * \"Unit Price\"' (amount): 2 of 5 rows" in msg
+    assert "row 1: Qty='100', Unit Price='10100000000.0'; row 3: Qty='1'" in msg
+    assert "--amount '(Qty * \"Unit Price\") / 100'" in msg
+    assert "row 5: Qty='1', Unit Price=(empty)" in msg  # the missing amount, beside it
+    tx = load_transactions(df.iloc[[1, 3]], SIMPLE.with_overrides(amount="Unit Price"))
+    assert tx.to_pandas()["amount"].max() == 999_999_999_999.99
+    build_features(tx, "2021-02-01")  # the money type holds it
