@@ -61,7 +61,13 @@ import sqlglot
 from ibis.backends.duckdb import Backend as DuckDBBackend
 from sqlglot import exp
 
-from features.config import CONTRACT_COLUMNS, MAPPING_FLAGS, ColumnMapping, FeatureConfig
+from features.config import (
+    CONTRACT_COLUMNS,
+    MAPPING_FLAGS,
+    REQUIRED_COLUMNS,
+    ColumnMapping,
+    FeatureConfig,
+)
 
 __all__ = [
     "DataValidationError",
@@ -296,13 +302,15 @@ def load_transactions(
 
     ``mapping`` is a `ColumnMapping`, a dict with the same keys (contract column -> your
     column), the path of a YAML file of them, or None when the data already uses the
-    contract's names.
+    contract's names: then every contract column the source has by its exact name is
+    mapped, the optional ones (``order_id``, ``product_id``, ...) included.
 
     Raises `DataValidationError` naming the source, the column, examples and row numbers,
     and what to do, for: a missing file or unknown file type, missing columns, a bad amount
     expression, an empty source, no rows with a customer id, unparseable or missing
     timestamps, non-numeric or missing amounts and non-numeric quantity/discount.
     """
+    by_contract_names = mapping is None
     mapping = ColumnMapping.coerce(mapping)
     if backend is None and isinstance(source, ibis.Table):
         backend = _ibis_owner(source)  # query the table where it lives
@@ -311,6 +319,9 @@ def load_transactions(
     disable_progress_bar(raw)
     raw.execute("SET TimeZone = 'UTC'")  # naive text timestamps are read as UTC (unchanged)
     src = _open_source(con, source, table, mapping)
+    if by_contract_names:  # the optional contract columns it has too, not only the three
+        mapping = mapping.with_overrides(**{c: c for c in CONTRACT_COLUMNS
+                                            if c not in REQUIRED_COLUMNS and c in src.types})
     clean = _view_name("clean")
     done = False
     try:

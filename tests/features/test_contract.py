@@ -1001,3 +1001,22 @@ def test_amounts_the_money_type_cannot_hold_are_an_error(tmp_path: Path) -> None
     tx = load_transactions(df.iloc[[1, 3]], SIMPLE.with_overrides(amount="Unit Price"))
     assert tx.to_pandas()["amount"].max() == 999_999_999_999.99
     build_features(tx, "2021-02-01")  # the money type holds it
+
+
+def test_without_a_mapping_every_contract_column_present_is_mapped():
+    """mapping=None means the data uses the contract's names: the optional columns it has
+    (order_id, product_id, ...) are mapped as well, not only the three required ones."""
+    df = pd.DataFrame({
+        "customer_id": ["a", "a", "b"],
+        "timestamp": pd.to_datetime(["2021-01-04", "2021-01-04", "2021-01-05"]),
+        "amount": [1.0, 2.0, 3.0],
+        "order_id": ["o1", "o1", "o2"],
+        "product_id": ["p1", "p2", "p1"],
+        "Order_ID": ["x", "y", "z"],  # not a contract name: not mapped
+    })
+    report = load_transactions(df).report
+    assert list(report.columns) == ["customer_id", "timestamp", "amount", "order_id",
+                                    "product_id"]
+    assert report.orders == 2
+    bare = load_transactions(df, ColumnMapping()).report  # an explicit mapping is as given
+    assert list(bare.columns) == ["customer_id", "timestamp", "amount"]
