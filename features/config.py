@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -161,6 +161,8 @@ class ColumnMapping(BaseModel):
         }
 
 
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
+
 #: The longest span in days a horizon or window may have (100 years): beyond it date
 #: arithmetic overflows, and no customer log needs it.
 MAX_DAYS = 36_500
@@ -193,17 +195,22 @@ class FeatureConfig(BaseModel):
 
     @classmethod
     def of(cls, config: FeatureConfig | Mapping[str, Any] | None) -> FeatureConfig:
-        """``config`` as a FeatureConfig: itself, the defaults for None, or one made from a
-        dict of its fields (``{"churn_horizon_days": 30}``), as every function that takes a
-        config accepts."""
-        if config is None:
-            return cls()
-        if isinstance(config, cls):
-            return config
-        if isinstance(config, Mapping):
-            return cls(**config)
-        raise TypeError(f"config must be a FeatureConfig or a dict of its fields, not "
-                        f"{type(config).__name__}")
+        """``config`` as a FeatureConfig (`as_config`): every function that takes a config
+        accepts a dict of its fields too (``{"churn_horizon_days": 30}``)."""
+        return as_config(cls, config)
+
+
+def as_config(cls: type[ConfigT], config: ConfigT | Mapping[str, Any] | None) -> ConfigT:
+    """``config`` as a ``cls`` (a pydantic config class): itself, the defaults for None, or
+    one made from a dict of its fields."""
+    if config is None:
+        return cls()
+    if isinstance(config, cls):
+        return config
+    if isinstance(config, Mapping):
+        return cls(**config)
+    raise TypeError(f"config must be a {cls.__name__} or a dict of its fields, not "
+                    f"{type(config).__name__}")
 
 
 def _pydantic_message(exc: ValidationError) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.config import ColumnMapping
+from features.config import ColumnMapping, as_config
 from features.contract import (
     DataValidationError,
     Transactions,
@@ -287,14 +287,7 @@ def _warn_if_under_a_year(tx: Transactions, as_of: pd.Timestamp) -> None:
 def _train_config(config: TrainConfig | Mapping[str, Any] | None) -> TrainConfig:
     """``config`` as a TrainConfig: itself, the defaults for None, or one made from a dict
     of its fields (``{"features": {"churn_horizon_days": 30}, "num_threads": 1}``)."""
-    if config is None:
-        return TrainConfig()
-    if isinstance(config, TrainConfig):
-        return config
-    if isinstance(config, Mapping):
-        return TrainConfig(**config)
-    raise TypeError(f"config must be a TrainConfig or a dict of its fields, not "
-                    f"{type(config).__name__}")
+    return as_config(TrainConfig, config)
 
 
 def _check_repeat_buyers(tx: Transactions, as_of: pd.Timestamp) -> None:
