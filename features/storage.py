@@ -26,12 +26,7 @@ def check_output_path(path: str | Path) -> Path:
     (checked by creating and removing an empty file there: permission bits do not tell for
     root, read-only mounts, immutable folders or /proc). Cheap; commands call it before
     doing any work, and it leaves nothing behind."""
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(
-            f"cannot write {path}: it is a folder, not a file; give a file name "
-            f"(e.g. {path / 'features.parquet'}) or remove the folder"
-        )
+    path = _refuse_folder(Path(path))
     folder = path.parent
     while not os.path.lexists(folder) and folder != folder.parent:
         folder = folder.parent
@@ -47,6 +42,15 @@ def check_output_path(path: str | Path) -> Path:
             f"cannot write {path}: no file can be created in {folder} ({exc.strerror}); "
             f"choose another path or fix the folder's permissions"
         ) from None
+    return path
+
+
+def _refuse_folder(path: Path) -> Path:
+    if path.is_dir():
+        raise ValueError(
+            f"cannot write {path}: it is a folder, not a file; give a file name "
+            f"(e.g. {path / 'features.parquet'}) or remove the folder"
+        )
     return path
 
 
@@ -91,7 +95,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise ValueError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         yield tmp
-        check_output_path(path)  # a folder made meanwhile: say so, not IsADirectoryError
+        _refuse_folder(path)  # a folder made meanwhile: say so, not IsADirectoryError
         with contextlib.suppress(FileNotFoundError):
             os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))  # replacing: keep its mode
         os.replace(tmp, path)

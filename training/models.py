@@ -179,13 +179,13 @@ def check_source_columns(models: Sequence[tuple[ChurnModel | ValueModel, str]],
         extra = [c for c in have if c not in trained]
         said = []
         if missing:
-            said.append(f"{_listed(missing)} {'is' if len(missing) == 1 else 'are'} not "
+            said.append(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not "
                         f"mapped for {data}")
         if extra:
-            said.append(f"{_listed(extra)} {'is' if len(extra) == 1 else 'are'} mapped for "
+            said.append(f"{', '.join(extra)} {'is' if len(extra) == 1 else 'are'} mapped for "
                         f"{data} but {'was' if len(extra) == 1 else 'were'} not in training")
         flags = ", ".join(f"{MAPPING_FLAGS[c]} (YAML key {c}:)" for c in missing)
-        trained_with = (f"with {_listed(trained)} mapped" if trained else
+        trained_with = (f"with {', '.join(trained)} mapped" if trained else
                         "without order_id, product_id, category or discount")
         raise ValueError(
             f"{source} was trained on data {trained_with}; {' and '.join(said)}. Features "
@@ -193,10 +193,6 @@ def check_source_columns(models: Sequence[tuple[ChurnModel | ValueModel, str]],
             f"mean what the model learned. Score with the same mapping as training"
             + (f" ({flags})" if flags else "") + f", or {fix[0].lower()}{fix[1:]}"
         )
-
-
-def _listed(names: Sequence[str]) -> str:
-    return ", ".join(names)
 
 
 def check_same_feature_settings(churn: ChurnModel, value: ValueModel, churn_from: str,
