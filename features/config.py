@@ -11,6 +11,7 @@ lookback windows of the behavioural features.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -218,8 +219,10 @@ def _pydantic_message(exc: ValidationError) -> str:
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "mapping"
         if err["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(loc, list(ColumnMapping.model_fields), n=1)
+            guess = f"did you mean '{close[0]}'? " if close else ""
             parts.append(
-                f"unknown key '{loc}' (allowed: {', '.join(ColumnMapping.model_fields)})"
+                f"unknown key '{loc}' ({guess}allowed: {', '.join(ColumnMapping.model_fields)})"
             )
         else:
             parts.append(f"{loc}: {err['msg']}")

@@ -68,6 +68,7 @@ from features.config import (
     ColumnMapping,
     FeatureConfig,
 )
+from features.engine import MONEY_LIMIT  # amounts must be below it in absolute value
 
 __all__ = [
     "DataValidationError",
@@ -106,9 +107,6 @@ _FORMAT_SNIFF_ROWS = 20_480
 #: customer id texts that mean "no customer id" (compared trimmed and lower-cased): what
 #: pandas, R, spreadsheets and SQL exports write for a missing value
 _MISSING_IDS = ("", "nan", "na", "n/a", "null", "none", "<na>")
-#: amounts must be below this in absolute value: features/engine.py sums money as
-#: DECIMAL(18, 6), which holds values below 10^12, and fails on a larger order
-_MONEY_LIMIT = 10**12
 _counter = itertools.count(1)
 
 
@@ -1188,7 +1186,7 @@ def _plan(
     scaled = f"({amount_label}) / 100" if "amount" not in resolved else (
         f"{_ident(amount_label)} / 100"
     )
-    too_big = f"isfinite({{a}}) AND abs({{a}}) >= {_MONEY_LIMIT}"
+    too_big = f"isfinite({{a}}) AND abs({{a}}) >= {MONEY_LIMIT}"
     checks = [
         _Column(
             "amount", amount_label, amount_sql, amount_raw, check="size",

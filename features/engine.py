@@ -30,6 +30,9 @@ from features.registry import feature_definitions
 
 #: The type money is aggregated in (exact, hence order-independent, sums).
 MONEY = idt.Decimal(18, 6)
+#: The smallest amount the money type cannot hold: the loader refuses rows this large, and
+#: an order summing to it is refused when features run (`features.pipeline._money_fits`).
+MONEY_LIMIT = 10**12
 
 
 def cutoff_day(cutoff: pd.Timestamp) -> dt.date:

@@ -27,6 +27,7 @@ from features.contract import (
 )
 from features.engine import (
     MONEY,
+    MONEY_LIMIT,
     SharedWork,
     _order_key,
     customer_features,
@@ -81,10 +82,49 @@ def _typed(df: pd.DataFrame, config: FeatureConfig) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
+@contextlib.contextmanager
+def _money_fits(tx: Transactions) -> Iterator[None]:
+    """Turn the engine's error for an order worth 10^12 or more into a clear one.
+
+    The loader refuses single amounts of 10^12 or more; an order summed from smaller rows
+    can still reach it, and the exact money type (`features.engine.MONEY`) cannot hold
+    it. DuckDB only says "Casting value ... to type DECIMAL(18,6) failed"; the message
+    here names the orders (one more query, on the error path only)."""
+    import duckdb
+
+    try:
+        yield
+    except duckdb.ConversionException as exc:
+        if "DECIMAL(18,6)" not in str(exc):
+            raise
+        t = tx.table
+        amount = t.amount.cast("float64")
+        sums = t.group_by(["customer_id", _order_key(t).name("order")]).aggregate(
+            bought=ibis.ifelse(amount > 0, amount, 0).sum(),
+            returned=ibis.ifelse(amount < 0, -amount, 0).sum(),
+        )
+        big = tx.backend.execute(
+            sums.filter((sums.bought >= MONEY_LIMIT) | (sums.returned >= MONEY_LIMIT))
+            .order_by(["customer_id", "order"]).limit(3)
+        )
+        examples = ", ".join(
+            f"customer {r.customer_id} order {r.order} ({max(r.bought, r.returned):,.0f})"
+            for r in big.itertuples()
+        )
+        raise DataValidationError(
+            f"{tx.report.source}: orders whose rows sum to 10^12 or more in amount, e.g. "
+            f"{examples or 'none found by a second query'}. lifecast sums money exactly "
+            f"and refuses orders that large: check the amount column or expression (a "
+            f"quantity read as a price, or amounts in a minor unit, give such totals) and "
+            f"the order_id mapping (an order_id shared by many orders sums them into one)"
+        ) from None
+
+
 def _fetch(tx: Transactions, expr: ibis.Table | Sequence[ibis.Table]) -> pa.Table:
     """Run ``expr`` (or several, whose results are stacked as Arrow tables, no copy)."""
     exprs = [expr] if isinstance(expr, ibis.Table) else list(expr)
-    return pa.concat_tables([tx.backend.to_pyarrow(e) for e in exprs])
+    with _money_fits(tx):
+        return pa.concat_tables([tx.backend.to_pyarrow(e) for e in exprs])
 
 
 def _arrow_to_pandas(table: pa.Table) -> pd.DataFrame:
@@ -131,7 +171,9 @@ def _shared_work(tx: Transactions, n_cutoffs: int) -> Iterator[SharedWork | None
 
     def temp(expr: ibis.Table, kind: str) -> ibis.Table:
         names.append(_view_name(kind))
-        backend.con.execute(f"CREATE TEMP TABLE {_q(names[-1])} AS {backend.compile(expr)}")
+        with _money_fits(tx):
+            backend.con.execute(f"CREATE TEMP TABLE {_q(names[-1])} AS "
+                                f"{backend.compile(expr)}")
         return backend.table(names[-1])
 
     try:

@@ -56,7 +56,12 @@ def test_from_yaml_unknown_key_names_it_and_the_allowed_keys(tmp_path: Path) -> 
         ColumnMapping.from_yaml(path)
     msg = str(info.value)
     assert str(path) in msg and "unknown key 'customer'" in msg
+    assert "did you mean 'customer_id'?" in msg
     assert "customer_id" in msg and "timestamp_format" in msg
+    path.write_text("zzz: CustomerID\n")  # nothing close: no guess
+    with pytest.raises(ValueError) as info:
+        ColumnMapping.from_yaml(path)
+    assert "unknown key 'zzz' (allowed: customer_id" in str(info.value)
 
 
 def test_from_yaml_rejects_a_list_bad_yaml_and_a_missing_file(tmp_path: Path) -> None:

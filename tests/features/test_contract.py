@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from features import build_features
+from features import build_features, build_snapshots
 from features.config import ColumnMapping, FeatureConfig
 from features.contract import (
     DataValidationError,
@@ -1001,6 +1001,30 @@ def test_amounts_the_money_type_cannot_hold_are_an_error(tmp_path: Path) -> None
     tx = load_transactions(df.iloc[[1, 3]], SIMPLE.with_overrides(amount="Unit Price"))
     assert tx.to_pandas()["amount"].max() == 999_999_999_999.99
     build_features(tx, "2021-02-01")  # the money type holds it
+
+
+def test_an_order_summing_past_the_money_type_is_a_clear_error():
+    """Each row is below 10^12, so the load accepts them; the order they make is not, and
+    features (one cutoff, or several sharing their order lines) name it instead of raising
+    DuckDB's cast error."""
+    df = pd.DataFrame({
+        "customer_id": ["a", "a", "b", "a", "b"],
+        "timestamp": pd.to_datetime(["2020-01-01", "2020-01-01", "2020-01-02", "2020-02-01",
+                                     "2020-02-03"]),
+        "amount": [6e11, 6e11, 5.0, 1.0, 2.0],
+        "order_id": ["o1", "o1", "o2", "o3", "o4"],
+    })
+    tx = load_transactions(df)
+    for build in (lambda: build_features(tx, "2020-03-01"),
+                  lambda: build_snapshots(tx, ["2020-01-15", "2020-03-01"])):
+        with pytest.raises(DataValidationError) as info:
+            build()
+        msg = str(info.value)
+        assert msg.startswith("pandas DataFrame: orders whose rows sum to 10^12 or more")
+        assert "customer a order o1 (1,200,000,000,000)" in msg and "order o2" not in msg
+        assert "DECIMAL" not in msg and "check the amount column" in msg
+    df.loc[1, "amount"] = 3e11  # 9e11: held exactly
+    assert build_features(df, "2020-03-01").loc[0, "max_order_value"] == 9e11
 
 
 def test_without_a_mapping_every_contract_column_present_is_mapped():
