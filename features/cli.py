@@ -123,7 +123,7 @@ def validate_cmd(*, source: str, table: str | None, mapping: ColumnMapping) -> N
     from features.contract import load_transactions
 
     tx = load_transactions(source, mapping, table=table)
-    typer.echo(tx.report.format())
+    typer.echo(tx.report.format(duplicates=True))
 
 
 @app.command("build")

@@ -177,6 +177,8 @@ class ValidationReport:
     first_purchase: pd.Timestamp | None = None
     #: (customers, orders), or a `_Counts` that queries them when first read
     counts: Any = field(default=(0, 0), repr=False, compare=False)
+    #: (duplicate rows,), or a `_Counts` that queries it when first read
+    duplicates: Any = field(default=(0,), repr=False, compare=False)
 
     @property
     def customers(self) -> int:
@@ -188,6 +190,15 @@ class ValidationReport:
         """Distinct (customer_id, order_id) pairs, or customer-days without an order_id."""
         return self._counts()[1]
 
+    @property
+    def duplicate_rows(self) -> int:
+        """Kept rows identical to an earlier kept row in every mapped column (counted on
+        first read, by one grouping of every row: `lifecast features validate` prints it,
+        building features never reads it). They are kept: the same line twice in an order
+        can be real, but a log appended to itself doubles every customer's history."""
+        d = self.duplicates
+        return (d.get() if isinstance(d, _Counts) else tuple(d))[0]
+
     def _counts(self) -> tuple[int, int]:
         return self.counts.get() if isinstance(self.counts, _Counts) else tuple(self.counts)
 
@@ -195,7 +206,7 @@ class ValidationReport:
         """JSON-ready dict (timestamps as ISO 8601 strings)."""
         out: dict[str, Any] = {}
         for f in fields(self):
-            if f.name == "counts":
+            if f.name in ("counts", "duplicates"):  # duplicates: only when asked for
                 continue
             out[f.name] = copy.deepcopy(getattr(self, f.name))
             if f.name == "rows_kept":
@@ -206,8 +217,9 @@ class ValidationReport:
             out["first_purchase"] = pd.Timestamp(self.first_purchase).isoformat()
         return out
 
-    def format(self) -> str:
-        """Human-readable multi-line report."""
+    def format(self, duplicates: bool = False) -> str:
+        """Human-readable multi-line report; with ``duplicates``, also the kept rows that
+        repeat an earlier one in every mapped column (`duplicate_rows`: one more query)."""
         order_note = (
             "distinct customer_id, order_id"
             if "order_id" in self.columns
@@ -230,6 +242,8 @@ class ValidationReport:
             f"  customers      {self.customers:>12,}  (customer_id is {self.customer_id_type})",
             f"  orders         {self.orders:>12,}  ({order_note})",
             f"  return rows    {self.return_rows:>12,}  (amount < 0, kept)",
+            *([f"  duplicate rows {self.duplicate_rows:>12,}  (kept: equal to an earlier row "
+               f"in every mapped column)"] if duplicates else []),
             f"  first event    {pd.Timestamp(self.first_event)}",
             f"  last event     {pd.Timestamp(self.last_event)}",
             "  columns",
@@ -361,6 +375,7 @@ def load_transactions(
         first_purchase=(None if stats["first_purchase"] is None
                         else pd.Timestamp(stats["first_purchase"])),
         counts=_Counts(lambda: _count_customers_orders(raw, name, "order_id" in report_cols)),
+        duplicates=_Counts(lambda: _count_duplicates(raw, name, list(report_cols))),
     )
     return Transactions(table=con.table(name), report=report, backend=con, is_view=src.reread)
 
@@ -1693,6 +1708,15 @@ def _count_customers_orders(raw: Any, table: str, has_order_id: bool) -> tuple[i
         f"SELECT count(customer_id), coalesce(sum(n_orders), 0) FROM ("
         f"SELECT customer_id, count(DISTINCT {key}) AS n_orders FROM {_q(table)} "
         f"GROUP BY customer_id)"
+    ).fetchall()[0]
+
+
+def _count_duplicates(raw: Any, table: str, columns: Sequence[str]) -> tuple[int]:
+    """(rows of the contract table identical to an earlier row in every column,)."""
+    cols = ", ".join(_q(c) for c in sorted(columns))
+    return raw.execute(
+        f"SELECT coalesce(sum(n - 1), 0) FROM (SELECT count(*) AS n FROM {_q(table)} "
+        f"GROUP BY {cols})"
     ).fetchall()[0]
 
 

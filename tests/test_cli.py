@@ -71,6 +71,7 @@ def test_validate_prints_the_report(sales_csv):
     res = runner.invoke(app, ["features", "validate", "-t", str(sales_csv), *MAP])
     assert res.exit_code == 0, res.output
     assert "rows read" in res.output and "customers" in res.output
+    assert "duplicate rows" in res.output
 
 
 def test_features_list_is_the_registry():

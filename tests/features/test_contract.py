@@ -195,6 +195,22 @@ def test_report_counts_and_rendering(tmp_path: Path) -> None:
     assert tx.table.columns == tuple(expected_contract().columns)
 
 
+def test_duplicate_rows_are_counted_only_when_asked_and_kept() -> None:
+    """Rows equal to an earlier row in every mapped column: a log appended to itself."""
+    twice = pd.concat([user_log(), user_log().iloc[:3], user_log().iloc[[0, 4]]])
+    tx = load_transactions(twice, MAPPING)
+    r = tx.report
+    assert "duplicate rows" not in r.format() and "duplicate_rows" not in r.to_dict()
+    assert r.rows_kept == 5 + 3 + 1 and r.duplicate_rows == 4  # row 0 thrice: 2 copies
+    assert f"\n  duplicate rows {4:>12}  (kept: equal to an earlier row" in r.format(
+        duplicates=True)
+    assert load_transactions(user_log(), MAPPING).report.duplicate_rows == 0
+    # the row without a customer id (4) is dropped, its copy too: not counted. A column
+    # left unmapped does not count: rows differing only there are duplicates
+    unmapped = user_log().assign(line=range(6))
+    assert load_transactions(pd.concat([unmapped, unmapped]), MAPPING).report.duplicate_rows == 5
+
+
 def test_orders_are_customer_days_without_order_id() -> None:
     df = user_log()
     tx = load_transactions(df, MAPPING.model_copy(update={"order_id": None}))
