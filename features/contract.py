@@ -47,7 +47,6 @@ import glob as globlib
 import itertools
 import re
 import threading
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -69,6 +68,7 @@ from features.config import (
     FeatureConfig,
 )
 from features.engine import MONEY_LIMIT  # amounts must be below it in absolute value
+from features.warn import warn
 
 __all__ = [
     "DataValidationError",
@@ -468,12 +468,11 @@ def check_cutoff(
         )
     gap = cut - last
     if gap > pd.Timedelta(days=config.stale_after_days):
-        warnings.warn(
+        warn(
             f"cutoff {cut.date()} is {gap.days} days after the last event in {report.source} "
             f"({last}); the data may be stale (more than {config.stale_after_days} days old), "
             f"so every customer will look churned. Load newer data or use an earlier cutoff.",
             StaleDataWarning,
-            stacklevel=2,
         )
     return cut
 

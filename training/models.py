@@ -33,7 +33,6 @@ import gc
 import json
 import logging
 import math
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +51,7 @@ from features.registry import (
     recorded_definitions,
     source_columns,
 )
+from features.warn import warn
 from training.baseline import BaselineCLV
 from training.treeshap import NotTabulable, TreeContributions
 
@@ -249,9 +249,8 @@ def add_baseline_features(frame: pd.DataFrame, config: FeatureConfig, *,
         except ValueError as exc:
             # e.g. an early snapshot with too few repeat buyers: its baseline features
             # stay missing (LightGBM treats NaN as missing) and the user is told.
-            warnings.warn(
+            warn(
                 f"baseline features left empty at cutoff {pd.Timestamp(cut).date()}: {exc}",
-                stacklevel=2,
             )
             continue
         if fitted is not None:

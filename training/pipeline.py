@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +40,7 @@ from features.pipeline import (
 )
 from features.registry import source_columns
 from features.segments import RFMSegmenter
+from features.warn import warn
 from training.metrics import churn_metrics, compare_table, value_metrics
 from training.models import (
     ChurnModel,
@@ -275,12 +275,11 @@ def _warn_if_under_a_year(tx: Transactions, as_of: pd.Timestamp) -> None:
     first = pd.Timestamp(tx.report.first_event).normalize()
     history = (as_of - first).days
     if history < 365:
-        warnings.warn(
+        warn(
             f"the data before {as_of.date()} covers {history} days (from {first.date()}), "
             f"less than a year: seasonal swings (a holiday peak, a summer lull) cannot be "
             f"learned, so predictions for a window over one can be off by more than the "
             f"backtest on other windows shows",
-            stacklevel=3,
         )
 
 
@@ -415,11 +414,10 @@ def _warn_if_p_alive_is_flat(p_alive: np.ndarray) -> None:
     no information; ``churn_probability`` is the churn estimate to use."""
     known = p_alive[~np.isnan(p_alive)]
     if len(known) > 1 and known.min() > 1 - 1e-6:
-        warnings.warn(
+        warn(
             f"p_alive is 1 for all {len(known):,} customers: the BG/NBD baseline finds no "
             f"dropout in this data, so p_alive carries no information here; use "
             f"churn_probability (the lifecast model) to rank customers by risk",
-            stacklevel=2,
         )
 
 

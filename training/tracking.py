@@ -72,6 +72,7 @@ from mlflow.types import ColSpec, Schema
 
 from features.config import FeatureConfig
 from features.registry import DEFINITIONS_KEY, feature_names, recorded_definitions
+from features.warn import warn
 from training.metrics import brier, normalized_gini, roc_auc
 from training.models import (
     BASELINE_FEATURES,
@@ -751,7 +752,7 @@ def _log_plots(result: TrainResult, folder: Path) -> None:
             ax.set_title(f"{name.split('_')[0]}: {ax.get_title()}")
             plots.save_figure(ax, folder / f"{name}.png")
         except Exception as exc:  # a plot must not lose the run
-            warnings.warn(f"plot {name} was not drawn: {exc}", RuntimeWarning, stacklevel=3)
+            warn(f"plot {name} was not drawn: {exc}", RuntimeWarning)
             skipped.append(name)
         finally:
             for number in set(plt.get_fignums()) - open_before:  # ours, drawn or half-drawn
@@ -1123,11 +1124,10 @@ def _warn_if_horizon_changes(client: MlflowClient, kind: str, new: str, old: str
     days = [client.get_run(client.get_model_version(name, v).run_id).data.params.get(param)
             for v in (new, old)]
     if None not in days and days[0] != days[1]:
-        warnings.warn(
+        warn(
             f"{name} v{new} predicts a {days[0]}-day horizon, the champion it replaces (v{old}) "
             f"{days[1]} days: after the next `lifecast score` the served "
             f"{'churn probabilities' if kind == 'churn' else 'values'} cover {days[0]} days",
-            stacklevel=2,
         )
 
 
