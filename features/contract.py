@@ -68,6 +68,7 @@ from features.config import (
     FeatureConfig,
 )
 from features.engine import MONEY_LIMIT  # amounts must be below it in absolute value
+from features.urls import driver_hint, masked_url
 from features.warn import warn
 
 __all__ = [
@@ -516,10 +517,15 @@ def _new_backend() -> DuckDBBackend:
     (dropped temporary tables, finished hash tables) stayed in its allocator while pandas
     allocated the result beside it: 12 snapshots over 10M rows peaked at 6.7 GB instead
     of 4.8 GB. A backend the caller passes in is left as configured. (Only a saving: where
-    the platform's DuckDB refuses the setting, it runs without it.)"""
+    the platform's DuckDB refuses the setting, it runs without it.)
+
+    It never downloads an extension (``autoinstall_known_extensions``): a ``duckdb:///``
+    URL that names a SQLite file made DuckDB fetch its SQLite scanner from the internet.
+    Nothing lifecast reads needs an extension that is not built in."""
     import duckdb
 
     con = ibis.duckdb.connect()
+    con.con.execute("SET autoinstall_known_extensions = false")
     with contextlib.suppress(duckdb.Error):
         con.con.execute("SET allocator_background_threads = true")
     return con
@@ -570,12 +576,32 @@ def _no_table(table: str | None, what: str) -> None:
         )
 
 
+def _refuse_sqlite_file(path: Path, text: str, table: str | None) -> None:
+    """A SQLite database given as a path (or as a duckdb:/// URL) is read through its URL:
+    say which one, instead of "unknown file type" or a DuckDB error."""
+    try:
+        with open(path, "rb") as f:
+            is_sqlite = f.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        return
+    if is_sqlite:
+        flag = f" --table {table}" if table else " --table <name>"
+        raise DataValidationError(
+            f"{text} is a SQLite database: read it as "
+            f"--transactions sqlite:///{path.expanduser().resolve()}{flag} (in Python, the "
+            f"URL with table=)",
+            source=text,
+        )
+
+
 def _open_path(con: DuckDBBackend, text: str, table: str | None) -> _Source:
     path = Path(text).expanduser()
     lower = path.name.lower()
     is_glob = any(ch in text for ch in "*?[")
     if lower.endswith(_DUCKDB_SUFFIXES):
         return _open_duckdb_file(con, str(path), table, text)
+    if not is_glob and path.is_file():
+        _refuse_sqlite_file(path, text, table)
     _no_table(table, f"the file {text}")
     if is_glob or path.is_dir():
         pattern = str(path / "**" / "*.parquet") if path.is_dir() else text
@@ -629,7 +655,8 @@ _READ_ADVICE = {
 def _read_error(label: str, exc: Exception, kind: str = "file") -> DataValidationError:
     """DuckDB's (or a driver's) error reading ``label``, first line only (the rest repeats
     the reader's options), with what to check for a source of this ``kind``."""
-    text = str(exc).strip()
+    cause = _driver_error(exc) if kind == "database" else None
+    text = str(cause if cause is not None else exc).strip()
     first = text.splitlines()[0] if text else type(exc).__name__
     if "not utf-8 encoded" in text.lower():  # the reason is on the second line
         line = re.search(r"on Line: (\d+)", text)
@@ -637,6 +664,21 @@ def _read_error(label: str, exc: Exception, kind: str = "file") -> DataValidatio
         return _not_utf8(label, where)
     return DataValidationError(f"could not read {label}: {first}. {_READ_ADVICE[kind]}",
                                source=label)
+
+
+def _driver_error(exc: BaseException) -> BaseException | None:
+    """The database driver's own error behind ``exc`` (pandas and SQLAlchemy wrap it and
+    put the SQL first, e.g. "Execution failed on sql 'SELECT ...'" before "permission
+    denied for table sales"), or None."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        orig = getattr(e, "orig", None)  # sqlalchemy.exc.DBAPIError
+        if isinstance(orig, BaseException):
+            return orig
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _not_utf8(label: str, where: str = "", encoding: str = "CP1252") -> DataValidationError:
@@ -815,7 +857,7 @@ def _open_pandas(
 ) -> _Source:
     if not all(isinstance(c, str) for c in df.columns):
         df = df.rename(columns=str)  # cheap: shares the data
-    df = _decimals_as_floats(df, _mapped_columns(mapping, list(df.columns)))
+    df = _decimals_as_floats(df, _mapped_columns(mapping, list(df.columns)) or [])
     name = _view_name("pandas")
     con.con.register(name, df)
     labels = None if isinstance(df.index, pd.RangeIndex) and df.index.start == 0 else df.index
@@ -832,19 +874,30 @@ def _open_pandas(
     )
 
 
-def _mapped_columns(mapping: ColumnMapping, names: Sequence[str]) -> list[str]:
+def _mapped_columns(mapping: ColumnMapping, names: Sequence[str], *,
+                    all_or_none: bool = False) -> list[str] | None:
     """The columns of ``names`` the mapping uses, including those an amount expression
-    names (an expression that does not parse names none here: `_plan` reports it)."""
-    used = []
+    names, each once. A column not found is left out (`_plan` reports it); with
+    ``all_or_none``, the result is then None, meaning "read them all", so that the error
+    can list every column the source has."""
+    used: list[str] = []
     for contract, user in mapping.present().items():
         col = _resolve(user, names)
         if col is None and contract == "amount":
-            with contextlib.suppress(sqlglot.errors.SqlglotError):
+            try:
                 tree = sqlglot.parse_one(user, read="duckdb")
-                used += [c for n in tree.find_all(exp.Column) if (c := _resolve(n.name, names))]
+            except sqlglot.errors.SqlglotError:
+                tree = None
+            cols = [] if tree is None else [_resolve(n.name, names)
+                                            for n in tree.find_all(exp.Column)]
+            if all_or_none and (not cols or None in cols):
+                return None
+            used += [c for c in cols if c is not None]
         elif col is not None:
             used.append(col)
-    return used
+        elif all_or_none:
+            return None
+    return list(dict.fromkeys(used))
 
 
 def _decimals_as_floats(df: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
@@ -925,9 +978,10 @@ def _open_duckdb_file(con: DuckDBBackend, path: str, table: str | None, label: s
             f"table='name' (--table name)",
             source=label,
         )
-    full = f"duckdb://{path} table {table}"
+    full = f"{label} table {table}"
     if not Path(path).exists():
         raise DataValidationError(f"{path} does not exist; check the path", source=full)
+    _refuse_sqlite_file(Path(path), label, table)
     alias = _view_name("db")
     raw = con.con
     try:
@@ -989,11 +1043,10 @@ def _open_sqlalchemy(
 
     try:
         engine = sa.create_engine(url)
-        shown = engine.url.render_as_string(hide_password=True)
+        shown = masked_url(engine.url)
     except Exception as exc:  # bad URL or missing driver
         raise DataValidationError(
-            f"cannot open database URL {url.split('@')[-1]!r}: {exc}. Check the URL and that "
-            f"its driver is installed (e.g. pip install 'lifecast[postgres]').",
+            f"cannot open database URL {masked_url(url)!r}: {exc}. {driver_hint(url)}",
         ) from None
     if table is None:
         raise DataValidationError(
@@ -1008,15 +1061,21 @@ def _open_sqlalchemy(
         raise DataValidationError(f"{missing} does not exist; check the path", source=label)
     schema, name = _split_table(table)
     try:
-        names = sa.inspect(engine).get_table_names(schema=schema)
-        names += sa.inspect(engine).get_view_names(schema=schema)
+        inspector = sa.inspect(engine)
+        names = inspector.get_table_names(schema=schema) + inspector.get_view_names(schema=schema)
+        with contextlib.suppress(NotImplementedError):  # PostgreSQL and Oracle have them
+            names += inspector.get_materialized_view_names(schema=schema)
         if name not in names:
             raise DataValidationError(
                 f"{shown} has no table {table!r}; its tables are: "
                 f"{', '.join(sorted(names)) or '(none)'}. Pass one of them as table= (--table).",
                 source=label,
             )
-        df = pd.read_sql_table(name, engine, schema=schema)
+        # only the columns the mapping reads (a wide table costs memory for nothing); all of
+        # them when one is not found, so that the error lists what the table has
+        have = [c["name"] for c in inspector.get_columns(name, schema=schema)]
+        df = pd.read_sql_table(name, engine, schema=schema,
+                               columns=_mapped_columns(mapping, have, all_or_none=True))
     except DataValidationError:
         raise
     except Exception as exc:

@@ -115,6 +115,7 @@ logger = logging.getLogger("lifecast.serving")
 SERVICE_NAME = "lifecast"
 CHURN_MODEL_ENV = "LIFECAST_CHURN_MODEL"
 CLV_MODEL_ENV = "LIFECAST_CLV_MODEL"
+#: training.store.STORE_URL_ENV, repeated so that this module does not import SQLAlchemy
 STORE_URL_ENV = "LIFECAST_STORE_URL"
 MAX_BODY_ENV = "LIFECAST_MAX_BODY_BYTES"
 STORE_CHECK_ENV = "LIFECAST_STORE_CHECK_SECONDS"
@@ -350,8 +351,7 @@ class Runtime:
         from training.store import CustomerStore
 
         models = load_models(churn_folder, clv_folder, versions)
-        url = os.environ.get(STORE_URL_ENV) or CustomerStore.default_url(".")
-        store = CustomerStore(url)
+        store = CustomerStore(CustomerStore.configured_url())
         _log_settings(store)
         return cls(models, store, AuditLog())
 

@@ -179,7 +179,7 @@ def serve_command(
     if workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
     env = dict(os.environ if base_env is None else base_env)
-    env[STORE_URL_ENV] = store or env.get(STORE_URL_ENV) or CustomerStore.default_url(".")
+    env[STORE_URL_ENV] = CustomerStore.configured_url(store or env.get(STORE_URL_ENV))
     env[KEYS_FILE_ENV] = str(Path(keys_file or default_keys_path()).expanduser().resolve())
     env[AUDIT_LOG_ENV] = str(Path(audit_log or default_audit_path()).expanduser().resolve())
     for kind, var in (("churn", CHURN_MODEL_ENV), ("clv", CLV_MODEL_ENV)):

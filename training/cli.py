@@ -243,12 +243,14 @@ def register(app: typer.Typer) -> None:
     def score_cmd(
         *, source: str, table: str | None, mapping: ColumnMapping, as_of: AsOf = None,
         store: Annotated[str | None, typer.Option(
-            help="Customer store URL (default sqlite:///./lifecast_store.db).")] = None,
+            help="Customer store URL (default: $LIFECAST_STORE_URL, else "
+                 "sqlite:///./lifecast_store.db).")] = None,
     ) -> None:
         """Score every customer with the champions into the customer store.
 
         The champions come from this folder's MLflow store (./mlflow.db) or
-        MLFLOW_TRACKING_URI; the customer store is ./lifecast_store.db unless --store."""
+        MLFLOW_TRACKING_URI; the customer store is --store, else LIFECAST_STORE_URL, else
+        ./lifecast_store.db (the service reads the same one)."""
         from training.scoring import score, scores_summary
         from training.tracking import configure
 

@@ -91,8 +91,14 @@ def score(
     table: str | None = None,
 ) -> ScoreResult:
     """Score every customer with the champion models (or ``models``) and write the batch
-    into the customer store (default: ``lifecast_store.db`` in the working folder)."""
-    store = CustomerStore(store_url or CustomerStore.default_url())
+    into the customer store (default: ``$LIFECAST_STORE_URL``, else ``lifecast_store.db`` in
+    the working folder, as for the service: `CustomerStore.configured_url`)."""
+    store = CustomerStore(CustomerStore.configured_url(store_url))
+    if store.in_memory:
+        raise ValueError(
+            f"the customer store {store.safe_url} is an in-memory database: the scores would "
+            f"be lost when this command ends. Give a file, e.g. "
+            f"--store {CustomerStore.default_url()}")
     try:
         store.check_reachable()  # before the work, not after it
         if models is None:

@@ -54,7 +54,6 @@ import contextlib
 import logging
 import math
 import os
-import re
 import secrets
 import threading
 import time
@@ -73,6 +72,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
 from features.registry import DEFINITIONS_KEY, DEFINITIONS_VERSION
+from features.urls import driver_hint, masked_url
 
 __all__ = [
     "DEFAULT_KEEP_BATCHES",
@@ -139,6 +139,8 @@ _LOOKUP_CHUNK = 1024
 #: Batches whose constants `CustomerStore.lookup` keeps (few are current in a process' life).
 _BATCH_CACHE = 4
 _STORE_FILE = "lifecast_store.db"
+#: The environment variable that names the store for `lifecast score` and the service alike.
+STORE_URL_ENV = "LIFECAST_STORE_URL"
 EMPTY_STORE_MESSAGE = "no scores yet: run `lifecast score` first"
 
 
@@ -209,14 +211,6 @@ _SUMMARY_COLUMNS = ("segment", "customers", "mean_churn_probability", "total_val
 
 
 # -- small helpers -----------------------------------------------------------------------------
-
-_PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
-
-
-def _mask(url: str) -> str:
-    """A URL string with any password replaced by ***, also when it does not parse."""
-    return _PASSWORD_IN_URL.sub(r"\1***@", url)
-
 
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, np.generic):
@@ -442,6 +436,13 @@ class CustomerStore:
         """``sqlite:///<absolute workdir>/lifecast_store.db``."""
         return f"sqlite:///{(Path(workdir).expanduser().resolve() / _STORE_FILE).as_posix()}"
 
+    @classmethod
+    def configured_url(cls, url: str | None = None, workdir: str | Path = ".") -> str:
+        """``url`` when given, else ``$LIFECAST_STORE_URL``, else `default_url`: the one rule
+        `lifecast score`, `lifecast serve` and the service follow, so that what is scored
+        is what is served."""
+        return url or os.environ.get(STORE_URL_ENV) or cls.default_url(workdir)
+
     @staticmethod
     def _parse_url(url: str | URL) -> URL:
         if isinstance(url, URL):
@@ -455,7 +456,7 @@ class CustomerStore:
                 if "://" not in text:
                     hint = f"; for a file, use sqlite:///{Path(text).expanduser().resolve()}"
                 raise ValueError(
-                    f"invalid customer store URL {_mask(text)!r}: expected a SQLAlchemy URL "
+                    f"invalid customer store URL {masked_url(text)!r}: expected a SQLAlchemy URL "
                     f"such as sqlite:///path/to/{_STORE_FILE} or "
                     f"postgresql+psycopg://user:password@host:5432/db{hint}"
                 ) from e
@@ -467,11 +468,22 @@ class CustomerStore:
 
     @property
     def safe_url(self) -> str:
-        """The URL with its password hidden (for messages and logs)."""
-        return self._url.render_as_string(hide_password=True)
+        """The URL with its passwords hidden (for messages and logs)."""
+        return masked_url(self._url)
 
     def __repr__(self) -> str:
         return f"CustomerStore({self.safe_url!r})"
+
+    @property
+    def in_memory(self) -> bool:
+        """An in-memory SQLite database: gone when this process ends."""
+        if not self._is_sqlite:
+            return False
+        database = self._url.database or ""
+        if database.startswith("file:"):  # a URI: memory only when it says so
+            return (database.startswith("file::memory:") or "mode=memory" in database
+                    or self._url.query.get("mode") == "memory")
+        return self._sqlite_path is None
 
     @property
     def _is_sqlite(self) -> bool:
@@ -500,16 +512,19 @@ class CustomerStore:
             else:
                 engine = sa.create_engine(self._url, pool_pre_ping=True)
         except (ModuleNotFoundError, sa_exc.NoSuchModuleError) as e:
-            hint = (" (install it with: pip install 'lifecast[postgres]')"
-                    if self._url.get_backend_name() == "postgresql" else "")
-            raise StoreError(f"cannot use the customer store at {self.safe_url}: the "
-                             f"database driver is not installed: {e}{hint}") from e
+            if self._url.get_backend_name() == "duckdb":
+                raise StoreError(
+                    f"cannot use {self.safe_url} as the customer store: it is a SQLAlchemy "
+                    f"database (SQLite or PostgreSQL); DuckDB files are read as input only. "
+                    f"Use sqlite:///path/{_STORE_FILE}") from e
+            raise StoreError(f"cannot use the customer store at {self.safe_url}: {e}. "
+                             f"{driver_hint(self._url)}") from e
         except sa_exc.ArgumentError as e:
             raise ValueError(f"invalid customer store URL {self.safe_url}: {e}") from e
         return engine
 
     def _create_sqlite_engine(self) -> Engine:
-        memory = self._sqlite_path is None and not (self._url.database or "").startswith("file:")
+        memory = self.in_memory
         kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 60}}
         if memory:  # one shared connection, or every connection would see its own database
             kwargs["poolclass"] = StaticPool
@@ -588,8 +603,15 @@ class CustomerStore:
     def _ensure_schema(self) -> None:
         if self._schema_ready:
             return
-        with self._transaction(write=True) as conn:
-            _metadata.create_all(conn, checkfirst=True)
+        try:
+            with self._transaction(write=True) as conn:
+                _metadata.create_all(conn, checkfirst=True)
+        except (sa_exc.IntegrityError, sa_exc.ProgrammingError):
+            # another writer created the tables between our check and our CREATE (PostgreSQL
+            # refuses the loser with a unique violation in its catalog, or "already
+            # exists"): they are there now, which a second pass checks
+            with self._transaction(write=True) as conn:
+                _metadata.create_all(conn, checkfirst=True)
         self._schema_ready = True
 
     def _has_schema(self, conn: Connection) -> bool:
@@ -687,9 +709,13 @@ class CustomerStore:
                 self._insert_rows(conn, _scores, prepared.score_rows(batch_no, start, stop))
                 self._insert_rows(conn, _details, prepared.detail_rows(batch_no, start, stop))
             switched = {"batch_no": batch_no, "switched_at": _utcnow().isoformat()}
-            if conn.execute(_current.update().where(_current.c.id == 1).values(switched)
-                            ).rowcount == 0:
-                conn.execute(_current.insert().values(id=1, **switched))
+            point = _current.update().where(_current.c.id == 1).values(switched)
+            if conn.execute(point).rowcount == 0:  # the store's first batch
+                try:
+                    with conn.begin_nested():  # a savepoint: a failed INSERT keeps the rest
+                        conn.execute(_current.insert().values(id=1, **switched))
+                except sa_exc.IntegrityError:  # another first batch committed the row first
+                    conn.execute(point)
         logger.info("customer store %s: batch %s current (%d customers, %.1f s)",
                     self.safe_url, batch_id, prepared.n, time.perf_counter() - started)
         try:  # the new batch is current and complete: housekeeping must not fail the write

@@ -575,6 +575,39 @@ def test_database_sources_need_an_existing_table(tmp_path: Path) -> None:
     assert "only for database sources" in _error(user_log(), table="sales")
 
 
+def test_database_urls_get_the_right_driver_advice_and_hide_passwords() -> None:
+    msg = _error("postgresql+psycopg2://u:s3cret@localhost/db?password=t0ken", table="sales")
+    assert "lifecast installs psycopg 3, not psycopg2" in msg
+    assert "s3cret" not in msg and "t0ken" not in msg and "u:***@localhost" in msg
+    assert "SQLAlchemy knows no database kind 'foo'" in _error("foo://x/y", table="sales")
+
+
+def test_a_sqlite_file_given_as_a_path_is_pointed_to_its_url(tmp_path: Path) -> None:
+    """As a path or a duckdb:/// URL, a SQLite file got "unknown file type" or DuckDB
+    fetching its SQLite scanner from the internet; now the message gives the URL to use.
+    That URL then reads the table."""
+    _sqlite(user_log(), tmp_path)
+    db = tmp_path / "shop.db"
+    want = f"--transactions sqlite:///{db} --table sales"
+    assert want in _error(str(db), table="sales")
+    assert want in _error(f"duckdb:///{db}", table="sales")
+    assert "--table <name>" in _error(str(db))
+    assert load_transactions(f"sqlite:///{db}", MAPPING, table="sales").report.rows_read == 6
+
+
+def test_a_database_table_is_read_by_its_mapped_columns_only() -> None:
+    from features.contract import _mapped_columns
+
+    have = ["InvoiceNo", "StockCode", "Qty", "Unit Price", "CustomerID", "InvoiceDate", "Note"]
+    assert _mapped_columns(MAPPING, have, all_or_none=True) == [
+        "CustomerID", "InvoiceDate", "Unit Price", "Qty", "InvoiceNo", "StockCode"]
+    # a column not found: read them all, so that the error lists what the table has
+    assert _mapped_columns(MAPPING, have[1:], all_or_none=True) is None
+    assert _mapped_columns(MAPPING, have[:2] + have[3:], all_or_none=True) is None
+    assert _mapped_columns(MAPPING, have[1:]) == [
+        "CustomerID", "InvoiceDate", "Unit Price", "Qty", "StockCode"]
+
+
 # --------------------------------------------------------------------------- cutoffs
 
 

@@ -92,3 +92,28 @@ def test_score_refuses_data_mapped_without_the_columns_the_models_were_trained_o
     # a model saved before the columns were recorded is not checked
     fewer.churn.source_columns_ = fewer.value.source_columns_ = None
     assert len(score(demo_data_path(), bare, store_url=url, models=fewer).scores) > 0
+
+
+def test_score_writes_where_the_service_reads(demo_train_result, tmp_path, monkeypatch) -> None:
+    """Without --store, `score` writes to $LIFECAST_STORE_URL, as `lifecast serve` and the
+    service read it; an in-memory store, whose scores vanish with the process, is refused."""
+    from features import DEMO_MAPPING, demo_data_path
+    from training.scoring import score
+    from training.store import CustomerStore
+
+    monkeypatch.chdir(tmp_path)
+    url = f"sqlite:///{tmp_path}/shared/store.db"
+    monkeypatch.setenv("LIFECAST_STORE_URL", url)
+    assert CustomerStore.configured_url() == url
+    result = score(demo_data_path(), DEMO_MAPPING, models=demo_train_result.models)
+    assert result.store_url == url and not (tmp_path / "lifecast_store.db").exists()
+    store = CustomerStore(url)
+    assert store.get_customers(list(result.scores["customer_id"][:3])) is not None
+    store.close()
+    monkeypatch.delenv("LIFECAST_STORE_URL")
+    assert CustomerStore.configured_url() == CustomerStore.default_url(tmp_path)
+    for memory in ("sqlite://", "sqlite:///:memory:"):
+        with pytest.raises(ValueError, match="is an in-memory database: the scores would be "
+                                             "lost when this command ends"):
+            score(demo_data_path(), DEMO_MAPPING, store_url=memory,
+                  models=demo_train_result.models)

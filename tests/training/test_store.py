@@ -25,6 +25,7 @@ from training.store import (
     SCORE_COLUMNS,
     CustomerStore,
     EmptyStoreError,
+    StoreError,
     StoreUnavailableError,
     _scores,
 )
@@ -358,6 +359,31 @@ def test_url_errors_hide_passwords(tmp_path: Path, unreachable_postgres) -> None
     store.close()
 
 
+def test_passwords_in_query_parameters_are_hidden_too() -> None:
+    store = CustomerStore("postgresql+psycopg://u:one@h:5432/db?application_name=x&password=two"
+                          "&sslpassword=three&passfile=/etc/pgpass")
+    shown = store.safe_url
+    assert "one" not in shown and "two" not in shown and "three" not in shown
+    assert shown.startswith("postgresql+psycopg://u:***@h:5432/db?")
+    assert "password=***" in shown and "sslpassword=***" in shown and "application_name=x" in shown
+    assert "passfile=" in shown and "pgpass" in shown  # a path, not a secret
+
+
+def test_unusable_store_urls_say_what_to_use() -> None:
+    with pytest.raises(StoreError) as info:
+        CustomerStore("duckdb:///scores.duckdb").check_reachable()
+    assert "DuckDB files are read as input only" in str(info.value)
+    assert "sqlite:///path/lifecast_store.db" in str(info.value)
+    with pytest.raises(StoreError, match="SQLAlchemy knows no database kind 'foo'"):
+        CustomerStore("foo://x").check_reachable()
+    with pytest.raises(StoreError, match=r"lifecast installs psycopg 3, not psycopg2: write the "
+                                         r"URL as postgresql\+psycopg://"):
+        CustomerStore("postgresql+psycopg2://u@localhost/db").check_reachable()
+    assert CustomerStore("sqlite://").in_memory and CustomerStore("sqlite:///:memory:").in_memory
+    assert CustomerStore("sqlite:///file:x?mode=memory&uri=true").in_memory
+    assert not CustomerStore("sqlite:///x.db").in_memory
+
+
 def test_failed_write_leaves_previous_batch_current(tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     url = CustomerStore.default_url(tmp_path)
@@ -624,3 +650,38 @@ def test_readers_never_see_a_mix_postgres(pg_store: CustomerStore,
 @pytest.mark.slow
 def test_read_snapshot_survives_switch_and_prune_postgres(pg_store: CustomerStore) -> None:
     check_read_snapshot_survives_switch_and_prune(pg_store.url)
+
+
+@pytest.mark.slow
+def test_first_writes_racing_to_create_the_tables_postgres(pg_server: str) -> None:
+    """Several `lifecast score` runs into a new PostgreSQL store at once: each creates the
+    tables if missing, and PostgreSQL's catalog refuses the losers of that race with a unique
+    violation (not "already exists"). Every write must still succeed."""
+    import threading
+
+    url = _pg_helper().create_database(pg_server)
+    n = 6
+    start = threading.Barrier(n)
+    errors: list[BaseException] = []
+
+    def first_write(i: int) -> None:
+        store = CustomerStore(url)
+        try:
+            start.wait()
+            write(store, *make_batch([f"c{i}"], seed=i))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            store.close()
+
+    threads = [threading.Thread(target=first_write, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    store = CustomerStore(url)
+    batches = store.batches()  # pruning raced too: at least keep_batches are left
+    assert store.keep_batches <= len(batches) <= n and batches["is_current"].sum() == 1
+    assert len(store.get_customers([f"c{i}" for i in range(n)])[0]) == 1
+    store.close()
