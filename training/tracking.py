@@ -943,7 +943,8 @@ def _decide(client: MlflowClient, kind: str, result: TrainResult, promote: str
             ) -> dict[str, Any]:
     """Compare the new settings with the current champion's on this run's evaluation
     snapshot, each fit as if today were the evaluation cutoff (`_refit_score`), and
-    decide whether the new version becomes champion: when it scores better, or, with the
+    decide whether the new version becomes champion: when it scores better and was not
+    trained on older data than the champion, or, with the
     same settings (equal scores by construction), when it was trained on later data, or
     when the champion was trained on other feature definitions than this lifecast computes
     (it can no longer score)."""
@@ -1004,8 +1005,17 @@ def _decide(client: MlflowClient, kind: str, result: TrainResult, promote: str
             better = new[metric] > old[metric] and not math.isclose(
                 new[metric], old[metric], rel_tol=1e-9, abs_tol=1e-12)
             cmp = f"{metric} {a} {'>' if better else '<='} {b}"
-        promoted = promote == "always" or (promote == "auto" and better)
+        # better settings trained on older data than the champion's: the model itself
+        # knows less recent behaviour, so auto keeps the champion and says how to promote
+        older = bool(champion_as_of) and (pd.Timestamp(result.models.as_of)
+                                          < pd.Timestamp(champion_as_of))
+        promoted = promote == "always" or (promote == "auto" and better and not older)
         message = f"{cmp} (champion: its settings fit at the evaluation cutoff on this run's data)"
+        if better and older:
+            message += (f", but this run was trained as of "
+                        f"{pd.Timestamp(result.models.as_of):%Y-%m-%d}, before the champion "
+                        f"(as of {champion_as_of[:10]}): train these settings on the newer data "
+                        f"to promote them (or --promote always)")
     if promote == "auto":
         prefix = "promoted" if promoted else f"kept champion v{cv}"
     elif promote == "always":

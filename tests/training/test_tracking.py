@@ -417,6 +417,27 @@ def test_a_better_model_is_promoted_and_the_champion_is_rescored(
     assert _aliases("churn") == {"champion": first_run.versions["churn"]}
 
 
+def test_better_settings_trained_on_older_data_do_not_replace_the_champion(
+        first_run, trained, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Better settings win the comparison (both fit at the evaluation cutoff), but a model
+    trained a month before the champion would replace it with staler knowledge: auto keeps
+    the champion and says how to promote the settings."""
+    monkeypatch.setattr(tracking, "_log_plots", lambda result, folder: None)
+    worse, bad_auc = _with_bad_churn_model(trained)  # weak settings, as of AS_OF
+    weak = tracking.log_training(worse, source="synthetic", promote="always")
+    earlier = train(_transactions(), as_of="2023-12-01", config=trained.models.config)
+    run = tracking.log_training(earlier, source="synthetic")  # promote="auto"
+    decision = run.decision["churn"]
+    assert decision["new"]["roc_auc"] > decision["champion"]["roc_auc"]
+    assert run.promoted["churn"] is False
+    assert decision["message"].startswith(f"kept champion v{weak.versions['churn']}: roc_auc ")
+    assert decision["message"].endswith(
+        f"but this run was trained as of 2023-12-01, before the champion (as of {AS_OF}): "
+        f"train these settings on the newer data to promote them (or --promote always)")
+    assert _aliases("churn") == {"champion": weak.versions["churn"]}
+    assert tracking.promote_run(first_run.run_id) == first_run.versions
+
+
 def test_the_same_settings_trained_on_later_data_replace_the_champion(
         first_run, trained, monkeypatch: pytest.MonkeyPatch) -> None:
     """A scheduled retrain (the champion's settings, a later as-of date) scores the same as
