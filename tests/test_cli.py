@@ -86,6 +86,13 @@ def test_unknown_run_id_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     res = runner.invoke(app, ["promote", "--run", "0123456789abcdef"])
+    assert res.exit_code == 2  # no store yet: said, and none is made
+    assert "no MLflow tracking store at MLFLOW_TRACKING_URI" in res.output
+    assert not (tmp_path / "mlflow.db").exists()
+    from training.tracking import configure
+
+    configure(tmp_path)  # an empty store
+    res = runner.invoke(app, ["promote", "--run", "0123456789abcdef"])
     assert res.exit_code == 2
     assert "no registered models come from run 0123456789abcdef" in res.output
 
@@ -350,7 +357,17 @@ def test_no_mlflow_info_lines_on_a_new_store(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     res = runner.invoke(app, ["models"])
     assert res.exit_code == 2
+    assert not (tmp_path / "elsewhere.db").exists()  # a command that reads makes no store
+    assert res.output.splitlines() == [
+        f"error: no MLflow tracking store at MLFLOW_TRACKING_URI: {tmp_path / 'elsewhere.db'} "
+        f"does not exist. Run `lifecast train` in this folder first, or set "
+        f"MLFLOW_TRACKING_URI to the store that holds the models (`lifecast demo` keeps its "
+        f"own: MLFLOW_TRACKING_URI=sqlite:///lifecast_work/mlflow.db)"]
+    from training.tracking import configure
+
+    configure(tmp_path)  # an empty store, made at MLFLOW_TRACKING_URI
     assert (tmp_path / "elsewhere.db").is_file()
+    res = runner.invoke(app, ["models"])
     assert res.output.splitlines() == [
         f"error: no models registered yet in {uri}: run `lifecast train` first"]
 
@@ -560,6 +577,9 @@ def test_score_checks_the_customer_store_before_scoring(sales_csv, tmp_path, mon
     are loaded or anything is scored (the MLflow store here has no models at all)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    from training.tracking import configure
+
+    configure(tmp_path)
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     res = runner.invoke(app, ["score", "-t", str(sales_csv), *MAP,

@@ -179,16 +179,12 @@ def register(app: typer.Typer) -> None:
         Uses the events before --as-of. The new versions become the champions as --promote
         says (auto: only where they beat the current champion on this run's evaluation
         snapshot)."""
-        import os
-
-        from features.storage import check_output_path
         from training.pipeline import train
-        from training.tracking import check_promote, configure, log_training
+        from training.tracking import check_promote, check_tracking_store, configure, log_training
 
         check_promote(promote, "--promote")  # before the training, not after it
         config = train_config(churn_h, clv_h, threads)  # bad flags fail before anything
-        if not os.environ.get("MLFLOW_TRACKING_URI"):
-            check_output_path(Path("mlflow.db"))  # the store can be made here: say so now
+        check_tracking_store(".")  # the store can be written: say so before the fit
         tune_run = None
         if tune:  # the trials are runs in the store: it is made first
             from training.tuning import last_tune_run_id, tune_config
@@ -272,8 +268,14 @@ def register(app: typer.Typer) -> None:
         """Make the models registered by a run the champions.
 
         In this folder's MLflow store (./mlflow.db) or MLFLOW_TRACKING_URI."""
-        from training.tracking import champion_versions, configure, promote_run
+        from training.tracking import (
+            champion_versions,
+            check_tracking_store,
+            configure,
+            promote_run,
+        )
 
+        check_tracking_store(".", create=False, write=True)  # promote sets the aliases
         configure(".", create=False)
         before = champion_versions()
         changed = False

@@ -171,6 +171,7 @@ mlflow.models.set_model(LifecastModel("{kind}"))
 '''
 
 _last_set_uri: str | None = None  # the URI `configure` set (it also lands in the environment)
+_last_was_users = False  # ... and whether it came from the user's MLFLOW_TRACKING_URI
 
 
 class NoChampionError(LookupError):
@@ -255,27 +256,84 @@ def configure(workdir: Path | str = ".", experiment: str = DEFAULT_EXPERIMENT, *
     ``promote``): a missing default store raises `LookupError` naming the file, instead of
     leaving an empty ``mlflow.db`` behind in whatever folder the command ran in.
     """
-    global _last_set_uri
-    env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
-    # mlflow.set_tracking_uri exports the URI to the environment for subprocesses, so an
-    # environment value equal to what we set last is ours, not the user's.
-    if env and env != _last_set_uri:
-        uri = env
-    else:
-        folder = Path(workdir).expanduser().resolve()
-        if not create and not (folder / "mlflow.db").is_file():
-            raise LookupError(
-                f"no MLflow tracking store here: {folder / 'mlflow.db'} does not exist. Run "
-                f"`lifecast train` in this folder first, or set MLFLOW_TRACKING_URI to the "
-                f"store that holds the models (`lifecast demo` keeps its own: "
-                f"MLFLOW_TRACKING_URI=sqlite:///lifecast_work/mlflow.db)"
-            )
-        folder.mkdir(parents=True, exist_ok=True)
-        uri = f"sqlite:///{folder / 'mlflow.db'}"
+    global _last_set_uri, _last_was_users
+    users = _user_tracking_uri() is not None
+    uri = check_tracking_store(workdir, create=create)
+    if not users:
+        Path(workdir).expanduser().resolve().mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
-    _last_set_uri = uri
+    _last_set_uri, _last_was_users = uri, users
     _experiment_id(experiment)
     return uri
+
+
+def _user_tracking_uri() -> str | None:
+    """``MLFLOW_TRACKING_URI`` when the user set it. mlflow.set_tracking_uri exports the URI
+    to the environment for subprocesses, so a value equal to what we set last is ours,
+    unless we took it from there (a second `configure` in one process, as ``train --tune``
+    makes, must not fall back to the working folder's store)."""
+    env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if not env:
+        return None
+    return env if env != _last_set_uri or _last_was_users else None
+
+
+def check_tracking_store(workdir: Path | str = ".", *, create: bool = True,
+                         write: bool | None = None) -> str:
+    """The tracking URI `configure` will use, checked before any work: ``MLFLOW_TRACKING_URI``
+    or ``<workdir>/mlflow.db``. Creates nothing.
+
+    Raises `LookupError` when a SQLite store does not exist and ``create`` is False (the
+    commands that only use models: ``models``, ``promote``, ``score``), and `ValueError`
+    when it cannot be written and ``write`` (default: ``create``) is True, or when the URI
+    is a folder: MLflow 3 refuses its file store. MLflow itself reports these only after
+    minutes of retries, or after a whole fit."""
+    write = create if write is None else write
+    uri = _user_tracking_uri()
+    if uri is None:
+        uri = f"sqlite:///{Path(workdir).expanduser().resolve() / 'mlflow.db'}"
+        where = "here"
+    else:
+        where = "at MLFLOW_TRACKING_URI"
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+    if scheme in ("", "file"):
+        folder = uri.split("://", 1)[-1]
+        raise ValueError(
+            f"MLFLOW_TRACKING_URI={uri} is a folder (MLflow's file store), which MLflow 3 "
+            f"no longer opens: use a SQLite file, e.g. "
+            f"MLFLOW_TRACKING_URI=sqlite:///{Path(folder).expanduser().resolve() / 'mlflow.db'}"
+        )
+    db = _sqlite_file(uri)
+    if db is None:  # a server, or SQLite in memory: MLflow reports its own errors
+        return uri
+    if not db.is_file() and not create:
+        raise LookupError(
+            f"no MLflow tracking store {where}: {db} does not exist. Run `lifecast train` "
+            f"in this folder first, or set MLFLOW_TRACKING_URI to the store that holds the "
+            f"models (`lifecast demo` keeps its own: "
+            f"MLFLOW_TRACKING_URI=sqlite:///lifecast_work/mlflow.db)"
+        )
+    if write:
+        from features.storage import check_output_path
+
+        try:
+            check_output_path(db)
+            if db.is_file() and not os.access(db, os.R_OK | os.W_OK):
+                raise ValueError(f"cannot write {db}: the file is read-only")
+        except ValueError as exc:
+            raise ValueError(f"the MLflow tracking store {where} cannot be written: {exc}"
+                             ) from None
+    return uri
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI, else None."""
+    if not uri.lower().startswith("sqlite:///"):
+        return None
+    db = uri[len("sqlite:///"):].split("?", 1)[0]
+    if not db or db == ":memory:":
+        return None
+    return Path(db).expanduser()
 
 
 def _ensure_configured() -> None:
@@ -285,12 +343,8 @@ def _ensure_configured() -> None:
 
 def _sqlite_artifact_location(uri: str) -> str | None:
     """``file:`` URI of ``mlartifacts`` beside a SQLite database file; None for other stores."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    db = uri[len("sqlite:///"):].split("?", 1)[0]
-    if not db or db == ":memory:":
-        return None
-    return (Path(db).resolve().parent / "mlartifacts").as_uri()
+    db = _sqlite_file(uri)
+    return None if db is None else (db.resolve().parent / "mlartifacts").as_uri()
 
 
 def _experiment_id(name: str) -> str:

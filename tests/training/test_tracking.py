@@ -167,6 +167,39 @@ def test_configure(store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     assert tracking.configure(tmp_path / "elsewhere") == uri
     assert not (tmp_path / "elsewhere").exists()
+    # and again in the same process (train --tune configures twice): still the user's
+    assert tracking.configure(tmp_path / "elsewhere") == uri
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_tracking_stores_that_cannot_work_are_refused_before_any_work(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder URI (MLflow 3 refuses the file store), a SQLite file that cannot be
+    written, or one that does not exist for the commands that only use models: one clear
+    error, checked by creating nothing, instead of MLflow's retries and traceback after
+    the fit."""
+    monkeypatch.setattr(tracking, "_last_set_uri", None)
+    for folder_uri in (str(tmp_path), f"file://{tmp_path}"):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", folder_uri)
+        with pytest.raises(ValueError, match="is a folder \\(MLflow's file store\\), which "
+                                             "MLflow 3 no longer opens: use a SQLite file, e.g. "
+                                             f"MLFLOW_TRACKING_URI=sqlite:///{tmp_path}/mlflow.db"):
+            tracking.check_tracking_store()
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{blocker}/mlflow.db")
+    with pytest.raises(ValueError, match="the MLflow tracking store at MLFLOW_TRACKING_URI "
+                                         "cannot be written: cannot write .* is a file"):
+        tracking.check_tracking_store()
+    with pytest.raises(LookupError, match="no MLflow tracking store at MLFLOW_TRACKING_URI: "):
+        tracking.check_tracking_store(create=False)
+    fresh = f"sqlite:///{tmp_path}/new/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", fresh)
+    assert tracking.check_tracking_store() == fresh
+    assert not (tmp_path / "new").exists()  # nothing made
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    with pytest.raises(LookupError, match="no MLflow tracking store here: "):
+        tracking.check_tracking_store(tmp_path, create=False)
 
 
 def test_log_training_rejects_unknown_promote(store, trained) -> None:
