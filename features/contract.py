@@ -293,6 +293,31 @@ class Transactions:
         """The contract rows as a pandas DataFrame (same rows and columns as ``table``)."""
         return self.backend.execute(self.table)
 
+    def profile_before(self, cutoff: Any) -> dict[str, Any]:
+        """What a model trained as of ``cutoff`` read: the rows before it (rows, customers,
+        first and last event) and a digest of their content (one query).
+
+        The digest is the same for the same rows in any order and from any source, and
+        differs when a row before the cutoff does; rows at or after it do not change it.
+        It is DuckDB's 64-bit ``hash`` of each row, summed (a multiset hash: a duplicated
+        row counts twice), then SHA-256 with the column names; it may change with the
+        DuckDB version, not between runs of one."""
+        import hashlib
+
+        cut = parse_cutoff(cutoff)
+        cols = list(self.table.columns)
+        t = self.table
+        rows, customers, first, last, total = self.backend.con.execute(
+            f"SELECT count(*), count(DISTINCT customer_id), min(timestamp), max(timestamp), "
+            f"coalesce(sum(hash({', '.join(_q(c) for c in cols)})), 0) "
+            f"FROM ({self.backend.compile(t.filter(t.timestamp < cut.to_pydatetime()))})"
+        ).fetchall()[0]
+        digest = hashlib.sha256(f"{cols}|{rows}|{total}".encode()).hexdigest()[:16]
+        return {"rows": int(rows), "customers": int(customers),
+                "first_event": None if first is None else pd.Timestamp(first),
+                "last_event": None if last is None else pd.Timestamp(last),
+                "digest": digest}
+
 
 # --------------------------------------------------------------------------- public functions
 

@@ -86,6 +86,9 @@ class TrainResult:
     eval_models: dict[str, ChurnModel | ValueModel] = field(default_factory=dict)
     #: "churn" / "value": the training frame at the evaluation cutoff they were fit on
     eval_frames: dict[str, pd.DataFrame] = field(default_factory=dict)
+    #: the rows the run read (those before as_of): rows, customers, first_event,
+    #: last_event, digest (`features.contract.Transactions.profile_before`)
+    data_used: dict[str, Any] = field(default_factory=dict)
     #: wall seconds per stage of `train`, in the order run: load, training_frame,
     #: baseline_features, population, churn_fit, value_fit, segmenter_fit,
     #: evaluation_frame, evaluation_fit, evaluation
@@ -489,6 +492,7 @@ def train(
         _check_history(tx, as_of, config, evaluate=True)
         _warn_if_under_a_year(tx, as_of)
         _check_repeat_buyers(tx, as_of)
+        data_used = tx.profile_before(as_of)
     fcfg = config.features
     eval_cut = evaluation_cutoffs(tx.report.first_event, as_of, config)
     frame, population, models = _fit_as_of(tx, as_of, config, timings)
@@ -523,7 +527,8 @@ def train(
                                    "actual": yv, "model": v_model, "baseline": v_base}),
         }
     return TrainResult(models, frame, evaluation, preds, eval_cut, tx.report,
-                       eval_models=eval_models, eval_frames=eval_frames, timings=timings)
+                       eval_models=eval_models, eval_frames=eval_frames, data_used=data_used,
+                       timings=timings)
 
 
 def backtest(

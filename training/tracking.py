@@ -10,11 +10,14 @@ tracking URI yet.
 What a training run logs (`log_training`):
 
 * params: the `TrainConfig` flattened (``features.churn_horizon_days``, ``learning_rate``, ...),
-  the cutoff ``as_of``, the evaluation cutoffs and the data's source and date range;
-  ``config.json`` (the whole config) and ``data_report.json`` as artifacts;
-* the data as an MLflow dataset input (context ``training``): one row describing it (the
-  validation report and the training frame's shape), with a digest of the report's counts
-  and of the training frame's content, so the same data always has the same digest;
+  the cutoff ``as_of``, the evaluation cutoffs and the data's source, and what the run read
+  from it: the rows before ``as_of``, their customers and date range (``data.*``; the
+  source's own totals as ``data.source_*``); ``config.json`` (the whole config) and
+  ``data_report.json`` (the source's validation report) as artifacts;
+* the data as an MLflow dataset input (context ``training``): its source, the contract
+  schema and a profile of the same figures, with a digest of the rows before ``as_of``
+  (`features.contract.Transactions.profile_before`): the same rows give the same digest,
+  whatever horizons the run used and whatever the source holds after ``as_of``;
 * metrics: every evaluation metric of the model and of the BG/NBD baseline, named
   ``churn_roc_auc``, ``baseline_churn_roc_auc``, ``value_normalized_gini``, ...;
 * ``features.json`` (every model input with its description) and PNG plots under ``plots/``
@@ -614,20 +617,22 @@ def _dataset_source(source: str) -> DatasetSource:
         return _TextSource(source)
 
 
-def _data_digest(report: dict[str, Any], frame: pd.DataFrame) -> str:
-    """Deterministic digest of the data: the report's counts and dates (not where it was read
-    from) and the training frame's content."""
+def _data_digest(result: TrainResult) -> str:
+    """Digest of the rows the run trained on (those before as-of, whatever the source holds
+    after it: `Transactions.profile_before`); for a result made without that profile, of
+    the training frame's content."""
+    if result.data_used.get("digest"):
+        return str(result.data_used["digest"])
     h = hashlib.sha256()
-    h.update(json.dumps({k: v for k, v in report.items() if k != "source"},
-                        sort_keys=True, default=str).encode())
-    h.update(json.dumps([list(map(str, frame.columns)), list(frame.shape)]).encode())
-    h.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    h.update(json.dumps(list(map(str, result.frame.columns))).encode())
+    h.update(pd.util.hash_pandas_object(result.frame, index=False).to_numpy().tobytes())
     return h.hexdigest()[:16]
 
 
 def _log_params_and_data(result: TrainResult, source: str) -> None:
     models = result.models
     report = _report_dict(result.data_report)
+    used = {k: v for k, v in result.data_used.items() if v is not None}
     frame = result.frame
     cutoffs = sorted(pd.Timestamp(c) for c in frame["cutoff"].unique())
     params = _flatten(json.loads(models.config.model_dump_json()))
@@ -636,10 +641,13 @@ def _log_params_and_data(result: TrainResult, source: str) -> None:
         "eval_cutoff_churn": str(result.eval_cutoffs[EVAL_KEY["churn"]]),
         "eval_cutoff_clv": str(result.eval_cutoffs[EVAL_KEY["clv"]]),
         "data.source": source[:500],
-        "data.first_event": str(report.get("first_event", "")),
-        "data.last_event": str(report.get("last_event", "")),
-        "data.customers": str(report.get("customers", "")),
-        "data.rows": str(report.get("rows_kept", "")),
+        # what the run read: the rows before as-of (the source may hold later ones)
+        "data.first_event": str(used.get("first_event", report.get("first_event", ""))),
+        "data.last_event": str(used.get("last_event", report.get("last_event", ""))),
+        "data.customers": str(used.get("customers", report.get("customers", ""))),
+        "data.rows": str(used.get("rows", report.get("rows_kept", ""))),
+        "data.source_rows": str(report.get("rows_kept", "")),
+        "data.source_last_event": str(report.get("last_event", "")),
         "frame.rows": str(len(frame)),
         "frame.snapshots": str(len(cutoffs)),
     })
@@ -655,12 +663,15 @@ def _log_params_and_data(result: TrainResult, source: str) -> None:
         mlflow.log_dict({**report, "source": source}, "data_report.json")
 
     profile = {
-        "num_rows": report.get("rows_kept"),
-        "rows_read": report.get("rows_read"),
-        "customers": report.get("customers"),
-        "orders": report.get("orders"),
-        "first_event": str(report.get("first_event", "")),
-        "last_event": str(report.get("last_event", "")),
+        "num_rows": used.get("rows", report.get("rows_kept")),
+        "customers": used.get("customers", report.get("customers")),
+        "first_event": params["data.first_event"],
+        "last_event": params["data.last_event"],
+        "source_rows_read": report.get("rows_read"),
+        "source_rows": report.get("rows_kept"),
+        "source_customers": report.get("customers"),
+        "source_orders": report.get("orders"),
+        "source_last_event": params["data.source_last_event"],
         "as_of": params["as_of"],
         "training_frame_rows": int(len(frame)),
         "snapshots": len(cutoffs),
@@ -670,7 +681,7 @@ def _log_params_and_data(result: TrainResult, source: str) -> None:
     dataset = _TransactionsDataset(
         source=_dataset_source(source),
         name="transactions",
-        digest=_data_digest(report, frame),
+        digest=_data_digest(result),
         schema=_contract_schema(report),
         profile=profile,
     )

@@ -211,6 +211,33 @@ def test_duplicate_rows_are_counted_only_when_asked_and_kept() -> None:
     assert load_transactions(pd.concat([unmapped, unmapped]), MAPPING).report.duplicate_rows == 5
 
 
+def test_profile_before_a_cutoff_describes_and_digests_only_the_rows_before_it(
+        tmp_path: Path) -> None:
+    """What `train` logs as the data it read: the same rows before the cutoff give the same
+    digest in any order, from any source and with any rows after it; a change before the
+    cutoff changes it."""
+    cut = "2021-01-06"  # user_log: rows on Jan 4 (2), Jan 5; Jan 6, Jan 7 (no id), Feb 1
+    tx = load_transactions(user_log(), MAPPING)
+    profile = tx.profile_before(cut)
+    assert {k: profile[k] for k in ("rows", "customers", "first_event", "last_event")} == {
+        "rows": 3, "customers": 2, "first_event": pd.Timestamp("2021-01-04 10:00"),
+        "last_event": pd.Timestamp("2021-01-05 09:30")}
+    later = user_log().iloc[:3]  # only the rows before the cutoff
+    shuffled = user_log().iloc[[5, 2, 0, 4, 1, 3]]
+    for other in (later, shuffled, _parquet(user_log(), tmp_path)):
+        assert load_transactions(other, MAPPING).profile_before(cut)["digest"] == \
+            profile["digest"]
+    changed = user_log()
+    changed.loc[2, "Qty"] = 4
+    assert load_transactions(changed, MAPPING).profile_before(cut)["digest"] != \
+        profile["digest"]
+    assert tx.profile_before("2021-02-02")["digest"] != profile["digest"]
+    assert tx.profile_before("2020-01-01") == {"rows": 0, "customers": 0, "first_event": None,
+                                               "last_event": None,
+                                               "digest": tx.profile_before("2019-01-01")[
+                                                   "digest"]}
+
+
 def test_orders_are_customer_days_without_order_id() -> None:
     df = user_log()
     tx = load_transactions(df, MAPPING.model_copy(update={"order_id": None}))

@@ -235,17 +235,19 @@ def test_run_logs_params_metrics_data_and_plots(first_run, trained) -> None:
     assert {t.key: t.value for t in inp.tags}["mlflow.data.context"] == "training"
     described = json.loads(inp.dataset.profile)
     report = trained.data_report.to_dict()
-    assert described["num_rows"] == report["rows_kept"]
-    assert described["customers"] == report["customers"]
-    assert described["first_event"] == report["first_event"]
-    assert described["last_event"] == report["last_event"]
+    used = trained.data_used  # the rows before as-of: here the whole log
+    assert used["rows"] == report["rows_kept"] and used["customers"] == report["customers"]
+    assert described["num_rows"] == used["rows"] == int(params["data.rows"])
+    assert described["customers"] == used["customers"] == int(params["data.customers"])
+    assert described["first_event"] == str(used["first_event"]) == params["data.first_event"]
+    assert described["last_event"] == str(used["last_event"]) == params["data.last_event"]
+    assert described["source_rows"] == report["rows_kept"] == int(params["data.source_rows"])
     assert described["snapshots"] == trained.frame["cutoff"].nunique()
     schema = json.loads(inp.dataset.schema)["mlflow_colspec"]
     assert [c["name"] for c in schema] == list(report["columns"])
     assert "synthetic/transactions.parquet" in inp.dataset.source
-    # deterministic: the same data gives the same digest
-    assert inp.dataset.digest == tracking._data_digest(report, trained.frame)
-    assert tracking._data_digest(report, trained.frame.iloc[:-1]) != inp.dataset.digest
+    # the digest of the rows read (`Transactions.profile_before`, tested there)
+    assert inp.dataset.digest == used["digest"] == tracking._data_digest(trained)
 
     top = {a.path for a in client.list_artifacts(first_run.run_id)}
     assert {"config.json", "features.json", "data_report.json", "plots"} <= top
