@@ -154,11 +154,22 @@ def uncovered_message(cutoff: Any, last_event: Any, first_event: Any,
                          f"days); the data ends {_when(last)}")
     if len(lines) == 1:  # every window covered: not reached when backtest had no metrics
         lines[0] += f" the data ends {_when(last)}"
-    latest = (last + pd.Timedelta(days=1)
-              - pd.Timedelta(days=max(days for _, days in horizons))).normalize()
-    if latest > pd.Timestamp(first_event):
+    longest = max(days for _, days in horizons)
+    latest = (last + pd.Timedelta(days=1) - pd.Timedelta(days=longest)).normalize()
+    # the history a fit needs before a cutoff (`training.pipeline._check_history`: two
+    # snapshots `every` days apart whose windows end by it, the first `every` days in)
+    every = features.snapshot_every_days
+    earliest = (pd.Timestamp(first_event)
+                + pd.Timedelta(days=longest + 2 * every + 1)).normalize()
+    if latest >= earliest:
         lines.append(f"for metrics, use --cutoff {latest.date()} or earlier, or shorter "
                      f"horizons")
+    else:
+        span = (last - pd.Timestamp(first_event)).days
+        lines.append(f"no cutoff gives metrics with these horizons: the data spans {span} "
+                     f"days, and a backtest needs about {longest + 2 * every + 1} days of "
+                     f"history before the cutoff plus {longest} after it; use shorter "
+                     f"horizons or a longer history")
     return "\n".join(lines)
 
 
