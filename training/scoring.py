@@ -14,6 +14,7 @@ import pandas as pd
 from features.config import ColumnMapping
 from features.contract import parse_cutoff
 from features.pipeline import build_features
+from features.warn import warn
 from training.baseline import BaselineCLV
 from training.models import (
     add_baseline_features,
@@ -110,6 +111,12 @@ def score(
         scores, feats = score_customers(models, transactions, as_of, mapping, table=table,
                                         timings=timings, baselines=baselines)
         cut = pd.Timestamp(scores["as_of"].iloc[0])
+        trained = pd.Timestamp(models.as_of) if models.as_of is not None else None
+        if trained is not None and cut < trained:
+            warn(f"scoring as of {cut.date()} with models trained as of {trained.date()}: "
+                 f"they learned from what happened after {cut.date()}, so these scores "
+                 f"look better than a forecast made then could; `lifecast backtest "
+                 f"--cutoff {cut.date()}` shows what the models of that day would say")
         feature_cols = ["customer_id", *models.churn.feature_names_]
         with _timed(timings, "store_write"):
             batch = store.write_batch(

@@ -49,6 +49,7 @@ loaded, so load them where lifecast is installed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -1153,8 +1154,8 @@ def promote_run(run_id: str) -> dict[str, str]:
                     found[kind], tags[kind] = str(mv.version), dict(mv.tags or {})
     if not found:
         raise ValueError(
-            f"no registered models come from run {run_id}; `lifecast models` lists the versions"
-            " and the runs they come from"
+            f"no registered models come from run {run_id}{_run_hint(client, run_id)}; "
+            f"`lifecast models` lists the versions and the runs they come from"
         )
     for kind in (k for k in KINDS if k in found):  # a champion `lifecast score` would refuse
         name, version = MODEL_NAMES[kind], found[kind]
@@ -1173,11 +1174,40 @@ def promote_run(run_id: str) -> dict[str, str]:
             # the version's decision (what `lifecast models` shows) now says how it became
             # champion, keeping what was decided when it was trained
             before = client.get_model_version(name, found[kind]).tags.get("decision", "")
+            if before.startswith(_BY_HAND):  # promoted by hand before: keep the original
+                before = (before.split(_WHEN_TRAINED, 1)[1][:-1] if _WHEN_TRAINED in before
+                          else "")
             when = pd.Timestamp.now(tz="UTC").strftime("%Y-%m-%d %H:%M UTC")
             client.set_model_version_tag(
                 name, found[kind], "decision",
-                f"promoted by hand {when}" + (f" (when trained: {before})" if before else ""))
+                f"{_BY_HAND}{when}" + (f"{_WHEN_TRAINED}{before})" if before else ""))
     return {kind: found[kind] for kind in KINDS if kind in found}
+
+
+_BY_HAND, _WHEN_TRAINED = "promoted by hand ", " (when trained: "
+
+
+def _run_hint(client: MlflowClient, run_id: str) -> str:
+    """Why run ``run_id`` has no models, when that can be told: a start of an id too short
+    to be looked up, or a --tune run (or one of its trials) whose models the train run that
+    followed it registered."""
+    if len(run_id) < MIN_RUN_PREFIX:
+        return (f" (a start of a run id needs at least {MIN_RUN_PREFIX} characters: give "
+                f"more of it)")
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        return ""
+    tags = run.data.tags
+    parent = tags.get("mlflow.parentRunId")
+    if TRAIN_RUN_TAG not in tags and parent:  # a trial: its tune run knows the train run
+        with contextlib.suppress(MlflowException):
+            tags = client.get_run(parent).data.tags
+    train_run = tags.get(TRAIN_RUN_TAG)
+    if train_run:
+        return (f": it is a --tune run or trial; the train run that used its parameters, "
+                f"{train_run}, registered the models (lifecast promote --run {train_run})")
+    return ""
 
 
 #: The run parameter holding each kind's horizon (``features.<name>`` of the logged config).

@@ -117,3 +117,25 @@ def test_score_writes_where_the_service_reads(demo_train_result, tmp_path, monke
                                              "lost when this command ends"):
             score(demo_data_path(), DEMO_MAPPING, store_url=memory,
                   models=demo_train_result.models)
+
+
+def test_scoring_before_the_models_as_of_warns(demo_train_result, tmp_path) -> None:
+    """Models trained as of D have learned from what happened before D: scores as of an
+    earlier day are in-sample, and the warning says so and what to run instead."""
+    from features import DEMO_MAPPING, demo_data_path
+    from training.scoring import score
+    from training.store import CustomerStore
+
+    models = demo_train_result.models
+    url = CustomerStore.default_url(tmp_path)
+    with pytest.warns(UserWarning, match="scoring as of 2011-09-01 with models trained as of "
+                                         f"{pd.Timestamp(models.as_of).date()}: they learned "
+                                         "from what happened after 2011-09-01") as caught:
+        score(demo_data_path(), DEMO_MAPPING, "2011-09-01", store_url=url, models=models)
+    assert any(w.filename == __file__ for w in caught)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:  # as of the models' own day: none
+        warnings.simplefilter("always")
+        score(demo_data_path(), DEMO_MAPPING, models.as_of, store_url=url, models=models)
+    assert not [w for w in caught if "scoring as of" in str(w.message)]

@@ -509,6 +509,26 @@ def test_a_champion_that_cannot_be_scored_is_kept_and_the_message_names_the_metr
     assert _aliases("churn") == {"champion": first_run.versions["churn"]}
 
 
+def test_promoting_by_hand_twice_keeps_one_decision_and_short_ids_are_explained(
+        first_run) -> None:
+    name = tracking.MODEL_NAMES["churn"]
+    version = first_run.versions["churn"]
+    trained_decision = first_run.decision["churn"]["message"]
+    for _ in range(2):
+        tracking.promote_run(first_run.run_id)
+        client = mlflow.MlflowClient()
+        client.set_registered_model_alias(name, "champion", version)
+        client.delete_registered_model_alias(name, "champion")  # so the next one promotes
+    tracking.promote_run(first_run.run_id)
+    decision = mlflow.MlflowClient().get_model_version(name, version).tags["decision"]
+    assert decision.startswith("promoted by hand ")
+    assert decision.endswith(f" (when trained: {trained_decision})")
+    assert decision.count("promoted by hand") == 1 + trained_decision.count("promoted by hand")
+    with pytest.raises(ValueError, match="no registered models come from run 6 \\(a start of "
+                                         "a run id needs at least 6 characters"):
+        tracking.promote_run("6")
+
+
 def test_champion_versions(first_run) -> None:
     assert tracking.champion_versions() == first_run.versions
 

@@ -232,6 +232,15 @@ def test_a_tuned_training_run_and_its_tune_run_name_each_other(
                                     source="synthetic", promote="never", tune_run_id=tune_id)
     assert client.get_run(summary.run_id).data.tags[tracking.TUNE_RUN_TAG] == tune_id
     assert client.get_run(tune_id).data.tags[tracking.TRAIN_RUN_TAG] == summary.run_id
+    # promoting the tune run, or one of its trials, names the run that has the models
+    trial = client.search_runs([experiment_id],
+                               f"tags.mlflow.parentRunId = '{tune_id}'")[0].info.run_id
+    for wrong in (tune_id, trial):
+        with pytest.raises(ValueError) as info:
+            tracking.promote_run(wrong)
+        assert (f"no registered models come from run {wrong}: it is a --tune run or trial; "
+                f"the train run that used its parameters, {summary.run_id}, registered the "
+                f"models (lifecast promote --run {summary.run_id})") in str(info.value)
     # trials nested under a run of the caller's: no tune run of its own to link
     with mlflow.start_run(experiment_id=experiment_id, run_name="outer"):
         tuning.tune_config(None, None, AS_OF, CONFIG, n_trials=1)
