@@ -63,7 +63,6 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
 import numpy as np
@@ -76,6 +75,7 @@ from mlflow.types import ColSpec, Schema
 
 from features.config import FeatureConfig
 from features.registry import DEFINITIONS_KEY, feature_names, recorded_definitions
+from features.urls import masked_url
 from features.warn import warn
 from training.metrics import brier, normalized_gini, roc_auc
 from training.models import (
@@ -512,7 +512,11 @@ def log_training(
     client = mlflow.MlflowClient()
     models = result.models
     source = _redact(str(source))
-    run_name = run_name or f"train {pd.Timestamp(models.as_of):%Y-%m-%d}"
+    # runs with other horizons or tuned parameters must tell apart in MLflow's run list
+    features = models.config.features
+    run_name = run_name or (
+        f"train {pd.Timestamp(models.as_of):%Y-%m-%d} churn {features.churn_horizon_days}d "
+        f"clv {features.clv_horizon_days}d" + (" tuned" if tune_run_id else ""))
 
     with _quiet(), mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
         run_id = run.info.run_id
@@ -565,15 +569,9 @@ def _report_dict(report: Any) -> dict[str, Any]:
 
 
 def _redact(text: str) -> str:
-    """Mask the password of a URL (``postgresql://user:secret@host/db``)."""
-    try:
-        parts = urlsplit(text)
-    except ValueError:
-        return text
-    if parts.password is None:
-        return text
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    """Mask the passwords of a URL (``postgresql://user:secret@host/db?password=...``); a
+    path is returned as it is."""
+    return masked_url(text) if "://" in text else text
 
 
 class _TextSource(DatasetSource):

@@ -146,6 +146,8 @@ def test_helpers() -> None:
     assert tracking._redact("postgresql://ana:s3cret@db:5432/shop") == (
         "postgresql://ana:***@db:5432/shop")
     assert tracking._redact("data/tx.parquet") == "data/tx.parquet"
+    assert tracking._redact("postgresql+psycopg://ana@db/shop?password=s3cret&sslmode=require"
+                            ) == "postgresql+psycopg://ana@db/shop?password=***&sslmode=require"
     assert tracking._fmt_pair(0.8123, 0.7904) == ("0.812", "0.790")
     assert tracking._fmt_pair(0.81231, 0.81234) == ("0.812310", "0.812340")
     assert tracking._fmt_pair(0.81231, 0.81239) == ("0.8123", "0.8124")
@@ -482,6 +484,11 @@ def test_the_same_settings_trained_on_later_data_replace_the_champion(
     old = tracking.log_training(earlier, source="synthetic", promote="always")
     run = tracking.log_training(trained, source="synthetic")  # as of AS_OF, a month later
     assert run.promoted == {"churn": True, "clv": True}
+    # the default name tells runs of other dates, horizons or tuning apart
+    names = {r.info.run_id: r.info.run_name for r in
+             mlflow.MlflowClient().search_runs([mlflow.get_run(run.run_id).info.experiment_id])}
+    assert names[run.run_id] == f"train {AS_OF} churn 90d clv {FEATURES.clv_horizon_days}d"
+    assert names[old.run_id].startswith("train 2023-12-01 churn 90d")
     auc = run.decision["churn"]["new"]["roc_auc"]
     assert run.decision["churn"]["champion"]["roc_auc"] == auc
     assert run.decision["churn"]["message"] == (

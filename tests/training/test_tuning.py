@@ -231,6 +231,7 @@ def test_a_tuned_training_run_and_its_tune_run_name_each_other(
     summary = tracking.log_training(train(transactions, as_of=AS_OF, config=best),
                                     source="synthetic", promote="never", tune_run_id=tune_id)
     assert client.get_run(summary.run_id).data.tags[tracking.TUNE_RUN_TAG] == tune_id
+    assert client.get_run(summary.run_id).info.run_name.endswith("d tuned")
     assert client.get_run(tune_id).data.tags[tracking.TRAIN_RUN_TAG] == summary.run_id
     # promoting the tune run, or one of its trials, names the run that has the models
     trial = client.search_runs([experiment_id],
