@@ -44,6 +44,7 @@ import contextlib
 import copy
 import datetime as dt
 import glob as globlib
+import hashlib
 import itertools
 import re
 import threading
@@ -302,8 +303,6 @@ class Transactions:
         It is DuckDB's 64-bit ``hash`` of each row, summed (a multiset hash: a duplicated
         row counts twice), then SHA-256 with the column names; it may change with the
         DuckDB version, not between runs of one."""
-        import hashlib
-
         cut = parse_cutoff(cutoff)
         cols = list(self.table.columns)
         t = self.table

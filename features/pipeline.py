@@ -95,7 +95,7 @@ def _money_fits(tx: Transactions) -> Iterator[None]:
     try:
         yield
     except duckdb.ConversionException as exc:
-        if "DECIMAL(18,6)" not in str(exc):
+        if f"DECIMAL({MONEY.precision},{MONEY.scale})" not in str(exc):
             raise
         t = tx.table
         amount = t.amount.cast("float64")

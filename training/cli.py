@@ -138,7 +138,7 @@ def uncovered_message(cutoff: Any, last_event: Any, first_event: Any,
     """
     import pandas as pd
 
-    from training.pipeline import window_observed
+    from training.pipeline import history_needed_days, window_observed
 
     cut, last = pd.Timestamp(cutoff), pd.Timestamp(last_event)
     missing = [k for k in ("churn", "value") if k not in evaluated]
@@ -156,18 +156,15 @@ def uncovered_message(cutoff: Any, last_event: Any, first_event: Any,
         lines[0] += f" the data ends {_when(last)}"
     longest = max(days for _, days in horizons)
     latest = (last + pd.Timedelta(days=1) - pd.Timedelta(days=longest)).normalize()
-    # the history a fit needs before a cutoff (`training.pipeline._check_history`: two
-    # snapshots `every` days apart whose windows end by it, the first `every` days in)
-    every = features.snapshot_every_days
-    earliest = (pd.Timestamp(first_event)
-                + pd.Timedelta(days=longest + 2 * every + 1)).normalize()
+    need = history_needed_days(longest, features)
+    earliest = (pd.Timestamp(first_event) + pd.Timedelta(days=need)).normalize()
     if latest >= earliest:
         lines.append(f"for metrics, use --cutoff {latest.date()} or earlier, or shorter "
                      f"horizons")
     else:
         span = (last - pd.Timestamp(first_event)).days
         lines.append(f"no cutoff gives metrics with these horizons: the data spans {span} "
-                     f"days, and a backtest needs about {longest + 2 * every + 1} days of "
+                     f"days, and a backtest needs about {need} days of "
                      f"history before the cutoff plus {longest} after it; use shorter "
                      f"horizons or a longer history")
     return "\n".join(lines)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.config import ColumnMapping, as_config
+from features.config import ColumnMapping, FeatureConfig, as_config
 from features.contract import (
     DataValidationError,
     Transactions,
@@ -175,6 +175,14 @@ def evaluation_cutoffs(first_event: Any, as_of: pd.Timestamp, config: TrainConfi
     return out
 
 
+def history_needed_days(horizon_days: int, features: FeatureConfig) -> int:
+    """About how many days of history before a cutoff a fit with this horizon needs: two
+    labelled snapshots ``snapshot_every_days`` apart whose outcome windows end by the
+    cutoff, the earliest more than ``snapshot_every_days`` after the first event (what
+    `_check_history` explains; `snapshot_cutoffs` has the exact rule)."""
+    return horizon_days + 2 * features.snapshot_every_days + 1
+
+
 def _check_history(tx: Transactions, as_of: pd.Timestamp, config: TrainConfig,
                    flag: str = "--as-of", *, evaluate: bool = False) -> None:
     """Fail when ``as_of`` (given as ``flag``) is long after the data, or when a horizon
@@ -190,7 +198,7 @@ def _check_history(tx: Transactions, as_of: pd.Timestamp, config: TrainConfig,
     for kind, h in _horizons(config).items():
         # snapshots every `every` days back from the cutoff minus the shorter horizon, the
         # earliest more than `every` days after the first event (`snapshot_cutoffs`)
-        need = h + 2 * every + 1  # days of history before a cutoff for two snapshots
+        need = history_needed_days(h, config.features)
         # the evaluation cutoff first: the earlier one, so the message states all it needs
         cuts = ([(evals[kind], "the evaluation cutoff")] if evaluate else []) + [(as_of, flag)]
         for cut, what in cuts:

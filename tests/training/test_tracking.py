@@ -584,32 +584,22 @@ def test_list_models(first_run) -> None:
     assert str(table["feature_definitions"].dtype) == "Int64"
 
 
-def test_list_models_reads_the_definitions_of_versions_logged_without_their_tag(
-    first_run,
-) -> None:
+@pytest.mark.parametrize(("kind", "tag", "expected"), [
+    # session 13's versions: the record is in the pyfunc's metadata only
+    ("churn", "feature_definitions", DEFINITIONS_VERSION),
+    ("clv", "horizon_days", 90),  # the run's features.clv_horizon_days
+])
+def test_list_models_reads_versions_logged_without_a_tag(first_run, kind, tag,
+                                                         expected) -> None:
     client = mlflow.MlflowClient()
-    name, version = tracking.MODEL_NAMES["churn"], first_run.versions["churn"]
-    client.delete_model_version_tag(name, version, "feature_definitions")
+    name, version = tracking.MODEL_NAMES[kind], first_run.versions[kind]
+    client.delete_model_version_tag(name, version, tag)
     try:
         table = tracking.list_models()
         mine = table[(table["model"] == name) & (table["version"] == int(version))]
-        # session 13's versions: the record is in the pyfunc's metadata only
-        assert mine["feature_definitions"].tolist() == [DEFINITIONS_VERSION]
+        assert mine[tag].tolist() == [expected]
     finally:
-        client.set_model_version_tag(name, version, "feature_definitions",
-                                     str(DEFINITIONS_VERSION))
-
-
-def test_list_models_reads_the_horizon_of_versions_logged_without_its_tag(first_run) -> None:
-    client = mlflow.MlflowClient()
-    name, version = tracking.MODEL_NAMES["clv"], first_run.versions["clv"]
-    client.delete_model_version_tag(name, version, "horizon_days")
-    try:
-        table = tracking.list_models()
-        mine = table[(table["model"] == name) & (table["version"] == int(version))]
-        assert mine["horizon_days"].tolist() == [90]  # the run's features.clv_horizon_days
-    finally:
-        client.set_model_version_tag(name, version, "horizon_days", "90")
+        client.set_model_version_tag(name, version, tag, str(expected))
 
 
 def test_load_champions_round_trip(first_run, trained, tmp_path: Path) -> None:
