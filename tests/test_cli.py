@@ -114,9 +114,12 @@ def test_train_score_models_end_to_end(tmp_path, monkeypatch):
     demo = ["-t", demo_data_path(), "--customer-col", "CustomerID", "--timestamp-col",
             "InvoiceDate", "--amount", "Quantity * UnitPrice", "--order-col", "InvoiceNo"]
     res = runner.invoke(app, ["train", *demo, "--churn-horizon-days", "90",
-                              "--clv-horizon-days", "90", "--threads", "1"])
+                              "--clv-horizon-days", "90", "--threads", "1",
+                              "--experiment", "demo study", "--run-name", "first try"])
     assert res.exit_code == 0, res.output
     assert "roc_auc" in res.output and "promoted" in res.output
+    assert re.search(r"^MLflow run [0-9a-f]{32} in experiment 'demo study'$", res.output,
+                     re.M), res.output
     assert res.output.splitlines()[-1] == RESCORE_HINT  # a new champion: rescore
     assert re.search(r"^churn model vs BG/NBD \+ Gamma-Gamma, backtested at 2011-\d\d-\d\d: "
                      r"both fit only on data before it", res.output, re.M), res.output
@@ -130,6 +133,8 @@ def test_train_score_models_end_to_end(tmp_path, monkeypatch):
     assert champions == {"churn": "1", "clv": "1"}
     run = mlflow.get_run(models["run_id"].iloc[0])
     assert run.data.params["num_threads"] == "1"  # --threads reached LightGBM's config
+    assert run.info.run_name == "first try"
+    assert mlflow.get_experiment(run.info.experiment_id).name == "demo study"
 
     res = runner.invoke(app, ["score", *demo])
     assert res.exit_code == 0, res.output
@@ -190,6 +195,22 @@ def test_a_bad_horizon_is_one_line_naming_the_flag(sales_csv, tmp_path, monkeypa
     assert res.exit_code == 2, res.output
     assert res.output.splitlines() == [f"error: {expected}"]
     assert not out.exists() and not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    (["--experiment", " "], "--experiment is blank: give an experiment name, or leave it out "
+                            "for 'lifecast'"),
+    (["--run-name", ""], "--run-name is blank: give a name, or leave it out for the default "
+                         "'train <as-of> churn <N>d clv <N>d'"),
+])
+def test_a_blank_experiment_or_run_name_fails_before_any_work(sales_csv, tmp_path,
+                                                             monkeypatch, flags, expected):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    res = runner.invoke(app, ["train", "-t", str(sales_csv), *MAP, *flags])
+    assert res.exit_code == 2, res.output
+    assert res.output.splitlines() == [f"error: {expected}"]
+    assert not (tmp_path / "mlflow.db").exists()
 
 
 def test_demo_checks_its_horizons_before_making_the_work_folder(tmp_path):

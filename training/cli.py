@@ -181,6 +181,11 @@ def register(app: typer.Typer) -> None:
         promote: Annotated[str, typer.Option(
             help="auto: only if it beats the champion; always; never.")] = "auto",
         tune: Tune = 0, threads: Threads = 0,
+        experiment: Annotated[str | None, typer.Option(
+            help="MLflow experiment for the run (default: $MLFLOW_EXPERIMENT_NAME, else "
+                 "lifecast). The registered models are shared by all experiments.")] = None,
+        run_name: Annotated[str | None, typer.Option(
+            help="MLflow run name (default: 'train <as-of> churn <N>d clv <N>d').")] = None,
     ) -> None:
         """Train both models, evaluate them, log to MLflow and register them.
 
@@ -188,24 +193,36 @@ def register(app: typer.Typer) -> None:
         says (auto: only where they beat the current champion on this run's evaluation
         snapshot)."""
         from training.pipeline import train
-        from training.tracking import check_promote, check_tracking_store, configure, log_training
+        from training.tracking import (
+            check_promote,
+            check_tracking_store,
+            configure,
+            experiment_name,
+            log_training,
+        )
 
         check_promote(promote, "--promote")  # before the training, not after it
         config = train_config(churn_h, clv_h, threads)  # bad flags fail before anything
+        experiment = experiment_name(experiment)
+        if run_name is not None and not run_name.strip():
+            raise ValueError("--run-name is blank: give a name, or leave it out for the "
+                             "default 'train <as-of> churn <N>d clv <N>d'")
         check_tracking_store(".")  # the store can be written: say so before the fit
         tune_run = None
         if tune:  # the trials are runs in the store: it is made first
             from training.tuning import last_tune_run_id, tune_config
 
-            configure(".")
-            config = tune_config(source, mapping, as_of, config, n_trials=tune, table=table)
+            configure(".", experiment)
+            config = tune_config(source, mapping, as_of, config, n_trials=tune, table=table,
+                                 experiment=experiment)
             tune_run = last_tune_run_id()
         result = train(source, mapping, as_of, config, table=table)
         # made only now, so bad data or a horizon too long leaves no empty mlflow.db behind
-        configure(".")
-        summary = log_training(result, source=source, promote=promote, tune_run_id=tune_run)
+        configure(".", experiment)
+        summary = log_training(result, source=source, promote=promote, tune_run_id=tune_run,
+                               experiment=experiment, run_name=run_name)
         typer.echo(format_evaluation(result.evaluation, result.eval_cutoffs))
-        typer.echo(f"\nMLflow run {summary.run_id}"
+        typer.echo(f"\nMLflow run {summary.run_id} in experiment {experiment!r}"
                    + (f" (parameters from the --tune run {tune_run})" if tune_run else ""))
         for kind, version in summary.versions.items():
             typer.echo(f"  lifecast-{kind} v{version}: {summary.decision[kind]['message']}")

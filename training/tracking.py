@@ -100,6 +100,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CHAMPION_ALIAS",
     "DEFAULT_EXPERIMENT",
+    "EXPERIMENT_ENV",
     "KINDS",
     "LIST_COLUMNS",
     "MODEL_NAMES",
@@ -112,6 +113,7 @@ __all__ = [
     "check_promote",
     "champion_versions",
     "configure",
+    "experiment_name",
     "list_models",
     "load_champions",
     "log_training",
@@ -126,6 +128,8 @@ MODEL_NAMES: dict[str, str] = {"churn": "lifecast-churn", "clv": "lifecast-clv"}
 #: The alias that marks the version used for scoring and serving.
 CHAMPION_ALIAS = "champion"
 DEFAULT_EXPERIMENT = "lifecast"
+#: MLflow's own variable for the experiment runs go to; lifecast follows it too.
+EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"
 #: The metric that decides the champion, per kind (higher is better for both).
 PRIMARY_METRIC: dict[str, str] = {"churn": "roc_auc", "clv": "normalized_gini"}
 #: The tie-break metric (lower is better), per kind.
@@ -248,9 +252,12 @@ def quiet_mlflow() -> Iterator[None]:
 
 
 @quiet_mlflow()
-def configure(workdir: Path | str = ".", experiment: str = DEFAULT_EXPERIMENT, *,
+def configure(workdir: Path | str = ".", experiment: str | None = None, *,
               create: bool = True) -> str:
     """Set the tracking URI and make sure ``experiment`` exists; returns the URI.
+
+    ``experiment`` defaults as in `experiment_name`: ``$MLFLOW_EXPERIMENT_NAME``, else
+    ``lifecast``.
 
     ``MLFLOW_TRACKING_URI`` from the environment wins; otherwise the store is the SQLite file
     ``<workdir>/mlflow.db`` (made, with ``workdir``, when missing). On a SQLite store a new
@@ -267,8 +274,19 @@ def configure(workdir: Path | str = ".", experiment: str = DEFAULT_EXPERIMENT, *
         Path(workdir).expanduser().resolve().mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     _last_set_uri, _last_was_users = uri, users
-    _experiment_id(experiment)
+    _experiment_id(experiment_name(experiment))
     return uri
+
+
+def experiment_name(name: str | None = None) -> str:
+    """The experiment runs are logged to: ``name``, else ``$MLFLOW_EXPERIMENT_NAME`` (MLflow's
+    own variable), else ``lifecast``. A blank name is a ValueError."""
+    chosen = name if name is not None else os.environ.get(EXPERIMENT_ENV) or DEFAULT_EXPERIMENT
+    if not chosen.strip():
+        where = "--experiment" if name is not None else EXPERIMENT_ENV
+        raise ValueError(f"{where} is blank: give an experiment name, or leave it out for "
+                         f"{DEFAULT_EXPERIMENT!r}")
+    return chosen
 
 
 def _user_tracking_uri() -> str | None:
@@ -358,8 +376,9 @@ def _experiment_id(name: str) -> str:
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             raise ValueError(
-                f"experiment {name!r} is deleted: restore it (mlflow experiments restore) or "
-                f"use another experiment name"
+                f"experiment {name!r} is deleted: restore it (mlflow experiments restore "
+                f"--experiment-id {exp.experiment_id}) or use another name (train "
+                f"--experiment, or ${EXPERIMENT_ENV})"
             )
         return exp.experiment_id
     location = _sqlite_artifact_location(mlflow.get_tracking_uri())
@@ -492,7 +511,7 @@ def log_training(
     *,
     source: str,
     promote: str = "auto",
-    experiment: str = DEFAULT_EXPERIMENT,
+    experiment: str | None = None,
     run_name: str | None = None,
     tune_run_id: str | None = None,
 ) -> RunSummary:
@@ -504,19 +523,19 @@ def log_training(
     runs are tagged with each other's id (``lifecast.tune_run_id``,
     ``lifecast.train_run_id``). ``promote`` is ``"auto"`` (promote a
     version only if it beats the champion on this run's evaluation snapshot), ``"always"`` or
-    ``"never"``. Returns the run id, the registered versions and the decisions.
+    ``"never"``. ``experiment``: see `experiment_name`; ``run_name`` defaults to
+    ``train <as-of> churn <N>d clv <N>d`` (`default_run_name`). The registered models and
+    their champions are shared by every experiment in the store. Returns the run id, the
+    registered versions and the decisions.
     """
     check_promote(promote)
     _ensure_configured()
-    experiment_id = _experiment_id(experiment)
+    experiment_id = _experiment_id(experiment_name(experiment))
     client = mlflow.MlflowClient()
     models = result.models
     source = _redact(str(source))
-    # runs with other horizons or tuned parameters must tell apart in MLflow's run list
-    features = models.config.features
-    run_name = run_name or (
-        f"train {pd.Timestamp(models.as_of):%Y-%m-%d} churn {features.churn_horizon_days}d "
-        f"clv {features.clv_horizon_days}d" + (" tuned" if tune_run_id else ""))
+    run_name = run_name or default_run_name("train", models.as_of, models.config.features,
+                                            tuned=tune_run_id is not None)
 
     with _quiet(), mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
         run_id = run.info.run_id
@@ -545,6 +564,14 @@ def log_training(
         promoted={kind: bool(decisions[kind]["promoted"]) for kind in KINDS},
         decision=decisions,
     )
+
+
+def default_run_name(step: str, as_of: Any, features: FeatureConfig, *,
+                     tuned: bool = False) -> str:
+    """``<step> <as-of> churn <N>d clv <N>d[ tuned]``: runs with other horizons, as-of or
+    tuned parameters tell apart in MLflow's run list."""
+    return (f"{step} {pd.Timestamp(as_of):%Y-%m-%d} churn {features.churn_horizon_days}d "
+            f"clv {features.clv_horizon_days}d" + (" tuned" if tuned else ""))
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:

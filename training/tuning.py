@@ -32,10 +32,12 @@ split is made anywhere: the held-out snapshot is later than every snapshot the m
 
 MLflow: when a run is active, or a tracking URI is set (``MLFLOW_TRACKING_URI`` or
 `training.tracking.configure`), every trial is logged as a nested run (``trial <n>``: its
-parameters, ``churn_roc_auc``, ``value_normalized_gini``, ``objective`` and the best iteration
-of each model) under the active run, under ``parent_run_id`` when given, or else under a
-parent run ``tune`` started here in the ``lifecast`` experiment, which also gets the best
-parameters and score. With no tracking set up nothing is logged and no global MLflow state is
+parameters and the horizons, ``churn_roc_auc``, ``value_normalized_gini``, ``objective`` and
+the best iteration of each model) under the active run, under ``parent_run_id`` when given, or
+else under a parent run ``tune <as-of> churn <N>d clv <N>d`` (tag ``lifecast.step=tune``)
+started here in ``experiment`` (`training.tracking.experiment_name`: by default
+``$MLFLOW_EXPERIMENT_NAME``, else ``lifecast``), which also gets the best parameters and
+score. With no tracking set up nothing is logged and no global MLflow state is
 touched.
 
 Optuna is an optional extra: ``pip install 'lifecast[tune]'``. It is imported only when a
@@ -71,8 +73,8 @@ from training.pipeline import (
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["SEARCH_SPACE", "TUNE_RUN_NAME", "TuningData", "prepare", "score_config",
-           "tune_config"]
+__all__ = ["SEARCH_SPACE", "TUNE_RUN_NAME", "TUNE_STEP_TAG", "TuningData", "prepare",
+           "score_config", "tune_config"]
 
 #: name -> (low, high, log scale); integers where the `TrainConfig` field is an int.
 SEARCH_SPACE: dict[str, tuple[float, float, bool]] = {
@@ -86,6 +88,9 @@ SEARCH_SPACE: dict[str, tuple[float, float, bool]] = {
 _INT_PARAMS = ("num_leaves", "max_depth", "min_child_samples")
 #: Name of the parent run started when no MLflow run is active.
 TUNE_RUN_NAME = "tune"
+#: The tag that marks the parent run of a search (value `TUNE_RUN_NAME`); its name is
+#: ``tune <as-of> churn <N>d clv <N>d``.
+TUNE_STEP_TAG = "lifecast.step"
 #: The id of the last ``tune`` run `tune_config` started in this process (`last_tune_run_id`).
 _last_tune_run: str | None = None
 _INSTALL_HINT = "pip install 'lifecast[tune]'"
@@ -205,7 +210,8 @@ def _suggest(trial: optuna.Trial) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _parent_run(parent_run_id: str | None, data: TuningData, n_trials: int, seed: int
+def _parent_run(parent_run_id: str | None, data: TuningData, n_trials: int, seed: int,
+                config: TrainConfig, experiment: str | None
                 ) -> Iterator[tuple[Any, str | None, str | None, bool]]:
     """(mlflow or None, parent run id, experiment id, started here) for the trials' nested
     runs. mlflow is None when no run is active and no tracking URI is set: nothing is logged.
@@ -223,13 +229,16 @@ def _parent_run(parent_run_id: str | None, data: TuningData, n_trials: int, seed
     if not mlflow.is_tracking_uri_set():
         yield None, None, None, False
         return
-    from training.tracking import DEFAULT_EXPERIMENT, _experiment_id
+    from training.tracking import _experiment_id, default_run_name, experiment_name
 
-    experiment_id = _experiment_id(DEFAULT_EXPERIMENT)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=TUNE_RUN_NAME) as run:
-        mlflow.set_tags({"lifecast.step": "tune", "as_of": str(data.as_of)})
+    experiment_id = _experiment_id(experiment_name(experiment))
+    name = default_run_name(TUNE_RUN_NAME, data.as_of, config.features)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=name) as run:
+        mlflow.set_tags({TUNE_STEP_TAG: TUNE_RUN_NAME, "as_of": str(data.as_of)})
         mlflow.log_params({
             "n_trials": n_trials,
+            "churn_horizon_days": config.features.churn_horizon_days,
+            "clv_horizon_days": config.features.clv_horizon_days,
             "sampler": "TPESampler",
             "sampler_seed": seed,
             "objective": "churn_roc_auc + value_normalized_gini",
@@ -257,6 +266,7 @@ def tune_config(
     seed: int | None = None,
     *,
     parent_run_id: str | None = None,
+    experiment: str | None = None,
 ) -> TrainConfig:
     """Search the LightGBM parameters of ``config`` with ``n_trials`` Optuna trials.
 
@@ -273,7 +283,12 @@ def tune_config(
     sampler_seed = config.seed if seed is None else int(seed)
     data = prepare(transactions, mapping, as_of, config, table=table)
 
-    with _parent_run(parent_run_id, data, n_trials, sampler_seed) as (mlflow, parent, exp_id, own):
+    with _parent_run(parent_run_id, data, n_trials, sampler_seed, config, experiment
+                     ) as (mlflow, parent, exp_id, own):
+
+        # trials of searches with other horizons must tell apart when compared in MLflow
+        horizons = {"churn_horizon_days": config.features.churn_horizon_days,
+                    "clv_horizon_days": config.features.clv_horizon_days}
 
         def objective(trial: optuna.Trial) -> float:
             params = _suggest(trial)
@@ -283,7 +298,7 @@ def tune_config(
                 with mlflow.start_run(run_name=f"trial {trial.number}", nested=True,
                                       parent_run_id=parent, experiment_id=exp_id):
                     mlflow.set_tag("optuna.trial", str(trial.number))
-                    mlflow.log_params(params)
+                    mlflow.log_params({**params, **horizons})
                     mlflow.log_metrics(scores)
             return scores["objective"]
 

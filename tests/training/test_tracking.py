@@ -785,3 +785,41 @@ def test_python_api_prints_no_mlflow_progress(store, trained, tmp_path, capfd,
         assert "Created version" in out + err
     finally:
         tracking.configure(store[0])  # the module's store, for the tests after this one
+
+
+def test_runs_go_to_the_chosen_experiment_under_the_chosen_name(
+        store, trained, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``experiment``, else ``$MLFLOW_EXPERIMENT_NAME``, else ``lifecast``; the registered
+    models are shared by every experiment of the store."""
+    monkeypatch.setattr(tracking, "_log_plots", lambda result, folder: None)  # tested above
+    monkeypatch.delenv(tracking.EXPERIMENT_ENV, raising=False)
+    assert tracking.experiment_name() == "lifecast"
+    assert tracking.experiment_name("churn study") == "churn study"
+    monkeypatch.setenv(tracking.EXPERIMENT_ENV, "from-env")
+    assert tracking.experiment_name() == "from-env"
+    assert tracking.experiment_name("churn study") == "churn study"  # the argument wins
+    with pytest.raises(ValueError, match=r"^--experiment is blank: give an experiment name"):
+        tracking.experiment_name(" ")
+    monkeypatch.setenv(tracking.EXPERIMENT_ENV, "")  # set but empty: as if unset
+    assert tracking.experiment_name() == "lifecast"
+    client = mlflow.MlflowClient()
+    try:
+        tracking.configure(tmp_path / "experiments", "churn study")
+        named = tracking.log_training(trained, source="s.parquet", promote="never",
+                                      experiment="churn study", run_name="first try")
+        monkeypatch.setenv(tracking.EXPERIMENT_ENV, "from-env")
+        default = tracking.log_training(trained, source="s.parquet", promote="never")
+        runs = {s.run_id: client.get_run(s.run_id) for s in (named, default)}
+        experiments = {rid: client.get_experiment(run.info.experiment_id).name
+                       for rid, run in runs.items()}
+        assert experiments == {named.run_id: "churn study", default.run_id: "from-env"}
+        assert runs[named.run_id].info.run_name == "first try"
+        features = trained.models.config.features
+        assert runs[default.run_id].info.run_name == (
+            f"train {pd.Timestamp(trained.models.as_of):%Y-%m-%d} churn "
+            f"{features.churn_horizon_days}d clv {features.clv_horizon_days}d")
+        # both runs registered versions of the same two models
+        versions = client.search_model_versions("name='lifecast-churn'")
+        assert {v.run_id for v in versions} == {named.run_id, default.run_id}
+    finally:
+        tracking.configure(store[0])  # the module's store, for the tests after this one

@@ -84,7 +84,8 @@ def store(tmp_path_factory: pytest.TempPathFactory):
 
 def _tune_runs(client: mlflow.MlflowClient, experiment_id: str) -> list:
     return client.search_runs(
-        [experiment_id], filter_string=f"attributes.run_name = '{tuning.TUNE_RUN_NAME}'"
+        [experiment_id],
+        filter_string=f"tags.`{tuning.TUNE_STEP_TAG}` = '{tuning.TUNE_RUN_NAME}'",
     )
 
 
@@ -160,11 +161,18 @@ def test_tune_logs_nested_trials_and_is_deterministic(
     parent = parents[0]
     assert parent.data.params["n_trials"] == str(TRIALS)
     assert parent.data.params["sampler_seed"] == str(CONFIG.seed)
+    horizons = {"churn_horizon_days": str(CONFIG.features.churn_horizon_days),
+                "clv_horizon_days": str(CONFIG.features.clv_horizon_days)}
+    assert parent.info.run_name == (f"tune {pd.Timestamp(AS_OF):%Y-%m-%d} churn "
+                                    f"{CONFIG.features.churn_horizon_days}d clv "
+                                    f"{CONFIG.features.clv_horizon_days}d")
     trials = _children(client, experiment_id, parent.info.run_id)
     assert len(trials) == TRIALS
     for run in trials:
         assert set(tuning.SEARCH_SPACE) <= set(run.data.params)
+        assert horizons.items() <= run.data.params.items()  # comparable across searches
         assert {"churn_roc_auc", "value_normalized_gini", "objective"} <= set(run.data.metrics)
+    assert horizons.items() <= parent.data.params.items()
     top = max(trials, key=lambda r: r.data.metrics["objective"])
     assert parent.data.metrics["best_objective"] == top.data.metrics["objective"]
     assert best.learning_rate == pytest.approx(float(top.data.params["learning_rate"]))
@@ -246,3 +254,14 @@ def test_a_tuned_training_run_and_its_tune_run_name_each_other(
     with mlflow.start_run(experiment_id=experiment_id, run_name="outer"):
         tuning.tune_config(None, None, AS_OF, CONFIG, n_trials=1)
     assert tuning.last_tune_run_id() is None
+
+
+def test_the_search_goes_to_the_chosen_experiment(prepared: tuning.TuningData, store: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`lifecast train --tune N --experiment X`: the tune run and its trials are in X."""
+    monkeypatch.setattr(tuning, "prepare", lambda *args, **kwargs: prepared)
+    tuning.tune_config(None, None, AS_OF, CONFIG, n_trials=1, experiment="tune study")
+    client = mlflow.MlflowClient()
+    parent = client.get_run(tuning.last_tune_run_id())
+    assert client.get_experiment(parent.info.experiment_id).name == "tune study"
+    assert len(_children(client, parent.info.experiment_id, parent.info.run_id)) == 1
