@@ -802,9 +802,11 @@ def test_runs_go_to_the_chosen_experiment_under_the_chosen_name(
         tracking.experiment_name(" ")
     monkeypatch.setenv(tracking.EXPERIMENT_ENV, "")  # set but empty: as if unset
     assert tracking.experiment_name() == "lifecast"
-    client = mlflow.MlflowClient()
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # a new store of its own
+    monkeypatch.setattr(tracking, "_last_set_uri", None)
     try:
         tracking.configure(tmp_path / "experiments", "churn study")
+        client = mlflow.MlflowClient()
         named = tracking.log_training(trained, source="s.parquet", promote="never",
                                       experiment="churn study", run_name="first try")
         monkeypatch.setenv(tracking.EXPERIMENT_ENV, "from-env")
