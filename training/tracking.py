@@ -876,6 +876,30 @@ def _pip_requirements() -> list[str]:
     return reqs
 
 
+#: The packages a registered model's code imports, logged with it as MLflow ``code_paths``
+#: (their modules, without the bundled demo data or byte code): the model loads where
+#: lifecast is not installed (`mlflow models serve`, a bare environment with only the
+#: logged requirements), and runs the code it was trained with.
+_CODE_PACKAGES = ("features", "training")
+
+
+def _code_paths(folder: Path) -> list[str]:
+    """Copies of `_CODE_PACKAGES` in ``folder`` (made once per run), for ``code_paths``."""
+    import shutil
+
+    import features as features_pkg
+
+    root = Path(features_pkg.__file__).resolve().parent.parent
+    paths = []
+    for name in _CODE_PACKAGES:
+        copy = folder / name
+        if not copy.exists():
+            shutil.copytree(root / name, copy, ignore=shutil.ignore_patterns(
+                "__pycache__", "*.pyc", "data"))
+        paths.append(str(copy))
+    return paths
+
+
 def _input_example(features: pd.DataFrame) -> pd.DataFrame:
     """A few evaluation rows, the most complete first (fewest missing values)."""
     n_missing = features.isna().sum(axis=1).to_numpy()
@@ -923,6 +947,7 @@ def _log_model(kind: str, result: TrainResult, run_id: str, source: str, folder:
         input_example=example,
         registered_model_name=MODEL_NAMES[kind],
         pip_requirements=_pip_requirements(),
+        code_paths=_code_paths(folder.parent / "code"),
         metadata={"lifecast_kind": kind, "as_of": manifest["as_of"],
                   "eval_cutoff": eval_cutoff,
                   FEATURE_CONFIG_KEY: result.models.config.features.model_dump(mode="json"),

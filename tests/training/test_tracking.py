@@ -320,6 +320,48 @@ def test_champion_pyfunc_returns_probabilities(first_run, trained) -> None:
     np.testing.assert_allclose(v.to_numpy(), trained.models.value.predict(ev_v), rtol=1e-12)
 
 
+# What a Python without lifecast runs: the editable install's import hooks and the checkout
+# are taken off the path, then the registered model is loaded from the store and scores the
+# rows given on stdin.
+_BARE_PYTHON = """
+import importlib.util, io, sys
+sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
+sys.path_hooks[:] = [h for h in sys.path_hooks if "__editable__" not in getattr(h, "__module__", "")]
+sys.path_importer_cache.clear()
+sys.path[:] = [p for p in sys.path if p not in ("", {repo!r})]
+assert importlib.util.find_spec("training") is None, "lifecast is still importable"
+import mlflow, pandas as pd
+model = mlflow.pyfunc.load_model("models:/lifecast-churn@champion")
+frame = pd.read_json(io.StringIO(sys.stdin.read()), orient="split").astype("float64")
+print(model.predict(frame).to_json(orient="values", double_precision=15))
+"""
+
+
+def test_the_registered_model_loads_where_lifecast_is_not_installed(
+        first_run, trained, store, tmp_path: Path) -> None:
+    """The model carries its own code (MLflow ``code_paths``): `mlflow models serve` or a
+    bare environment with the logged requirements can load it."""
+    import json
+    import subprocess
+    import sys
+
+    repo = str(Path(tracking.__file__).resolve().parent.parent)
+    ev = _eval_rows(trained, "churn")
+    frame = ev[trained.models.churn.feature_names_].astype("float64").head(50)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store[1], "PYTHONPATH": ""}
+    done = subprocess.run([sys.executable, "-c", _BARE_PYTHON.format(repo=repo)],
+                          input=frame.to_json(orient="split"), capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(got, trained.models.churn.predict_proba(ev.head(50)), rtol=1e-12)
+    # the copies hold the modules only: no byte code, no demo data
+    code = Path(mlflow.artifacts.download_artifacts(
+        f"models:/lifecast-churn/{first_run.versions['churn']}")) / "code"
+    assert {p.name for p in code.iterdir()} == {"features", "training"}
+    assert not list(code.rglob("*.pyc")) and not list(code.rglob("*.parquet"))
+
+
 def test_the_pyfunc_scores_build_features_output_as_lifecast_scores(first_run) -> None:
     """A user's own pipeline: build_features at a cutoff, `model_input`, the registered
     pyfunc, and the same predictions as `predict_customers` on the same customers."""
