@@ -325,8 +325,9 @@ def test_champion_pyfunc_returns_probabilities(first_run, trained) -> None:
 # rows given on stdin.
 _BARE_PYTHON = """
 import importlib.util, io, sys
-sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
-sys.path_hooks[:] = [h for h in sys.path_hooks if "__editable__" not in getattr(h, "__module__", "")]
+def mine(hook): return "__editable__" in getattr(hook, "__module__", "")
+sys.meta_path[:] = [f for f in sys.meta_path if not mine(f)]
+sys.path_hooks[:] = [h for h in sys.path_hooks if not mine(h)]
 sys.path_importer_cache.clear()
 sys.path[:] = [p for p in sys.path if p not in ("", {repo!r})]
 assert importlib.util.find_spec("training") is None, "lifecast is still importable"
