@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from features.config import ColumnMapping
-from features.contract import parse_cutoff
+from features.contract import Transactions, parse_cutoff
 from features.pipeline import build_features
 from features.warn import warn
 from training.baseline import BaselineCLV
@@ -21,7 +21,15 @@ from training.models import (
     check_feature_definitions,
     check_source_columns,
 )
-from training.pipeline import FittedModels, _load, _timed, default_as_of, predict_customers
+from training.pipeline import (
+    FittedModels,
+    _load,
+    _timed,
+    daily_profile,
+    data_differs,
+    default_as_of,
+    predict_customers,
+)
 from training.store import CustomerStore
 
 
@@ -35,6 +43,20 @@ class ScoreResult:
     #: wall seconds per step: load, features, baseline_features, churn_predict_reasons,
     #: value_predict, segments, store_write
     timings: dict[str, float] = field(default_factory=dict)
+
+
+def _warn_if_another_log(models: FittedModels, tx: Transactions, cut: pd.Timestamp) -> None:
+    """Warn when ``tx`` is not the log the models were trained on, up to the earlier of
+    their as-of and ``cut`` (`training.pipeline.data_differs`; the same log with later
+    events is the same log). Models saved without a daily profile are not checked."""
+    if models.data_days is None or models.as_of is None:
+        return
+    before = min(pd.Timestamp(models.as_of), cut)
+    why = data_differs(models.data_days, daily_profile(tx, before), before)
+    if why:
+        warn(f"the models were trained on another log than this one: {why}. Their scores "
+             f"are those of a model of other data (another shop, a sample, a restated "
+             f"history); train on this log with `lifecast train` for models of its own")
 
 
 def score_customers(models: FittedModels, transactions: Any, as_of: Any | None = None,
@@ -54,6 +76,7 @@ def score_customers(models: FittedModels, transactions: Any, as_of: Any | None =
                               (models.value, "the value model")],
                              list(tx.report.columns), tx.report.source)
         cut = parse_cutoff(as_of) if as_of is not None else default_as_of(tx)
+        _warn_if_another_log(models, tx, cut)
     fcfg = models.config.features
     with _timed(timings, "features"):
         feats = build_features(tx, cut, config=fcfg)

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import math
 import os
@@ -147,6 +148,9 @@ INPUT_EXAMPLE_ROWS = 5
 _MODEL_ARTIFACT = "model"  # key of the folder in the pyfunc's artifacts
 _SEGMENTER_FILE = "segmenter.json"
 _MANIFEST_FILE = "lifecast.json"
+#: the training data's rows per day (`training.pipeline.daily_profile`), saved with each
+#: model so that the champion rule can tell whether a later run's data extends it
+_DAYS_FILE = "data_days.json"
 _NO_CHAMPION = "no champion model registered yet: run `lifecast train` first"
 
 _BASELINE_DESCRIPTIONS = {
@@ -916,6 +920,8 @@ def _log_model(kind: str, result: TrainResult, run_id: str, source: str, folder:
     model = _model_of(models, kind)
     model.save(folder)
     models.segmenter.save(folder / _SEGMENTER_FILE)
+    if result.data_days is not None:
+        (folder / _DAYS_FILE).write_text(result.data_days.to_json(orient="split", index=False))
     eval_cutoff = str(result.eval_cutoffs[EVAL_KEY[kind]])
     manifest = {
         "kind": kind,
@@ -1073,7 +1079,7 @@ def _decide(client: MlflowClient, kind: str, result: TrainResult, promote: str
     decision: dict[str, Any] = {"metric": metric, "new": new, "champion": None,
                                 "champion_version": _champion_version(client, kind)}
     cv = decision["champion_version"]
-    reason = outdated = None
+    reason = outdated = other_data = None
     same_settings = False
     if cv is not None:
         with tempfile.TemporaryDirectory(prefix="lifecast-champion-") as tmp:
@@ -1082,6 +1088,7 @@ def _decide(client: MlflowClient, kind: str, result: TrainResult, promote: str
             manifest_path = folder / _MANIFEST_FILE
             champion_as_of = (json.loads(manifest_path.read_text()).get("as_of", "")
                               if manifest_path.is_file() else "")
+            other_data = _other_data(folder, result, champion_as_of)
         # a champion of other feature definitions cannot score with this lifecast at all
         # (`lifecast score` refuses it): the new version replaces it unless told never to
         outdated = definitions_difference(champion.feature_definitions_, f"champion v{cv}")
@@ -1132,6 +1139,15 @@ def _decide(client: MlflowClient, kind: str, result: TrainResult, promote: str
                         f"{pd.Timestamp(result.models.as_of):%Y-%m-%d}, before the champion "
                         f"(as of {champion_as_of[:10]}): train these settings on the newer data "
                         f"to promote them (or --promote always)")
+    if other_data and not outdated:
+        # registered models are one set per store: a run on another data set (another shop,
+        # a sample, a restated history) must not replace the champion unasked
+        promoted = promoted and promote == "always"
+        message += (f"; this run was trained on another log than champion v{cv}: "
+                    f"{other_data}")
+        if promote == "auto":
+            message += (". To replace it with a model of this data use --promote always, or "
+                        "keep each data set in its own MLflow store")
     if promote == "auto":
         prefix = "promoted" if promoted else f"kept champion v{cv}"
     elif promote == "always":
@@ -1141,6 +1157,30 @@ def _decide(client: MlflowClient, kind: str, result: TrainResult, promote: str
     decision["promoted"] = promoted
     decision["message"] = f"{prefix}: {message}"
     return decision
+
+
+def _read_days(folder: Path) -> pd.DataFrame | None:
+    """The daily profile saved with the model in ``folder``, None for older models."""
+    days = folder / _DAYS_FILE
+    if not days.is_file():
+        return None
+    return pd.read_json(io.StringIO(days.read_text()), orient="split",
+                        dtype={"day": "str", "rows": "int64", "hash_sum": "str"})
+
+
+def _other_data(folder: Path, result: TrainResult, champion_as_of: str) -> str | None:
+    """Why this run's log is not the one the champion in ``folder`` was trained on, up to
+    the earlier of the two as-of dates (`training.pipeline.data_differs`: a log extended
+    with later events, or cut earlier, is the same log), or None when it is, or when
+    either side has no daily profile (models logged before it was saved, results made by
+    hand)."""
+    from training.pipeline import data_differs
+
+    champion = _read_days(folder)
+    if result.data_days is None or champion is None or not champion_as_of:
+        return None
+    before = min(pd.Timestamp(champion_as_of), pd.Timestamp(result.models.as_of))
+    return data_differs(champion, result.data_days, before)
 
 
 def _record_decision(client: MlflowClient, kind: str, version: str, decision: dict[str, Any]
@@ -1440,4 +1480,5 @@ def load_champions(dst: Path | str | None = None) -> FittedModels:
         config=churn.config,
         as_of=pd.Timestamp(manifest["as_of"]),
         versions=versions,
+        data_days=_read_days(folders["churn"]),
     )

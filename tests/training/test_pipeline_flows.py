@@ -291,3 +291,43 @@ def test_train_takes_its_config_as_a_dict():
     assert _train_config(None) == TrainConfig()
     with pytest.raises(TypeError, match="config must be a TrainConfig or a dict"):
         _train_config("fast")
+
+
+def test_daily_profile_and_data_differs_tell_the_same_log_from_another() -> None:
+    """The same rows in another order, or the log extended or cut, are the same log before
+    the earlier as-of; a changed, missing or shifted row is another log, and the reason
+    names the first day that differs."""
+    from features.contract import load_transactions
+    from training.pipeline import daily_profile, data_differs
+
+    log = pd.DataFrame({
+        "customer_id": [1, 1, 2, 3, 2],
+        "timestamp": pd.to_datetime(["2024-01-01 10:00", "2024-01-01 12:00", "2024-01-02 09:00",
+                                     "2024-01-04 09:00", "2024-01-05 09:00"]),
+        "amount": [10.0, 5.0, 7.5, 3.0, 2.0],
+    })
+
+    def profile(frame: pd.DataFrame, before: str = "2024-01-06") -> pd.DataFrame:
+        return daily_profile(load_transactions(frame), before)
+
+    full = profile(log)
+    assert list(full["day"]) == ["2024-01-01", "2024-01-02", "2024-01-04", "2024-01-05"]
+    assert list(full["rows"]) == [2, 1, 1, 1]
+    assert list(profile(log, "2024-01-04")["day"]) == ["2024-01-01", "2024-01-02"]
+    shuffled = profile(log.sample(frac=1, random_state=0))
+    assert shuffled.equals(full)
+    assert data_differs(full, profile(log, "2024-01-03"), "2024-01-03") is None  # cut
+    assert data_differs(profile(log, "2024-01-03"), full, "2024-01-03") is None  # extended
+    # a partial last day is not compared: the earlier run read only its morning
+    assert data_differs(profile(log, "2024-01-01 11:00"), full, "2024-01-01 11:00") is None
+    changed = log.assign(amount=[10.0, 5.0, 7.5, 3.5, 2.0])
+    assert data_differs(full, profile(changed), "2024-01-06") == (
+        "its events before 2024-01-06 differ from the other data's on 1 of 4 days (first "
+        "2024-01-04: 1 rows here, 1 there)")
+    assert data_differs(full, profile(log.drop(index=1)), "2024-01-06") == (
+        "its events before 2024-01-06 differ from the other data's on 1 of 4 days (first "
+        "2024-01-01: 1 rows here, 2 there)")
+    later = log.assign(timestamp=log["timestamp"] + pd.Timedelta(days=30))
+    assert data_differs(full, profile(later, "2024-03-01"), "2024-01-06") == (
+        "it has no events before 2024-01-06 (the other data runs from 2024-01-01 to "
+        "2024-01-05)")

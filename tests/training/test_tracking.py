@@ -544,6 +544,38 @@ def test_the_same_settings_trained_on_later_data_replace_the_champion(
     assert tracking.promote_run(first_run.run_id) == first_run.versions
 
 
+def test_a_run_on_other_data_does_not_replace_the_champion_unless_told(
+        first_run, trained, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same settings on another log (here the same shop's log two months later in every
+    timestamp: its events before the champion's as-of differ) with a later as-of would win
+    as a scheduled retrain; auto keeps the champion and says why, always promotes. The
+    same log cut earlier or extended is the same log (the other champion-rule tests)."""
+    monkeypatch.setattr(tracking, "_log_plots", lambda result, folder: None)
+    other = _transactions()
+    other["timestamp"] += pd.Timedelta(days=61)
+    later = pd.Timestamp(AS_OF) + pd.Timedelta(days=61)
+    result = train(other, as_of=later, config=trained.models.config)
+    cv = first_run.versions["churn"]
+    run = tracking.log_training(result, source="other.parquet")  # promote="auto"
+    assert run.promoted == {"churn": False, "clv": False}
+    message = run.decision["churn"]["message"]
+    assert message.startswith(f"kept champion v{cv}: roc_auc "), message
+    assert (f"this run as of {later:%Y-%m-%d}): trained on later data; this run was trained "
+            f"on another log than champion v{cv}: its events before {AS_OF} differ from the "
+            f"other data's on ") in message
+    assert message.endswith(". To replace it with a model of this data use --promote always, "
+                            "or keep each data set in its own MLflow store")
+    assert _aliases("churn") == {"champion": cv}
+    forced = tracking.log_training(result, source="other.parquet", promote="always")
+    assert forced.promoted == {"churn": True, "clv": True}
+    assert forced.decision["churn"]["message"].startswith("promoted (always): ")
+    assert "--promote always" not in forced.decision["churn"]["message"]
+    # the log extended (the same rows before the champion's as-of, more after): no remark
+    assert tracking.promote_run(first_run.run_id) == first_run.versions
+    d = tracking._decide(mlflow.MlflowClient(), "churn", trained, "auto")
+    assert "another log" not in d["message"]
+
+
 def test_a_champion_that_cannot_be_scored_is_kept_and_the_message_names_the_metric(
         first_run, trained, monkeypatch: pytest.MonkeyPatch) -> None:
     reason = "it predicts a 365-day horizon, this run 90 days"
@@ -666,6 +698,30 @@ def test_load_champions_round_trip(first_run, trained, tmp_path: Path) -> None:
     manifest = json.loads((folder / "lifecast.json").read_text())
     assert manifest["version"] == first_run.versions["clv"]
     assert manifest["run_id"] == first_run.run_id
+
+
+def test_scoring_another_log_with_the_champions_warns(first_run, trained, tmp_path: Path
+                                                     ) -> None:
+    """The champions know the log they were trained on (its rows per day): scoring the same
+    log, extended or not, is quiet; another log warns, naming the first day that differs."""
+    import warnings
+
+    from training.scoring import score_customers
+
+    models = tracking.load_champions(tmp_path)
+    pd.testing.assert_frame_equal(models.data_days, trained.data_days)
+    log = _transactions()
+    with warnings.catch_warnings(record=True) as quiet:
+        warnings.simplefilter("always")
+        score_customers(models, log, AS_OF)
+    assert not [w for w in quiet if "another log" in str(w.message)]
+    restated = log.drop(index=log.index[log["timestamp"] < "2022-03-01"][:3])
+    with pytest.warns(UserWarning) as caught:
+        score_customers(models, restated, AS_OF)
+    messages = [str(w.message) for w in caught]
+    assert any(m.startswith(f"the models were trained on another log than this one: its "
+                            f"events before {AS_OF} differ from the other data's on ")
+               for m in messages), messages
 
 
 def test_champions_with_other_feature_settings_do_not_score_together(
