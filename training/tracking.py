@@ -461,19 +461,27 @@ TUNE_RUN_TAG, TRAIN_RUN_TAG = "lifecast.tune_run_id", "lifecast.train_run_id"
 FEATURE_CONFIG_KEY = "feature_config"
 
 
-def model_input(features: pd.DataFrame, settings: FeatureConfig | Any) -> pd.DataFrame:
+def model_input(features: pd.DataFrame, settings: FeatureConfig | Any,
+                population: pd.DataFrame | None = None) -> pd.DataFrame:
     """What a registered model's pyfunc takes, from `features.build_features` output.
 
     Features of one or more cutoffs in (one row per (cutoff, customer)); the same rows out,
     indexed by (``customer_id``, ``cutoff``), with the baseline features (``bg_*``,
-    ``gg_expected_value``) added when they are missing (BG/NBD + Gamma-Gamma fitted per
-    cutoff on these rows, as `lifecast score` does, so pass the whole population, not a
-    sample) and only the model columns, as float64: MLflow's schema check refuses pandas'
-    nullable ``Int64``. The pyfunc's predictions keep the index.
+    ``gg_expected_value``) added when they are missing, and only the model columns, as
+    float64: MLflow's schema check refuses pandas' nullable ``Int64``. The pyfunc's
+    predictions keep the index.
+
+    The baseline features come from BG/NBD + Gamma-Gamma fitted per cutoff on the whole
+    population, as `lifecast score` does: ``population`` (``build_features`` output for
+    everyone, at the same cutoffs) when given, else ``features`` itself. To score a subset
+    (a CRM segment, an export), pass the whole population too: fitted on the subset alone,
+    the baseline differs and so do the predictions. Without ``population``, rows far fewer
+    than the customers the model was trained on warn.
 
     ``settings`` is the models' `FeatureConfig`, or a pyfunc model loaded with
     ``mlflow.pyfunc.load_model("models:/lifecast-churn@champion")``, whose metadata records
     the settings it was trained with (the baseline features depend on the horizons)."""
+    trained_on = None
     if not isinstance(settings, FeatureConfig):
         meta = getattr(getattr(settings, "metadata", None), "metadata", None) or {}
         if FEATURE_CONFIG_KEY not in meta:
@@ -488,6 +496,20 @@ def model_input(features: pd.DataFrame, settings: FeatureConfig | Any) -> pd.Dat
                              f"Retrain with `lifecast train`, or use the lifecast that "
                              f"trained it.")
         settings = FeatureConfig(**meta[FEATURE_CONFIG_KEY])
+        trained_on = meta.get(CUSTOMERS_KEY)
+    index = pd.MultiIndex.from_frame(features[["customer_id", "cutoff"]])
+    if population is not None:
+        everyone = model_input(population, settings)
+        absent = ~index.isin(everyone.index)
+        if absent.any():
+            cid, cut = index[absent][0]
+            cid = cid.item() if isinstance(cid, np.generic) else cid  # 17850, not np.int64
+            raise ValueError(
+                f"model_input: {int(absent.sum()):,} rows of features are not in population, "
+                f"e.g. customer {cid!r} at cutoff {pd.Timestamp(cut)}; population must hold "
+                f"every customer of features, at the same cutoffs (build_features for "
+                f"everyone at those cutoffs)")
+        return everyone.loc[index]
     missing = [c for c in feature_names(settings) if c not in features.columns]
     if missing:
         raise ValueError(
@@ -495,9 +517,29 @@ def model_input(features: pd.DataFrame, settings: FeatureConfig | Any) -> pd.Dat
             f"missing: {', '.join(missing)}"
         )
     if not all(c in features.columns for c in BASELINE_FEATURES):
+        if trained_on:
+            _warn_if_a_subset(features, int(trained_on))
         features = add_baseline_features(features, settings)
-    index = pd.MultiIndex.from_frame(features[["customer_id", "cutoff"]])
     return features[model_feature_names(settings)].astype("float64").set_axis(index)
+
+
+#: The model metadata key holding the customers of the training log before as-of.
+CUSTOMERS_KEY = "customers"
+
+
+def _warn_if_a_subset(features: pd.DataFrame, trained_on: int) -> None:
+    """Warn when a cutoff of ``features`` holds fewer than half the customers the model's
+    training log had: the baseline would be fitted on a subset (`model_input`)."""
+    counts = features.groupby("cutoff", sort=True)["customer_id"].size()
+    few = counts[counts < trained_on / 2]
+    if few.empty:
+        return
+    cut, n = few.index[0], int(few.iloc[0])
+    warn(f"model_input fits the BG/NBD + Gamma-Gamma features on the rows it is given: "
+         f"{n:,} customers at cutoff {pd.Timestamp(cut)}, where the model's training log had "
+         f"{trained_on:,}. For a subset the predictions differ from those for the whole "
+         f"population: pass everyone's features as population= "
+         f"(model_input(subset, model, population=everyone))")
 
 
 def _load_native(kind: str, folder: Path) -> ChurnModel | ValueModel:
@@ -957,6 +999,7 @@ def _log_model(kind: str, result: TrainResult, run_id: str, source: str, folder:
         metadata={"lifecast_kind": kind, "as_of": manifest["as_of"],
                   "eval_cutoff": eval_cutoff,
                   FEATURE_CONFIG_KEY: result.models.config.features.model_dump(mode="json"),
+                  CUSTOMERS_KEY: result.data_used.get("customers"),
                   DEFINITIONS_KEY: model.feature_definitions_},
     )
     version = str(info.registered_model_version)

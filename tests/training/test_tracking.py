@@ -363,6 +363,11 @@ def test_the_registered_model_loads_where_lifecast_is_not_installed(
     assert not list(code.rglob("*.pyc")) and not list(code.rglob("*.parquet"))
 
 
+def trained_customers(run: tracking.RunSummary) -> int:
+    """The customers before as-of of the run's training log (its ``data.customers``)."""
+    return int(mlflow.get_run(run.run_id).data.params["data.customers"])
+
+
 def test_the_pyfunc_scores_build_features_output_as_lifecast_scores(first_run) -> None:
     """A user's own pipeline: build_features at a cutoff, `model_input`, the registered
     pyfunc, and the same predictions as `predict_customers` on the same customers."""
@@ -393,6 +398,26 @@ def test_the_pyfunc_scores_build_features_output_as_lifecast_scores(first_run) -
         tracking.model_input(feats.drop(columns="frequency"), FEATURES)
     with pytest.raises(ValueError, match="needs the models' FeatureConfig"):
         tracking.model_input(feats, object())
+
+    # a subset: fitted on its own rows the baseline differs, and model_input says so; with
+    # population= the subset gets exactly the whole population's predictions
+    subset = feats.iloc[::7]
+    with pytest.warns(UserWarning, match=(
+            rf"^model_input fits the BG/NBD \+ Gamma-Gamma features on the rows it is given: "
+            rf"{len(subset):,} customers at cutoff {pd.Timestamp(AS_OF)}, where the model's "
+            rf"training log had {trained_customers(first_run):,}\. For a subset")):
+        alone = churn.predict(tracking.model_input(subset, churn))
+    assert not np.allclose(alone.to_numpy(), p.loc[alone.index].to_numpy())
+    with warnings.catch_warnings(record=True) as quiet:
+        warnings.simplefilter("always")
+        X_sub = tracking.model_input(subset, churn, population=feats)
+    assert not [w for w in quiet if "model_input" in str(w.message)]
+    assert X_sub.index.equals(pd.MultiIndex.from_frame(subset[["customer_id", "cutoff"]]))
+    np.testing.assert_array_equal(churn.predict(X_sub).to_numpy(), p.loc[X_sub.index])
+    stranger = feats.iloc[:3].assign(customer_id=-1)
+    with pytest.raises(ValueError, match=r"model_input: 3 rows of features are not in "
+                                         r"population, e\.g\. customer -1 at cutoff "):
+        tracking.model_input(stranger, churn, population=feats)
 
 
 def test_champion_rule(first_run, trained, monkeypatch: pytest.MonkeyPatch) -> None:
