@@ -32,8 +32,10 @@ split is made anywhere: the held-out snapshot is later than every snapshot the m
 
 MLflow: when a run is active, or a tracking URI is set (``MLFLOW_TRACKING_URI`` or
 `training.tracking.configure`), every trial is logged as a nested run (``trial <n>``: its
-parameters and the horizons, ``churn_roc_auc``, ``value_normalized_gini``, ``objective`` and
-the best iteration of each model) under the active run, under ``parent_run_id`` when given, or
+parameters and the horizons, ``tune_churn_roc_auc``, ``tune_value_normalized_gini``,
+``tune_objective`` and the best iteration of each model, prefixed so that they do not sort
+with the train runs' metrics of the same names, measured on another snapshot) under the
+active run, under ``parent_run_id`` when given, or
 else under a parent run ``tune <as-of> churn <N>d clv <N>d`` (tag ``lifecast.step=tune``)
 started here in ``experiment`` (`training.tracking.experiment_name`: by default
 ``$MLFLOW_EXPERIMENT_NAME``, else ``lifecast``), which also gets the best parameters and
@@ -91,6 +93,8 @@ TUNE_RUN_NAME = "tune"
 #: The tag that marks the parent run of a search (value `TUNE_RUN_NAME`); its name is
 #: ``tune <as-of> churn <N>d clv <N>d``.
 TUNE_STEP_TAG = "lifecast.step"
+#: The prefix of a trial run's metrics (``tune_churn_roc_auc``, ``tune_objective`` ...).
+TRIAL_METRIC_PREFIX = "tune_"
 #: The id of the last ``tune`` run `tune_config` started in this process (`last_tune_run_id`).
 _last_tune_run: str | None = None
 _INSTALL_HINT = "pip install 'lifecast[tune]'"
@@ -299,7 +303,11 @@ def tune_config(
                                       parent_run_id=parent, experiment_id=exp_id):
                     mlflow.set_tag("optuna.trial", str(trial.number))
                     mlflow.log_params({**params, **horizons})
-                    mlflow.log_metrics(scores)
+                    # prefixed: measured on the search's held-out snapshot, not the
+                    # evaluation snapshot of a train run's churn_roc_auc, so a sort by
+                    # metric in MLflow does not rank the two together
+                    mlflow.log_metrics({f"{TRIAL_METRIC_PREFIX}{k}": v
+                                        for k, v in scores.items()})
             return scores["objective"]
 
         sampler = optuna.samplers.TPESampler(seed=sampler_seed)

@@ -171,10 +171,12 @@ def test_tune_logs_nested_trials_and_is_deterministic(
     for run in trials:
         assert set(tuning.SEARCH_SPACE) <= set(run.data.params)
         assert horizons.items() <= run.data.params.items()  # comparable across searches
-        assert {"churn_roc_auc", "value_normalized_gini", "objective"} <= set(run.data.metrics)
+        assert {"tune_churn_roc_auc", "tune_value_normalized_gini", "tune_objective"} <= set(
+            run.data.metrics)
+        assert "churn_roc_auc" not in run.data.metrics  # a train run's metric: not mixed
     assert horizons.items() <= parent.data.params.items()
-    top = max(trials, key=lambda r: r.data.metrics["objective"])
-    assert parent.data.metrics["best_objective"] == top.data.metrics["objective"]
+    top = max(trials, key=lambda r: r.data.metrics["tune_objective"])
+    assert parent.data.metrics["best_objective"] == top.data.metrics["tune_objective"]
     assert best.learning_rate == pytest.approx(float(top.data.params["learning_rate"]))
     assert best.num_leaves == int(top.data.params["num_leaves"])
 
