@@ -258,7 +258,8 @@ def quiet_mlflow() -> Iterator[None]:
 @quiet_mlflow()
 def configure(workdir: Path | str = ".", experiment: str | None = None, *,
               create: bool = True) -> str:
-    """Set the tracking URI and make sure ``experiment`` exists; returns the URI.
+    """Set the tracking URI and make ``experiment`` exist and be MLflow's active
+    experiment; returns the URI.
 
     ``experiment`` defaults as in `experiment_name`: ``$MLFLOW_EXPERIMENT_NAME``, else
     ``lifecast``.
@@ -278,7 +279,9 @@ def configure(workdir: Path | str = ".", experiment: str | None = None, *,
         Path(workdir).expanduser().resolve().mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     _last_set_uri, _last_was_users = uri, users
-    _experiment_id(experiment_name(experiment))
+    # the active experiment too: mlflow.search_runs() and mlflow.start_run() in the user's
+    # own code then see lifecast's runs, not the empty "Default" experiment
+    mlflow.set_experiment(experiment_id=_experiment_id(experiment_name(experiment)))
     return uri
 
 
@@ -643,8 +646,12 @@ def _report_dict(report: Any) -> dict[str, Any]:
 
 def _redact(text: str) -> str:
     """Mask the passwords of a URL (``postgresql://user:secret@host/db?password=...``); a
-    path is returned as it is."""
-    return masked_url(text) if "://" in text else text
+    path that exists is made absolute (``../data/sales.parquet`` means nothing from
+    another folder), any other text is returned as it is."""
+    if "://" in text:
+        return masked_url(text)
+    path = Path(text).expanduser()
+    return str(path.resolve()) if text and path.exists() else text
 
 
 class _TextSource(DatasetSource):

@@ -145,7 +145,11 @@ def test_import_has_no_side_effects(tmp_path: Path) -> None:
 def test_helpers() -> None:
     assert tracking._redact("postgresql://ana:s3cret@db:5432/shop") == (
         "postgresql://ana:***@db:5432/shop")
-    assert tracking._redact("data/tx.parquet") == "data/tx.parquet"
+    assert tracking._redact("data/tx.parquet") == "data/tx.parquet"  # no such file here
+    here = Path(tracking.__file__)  # a file that exists, named relatively: made absolute
+    relative = os.path.relpath(here)
+    assert not Path(relative).is_absolute()
+    assert tracking._redact(relative) == str(here.resolve())
     assert tracking._redact("postgresql+psycopg://ana@db/shop?password=s3cret&sslmode=require"
                             ) == "postgresql+psycopg://ana@db/shop?password=***&sslmode=require"
     assert tracking._fmt_pair(0.8123, 0.7904) == ("0.812", "0.790")
@@ -164,6 +168,8 @@ def test_configure(store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert (workdir / "mlflow.db").is_file()
     exp = mlflow.MlflowClient().get_experiment_by_name("lifecast")
     assert exp.artifact_location == (workdir.resolve() / "mlartifacts").as_uri()
+    # the active experiment: the user's own mlflow.search_runs() sees lifecast's runs
+    assert mlflow.get_experiment(mlflow.tracking.fluent._get_experiment_id()).name == "lifecast"
     # the environment wins over the working folder (nothing is made there)
     monkeypatch.setattr(tracking, "_last_set_uri", None)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
