@@ -1310,6 +1310,7 @@ def promote_run(run_id: str) -> dict[str, str]:
             name = MODEL_NAMES[kind]
             if previous is not None:
                 _warn_if_horizon_changes(client, kind, found[kind], previous)
+                _warn_if_trained_earlier(client, kind, found[kind], previous)
             client.set_registered_model_alias(name, CHAMPION_ALIAS, found[kind])
             # the version's decision (what `lifecast models` shows) now says how it became
             # champion, keeping what was decided when it was trained
@@ -1374,6 +1375,20 @@ def _warn_if_horizon_changes(client: MlflowClient, kind: str, new: str, old: str
             f"{days[1]} days: after the next `lifecast score` the served "
             f"{'churn probabilities' if kind == 'churn' else 'values'} cover {days[0]} days",
         )
+
+
+def _warn_if_trained_earlier(client: MlflowClient, kind: str, new: str, old: str) -> None:
+    """Warn when a version promoted by hand was trained as of an earlier date than the
+    champion it replaces (their ``as_of`` tags): it has not seen the latest behaviour
+    ("auto" does not do this, `_decide`)."""
+    name = MODEL_NAMES[kind]
+    dates = [client.get_model_version(name, v).tags.get("as_of") for v in (new, old)]
+    if None in dates or pd.Timestamp(dates[0]) >= pd.Timestamp(dates[1]):
+        return
+    warn(f"{name} v{new} was trained as of {dates[0][:10]}, before the champion it replaces "
+         f"(v{old}, as of {dates[1][:10]}): it has not learned what happened after "
+         f"{dates[0][:10]}. To serve its settings on the newer data, train them again "
+         f"(lifecast train)")
 
 
 def champion_versions() -> dict[str, str | None]:

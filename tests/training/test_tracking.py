@@ -546,6 +546,13 @@ def test_better_settings_trained_on_older_data_do_not_replace_the_champion(
         f"but this run was trained as of 2023-12-01, before the champion (as of {AS_OF}): "
         f"train these settings on the newer data to promote them (or --promote always)")
     assert _aliases("churn") == {"champion": weak.versions["churn"]}
+    # promoted by hand all the same: done, with a word on what it has not seen
+    with pytest.warns(UserWarning) as caught:
+        assert tracking.promote_run(run.run_id) == run.versions
+    assert (f"lifecast-churn v{run.versions['churn']} was trained as of 2023-12-01, before the "
+            f"champion it replaces (v{weak.versions['churn']}, as of {AS_OF}): it has not "
+            f"learned what happened after 2023-12-01. To serve its settings on the newer data, "
+            f"train them again (lifecast train)") in [str(w.message) for w in caught]
     assert tracking.promote_run(first_run.run_id) == first_run.versions
 
 
