@@ -342,6 +342,29 @@ def test_models_prints_each_decision_under_the_table(registry):
     assert "decisions:" not in format_models(list_models().assign(decision=""))
 
 
+def test_models_says_when_scores_of_other_snapshots_do_not_rank_versions():
+    from training.cli import format_models
+
+    def version(v: str, cutoff: str, horizon: int, score: float) -> dict:
+        return {"model": "lifecast-churn", "version": v, "aliases": "", "run_id": "r" + v,
+                "as_of": "2011-12-10", "eval_cutoff": cutoff, "horizon_days": horizon,
+                "feature_definitions": 2, "created": pd.Timestamp("2026-11-24 10:00"),
+                "primary_metric": "roc_auc", "score": score, "decision": ""}
+
+    same = pd.DataFrame([version("2", "2011-09-11", 90, 0.7366),
+                         version("1", "2011-09-11", 90, 0.7350)])
+    assert "note:" not in format_models(same)
+    assert format_models(same).splitlines()[-1].startswith("lifecast-churn       1 ")
+    other = pd.DataFrame([version("2", "2011-08-12", 60, 0.7478),
+                          version("1", "2011-09-11", 90, 0.7366)])
+    note = format_models(other).split("\n\n", 1)[1]
+    assert " ".join(note.split()) == (
+        "note: score is each version's roc_auc on its own run's evaluation snapshot; the "
+        "versions of lifecast-churn were evaluated at other cutoffs or horizons (eval_cutoff, "
+        "horizon_days), so their scores do not rank them. The champion rule compares "
+        "settings on one snapshot (decisions below).")
+
+
 def test_promote_takes_the_start_of_a_run_id_that_fits_one_run(registry, monkeypatch):
     from collections import Counter
 

@@ -339,13 +339,23 @@ def format_models(table: pd.DataFrame, width: int = 100) -> str:
 
     shown = table.drop(columns="decision").assign(
         created=table.created.dt.strftime("%Y-%m-%d %H:%M"))
-    lines = [shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"), "", "decisions:"]
+    lines = [shown.to_string(index=False, float_format=lambda v: f"{v:.4f}")]
+    mixed = [m for m, g in table.groupby("model", sort=False)
+             if g["eval_cutoff"].nunique() > 1 or g["horizon_days"].nunique() > 1]
+    if mixed:  # a column of numbers invites ranking them: say when that would mislead
+        lines += ["", textwrap.fill(
+            f"note: score is each version's {'/'.join(dict.fromkeys(table.primary_metric))} "
+            f"on its own run's evaluation snapshot; the versions of {' and '.join(mixed)} "
+            f"were evaluated at other cutoffs or horizons (eval_cutoff, horizon_days), so "
+            f"their scores do not rank them. The champion rule compares settings on one "
+            f"snapshot (decisions below).", width=width, subsequent_indent="      ")]
+    lines += ["", "decisions:"]
     for row in table.itertuples(index=False):
         if row.decision:
             lines.append(textwrap.fill(row.decision, width=width,
                                        initial_indent=f"  {row.model} v{row.version}: ",
                                        subsequent_indent="      "))
-    return "\n".join(lines if len(lines) > 3 else lines[:1])
+    return "\n".join(lines if lines[-1] != "decisions:" else lines[:-2])
 
 
 #: Printed when a new champion is made: the customer store and a running service still
