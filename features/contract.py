@@ -18,7 +18,9 @@ The mapping is applied once, here, at the boundary:
   midnight, text is parsed with ``mapping.timestamp_format``, else with the one format that
   reads every value among DuckDB's CSV sniffer's and `_TIMESTAMP_GUESSES` (several that
   read them differently, such as day-first and month-first, are an error: ambiguous), else
-  as ISO 8601 (with or without a UTC offset).
+  as ISO 8601 (with or without a UTC offset). A format reads a value only if the year it
+  gives has four digits (DuckDB's %Y takes '10' for the year 0010; the guesses have %y
+  variants for two-digit years), and an event before 1900-01-01, by any path, is an error.
 - ``amount``: DOUBLE, a column or an arithmetic expression over columns
   (``Quantity * UnitPrice``); negative amounts (returns, cancellations) are kept; an amount
   of 10^12 or more (in absolute value) is an error: the features' money type cannot hold it.
@@ -102,7 +104,22 @@ _TIMESTAMP_GUESSES = (
     "%Y/%m/%d %H:%M:%S",
     "%Y/%m/%d",
     "%Y%m%d",
+    # two-digit years ('12/1/10 9:37', Excel's US default): %Y reads '10' as the year 0010,
+    # which `_reads` refuses, so these are the ones that read such a column
+    "%d/%m/%y %H:%M",
+    "%m/%d/%y %H:%M",
+    "%d/%m/%y %H:%M:%S",
+    "%m/%d/%y %H:%M:%S",
+    "%d/%m/%y",
+    "%m/%d/%y",
+    "%d.%m.%y %H:%M",
+    "%d.%m.%y",
+    "%d-%m-%y %H:%M",
+    "%d-%m-%y",
 )
+#: the earliest event a load accepts: an earlier one is a misread date (a two-digit year read
+#: with %Y or as ISO 8601 is the year 0010), never a transaction
+_EARLIEST = "1900-01-01"
 #: rows at the start of a source whose timestamp texts pick the candidate formats (as many
 #: as DuckDB's CSV sniffer reads); every row is checked later (`_settle_timestamp_format`)
 _FORMAT_SNIFF_ROWS = 20_480
@@ -1260,6 +1277,15 @@ def _plan(
             problem="a timestamp that is missing or cannot be parsed", hint=ts_hint,
         )
     )
+    early = f"{{t}} < TIMESTAMP '{_EARLIEST}'"
+    early_check = _Column(
+        "timestamp", ts_col, ts, (ts_col,), check="early",
+        bad=early.format(t=f"({ts})"), profile_bad=early.format(t="timestamp"),
+        problem=f"a timestamp before {_EARLIEST}",
+        hint=("No transaction is that old: check how the column was written (a year such as "
+              "0010 is a two-digit year read as a four-digit one), and fix or remove these "
+              "rows."),
+    )  # the hint of text timestamps is `_early_advice`, which looks at the examples
     if "amount" in resolved:
         amount_sql = _numeric_sql(src, resolved["amount"], "amount", problems)
         amount_label, amount_raw = resolved["amount"], (resolved["amount"],)
@@ -1285,6 +1311,7 @@ def _plan(
     )
     too_big = f"isfinite({{a}}) AND abs({{a}}) >= {MONEY_LIMIT}"
     checks = [
+        early_check,
         _Column(
             "amount", amount_label, amount_sql, amount_raw, check="size",
             bad=too_big.format(a=amount_sql), profile_bad=too_big.format(a="amount"),
@@ -1476,13 +1503,21 @@ def _timestamp_candidates(con: DuckDBBackend, src: _Source, mapping: ColumnMappi
     if mapping.timestamp_format or col is None or not _raw_is_text(src, col):
         return []
     sniffed = _sniffed_format(src, col)
-    declared = _kind(src.sniffed.get(col, "VARCHAR")) if src.is_text else ""
-    if declared in ("timestamp", "date") and (sniffed or "%Y").startswith("%Y"):
-        return []  # the sniffer read year-first (ISO 8601) dates: unambiguous, no query
-    formats = list(dict.fromkeys([*([sniffed] if sniffed else []), *_TIMESTAMP_GUESSES]))
+    if sniffed and sniffed.startswith("%Y"):
+        return []  # the sniffer read year-first dates: unambiguous, no query
     text = _timestamp_text(col)
     sample = (f"SELECT DISTINCT v FROM (SELECT {text} AS v FROM {src.relation} "
               f"LIMIT {_FORMAT_SNIFF_ROWS}) WHERE v IS NOT NULL")
+    declared = _kind(src.sniffed.get(col, "VARCHAR")) if src.is_text else ""
+    if declared in ("timestamp", "date") and not sniffed:
+        # DuckDB's cast reads them: ISO 8601, but also '01/12/10 09:37' as the year 1. Year
+        # first (as ISO 8601 is) needs no guesses, whose query costs 0.3 CPU-s
+        year_first = con.con.execute(
+            f"SELECT bool_and(regexp_matches(v, '^[0-9]{{4}}-')) FROM ({sample})"
+        ).fetchall()[0][0]
+        if year_first:
+            return []
+    formats = list(dict.fromkeys([*([sniffed] if sniffed else []), *_TIMESTAMP_GUESSES]))
     return [f[1:-1] for f in _formats_that_read(con, formats, sample)]
 
 
@@ -1542,12 +1577,14 @@ def _ambiguous_timestamps(con: DuckDBBackend, src: _Source, plan: _Plan, fits: l
 
 
 def _day_or_month_first(fmt: str) -> str | None:
-    """'the day comes first' or 'the month comes first' for a format with both, else None."""
-    if "%d" not in fmt or "%m" not in fmt:
+    """'the day comes first', 'the month comes first' or 'the year comes first' (as in
+    '%y/%m/%d', which DuckDB's sniffer finds for '01/12/10') for a format with a day, a
+    month and a year, else None."""
+    places = {what: fmt.find(code) for what, code in
+              (("day", "%d"), ("month", "%m"), ("year", "%y" if "%y" in fmt else "%Y"))}
+    if min(places.values()) < 0:
         return None
-    return "the day comes first" if fmt.index("%d") < fmt.index("%m") else (
-        "the month comes first"
-    )
+    return f"the {min(places, key=places.__getitem__)} comes first"
 
 
 def _numeric_sql(src: _Source, col: str, contract: str, problems: list[str]) -> str:
@@ -1740,7 +1777,7 @@ def _profile(con: DuckDBBackend, src: _Source, plan: _Plan, clean: str) -> dict[
     if plan.timestamp_candidates:  # rows (not blank) each candidate format does not read
         text = _timestamp_text(plan.get("timestamp").raw[0])
         select += [
-            f"({text} IS NOT NULL AND try_strptime({text}, {_lit(f)}) IS NULL) "
+            f"({text} IS NOT NULL AND NOT {_reads(text, f)}) "
             f"AS __ts_misfit_{i}"
             for i, f in enumerate(plan.timestamp_candidates)
         ]
@@ -1829,6 +1866,8 @@ def _validate(con: DuckDBBackend, src: _Source, plan: _Plan, stats: dict[str, An
             hint = _timestamp_advice(
                 con, src, plan, n, kept, examples.get("_values_timestamp", []), c.hint
             )
+        elif c.key == "timestamp_early" and plan.timestamp_is_text:
+            hint = _early_advice(con, plan, examples.get("_values_timestamp_early", []))
         problems.append(
             f"{what} ({c.contract}): {n:,} of {kept:,} rows with a customer id have "
             f"{c.problem}, e.g. {examples[c.key]}. {hint}"
@@ -1842,7 +1881,7 @@ def _examples(
     """Up to 5 example rows per bad column, in ONE query over the numbered source.
 
     Returns contract -> formatted examples ("row 7: '31/02/2011'"), plus
-    ``_values_timestamp``: the raw bad timestamp texts (for format suggestions).
+    ``_values_<key>`` of each timestamp check: its raw texts (for format suggestions).
     """
     raw = con.con
     has_cid = f"({plan.get('customer_id').value}) IS NOT NULL"
@@ -1860,7 +1899,7 @@ def _examples(
     with _in_file_order(raw, src):
         rows = raw.execute(sql).fetchall()
     out: dict[str, Any] = {c.key: [] for c in bad}
-    out["_values_timestamp"] = []
+    out.update({f"_values_{c.key}": [] for c in bad if c.contract == "timestamp"})
     for problem, row_no, file, *values in sorted(rows, key=lambda r: (r[0], r[1] or 0)):
         c = bad[problem]
         shown = dict(zip(needed, values, strict=True))
@@ -1870,8 +1909,8 @@ def _examples(
             val = ", ".join(f"{col}={_show(shown[col])}" for col in c.raw)
         where = _where(src, row_no, file)
         out[c.key].append(f"{where}: {val}" if where else val)
-        if c.key == "timestamp" and shown[c.raw[0]] not in (None, ""):
-            out["_values_timestamp"].append(shown[c.raw[0]].strip())
+        if c.contract == "timestamp" and shown[c.raw[0]] not in (None, ""):
+            out[f"_values_{c.key}"].append(shown[c.raw[0]].strip())
     for c in bad:
         out[c.key] = "; ".join(out[c.key])
     return out
@@ -1945,6 +1984,32 @@ def _timestamp_advice(
     )
 
 
+def _early_advice(con: DuckDBBackend, plan: _Plan, values: list[str]) -> str:
+    """What to do about text timestamps that were read as dates before `_EARLIEST`: almost
+    always two-digit years ('01/12/10') read with %Y, or as ISO 8601 by DuckDB's cast (which
+    reads '01/12/10' as the year 1). Suggests the %y format that reads the examples: the
+    format used with %y for %Y if it does, else the guessed ones that do."""
+    fmt = plan.timestamp_format
+    how = f"with the format {fmt!r}" if fmt else "as ISO 8601 (year first)"
+    ts = plan.get("timestamp")
+    if values:  # how the first example was read: the contract's SQL on that one text
+        read = con.con.execute(f"SELECT {ts.value} FROM (SELECT ?::VARCHAR AS "
+                               f"{_q(ts.raw[0])})", [values[0]]).fetchall()[0][0]
+        how += f", which reads {values[0]!r} as {pd.Timestamp(read)}"
+    fits: list[str] = []
+    if fmt and "%Y" in fmt and values:
+        fits = _formats_that_read(con, [fmt.replace("%Y", "%y")],
+                                  "SELECT unnest(?::VARCHAR[]) AS v", [values])
+    fits = fits or [f for f in _fitting_formats(con, values) if "%y" in f]
+    example = ", ".join(fits[:2]) if fits else "'%d/%m/%y %H:%M'"
+    return (
+        f"The text was read {how}: that way, a two-digit year gives a date in the years 0 "
+        f"to 99. If the years have two digits, pass a format with %y (it reads them as "
+        f"1969 to 2068) with {_hint('timestamp_format')}, e.g. {example}; otherwise fix or "
+        f"remove these rows."
+    )
+
+
 #: distinct timestamp texts `_formats_reading_the_column` checks the candidate formats on
 _FORMAT_SAMPLE = 100_000
 
@@ -1979,9 +2044,16 @@ def _formats_that_read(con: DuckDBBackend, formats: Sequence[str], values_sql: s
     ``values_sql`` (with its ``params``)."""
     if not formats:
         return []
-    reads = ", ".join(f"bool_and(try_strptime(v, {_lit(f)}) IS NOT NULL)" for f in formats)
+    reads = ", ".join(f"bool_and({_reads('v', f)})" for f in formats)
     row = con.con.execute(f"SELECT {reads} FROM ({values_sql})", list(params)).fetchall()[0]
     return [f"'{fmt}'" for fmt, ok in zip(formats, row, strict=True) if ok]
+
+
+def _reads(text: str, fmt: str) -> str:
+    """SQL predicate: the format ``fmt`` reads the text ``text`` (false, never NULL, when
+    not). DuckDB's %Y takes one to four digits, so '01/12/10' reads with '%d/%m/%Y' as the
+    year 0010: a format reads a value only if the year it gives has four digits."""
+    return f"coalesce(year(try_strptime({text}, {_lit(fmt)})) >= 1000, false)"
 
 
 def _raise(src: _Source, problems: list[str], footer: str = "") -> None:

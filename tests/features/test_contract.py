@@ -1120,3 +1120,82 @@ def test_without_a_mapping_every_contract_column_present_is_mapped():
     assert report.orders == 2
     bare = load_transactions(df, ColumnMapping()).report  # an explicit mapping is as given
     assert list(bare.columns) == ["customer_id", "timestamp", "amount"]
+
+
+# --------------------------------------------------------------------------- two-digit years
+
+
+@pytest.mark.parametrize(
+    ("texts", "fmt"),
+    [
+        (["12/1/10 9:37", "12/13/10 10:05", "1/2/11 8:00"], "%m/%d/%y %H:%M"),  # Excel, US
+        (["01/12/10 09:37", "13/12/10 10:05", "02/01/11 08:00"], "%d/%m/%y %H:%M"),
+        (["01.12.10 09:37", "13.12.10 10:05", "02.01.11 08:00"], "%d.%m.%y %H:%M"),
+    ],
+)
+def test_two_digit_years_are_read_as_such(texts: list[str], fmt: str, tmp_path: Path) -> None:
+    """DuckDB's %Y reads '10' as the year 0010 and its cast reads '01/12/10' as yy/mm/dd:
+    these loaded as years 0001 to 0031 without a word."""
+    want = [pd.Timestamp("2010-12-01 09:37"), pd.Timestamp("2010-12-13 10:05"),
+            pd.Timestamp("2011-01-02 08:00")]
+    if "%H" not in fmt:
+        want = [w.normalize() for w in want]
+    for source in (_csv(_dates(texts), tmp_path), _dates(texts)):
+        tx = load_transactions(source, SIMPLE)
+        assert tx.to_pandas()["timestamp"].tolist() == want
+        assert tx.report.timestamp_format == fmt
+
+
+def test_two_digit_years_read_both_ways_are_ambiguous(tmp_path: Path) -> None:
+    msg = _error(_csv(_dates(["01/12/10 09:37", "05/02/11 10:00"]), tmp_path), SIMPLE)
+    assert ("column 't' (timestamp): the dates are ambiguous: every value reads with each of "
+            "the formats '%d/%m/%y %H:%M', '%m/%d/%y %H:%M', and they read some differently, "
+            "e.g. row 1: '01/12/10 09:37' is 2010-12-01 09:37:00 with '%d/%m/%y %H:%M', "
+            "2010-01-12 09:37:00 with '%m/%d/%y %H:%M'. Say which format the data is written "
+            "in with --timestamp-format (YAML key timestamp_format:): '%d/%m/%y %H:%M' if the "
+            "day comes first, '%m/%d/%y %H:%M' if the month comes first") in msg
+    # DuckDB's sniffer reads two-digit dates without a time year first: a third reading
+    dates = _dates(["01/12/10", "13/12/10", "02/01/11"])
+    msg = _error(_csv(dates, tmp_path), SIMPLE)
+    assert ("row 1: '01/12/10' is 2001-12-10 with '%y/%m/%d', 2010-12-01 with '%d/%m/%y'. "
+            "Say which format the data is written in with --timestamp-format (YAML key "
+            "timestamp_format:): '%y/%m/%d' if the year comes first, '%d/%m/%y' if the day "
+            "comes first") in msg
+    tx = load_transactions(dates, SIMPLE)  # no sniffer, and the month is not first
+    assert tx.to_pandas()["timestamp"].tolist() == [
+        pd.Timestamp("2010-12-01"), pd.Timestamp("2010-12-13"), pd.Timestamp("2011-01-02")]
+
+
+def test_timestamps_before_1900_are_an_error_by_any_path(tmp_path: Path) -> None:
+    """A two-digit year read with the user's %Y format, as ISO 8601 by DuckDB's cast, or
+    stored so in a native timestamp column: an error naming the row and its text."""
+    df = _dates(["2010-12-01 09:37", "2010-12-02 10:00", "13/12/10 10:05"])
+    msg = _error(df, SIMPLE)
+    assert ("column 't' (timestamp): 1 of 3 rows with a customer id have a timestamp before "
+            "1900-01-01, e.g. row 3: '13/12/10 10:05'. The text was read as ISO 8601 (year "
+            "first), which reads '13/12/10 10:05' as 0013-12-10 10:05:00: that way, a "
+            "two-digit year gives a date in the years 0 to 99. If the years have two digits, "
+            "pass a format with %y (it reads them as 1969 to 2068) with --timestamp-format "
+            "(YAML key timestamp_format:), e.g. '%d/%m/%y %H:%M'; otherwise fix or remove "
+            "these rows.") in msg
+    us = _dates(["12/1/10 9:37", "12/13/10 10:05"])
+    msg = _error(_csv(us, tmp_path), SIMPLE.with_overrides(timestamp_format="%m/%d/%Y %H:%M"))
+    assert ("2 of 2 rows with a customer id have a timestamp before 1900-01-01, e.g. row 1: "
+            "'12/1/10 9:37'; row 2: '12/13/10 10:05'. The text was read with the format "
+            "'%m/%d/%Y %H:%M', which reads '12/1/10 9:37' as 0010-12-01 09:37:00") in msg
+    assert "e.g. '%m/%d/%y %H:%M'; otherwise fix" in msg
+    import datetime as dt
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "early.parquet"
+    pq.write_table(pa.table({
+        "c": [1, 2], "v": [1.0, 2.0],
+        "t": pa.array([dt.datetime(2010, 12, 1), dt.datetime(10, 12, 1, 9, 37)],
+                      pa.timestamp("us"))}), path)
+    msg = _error(path, SIMPLE)
+    assert ("column 't' (timestamp): 1 of 2 rows with a customer id have a timestamp before "
+            "1900-01-01, e.g. row 2: '0010-12-01 09:37:00'. No transaction is that old: check "
+            "how the column was written (a year such as 0010 is a two-digit year read as a "
+            "four-digit one), and fix or remove these rows.") in msg
