@@ -9,11 +9,13 @@ category, channel, discount`` that the mapping names), one row per kept source r
 The mapping is applied once, here, at the boundary:
 
 - ``customer_id``: BIGINT when the source column is an integer or a float (as pandas makes
-  of an integer column with gaps; a float id with a fraction is an error), or a CSV column
-  whose values are all plain integers (or integral floats such as ``17850.0``); else VARCHAR,
-  trimmed. Blank, NaN and text missing-value markers (``NaN``, ``N/A``, ``NA``, ``null``,
-  ``None``, ``<NA>``, any case) mean missing. Rows without one are dropped and counted
-  (``report.rows_dropped["missing customer_id"]``); nothing else is dropped.
+  of an integer column with gaps; a float id with a fraction, or of 2^53 or more, which a
+  float cannot hold exactly, is an error), or a CSV column whose values are all plain
+  integers (or integral floats such as ``17850.0``, read digit for digit, not through a
+  float); else VARCHAR, trimmed. Ids in scientific notation (``4.91235E+11``: a spreadsheet
+  rounded them) are an error. Blank, NaN and text missing-value markers (``NaN``, ``N/A``,
+  ``NA``, ``null``, ``None``, ``<NA>``, any case) mean missing. Rows without one are dropped
+  and counted (``report.rows_dropped["missing customer_id"]``); nothing else is dropped.
 - ``timestamp``: naive TIMESTAMP. Time-zone aware values are converted to UTC, dates become
   midnight, text is parsed with ``mapping.timestamp_format``, else with the one format that
   reads every value among DuckDB's CSV sniffer's and `_TIMESTAMP_GUESSES` (several that
@@ -1250,7 +1252,7 @@ def _plan(
 
     columns: list[_Column] = []
     cid_col = resolved["customer_id"]
-    cid, cid_int, cid_not_int, cid_bad = _customer_sql(src, cid_col, integer_ids)
+    cid, cid_int, cid_not_int, cid_bad, cid_checks = _customer_sql(src, cid_col, integer_ids)
     columns.append(
         _Column(
             "customer_id", cid_col, cid, (cid_col,), bad=cid_bad,
@@ -1311,6 +1313,9 @@ def _plan(
     )
     too_big = f"isfinite({{a}}) AND abs({{a}}) >= {MONEY_LIMIT}"
     checks = [
+        *(_Column("customer_id", cid_col, cid, (cid_col,), check=check, bad=bad,
+                  profile_bad=profile_bad, problem=problem, hint=hint)
+          for check, bad, profile_bad, problem, hint in cid_checks),
         early_check,
         _Column(
             "amount", amount_label, amount_sql, amount_raw, check="size",
@@ -1375,23 +1380,53 @@ def _nonblank(col: str) -> str:
     return f"(trim(CAST({_q(col)} AS VARCHAR)) <> '')"
 
 
+#: 2^53: a float holds every whole number below it exactly, not every one above it
+_FLOAT_EXACT = 2**53
+#: the further checks of customer ids (`_customer_sql`): (check, problem, hint)
+_SCIENTIFIC_ID = (
+    "sci", "a customer id written in scientific notation",
+    "A spreadsheet wrote these ids in scientific notation (as Excel does with long numbers), "
+    "which keeps only their first digits, so different customers now share an id: "
+    "re-export the column as text (in Excel, format it as Text, or as a Number with 0 "
+    "decimals, before saving), or set {flag} to the customer id column.",
+)
+_INEXACT_ID = (
+    "inexact", f"a customer id of 2^53 ({_FLOAT_EXACT:,}) or more in a floating-point column",
+    "A floating-point number holds whole numbers exactly only below 2^53, so these ids may "
+    "have lost their last digits and neighbouring customers may share one: read the ids "
+    "from the original data as integers or text, not floats (in pandas, e.g. "
+    "dtype={{'{col}': str}} or .astype('Int64')).",
+)
+
+
 def _customer_sql(
     src: _Source, col: str, integer_ids: bool
-) -> tuple[str, bool, str, str | None]:
-    """(value SQL, is integer, predicate 'not an integer', predicate 'bad' or None) for the
-    customer id column. Blank text and missing-value markers (`_MISSING_IDS`) are missing."""
+) -> tuple[str, bool, str, str | None, list[tuple[str, str, str | None, str, str]]]:
+    """(value SQL, is integer, predicate 'not an integer', predicate 'bad' or None, further
+    checks) for the customer id column; each check is (name, bad, profile_bad or None,
+    problem, hint). Blank text and missing-value markers (`_MISSING_IDS`) are missing."""
     c = _q(col)
     kind = _kind(src.types[col])
     declared = _kind(src.sniffed.get(col, src.types[col]))
+
+    def check(spec: tuple[str, str, str], bad: str, profile_bad: str | None = None) -> tuple:
+        name, problem, hint = spec
+        return name, bad, profile_bad, problem, hint.format(flag=_hint("customer_id"), col=col)
+
     if integer_ids and kind == "int":
         value = f"TRY_CAST({c} AS BIGINT)"
-        return value, True, f"({c} IS NOT NULL AND {value} IS NULL)", None
+        return value, True, f"({c} IS NOT NULL AND {value} IS NULL)", None, []
     if kind == "float":
         # always integers: a float id column is an integer column with gaps (pandas), and
         # falling back to text would make customer 12365 the string '12365.0' (a lookup of
-        # '12365' finds nothing); a fraction is no customer id and stops the load
-        value, bad = _whole_id(f"CAST({c} AS DOUBLE)")
-        return value, True, "false", bad
+        # '12365' finds nothing); a fraction is no customer id and stops the load, and so
+        # does an id too large for a float to hold exactly
+        d = f"CAST({c} AS DOUBLE)"
+        value, bad = _whole_id(d)
+        inexact = check(
+            _INEXACT_ID, f"(isfinite({d}) AND abs({d}) >= {_FLOAT_EXACT})",
+            f"(customer_id >= {_FLOAT_EXACT} OR customer_id <= -{_FLOAT_EXACT})")
+        return value, True, "false", bad, [inexact]
     # Text is looked up among the missing-value markers only where it is no number (in a
     # CASE branch, which DuckDB evaluates for those rows only).
     t = f"trim({c})"
@@ -1401,20 +1436,36 @@ def _customer_sql(
             f"(CASE WHEN {value} IS NOT NULL THEN CAST({value} AS VARCHAR) <> {t} "
             f"ELSE NOT {_missing_id(t)} END)"
         )  # the cast must round-trip: '007' and '+7' stay strings
-        return f"(CASE WHEN NOT {not_int} THEN {value} END)", True, not_int, None
+        return f"(CASE WHEN NOT {not_int} THEN {value} END)", True, not_int, None, []
     if integer_ids and kind == "text" and declared == "float":
         # a CSV whose ids were written as floats ('17850.0', typical of an export from
         # pandas, where an id column with a gap is float64): the same customers as 17850,
         # else the store and the service hold '17850.0' and a lookup of '17850' finds
         # nothing. Text that is no number makes the ids text; a fraction stops the load.
+        # The id is the text's own digits (a BIGINT cast of '9007199254740993.0' is exact;
+        # through a DOUBLE, ids above 2^53 merged with their neighbours); the DOUBLE only
+        # tells numbers from other text. Scientific notation ('4.91235E+11', '1E2') is a
+        # spreadsheet's rounding of the ids: an error of its own.
         number = f"TRY_CAST({t} AS DOUBLE)"  # 'nan' is NaN (missing), other markers NULL
         not_int = f"(CASE WHEN {number} IS NULL THEN NOT {_missing_id(t)} ELSE false END)"
-        value, bad = _whole_id(number)
-        return value, True, not_int, bad
+        sci = f"(contains({t}, 'e') OR contains({t}, 'E'))"
+        # nothing but zeros after the point (TRY_CAST rounds '1.5' to 2)
+        whole = f"(rtrim(split_part({t}, '.', 2), '0') = '' AND NOT {sci})"
+        exact = f"CASE WHEN {whole} THEN TRY_CAST({t} AS BIGINT) END"
+        value = f"(CASE WHEN NOT isnan({number}) THEN coalesce({exact}, 0) END)"
+        bad = f"(NOT isnan({number}) AND NOT {sci} AND ({exact}) IS NULL)"
+        scientific = check(_SCIENTIFIC_ID, f"(NOT isnan({number}) AND {sci})")
+        return value, True, not_int, bad, [scientific]
     t = f"trim(CAST({c} AS VARCHAR))"
     longer = f"strlen({t}) > {max(map(len, _MISSING_IDS))}"  # no marker: skip the lookup
     value = f"(CASE WHEN {longer} THEN {t} WHEN {_missing_id(t)} THEN NULL ELSE {t} END)"
-    return value, False, "false", None
+    # text ids: only the form a spreadsheet writes ('4.91235E+11': a sign in the exponent,
+    # which no hexadecimal or other code has) is taken for scientific notation; the profile
+    # looks at the cleaned id, not the raw text again (CASE: the pattern only where a '+' is)
+    sci = ("(CASE WHEN contains({t}, '+') THEN regexp_full_match({t}, "
+           "'[0-9]+(\\.[0-9]+)?[eE]\\+[0-9]+') ELSE false END)")
+    scientific = check(_SCIENTIFIC_ID, sci.format(t=t), sci.format(t="customer_id"))
+    return value, False, "false", None, [scientific]
 
 
 def _missing_id(t: str) -> str:

@@ -1199,3 +1199,65 @@ def test_timestamps_before_1900_are_an_error_by_any_path(tmp_path: Path) -> None
             "1900-01-01, e.g. row 2: '0010-12-01 09:37:00'. No transaction is that old: check "
             "how the column was written (a year such as 0010 is a two-digit year read as a "
             "four-digit one), and fix or remove these rows.") in msg
+
+
+# --------------------------------------------------------------------------- ids read as numbers
+
+
+_SCIENTIFIC_HINT = (
+    "have a customer id written in scientific notation, e.g. {rows}. A spreadsheet wrote these "
+    "ids in scientific notation (as Excel does with long numbers), which keeps only their "
+    "first digits, so different customers now share an id: re-export the column as text (in "
+    "Excel, format it as Text, or as a Number with 0 decimals, before saving), or set "
+    "--customer-col (YAML key customer_id:) to the customer id column."
+)
+
+
+def test_customer_ids_in_scientific_notation_are_an_error(tmp_path: Path) -> None:
+    """'1E2' was customer 100, merged with the real 100; Excel's '4.91235E+11' is every
+    customer whose id starts 491235: one customer."""
+    df = _dates(["2011-01-01"] * 4).assign(c=["1E2", "100", "7", "4.91235E+11"])
+    msg = _error(_csv(df, tmp_path), SIMPLE)
+    assert "column 'c' (customer_id): 2 of 4 rows with a customer id " + \
+        _SCIENTIFIC_HINT.format(rows="row 1: '1E2'; row 4: '4.91235E+11'") in msg
+    # text ids (a letter elsewhere): only the spreadsheet's form, with its '+'
+    text = df.assign(c=["A7", "4.91235E+11", "1e2", "DEADBEEF1E5"])
+    for source in (_csv(text, tmp_path), text):
+        msg = _error(source, SIMPLE)
+        assert "column 'c' (customer_id): 1 of 4 rows with a customer id " + \
+            _SCIENTIFIC_HINT.format(rows="row 2: '4.91235E+11'") in msg
+    ok = text.assign(c=["A7", "4.91235X+11", "1e2", "DEADBEEF1E5"])
+    assert load_transactions(ok, SIMPLE).report.customers == 4
+
+
+def test_long_whole_number_ids_written_as_floats_stay_exact(tmp_path: Path) -> None:
+    """'9007199254740993.0' went through a DOUBLE, which holds 9007199254740992 and
+    9007199254740994 but nothing between: neighbouring customers merged."""
+    ids = ["9007199254740993.0", "9007199254740992.0", "9007199254740994.00", "17850.0", ""]
+    path = tmp_path / "long_ids.csv"
+    _dates(["2011-01-01"] * 5).assign(c=ids).to_csv(path, index=False)
+    tx = load_transactions(path, SIMPLE)
+    assert tx.report.customer_id_type == "integer" and tx.report.customers == 4
+    assert tx.to_pandas()["customer_id"].tolist() == [
+        9007199254740993, 9007199254740992, 9007199254740994, 17850]
+    path.write_text(path.read_text().replace("17850.0", "9007199254740993.5"))
+    msg = _error(path, SIMPLE)
+    assert ("column 'c' (customer_id): 1 of 4 rows with a customer id have a customer id "
+            "that is a number but not a whole number, e.g. row 4: '9007199254740993.5'") in msg
+
+
+@pytest.mark.parametrize("kind", ["pandas", "parquet"])
+def test_float_customer_ids_too_large_to_be_exact_are_an_error(kind: str, tmp_path: Path) -> None:
+    df = pd.DataFrame({"c": [17850.0, 2.0**53, -(2.0**60), np.nan], "t": "2021-01-01",
+                       "v": 1.0})
+    msg = _error(_parquet(df, tmp_path) if kind == "parquet" else df, SIMPLE)
+    assert ("column 'c' (customer_id): 2 of 3 rows with a customer id have a customer id of "
+            "2^53 (9,007,199,254,740,992) or more in a floating-point column, e.g. row 2: "
+            "'9007199254740992.0'; row 3: '-1.152921504606847e+18'. A floating-point number "
+            "holds whole numbers exactly only below 2^53, so these ids may have lost their last "
+            "digits and neighbouring customers may share one: read the ids from the original "
+            "data as integers or text, not floats (in pandas, e.g. dtype={'c': str} or "
+            ".astype('Int64')).") in msg
+    below = df.assign(c=[17850.0, 2.0**53 - 1, np.nan, 1.0])
+    assert load_transactions(below, SIMPLE).to_pandas()["customer_id"].tolist() == [
+        17850, 2**53 - 1, 1]
