@@ -33,6 +33,8 @@ _MAPPING_HELP: dict[str, str] = {
     "channel": "Channel column (optional).",
     "discount": "Discount column (optional).",
     "timestamp_format": "strftime format of text timestamps, e.g. '%d/%m/%Y %H:%M'.",
+    "decimal_comma": "Numbers in text columns use ',' as the decimal point and '.' or a space "
+                     "between thousands, as in '1.234,50'.",
 }
 
 
@@ -66,10 +68,12 @@ def with_mapping(func: Callable[..., Any]) -> Callable[..., Any]:
         ),
     ]
     for field, flag in MAPPING_FLAGS.items():
-        extra.append(inspect.Parameter(
-            f"map_{field}", kw, default=None,
-            annotation=Annotated[str | None, typer.Option(flag, help=_MAPPING_HELP[field])],
-        ))
+        if ColumnMapping.model_fields[field].annotation is bool:  # a switch: --x/--no-x
+            option: Any = Annotated[bool | None, typer.Option(
+                f"{flag}/--no-{flag.removeprefix('--')}", help=_MAPPING_HELP[field])]
+        else:
+            option = Annotated[str | None, typer.Option(flag, help=_MAPPING_HELP[field])]
+        extra.append(inspect.Parameter(f"map_{field}", kw, default=None, annotation=option))
 
     @functools.wraps(func)
     def wrapper(**kwargs: Any) -> Any:

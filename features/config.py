@@ -44,6 +44,7 @@ MAPPING_FLAGS: dict[str, str] = {
     "channel": "--channel-col",
     "discount": "--discount-col",
     "timestamp_format": "--timestamp-format",
+    "decimal_comma": "--decimal-comma",
 }
 
 
@@ -71,6 +72,10 @@ class ColumnMapping(BaseModel):
     #: strptime format of a text timestamp column (e.g. ``"%d/%m/%Y %H:%M"``); ``None`` lets
     #: the loader parse ISO 8601 text (with or without a UTC offset) or the format DuckDB sniffs.
     timestamp_format: str | None = None
+    #: numbers in text columns (amount and the columns of an amount expression, quantity,
+    #: discount) use ',' as the decimal point and '.' or a space between thousands, as in
+    #: '1.234,50' (German, French, ... exports); ``False``: '.' is the decimal point.
+    decimal_comma: bool = False
 
     @field_validator("customer_id", "timestamp", "amount")
     @classmethod

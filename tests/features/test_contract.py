@@ -1261,3 +1261,92 @@ def test_float_customer_ids_too_large_to_be_exact_are_an_error(kind: str, tmp_pa
     below = df.assign(c=[17850.0, 2.0**53 - 1, np.nan, 1.0])
     assert load_transactions(below, SIMPLE).to_pandas()["customer_id"].tolist() == [
         17850, 2**53 - 1, 1]
+
+
+# --------------------------------------------------------------------------- decimal comma
+
+
+def _eu_csv(tmp: Path, prices: list[str], qty: list[str] | None = None) -> Path:
+    """A semicolon-separated export with European numbers, as Excel writes it in Germany."""
+    qty = qty or ["1"] * len(prices)
+    path = tmp / "eu.csv"
+    lines = ["c;t;qty;price"] + [f"{i % 3};2021-01-0{1 + i % 9};{q};{p}"
+                                 for i, (q, p) in enumerate(zip(qty, prices, strict=True))]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_decimal_comma_reads_european_numbers(tmp_path: Path) -> None:
+    path = _eu_csv(tmp_path, ["1.234,50", "2.950", "12,5", "-1 234,5", "1.234.567", "7"],
+                   qty=["1", "2", "1,5", "1", "1", "0,5"])
+    mapping = SIMPLE.with_overrides(amount="qty * price", quantity="qty", decimal_comma=True)
+    tx = load_transactions(path, mapping)
+    got = tx.to_pandas()
+    assert got["amount"].tolist() == [1234.5, 5900.0, 18.75, -1234.5, 1234567.0, 3.5]
+    assert got["quantity"].tolist() == [1.0, 2.0, 1.5, 1.0, 1.0, 0.5]
+    assert tx.report.net_amount == 1240489.25
+    yaml_file = tmp_path / "mapping.yaml"
+    yaml_file.write_text("customer_id: c\ntimestamp: t\namount: price\ndecimal_comma: true\n")
+    assert ColumnMapping.from_yaml(yaml_file).decimal_comma is True
+    assert load_transactions(path, yaml_file).to_pandas()["amount"].tolist()[:2] == [
+        1234.5, 2950.0]
+    # '1.5' groups no thousands: no number with a decimal comma, rather than 15
+    path = _eu_csv(tmp_path, ["1,5", "1.5", "12.34,5"])
+    msg = _error(path, SIMPLE.with_overrides(amount="price", decimal_comma=True))
+    assert ("column 'price' (amount): 2 of 3 rows with a customer id have an amount that is "
+            "missing or not a number, e.g. row 2: '1.5'; row 3: '12.34,5'. Fix or remove these "
+            "rows, or map amount to another column or expression with --amount (YAML key "
+            "amount:); with --decimal-comma (YAML key decimal_comma: true), numbers must use "
+            "',' as the decimal point and '.' or a space only between groups of three digits, "
+            "as in '1.234,50' or '1 234,5'.") in msg
+
+
+def test_a_decimal_comma_without_the_option_points_at_it(tmp_path: Path) -> None:
+    msg = _error(_eu_csv(tmp_path, ["1,95", "2"]), SIMPLE.with_overrides(amount="price"))
+    assert ("column 'price' (amount): 1 of 2 rows with a customer id have an amount that is "
+            "missing or not a number, e.g. row 1: '1,95'. Fix or remove these rows, or map "
+            "amount to another column or expression with --amount (YAML key amount:); numbers "
+            "must use '.' as the decimal point, or, if they use ',' (as in '1.234,50'), pass "
+            "--decimal-comma (YAML key decimal_comma: true).") in msg
+
+
+def test_dot_thousands_read_as_decimals_give_a_warning(tmp_path: Path) -> None:
+    """'2.950' is 2950 in a German export and 2.95 to DuckDB: without --decimal-comma the
+    amounts load a thousand times too small, so the load warns and the report shows the
+    net amount."""
+    prices = ["2.950", "1.500", "950", "12.000"] * 7 + ["1.5"]
+    path = _eu_csv(tmp_path, prices)
+    with pytest.warns(UserWarning) as caught:
+        tx = load_transactions(path, SIMPLE.with_overrides(amount="price"))
+    assert [str(w.message) for w in caught if w.category is UserWarning] == [
+        f"{path}: column 'price' (amount) looks written with '.' between thousands: 21 of its "
+        f"22 values with a '.' in the first 20,480 rows have groups of three digits after it, "
+        f"e.g. '2.950', read as "
+        f"2.95. If '.' separates thousands there (and ',' is the decimal point), pass "
+        f"--decimal-comma (YAML key decimal_comma: true); if they are amounts with three "
+        f"decimals, ignore this."]
+    assert tx.report.net_amount == 6766.65
+    assert "\n  net amount         6,766.65  (sum of amount over the kept rows)\n" in \
+        tx.report.format()
+    assert tx.report.to_dict()["net_amount"] == 6766.65
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # too few, or with the option: none
+        load_transactions(_eu_csv(tmp_path, prices[:19]), SIMPLE.with_overrides(amount="price"))
+        load_transactions(path, SIMPLE.with_overrides(amount="price", decimal_comma=True))
+        plain = _eu_csv(tmp_path, ["2.95", "1.25", "3.000"] * 20)  # 3.000 among prices
+        load_transactions(plain, SIMPLE.with_overrides(amount="price"))
+
+
+def test_the_decimal_comma_flag_reaches_the_loader(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from features.cli import app
+
+    path = _eu_csv(tmp_path, ["1.234,50", "2"])
+    args = ["validate", "-t", str(path), "--customer-col", "c", "--timestamp-col", "t",
+            "--amount", "price"]
+    res = CliRunner().invoke(app, [*args, "--decimal-comma"])
+    assert res.exit_code == 0, res.output
+    assert "net amount         1,236.50" in res.output
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2 and "pass --decimal-comma" in res.output
