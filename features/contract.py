@@ -383,6 +383,8 @@ def load_transactions(
     raw = con.con
     disable_progress_bar(raw)
     raw.execute("SET TimeZone = 'UTC'")  # naive text timestamps are read as UTC (unchanged)
+    if mapping.timestamp_format:
+        _check_timestamp_format(raw, mapping.timestamp_format)
     src = _open_source(con, source, table, mapping)
     if by_contract_names:  # the optional contract columns it has too, not only the three
         mapping = mapping.with_overrides(**{c: c for c in CONTRACT_COLUMNS
@@ -530,6 +532,38 @@ def check_cutoff(
             StaleDataWarning,
         )
     return cut
+
+
+def _check_timestamp_format(raw: Any, fmt: str) -> None:
+    """Raise DataValidationError, naming the flag and the code, when DuckDB cannot read with
+    the strptime format ``fmt`` ('%H:%i'): its own error is a traceback from deep inside the
+    profile query."""
+    import duckdb
+
+    try:
+        raw.execute(f"SELECT try_strptime('', {_lit(fmt)})").fetchall()
+        return
+    except duckdb.Error as exc:
+        text = str(exc).splitlines()[0]
+    code = re.search(r"Unrecognized format for strftime/strptime: (%.)", text)
+    codes = (" Write it with codes such as %d (day), %m (month), %Y (four-digit year), %y "
+             "(two-digit year), %H (hour), %M (minute), %S (second), %b (month name), %p "
+             "(AM/PM), e.g. '%d/%m/%Y %H:%M'.")
+    if code is None and "Trailing format character" in text:
+        why = "it ends in a lone '%' (write '%%' for a percent sign)"
+    elif code is None:
+        why = text.removeprefix("Invalid Input Error: ")
+    elif code.group(1) == "%s":
+        why = ("'%s' (seconds since 1970, Unix epoch time) is not a strptime code DuckDB "
+               "has, and lifecast reads no numbers as times: convert the column first, e.g. "
+               "in pandas df[col] = pd.to_datetime(df[col], unit='s'), and load the DataFrame")
+        codes = ""
+    else:
+        why = f"{code.group(1)!r} is not a strptime code DuckDB knows"
+    raise DataValidationError(
+        f"{_hint('timestamp_format')} {fmt!r} is not a format lifecast can read: "
+        f"{why}.{codes}"
+    )
 
 
 # --------------------------------------------------------------------------- sources

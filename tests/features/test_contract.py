@@ -1350,3 +1350,30 @@ def test_the_decimal_comma_flag_reaches_the_loader(tmp_path: Path) -> None:
     assert "net amount         1,236.50" in res.output
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 2 and "pass --decimal-comma" in res.output
+
+
+# --------------------------------------------------------------------------- timestamp format
+
+
+_CODES = (" Write it with codes such as %d (day), %m (month), %Y (four-digit year), %y "
+          "(two-digit year), %H (hour), %M (minute), %S (second), %b (month name), %p "
+          "(AM/PM), e.g. '%d/%m/%Y %H:%M'.")
+
+
+@pytest.mark.parametrize(
+    ("fmt", "why"),
+    [
+        ("%H:%i", "'%i' is not a strptime code DuckDB knows." + _CODES),
+        ("%d/%m/%Y %", "it ends in a lone '%' (write '%%' for a percent sign)." + _CODES),
+        ("%s", "'%s' (seconds since 1970, Unix epoch time) is not a strptime code DuckDB has, "
+               "and lifecast reads no numbers as times: convert the column first, e.g. in "
+               "pandas df[col] = pd.to_datetime(df[col], unit='s'), and load the DataFrame."),
+    ],
+)
+def test_a_timestamp_format_duckdb_cannot_read_is_named(fmt: str, why: str,
+                                                        tmp_path: Path) -> None:
+    """DuckDB's InvalidInputException came out of the profile query as a traceback."""
+    source = _csv(_dates(["01/12/2010 09:37"]), tmp_path)
+    msg = _error(source, SIMPLE.with_overrides(timestamp_format=fmt))
+    assert msg == (f"--timestamp-format (YAML key timestamp_format:) {fmt!r} is not a format "
+                   f"lifecast can read: {why}")
