@@ -23,6 +23,8 @@ The mapping is applied once, here, at the boundary:
   as ISO 8601 (with or without a UTC offset). A format reads a value only if the year it
   gives has four digits (DuckDB's %Y takes '10' for the year 0010; the guesses have %y
   variants for two-digit years), and an event before 1900-01-01, by any path, is an error.
+  Numbers are not read as times: a column of epoch seconds or milliseconds or of Excel
+  serial dates is an error that says so, with the example converted and how to convert it.
 - ``amount``: DOUBLE, a column or an arithmetic expression over columns
   (``Quantity * UnitPrice``); negative amounts (returns, cancellations) are kept; an amount
   of 10^12 or more (in absolute value) is an error: the features' money type cannot hold it.
@@ -392,7 +394,8 @@ def load_transactions(
     clean = _view_name("clean")
     done = False
     try:
-        plan = _plan(src, mapping, ts_formats=_timestamp_candidates(con, src, mapping))
+        plan = _plan(src, mapping, ts_formats=_timestamp_candidates(con, src, mapping),
+                     ts_example=_numeric_timestamp_example(con, src, mapping))
         stats = _profile(con, src, plan, clean)
         ts_format = _settle_timestamp_format(con, src, plan, stats)  # raises when ambiguous
         if stats["cid_not_integer"] or ts_format != plan.timestamp_format:
@@ -1272,13 +1275,15 @@ def _column_list(columns: Sequence[str], limit: int = 40) -> str:
 
 def _plan(
     src: _Source, mapping: ColumnMapping, *, integer_ids: bool = True,
-    ts_formats: Sequence[str] = (),
+    ts_formats: Sequence[str] = (), ts_example: Any = None,
 ) -> _Plan:
     """Resolve the mapping against the source's columns and write the SQL of each contract
     column. Structural problems (missing columns, a bad amount expression, a column of an
     unusable type) are all collected and raised together. Text timestamps are read with
     ``mapping.timestamp_format``, else the first of ``ts_formats`` (the candidates of
-    `_timestamp_candidates`; the others are checked too), else as before."""
+    `_timestamp_candidates`; the others are checked too), else as before. ``ts_example``
+    is a value of a timestamp column of numbers (`_numeric_timestamp_example`), for its
+    message."""
     problems: list[str] = []
     names = list(src.types)
     wanted = mapping.present()
@@ -1315,7 +1320,7 @@ def _plan(
     ts_col = resolved["timestamp"]
     candidates = [] if mapping.timestamp_format else list(ts_formats)
     ts_fmt = mapping.timestamp_format or (candidates[0] if candidates else None)
-    ts, ts_format, ts_text = _timestamp_sql(src, ts_col, ts_fmt, problems)
+    ts, ts_format, ts_text = _timestamp_sql(src, ts_col, ts_fmt, problems, ts_example)
     ts_hint = (
         _text_timestamp_hint(ts_format)
         if ts_text
@@ -1545,9 +1550,10 @@ def _whole_bigint(d: str) -> str:
 
 
 def _timestamp_sql(
-    src: _Source, col: str, fmt: str | None, problems: list[str]
+    src: _Source, col: str, fmt: str | None, problems: list[str], example: Any = None
 ) -> tuple[str, str | None, bool]:
-    """(value SQL as naive UTC TIMESTAMP, strptime format used, column is text)."""
+    """(value SQL as naive UTC TIMESTAMP, strptime format used, column is text); a column
+    of numbers is a problem, whose message says what its ``example`` value looks like."""
     c = _q(col)
     kind = _kind(src.types[col])
     if kind == "timestamp" or kind == "date":
@@ -1555,9 +1561,11 @@ def _timestamp_sql(
     if kind == "timestamptz":
         return f"timezone('UTC', {c})", None, False
     if kind != "text":
+        number = _numeric_time(col, example) if kind in ("int", "float") else None
         problems.append(
             f"column {col!r} (mapped to timestamp) has type {src.types[col]}, not a date, "
-            f"datetime or text; set {_hint('timestamp')} to the column holding the event time"
+            f"datetime or text" + (f": {number}" if number else (
+                f"; set {_hint('timestamp')} to the column holding the event time"))
         )
         return "NULL::TIMESTAMP", None, False
     text = _timestamp_text(col)
@@ -1621,6 +1629,52 @@ def _timestamp_candidates(con: DuckDBBackend, src: _Source, mapping: ColumnMappi
             return []
     formats = list(dict.fromkeys([*([sniffed] if sniffed else []), *_TIMESTAMP_GUESSES]))
     return [f[1:-1] for f in _formats_that_read(con, formats, sample)]
+
+
+def _numeric_timestamp_example(con: DuckDBBackend, src: _Source, mapping: ColumnMapping) -> Any:
+    """The first value of the timestamp column when it holds numbers (epoch seconds, Excel
+    serial dates...), for `_plan`'s message (which refuses such a column); else None."""
+    col = _resolve(mapping.timestamp, list(src.types)) if mapping.timestamp else None
+    if col is None or _kind(src.types[col]) not in ("int", "float"):
+        return None
+    rows = con.con.execute(f"SELECT {_q(col)} FROM {src.relation} WHERE {_q(col)} IS NOT NULL "
+                           f"LIMIT 1").fetchall()
+    return rows[0][0] if rows else None
+
+
+#: what numbers in a timestamp column may be: (what, digits before any point, a fraction
+#: allowed, pandas arguments, the instant of the number 0, one unit)
+_NUMERIC_TIMES = (
+    ("Unix epoch seconds", (9, 10), False, "unit='s'", "1970-01-01", "1s"),
+    ("Unix epoch milliseconds", (12, 13), False, "unit='ms'", "1970-01-01", "1ms"),
+    ("an Excel serial date (days since 1899-12-30)", (5,), True,
+     "unit='D', origin='1899-12-30'", "1899-12-30", "1D"),
+)
+
+
+def _numeric_time(col: str, value: Any) -> str | None:
+    """What the number (or digit-only text) ``value`` of timestamp column ``col`` looks
+    like, with its instant and how to convert the column in pandas; None for no such value.
+    lifecast reads no numbers as times (which unit, which origin?): the user converts."""
+    if value is None or isinstance(value, bool):
+        return None
+    text = str(value).strip()
+    if isinstance(value, float) and value.is_integer():
+        text = str(int(value))
+    m = re.fullmatch(r"(\d+)(\.\d*)?", text)
+    if m is None:
+        return None
+    for what, digits, fraction, unit, origin, step in _NUMERIC_TIMES:
+        if len(m.group(1)) in digits and (fraction or not m.group(2)):
+            when = pd.Timestamp(origin) + float(text) * pd.Timedelta(step)
+            utc = " UTC" if origin == "1970-01-01" else ""
+            return (
+                f"{text} looks like {what}: {when.round('s')}{utc}. lifecast reads no numbers "
+                f"as times: convert the column first, e.g. in pandas df[{col!r}] = "
+                f"pd.to_datetime(pd.to_numeric(df[{col!r}]), {unit}), and load the "
+                f"DataFrame (or write it to Parquet)"
+            )
+    return None
 
 
 def _settle_timestamp_format(
@@ -2129,6 +2183,9 @@ def _timestamp_advice(
     """
     fits = _fitting_formats(con, values)
     few = 2 * n_bad < kept and (10 * n_bad <= kept or not fits)
+    numbers = [_numeric_time(plan.get("timestamp").raw[0], v) for v in values]
+    if not few and values and all(numbers):
+        return f"The values are numbers, not dates: {numbers[0]}."
     if not few:
         if not fits:
             return hint

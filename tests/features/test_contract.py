@@ -1377,3 +1377,40 @@ def test_a_timestamp_format_duckdb_cannot_read_is_named(fmt: str, why: str,
     msg = _error(source, SIMPLE.with_overrides(timestamp_format=fmt))
     assert msg == (f"--timestamp-format (YAML key timestamp_format:) {fmt!r} is not a format "
                    f"lifecast can read: {why}")
+
+
+# --------------------------------------------------------------------------- numbers as times
+
+
+def _convert(what: str, shown: str, when: str, unit: str) -> str:
+    return (f"{shown} looks like {what}: {when}. lifecast reads no numbers as times: convert "
+            f"the column first, e.g. in pandas df['t'] = pd.to_datetime(pd.to_numeric(df['t']), "
+            f"{unit}), and load the DataFrame (or write it to Parquet)")
+
+
+_EPOCH_S = _convert("Unix epoch seconds", "1291196220", "2010-12-01 09:37:00 UTC", "unit='s'")
+_EPOCH_MS = _convert("Unix epoch milliseconds", "1291196220000", "2010-12-01 09:37:00 UTC",
+                     "unit='ms'")
+_EXCEL = _convert("an Excel serial date (days since 1899-12-30)", "40513.40069444444",
+                  "2010-12-01 09:37:00", "unit='D', origin='1899-12-30'")
+
+
+@pytest.mark.parametrize(
+    ("values", "said"),
+    [([1291196220, 1291199820], _EPOCH_S), ([1291196220000, 1291199820000], _EPOCH_MS),
+     ([40513.40069444444, 40514.5], _EXCEL)],
+)
+def test_numbers_as_timestamps_say_what_they_look_like(values: list, said: str,
+                                                       tmp_path: Path) -> None:
+    """Epoch seconds in a CSV got "pass its format, e.g. '%d/%m/%Y %H:%M'"; in Parquet,
+    "set --timestamp-col to the column holding the event time", which it is."""
+    df = pd.DataFrame({"c": [1, 2], "t": values, "v": 1.0})
+    msg = _error(_csv(df, tmp_path), SIMPLE)
+    assert f"row 1: {str(values[0])!r}; row 2: {str(values[1])!r}. The values are numbers, " \
+        f"not dates: {said}.\n" in msg
+    msg = _error(_parquet(df, tmp_path), SIMPLE)
+    kind = "DOUBLE" if isinstance(values[0], float) else "BIGINT"
+    assert (f"column 't' (mapped to timestamp) has type {kind}, not a date, datetime or text: "
+            f"{said}\n") in msg
+    other = _error(df.assign(t=[7, 8]), SIMPLE)  # no such number: as before
+    assert "has type BIGINT, not a date, datetime or text; set --timestamp-col" in other
