@@ -798,16 +798,25 @@ def _open_csv(con: DuckDBBackend, path: Path, label: str) -> _Source:
     encoding = _csv_encoding(path, label)
     # DuckDB reads UTF-16 (little-endian only) when told; it does not look for the BOM
     enc = f", encoding = {_lit(encoding)}" if encoding != "utf-8" else ""
+    # Excel's "sep=;" first line names the delimiter: skip it and use that one
+    lines = _first_lines(path, encoding, 2)
+    sep = _EXCEL_SEP.fullmatch(lines[0].rstrip("\r\n")) if lines else None
+    if sep:
+        enc += f", skip = 1, delim = {_lit(sep.group(1))}"
+    start = 1 if sep else 0
+    header = lines[start] if len(lines) > start else ""
     try:
         sniff = raw.execute(
             f"SELECT Columns, DateFormat, TimestampFormat, SkipRows, Delimiter "
             f"FROM sniff_csv({p}, header = true{enc})"
         ).fetchall()[0]
-        header = _first_line(path, encoding)
         one_column = len(sniff[0]) == 1 and any(d in header for d in _DELIMITERS)
-        if sniff[3] or one_column:  # skipped lines, or fell back to no delimiter: ragged rows
+        skipped = sniff[3] - start
+        if skipped or one_column:  # skipped lines, or fell back to no delimiter: ragged rows
             delimiter = max(_DELIMITERS, key=header.count) if one_column else sniff[4]
-            raise _ragged_csv(path, label, delimiter, sniff[3], encoding)
+            ragged = _ragged_csv(path, label, delimiter, skipped, encoding, start)
+            assert ragged is not None
+            raise ragged
         view = _view_name("src")
         raw.execute(
             f"CREATE TEMP VIEW {_q(view)} AS SELECT * FROM "
@@ -815,7 +824,10 @@ def _open_csv(con: DuckDBBackend, path: Path, label: str) -> _Source:
         )
         types = _describe(raw, _q(view))
     except duckdb.Error as exc:
-        raise _read_error(label, exc) from None
+        # with the delimiter given ('sep='), the sniffer fails on a row with more fields
+        ragged = (_ragged_csv(path, label, sep.group(1), 0, encoding, start, only_odd=True)
+                  if sep else None)
+        raise (ragged or _read_error(label, exc)) from None
     sniffed = {c["name"]: c["type"] for c in sniff[0]}
     if list(sniffed) != list(types):  # should not happen; trust the real read
         sniffed = dict.fromkeys(types, "VARCHAR")
@@ -828,7 +840,8 @@ def _open_csv(con: DuckDBBackend, path: Path, label: str) -> _Source:
         timestamp_format=sniff[2],
         numbered=f"(SELECT row_number() OVER () AS __row, * FROM {_q(view)})",
         numbered_single_thread=True,
-        row_note="rows are numbered from 1, not counting the header line",
+        row_note="rows are numbered from 1, not counting the "
+                 + ("'sep=' line and the header line" if sep else "header line"),
         cleanup=[f"DROP VIEW IF EXISTS {_q(view)}"],
     )
 
@@ -858,35 +871,63 @@ def _csv_encoding(path: Path, label: str) -> str:
     return "utf-8"
 
 
-def _first_line(path: Path, encoding: str = "utf-8") -> str:
+#: the first line Excel writes to name a CSV's delimiter ("sep=;"), maybe after a UTF-8 BOM
+_EXCEL_SEP = re.compile(r'\ufeff?"?sep=(.)"?', re.IGNORECASE)
+
+
+def _first_lines(path: Path, encoding: str = "utf-8", n: int = 1) -> list[str]:
+    """The first ``n`` lines (fewer if the file has fewer), with their line ends."""
     with _open_text(path, encoding) as fh:
-        return fh.readline()
+        return [line for line in itertools.islice(fh, n)]
 
 
 def _ragged_csv(
-    path: Path, label: str, delimiter: str, skipped: int, encoding: str = "utf-8"
-) -> DataValidationError:
-    """Explain a CSV whose rows do not all have the header's number of fields."""
+    path: Path, label: str, delimiter: str, skipped: int, encoding: str = "utf-8",
+    start: int = 0, *, only_odd: bool = False,
+) -> DataValidationError | None:
+    """Explain a CSV whose rows do not all have the header's number of fields: lines above
+    the header (DuckDB's sniffer ``skipped`` that many after the first ``start``, Excel's
+    'sep=' line), else rows with more or fewer fields than the header. With ``only_odd``,
+    None when no row has another number of fields than the header."""
     import csv
 
     odd: list[str] = []
     with _open_text(path, encoding) as fh:
+        above = [fh.readline() for _ in range(start + skipped)][start:]
         reader = csv.reader(fh, delimiter=delimiter or ",")
         header = next(reader, [])
-        for row in reader:
+        header_line = start + skipped + 1
+        for i, row in enumerate(reader):
             if row and len(row) != len(header):
-                odd.append(f"line {reader.line_num} has {len(row)}")
+                odd.append(f"line {header_line + reader.line_num - 1} has {len(row)}")
                 if len(odd) == _EXAMPLES:
                     break
+            if skipped and i == _FORMAT_SNIFF_ROWS:  # enough to tell a header from a row
+                break
+    if skipped and not odd:
+        first = next((line.strip() for line in above if line.strip()), "")
+        lines = "line 1" if skipped == 1 else f"lines 1 to {skipped}"
+        shown = delimiter.join(header)
+        return DataValidationError(
+            f"cannot load transactions from {label}: the header is not the first line: line "
+            f"{header_line} ({shown[:60] + ('...' if len(shown) > 60 else '')!r}) looks like "
+            f"it, and {lines} above it are no data (e.g. {first[:60]!r}). Delete the lines "
+            f"above the header and load the file again (e.g. tail -n +{header_line} "
+            f"{path.name} > fixed.csv).",
+            source=label,
+        )
+    if only_odd and not odd:
+        return None
     if odd:
         detail = (
-            f"the header (line 1) has {len(header)} fields but {'; '.join(odd)}. Quote values "
-            f"that contain the delimiter {delimiter!r} (e.g. a decimal comma) or fix those rows"
+            f"the header (line {header_line}) has {len(header)} fields but {'; '.join(odd)}. "
+            f"Quote values that contain the delimiter {delimiter!r} (e.g. a decimal comma) "
+            f"or fix those rows"
         )
     else:
         detail = (
-            f"it can only be read by skipping its first {skipped} lines; remove any lines "
-            f"above the header row"
+            f"DuckDB reads it as one column although the header (line {header_line}) holds "
+            f"{delimiter!r}; check that every row uses the same delimiter"
         )
     return DataValidationError(
         f"cannot load transactions from {label}: its rows do not all have the same number "

@@ -1414,3 +1414,36 @@ def test_numbers_as_timestamps_say_what_they_look_like(values: list, said: str,
             f"{said}\n") in msg
     other = _error(df.assign(t=[7, 8]), SIMPLE)  # no such number: as before
     assert "has type BIGINT, not a date, datetime or text; set --timestamp-col" in other
+
+
+# --------------------------------------------------------------------------- lines above the header
+
+
+@pytest.mark.parametrize("first", ["sep=;", "\ufeffsep=;", '"sep=;"', "SEP=;"])
+def test_excels_sep_line_names_the_delimiter(first: str, tmp_path: Path) -> None:
+    """Excel writes "sep=;" above the header to say which delimiter the file uses; it was
+    an error about fields, pointing at quoting decimal commas."""
+    path = tmp_path / "excel.csv"
+    path.write_text(f"{first}\r\nc;t;v\r\n1;2021-01-01;1.5\r\n2;2021-01-02;x\r\n",
+                    encoding="utf-8")
+    msg = _error(path, SIMPLE)
+    assert "row 2: 'x'" in msg
+    assert msg.endswith("(rows are numbered from 1, not counting the 'sep=' line and the "
+                        "header line.)")
+    path.write_text(path.read_text(encoding="utf-8").replace(";x", ";2"), encoding="utf-8")
+    got = load_transactions(path, SIMPLE).to_pandas()
+    assert got["customer_id"].tolist() == [1, 2] and got["amount"].tolist() == [1.5, 2.0]
+    path.write_text(f"{first}\nc;t;v\n1;2021-01-01;1.5\n2;2021-01-02;2;5\n", encoding="utf-8")
+    assert ("its rows do not all have the same number of fields: the header (line 2) has 3 "
+            "fields but line 4 has 4.") in _error(path, SIMPLE)
+
+
+def test_lines_above_the_header_say_delete_them(tmp_path: Path) -> None:
+    path = tmp_path / "report.csv"
+    path.write_text("Sales export\nGenerated 2012-01-01\n\nc,t,v\n1,2021-01-01,1.5\n"
+                    "2,2021-01-02,2\n3,2021-01-03,2.5\n")
+    assert _error(path, SIMPLE) == (
+        f"cannot load transactions from {path}: the header is not the first line: line 4 "
+        f"('c,t,v') looks like it, and lines 1 to 3 above it are no data (e.g. 'Sales "
+        f"export'). Delete the lines above the header and load the file again (e.g. tail -n "
+        f"+4 report.csv > fixed.csv).")
