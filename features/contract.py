@@ -398,11 +398,14 @@ def load_transactions(
                      ts_example=_numeric_timestamp_example(con, src, mapping))
         stats = _profile(con, src, plan, clean)
         ts_format = _settle_timestamp_format(con, src, plan, stats)  # raises when ambiguous
-        if stats["cid_not_integer"] or ts_format != plan.timestamp_format:
+        tabs = bool(stats["cid_tabbed"])
+        if (stats["cid_not_integer"] or ts_format != plan.timestamp_format
+                or (tabs and not plan.integer_ids)):
             # an "integer" id column holds other text: use strings; or the only candidate
-            # format that reads every timestamp is not the one the first profile used
+            # format that reads every timestamp is not the one the first profile used; or
+            # text ids have tabs around them (rare: trimming them costs)
             plan = _plan(src, mapping, integer_ids=not stats["cid_not_integer"],
-                         ts_formats=[ts_format] if ts_format else [])
+                         ts_formats=[ts_format] if ts_format else [], tab_ids=tabs)
             stats = _profile(con, src, plan, clean)
         _validate(con, src, plan, stats)
         _warn_thousands(con, src, plan)
@@ -1261,6 +1264,8 @@ class _Plan:
     #: text columns of the amount whose first values are checked for '.' thousands groups
     #: ('2.950' for 2950: `_warn_thousands`); [] with ``decimal_comma``
     amount_texts: list[str] = field(default_factory=list)
+    #: predicate: the raw text of the customer id has a tab in it (`_customer_sql`)
+    cid_tabbed: str = "false"
 
     def get(self, contract: str) -> _Column:
         return next(c for c in self.columns if c.contract == contract)
@@ -1316,7 +1321,7 @@ def _column_list(columns: Sequence[str], limit: int = 40) -> str:
 
 def _plan(
     src: _Source, mapping: ColumnMapping, *, integer_ids: bool = True,
-    ts_formats: Sequence[str] = (), ts_example: Any = None,
+    ts_formats: Sequence[str] = (), ts_example: Any = None, tab_ids: bool = False,
 ) -> _Plan:
     """Resolve the mapping against the source's columns and write the SQL of each contract
     column. Structural problems (missing columns, a bad amount expression, a column of an
@@ -1324,7 +1329,7 @@ def _plan(
     ``mapping.timestamp_format``, else the first of ``ts_formats`` (the candidates of
     `_timestamp_candidates`; the others are checked too), else as before. ``ts_example``
     is a value of a timestamp column of numbers (`_numeric_timestamp_example`), for its
-    message."""
+    message; ``tab_ids``: text customer ids are trimmed of tabs as well (`_customer_sql`)."""
     problems: list[str] = []
     names = list(src.types)
     wanted = mapping.present()
@@ -1346,7 +1351,8 @@ def _plan(
 
     columns: list[_Column] = []
     cid_col = resolved["customer_id"]
-    cid, cid_int, cid_not_int, cid_bad, cid_checks = _customer_sql(src, cid_col, integer_ids)
+    cid, cid_int, cid_not_int, cid_bad, cid_checks, cid_tabbed = _customer_sql(
+        src, cid_col, integer_ids, tab_ids)
     columns.append(
         _Column(
             "customer_id", cid_col, cid, (cid_col,), bad=cid_bad,
@@ -1450,7 +1456,7 @@ def _plan(
         _raise(src, problems, f"Columns in {src.label}: {_column_list(names)}")
     grouped = [] if comma else [c for c in amount_raw if _raw_is_text(src, c)]
     return _Plan(columns, cid_int, cid_not_int, ts_format, ts_text, checks,
-                 candidates if len(candidates) > 1 else [], grouped)
+                 candidates if len(candidates) > 1 else [], grouped, cid_tabbed)
 
 
 def _ident(name: str) -> str:
@@ -1497,14 +1503,19 @@ _INEXACT_ID = (
 
 
 def _customer_sql(
-    src: _Source, col: str, integer_ids: bool
-) -> tuple[str, bool, str, str | None, list[tuple[str, str, str | None, str, str]]]:
+    src: _Source, col: str, integer_ids: bool, tabs: bool = False
+) -> tuple[str, bool, str, str | None, list[tuple[str, str, str | None, str, str]], str]:
     """(value SQL, is integer, predicate 'not an integer', predicate 'bad' or None, further
-    checks) for the customer id column; each check is (name, bad, profile_bad or None,
-    problem, hint). Blank text and missing-value markers (`_MISSING_IDS`) are missing."""
+    checks, predicate 'has a tab') for the customer id column; each check is (name, bad,
+    profile_bad or None, problem, hint). Blank text and missing-value markers
+    (`_MISSING_IDS`) are missing. White space around an id is no part of it: DuckDB's
+    trim() takes spaces and NBSP but not tabs, which text ids are trimmed of (`_trim_id`)
+    only with ``tabs`` (the profile counts the ids with a tab: 'has a tab'), as that costs
+    on every row; integer ids are read through casts that skip tabs themselves."""
     c = _q(col)
     kind = _kind(src.types[col])
     declared = _kind(src.sniffed.get(col, src.types[col]))
+    tabbed = f"contains(CAST({c} AS VARCHAR), chr(9))" if kind == "text" else "false"
 
     def check(spec: tuple[str, str, str], bad: str, profile_bad: str | None = None) -> tuple:
         name, problem, hint = spec
@@ -1512,7 +1523,7 @@ def _customer_sql(
 
     if integer_ids and kind == "int":
         value = f"TRY_CAST({c} AS BIGINT)"
-        return value, True, f"({c} IS NOT NULL AND {value} IS NULL)", None, []
+        return value, True, f"({c} IS NOT NULL AND {value} IS NULL)", None, [], tabbed
     if kind == "float":
         # always integers: a float id column is an integer column with gaps (pandas), and
         # falling back to text would make customer 12365 the string '12365.0' (a lookup of
@@ -1523,17 +1534,18 @@ def _customer_sql(
         inexact = check(
             _INEXACT_ID, f"(isfinite({d}) AND abs({d}) >= {_FLOAT_EXACT})",
             f"(customer_id >= {_FLOAT_EXACT} OR customer_id <= -{_FLOAT_EXACT})")
-        return value, True, "false", bad, [inexact]
+        return value, True, "false", bad, [inexact], tabbed
     # Text is looked up among the missing-value markers only where it is no number (in a
     # CASE branch, which DuckDB evaluates for those rows only).
     t = f"trim({c})"
     if integer_ids and kind == "text" and declared == "int":  # CSV column sniffed as integers
-        value = f"TRY_CAST({t} AS BIGINT)"
+        value = f"TRY_CAST({t} AS BIGINT)"  # (the cast itself skips tabs around the digits)
+        back = f"CAST({value} AS VARCHAR)"
         not_int = (
-            f"(CASE WHEN {value} IS NOT NULL THEN CAST({value} AS VARCHAR) <> {t} "
-            f"ELSE NOT {_missing_id(t)} END)"
+            f"(CASE WHEN {value} IS NULL THEN NOT {_missing_id(_trim_id(c))} "
+            f"WHEN {back} = {t} THEN false ELSE {back} <> {_trim_id(c)} END)"
         )  # the cast must round-trip: '007' and '+7' stay strings
-        return f"(CASE WHEN NOT {not_int} THEN {value} END)", True, not_int, None, []
+        return f"(CASE WHEN NOT {not_int} THEN {value} END)", True, not_int, None, [], tabbed
     if integer_ids and kind == "text" and declared == "float":
         # a CSV whose ids were written as floats ('17850.0', typical of an export from
         # pandas, where an id column with a gap is float64): the same customers as 17850,
@@ -1543,6 +1555,7 @@ def _customer_sql(
         # through a DOUBLE, ids above 2^53 merged with their neighbours); the DOUBLE only
         # tells numbers from other text. Scientific notation ('4.91235E+11', '1E2') is a
         # spreadsheet's rounding of the ids: an error of its own.
+        t = _trim_id(c)
         number = f"TRY_CAST({t} AS DOUBLE)"  # 'nan' is NaN (missing), other markers NULL
         not_int = f"(CASE WHEN {number} IS NULL THEN NOT {_missing_id(t)} ELSE false END)"
         sci = f"(contains({t}, 'e') OR contains({t}, 'E'))"
@@ -1552,17 +1565,39 @@ def _customer_sql(
         value = f"(CASE WHEN NOT isnan({number}) THEN coalesce({exact}, 0) END)"
         bad = f"(NOT isnan({number}) AND NOT {sci} AND ({exact}) IS NULL)"
         scientific = check(_SCIENTIFIC_ID, f"(NOT isnan({number}) AND {sci})")
-        return value, True, not_int, bad, [scientific]
-    t = f"trim(CAST({c} AS VARCHAR))"
-    longer = f"strlen({t}) > {max(map(len, _MISSING_IDS))}"  # no marker: skip the lookup
-    value = f"(CASE WHEN {longer} THEN {t} WHEN {_missing_id(t)} THEN NULL ELSE {t} END)"
+        return value, True, not_int, bad, [scientific], tabbed
+    text = f"CAST({c} AS VARCHAR)"
+
+    def cleaned(t: str) -> str:
+        longer = f"strlen({t}) > {max(map(len, _MISSING_IDS))}"  # no marker: no lookup
+        return f"CASE WHEN {longer} THEN {t} WHEN {_missing_id(t)} THEN NULL ELSE {t} END"
+
+    # with tabs, the text trimmed of them as well only where it holds one, as one branch:
+    # the trimmed text is written three times in `cleaned`, and DuckDB computes each
+    value = (f"(CASE WHEN contains({text}, chr(9)) "
+             f"THEN {cleaned(f'trim({text}, {_lit(_ID_SPACE)})')} "
+             f"ELSE {cleaned(f'trim({text})')} END)") if tabs else f"({cleaned(f'trim({text})')})"
     # text ids: only the form a spreadsheet writes ('4.91235E+11': a sign in the exponent,
     # which no hexadecimal or other code has) is taken for scientific notation; the profile
     # looks at the cleaned id, not the raw text again (CASE: the pattern only where a '+' is)
     sci = ("(CASE WHEN contains({t}, '+') THEN regexp_full_match({t}, "
            "'[0-9]+(\\.[0-9]+)?[eE]\\+[0-9]+') ELSE false END)")
-    scientific = check(_SCIENTIFIC_ID, sci.format(t=t), sci.format(t="customer_id"))
-    return value, False, "false", None, [scientific]
+    scientific = check(_SCIENTIFIC_ID, sci.format(t=_trim_id(text)),
+                       sci.format(t="customer_id"))
+    return value, False, "false", None, [scientific], tabbed
+
+
+#: what `_trim_id` takes off: DuckDB's trim() takes spaces, NBSP and other Unicode spaces
+#: but not tabs or line ends
+_ID_SPACE = " \t\n\r\v\f\u00a0\u2007\u2009\u202f\u3000"
+
+
+def _trim_id(text: str) -> str:
+    """SQL: the text ``text`` of an id without the white space around it, tabs included
+    ('17850\t' is customer 17850). trim() with a list of characters costs four times what
+    the plain one does, so it runs only on text with a tab in it (found by one memchr)."""
+    return (f"(CASE WHEN contains({text}, chr(9)) THEN trim({text}, {_lit(_ID_SPACE)}) "
+            f"ELSE trim({text}) END)")
 
 
 def _missing_id(t: str) -> str:
@@ -1999,6 +2034,7 @@ def _profile(con: DuckDBBackend, src: _Source, plan: _Plan, clean: str) -> dict[
     select = [f"{c.value} AS {_q(c.contract)}" for c in plan.columns]
     select += [f"({c.bad}) AS {_q('__bad_' + c.key)}" for c in checked if not c.profile_bad]
     select.append(f"({plan.cid_not_integer}) AS __cid_not_integer")
+    select.append(f"({plan.cid_tabbed}) AS __cid_tabbed")
     if plan.timestamp_candidates:  # rows (not blank) each candidate format does not read
         text = _timestamp_text(plan.get("timestamp").raw[0])
         select += [
@@ -2015,6 +2051,7 @@ def _profile(con: DuckDBBackend, src: _Source, plan: _Plan, clean: str) -> dict[
         "rows_read": "count(*)",
         "missing_customer": "count_if(customer_id IS NULL)",
         "cid_not_integer": "count_if(__cid_not_integer)",
+        "cid_tabbed": "count_if(__cid_tabbed)",
         "return_rows": f"count_if({known} AND amount < 0)",
         "first_event": f"min(timestamp) FILTER (WHERE {known})",
         "last_event": f"max(timestamp) FILTER (WHERE {known})",

@@ -1447,3 +1447,25 @@ def test_lines_above_the_header_say_delete_them(tmp_path: Path) -> None:
         f"('c,t,v') looks like it, and lines 1 to 3 above it are no data (e.g. 'Sales "
         f"export'). Delete the lines above the header and load the file again (e.g. tail -n "
         f"+4 report.csv > fixed.csv).")
+
+
+def test_tabs_around_customer_ids_are_trimmed_like_spaces(tmp_path: Path) -> None:
+    """DuckDB's trim() takes spaces and NBSP but not tabs: 'A1\t' was a second customer
+    A1, and '17850\t' below the sniffer's sample made the integer ids text (and a second
+    customer 17850)."""
+    ids = ["A1", "A1\t", "\t\u00a0B2 ", "\t", "B2"]
+    df = _dates(["2011-01-01"] * 5).assign(c=ids)
+    for source in (_csv(df, tmp_path), df):
+        tx = load_transactions(source, SIMPLE)
+        assert tx.to_pandas()["customer_id"].tolist() == ["A1", "A1", "B2", "B2"]
+        assert tx.report.rows_dropped == {"missing customer_id": 1}
+    n = 21_000  # past the sniffer's 20,480-row sample, which types the column as integers
+    for tail in (["17850\t", "\t12345 ", "\t"], ["17850.0\t", "\t12345.0", "\t"]):
+        head = [f"{i % 100}.0" if "." in tail[0] else str(i % 100) for i in range(n)]
+        path = tmp_path / "late_tab.csv"
+        pd.DataFrame({"c": head + tail, "t": "2021-01-01", "v": 1.0}).to_csv(path, index=False)
+        tx = load_transactions(path, SIMPLE)
+        assert tx.report.customer_id_type == "integer"
+        assert tx.to_pandas()["customer_id"].tolist()[-2:] == [17850, 12345]
+        assert tx.report.rows_dropped == {"missing customer_id": 1}
+        assert tx.report.customers == 102
