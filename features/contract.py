@@ -993,8 +993,19 @@ def _open_pandas(
     if not all(isinstance(c, str) for c in df.columns):
         df = df.rename(columns=str)  # cheap: shares the data
     df = _decimals_as_floats(df, _mapped_columns(mapping, list(df.columns)) or [])
+    import duckdb
+
     name = _view_name("pandas")
-    con.con.register(name, df)
+    try:
+        con.con.register(name, df)
+    except duckdb.Error:
+        # DuckDB 2.0 fails with "std::bad_cast" on columns that are views with a negative
+        # stride (df.iloc[::-1]); a copy lays them out forwards. Anything else fails again
+        # and is reported as the frame's error.
+        try:
+            con.con.register(name, df.copy(deep=True))
+        except duckdb.Error as exc:
+            raise _read_error(label, exc, "frame") from None
     labels = None if isinstance(df.index, pd.RangeIndex) and df.index.start == 0 else df.index
     return _Source(
         label=label,

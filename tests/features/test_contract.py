@@ -1469,3 +1469,18 @@ def test_tabs_around_customer_ids_are_trimmed_like_spaces(tmp_path: Path) -> Non
         assert tx.to_pandas()["customer_id"].tolist()[-2:] == [17850, 12345]
         assert tx.report.rows_dropped == {"missing customer_id": 1}
         assert tx.report.customers == 102
+
+
+def test_a_reversed_frame_loads_like_the_frame() -> None:
+    """``df.iloc[::-1]`` holds views with a negative stride, which DuckDB 2.0 refused with
+    "std::bad_cast"; the loader copies such a frame instead."""
+    df = pd.DataFrame({
+        "customer_id": [1, 1, 2, 3],
+        "timestamp": pd.to_datetime(["2024-01-01", "2024-01-02", "2024-01-03", "2024-01-04"]),
+        "amount": [10.0, 5.0, 7.5, 3.0],
+    })
+    forwards = load_transactions(df).to_pandas()
+    backwards = load_transactions(df.iloc[::-1]).to_pandas()
+    key = ["timestamp", "customer_id"]
+    pd.testing.assert_frame_equal(backwards.sort_values(key).reset_index(drop=True),
+                                  forwards.sort_values(key).reset_index(drop=True))
