@@ -333,19 +333,40 @@ class Transactions:
         It is DuckDB's 64-bit ``hash`` of each row, summed (a multiset hash: a duplicated
         row counts twice), then SHA-256 with the column names; it may change with the
         DuckDB version, not between runs of one."""
-        cut = parse_cutoff(cutoff)
         cols = list(self.table.columns)
-        t = self.table
         rows, customers, first, last, total = self.backend.con.execute(
             f"SELECT count(*), count(DISTINCT customer_id), min(timestamp), max(timestamp), "
-            f"coalesce(sum(hash({', '.join(_q(c) for c in cols)})), 0) "
-            f"FROM ({self.backend.compile(t.filter(t.timestamp < cut.to_pydatetime()))})"
+            f"coalesce(sum({self._row_hash()}), 0) FROM ({self._rows_before(cutoff)})"
         ).fetchall()[0]
         digest = hashlib.sha256(f"{cols}|{rows}|{total}".encode()).hexdigest()[:16]
         return {"rows": int(rows), "customers": int(customers),
                 "first_event": None if first is None else pd.Timestamp(first),
                 "last_event": None if last is None else pd.Timestamp(last),
                 "digest": digest}
+
+    def daily_profile(self, before: Any) -> pd.DataFrame:
+        """The rows before ``before`` per calendar day: one row per day with events
+        (``day`` as ISO text, ``rows``, ``hash_sum``: the row hash of `profile_before`
+        summed over the day, as text). The same rows on a day, in any order and from any
+        source, give the same row; rows at or after ``before`` are not read. A row per day
+        of history: saved with a model, it tells whether another run read the same log
+        (`training.pipeline.data_differs`)."""
+        rows = self.backend.con.execute(
+            f"SELECT strftime(CAST(timestamp AS DATE), '%Y-%m-%d') AS day, count(*), "
+            f"CAST(sum({self._row_hash()}) AS VARCHAR) FROM ({self._rows_before(before)}) "
+            f"GROUP BY day ORDER BY day"
+        ).fetchall()
+        return pd.DataFrame(rows, columns=["day", "rows", "hash_sum"]).astype(
+            {"day": "str", "rows": "int64", "hash_sum": "str"})
+
+    def _rows_before(self, cutoff: Any) -> str:
+        """SQL of the rows before ``cutoff``."""
+        t = self.table
+        return self.backend.compile(t.filter(t.timestamp < parse_cutoff(cutoff).to_pydatetime()))
+
+    def _row_hash(self) -> str:
+        """SQL: DuckDB's 64-bit hash of a row over every contract column."""
+        return f"hash({', '.join(_q(c) for c in self.table.columns)})"
 
 
 # --------------------------------------------------------------------------- public functions

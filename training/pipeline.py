@@ -71,8 +71,8 @@ class FittedModels:
     config: TrainConfig
     as_of: pd.Timestamp
     versions: dict[str, str] = field(default_factory=dict)
-    #: the training log's rows per day before ``as_of`` (`daily_profile`), when known:
-    #: scoring another log with these models warns (`training.scoring.score_customers`)
+    #: the training log's rows per day before ``as_of`` (`Transactions.daily_profile`),
+    #: when known: scoring another log with them warns (`training.scoring.score_customers`)
     data_days: pd.DataFrame | None = None
 
 
@@ -92,8 +92,8 @@ class TrainResult:
     #: the rows the run read (those before as_of): rows, customers, first_event,
     #: last_event, digest (`features.contract.Transactions.profile_before`)
     data_used: dict[str, Any] = field(default_factory=dict)
-    #: the same rows per calendar day (`daily_profile`): whether another run trained on
-    #: the same log (`data_differs`); None for a result made without it
+    #: the same rows per calendar day (`Transactions.daily_profile`): whether another run
+    #: trained on the same log (`data_differs`); None for a result made without it
     data_days: pd.DataFrame | None = None
     #: wall seconds per stage of `train`, in the order run: load, training_frame,
     #: baseline_features, population, churn_fit, value_fit, segmenter_fit,
@@ -124,31 +124,12 @@ def window_observed(last_event: Any, cutoff: Any, horizon_days: int) -> bool:
     return pd.Timestamp(last_event) >= end - pd.Timedelta(days=1)
 
 
-def daily_profile(tx: Transactions, before: Any) -> pd.DataFrame:
-    """The rows before ``before`` per calendar day: transactions in, one row per day with
-    events out (``day`` as ISO text, ``rows``, ``hash_sum``: the sum of DuckDB's ``hash`` of
-    each row over the contract columns, as text). The same rows on a day, in any order and
-    from any source, give the same row; rows at or after ``before`` are not read. Small:
-    a row per day of history, logged with each registered model so that a later run can
-    tell whether it trained on the same log (`data_differs`)."""
-    cut = parse_cutoff(before)
-    t = tx.table
-    cols = ", ".join(f'"{c}"' for c in t.columns)
-    sql = tx.backend.compile(t.filter(t.timestamp < cut.to_pydatetime()))
-    rows = tx.backend.con.execute(
-        f"SELECT strftime(CAST(timestamp AS DATE), '%Y-%m-%d') AS day, count(*) AS n, "
-        f"CAST(sum(hash({cols})) AS VARCHAR) FROM ({sql}) GROUP BY day ORDER BY day"
-    ).fetchall()
-    return pd.DataFrame(rows, columns=["day", "rows", "hash_sum"]).astype(
-        {"day": "str", "rows": "int64", "hash_sum": "str"})
-
-
 def data_differs(other: pd.DataFrame, this: pd.DataFrame, before: Any) -> str | None:
     """Why the log of ``this`` is not the log of ``other`` on the days before ``before``, in
     a few words, or None when they hold the same rows on each of those days (the same log,
     or one extended from the other: pass the earlier of the two runs' as-of dates). Both
-    are `daily_profile` frames; the day of ``before`` itself is not compared when it is not
-    midnight, since a run read only part of it."""
+    are `Transactions.daily_profile` frames; the day of ``before`` itself is not compared
+    when it is not midnight, since a run read only part of it."""
     day = f"{pd.Timestamp(before).normalize():%Y-%m-%d}"
     a = other[other["day"] < day].set_index("day")
     b = this[this["day"] < day].set_index("day")
@@ -552,7 +533,7 @@ def train(
         _warn_if_under_a_year(tx, as_of)
         _check_repeat_buyers(tx, as_of)
         data_used = tx.profile_before(as_of)
-        data_days = daily_profile(tx, as_of)
+        data_days = tx.daily_profile(as_of)
     fcfg = config.features
     eval_cut = evaluation_cutoffs(tx.report.first_event, as_of, config)
     frame, population, models = _fit_as_of(tx, as_of, config, timings)

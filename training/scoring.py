@@ -25,7 +25,6 @@ from training.pipeline import (
     FittedModels,
     _load,
     _timed,
-    daily_profile,
     data_differs,
     default_as_of,
     predict_customers,
@@ -52,7 +51,7 @@ def _warn_if_another_log(models: FittedModels, tx: Transactions, cut: pd.Timesta
     if models.data_days is None or models.as_of is None:
         return
     before = min(pd.Timestamp(models.as_of), cut)
-    why = data_differs(models.data_days, daily_profile(tx, before), before)
+    why = data_differs(models.data_days, tx.daily_profile(before), before)
     if why:
         warn(f"the models were trained on another log than this one: {why}. Their scores "
              f"are those of a model of other data (another shop, a sample, a restated "

@@ -148,8 +148,8 @@ INPUT_EXAMPLE_ROWS = 5
 _MODEL_ARTIFACT = "model"  # key of the folder in the pyfunc's artifacts
 _SEGMENTER_FILE = "segmenter.json"
 _MANIFEST_FILE = "lifecast.json"
-#: the training data's rows per day (`training.pipeline.daily_profile`), saved with each
-#: model so that the champion rule can tell whether a later run's data extends it
+#: the training log's rows per day (`features.contract.Transactions.daily_profile`), saved
+#: with each model so that the champion rule can tell whether another run read the same log
 _DAYS_FILE = "data_days.json"
 _NO_CHAMPION = "no champion model registered yet: run `lifecast train` first"
 

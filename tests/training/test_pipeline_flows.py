@@ -298,7 +298,7 @@ def test_daily_profile_and_data_differs_tell_the_same_log_from_another() -> None
     the earlier as-of; a changed, missing or shifted row is another log, and the reason
     names the first day that differs."""
     from features.contract import load_transactions
-    from training.pipeline import daily_profile, data_differs
+    from training.pipeline import data_differs
 
     log = pd.DataFrame({
         "customer_id": [1, 1, 2, 3, 2],
@@ -308,7 +308,7 @@ def test_daily_profile_and_data_differs_tell_the_same_log_from_another() -> None
     })
 
     def profile(frame: pd.DataFrame, before: str = "2024-01-06") -> pd.DataFrame:
-        return daily_profile(load_transactions(frame), before)
+        return load_transactions(frame).daily_profile(before)
 
     full = profile(log)
     assert list(full["day"]) == ["2024-01-01", "2024-01-02", "2024-01-04", "2024-01-05"]
