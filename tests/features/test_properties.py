@@ -135,3 +135,24 @@ def test_snapshots_sharing_work_equal_one_cutoff_at_a_time(log, one_line_orders,
     one_by_one = pd.concat([build_features(log, c, mapping) for c in SNAPSHOT_CUTS],
                            ignore_index=True)
     pd.testing.assert_frame_equal(stacked, one_by_one)
+
+
+@SETTINGS
+@given(log=logs(), late=later_events(), horizon=st.sampled_from([30, 90]))
+def test_events_at_or_after_cutoff_change_no_segment_or_stage(log, late, horizon):
+    """Segments and lifecycle stages (and the quintile edges learned on the population at
+    the cutoff) see only what the features see."""
+    from features.config import FeatureConfig
+    from features.demo import segment_customers
+    from features.segments import RFMSegmenter
+
+    config = FeatureConfig(churn_horizon_days=horizon)
+    cols = ["customer_id", "rfm_score", "segment", "lifecycle_stage"]
+    results = []
+    for rows in (log, pd.concat([log, late], ignore_index=True)):
+        feats = build_features(rows, CUTOFF, mapping=MAPPING, config=config)
+        segmenter = RFMSegmenter().fit(feats)
+        results.append((segmenter.to_dict(), segment_customers(feats, segmenter, config)[cols]))
+    (edges_before, before), (edges_after, after) = results
+    assert edges_before == edges_after
+    pd.testing.assert_frame_equal(before, after)
