@@ -35,6 +35,9 @@ _MAPPING_HELP: dict[str, str] = {
     "timestamp_format": "strftime format of text timestamps, e.g. '%d/%m/%Y %H:%M'.",
     "decimal_comma": "Numbers in text columns use ',' as the decimal point and '.' or a space "
                      "between thousands, as in '1.234,50'.",
+    "missing_ids": "Customer ids that stand for no customer (guest checkouts, a walk-in "
+                   "account), comma-separated, e.g. '0,GUEST': their rows are dropped and "
+                   "counted like rows without an id.",
 }
 
 

@@ -45,6 +45,7 @@ MAPPING_FLAGS: dict[str, str] = {
     "discount": "--discount-col",
     "timestamp_format": "--timestamp-format",
     "decimal_comma": "--decimal-comma",
+    "missing_ids": "--missing-ids",
 }
 
 
@@ -76,6 +77,11 @@ class ColumnMapping(BaseModel):
     #: discount) use ',' as the decimal point and '.' or a space between thousands, as in
     #: '1.234,50' (German, French, ... exports); ``False``: '.' is the decimal point.
     decimal_comma: bool = False
+    #: customer id values that stand for "no customer" in this data, such as the id of
+    #: guest checkouts or a walk-in account ('0', 'GUEST'): their rows are dropped and
+    #: counted like rows without a customer id (blank, 'NA', 'null', ...). On the command
+    #: line, comma-separated: ``--missing-ids '0,GUEST'``.
+    missing_ids: tuple[str, ...] = ()
 
     @field_validator("customer_id", "timestamp", "amount")
     @classmethod
@@ -83,6 +89,27 @@ class ColumnMapping(BaseModel):
         if not value or not value.strip():
             raise ValueError("must name a column (or, for amount, an expression)")
         return value.strip()
+
+    @field_validator("missing_ids", mode="before")
+    @classmethod
+    def _id_list(cls, value: Any) -> tuple[str, ...]:
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            value = value.split(",")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError("must be a list of customer ids, e.g. ['0', 'GUEST']")
+        ids = []
+        for item in value:
+            if isinstance(item, bool) or not isinstance(item, (str, int)):
+                raise ValueError(f"{item!r} is no customer id: give ids as text or whole "
+                                 f"numbers, e.g. ['0', 'GUEST']")
+            text = str(item).strip()
+            if text:
+                ids.append(text)
+        return tuple(dict.fromkeys(ids))
 
     @field_validator("timestamp_format")
     @classmethod

@@ -14,8 +14,10 @@ The mapping is applied once, here, at the boundary:
   integers (or integral floats such as ``17850.0``, read digit for digit, not through a
   float); else VARCHAR, trimmed. Ids in scientific notation (``4.91235E+11``: a spreadsheet
   rounded them) are an error. Blank, NaN and text missing-value markers (``NaN``, ``N/A``,
-  ``NA``, ``null``, ``None``, ``<NA>``, any case) mean missing. Rows without one are dropped
-  and counted (``report.rows_dropped["missing customer_id"]``); nothing else is dropped.
+  ``NA``, ``null``, ``None``, ``<NA>``, any case) mean missing, and so do the ids listed in
+  ``mapping.missing_ids`` (exactly; for integer ids, the listed whole numbers). Rows without
+  one are dropped and counted (``report.rows_dropped["missing customer_id"]``); nothing else
+  is dropped.
 - ``timestamp``: naive TIMESTAMP. Time-zone aware values are converted to UTC, dates become
   midnight, text is parsed with ``mapping.timestamp_format``, else with the one format that
   reads every value among DuckDB's CSV sniffer's and `_TIMESTAMP_GUESSES` (several that
@@ -206,6 +208,9 @@ class ValidationReport:
     #: a figure to compare with the source's own total, which shows an amount read at the
     #: wrong scale (such as '2.950' read as 2.95 where it means 2950)
     net_amount: float = 0.0
+    #: the customer ids read as "no customer" (``mapping.missing_ids``): their rows are
+    #: among those dropped as ``missing customer_id``
+    missing_ids: tuple[str, ...] = ()
     #: (customers, orders), or a `_Counts` that queries them when first read
     counts: Any = field(default=(0, 0), repr=False, compare=False)
     #: (duplicate rows,), or a `_Counts` that queries it when first read
@@ -267,6 +272,8 @@ class ValidationReport:
             f"  rows read      {self.rows_read:>12,}",
         ]
         for reason, count in self.rows_dropped.items():
+            if reason == MISSING_CUSTOMER and self.missing_ids:
+                reason += f", or one of {MAPPING_FLAGS['missing_ids']} {','.join(self.missing_ids)}"
             lines.append(f"  dropped        {count:>12,}  ({reason})")
         lines += [
             f"  rows kept      {self.rows_kept:>12,}",
@@ -458,6 +465,7 @@ def load_transactions(
         first_purchase=(None if stats["first_purchase"] is None
                         else pd.Timestamp(stats["first_purchase"])),
         net_amount=round(float(stats["net_amount"] or 0.0), 2),
+        missing_ids=mapping.missing_ids,
         counts=_Counts(lambda: _count_customers_orders(raw, name, "order_id" in report_cols)),
         duplicates=_Counts(lambda: _count_duplicates(raw, name, list(report_cols))),
     )
@@ -1384,7 +1392,8 @@ def _plan(
     columns: list[_Column] = []
     cid_col = resolved["customer_id"]
     cid, cid_int, cid_not_int, cid_bad, cid_checks, cid_tabbed = _customer_sql(
-        src, cid_col, integer_ids, tab_ids)
+        src, cid_col, integer_ids, tab_ids, mapping.missing_ids)
+    cid = _without_listed(cid, cid_int, mapping.missing_ids)
     columns.append(
         _Column(
             "customer_id", cid_col, cid, (cid_col,), bad=cid_bad,
@@ -1535,15 +1544,17 @@ _INEXACT_ID = (
 
 
 def _customer_sql(
-    src: _Source, col: str, integer_ids: bool, tabs: bool = False
+    src: _Source, col: str, integer_ids: bool, tabs: bool = False, listed: Sequence[str] = (),
 ) -> tuple[str, bool, str, str | None, list[tuple[str, str, str | None, str, str]], str]:
     """(value SQL, is integer, predicate 'not an integer', predicate 'bad' or None, further
     checks, predicate 'has a tab') for the customer id column; each check is (name, bad,
     profile_bad or None, problem, hint). Blank text and missing-value markers
-    (`_MISSING_IDS`) are missing. White space around an id is no part of it: DuckDB's
-    trim() takes spaces and NBSP but not tabs, which text ids are trimmed of (`_trim_id`)
-    only with ``tabs`` (the profile counts the ids with a tab: 'has a tab'), as that costs
-    on every row; integer ids are read through casts that skip tabs themselves."""
+    (`_MISSING_IDS`) are missing; so are the ``listed`` ids (``mapping.missing_ids``), which
+    `_without_listed` takes out of the value, and which here only keep a text such as
+    'GUEST' from making a column of integer ids text. White space around an id is no part
+    of it: DuckDB's trim() takes spaces and NBSP but not tabs, which text ids are trimmed of
+    (`_trim_id`) only with ``tabs`` (the profile counts the ids with a tab: 'has a tab'), as
+    that costs on every row; integer ids are read through casts that skip tabs themselves."""
     c = _q(col)
     kind = _kind(src.types[col])
     declared = _kind(src.sniffed.get(col, src.types[col]))
@@ -1574,7 +1585,7 @@ def _customer_sql(
         value = f"TRY_CAST({t} AS BIGINT)"  # (the cast itself skips tabs around the digits)
         back = f"CAST({value} AS VARCHAR)"
         not_int = (
-            f"(CASE WHEN {value} IS NULL THEN NOT {_missing_id(_trim_id(c))} "
+            f"(CASE WHEN {value} IS NULL THEN NOT {_missing_id(_trim_id(c), listed)} "
             f"WHEN {back} = {t} THEN false ELSE {back} <> {_trim_id(c)} END)"
         )  # the cast must round-trip: '007' and '+7' stay strings
         return f"(CASE WHEN NOT {not_int} THEN {value} END)", True, not_int, None, [], tabbed
@@ -1589,7 +1600,8 @@ def _customer_sql(
         # spreadsheet's rounding of the ids: an error of its own.
         t = _trim_id(c)
         number = f"TRY_CAST({t} AS DOUBLE)"  # 'nan' is NaN (missing), other markers NULL
-        not_int = f"(CASE WHEN {number} IS NULL THEN NOT {_missing_id(t)} ELSE false END)"
+        not_int = (f"(CASE WHEN {number} IS NULL THEN NOT {_missing_id(t, listed)} "
+                   f"ELSE false END)")
         sci = f"(contains({t}, 'e') OR contains({t}, 'E'))"
         # nothing but zeros after the point (TRY_CAST rounds '1.5' to 2)
         whole = f"(rtrim(split_part({t}, '.', 2), '0') = '' AND NOT {sci})"
@@ -1632,11 +1644,28 @@ def _trim_id(text: str) -> str:
             f"ELSE trim({text}) END)")
 
 
-def _missing_id(t: str) -> str:
-    """SQL predicate: the trimmed id text ``t`` is blank or a missing-value marker. Written
-    as ORs: DuckDB turns an IN list this long into a join, evaluated on every row (not just
-    those of a CASE branch): a 2.2M-row CSV took 2.9 s to load instead of 1.7 s."""
-    return "(" + " OR ".join(f"lower({t}) = {_lit(m)}" for m in _MISSING_IDS) + ")"
+def _missing_id(t: str, listed: Sequence[str] = ()) -> str:
+    """SQL predicate: the trimmed id text ``t`` is blank, a missing-value marker or one of
+    the ``listed`` ids (exactly). Written as ORs: DuckDB turns an IN list this long into a
+    join, evaluated on every row (not just those of a CASE branch): a 2.2M-row CSV took
+    2.9 s to load instead of 1.7 s."""
+    return "(" + " OR ".join([*(f"lower({t}) = {_lit(m)}" for m in _MISSING_IDS),
+                              *(f"{t} = {_lit(m)}" for m in listed)]) + ")"
+
+
+def _without_listed(value: str, is_int: bool, listed: Sequence[str]) -> str:
+    """The customer id SQL ``value`` with the ``listed`` ids (``mapping.missing_ids``) made
+    NULL, so their rows are dropped and counted as rows without a customer id. Integer ids
+    match the listed ids that are whole numbers ('0', '-1'); text ids match exactly, after
+    the trimming every id gets."""
+    if is_int:
+        ints = sorted({int(m) for m in listed if re.fullmatch(r"[+-]?[0-9]{1,18}", m)})
+        items = [str(i) for i in ints]
+    else:
+        items = [_lit(m) for m in listed]
+    if not items:
+        return value
+    return f"(CASE WHEN {value} IN ({', '.join(items)}) THEN NULL ELSE {value} END)"
 
 
 def _whole_id(d: str) -> tuple[str, str]:

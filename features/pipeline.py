@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from features.config import ColumnMapping, FeatureConfig
+from features.config import MAPPING_FLAGS, ColumnMapping, FeatureConfig
 from features.contract import (
     DataValidationError,
     Transactions,
@@ -36,6 +36,7 @@ from features.engine import (
     order_lines,
 )
 from features.registry import feature_definitions
+from features.warn import warn
 
 TransactionsLike = Any  # path | DataFrame | ibis.Table | Transactions
 
@@ -191,6 +192,45 @@ def _shared_work(tx: Transactions, n_cutoffs: int) -> Iterator[SharedWork | None
             backend.con.execute(f"DROP TABLE IF EXISTS {_q(name)}")
 
 
+#: A customer id that holds at least this share of the purchase orders before a cutoff, and
+#: at least `SHARED_ID_FAIR_SHARES` times an equal share, is taken for an id many buyers
+#: share (guest checkouts, a walk-in or cash account): in Online Retail (4,372 customers)
+#: and Complete Journey (2,469 households) the largest customer holds 1.1% and 0.5%.
+SHARED_ID_ORDER_SHARE = 0.05
+SHARED_ID_FAIR_SHARES = 20
+
+
+def warn_if_one_id_dominates(features_df: pd.DataFrame) -> None:
+    """Warn when one customer id holds an outsized share of the purchase orders of a
+    feature frame (`SHARED_ID_ORDER_SHARE`): such an id is usually a placeholder many
+    buyers share. Its history is modelled as one customer's, tops the segments and the
+    value lists, and skews the models; `ColumnMapping.missing_ids` drops its rows."""
+    orders = features_df["n_orders"].astype("float64").to_numpy()
+    total = orders.sum()
+    if len(orders) < 2 or not total > 0:
+        return
+    top = int(np.argmax(orders))
+    share = orders[top] / total
+    if share < max(SHARED_ID_ORDER_SHARE, SHARED_ID_FAIR_SHARES / len(orders)):
+        return
+    cid = features_df["customer_id"].iloc[top]
+    spend = features_df["monetary_total"].astype("float64").to_numpy()
+    positive = spend[spend > 0].sum()
+    spend_part = (f" and {spend[top] / positive:.0%} of the net spend" if positive > 0
+                  and spend[top] > 0 else "")
+    cut = pd.Timestamp(features_df["cutoff"].iloc[top])
+    cut_text = cut.strftime("%Y-%m-%d") if cut == cut.normalize() else str(cut)
+    flag = MAPPING_FLAGS["missing_ids"]
+    warn(
+        f"customer {cid!r} holds {share:.0%} of the purchase orders before {cut_text} "
+        f"({int(orders[top]):,} of {int(total):,}, among {len(orders):,} customers){spend_part}: "
+        f"an id that many buyers share, such as guest checkouts or a walk-in or cash "
+        f"account? lifecast models it as one customer, who then tops the segments and the "
+        f"value lists. If it is one, pass {flag} '{cid}' (YAML missing_ids: ['{cid}']): its "
+        f"rows are then dropped and counted like rows without a customer id."
+    )
+
+
 def build_features(
     transactions: TransactionsLike,
     cutoff: Any,
@@ -206,12 +246,16 @@ def build_features(
     then the features of `features.registry` (see `lifecast features list`).
 
     Raises `features.contract.DataValidationError` for bad input or a cutoff at or before
-    the first event; warns (``StaleDataWarning``) for a cutoff long after the last event.
+    the first event; warns (``StaleDataWarning``) for a cutoff long after the last event,
+    and when one customer id holds an outsized share of the orders
+    (`warn_if_one_id_dominates`).
     """
     config = FeatureConfig.of(config)
     tx = as_transactions(transactions, mapping, table)
     cut = check_cutoff(tx.report, cutoff, config)
-    return _execute_features(tx, cut, config)
+    features_df = _execute_features(tx, cut, config)
+    warn_if_one_id_dominates(features_df)
+    return features_df
 
 
 def build_snapshots(

@@ -879,6 +879,59 @@ def test_missing_value_markers_as_customer_ids_are_dropped_and_counted(tmp_path:
         assert tx.report.customers == 2
 
 
+def test_listed_missing_ids_are_dropped_and_counted(tmp_path: Path) -> None:
+    """Ids the user names as "no customer" (guest checkouts, a walk-in account) go the way
+    of the missing ones, from every kind of column, and say so in the report."""
+    text = pd.DataFrame({"c": [" A1 ", "GUEST", "guest", "0", "A2", "GUEST "],
+                         "t": "2021-01-01", "v": 1.0})
+    for source in (text, _csv(text, tmp_path), _parquet(text, tmp_path)):
+        tx = load_transactions(source, SIMPLE.with_overrides(missing_ids="GUEST, 0"))
+        assert tx.to_pandas()["customer_id"].tolist() == ["A1", "guest", "A2"]  # exact case
+        assert tx.report.rows_dropped == {"missing customer_id": 3}
+        assert tx.report.missing_ids == ("GUEST", "0")
+        assert ("dropped                   3  (missing customer_id, or one of --missing-ids "
+                "GUEST,0)") in tx.report.format()
+    ints = pd.DataFrame({"c": [0, 17850, 0, 12345, -1], "t": "2021-01-01", "v": 1.0})
+    floats = ints.astype({"c": "float64"})
+    for source in (ints, floats, _csv(ints, tmp_path), _parquet(floats, tmp_path)):
+        tx = load_transactions(source, SIMPLE.with_overrides(missing_ids=["0", "-1", "x"]))
+        assert tx.report.customer_id_type == "integer"
+        assert tx.to_pandas()["customer_id"].tolist() == [17850, 12345]
+        assert tx.report.rows_dropped == {"missing customer_id": 3}
+    # a listed text late in a CSV of integer ids (past the sniffer's sample) keeps them integers
+    n = 21_000
+    path = tmp_path / "late_guest.csv"
+    pd.DataFrame({"c": [str(i % 100) for i in range(n - 1)] + ["GUEST"], "t": "2021-01-01",
+                  "v": 1.0}).to_csv(path, index=False)
+    tx = load_transactions(path, SIMPLE.with_overrides(missing_ids="GUEST"))
+    assert tx.report.customer_id_type == "integer"
+    assert (tx.report.rows_dropped, tx.report.customers) == ({"missing customer_id": 1}, 100)
+    assert load_transactions(path, SIMPLE).report.customer_id_type == "string"
+
+
+def test_missing_ids_from_yaml_flags_and_bad_values(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from features.cli import app
+
+    yaml_file = tmp_path / "mapping.yaml"
+    yaml_file.write_text("customer_id: c\ntimestamp: t\namount: v\nmissing_ids: [0, GUEST]\n")
+    assert ColumnMapping.from_yaml(yaml_file).missing_ids == ("0", "GUEST")
+    assert SIMPLE.with_overrides(missing_ids=" 0 ,, GUEST,0").missing_ids == ("0", "GUEST")
+    assert ColumnMapping(missing_ids=7).missing_ids == ("7",)
+    assert ColumnMapping.from_yaml(yaml_file).with_overrides(missing_ids="").missing_ids == ()
+    yaml_file.write_text("customer_id: c\nmissing_ids: [1.5]\n")
+    with pytest.raises(ValueError, match=r"mapping file .*missing_ids.*1\.5 is no customer id"):
+        ColumnMapping.from_yaml(yaml_file)
+    path = _csv(pd.DataFrame({"c": ["A", "GUEST", "0"], "t": "2021-01-01", "v": 1.0}), tmp_path)
+    res = CliRunner().invoke(app, ["validate", "-t", path, "--customer-col", "c",
+                                   "--timestamp-col", "t", "--amount", "v",
+                                   "--missing-ids", "GUEST,0"])
+    assert res.exit_code == 0, res.output
+    assert "\n  customers                 1  (" in res.output
+    assert "(missing customer_id, or one of --missing-ids GUEST,0)" in res.output
+
+
 def test_missing_value_markers_keep_integer_csv_ids_integers(tmp_path: Path) -> None:
     # past the sniffer's sample, 'NA' used to turn the integer ids into text with a
     # customer 'NA'; a pandas export with na_rep='NaN' of float ids, into '17850.0'

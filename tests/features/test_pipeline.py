@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import warnings
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -496,3 +498,46 @@ def test_order_money_is_64_bit_on_duckdb():
         types = dict(zip(expr.columns, con.sql(tx.backend.compile(expr)).types, strict=True))
         for col in ("value", "gross", "returned", "disc_gross"):
             assert str(types[col]) == "DECIMAL(18,6)", (col, types[col])
+
+
+def _guest_log(share: float, customers: int = 400, orders: int = 3000) -> pd.DataFrame:
+    """One order per row, spread over ``customers`` ids; the first ``share`` of the orders
+    belong to the id 'GUEST'."""
+    rng = np.random.default_rng(7)
+    df = pd.DataFrame({
+        "customer_id": rng.integers(0, customers, orders).astype(str),
+        "timestamp": pd.Timestamp("2024-01-01")
+        + pd.to_timedelta(rng.integers(0, 270, orders), unit="D"),
+        "amount": rng.gamma(2.0, 20.0, orders),
+        "order_id": np.arange(orders).astype(str),
+    })
+    df.loc[: int(share * orders) - 1, "customer_id"] = "GUEST"
+    return df
+
+
+def _shared_id_warnings(df: pd.DataFrame, mapping: dict | None = None) -> list[str]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        build_features(df, "2024-09-28", mapping=mapping)
+    return [str(w.message) for w in caught if "many buyers share" in str(w.message)]
+
+
+def test_an_id_holding_an_outsized_share_of_the_orders_is_warned_about() -> None:
+    """Guest checkouts under one id make one 'customer' with a fifth of the orders: the
+    load cannot know, so the feature build says so and how to drop them."""
+    df = _guest_log(0.2)
+    (message,) = _shared_id_warnings(df)
+    guest_orders = int((df["customer_id"] == "GUEST").sum())
+    assert message.startswith(
+        f"customer 'GUEST' holds 20% of the purchase orders before 2024-09-28 "
+        f"({guest_orders:,} of 3,000, among ")
+    assert "% of the net spend: an id that many buyers share" in message
+    assert "pass --missing-ids 'GUEST' (YAML missing_ids: ['GUEST'])" in message
+    assert _shared_id_warnings(df, {"missing_ids": ["GUEST"]}) == []
+    # a large customer is no warning: 4% of the orders of 400 customers
+    assert _shared_id_warnings(_guest_log(0.04)) == []
+    # in a small population the bar is 20 equal shares: 20% of 60 customers' orders is
+    # no warning, 50% is; among 10 customers nothing is (a big client, not a placeholder)
+    assert _shared_id_warnings(_guest_log(0.2, customers=59, orders=600)) == []
+    assert len(_shared_id_warnings(_guest_log(0.5, customers=59, orders=600))) == 1
+    assert _shared_id_warnings(_guest_log(0.8, customers=9, orders=200)) == []
