@@ -685,9 +685,15 @@ def _open_source(
                 return _open_duckdb_file(con, _url_path(text), table, text)
             return _open_sqlalchemy(con, text, table, mapping)
         return _open_path(con, text, table)
+    kind = type(source)
+    library = kind.__module__.split(".")[0]
+    convert = (" (convert it with .to_pandas())"
+               if callable(getattr(source, "to_pandas", None)) else "")
     raise DataValidationError(
-        f"cannot read transactions from a {type(source).__name__}: pass a file path, a pandas "
-        f"DataFrame, an Ibis table or a database URL with table=",
+        f"cannot read transactions from a "
+        f"{kind.__name__ if library == 'builtins' else f'{library} {kind.__name__}'}"
+        f"{convert}: pass a file path, a pandas DataFrame, an Ibis table or a database URL "
+        f"with table=",
     )
 
 
@@ -1021,7 +1027,9 @@ def _open_pandas(
 ) -> _Source:
     if not all(isinstance(c, str) for c in df.columns):
         df = df.rename(columns=str)  # cheap: shares the data
-    df = _decimals_as_floats(df, _mapped_columns(mapping, list(df.columns)) or [])
+    used = _mapped_columns(mapping, list(df.columns)) or []
+    _check_frame_columns(df, mapping, used, label)
+    df = _decimals_as_floats(df, used)
     import duckdb
 
     name = _view_name("pandas")
@@ -1047,6 +1055,34 @@ def _open_pandas(
         cleanup=[f"DROP VIEW IF EXISTS {_q(name)}"],
         kind="frame",
     )
+
+
+def _check_frame_columns(df: pd.DataFrame, mapping: ColumnMapping, used: Sequence[str],
+                         label: str) -> None:
+    """Refuse a frame whose mapped columns cannot be told apart or are in its index, with
+    a message that says so: a repeated column name failed deep in pandas ("'DataFrame'
+    object has no attribute 'dtype'"), and a mapped column that is an index level was
+    reported as missing from the data, with "set --timestamp-col" as the advice."""
+    repeated = [c for c in used if (df.columns == c).sum() > 1]
+    if repeated:
+        raise DataValidationError(
+            f"{label}: " + "; ".join(f"{int((df.columns == c).sum())} columns are named {c!r}"
+                                     for c in repeated)
+            + ", so which one the mapping means is unclear: drop or rename the others "
+            "(df.loc[:, ~df.columns.duplicated()] keeps the first of each name)",
+            source=label,
+        )
+    levels = [str(n) for n in df.index.names if n is not None]
+    in_index = [user for user in mapping.present().values()
+                if _resolve(user, list(df.columns)) is None and _resolve(user, levels)]
+    if in_index:
+        names = ", ".join(repr(n) for n in in_index)
+        raise DataValidationError(
+            f"{label}: {names} {'is' if len(in_index) == 1 else 'are'} in the frame's "
+            f"index, not among its columns: pass df.reset_index() to make "
+            f"{'it a column' if len(in_index) == 1 else 'them columns'}",
+            source=label,
+        )
 
 
 def _mapped_columns(mapping: ColumnMapping, names: Sequence[str], *,
@@ -2303,7 +2339,10 @@ def _where(src: _Source, row_no: int | None, file: str | None) -> str:
     if file:
         where = f"{Path(file).name} {where}"
     if src.index_labels is not None:
-        where += f" (index {src.index_labels[row_no - 1]!r})"
+        label = src.index_labels[row_no - 1]
+        if isinstance(label, np.generic):  # np.int64(7) since NumPy 2: show 7
+            label = label.item()
+        where += f" (index {label!r})"
     return where
 
 

@@ -1105,6 +1105,48 @@ def test_a_data_frame_that_cannot_be_read_is_not_called_a_file() -> None:
     assert "one type" in msg
 
 
+def test_a_mapped_column_name_that_appears_twice_is_named() -> None:
+    """Two columns of one name (df.columns = [...] with a repeat, a concat of frames that
+    share a column) failed with pandas' "'DataFrame' object has no attribute 'dtype'"."""
+    df = pd.DataFrame([[1, "2021-01-01", 1.0, 2]], columns=["c", "t", "v", "c"])
+    msg = _error(df, SIMPLE)
+    assert "pandas DataFrame" in msg and "'c'" in msg and "2 columns" in msg
+    assert "duplicated()" in msg
+    # a repeated column the mapping does not use is no problem
+    ok = pd.DataFrame([[1, "2021-01-01", 1.0, "x", "y"]], columns=["c", "t", "v", "n", "n"])
+    assert load_transactions(ok, SIMPLE).report.rows_kept == 1
+
+
+def test_a_mapped_column_that_is_the_frames_index_says_reset_index() -> None:
+    """A DatetimeIndex (or a customer level of a MultiIndex) named like the mapped column
+    was reported as missing with "set --timestamp-col to the right column"."""
+    df = pd.DataFrame({"c": [1, 2], "t": pd.to_datetime(["2021-01-01", "2021-01-02"]),
+                       "v": [1.0, 2.0]})
+    msg = _error(df.set_index("t"), SIMPLE)
+    assert "'t'" in msg and "index" in msg and "reset_index()" in msg
+    msg = _error(df.set_index(["c", "t"]), SIMPLE)
+    assert "'c'" in msg and "'t'" in msg and "reset_index()" in msg
+
+
+def test_index_labels_in_examples_are_plain_values() -> None:
+    """A frame filtered with a mask (or stacked with pd.concat) keeps integer labels, shown
+    as "index np.int64(2)"."""
+    df = pd.DataFrame({"c": [1, 2, 3, 4], "t": "2021-01-01", "v": [1.0, 2.0, None, 4.0]})
+    df.index = pd.Index([10, 11, 12, 13], dtype="int64")
+    msg = _error(df, SIMPLE)
+    assert "row 3 (index 12)" in msg and "np.int64" not in msg
+
+
+def test_a_frame_of_another_library_says_how_to_convert_it() -> None:
+    """A pyarrow Table (or a polars DataFrame) was refused as 'a Table' / 'a DataFrame',
+    next to "pass ... a pandas DataFrame"."""
+    import pyarrow as pa
+
+    table = pa.table({"c": [1], "t": ["2021-01-01"], "v": [1.0]})
+    msg = _error(table, SIMPLE)
+    assert "pyarrow" in msg and ".to_pandas()" in msg
+
+
 # --------------------------------------------------------------------------- amount size
 
 
