@@ -9,7 +9,8 @@ DataFrame, an Ibis table, a database URL with ``table=``, or an already loaded
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import datetime as dt
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import ibis
@@ -268,11 +269,21 @@ def build_snapshots(
 ) -> pd.DataFrame:
     """Features at several cutoffs, stacked: one row per (cutoff, customer).
 
+    ``cutoffs`` is a list (or any iterable, e.g. a ``pd.date_range``) of cutoffs, each as
+    `build_features` takes it; the columns are those of `build_features`.
+
     Loops over cutoffs on the in-process engine (on DuckDB this measured faster and
     leaner than one range join; `features.engine.attach_cutoffs` is the range-join shape
     for Spark). Every cutoff must be after the first event.
     """
     config = FeatureConfig.of(config)
+    if isinstance(cutoffs, (str, bytes, dt.date, np.datetime64)) or not isinstance(
+            cutoffs, Iterable):
+        raise ValueError(
+            f"cutoffs must be a list of cutoffs such as ['2011-06-01', '2011-09-01'], got "
+            f"the single value {cutoffs!r}: pass [{cutoffs!r}], or use build_features for "
+            f"one cutoff"
+        )
     loaded = as_transactions(transactions, mapping, table)
     cuts = sorted({parse_cutoff(c) for c in cutoffs})
     if not cuts:
@@ -428,16 +439,42 @@ def build_training_frame(
     ``future_orders`` (horizon ``config.clv_horizon_days``). A label whose window would
     end after ``train_cutoff`` is null for that snapshot, so each model trains on the
     snapshots its own horizon allows and nothing at or after ``train_cutoff`` is read.
+
+    Raises `features.contract.DataValidationError` when no snapshot fits in the history
+    before ``train_cutoff``, or when ``train_cutoff`` is more than
+    ``config.stale_after_days`` after the last event (the latest outcome windows would lie
+    after the data and label everyone churned).
     """
     config = FeatureConfig.of(config)
     train_cut = parse_cutoff(train_cutoff)
-    with as_transactions(transactions, mapping, table).materialized() as tx:  # a query per snapshot
+    loaded = as_transactions(transactions, mapping, table)
+    _check_labels_in_data(loaded, train_cut, config)
+    with loaded.materialized() as tx:  # a query per snapshot
         frames = _labelled_snapshots(tx, train_cut, config)
     out = pd.concat(frames, ignore_index=True)
     out["churned"] = out["churned"].astype("Int8")
     out["future_value"] = out["future_value"].astype("float64")
     out["future_orders"] = out["future_orders"].astype("Int64")
     return out
+
+
+def _check_labels_in_data(tx: Transactions, train_cut: pd.Timestamp, config: FeatureConfig
+                          ) -> None:
+    """Refuse a ``train_cutoff`` more than ``config.stale_after_days`` after the last event:
+    the latest snapshots' outcome windows would lie (partly) after the data, where nobody
+    buys, so all their customers would be labelled churned (`training.pipeline.train`
+    refuses such an ``as_of`` the same way)."""
+    last = pd.Timestamp(tx.report.last_event)
+    if train_cut > last + pd.Timedelta(days=config.stale_after_days):
+        latest = (last + pd.Timedelta(days=config.stale_after_days)).normalize()
+        raise DataValidationError(
+            f"train_cutoff {train_cut.date()} is {(train_cut - last).days:,} days after the "
+            f"last event in {tx.report.source} ({last}): each snapshot is labelled with the "
+            f"purchases in the horizon after it, and windows after the data would show "
+            f"every customer as churned. Use a train_cutoff no later than {latest.date()}, "
+            f"e.g. the day after the last event, {default_cutoff(tx.report).date()}",
+            source=tx.report.source,
+        )
 
 
 def _labelled_snapshots(tx: Transactions, train_cut: pd.Timestamp, config: FeatureConfig

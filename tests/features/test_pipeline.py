@@ -354,6 +354,33 @@ def test_training_frame_too_short_history_is_a_clear_error():
         build_training_frame(log, pd.Timestamp("2020-12-01"), config=cfg)
 
 
+def test_training_frame_refuses_a_train_cutoff_long_after_the_data():
+    """A train_cutoff months after the last event labelled the latest snapshots from
+    windows after the data, where nobody buys: every customer churned, silently (`train`
+    refuses the same --as-of; build_training_frame is the same frame from Python)."""
+    log = _synthetic_log()
+    last = log["timestamp"].max()
+    cfg = FeatureConfig(churn_horizon_days=60, clv_horizon_days=60)
+    with pytest.raises(DataValidationError, match="after the last event") as info:
+        build_training_frame(log, last + pd.Timedelta(days=200), config=cfg)
+    msg = str(info.value)
+    assert "train_cutoff" in msg and "churned" in msg
+    assert f"{(last + pd.Timedelta(days=1)).normalize().date()}" in msg  # what to pass
+    # up to stale_after_days after the last event it is built, as train allows
+    frame = build_training_frame(log, last + pd.Timedelta(days=cfg.stale_after_days), config=cfg)
+    assert len(frame) > 0
+
+
+def test_snapshots_refuse_a_single_cutoff_with_a_clear_message():
+    """build_snapshots(log, "2020-10-01") iterated the text: "cutoff '2' is not a date"."""
+    from features.pipeline import build_snapshots
+
+    for one in ("2020-10-01", pd.Timestamp("2020-10-01")):
+        with pytest.raises(ValueError, match="cutoffs must be a list") as info:
+            build_snapshots(_synthetic_log(), one)
+        assert "build_features" in str(info.value)
+
+
 def test_features_are_identical_on_every_run():
     """Parallel aggregation must not change a single bit: money is summed exactly
     (DECIMAL) and the gap spread comes from exact integer sums, not a parallel STDDEV."""
