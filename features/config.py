@@ -241,9 +241,44 @@ def as_config(cls: type[ConfigT], config: ConfigT | Mapping[str, Any] | None) ->
     if isinstance(config, cls):
         return config
     if isinstance(config, Mapping):
-        return cls(**config)
+        try:
+            return cls(**config)
+        except ValidationError as exc:
+            _raise_if_nested_keys(cls, config, exc)
+            raise
+    given = type(config).__name__
+    hint = ""
+    if isinstance(getattr(config, "features", None), cls):  # a TrainConfig for features
+        hint = f": pass its .features (the {cls.__name__} it holds)"
+    else:
+        holder = next((name for name, f in cls.model_fields.items()
+                       if f.annotation is type(config)), None)
+        if holder:  # a FeatureConfig for training
+            hint = f": wrap it, {cls.__name__}({holder}=<this {given}>)"
     raise TypeError(f"config must be a {cls.__name__} or a dict of its fields, not "
-                    f"{type(config).__name__}")
+                    f"{given}{hint}")
+
+
+def _raise_if_nested_keys(cls: type[BaseModel], config: Mapping[str, Any],
+                          exc: ValidationError) -> None:
+    """Raise a ValueError that says where they go when every problem of ``exc`` is a key
+    of ``config`` that is not a field of ``cls`` but of one of its nested configs (a
+    TrainConfig given ``churn_horizon_days``, which is a field of its ``features``)."""
+    nested = {name: f.annotation for name, f in cls.model_fields.items()
+              if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)}
+    moves: dict[str, dict[str, Any]] = {}
+    for err in exc.errors():
+        key = err["loc"][0] if len(err["loc"]) == 1 else None
+        home = next((name for name, sub in nested.items() if key in sub.model_fields), None)
+        if err["type"] != "extra_forbidden" or home is None:
+            return
+        moves.setdefault(home, {})[key] = config[key]
+    keys = [repr(k) for sub in moves.values() for k in sub]
+    raise ValueError(
+        f"{', '.join(keys)} {'is not a field' if len(keys) == 1 else 'are not fields'} of "
+        f"{cls.__name__} but of its " + " and ".join(moves) + ": give them as "
+        + str(moves)
+    ) from None
 
 
 def _pydantic_message(exc: ValidationError) -> str:

@@ -141,3 +141,31 @@ def test_feature_config_defaults_and_validation() -> None:
     ):
         with pytest.raises(ValidationError):
             FeatureConfig(**bad)
+
+
+def test_a_config_of_the_other_kind_says_how_to_pass_it() -> None:
+    """build_features(..., config=TrainConfig(...)) and train(..., config=FeatureConfig(...))
+    said only "config must be a FeatureConfig or a dict of its fields, not TrainConfig"."""
+    from features.config import as_config
+    from training.models import TrainConfig
+
+    train_cfg = TrainConfig(features=FeatureConfig(churn_horizon_days=30))
+    with pytest.raises(TypeError, match=r"pass its \.features"):
+        FeatureConfig.of(train_cfg)
+    with pytest.raises(TypeError, match=r"TrainConfig\(features=") as err:
+        as_config(TrainConfig, FeatureConfig(churn_horizon_days=30))
+    assert "not FeatureConfig" in str(err.value)
+
+
+def test_a_dict_key_of_a_nested_config_says_where_it_goes() -> None:
+    """{"churn_horizon_days": 30} as a TrainConfig got pydantic's "Extra inputs are not
+    permitted": it belongs under "features"."""
+    from features.config import as_config
+    from training.models import TrainConfig
+
+    with pytest.raises(ValueError, match=r"\{'features': \{'churn_horizon_days': 30\}\}"):
+        as_config(TrainConfig, {"churn_horizon_days": 30, "num_threads": 1})
+    with pytest.raises(ValidationError):  # any other problem: pydantic's own error
+        as_config(TrainConfig, {"num_threads": -1})
+    assert as_config(TrainConfig, {"features": {"churn_horizon_days": 30}}).features == \
+        FeatureConfig(churn_horizon_days=30)
