@@ -11,11 +11,14 @@ lookback windows of the behavioural features.
 
 from __future__ import annotations
 
+import datetime as dt
 import difflib
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -47,6 +50,11 @@ MAPPING_FLAGS: dict[str, str] = {
     "decimal_comma": "--decimal-comma",
     "missing_ids": "--missing-ids",
 }
+
+
+#: Text that starts like a year-first date ("2011-12-01", "2011/12/01 10:00"): given as a
+#: mapping, it is a cutoff passed in the mapping's place, not a YAML file name.
+_DATE_LIKE = re.compile(r"^\d{4}[-/.]\d{1,2}[-/.]\d{1,2}(?:$|[ T])")
 
 
 class ColumnMapping(BaseModel):
@@ -150,7 +158,18 @@ class ColumnMapping(BaseModel):
             return cls()
         if isinstance(value, cls):
             return value
+        looks_like_date = (
+            f"the mapping {str(value)!r} looks like a date: train and score take the mapping "
+            f"second (train(transactions, mapping, as_of)), build_features and backtest "
+            f"third (build_features(transactions, cutoff, mapping)); pass the date by name, "
+            f"as_of=... or cutoff=..."
+        )
+        if isinstance(value, (dt.date, np.datetime64)):
+            raise TypeError(looks_like_date)
         if isinstance(value, (str, Path)):
+            if (isinstance(value, str) and _DATE_LIKE.match(value.strip())
+                    and not Path(value).exists()):
+                raise FileNotFoundError(looks_like_date)
             return cls.from_yaml(value)
         if isinstance(value, dict):
             try:

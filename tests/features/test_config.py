@@ -169,3 +169,21 @@ def test_a_dict_key_of_a_nested_config_says_where_it_goes() -> None:
         as_config(TrainConfig, {"num_threads": -1})
     assert as_config(TrainConfig, {"features": {"churn_horizon_days": 30}}).features == \
         FeatureConfig(churn_horizon_days=30)
+
+
+def test_a_date_given_where_the_mapping_goes_says_so() -> None:
+    """train(df, "2011-12-01", mapping), in build_features' argument order (train and score
+    take the mapping second), said only "mapping file 2011-12-01 does not exist"."""
+    import datetime as dt
+
+    import pandas as pd
+
+    from training.pipeline import train
+
+    df = pd.DataFrame({"c": [1], "t": ["2021-01-01"], "v": [1.0]})
+    for date in ("2011-12-01", dt.date(2011, 12, 1), pd.Timestamp("2011-12-01")):
+        with pytest.raises((FileNotFoundError, TypeError), match="looks like a date") as err:
+            train(df, date, {"customer_id": "c", "timestamp": "t", "amount": "v"})
+        assert "as_of=" in str(err.value)
+    with pytest.raises(FileNotFoundError, match="mapping file nothere.yaml does not exist$"):
+        ColumnMapping.coerce("nothere.yaml")
