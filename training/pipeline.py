@@ -63,7 +63,14 @@ OUTPUT_COLUMNS = [
 
 @dataclass
 class FittedModels:
-    """The two models and the segmenter learned together at one training cutoff."""
+    """The two models and the segmenter learned together at one training cutoff.
+
+    ``churn`` (`ChurnModel`) and ``value`` (`ValueModel`), ``segmenter`` (the RFM quintile
+    edges of the population at ``as_of``), ``config`` (the `TrainConfig` they were fit
+    with), ``as_of`` (the training cutoff), ``versions`` (registered model versions,
+    ``{"churn": ..., "clv": ...}``, empty until registered) and ``data_days`` (the
+    training log's rows per day, or None). `predict_customers` scores with them.
+    """
 
     churn: ChurnModel
     value: ValueModel
@@ -78,6 +85,29 @@ class FittedModels:
 
 @dataclass
 class TrainResult:
+    """What `train` returns: the fitted models, the training frame and the evaluation.
+
+    - ``models``: `FittedModels` fit on every labelled snapshot up to ``as_of`` (what
+      `training.tracking.log_training` registers).
+    - ``frame``: the stacked training frame, one row per (cutoff, customer), with the
+      baseline features (a pandas DataFrame).
+    - ``evaluation``: ``{"churn": DataFrame, "value": DataFrame}``, each with the columns
+      ``metric, model, baseline, better``: the backtest at the evaluation cutoff.
+    - ``eval_predictions``: ``{"churn": ..., "value": ...}``, one row per customer of the
+      evaluation snapshot: ``customer_id, actual, model, baseline``.
+    - ``eval_cutoffs``: ``{"churn": Timestamp, "value": Timestamp}``, where each was
+      evaluated.
+    - ``data_report``: the `features.contract.ValidationReport` of the load.
+    - ``eval_models``: ``{"churn": ..., "value": ...}``, the models as of the evaluation
+      cutoff (the same settings, fit on outcomes observed by then), which ``evaluation``
+      scores.
+    - ``eval_frames``: the training frames at the evaluation cutoffs they were fit on.
+    - ``data_used``: the rows the run read (before ``as_of``): rows, customers,
+      first_event, last_event, digest.
+    - ``data_days``: the same rows per calendar day (None for a result made without it).
+    - ``timings``: wall seconds per stage, in the order run.
+    """
+
     models: FittedModels  # fit on every labelled snapshot up to as_of (what is registered)
     frame: pd.DataFrame  # the stacked training frame (with baseline features)
     evaluation: dict[str, pd.DataFrame]  # "churn" / "value": metric, model, baseline, better
@@ -103,6 +133,21 @@ class TrainResult:
 
 @dataclass
 class BacktestResult:
+    """What `backtest` returns.
+
+    - ``predictions``: one row per customer with a purchase before ``cutoff`` (a pandas
+      DataFrame): ``customer_id, churn_probability, churn_risk, predicted_clv,
+      expected_orders, p_alive, segment, lifecycle_stage, value_at_risk,
+      baseline_churn_probability, baseline_clv``, then ``churned`` and/or ``actual_value``
+      for each label whose outcome window the data covers.
+    - ``metrics``: ``target, metric, model, baseline, better``, one block per evaluated
+      label (``churn``, ``value``); None when no window is covered.
+    - ``cutoff``: the backtest cutoff; ``observed``: every outcome window is covered.
+    - ``models``: the `FittedModels` fit as if today were ``cutoff``.
+    - ``evaluated``: the labels evaluated, e.g. ``("churn", "value")``.
+    - ``timings``: wall seconds per stage.
+    """
+
     predictions: pd.DataFrame  # one row per customer (the backtest output columns)
     #: target, metric, model, baseline, better: one block per evaluated label; None if none
     metrics: pd.DataFrame | None
@@ -523,6 +568,12 @@ def train(
     a 90-day horizon, 60 of its 90 days) and look better than it is. The logged metrics
     therefore describe these settings on this data, not the registered models themselves,
     which also learned from the latest outcomes.
+
+    Transactions in (as `features.build_features` takes them; ``mapping`` is the second
+    argument here, ``as_of`` the third: default the day after the last event), ``config`` a
+    `TrainConfig` or a dict of its fields. Returns a `TrainResult` (pandas frames and the
+    fitted models); nothing is logged: `training.tracking.log_training` logs and registers
+    it in MLflow.
     """
     config = _train_config(config)
     timings: dict[str, float] = {}
@@ -585,11 +636,12 @@ def backtest(
     each label whose outcome window the data covers, compare with the actual outcomes and
     with the BG/NBD + Gamma-Gamma baseline fitted on the same data.
 
-    Transactions in; one row per customer out (``customer_id, churn_probability,
-    predicted_clv, expected_orders, p_alive, segment, lifecycle_stage`` plus the baseline's
-    predictions, and ``churned`` / ``actual_value`` and their metrics when the churn /
-    value window is observed: a short churn horizon is evaluated even when a longer value
-    horizon runs past the data).
+    Transactions in. Returns a `BacktestResult` whose ``predictions`` hold one row per
+    customer (``customer_id, churn_probability, churn_risk, predicted_clv, expected_orders,
+    p_alive, segment, lifecycle_stage, value_at_risk`` plus the baseline's predictions, and
+    ``churned`` / ``actual_value`` when the churn / value window is observed: a short churn
+    horizon is evaluated even when a longer value horizon runs past the data) and whose
+    ``metrics`` compare them with the baseline. Nothing is logged to MLflow.
     """
     config = _train_config(config)
     timings: dict[str, float] = {}

@@ -34,6 +34,12 @@ from training.store import CustomerStore
 
 @dataclass
 class ScoreResult:
+    """What `score` returns: ``scores``, the per-customer output (one row per customer, a
+    pandas DataFrame with `training.pipeline.OUTPUT_COLUMNS` and the model versions);
+    ``batch_id`` of the batch written to the store; ``as_of``, the scoring cutoff;
+    ``versions`` of the models that scored it; ``store_url`` (credentials masked); and
+    ``timings``, wall seconds per step."""
+
     scores: pd.DataFrame
     batch_id: str
     as_of: pd.Timestamp
@@ -115,7 +121,12 @@ def score(
 ) -> ScoreResult:
     """Score every customer with the champion models (or ``models``) and write the batch
     into the customer store (default: ``$LIFECAST_STORE_URL``, else ``lifecast_store.db`` in
-    the working folder, as for the service: `CustomerStore.configured_url`)."""
+    the working folder, as for the service: `CustomerStore.configured_url`).
+
+    Without ``models`` the champions are read from the MLflow store
+    (`training.tracking.load_champions`; ``MLFLOW_TRACKING_URI``, else ``./mlflow.db``).
+    Returns a `ScoreResult`; its ``scores`` are the per-customer output as a pandas
+    DataFrame."""
     store = CustomerStore(CustomerStore.configured_url(store_url))
     if store.in_memory:
         raise ValueError(

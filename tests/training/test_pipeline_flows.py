@@ -331,3 +331,22 @@ def test_daily_profile_and_data_differs_tell_the_same_log_from_another() -> None
     assert data_differs(full, profile(later, "2024-03-01"), "2024-01-06") == (
         "it has no events before 2024-01-06 (the other data runs from 2024-01-01 to "
         "2024-01-05)")
+
+
+def test_result_objects_document_every_field():
+    """help(TrainResult) showed only the generated signature: the meaning of each field was
+    in source comments, out of help()'s reach. train, backtest and score say what they
+    return."""
+    import dataclasses
+
+    from training.pipeline import BacktestResult, FittedModels, TrainResult, backtest, train
+    from training.scoring import ScoreResult, score
+
+    for cls in (TrainResult, BacktestResult, ScoreResult, FittedModels):
+        doc = cls.__doc__ or ""
+        assert not doc.startswith(cls.__name__ + "("), cls.__name__
+        missing = [f.name for f in dataclasses.fields(cls) if f"``{f.name}``" not in doc]
+        assert not missing, (cls.__name__, missing)
+    assert "Returns a `TrainResult`" in train.__doc__
+    assert "Returns a `BacktestResult`" in backtest.__doc__
+    assert "Returns a `ScoreResult`" in score.__doc__
