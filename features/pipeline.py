@@ -455,6 +455,17 @@ def build_training_frame(
     out["churned"] = out["churned"].astype("Int8")
     out["future_value"] = out["future_value"].astype("float64")
     out["future_orders"] = out["future_orders"].astype("Int64")
+    for labels, field in (("churned is", "churn_horizon_days"),
+                          ("future_value and future_orders are", "clv_horizon_days")):
+        if out[labels.split()[0]].isna().all():  # the longer horizon fits no snapshot
+            days = getattr(config, field)
+            warn(
+                f"{labels} null in every snapshot: no {days}-day outcome window "
+                f"({field}) of a snapshot ends by {train_cut.date()}, "
+                f"{(train_cut - pd.Timestamp(out['cutoff'].min())).days} days after the "
+                f"earliest snapshot. Pass a config with a shorter {field} for these labels "
+                f"(e.g. FeatureConfig({field}=90)), or a log with more history"
+            )
     return out
 
 

@@ -371,6 +371,21 @@ def test_training_frame_refuses_a_train_cutoff_long_after_the_data():
     assert len(frame) > 0
 
 
+def test_training_frame_warns_when_a_label_is_null_in_every_snapshot():
+    """With the default 365-day clv_horizon_days on a log of a year or so, no snapshot's
+    value window ends by train_cutoff: future_value was null in every row, silently."""
+    log = _synthetic_log()
+    cfg = FeatureConfig(churn_horizon_days=60, clv_horizon_days=365)
+    with pytest.warns(UserWarning, match="future_value and future_orders are null") as caught:
+        frame = build_training_frame(log, pd.Timestamp("2020-12-01"), config=cfg)
+    assert frame["future_value"].isna().all() and frame["churned"].notna().any()
+    assert any("clv_horizon_days" in str(w.message) for w in caught)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*null in every")
+        build_training_frame(log, pd.Timestamp("2020-12-01"),
+                             config=FeatureConfig(churn_horizon_days=60, clv_horizon_days=60))
+
+
 def test_snapshots_refuse_a_single_cutoff_with_a_clear_message():
     """build_snapshots(log, "2020-10-01") iterated the text: "cutoff '2' is not a date"."""
     from features.pipeline import build_snapshots
