@@ -246,6 +246,15 @@ def build_features(
     with at least one purchase before the cutoff. Columns: ``customer_id``, ``cutoff``,
     then the features of `features.registry` (see `lifecast features list`).
 
+    ``cutoff``: ISO text (``"2011-09-01"``), a date, datetime, ``numpy.datetime64`` or
+    ``pd.Timestamp``; an aware one is converted to UTC, a naive one is UTC, like naive
+    timestamps in the data. The ``cutoff`` column holds it as naive UTC. ``customer_id``
+    is a pandas ``string`` column whatever the input's id type (whole-number ids as their
+    digits: 17850 and 17850.0 give ``"17850"``); to join the features back onto a frame
+    keyed by integer ids, convert one side first, e.g.
+    ``feats.astype({"customer_id": "int64"})`` (a join of string and integer keys matches
+    nothing, and pandas' ``merge`` refuses it).
+
     Raises `features.contract.DataValidationError` for bad input or a cutoff at or before
     the first event; warns (``StaleDataWarning``) for a cutoff long after the last event,
     and when one customer id holds an outsized share of the orders
@@ -309,8 +318,9 @@ def build_labels(
 ) -> pd.DataFrame:
     """Outcomes in the window ``[cutoff, cutoff + horizon_days)`` for the population at cutoff.
 
-    Transactions in, one row per customer with a purchase before the cutoff out:
-    ``customer_id``, ``churned`` (no purchase, i.e. no row with ``amount >= 0``, in the
+    Transactions in, one row per customer with a purchase before the cutoff out, sorted by
+    ``customer_id`` (a pandas ``string`` column, as in `build_features`; merge the two on
+    it): ``churned`` (no purchase, i.e. no row with ``amount >= 0``, in the
     window), ``future_value`` (net spend in the window; returns subtract),
     ``future_orders`` (purchase orders in the window).
 
