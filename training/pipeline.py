@@ -27,11 +27,11 @@ from features.contract import (
     DataValidationError,
     Transactions,
     check_cutoff,
-    load_transactions,
     parse_cutoff,
 )
 from features.demo import segment_customers
 from features.pipeline import (
+    as_transactions,
     build_features,
     build_labels,
     build_training_frame,
@@ -212,9 +212,9 @@ def _timed(timings: dict[str, float] | None, stage: str) -> Iterator[None]:
 
 def _load(transactions: Any, mapping: ColumnMapping | None, table: str | None = None
           ) -> Transactions:
-    if isinstance(transactions, Transactions):
-        return transactions
-    return load_transactions(transactions, mapping, table=table)
+    """`features.pipeline.as_transactions`: loaded transactions with a mapping or table
+    given as well are an error (they would be ignored), as in `build_features`."""
+    return as_transactions(transactions, mapping, table)
 
 
 def default_as_of(tx: Transactions) -> pd.Timestamp:

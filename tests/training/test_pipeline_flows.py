@@ -350,3 +350,21 @@ def test_result_objects_document_every_field():
     assert "Returns a `TrainResult`" in train.__doc__
     assert "Returns a `BacktestResult`" in backtest.__doc__
     assert "Returns a `ScoreResult`" in score.__doc__
+
+
+def test_loaded_transactions_refuse_a_second_mapping_in_training_too(demo_transactions,
+                                                                     demo_train_result):
+    """build_features refused a mapping given with loaded transactions (it would be
+    ignored); train, backtest, score_customers and tuning ignored it silently, so a changed
+    amount expression trained on the old one."""
+    from training.pipeline import backtest, train
+    from training.scoring import score_customers
+
+    other = {"customer_id": "CustomerID", "timestamp": "InvoiceDate", "amount": "UnitPrice"}
+    calls = [lambda: train(demo_transactions, other),
+             lambda: backtest(demo_transactions, "2011-09-01", other),
+             lambda: score_customers(demo_train_result.models, demo_transactions, None, other),
+             lambda: train(demo_transactions, table="sales")]
+    for call in calls:
+        with pytest.raises(ValueError, match="already loaded .*: leave (mapping|table) out"):
+            call()
