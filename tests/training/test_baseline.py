@@ -219,6 +219,37 @@ def test_expected_purchases_when_a_plus_b_below_one() -> None:
     assert model.expected_purchases_new(90) == pytest.approx(model.expected_purchases(90, 0, 0, 0))
 
 
+def test_expected_purchases_without_rate_heterogeneity() -> None:
+    """A log of Poisson buyers with one rate runs r and alpha up together (this fit is the
+    one of a uniform random log: r ~ 5e6, alpha ~ 2.5e8, in days); 2F1 is then out of scipy's
+    reach and every expectation was NaN, which stopped `train` with 'predicted contains
+    NaN'. They are now the Poisson limit, continuous in r at the same rate r / alpha."""
+    from training.baseline import _one_minus_confluent, _one_minus_scaled_hyp2f1
+
+    fit = {"r": 4960471.415275247, "alpha": 253963746.6049179, "a": 3.4173974661703443e-05,
+           "b": 848.9729920198813}
+    x = np.array([0.0, 1.0, 4.0, 11.0])
+    t_x = np.array([0.0, 40.0, 191.0, 265.0])
+    t_obs = np.array([37.0, 120.0, 241.0, 270.0])
+    rate = fit["r"] / fit["alpha"]
+    got = {}
+    for r in (1e4, fit["r"]):
+        model = BetaGeoModel()
+        model.params_ = {**fit, "r": r, "alpha": r / rate}
+        got[r] = model.expected_purchases(30, x, t_x, t_obs)
+        assert np.isfinite(got[r]).all()
+        assert np.isfinite(model.expected_purchases_new(30))
+    np.testing.assert_allclose(got[fit["r"]], got[1e4], rtol=1e-3)
+    # with (almost) no drop-out, the expectation is the rate times the horizon
+    np.testing.assert_allclose(got[fit["r"]], 30 * rate, rtol=1e-3)
+    # where 2F1 works, the limit agrees with it
+    r = 1e3
+    k, b, c = r + x, fit["b"] + x, fit["a"] + fit["b"] + x - 1.0
+    z = 30 / (r / rate + t_obs + 30)
+    np.testing.assert_allclose(_one_minus_confluent(k, b, c, z),
+                               _one_minus_scaled_hyp2f1(k, k, b, c, z), rtol=1e-6)
+
+
 def test_vectorized_over_horizons_and_inputs(bgnbd: BetaGeoModel) -> None:
     f, r, t = np.array([0, 2, 5]), np.array([0.0, 30.43, 20.0]), np.array([38.0, 38.86, 30.0])
     horizons = np.array([1.0, 5.0, 50.0])
