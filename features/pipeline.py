@@ -458,7 +458,7 @@ def build_training_frame(
     config = FeatureConfig.of(config)
     train_cut = parse_cutoff(train_cutoff)
     loaded = as_transactions(transactions, mapping, table)
-    _check_labels_in_data(loaded, train_cut, config)
+    check_labels_in_data(loaded, train_cut, config)
     with loaded.materialized() as tx:  # a query per snapshot
         frames = _labelled_snapshots(tx, train_cut, config)
     out = pd.concat(frames, ignore_index=True)
@@ -479,21 +479,22 @@ def build_training_frame(
     return out
 
 
-def _check_labels_in_data(tx: Transactions, train_cut: pd.Timestamp, config: FeatureConfig
-                          ) -> None:
-    """Refuse a ``train_cutoff`` more than ``config.stale_after_days`` after the last event:
-    the latest snapshots' outcome windows would lie (partly) after the data, where nobody
-    buys, so all their customers would be labelled churned (`training.pipeline.train`
-    refuses such an ``as_of`` the same way)."""
+def check_labels_in_data(tx: Transactions, cutoff: pd.Timestamp, config: FeatureConfig,
+                         name: str = "train_cutoff") -> None:
+    """Refuse a training cutoff (given as ``name``: ``train_cutoff`` here, ``--as-of`` or
+    ``--cutoff`` from `training.pipeline`) more than ``config.stale_after_days`` after the
+    last event: the latest snapshots' outcome windows would lie (partly) after the data,
+    where nobody buys, so all their customers would be labelled churned. Features alone at
+    such a cutoff are only stale (a warning, `check_cutoff`); labels from it are wrong."""
     last = pd.Timestamp(tx.report.last_event)
-    if train_cut > last + pd.Timedelta(days=config.stale_after_days):
-        latest = (last + pd.Timedelta(days=config.stale_after_days)).normalize()
+    slack = pd.Timedelta(days=config.stale_after_days)
+    if cutoff > last + slack:
         raise DataValidationError(
-            f"train_cutoff {train_cut.date()} is {(train_cut - last).days:,} days after the "
-            f"last event in {tx.report.source} ({last}): each snapshot is labelled with the "
-            f"purchases in the horizon after it, and windows after the data would show "
-            f"every customer as churned. Use a train_cutoff no later than {latest.date()}, "
-            f"e.g. the day after the last event, {default_cutoff(tx.report).date()}",
+            f"{name} {cutoff.date()} is {(cutoff - last).days:,} days after the last event in "
+            f"{tx.report.source} ({last}): each snapshot is labelled with the purchases in "
+            f"the horizon after it, and windows after the data would show every customer as "
+            f"churned. Use a {name} no later than {(last + slack).normalize().date()}, e.g. "
+            f"the day after the last event, {default_cutoff(tx.report).date()}",
             source=tx.report.source,
         )
 

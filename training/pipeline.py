@@ -35,6 +35,7 @@ from features.pipeline import (
     build_features,
     build_labels,
     build_training_frame,
+    check_labels_in_data,
     default_cutoff,
     snapshot_cutoffs,
 )
@@ -269,7 +270,7 @@ def _check_history(tx: Transactions, as_of: pd.Timestamp, config: TrainConfig,
     first = pd.Timestamp(tx.report.first_event)
     if as_of <= first:  # no customers at all: say that, not that a horizon is too long
         check_cutoff(tx.report, as_of, config.features)
-    _check_as_of_in_data(tx, as_of, config, flag)
+    check_labels_in_data(tx, as_of, config.features, flag)
     every = config.features.snapshot_every_days
     evals = evaluation_cutoffs(first, as_of, config)
     for kind, h in _horizons(config).items():
@@ -330,27 +331,6 @@ def _longest_horizon(first: pd.Timestamp, as_of: pd.Timestamp, config: TrainConf
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if ok(mid) else (lo, mid)
     return lo
-
-
-def _check_as_of_in_data(tx: Transactions, as_of: pd.Timestamp, config: TrainConfig,
-                         flag: str) -> None:
-    """Training labels each snapshot with what the customer buys in the horizon after it,
-    up to ``as_of``: when ``as_of`` is more than ``stale_after_days`` after the last event,
-    the latest snapshots' outcome windows are (partly) after the data, where nobody buys,
-    so their customers all look churned. Features alone at such a cutoff are only stale
-    (a warning); training on them is wrong, so this is an error."""
-    last = pd.Timestamp(tx.report.last_event)
-    slack = config.features.stale_after_days
-    if as_of > last + pd.Timedelta(days=slack):
-        latest = (last + pd.Timedelta(days=slack)).normalize()
-        raise DataValidationError(
-            f"{flag} {as_of.date()} is {(as_of - last).days:,} days after the last event in "
-            f"{tx.report.source} ({last}): training labels each snapshot with the purchases "
-            f"in the horizon after it, and windows after the data would show every customer "
-            f"as churned. Use a date no later than {latest.date()}, or leave {flag} out (the "
-            f"default is the day after the last event, {default_as_of(tx).date()})",
-            source=tx.report.source,
-        )
 
 
 def _warn_if_under_a_year(tx: Transactions, as_of: pd.Timestamp) -> None:

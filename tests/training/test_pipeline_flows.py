@@ -171,9 +171,9 @@ def test_as_of_long_after_the_data_is_a_clear_error(demo_transactions, demo_conf
     assert f"the day after the last event, {(last + pd.Timedelta(days=1)).date()}" in msg
     with pytest.raises(DataValidationError, match=r"^--cutoff 2012-02-01 is \d+ days after"):
         backtest(demo_transactions, "2012-02-01", config=demo_config)
-    from training.pipeline import _check_as_of_in_data
+    from features.pipeline import check_labels_in_data
 
-    _check_as_of_in_data(demo_transactions, last + pd.Timedelta(days=30), demo_config,
+    check_labels_in_data(demo_transactions, last + pd.Timedelta(days=30), demo_config.features,
                          "--as-of")
 
 
