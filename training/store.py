@@ -777,7 +777,14 @@ class CustomerStore:
         with self._transaction(write=True) as conn:
             if not self._has_schema(conn):
                 return []
-            current = conn.execute(sa.select(_current.c.batch_no)).scalar()
+            # FOR UPDATE: a writer that has switched the pointer but not committed would
+            # otherwise commit between this read and the listing below, and its batch, not
+            # among the newest numbers and not current as read here, would be deleted while
+            # current. Locking the pointer row waits for that writer and holds off the next
+            # (SQLite serializes whole write transactions and renders no FOR UPDATE).
+            current = conn.execute(
+                sa.select(_current.c.batch_no).where(_current.c.id == 1).with_for_update()
+            ).scalar()
             rows = conn.execute(
                 sa.select(_batches.c.batch_no, _batches.c.batch_id)
                 .order_by(_batches.c.batch_no.desc())

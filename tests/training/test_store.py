@@ -685,3 +685,59 @@ def test_first_writes_racing_to_create_the_tables_postgres(pg_server: str) -> No
     assert store.keep_batches <= len(batches) <= n and batches["is_current"].sum() == 1
     assert len(store.get_customers([f"c{i}" for i in range(n)])[0]) == 1
     store.close()
+
+
+
+@pytest.mark.slow
+def test_prune_keeps_a_batch_made_current_while_it_runs_postgres(pg_server: str) -> None:
+    """Two writers commit out of batch-number order, and the lower-numbered one makes its
+    batch current between the two reads of another store's prune. The prune must not delete
+    the batch the pointer names (CI once ended a race of six first writes with three batches
+    and none current). Statement hooks force that interleaving; their waits time out instead
+    of hanging when the store serializes the steps another way (as it must)."""
+    import threading
+
+    from sqlalchemy import event
+
+    url = _pg_helper().create_database(pg_server)
+    late_writer, other_writer, pruner = (CustomerStore(url, keep_batches=1) for _ in range(3))
+    late_writer.prune = lambda keep=None: []  # type: ignore[method-assign]  # not under test
+    write(other_writer, *make_batch(["a"], seed=1))
+    numbered, may_switch = threading.Event(), threading.Event()
+    switched, may_commit = threading.Event(), threading.Event()
+
+    @event.listens_for(late_writer._get_engine(), "before_cursor_execute")
+    def _before(conn, cursor, statement, *args) -> None:  # noqa: ANN001
+        if statement.startswith("UPDATE lifecast_current"):
+            may_switch.wait(10)
+
+    @event.listens_for(late_writer._get_engine(), "after_cursor_execute")
+    def _after(conn, cursor, statement, *args) -> None:  # noqa: ANN001
+        if statement.startswith("INSERT INTO lifecast_batches"):
+            numbered.set()
+        elif statement.startswith("UPDATE lifecast_current"):
+            switched.set()
+            may_commit.wait(3)
+
+    @event.listens_for(pruner._get_engine(), "before_cursor_execute")
+    def _before_listing(conn, cursor, statement, *args) -> None:  # noqa: ANN001
+        if statement.startswith("SELECT lifecast_batches.batch_no, lifecast_batches.batch_id"):
+            may_commit.set()  # the late writer commits between the pointer and the listing
+            late.join(10)
+
+    late_ids: list[str] = []
+    late = threading.Thread(target=lambda: late_ids.append(
+        write(late_writer, *make_batch(["late"], seed=2))))
+    late.start()
+    assert numbered.wait(30), "the late writer never inserted its batch"
+    newer = write(other_writer, *make_batch(["b"], seed=3))  # higher number, committed first
+    may_switch.set()
+    assert switched.wait(10), "the late writer never switched the pointer"
+    pruner.prune()  # holds the pointer as it was, lists the batches after the late commit
+    late.join(10)
+    assert late_ids and late_ids[0] != newer
+    current = pruner.current_batch()
+    assert current is not None and current["batch_id"] == late_ids[0]
+    assert late_ids[0] in set(pruner.batches()["batch_id"])
+    for s in (late_writer, other_writer, pruner):
+        s.close()
