@@ -31,8 +31,9 @@ The mapping is applied once, here, at the boundary:
   (``Quantity * UnitPrice``); negative amounts (returns, cancellations) are kept; an amount
   of 10^12 or more (in absolute value) is an error: the features' money type cannot hold it.
   Text numbers use '.' as the decimal point, or with ``mapping.decimal_comma`` ',' (and '.'
-  or ' ' between thousands: ``1.234,50``), in every numeric column; without it, an amount
-  text column whose dotted values look like thousands groups (``2.950``) gives a warning.
+  or a space, also U+00A0 or U+202F, between thousands: ``1.234,50``), in every numeric
+  column; without it, an amount text column whose dotted values look like thousands groups
+  (``2.950``) gives a warning.
   The report's ``net_amount`` is the sum of the kept amounts.
 - ``order_id``, ``product_id``: BIGINT when the source column is an integer column, else
   VARCHAR (they are only grouped and counted, and integers group faster);
@@ -1918,6 +1919,8 @@ def _day_or_month_first(fmt: str) -> str | None:
 
 #: a number with ',' as the decimal point and thousands grouped by '.' or ' ' (one of them)
 _COMMA_NUMBER = r"[+-]?([0-9]{1,3}(\.[0-9]{3})+|[0-9]{1,3}( [0-9]{3})+)(,[0-9]+)?"
+#: spaces that group thousands in exports besides ' ' (read as ' ' with decimal_comma)
+_NO_BREAK_SPACES = ("\u00a0", "\u202f")
 #: text that looks like a whole number with '.' between thousands ('2.950', '1.234.567')
 _DOT_GROUPED = r"-?[1-9][0-9]{0,2}(\.[0-9]{3})+"
 
@@ -1943,7 +1946,11 @@ def _numeric_sql(src: _Source, col: str, contract: str, problems: list[str],
     if kind in ("int", "float"):
         return f"CAST({c} AS DOUBLE)"
     if kind == "text" and decimal_comma:
-        t = f"trim({c})"
+        # French and Swiss exports group thousands with a no-break space (U+00A0) or a
+        # narrow one (U+202F), which trim() and ' ' do not match: read them as a space
+        spaced = f"replace(replace({c}, {_lit(_NO_BREAK_SPACES[0])}, ' '), " \
+                 f"{_lit(_NO_BREAK_SPACES[1])}, ' ')"
+        t = f"trim({spaced})"
         ungrouped = f"replace(replace(replace({t}, '.', ''), ' ', ''), ',', '.')"
         return (f"(CASE WHEN NOT contains({t}, '.') AND NOT contains({t}, ' ') "
                 f"THEN TRY_CAST(NULLIF(replace({t}, ',', '.'), '') AS DOUBLE) "

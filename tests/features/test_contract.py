@@ -1396,6 +1396,13 @@ def test_decimal_comma_reads_european_numbers(tmp_path: Path) -> None:
             "as in '1.234,50' or '1 234,5'.") in msg
 
 
+def test_decimal_comma_reads_no_break_spaces_between_thousands(tmp_path: Path) -> None:
+    """French exports group thousands with U+00A0 or U+202F (and may pad with them)."""
+    path = _eu_csv(tmp_path, ["1\u00a0234,50", "2\u202f950", "\u00a012\u00a0345\u00a0", "7,5"])
+    got = load_transactions(path, SIMPLE.with_overrides(amount="price", decimal_comma=True))
+    assert got.to_pandas()["amount"].tolist() == [1234.5, 2950.0, 12345.0, 7.5]
+
+
 def test_a_decimal_comma_without_the_option_points_at_it(tmp_path: Path) -> None:
     msg = _error(_eu_csv(tmp_path, ["1,95", "2"]), SIMPLE.with_overrides(amount="price"))
     assert ("column 'price' (amount): 1 of 2 rows with a customer id have an amount that is "
