@@ -44,7 +44,7 @@ import pandas as pd
 from scipy.optimize import minimize
 from scipy.special import digamma, expit, gammaln, hyp1f1, hyp2f1
 
-__all__ = ["BaselineCLV", "BetaGeoModel", "GammaGammaModel"]
+__all__ = ["BaselineCLV", "BaselineFitError", "BetaGeoModel", "GammaGammaModel"]
 
 ArrayLike = npt.ArrayLike
 FloatArray = npt.NDArray[np.float64]
@@ -58,6 +58,19 @@ _GRAD_TOL = 1e-5
 # Restarts of L-BFGS-B from where it stopped without converging (`_minimize_log_params`).
 _RESTARTS = 3
 _MIN_GAMMA_GAMMA_CUSTOMERS = 10
+
+
+class BaselineFitError(ValueError):
+    """Valid input on which a model cannot be fitted: a property of the data, not a mistake
+    in it. BG/NBD with no repeat purchase (or no observation time), Gamma-Gamma with fewer
+    than 10 repeat customers with positive spend or a spend so heavy-tailed that its mean
+    is infinite (``q <= 1``), and an optimiser that does not converge. ``model`` names the
+    model (``"BG/NBD"`` or ``"Gamma-Gamma"``). A ValueError, as these always were; invalid
+    input (NaN, recency > T, ...) raises a plain ValueError."""
+
+    def __init__(self, message: str, model: str) -> None:
+        super().__init__(message)
+        self.model = model
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,9 +195,10 @@ def _minimize_log_params(
         res, value, grad = again, value_again, grad_again
         done = converged(res, grad)
     if not np.isfinite(value) or not np.all(np.isfinite(grad)):
-        raise ValueError(f"{model_name} fit did not converge: non-finite log-likelihood")
+        raise BaselineFitError(f"{model_name} fit did not converge: non-finite "
+                               f"log-likelihood", model_name)
     if not done:
-        raise ValueError(f"{model_name} fit did not converge: {res.message}")
+        raise BaselineFitError(f"{model_name} fit did not converge: {res.message}", model_name)
     return np.asarray(res.x, dtype=float)
 
 
@@ -442,7 +456,8 @@ class BetaGeoModel:
 
         ``weights`` optionally gives the number of customers sharing each row's pattern (the
         condensed form used by Fader and Hardie); default one customer per row.
-        Raises ValueError on invalid input or when the optimiser does not converge.
+        Raises ValueError on invalid input, `BaselineFitError` (a ValueError) when the data
+        has no repeat purchase or the optimiser does not converge.
         """
         if self.penalizer < 0:
             raise ValueError("penalizer must be non-negative")
@@ -459,11 +474,12 @@ class BetaGeoModel:
                 raise ValueError("weights must be non-negative with a positive sum")
         scale = float(t_obs.max())
         if scale <= 0:
-            raise ValueError("all T are 0: no observation time to fit the BG/NBD model on")
+            raise BaselineFitError(
+                "all T are 0: no observation time to fit the BG/NBD model on", "BG/NBD")
         if not ((x > 0) & (w > 0)).any():
-            raise ValueError(
+            raise BaselineFitError(
                 "no customer has a repeat purchase (all frequency are 0): the drop-out "
-                "parameters a, b of the BG/NBD model cannot be estimated"
+                "parameters a, b of the BG/NBD model cannot be estimated", "BG/NBD"
             )
 
         # Customers sharing (frequency, recency, T) contribute identical terms: fit on the
@@ -698,8 +714,9 @@ class GammaGammaModel:
 
     def fit(self, frequency: ArrayLike, monetary_value: ArrayLike) -> GammaGammaModel:
         """Fit on one row per customer; only those with frequency > 0 and monetary_value > 0
-        are used. Raises ValueError when fewer than 10 such customers remain, when the fit does
-        not converge, or when the fitted ``q <= 1`` (infinite population mean spend).
+        are used. Raises `BaselineFitError` (a ValueError) when fewer than 10 such customers
+        remain, when the fit does not converge, or when the fitted ``q <= 1`` (infinite
+        population mean spend); ValueError on invalid input.
         """
         if self.penalizer < 0:
             raise ValueError("penalizer must be non-negative")
@@ -707,10 +724,10 @@ class GammaGammaModel:
         keep = (x > 0) & (m > 0)
         x, m = x[keep], m[keep]
         if x.size < _MIN_GAMMA_GAMMA_CUSTOMERS:
-            raise ValueError(
+            raise BaselineFitError(
                 "no repeat customers with positive spend to fit the Gamma-Gamma model: "
                 f"{x.size} customer(s) with frequency > 0 and monetary_value > 0, "
-                f"need at least {_MIN_GAMMA_GAMMA_CUSTOMERS}"
+                f"need at least {_MIN_GAMMA_GAMMA_CUSTOMERS}", "Gamma-Gamma"
             )
         scale = float(m.mean())
         data = _GammaGammaData(x, m / scale)
@@ -721,9 +738,10 @@ class GammaGammaModel:
         log_params = _minimize_log_params(objective, np.zeros(3), "Gamma-Gamma")
         p, q, v_s = np.exp(log_params)
         if q <= 1.0:
-            raise ValueError(
+            raise BaselineFitError(
                 f"Gamma-Gamma fit gave q = {q:.3g} <= 1: the population mean order value is "
-                "infinite (spend too heavy-tailed); try a penalizer or cap extreme values"
+                "infinite (spend too heavy-tailed); try a penalizer or cap extreme values",
+                "Gamma-Gamma",
             )
         self.params_ = {"p": float(p), "q": float(q), "v": float(v_s * scale)}
         value, _ = _gamma_gamma_objective_factorised(
@@ -802,26 +820,39 @@ class BaselineCLV:
     Attributes
     ----------
     bgnbd_: the fitted :class:`BetaGeoModel`.
-    gamma_gamma_: the fitted :class:`GammaGammaModel`.
+    gamma_gamma_: the fitted :class:`GammaGammaModel`, or None when ``fit`` was told the
+        Gamma-Gamma part may fail and it did (``gamma_gamma_error_`` says why).
     """
 
     def __init__(self, bgnbd_penalizer: float = 0.0, gamma_gamma_penalizer: float = 0.0) -> None:
         self.bgnbd_penalizer = bgnbd_penalizer
         self.gamma_gamma_penalizer = gamma_gamma_penalizer
 
-    def fit(self, summary_df: pd.DataFrame) -> BaselineCLV:
+    def fit(self, summary_df: pd.DataFrame, *, gamma_gamma_optional: bool = False
+            ) -> BaselineCLV:
         """Fit both models on one row per customer with columns frequency, recency, T,
         monetary_value (days). Negative monetary values (net returns) are allowed: those
         customers are left out of the Gamma-Gamma fit like those with zero spend.
+
+        Raises `BaselineFitError` when the data cannot fit a model. With
+        ``gamma_gamma_optional``, a Gamma-Gamma model the data cannot fit (fewer than 10
+        repeat customers with positive spend, a spend too heavy-tailed) leaves
+        ``gamma_gamma_`` None and the error in ``gamma_gamma_error_`` instead: `predict`
+        then gives NaN order values and CLV, and BG/NBD's predictions as usual.
         """
         _check_summary(summary_df)
         self.bgnbd_ = BetaGeoModel(penalizer=self.bgnbd_penalizer).fit(
             summary_df["frequency"], summary_df["recency"], summary_df["T"]
         )
         monetary = np.clip(_as_float_array(summary_df["monetary_value"], "monetary_value"), 0, None)
-        self.gamma_gamma_ = GammaGammaModel(penalizer=self.gamma_gamma_penalizer).fit(
-            summary_df["frequency"], monetary
-        )
+        self.gamma_gamma_error_: BaselineFitError | None = None
+        try:
+            self.gamma_gamma_: GammaGammaModel | None = GammaGammaModel(
+                penalizer=self.gamma_gamma_penalizer).fit(summary_df["frequency"], monetary)
+        except BaselineFitError as exc:
+            if not gamma_gamma_optional:
+                raise
+            self.gamma_gamma_, self.gamma_gamma_error_ = None, exc
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -835,36 +866,44 @@ class BaselineCLV:
             "bgnbd": {"params": dict(bg.params_), "penalizer": float(bg.penalizer),
                       "n_customers": float(bg.n_customers_),
                       "log_likelihood": float(bg.log_likelihood_)},
-            "gamma_gamma": {"params": dict(gg.params_), "penalizer": float(gg.penalizer),
-                            "n_customers": int(gg.n_customers_),
-                            "log_likelihood": float(gg.log_likelihood_)},
+            # None: the data could not fit it (`fit` with gamma_gamma_optional)
+            "gamma_gamma": None if gg is None else {
+                "params": dict(gg.params_), "penalizer": float(gg.penalizer),
+                "n_customers": int(gg.n_customers_),
+                "log_likelihood": float(gg.log_likelihood_)},
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BaselineCLV:
-        """A fitted baseline from `to_dict`'s output. Raises ValueError naming the missing or
+        """A fitted baseline from `to_dict`'s output (``gamma_gamma`` None: one whose
+        Gamma-Gamma part could not be fitted). Raises ValueError naming the missing or
         invalid field."""
         try:
             bgd, ggd = data["bgnbd"], data["gamma_gamma"]
             bg_params = {k: float(bgd["params"][k]) for k in ("r", "alpha", "a", "b")}
-            gg_params = {k: float(ggd["params"][k]) for k in ("p", "q", "v")}
+            gg_params = ({} if ggd is None else
+                         {k: float(ggd["params"][k]) for k in ("p", "q", "v")})
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a saved BaselineCLV: field {exc} missing or invalid") from exc
         bad = [k for k, v in {**bg_params, **gg_params}.items() if not (np.isfinite(v) and v > 0)]
-        if bad or gg_params["q"] <= 1.0:
+        if bad or gg_params.get("q", 2.0) <= 1.0:
             raise ValueError(f"not a saved BaselineCLV: invalid parameter(s) {bad or ['q']}")
-        self = cls(float(bgd.get("penalizer", 0.0)), float(ggd.get("penalizer", 0.0)))
+        self = cls(float(bgd.get("penalizer", 0.0)),
+                   float((ggd or {}).get("penalizer", 0.0)))
         bg = BetaGeoModel(self.bgnbd_penalizer)
         bg.params_ = bg_params
         bg.n_customers_ = float(bgd.get("n_customers", 0.0))
         bg.log_likelihood_ = float(bgd.get("log_likelihood", float("nan")))
+        self.bgnbd_, self.gamma_gamma_, self.gamma_gamma_error_ = bg, None, None
+        if ggd is None:
+            return self
         gg = GammaGammaModel(self.gamma_gamma_penalizer)
         gg.params_ = gg_params
         gg.n_customers_ = int(ggd.get("n_customers", 0))
         gg.log_likelihood_ = float(ggd.get("log_likelihood", float("nan")))
         p, q, v = (gg_params[k] for k in ("p", "q", "v"))
         gg.population_mean_ = p * v / (q - 1.0)
-        self.bgnbd_, self.gamma_gamma_ = bg, gg
+        self.gamma_gamma_ = gg
         return self
 
     def predict(self, summary_df: pd.DataFrame, horizon_days: float) -> pd.DataFrame:
@@ -875,7 +914,8 @@ class BaselineCLV:
         - ``expected_orders``: expected number of purchases in the horizon (BG/NBD eq. 10);
         - ``p_alive``: probability the customer is still alive now;
         - ``expected_order_value``: Gamma-Gamma conditional expected order value (negative mean
-          values are clipped to 0 first; frequency 0 gives the population mean);
+          values are clipped to 0 first; frequency 0 gives the population mean; NaN when
+          the Gamma-Gamma part could not be fitted, see `fit`);
         - ``predicted_clv``: ``expected_orders * expected_order_value``, undiscounted;
         - ``churn_probability``: probability of no purchase in the horizon,
           ``(1 - p_alive) + p_alive ((alpha + T) / (alpha + T + t))^(r + x)``, see
@@ -892,7 +932,8 @@ class BaselineCLV:
         p_alive = self.bgnbd_.p_alive(freq, rec, t_obs)
         churn = self.bgnbd_.probability_no_purchase(horizon, freq, rec, t_obs)
         monetary = np.clip(_as_float_array(summary_df["monetary_value"], "monetary_value"), 0, None)
-        order_value = self.gamma_gamma_.conditional_expected_value(freq, monetary)
+        order_value = (np.full(len(monetary), np.nan) if self.gamma_gamma_ is None
+                       else self.gamma_gamma_.conditional_expected_value(freq, monetary))
         out: dict[str, Any] = {
             "expected_orders": expected_orders,
             "p_alive": p_alive,

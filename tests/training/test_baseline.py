@@ -566,6 +566,58 @@ def test_baseline_round_trips_through_a_dict(cdnow_days: pd.DataFrame) -> None:
         fitted.gamma_gamma_.population_mean_, rel=1e-15)
 
 
+def test_data_no_model_can_fit_raises_baseline_fit_error_naming_the_model() -> None:
+    """What the data cannot fit is a `BaselineFitError` (a ValueError) naming the model,
+    which `add_baseline_features` tolerates; invalid input is a plain ValueError, which it
+    does not."""
+    from training.baseline import BaselineFitError
+
+    cases = [
+        (lambda: BetaGeoModel().fit([0, 0], [0, 0], [5, 9]), "BG/NBD", "no customer has a"),
+        (lambda: BetaGeoModel().fit([0], [0], [0]), "BG/NBD", "all T are 0"),
+        (lambda: GammaGammaModel().fit([1] * 9, [5.0] * 9), "Gamma-Gamma",
+         "9 customer(s) with frequency > 0"),
+        (lambda: baseline_module._minimize_log_params(
+            lambda lp: (float("nan"), np.zeros_like(lp)), np.zeros(2), "BG/NBD"), "BG/NBD",
+         "did not converge"),
+    ]
+    for fit, model, words in cases:
+        with pytest.raises(BaselineFitError) as err:
+            fit()
+        assert isinstance(err.value, ValueError) and err.value.model == model
+        assert words in str(err.value)
+    with pytest.raises(ValueError, match="recency must not exceed T") as err:
+        BetaGeoModel().fit([1], [9], [5])
+    assert not isinstance(err.value, BaselineFitError)
+
+
+def test_baseline_without_gamma_gamma_predicts_bgnbd_and_round_trips(
+        cdnow_days: pd.DataFrame) -> None:
+    """``gamma_gamma_optional``: a Gamma-Gamma the data cannot fit (here: 9 repeat buyers)
+    leaves order value and CLV NaN and BG/NBD's predictions as they are; the batch stores
+    it as ``gamma_gamma: None`` and `from_dict` reads that back."""
+    import json
+
+    from training.baseline import BaselineFitError
+
+    few = cdnow_days[cdnow_days["frequency"] == 0].head(200)
+    few = pd.concat([few, cdnow_days[cdnow_days["frequency"] > 0].head(9)])
+    with pytest.raises(BaselineFitError, match="Gamma-Gamma model: 9 customer"):
+        BaselineCLV().fit(few)
+    fitted = BaselineCLV().fit(few, gamma_gamma_optional=True)
+    assert fitted.gamma_gamma_ is None
+    assert "9 customer(s)" in str(fitted.gamma_gamma_error_)
+    out = fitted.predict(few, 90)
+    assert out[["expected_order_value", "predicted_clv"]].isna().all().all()
+    assert out[["expected_orders", "p_alive", "churn_probability"]].notna().all().all()
+    bgnbd = BetaGeoModel().fit(few["frequency"], few["recency"], few["T"])
+    np.testing.assert_array_equal(out["p_alive"], bgnbd.p_alive(few["frequency"],
+                                                                few["recency"], few["T"]))
+    saved = json.loads(json.dumps(fitted.to_dict()))
+    assert saved["gamma_gamma"] is None
+    pd.testing.assert_frame_equal(BaselineCLV.from_dict(saved).predict(few, 90), out)
+
+
 @pytest.mark.parametrize(
     ("mutate", "words"),
     [
