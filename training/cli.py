@@ -253,7 +253,9 @@ def register(app: typer.Typer) -> None:
         write_frame(result.predictions, out)
         typer.echo(f"wrote {len(result.predictions):,} customers to {out}")
         if result.metrics is not None:
-            typer.echo(result.metrics.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+            from training.metrics import format_table
+
+            typer.echo(format_table(result.metrics))
         if not result.observed:
             typer.echo(uncovered_message(result.cutoff, tx.report.last_event,
                                          tx.report.first_event, config.features,
@@ -367,10 +369,11 @@ RESCORE_HINT = ("next: `lifecast score` to rescore the customer store with the n
 
 def format_evaluation(evaluation: dict, cutoffs: dict) -> str:
     """Model vs baseline tables as text, each with its evaluation snapshot's date."""
+    from training.metrics import format_table
     from training.pipeline import evaluation_heading
 
     parts = []
     for kind, frame in evaluation.items():
         parts.append(evaluation_heading(kind, cutoffs[kind]))
-        parts.append(frame.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        parts.append(format_table(frame))
     return "\n".join(parts)

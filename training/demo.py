@@ -18,6 +18,7 @@ from training.models import TrainConfig
 def run_demo(source: str, mapping: ColumnMapping, workdir: str | Path = "lifecast_work",
              churn_horizon_days: int = 90, clv_horizon_days: int = 90) -> str:
     """Run the whole job in ``workdir`` and return the summary text."""
+    from training.metrics import format_table
     from training.pipeline import evaluation_heading, train
     from training.scoring import score, scores_summary
     from training.store import CustomerStore
@@ -43,7 +44,7 @@ def run_demo(source: str, mapping: ColumnMapping, workdir: str | Path = "lifecas
     for kind, table in result.evaluation.items():
         cut = result.eval_cutoffs[kind]
         lines += ["", evaluation_heading(kind, cut) + ":",
-                  table.to_string(index=False, float_format=lambda v: f"{v:.4f}")]
+                  format_table(table)]
     lines += ["", f"MLflow run {run.run_id} ({configure(workdir)})"]
     for kind, version in run.versions.items():
         lines.append(f"  lifecast-{kind} v{version}: {run.decision[kind]['message']}")

@@ -35,6 +35,7 @@ __all__ = [
     "compare_table",
     "decile_mape",
     "expected_calibration_error",
+    "format_table",
     "lift_top_decile",
     "log_loss",
     "mae",
@@ -331,7 +332,7 @@ def _winner(metric: str, model: float, baseline: float) -> str:
     return "model" if m > b else "baseline"
 
 
-def compare_table(model: dict[str, float], baseline: dict[str, float]) -> pd.DataFrame:
+def compare_table(model: dict[str, float], baseline: dict[str, float] | None) -> pd.DataFrame:
     """Side-by-side comparison of two metric dicts with the same keys.
 
     Returns one row per metric (in the order of ``model``) with columns ``metric, model,
@@ -339,7 +340,20 @@ def compare_table(model: dict[str, float], baseline: dict[str, float]) -> pd.Dat
     to a relative 1e-9): higher is better for AUCs, lift, capture, Gini and Spearman; lower for
     Brier, log loss, ECE, decile MAPE and MAE; closer to 0 for ``aggregate_bias``. Raises
     ValueError for differing keys, an unknown metric name or a NaN value.
+
+    ``baseline`` None means the baseline could not be evaluated (it could not be fitted, or
+    has no prediction for some customers): every ``baseline`` value is NaN and ``better`` is
+    ``"n/a"`` (`format_table` shows ``n/a``; MLflow logging leaves NaN out).
     """
+    if baseline is None:
+        for metric, m_value in model.items():
+            _winner(metric, float(m_value), float(m_value))  # the names must be known
+            if math.isnan(float(m_value)):
+                raise ValueError(f"metric {metric!r} is NaN; cannot compare")
+        return pd.DataFrame(
+            [{"metric": metric, "model": float(m), "baseline": math.nan, "better": "n/a"}
+             for metric, m in model.items()],
+            columns=["metric", "model", "baseline", "better"])
     if set(model) != set(baseline):
         only_m = sorted(set(model) - set(baseline))
         only_b = sorted(set(baseline) - set(model))
@@ -353,3 +367,9 @@ def compare_table(model: dict[str, float], baseline: dict[str, float]) -> pd.Dat
             raise ValueError(f"metric {metric!r} is NaN; cannot compare")
         rows.append({"metric": metric, "model": m, "baseline": b, "better": _winner(metric, m, b)})
     return pd.DataFrame(rows, columns=["metric", "model", "baseline", "better"])
+
+
+def format_table(table: pd.DataFrame) -> str:
+    """A metrics table (`compare_table`'s, or a backtest's with its ``target`` column) as
+    text, numbers to 4 decimals and a value that is not available (NaN) as ``n/a``."""
+    return table.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="n/a")

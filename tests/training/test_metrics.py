@@ -283,6 +283,23 @@ def test_compare_table_on_full_metric_dicts() -> None:
     assert better["ece"] == "baseline"
 
 
+def test_compare_table_without_a_baseline_says_n_a() -> None:
+    """A baseline that could not be evaluated (None) gives NaN baseline values, shown as
+    n/a by `format_table`; the model's metrics are still checked."""
+    table = M.compare_table({"roc_auc": 0.8, "brier": 0.2}, None)
+    assert list(table.columns) == ["metric", "model", "baseline", "better"]
+    assert table["baseline"].isna().all() and list(table["better"]) == ["n/a", "n/a"]
+    assert M.format_table(table).splitlines() == [
+        " metric  model  baseline better",
+        "roc_auc 0.8000       n/a    n/a",
+        "  brier 0.2000       n/a    n/a",
+    ]
+    with pytest.raises(ValueError, match="unknown metric"):
+        M.compare_table({"accuracy": 0.8}, None)
+    with pytest.raises(ValueError, match="NaN"):
+        M.compare_table({"mae": float("nan")}, None)
+
+
 def test_compare_table_errors() -> None:
     with pytest.raises(ValueError, match="differ"):
         M.compare_table({"roc_auc": 0.8}, {"brier": 0.1})
