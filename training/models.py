@@ -34,9 +34,9 @@ import json
 import logging
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 import numpy as np
 import pandas as pd
@@ -52,7 +52,7 @@ from features.registry import (
     source_columns,
 )
 from features.warn import warn
-from training.baseline import BaselineCLV
+from training.baseline import BaselineCLV, BaselineFitError
 from training.treeshap import NotTabulable, TreeContributions
 
 BASELINE_FEATURES = [
@@ -229,40 +229,149 @@ def model_feature_names(config: FeatureConfig | None = None) -> list[str]:
     return [*feature_names(config), *BASELINE_FEATURES]
 
 
+#: The baseline features each part gives (bg_clv, expected orders times order value, needs
+#: both; without BG/NBD there is no baseline, so none of them).
+_PART_FEATURES = {
+    "BG/NBD": ("bg_p_alive", "bg_p_no_purchase", "bg_expected_orders", "bg_clv"),
+    "Gamma-Gamma": ("gg_expected_value", "bg_clv"),
+}
+
+
+class BaselineGap(NamedTuple):
+    """Why a part of the baseline gave no features at one cutoff (`BaselineGaps`)."""
+
+    reason: str  # the fit's error, or that its predictions were not finite
+    customers: int  # customers without them
+    population: int  # customers at the cutoff
+    columns: tuple[str, ...]  # the baseline features left NaN
+
+
+@dataclass
+class BaselineGaps:
+    """Where `add_baseline_features` left baseline features empty (NaN), and why.
+
+    ``cutoffs``: every cutoff it was asked for; ``gaps``: ``(cutoff, part) ->``
+    `BaselineGap` for each part of the baseline (``"BG/NBD"``, ``"Gamma-Gamma"``) that
+    could not be fitted on a cutoff's population or whose predictions were not finite for
+    some customers. One collector may take several calls (`training.pipeline.train` passes
+    one to each): a cutoff is counted once."""
+
+    cutoffs: set[pd.Timestamp] = field(default_factory=set)
+    gaps: dict[tuple[pd.Timestamp, str], BaselineGap] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.gaps)
+
+    def parts(self) -> list[str]:
+        """The parts with a gap: ``"BG/NBD"`` first, then ``"Gamma-Gamma"``."""
+        return [part for part in ("BG/NBD", "Gamma-Gamma")
+                if any(p == part for _, p in self.gaps)]
+
+    def outputs_missing(self, cut: Any) -> str:
+        """The per-customer outputs that come from the baseline (``p_alive``,
+        ``expected_orders``) and are NaN for some customers at ``cut``, as a sentence
+        for `message`'s ``meaning``; "" for none."""
+        missing = {col for (c, _), gap in self.gaps.items() if c == pd.Timestamp(cut)
+                   for col in gap.columns}
+        names = [out for col, out in (("bg_p_alive", "p_alive"),
+                                      ("bg_expected_orders", "expected_orders"))
+                 if col in missing]
+        if not names:
+            return ""
+        return (f"{' and '.join(names)} {'is' if len(names) == 1 else 'are'} NaN in the "
+                f"output for those customers.")
+
+    def message(self, meaning: str = "") -> str | None:
+        """One warning that says, per part, where and why its features are missing, then
+        ``meaning`` (what it means to the caller, whole sentences); None without gaps."""
+        if not self.gaps:
+            return None
+        said = []
+        for part in self.parts():
+            where = sorted(c for c, p in self.gaps if p == part)
+            last = where[-1]
+            gap = self.gaps[(last, part)]
+            some = ("" if gap.customers == gap.population
+                    else f" for {gap.customers:,} of {gap.population:,} customers")
+            dates = (", ".join(f"{c.date()}" for c in where) if len(where) <= 3
+                     else f"between {where[0].date()} and {last.date()}")
+            at = (f"at {len(where)} of {len(self.cutoffs)} cutoffs ({dates}; at {last.date()}"
+                  f"{some}: " if len(self.cutoffs) > 1 else f"at {last.date()} ({some[1:]}"
+                  f"{': ' if some else ''}")
+            said.append(f"{part} {at}{gap.reason}), so {', '.join(gap.columns)} "
+                        f"{'is' if len(gap.columns) == 1 else 'are'} NaN there")
+        return (f"baseline features left empty: {'; '.join(said)}. The LightGBM models "
+                f"read NaN as a missing value.{' ' + meaning if meaning else ''}")
+
+
 def add_baseline_features(frame: pd.DataFrame, config: FeatureConfig, *,
-                          fitted: dict[pd.Timestamp, BaselineCLV] | None = None
-                          ) -> pd.DataFrame:
+                          fitted: dict[pd.Timestamp, BaselineCLV] | None = None,
+                          gaps: BaselineGaps | None = None) -> pd.DataFrame:
     """Fit BG/NBD + Gamma-Gamma per snapshot cutoff and add their predictions as features.
 
     One row per (cutoff, customer) in; the same rows, in the same order, with the
     `BASELINE_FEATURES` columns added out. Horizons: churn horizon for
     ``bg_p_no_purchase``/``bg_expected_orders``, value horizon for ``bg_clv``. ``fitted``,
     if given, receives each cutoff's fitted baseline (scoring stores it with the batch).
+
+    The baseline is a yardstick and a source of features, not a requirement: where a
+    cutoff's population cannot fit a part of it (`training.baseline.BaselineFitError`: no
+    repeat purchase for BG/NBD, fewer than 10 repeat customers with positive spend or an
+    infinite mean spend for Gamma-Gamma, an optimiser that does not converge), that part's
+    features are NaN at that cutoff (all five when BG/NBD fails, ``gg_expected_value`` and
+    ``bg_clv`` when Gamma-Gamma does), and so is every prediction that is not finite.
+    LightGBM reads NaN as missing. ``gaps``, if given, collects where and why
+    (`BaselineGaps`) for the caller to say; without it one warning here says it. Invalid
+    input (a NaN frequency, recency > T) still raises.
     """
     values = {col: np.full(len(frame), np.nan) for col in BASELINE_FEATURES}
     rft = {c: frame[c].astype("float64").to_numpy()
            for c in ("frequency", "recency", "T", "monetary_value")}
+    found = BaselineGaps() if gaps is None else gaps
     for cut, rows in frame.groupby("cutoff", sort=True).indices.items():
+        cut = pd.Timestamp(cut)
+        found.cutoffs.add(cut)
         summary = pd.DataFrame({c: v[rows] for c, v in rft.items()})
         try:
-            base = BaselineCLV().fit(summary)
-        except ValueError as exc:
-            # e.g. an early snapshot with too few repeat buyers: its baseline features
-            # stay missing (LightGBM treats NaN as missing) and the user is told.
-            warn(
-                f"baseline features left empty at cutoff {pd.Timestamp(cut).date()}: {exc}",
-            )
+            base = BaselineCLV().fit(summary, gamma_gamma_optional=True)
+        except BaselineFitError as exc:  # BG/NBD: no baseline prediction at all
+            found.gaps[(cut, exc.model)] = BaselineGap(str(exc), len(rows), len(rows),
+                                                       tuple(BASELINE_FEATURES))
             continue
+        if base.gamma_gamma_error_ is not None:
+            found.gaps[(cut, "Gamma-Gamma")] = BaselineGap(
+                str(base.gamma_gamma_error_), len(rows), len(rows),
+                ("gg_expected_value", "bg_clv"))
         if fitted is not None:
-            fitted[pd.Timestamp(cut)] = base
+            fitted[cut] = base
         churn_h = base.predict(summary, config.churn_horizon_days)
         value_h = (churn_h if config.clv_horizon_days == config.churn_horizon_days
                    else base.predict(summary, config.clv_horizon_days))
-        values["bg_p_alive"][rows] = churn_h["p_alive"].to_numpy()
-        values["bg_p_no_purchase"][rows] = churn_h["churn_probability"].to_numpy()
-        values["bg_expected_orders"][rows] = churn_h["expected_orders"].to_numpy()
-        values["gg_expected_value"][rows] = value_h["expected_order_value"].to_numpy()
-        values["bg_clv"][rows] = value_h["predicted_clv"].to_numpy()
+        got = {
+            "bg_p_alive": churn_h["p_alive"],
+            "bg_p_no_purchase": churn_h["churn_probability"],
+            "bg_expected_orders": churn_h["expected_orders"],
+            "gg_expected_value": value_h["expected_order_value"],
+            "bg_clv": value_h["predicted_clv"],
+        }
+        bad = {col: ~np.isfinite(v.to_numpy(dtype="float64")) for col, v in got.items()}
+        for col, v in got.items():
+            values[col][rows] = np.where(bad[col], np.nan, v.to_numpy(dtype="float64"))
+        # predictions that overflowed (BG/NBD's expected orders over the value horizon
+        # count as BG/NBD's, as they do in bg_clv); a part not fitted is said above
+        overflow = {"BG/NBD": bad["bg_p_alive"] | bad["bg_p_no_purchase"]
+                    | bad["bg_expected_orders"]
+                    | ~np.isfinite(value_h["expected_orders"].to_numpy(dtype="float64"))}
+        if base.gamma_gamma_ is not None:
+            overflow["Gamma-Gamma"] = bad["gg_expected_value"] | (
+                bad["bg_clv"] & ~overflow["BG/NBD"])
+        for part, mask in overflow.items():
+            if mask.any():
+                found.gaps[(cut, part)] = BaselineGap(
+                    "its predictions are not finite", int(mask.sum()), len(rows),
+                    tuple(col for col in _PART_FEATURES[part] if (bad[col] & mask).any()))
+    if gaps is None and found:
+        warn(found.message())
     # new columns on a shallow copy (copy-on-write): the input's columns are not copied
     return frame.assign(**values)
 

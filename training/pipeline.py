@@ -44,9 +44,11 @@ from features.segments import RFMSegmenter
 from features.warn import warn
 from training.metrics import churn_metrics, compare_table, value_metrics
 from training.models import (
+    BaselineGaps,
     ChurnModel,
     TrainConfig,
     ValueModel,
+    _baseline_total,
     add_baseline_features,
     risk_band,
 )
@@ -107,6 +109,8 @@ class TrainResult:
       first_event, last_event, digest.
     - ``data_days``: the same rows per calendar day (None for a result made without it).
     - ``timings``: wall seconds per stage, in the order run.
+    - ``baseline_warning``: the warning `train` gave where the BG/NBD + Gamma-Gamma baseline
+      could not be fitted or predicted (features left empty, its metrics n/a), or None.
     """
 
     models: FittedModels  # fit on every labelled snapshot up to as_of (what is registered)
@@ -130,6 +134,8 @@ class TrainResult:
     #: baseline_features, population, churn_fit, value_fit, segmenter_fit,
     #: evaluation_frame, evaluation_fit, evaluation
     timings: dict[str, float] = field(default_factory=dict)
+    #: the warning given where the baseline could not be fitted or predicted, or None
+    baseline_warning: str | None = None
 
 
 @dataclass
@@ -147,6 +153,9 @@ class BacktestResult:
     - ``models``: the `FittedModels` fit as if today were ``cutoff``.
     - ``evaluated``: the labels evaluated, e.g. ``("churn", "value")``.
     - ``timings``: wall seconds per stage.
+    - ``baseline_warning``: the warning `backtest` gave where the BG/NBD + Gamma-Gamma
+      baseline could not be fitted or predicted (features left empty, its metrics n/a), or
+      None.
     """
 
     predictions: pd.DataFrame  # one row per customer (the backtest output columns)
@@ -160,6 +169,8 @@ class BacktestResult:
     #: wall seconds per stage (load, training_frame, baseline_features, population, the
     #: fits, the predictions, evaluation)
     timings: dict[str, float] = field(default_factory=dict)
+    #: the warning given where the baseline could not be fitted or predicted, or None
+    baseline_warning: str | None = None
 
 
 def window_observed(last_event: Any, cutoff: Any, horizon_days: int) -> bool:
@@ -493,15 +504,46 @@ def _eval_tables(churn: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
                  value: tuple[np.ndarray, np.ndarray, np.ndarray] | None
                  ) -> dict[str, pd.DataFrame]:
     """Model vs baseline metrics per label: ``churn`` and ``value`` are (actual, model,
-    baseline) arrays, or None for a label not evaluated."""
+    baseline) arrays, or None for a label not evaluated. A baseline without a prediction
+    for every customer (NaN: it could not be fitted there, `add_baseline_features`) has no
+    metrics: its column is NaN, shown as n/a (`training.metrics.compare_table`)."""
     tables = {}
-    if churn is not None:
-        y, model, base = churn
-        tables["churn"] = compare_table(churn_metrics(y, model), churn_metrics(y, base))
-    if value is not None:
-        y, model, base = value
-        tables["value"] = compare_table(value_metrics(y, model), value_metrics(y, base))
+    for kind, arrays, metrics in (("churn", churn, churn_metrics),
+                                  ("value", value, value_metrics)):
+        if arrays is None:
+            continue
+        y, model, base = arrays
+        known = bool(np.isfinite(np.asarray(base, dtype="float64")).all())
+        tables[kind] = compare_table(metrics(y, model), metrics(y, base) if known else None)
     return tables
+
+
+def _baseline_warning(gaps: BaselineGaps, baselines: dict[str, tuple[np.ndarray, Any]],
+                      anchored: bool, outputs: str = "") -> str | None:
+    """Say once where the baseline left features empty (``gaps``) and what that means:
+    ``baselines`` maps each evaluated label to (its baseline predictions on the evaluated
+    customers, the cutoff), whose metrics are n/a when any is missing; ``anchored`` is
+    whether the value model's total could be anchored to the baseline's; ``outputs``
+    says which output columns are NaN (`BaselineGaps.outputs_missing`, "" for none).
+    Returns the message given, or None when the baseline was complete."""
+    if not gaps:
+        return None
+    sentences = []
+    unknown = [f"{kind} metrics at {pd.Timestamp(cut).date()} ({int(np.isnan(base).sum()):,} "
+               f"of {len(base):,} customers have no baseline prediction)"
+               for kind, (base, cut) in baselines.items() if np.isnan(base).any()]
+    if unknown:
+        sentences.append(f"The baseline's {' and '.join(unknown)} are n/a and not logged "
+                         f"to MLflow; lifecast's own metrics and the champion rule do not "
+                         f"depend on them.")
+    if not anchored:
+        sentences.append("The value model's total is set by its validation snapshot alone, "
+                         "not anchored to the baseline's total (value_anchor 1).")
+    if outputs:
+        sentences.append(outputs)
+    text = gaps.message(" ".join(sentences))
+    warn(text)
+    return text
 
 
 def evaluation_heading(kind: str, cutoff: pd.Timestamp) -> str:
@@ -511,18 +553,20 @@ def evaluation_heading(kind: str, cutoff: pd.Timestamp) -> str:
 
 
 def _fit_as_of(tx: Transactions, cut: pd.Timestamp, config: TrainConfig,
-               timings: dict[str, float]) -> tuple[pd.DataFrame, pd.DataFrame, FittedModels]:
+               timings: dict[str, float], gaps: BaselineGaps
+               ) -> tuple[pd.DataFrame, pd.DataFrame, FittedModels]:
     """(training frame, population, fitted models) as if today were ``cut``: the snapshots
     whose outcome windows end by it, the customers with a purchase before it, both with
-    their baseline features, and both models fit on the one for the other (`train` and
-    `backtest` alike)."""
+    their baseline features (where the baseline could not be fitted, ``gaps`` says), and
+    both models fit on the one for the other (`train` and `backtest` alike)."""
     fcfg = config.features
     with _timed(timings, "training_frame"):
         frame = sample_snapshots(build_training_frame(tx, cut, config=fcfg), config)
     with _timed(timings, "baseline_features"):
-        frame = add_baseline_features(frame, fcfg)
+        frame = add_baseline_features(frame, fcfg, gaps=gaps)
     with _timed(timings, "population"):
-        population = add_baseline_features(build_features(tx, cut, config=fcfg), fcfg)
+        population = add_baseline_features(build_features(tx, cut, config=fcfg), fcfg,
+                                           gaps=gaps)
     return frame, population, fit_models(frame, population, config, cut, timings=timings,
                                          columns=list(tx.report.columns))
 
@@ -567,14 +611,16 @@ def train(
         data_days = tx.daily_profile(as_of)
     fcfg = config.features
     eval_cut = evaluation_cutoffs(tx.report.first_event, as_of, config)
-    frame, population, models = _fit_as_of(tx, as_of, config, timings)
+    gaps = BaselineGaps()
+    frame, population, models = _fit_as_of(tx, as_of, config, timings, gaps)
     models.data_days = data_days
 
     with _timed(timings, "evaluation_frame"):
         by_cut: dict[pd.Timestamp, pd.DataFrame] = {}
         for cut in sorted(set(eval_cut.values())):
             by_cut[cut] = add_baseline_features(
-                sample_snapshots(build_training_frame(tx, cut, config=fcfg), config), fcfg)
+                sample_snapshots(build_training_frame(tx, cut, config=fcfg), config), fcfg,
+                gaps=gaps)
         eval_frames = {kind: by_cut[cut] for kind, cut in eval_cut.items()}
     ev_c = frame[(frame["cutoff"] == eval_cut["churn"]) & frame["churned"].notna()]
     ev_v = frame[(frame["cutoff"] == eval_cut["value"]) & frame["future_value"].notna()]
@@ -592,6 +638,10 @@ def train(
         yv = ev_v["future_value"].to_numpy(dtype="float64")
         v_model = eval_models["value"].predict(ev_v)
         v_base = ev_v["bg_clv"].to_numpy(dtype="float64")
+        said = _baseline_warning(
+            gaps, {"churn": (p_base, eval_cut["churn"]), "value": (v_base, eval_cut["value"])},
+            _anchored(models.value, population)
+            and _anchored(eval_models["value"], ev_v))
         evaluation = _eval_tables((y, p_model, p_base), (yv, v_model, v_base))
         preds = {
             "churn": pd.DataFrame({"customer_id": ev_c["customer_id"].to_numpy(), "actual": y,
@@ -601,7 +651,7 @@ def train(
         }
     return TrainResult(models, frame, evaluation, preds, eval_cut, tx.report,
                        eval_models=eval_models, eval_frames=eval_frames, data_used=data_used,
-                       data_days=data_days, timings=timings)
+                       data_days=data_days, timings=timings, baseline_warning=said)
 
 
 def backtest(
@@ -632,7 +682,8 @@ def backtest(
         _warn_if_under_a_year(tx, cut)
         _check_repeat_buyers(tx, cut)
     fcfg = config.features
-    _, population, models = _fit_as_of(tx, cut, config, timings)
+    gaps = BaselineGaps()
+    _, population, models = _fit_as_of(tx, cut, config, timings, gaps)
     out = predict_customers(models, population, cut, timings=timings)
     keep = ["customer_id", "churn_probability", "churn_risk", "predicted_clv",
             "expected_orders", "p_alive", "segment", "lifecycle_stage", "value_at_risk"]
@@ -659,9 +710,21 @@ def backtest(
                 on="customer_id", how="left", validate="one_to_one")
             value = (preds["actual_value"].to_numpy(dtype="float64"),
                      preds["predicted_clv"].to_numpy(), preds["baseline_clv"].to_numpy())
+        said = _baseline_warning(
+            gaps, {kind: (np.asarray(arrays[2], dtype="float64"), cut)
+                   for kind, arrays in (("churn", churn), ("value", value))
+                   if arrays is not None},
+            _anchored(models.value, population), gaps.outputs_missing(cut))
         tables = _eval_tables(churn, value)
     metrics = pd.concat(
         [t.assign(target=k) for k, t in tables.items()], ignore_index=True
     )[["target", "metric", "model", "baseline", "better"]] if tables else None
     return BacktestResult(preds, metrics, cut, all(covered.values()), models,
-                          evaluated=tuple(tables), timings=timings)
+                          evaluated=tuple(tables), timings=timings, baseline_warning=said)
+
+
+def _anchored(value: ValueModel, population: pd.DataFrame) -> bool:
+    """Whether `ValueModel.anchor` could anchor ``value``'s total to the baseline's on
+    ``population``: the baseline predicted every customer there and on the validation
+    snapshot."""
+    return value.baseline_ratio_ is not None and _baseline_total(population) is not None

@@ -17,6 +17,7 @@ from features.pipeline import build_features
 from features.warn import warn
 from training.baseline import BaselineCLV
 from training.models import (
+    BaselineGaps,
     add_baseline_features,
     check_feature_definitions,
     check_source_columns,
@@ -85,8 +86,13 @@ def score_customers(models: FittedModels, transactions: Any, as_of: Any | None =
     fcfg = models.config.features
     with _timed(timings, "features"):
         feats = build_features(tx, cut, config=fcfg)
+    gaps = BaselineGaps()
     with _timed(timings, "baseline_features"):
-        feats = add_baseline_features(feats, fcfg, fitted=baselines)
+        feats = add_baseline_features(feats, fcfg, fitted=baselines, gaps=gaps)
+    if gaps:
+        warn(gaps.message(" ".join(filter(None, [
+            gaps.outputs_missing(cut),
+            "The lifecast models still score every customer."]))))
     return predict_customers(models, feats, cut, timings=timings), feats
 
 

@@ -799,6 +799,11 @@ def _contract_schema(report: dict[str, Any]) -> Schema | None:
 
 
 def _log_metrics(result: TrainResult) -> None:
+    """The evaluation's metrics (a baseline metric that is n/a, NaN, is left out, and the
+    run tagged ``baseline_warning`` with what `train` said about it) and the models'
+    sizes and value scale."""
+    if result.baseline_warning:
+        mlflow.set_tag("baseline_warning", result.baseline_warning[:5000])
     metrics: dict[str, float] = {}
     for key, table in result.evaluation.items():
         for rec in table.to_dict("records"):
@@ -866,15 +871,22 @@ def _log_plots(result: TrainResult, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     pc = result.eval_predictions[EVAL_KEY["churn"]]
     pv = result.eval_predictions[EVAL_KEY["clv"]]
+
+    def baseline(values: pd.Series, label: str) -> tuple[pd.Series, str] | None:
+        # a baseline without a prediction for everyone (it could not be fitted there,
+        # `add_baseline_features`) is left out: the model is drawn alone
+        return (values, label) if values.notna().all() else None
+
     drawings: dict[str, Any] = {
         "churn_calibration": lambda: plots.plot_calibration(
             pc["actual"], pc["model"], label="LightGBM (calibrated)",
-            baseline=(pc["baseline"], "BG/NBD")),
+            baseline=baseline(pc["baseline"], "BG/NBD")),
         "churn_gains": lambda: plots.plot_gains(
-            pc["actual"], pc["model"], label="LightGBM", baseline=(pc["baseline"], "BG/NBD")),
+            pc["actual"], pc["model"], label="LightGBM",
+            baseline=baseline(pc["baseline"], "BG/NBD")),
         "clv_decile_value": lambda: plots.plot_decile_value(
             pv["actual"], pv["model"], label="LightGBM",
-            baseline=(pv["baseline"], "BG/NBD + Gamma-Gamma")),
+            baseline=baseline(pv["baseline"], "BG/NBD + Gamma-Gamma")),
     }
     for kind in KINDS:
         model = _model_of(result.models, kind)

@@ -368,3 +368,234 @@ def test_loaded_transactions_refuse_a_second_mapping_in_training_too(demo_transa
     for call in calls:
         with pytest.raises(ValueError, match="already loaded .*: leave (mapping|table) out"):
             call()
+
+
+# --- a baseline that cannot be fitted stops nothing -----------------------------------------
+
+#: 60-day horizons and a small model: the logs below are 400 days long
+SMALL = {"features": {"churn_horizon_days": 60, "clv_horizon_days": 60}, "num_threads": 1,
+         "n_estimators": 50}
+
+
+def _heavy_tailed_spend(n: int = 200, seed: int = 0) -> pd.DataFrame:
+    """A year of repeat buyers (152 customers, 1,011 orders) whose order values are
+    log-normal with sigma 3: a few orders of thousands among orders of a few. Gamma-Gamma's
+    fit then gives q <= 1 (an infinite mean order value) at every cutoff; BG/NBD fits."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c in range(n):
+        t, end = rng.uniform(0, 250), rng.uniform(0, 700)
+        while t < min(end, 400):
+            rows.append((f"c{c}", pd.Timestamp("2022-01-01") + pd.Timedelta(days=float(t)),
+                         float(rng.lognormal(2.0, 3.0))))
+            t += 1 + rng.exponential(40)
+    return pd.DataFrame(rows, columns=["customer_id", "timestamp", "amount"])
+
+
+def _baseline_warnings(caught) -> list[str]:
+    return [str(w.message) for w in caught if "baseline features left empty" in str(w.message)]
+
+
+@pytest.fixture(scope="module")
+def heavy_tailed_train():
+    """(log, `train` result, warnings) on `_heavy_tailed_spend`."""
+    log = _heavy_tailed_spend()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = train(log, config=SMALL)
+    return log, result, _baseline_warnings(caught)
+
+
+def test_train_goes_on_when_gamma_gamma_cannot_be_fitted(heavy_tailed_train):
+    """It stopped with 'p contains NaN (152 of 152)': the Gamma-Gamma failure emptied every
+    baseline feature, BG/NBD's churn probability too, and the comparison refused the NaN.
+    Now the baseline's value metrics are n/a, the model's are there, BG/NBD's features and
+    churn metrics are kept, and one warning says which part failed, where, why and what it
+    means."""
+    _, result, said = heavy_tailed_train
+    assert len(said) == 1, said
+    assert said[0].startswith(
+        "baseline features left empty: Gamma-Gamma at 12 of 12 cutoffs (between 2022-02-10 "
+        "and 2023-02-05; at 2023-02-05: Gamma-Gamma fit gave q = 0.858 <= 1: the population "
+        "mean order value is infinite")
+    assert ("so gg_expected_value, bg_clv are NaN there. The LightGBM models read NaN as a "
+            "missing value. The baseline's value metrics at 2022-12-07 (152 of 152 customers "
+            "have no baseline prediction) are n/a and not logged to MLflow; lifecast's own "
+            "metrics and the champion rule do not depend on them. The value model's total is "
+            "set by its validation snapshot alone") in said[0]
+    assert result.baseline_warning == said[0]
+    value = result.evaluation["value"]
+    assert value["model"].notna().all()
+    assert value["baseline"].isna().all() and set(value["better"]) == {"n/a"}
+    churn = result.evaluation["churn"]
+    assert churn["baseline"].notna().all() and "n/a" not in set(churn["better"])
+    assert result.frame["bg_p_alive"].notna().all()
+    assert result.frame[["gg_expected_value", "bg_clv"]].isna().all().all()
+    assert result.models.value.anchor_ == 1.0
+
+
+def test_backtest_goes_on_when_gamma_gamma_cannot_be_fitted(heavy_tailed_train):
+    log, result, _ = heavy_tailed_train
+    cut = result.eval_cutoffs["value"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bt = backtest(log, cut, config=SMALL)
+    said = _baseline_warnings(caught)
+    assert len(said) == 1 and said[0] == bt.baseline_warning
+    assert "The baseline's value metrics at 2022-12-07 (152 of 152 customers" in said[0]
+    value = bt.metrics[bt.metrics["target"] == "value"]
+    assert value["baseline"].isna().all() and value["model"].notna().all()
+    # the same evaluation as train's at that cutoff
+    pd.testing.assert_series_equal(value["model"].reset_index(drop=True),
+                                   result.evaluation["value"]["model"], rtol=1e-4)
+    preds = bt.predictions
+    assert preds["baseline_clv"].isna().all()
+    assert preds[["p_alive", "expected_orders", "predicted_clv"]].notna().all().all()
+
+    # without outcome data: predictions, no metrics, the same one warning
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        late = backtest(log, "2023-01-20", config=SMALL)
+    assert late.metrics is None and late.predictions["predicted_clv"].notna().all()
+    said = _baseline_warnings(caught)
+    assert len(said) == 1 and "metrics" not in said[0].split("missing value.")[1]
+
+
+def test_score_goes_on_when_gamma_gamma_cannot_be_fitted(heavy_tailed_train):
+    from training.scoring import score_customers
+
+    log, result, _ = heavy_tailed_train
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        scores, feats = score_customers(result.models, log)
+    said = _baseline_warnings(caught)
+    assert len(said) == 1
+    assert said[0].startswith("baseline features left empty: Gamma-Gamma at 2023-02-05 "
+                              "(Gamma-Gamma fit gave q = 0.858 <= 1")
+    assert scores[["churn_probability", "predicted_clv", "p_alive",
+                   "expected_orders"]].notna().all().all()
+    assert feats["bg_clv"].isna().all()
+
+
+def test_backtest_goes_on_when_bgnbd_does_not_converge(monkeypatch):
+    """An optimiser that stops short (here: one iteration, no restart) makes BG/NBD fail at
+    every cutoff: no baseline feature at all, every baseline metric n/a, and the warning
+    names the part and the optimiser's message. Gamma-Gamma is not tried without BG/NBD."""
+    import functools
+
+    from training import baseline as baseline_module
+
+    def one_step(minimize, *args, **kwargs):
+        return minimize(*args, **{**kwargs, "options": {**kwargs["options"], "maxiter": 1}})
+
+    monkeypatch.setattr(baseline_module, "_RESTARTS", 0)
+    monkeypatch.setattr(baseline_module, "minimize",
+                        functools.partial(one_step, baseline_module.minimize))
+    log = _heavy_tailed_spend()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bt = backtest(log, "2022-12-07", config=SMALL)
+    said = _baseline_warnings(caught)
+    assert len(said) == 1
+    assert said[0].startswith(
+        "baseline features left empty: BG/NBD at 10 of 10 cutoffs (between 2022-02-10 and "
+        "2022-12-07; at 2022-12-07: BG/NBD fit did not converge: STOP: TOTAL NO. OF "
+        "ITERATIONS REACHED LIMIT), so bg_p_alive, bg_p_no_purchase, bg_expected_orders, "
+        "gg_expected_value, bg_clv are NaN there")
+    assert ("The baseline's churn metrics at 2022-12-07 (152 of 152 customers have no "
+            "baseline prediction) and value metrics at 2022-12-07 (152 of 152 customers have "
+            "no baseline prediction) are n/a") in said[0]
+    assert said[0].endswith("p_alive and expected_orders are NaN in the output for those "
+                            "customers.")
+    assert bt.metrics["baseline"].isna().all() and bt.metrics["model"].notna().all()
+    assert bt.predictions[["churn_probability", "predicted_clv"]].notna().all().all()
+    assert bt.predictions[["p_alive", "expected_orders"]].isna().all().all()
+
+
+def test_a_non_finite_baseline_prediction_is_missing_not_fatal(heavy_tailed_train,
+                                                                monkeypatch):
+    """A prediction that overflows (inf or NaN from a fit that worked) is left out for the
+    customers it concerns, and said; the others keep theirs."""
+    import numpy as np
+
+    from training.baseline import BetaGeoModel
+    from training.scoring import score_customers
+
+    log, result, _ = heavy_tailed_train
+    plain = BetaGeoModel.expected_purchases
+
+    def overflowing(self, *args, **kwargs):
+        out = plain(self, *args, **kwargs)
+        out[0] = np.inf
+        return out
+
+    monkeypatch.setattr(BetaGeoModel, "expected_purchases", overflowing)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        scores, feats = score_customers(result.models, log)
+    said = _baseline_warnings(caught)
+    assert len(said) == 1
+    assert said[0].startswith(
+        "baseline features left empty: BG/NBD at 2023-02-05 (for 1 of 152 customers: its "
+        "predictions are not finite), so bg_expected_orders, bg_clv are NaN there; "
+        "Gamma-Gamma at 2023-02-05 (Gamma-Gamma fit gave q = 0.858 <= 1")
+    assert "expected_orders is NaN in the output for those customers." in said[0]
+    assert scores["expected_orders"].isna().sum() == 1
+    assert scores["expected_orders"].isna().iloc[0] and scores["p_alive"].notna().all()
+    assert np.isfinite(scores["churn_probability"]).all()
+
+
+def test_invalid_baseline_input_is_still_an_error():
+    """Only a fit the data cannot make is tolerated: input no fit should get (a NaN
+    frequency: a bug upstream) still raises instead of leaving the features empty."""
+    from training.models import add_baseline_features
+
+    feats = pd.DataFrame({"cutoff": pd.Timestamp("2023-01-01"), "customer_id": ["a", "b"],
+                          "frequency": [1.0, float("nan")], "recency": [3.0, 0.0],
+                          "T": [10.0, 5.0], "monetary_value": [5.0, 0.0]})
+    with pytest.raises(ValueError, match="frequency contains NaN"):
+        add_baseline_features(feats, FeatureConfig())
+
+
+@pytest.mark.slow  # ~13 s: a training run logged to MLflow with its plots and models
+def test_train_command_shows_na_and_logs_no_baseline_value_metrics(tmp_path, monkeypatch):
+    """On the command line: exit 0, the baseline's value metrics printed as n/a, none of
+    them logged to MLflow (where the run says why in its ``baseline_warning`` tag), every
+    plot drawn (the model alone where the baseline has no prediction) and the models
+    registered by the champion rule on their own metrics."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+    from typer.testing import CliRunner
+
+    from serving.cli import app
+    from training import tracking
+
+    path = tmp_path / "heavy.csv"
+    _heavy_tailed_spend().to_csv(path, index=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(tracking, "_last_set_uri", None)
+    previous = tracking_utils._tracking_uri
+    try:
+        res = CliRunner().invoke(app, [
+            "train", "-t", str(path), "--customer-col", "customer_id", "--timestamp-col",
+            "timestamp", "--amount", "amount", "--churn-horizon-days", "60",
+            "--clv-horizon-days", "60", "--threads", "1"])
+        assert res.exit_code == 0, res.output
+        run = mlflow.search_runs(experiment_names=["lifecast"], output_format="list")[0]
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert "baseline features left empty: Gamma-Gamma at 12 of 12 cutoffs" in res.output
+    tables = res.output.split("churn model vs BG/NBD + Gamma-Gamma")[1].split("MLflow run")[0]
+    churn, value = tables.split("value model vs BG/NBD + Gamma-Gamma")
+    assert "n/a" not in churn and "nan" not in tables.lower()
+    rows = value.strip().splitlines()[2:]
+    assert len(rows) == 6 and all(row.split()[-2:] == ["n/a", "n/a"] for row in rows), value
+    assert "lifecast-clv v1: promoted: no champion yet (normalized_gini" in res.output
+    metrics, tags = run.data.metrics, run.data.tags
+    assert "baseline_churn_roc_auc" in metrics and "value_normalized_gini" in metrics
+    assert not [m for m in metrics if m.startswith("baseline_value_")]
+    assert tags["baseline_warning"].startswith("baseline features left empty: Gamma-Gamma")
+    assert "plots_skipped" not in tags
