@@ -34,7 +34,8 @@ Endpoints (the methods of `Runtime`):
   that an answer never mixes two champions; ``as_of`` is the batch's, and the answer names
   the models that scored the batch). It reads the store without pandas
   (`training.store.CustomerStore.lookup`) and keeps per-batch constants (feature positions,
-  ``as_of``, the batch's models) by batch; `Runtime.predict_frames` is the same through
+  ``as_of``, the batch's models, whether its feature settings are the models') by batch,
+  taken from the lookup that read the rows; `Runtime.predict_frames` is the same through
   pandas frames, slower, kept as the reference the tests compare it with.
 * `Runtime.score`: features from the caller's transactions at ``as_of`` (default: now), the
   baseline fitted on the current batch's population, the saved segment thresholds and the
@@ -667,24 +668,11 @@ class Runtime:
                          churn_index=churn_index, value_index=value_index, missing=missing,
                          batch_versions=batch_versions, rescore=rescore,
                          segment_index=segment_index,
-                         other_settings=self._batch_settings(batch.batch_id))
+                         other_settings=self._other_settings(batch.metadata))
         # replaced whole (readers never see a dict being changed); few batches are current
         # over a worker's life, and the old ones are dropped
         self._layouts = {**{k: v for k, v in list(self._layouts.items())[-2:]}, key: layout}
         return layout
-
-    def _batch_settings(self, batch_id: str) -> str | None:
-        """`_other_settings` of a batch by id (read once per batch, from the kept batches)."""
-        state = self._state
-        if state is not None and state.batch_id == batch_id:
-            return state.other_settings
-        try:
-            kept = self.store.batches()
-        except Exception as exc:  # the settings cannot be checked: say so, answer anyway
-            logger.warning("cannot read the feature settings of batch %s: %s", batch_id, exc)
-            return None
-        row = kept[kept["batch_id"] == batch_id]
-        return self._other_settings(row["metadata"].iloc[0]) if len(row) else None
 
     def predict_frames(self, customer_ids: Sequence[str]) -> PredictResponse:
         """`predict` through `CustomerStore.get_customers`' pandas frames: the first

@@ -853,9 +853,9 @@ class CustomerStore:
         ``np.frombuffer``. All statements of a call run in one read transaction (the snapshot
         of `get_customers`), so the rows, and the `BatchInfo` they come with, belong to one
         batch, old or new, never a mix. The batch's constants (``as_of``, feature columns,
-        model versions) are read once per batch and cached by ``(batch_no, batch_id)``; once
-        they are, up to 1,024 ids are read in one statement on a driver connection, without a
-        transaction of SQLAlchemy's (`_quick_lookup`).
+        model versions, metadata) are read once per batch and cached by
+        ``(batch_no, batch_id)``; once they are, up to 1,024 ids are read in one statement on
+        a driver connection, without a transaction of SQLAlchemy's (`_quick_lookup`).
 
         Returns a `CustomerRows`: the known ids once each in the order asked, their score
         columns and feature matrix row for row, and the unknown ids.
@@ -970,6 +970,7 @@ class CustomerStore:
             batch_no=int(batch_no), batch_id=str(batch["batch_id"]), as_of=batch["as_of"],
             feature_columns=tuple(str(c) for c in batch["feature_columns"]),
             model_versions={str(k): str(v) for k, v in batch["model_versions"].items()},
+            metadata=batch["metadata"],
         )
         if info.batch_id != batch_id:  # cannot happen inside one snapshot
             raise StoreError(f"customer store {self.safe_url}: batch {batch_no} changed")
@@ -1310,6 +1311,9 @@ class BatchInfo:
     as_of: pd.Timestamp
     feature_columns: tuple[str, ...]
     model_versions: dict[str, str]
+    #: the batch's metadata (as `current_batch` returns it), read with its rows: a caller
+    #: that checks it must not read it apart, as the batch may be deleted in between
+    metadata: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

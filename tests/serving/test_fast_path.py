@@ -256,6 +256,44 @@ def test_lookup_never_mixes_two_batches(world, tmp_path, monkeypatch, stored_bat
     writer.close()
 
 
+def test_the_settings_checked_are_those_of_the_batch_answered_from(world, runtime, tmp_path,
+                                                                  stored_batch,
+                                                                  monkeypatch) -> None:
+    """/predict refuses a batch built with other feature definitions, judged from the batch
+    its rows came from. That batch's metadata used to be read apart from the rows (among the
+    kept batches, after the lookup): a rescore landing in between (keep_batches=1: the batch
+    answered from is deleted) left nothing to check, and the rows were answered from (200)."""
+    from serving.app import Runtime, ServiceError
+    from serving.audit import AuditLog
+
+    scores, feats = stored_batch(world.store_url)
+    writer = CustomerStore(CustomerStore.default_url(tmp_path), keep_batches=1)
+    same = {"as_of": world.as_of, "model_versions": runtime.models.versions}
+    writer.write_batch(scores, feats, **same)
+    rt = Runtime(runtime.models, CustomerStore(writer.url), AuditLog(tmp_path / "audit.log"),
+                 store_check_seconds=3600)  # the service's batch: this first one
+    try:
+        v1 = writer.write_batch(scores, feats, feature_definitions=None, **same)
+        lookup, rescored = rt.store.lookup, []
+
+        def lookup_then_rescore(ids):  # noqa: ANN001, ANN202
+            rows = lookup(ids)
+            rescored.append(writer.write_batch(scores, feats, **same))  # deletes v1
+            return rows
+
+        monkeypatch.setattr(rt.store, "lookup", lookup_then_rescore)
+        with pytest.raises(ServiceError) as info:
+            rt.predict(scores["customer_id"].tolist()[:3])
+        assert rescored and writer.batches()["batch_id"].tolist() == rescored
+        assert info.value.status == 503 and f"batch {v1}" in info.value.message
+        assert "feature definitions v1" in info.value.message
+        monkeypatch.undo()
+        assert rt.predict(scores["customer_id"].tolist()[:3]).batch_id == rescored[0]
+    finally:
+        rt.close()
+        writer.close()
+
+
 # -- PostgreSQL (slow tier) --------------------------------------------------------------------
 
 
