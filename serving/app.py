@@ -139,6 +139,10 @@ class ServiceError(Exception):
         self.message = message
 
 
+class _BatchChanged(Exception):
+    """Another batch became current while the service was loading one (two reads apart)."""
+
+
 # --------------------------------------------------------------------------------------------
 # the models
 # --------------------------------------------------------------------------------------------
@@ -392,6 +396,10 @@ class Runtime:
             if self._state is None or self._state.batch_id != batch["batch_id"]:
                 try:
                     self._state = self._load_batch(batch)
+                except _BatchChanged as exc:  # keep the batch loaded before, if any;
+                    logger.info("%s: loading the new one at the next call", exc)
+                    self._checked_at = -math.inf  # the next call looks again at once
+                    return self._state is not None
                 except Exception:  # keep serving the batch loaded before, if any
                     logger.exception("cannot load batch %s", batch["batch_id"])
                     self._store_error = "the customer store's current batch cannot be read"
@@ -486,7 +494,12 @@ class Runtime:
         ranked, total = self.store.ranked(min_churn_probability=None, min_value=None,
                                           limit=max(int(batch["n_customers"]), 1))
         ids = sorted(ranked["customer_id"].astype(str).tolist())
-        _, feats, _ = self.store.get_customers(ids)
+        scores, feats, _ = self.store.get_customers(ids)
+        # two reads: a rescore may land before either (each frame names the batch it read)
+        for read in (ranked, scores):
+            if read.attrs["batch_id"] != batch["batch_id"]:
+                raise _BatchChanged(f"batch {read.attrs['batch_id']} became current while "
+                                    f"batch {batch['batch_id']} was loading")
         summary = pd.DataFrame({c: feats[c].astype("float64") for c in columns})
         try:
             baseline = BaselineCLV().fit(summary)

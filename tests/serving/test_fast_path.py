@@ -294,6 +294,46 @@ def test_the_settings_checked_are_those_of_the_batch_answered_from(world, runtim
         writer.close()
 
 
+def test_a_refitted_baseline_is_fitted_on_the_batch_it_is_kept_for(world, runtime, tmp_path,
+                                                                  stored_batch,
+                                                                  monkeypatch) -> None:
+    """A batch saved without its baseline (written by an older lifecast, or by `write_batch`
+    without one) gets the baseline refitted on its population, read in two calls (the ids by
+    `ranked`, then their features by `get_customers`). A rescore landing between them used to
+    give the service the first batch with a baseline fitted on the second one's features;
+    now the batch that became current is loaded, with its own baseline."""
+    from serving.app import Runtime
+    from serving.audit import AuditLog
+    from training.baseline import BaselineCLV
+
+    scores, feats = stored_batch(world.store_url)
+    writer = CustomerStore(CustomerStore.default_url(tmp_path))
+    same = {"as_of": world.as_of, "model_versions": runtime.models.versions}
+    writer.write_batch(scores, feats, **same)  # no baseline in its metadata
+    doubled = feats.assign(monetary_value=feats["monetary_value"] * 2)
+    reader, rescored = CustomerStore(writer.url), []
+    get_customers = reader.get_customers
+
+    def rescore_then_get(ids):  # noqa: ANN001, ANN202
+        if not rescored:
+            rescored.append(writer.write_batch(scores, doubled, **same))
+        return get_customers(ids)
+
+    monkeypatch.setattr(reader, "get_customers", rescore_then_get)
+    rt = Runtime(runtime.models, reader, AuditLog(tmp_path / "audit.log"),
+                 store_check_seconds=3600)
+    try:
+        assert rescored and rt.refresh()
+        assert rt._state is not None and rt._state.batch_id == rescored[0]
+        columns = ["frequency", "recency", "T", "monetary_value"]
+        population = doubled.sort_values("customer_id")[columns].reset_index(drop=True)
+        assert rt._state.baseline is not None
+        assert rt._state.baseline.to_dict() == BaselineCLV().fit(population).to_dict()
+    finally:
+        rt.close()
+        writer.close()
+
+
 # -- PostgreSQL (slow tier) --------------------------------------------------------------------
 
 
