@@ -23,6 +23,7 @@ from features.registry import DEFINITIONS_VERSION
 from training.store import (
     EMPTY_STORE_MESSAGE,
     SCORE_COLUMNS,
+    CustomerRows,
     CustomerStore,
     EmptyStoreError,
     StoreError,
@@ -543,6 +544,109 @@ def test_read_snapshot_survives_switch_and_prune(tmp_path: Path) -> None:
     check_read_snapshot_survives_switch_and_prune(CustomerStore.default_url(tmp_path))
 
 
+_READS = {
+    "lookup": lambda s, ids: _read_rows(s.lookup(ids)),
+    "get_customers": lambda s, ids: _read_frame(s.get_customers(ids)[0]),
+    "ranked": lambda s, ids: _read_frame(s.ranked(limit=len(ids))[0]),
+    "batches": lambda s, ids: (s.batches().set_index("batch_id")["is_current"].to_dict(),
+                               None),
+}
+
+
+def _read_rows(rows: CustomerRows) -> tuple[str, list[float]]:
+    return rows.batch.batch_id, rows.scores["churn_probability"]
+
+
+def _read_frame(frame: pd.DataFrame) -> tuple[str, list[float]]:
+    (batch_id,) = set(frame["batch_id"])
+    return batch_id, frame["churn_probability"].tolist()
+
+
+def check_reads_stay_in_their_snapshot(url: str, read: str) -> None:
+    """A new batch is made current and the old one deleted (keep_batches=1) right after a
+    reader's first statement: the reader's later statements (`lookup`'s read of the batch's
+    constants, `ranked`'s page, `batches`' listing, ...) still see the old batch alone, as
+    they run in its snapshot; the next call sees the new one. A statement hook forces it."""
+    ids = [f"c{i}" for i in range(5)]
+    writer, reader = CustomerStore(url, keep_batches=1), CustomerStore(url)
+    old_id = write(writer, *make_batch(ids, churn=0.1))
+    assert reader.current_batch()["batch_id"] == old_id  # the schema is known: no check
+    new_id: list[str] = []
+
+    @sa.event.listens_for(reader._get_engine(), "after_cursor_execute")
+    def _switch_and_prune(conn, cursor, statement: str, *args: object) -> None:  # noqa: ANN001
+        if not new_id and statement != "BEGIN":  # SQLite's snapshot starts at a SELECT
+            new_id.append(write(writer, *make_batch(ids, churn=0.9)))
+
+    first, again = _READS[read](reader, ids), _READS[read](reader, ids)
+    assert new_id and writer.batches()["batch_id"].tolist() == new_id  # old_id is gone
+    if read == "batches":
+        assert first == ({old_id: True}, None) and again == ({new_id[0]: True}, None)
+    else:
+        assert first[0] == old_id and set(first[1]) == {0.1} and len(first[1]) == 5
+        assert again[0] == new_id[0] and set(again[1]) == {0.9}
+    reader.close()
+    writer.close()
+
+
+@pytest.mark.parametrize("read", sorted(_READS))
+def test_reads_stay_in_their_snapshot(tmp_path: Path, read: str) -> None:
+    check_reads_stay_in_their_snapshot(CustomerStore.default_url(tmp_path), read)
+
+
+def test_first_writes_to_a_new_file_wait_for_the_one_creating_the_tables(tmp_path: Path
+                                                                          ) -> None:
+    """Two `lifecast score` runs into a new SQLite file at once: the one that creates the
+    tables holds the write lock from its check for them to its commit (BEGIN IMMEDIATE), so
+    the other waits, then finds them; a reader meanwhile finds an empty store. A statement
+    hook holds the first inside its CREATE TABLEs until the second waits for the lock."""
+    url = CustomerStore.default_url(tmp_path)
+    creator, second, reader = (CustomerStore(url) for _ in range(3))
+    creating, waiting, go_on = threading.Event(), threading.Event(), threading.Event()
+
+    @sa.event.listens_for(creator._get_engine(), "after_cursor_execute")
+    def _hold(conn, cursor, statement: str, *args: object) -> None:  # noqa: ANN001
+        if statement.lstrip().startswith("CREATE TABLE lifecast_batches"):
+            creating.set()
+            go_on.wait(10)
+
+    @sa.event.listens_for(second._get_engine(), "before_cursor_execute")
+    def _wait(conn, cursor, statement: str, *args: object) -> None:  # noqa: ANN001
+        if statement == "BEGIN IMMEDIATE":  # about to wait for the creator's write lock
+            waiting.set()
+
+    @sa.event.listens_for(second._get_engine(), "after_cursor_execute")
+    def _looked(conn, cursor, statement: str, *args: object) -> None:  # noqa: ANN001
+        if "table_info" in statement:  # looks for the tables: were it before taking the
+            waiting.set()  # lock, it would look now, and then fail to create them
+
+    written: dict[str, str] = {}
+    errors: list[BaseException] = []
+
+    def first_write(name: str, store: CustomerStore) -> None:
+        try:
+            written[name] = write(store, *make_batch([name]))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=first_write, args=("creator", creator))]
+    threads[0].start()
+    assert creating.wait(10), "the first writer never created a table"
+    threads.append(threading.Thread(target=first_write, args=("second", second)))
+    threads[1].start()
+    assert waiting.wait(10), "the second writer never started"
+    assert reader.current_batch() is None and reader.batches().empty
+    go_on.set()
+    for t in threads:
+        t.join(30)
+    assert errors == [] and len(written) == 2
+    history = reader.batches()  # (either batch may be written first, once the tables are)
+    assert sorted(history["batch_id"]) == sorted(written.values())
+    assert history["is_current"].tolist() == [True, False]
+    for s in (creator, second, reader):
+        s.close()
+
+
 def test_concurrent_readers_share_one_store(store: CustomerStore) -> None:
     ids = [f"c{i}" for i in range(200)]
     scores, features = make_batch(ids, seed=3)
@@ -650,6 +754,40 @@ def test_readers_never_see_a_mix_postgres(pg_store: CustomerStore,
 @pytest.mark.slow
 def test_read_snapshot_survives_switch_and_prune_postgres(pg_store: CustomerStore) -> None:
     check_read_snapshot_survives_switch_and_prune(pg_store.url)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("read", sorted(_READS))
+def test_reads_stay_in_their_snapshot_postgres(pg_server: str, read: str) -> None:
+    check_reads_stay_in_their_snapshot(_pg_helper().create_database(pg_server), read)
+
+
+@pytest.mark.slow
+def test_reads_repeatable_and_writes_read_committed_on_one_connection_postgres(
+        pg_store: CustomerStore) -> None:
+    """Reads run in REPEATABLE READ (one snapshot), writes and prunes in READ COMMITTED
+    (concurrent writers wait for the pointer row instead of failing to serialize), also on
+    the one pooled connection they take in turn: the reader's level does not stay behind."""
+    levels: dict[str, set[str]] = {}
+    doing = ["write"]
+
+    @sa.event.listens_for(pg_store._get_engine(), "after_cursor_execute")
+    def _level(conn, cursor, statement: str, *args: object) -> None:  # noqa: ANN001
+        probe = cursor.connection.cursor()
+        try:
+            probe.execute("SHOW transaction_isolation")
+            levels.setdefault(doing[0], set()).add(probe.fetchone()[0])
+        finally:
+            probe.close()
+
+    for seed in range(2):
+        doing[0] = "write"  # (and prune and ANALYZE after it)
+        write(pg_store, *make_batch(["a", "b"], seed=seed))
+        doing[0] = "read"
+        pg_store.current_batch(), pg_store.batches(), pg_store.ranked()
+        pg_store.get_customers(["a"]), pg_store.segment_summary(), pg_store.lookup(["a"])
+    assert pg_store._get_engine().pool.checkedin() == 1  # one connection did everything
+    assert levels == {"read": {"repeatable read"}, "write": {"read committed"}}
 
 
 @pytest.mark.slow
