@@ -33,7 +33,11 @@ written in ONE transaction, so a failed or interrupted write leaves nothing behi
 current batch untouched. Readers resolve the pointer and read the rows inside one transaction
 that sees a single snapshot (SQLite: an explicit ``BEGIN`` on a WAL database; PostgreSQL:
 ``REPEATABLE READ``), so they see the old batch or the new one, never a mix. After the switch,
-batches beyond the newest ``keep_batches`` (default 3) are deleted, in a separate transaction.
+batches beyond the newest ``keep_batches`` (default 3) are deleted, in a separate transaction
+that never deletes the current one. Concurrent writes all succeed, each switching the pointer
+to its batch as it commits: the write that commits last is current. On PostgreSQL that need
+not be the newest batch (`batches` lists them by when their write began inserting, and the
+``batch_id`` sorts by when `write_batch` was called): a write that began first may finish last.
 Why one transaction rather than rows first and a pointer switch later: it needs no clean-up of
 half-written batches after a crash, and on SQLite one big transaction is also the fastest way to
 insert. On SQLite a write holds the write lock for its duration (other writers wait up to 60 s;
@@ -680,7 +684,8 @@ class CustomerStore:
                 written before it was recorded, which count as version 1).
 
         Either the whole batch becomes current or, on any error, nothing changes. Afterwards
-        batches beyond the newest ``keep_batches`` are deleted.
+        batches beyond the newest ``keep_batches`` are deleted. Of concurrent writes, the one
+        that commits last is current.
         """
         started = time.perf_counter()
         as_of_ts = _as_timestamp(as_of, "as_of")
@@ -1066,7 +1071,8 @@ class CustomerStore:
 
     def batches(self) -> pd.DataFrame:
         """The batches kept, newest first: ``batch_id, as_of, created_at, n_customers,
-        n_features, model_versions, segmenter, metadata, is_current``."""
+        n_features, model_versions, segmenter, metadata, is_current`` (after concurrent
+        writes on PostgreSQL the current one, the last committed, may not be the first)."""
         columns = ["batch_id", "as_of", "created_at", "n_customers", "n_features",
                    "model_versions", "segmenter", "metadata", "is_current"]
         if self._empty():
