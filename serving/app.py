@@ -476,8 +476,9 @@ class Runtime:
         meta = batch.get("metadata") or {}
         if "baseline" in meta:
             if meta["baseline"] is None:  # the batch could not fit one: features stay empty
-                logger.warning("batch %s has no baseline (its population was too small): "
-                               "/score leaves the baseline features empty, as the batch did",
+                logger.warning("batch %s has no baseline (BG/NBD could not be fitted on its "
+                               "population): /score leaves the baseline features empty, as "
+                               "the batch did",
                                batch["batch_id"])
                 return None
             try:
