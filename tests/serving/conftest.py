@@ -110,7 +110,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     trained = train(tx, config=config)
     models = trained.models
     models.versions = {"churn": CHURN_VERSION, "clv": CLV_VERSION}
-    save_to_bentoml(models, models.versions)
+    # the exact tags, not ``:latest``: the slow tier's `built_bento` imports other champions
+    # as ``:latest`` into this session's store, and the tests after it would load those
+    tags = save_to_bentoml(models, models.versions)
     store_url = f"sqlite:///{root / 'lifecast_store.db'}"
     result = score(tx, store_url=store_url, models=models)
 
@@ -125,6 +127,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
         "LIFECAST_KEYS_FILE": str(root / "keys.json"),
         "LIFECAST_AUDIT_LOG": str(root / "audit.log"),
         "LIFECAST_STORE_CHECK_SECONDS": "0",
+        "LIFECAST_CHURN_MODEL": tags["churn"],
+        "LIFECAST_CLV_MODEL": tags["clv"],
     }
     return World(root=root, store_url=store_url, keys_file=root / "keys.json",
                  audit_log=root / "audit.log", models=models, as_of=result.as_of,

@@ -633,7 +633,8 @@ def test_not_ready_until_the_store_has_scores(world, tmp_path, monkeypatch) -> N
 
     url = f"sqlite:///{tmp_path / 'empty.db'}"
     monkeypatch.setenv("LIFECAST_STORE_URL", url)
-    for key in ("LIFECAST_KEYS_FILE", "LIFECAST_AUDIT_LOG"):
+    for key in ("LIFECAST_KEYS_FILE", "LIFECAST_AUDIT_LOG", "LIFECAST_CHURN_MODEL",
+                "LIFECAST_CLV_MODEL"):
         monkeypatch.setenv(key, world.env[key])
     monkeypatch.setenv("LIFECAST_STORE_CHECK_SECONDS", "0")
     # a second app in this process: without metrics (their collectors are process-global)
