@@ -345,16 +345,7 @@ def compare_table(model: dict[str, float], baseline: dict[str, float] | None) ->
     has no prediction for some customers): every ``baseline`` value is NaN and ``better`` is
     ``"n/a"`` (`format_table` shows ``n/a``; MLflow logging leaves NaN out).
     """
-    if baseline is None:
-        for metric, m_value in model.items():
-            _winner(metric, float(m_value), float(m_value))  # the names must be known
-            if math.isnan(float(m_value)):
-                raise ValueError(f"metric {metric!r} is NaN; cannot compare")
-        return pd.DataFrame(
-            [{"metric": metric, "model": float(m), "baseline": math.nan, "better": "n/a"}
-             for metric, m in model.items()],
-            columns=["metric", "model", "baseline", "better"])
-    if set(model) != set(baseline):
+    if baseline is not None and set(model) != set(baseline):
         only_m = sorted(set(model) - set(baseline))
         only_b = sorted(set(baseline) - set(model))
         raise ValueError(
@@ -362,10 +353,13 @@ def compare_table(model: dict[str, float], baseline: dict[str, float] | None) ->
         )
     rows = []
     for metric, m_value in model.items():
-        m, b = float(m_value), float(baseline[metric])
-        if math.isnan(m) or math.isnan(b):
+        m = float(m_value)
+        b = math.nan if baseline is None else float(baseline[metric])
+        if math.isnan(m) or (baseline is not None and math.isnan(b)):
             raise ValueError(f"metric {metric!r} is NaN; cannot compare")
-        rows.append({"metric": metric, "model": m, "baseline": b, "better": _winner(metric, m, b)})
+        better = _winner(metric, m, m if baseline is None else b)  # checks the name too
+        rows.append({"metric": metric, "model": m, "baseline": b,
+                     "better": "n/a" if baseline is None else better})
     return pd.DataFrame(rows, columns=["metric", "model", "baseline", "better"])
 
 

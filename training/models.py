@@ -641,7 +641,7 @@ class ValueModel(_SavedBooster):
         base_total = _baseline_total(valid)
         self.baseline_ratio_ = (actual_total / base_total
                                 if base_total is not None and actual_total > 0 else None)
-        self.anchor_ = 1.0
+        self.anchor_, self.anchored_ = 1.0, False
         self.booster_ = booster
         self.feature_names_ = names
         self.best_iteration_ = int(booster.best_iteration or booster.current_iteration())
@@ -665,8 +665,9 @@ class ValueModel(_SavedBooster):
         validation snapshot (a ratio estimator, with the baseline as the auxiliary model).
         Sets ``anchor_``, the factor applied on top of ``level_`` (1.0, with a log line,
         when the baseline is missing or not positive on the validation snapshot or on
-        ``population``). Returns the predictions for ``population`` after anchoring, from
-        the one prediction pass the anchor needs.
+        ``population``), and ``anchored_``, whether it was anchored. Returns the
+        predictions for ``population`` after anchoring, from the one prediction pass the
+        anchor needs.
 
         Why: on logs whose scored population differs from the snapshots the trees were fit
         on (a log that starts shortly before the cutoff, so the early snapshots' "new"
@@ -680,7 +681,7 @@ class ValueModel(_SavedBooster):
     def _anchor(self, population: pd.DataFrame) -> np.ndarray | None:
         """Set ``anchor_`` (see `anchor_predict`); return the predictions for
         ``population`` before it (None when not anchored: nothing was predicted)."""
-        self.anchor_ = 1.0
+        self.anchor_, self.anchored_ = 1.0, False
         pop_base = _baseline_total(population)
         if self.baseline_ratio_ is None or pop_base is None:
             logger.info("value model: not anchored to the population (the baseline's "
@@ -690,6 +691,7 @@ class ValueModel(_SavedBooster):
         total = float(pred.sum())
         if total > 0:
             self.anchor_ = self.baseline_ratio_ * pop_base / total
+            self.anchored_ = True
         return pred
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
@@ -724,6 +726,7 @@ class ValueModel(_SavedBooster):
         self.level_ = float(meta["level"])
         # models saved before the anchor existed: not anchored
         self.anchor_ = float(meta.get("anchor", 1.0))
+        self.anchored_ = self.anchor_ != 1.0  # the factor is 1.0 exactly when not anchored
         ratio = meta.get("baseline_ratio")
         self.baseline_ratio_ = None if ratio is None else float(ratio)
 

@@ -48,7 +48,6 @@ from training.models import (
     ChurnModel,
     TrainConfig,
     ValueModel,
-    _baseline_total,
     add_baseline_features,
     risk_band,
 )
@@ -640,8 +639,7 @@ def train(
         v_base = ev_v["bg_clv"].to_numpy(dtype="float64")
         said = _baseline_warning(
             gaps, {"churn": (p_base, eval_cut["churn"]), "value": (v_base, eval_cut["value"])},
-            _anchored(models.value, population)
-            and _anchored(eval_models["value"], ev_v))
+            models.value.anchored_ and eval_models["value"].anchored_)
         evaluation = _eval_tables((y, p_model, p_base), (yv, v_model, v_base))
         preds = {
             "churn": pd.DataFrame({"customer_id": ev_c["customer_id"].to_numpy(), "actual": y,
@@ -714,7 +712,7 @@ def backtest(
             gaps, {kind: (np.asarray(arrays[2], dtype="float64"), cut)
                    for kind, arrays in (("churn", churn), ("value", value))
                    if arrays is not None},
-            _anchored(models.value, population), gaps.outputs_missing(cut))
+            models.value.anchored_, gaps.outputs_missing(cut))
         tables = _eval_tables(churn, value)
     metrics = pd.concat(
         [t.assign(target=k) for k, t in tables.items()], ignore_index=True
@@ -722,9 +720,3 @@ def backtest(
     return BacktestResult(preds, metrics, cut, all(covered.values()), models,
                           evaluated=tuple(tables), timings=timings, baseline_warning=said)
 
-
-def _anchored(value: ValueModel, population: pd.DataFrame) -> bool:
-    """Whether `ValueModel.anchor` could anchor ``value``'s total to the baseline's on
-    ``population``: the baseline predicted every customer there and on the validation
-    snapshot."""
-    return value.baseline_ratio_ is not None and _baseline_total(population) is not None

@@ -47,6 +47,7 @@ def test_trained_model_is_anchored_to_the_population_at_as_of(demo_train_result,
     assert total == pytest.approx(value.baseline_ratio_ * population["bg_clv"].sum(),
                                   rel=1e-9)
     assert value.anchor_ != 1.0  # the demo's population drifts: the anchor did something
+    assert value.anchored_ is True
     # anchoring scales every prediction by one factor: the ranking is the model's own
     unanchored = _model(demo_train_result)
     unanchored.anchor_ = 1.0
@@ -93,14 +94,15 @@ def test_a_model_without_a_baseline_ratio_is_not_anchored(demo_train_result,
     model = _model(demo_train_result)
     model.baseline_ratio_ = None
     assert model.anchor(population).anchor_ == 1.0
+    assert model.anchored_ is False
 
 
 def test_anchor_survives_save_and_load(demo_train_result, population,
                                        tmp_path: Path) -> None:
     value = demo_train_result.models.value
     back = ValueModel.load(value.save(tmp_path / "clv"))
-    assert (back.level_, back.anchor_, back.baseline_ratio_) == (
-        value.level_, value.anchor_, value.baseline_ratio_)
+    assert (back.level_, back.anchor_, back.baseline_ratio_, back.anchored_) == (
+        value.level_, value.anchor_, value.baseline_ratio_, True)
     np.testing.assert_array_equal(back.predict(population), value.predict(population))
 
 
@@ -111,5 +113,5 @@ def test_a_model_saved_before_the_anchor_loads_unanchored(demo_train_result,
     del meta["anchor"], meta["baseline_ratio"]
     (folder / "model.json").write_text(json.dumps(meta))
     back = ValueModel.load(folder)
-    assert (back.anchor_, back.baseline_ratio_) == (1.0, None)
+    assert (back.anchor_, back.baseline_ratio_, back.anchored_) == (1.0, None, False)
     assert back.scale == back.level_
