@@ -2,8 +2,12 @@
 
 Pure functions on one value per customer: numpy arrays, lists or pandas Series of equal length.
 Every function validates its input and raises ``ValueError`` on a length mismatch, empty input,
-NaN (or infinite) values, and on inputs for which the metric is undefined (a single class for the
-ranking metrics, zero total actual value for the ratio metrics, ...), saying which.
+NaN (or infinite) values, and raises `UndefinedMetricError` (a ``ValueError``) on inputs for which
+the metric is undefined (a single class for the ranking metrics, zero total actual value for the
+ratio metrics, a constant prediction for the rank metrics of value, ...), saying which.
+`churn_metrics` and `value_metrics` can instead report such a metric as NaN (n/a) with its
+reason (``undefined=``), which is how training evaluates: a small log whose evaluation snapshot
+has no churner is still a log lifecast can train on.
 
 "Top decile" everywhere means the ``ceil(n / 10)`` customers with the highest prediction; ties
 are broken by input order (stable sort), so results are deterministic.
@@ -16,6 +20,7 @@ spend; negative actual values from returns are allowed).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -28,6 +33,7 @@ __all__ = [
     "HIGHER_IS_BETTER",
     "LOWER_IS_BETTER",
     "ZERO_IS_BEST",
+    "UndefinedMetricError",
     "aggregate_bias",
     "brier",
     "capture_top_decile",
@@ -64,6 +70,11 @@ HIGHER_IS_BETTER: frozenset[str] = frozenset(
 )
 LOWER_IS_BETTER: frozenset[str] = frozenset({"brier", "log_loss", "ece", "decile_mape", "mae"})
 ZERO_IS_BEST: frozenset[str] = frozenset({"aggregate_bias"})
+
+
+class UndefinedMetricError(ValueError):
+    """The metric has no value on these inputs (they are valid; the data lacks what it
+    measures: both classes, a non-zero total, a ranking)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -107,7 +118,7 @@ def _churn_inputs(y: ArrayLike, p: ArrayLike) -> tuple[FloatArray, FloatArray]:
 def _require_both_classes(y: FloatArray, metric: str) -> None:
     if np.unique(y).size < 2:
         only = int(y[0])
-        raise ValueError(
+        raise UndefinedMetricError(
             f"{metric} is undefined when y has a single class: all {y.size} labels are {only}"
         )
 
@@ -125,7 +136,7 @@ def _top_decile_mask(scores: FloatArray) -> npt.NDArray[np.bool_]:
 def _nonzero_total(actual: FloatArray, metric: str) -> float:
     total = float(actual.sum())
     if total == 0:
-        raise ValueError(f"{metric} is undefined when the actual values sum to 0")
+        raise UndefinedMetricError(f"{metric} is undefined when the actual values sum to 0")
     return total
 
 
@@ -189,7 +200,8 @@ def lift_top_decile(y: ArrayLike, p: ArrayLike) -> float:
     """
     yy, pp = _churn_inputs(y, p)
     if yy.sum() == 0:
-        raise ValueError("lift_top_decile is undefined when y has no positives (no churners)")
+        raise UndefinedMetricError(
+            "lift_top_decile is undefined when y has no positives (no churners)")
     top = _top_decile_mask(pp)
     return float(yy[top].mean() / yy.mean())
 
@@ -198,23 +210,42 @@ def capture_top_decile(y: ArrayLike, p: ArrayLike) -> float:
     """Share of all churners found in the top decile by ``p``. Needs at least one churner."""
     yy, pp = _churn_inputs(y, p)
     if yy.sum() == 0:
-        raise ValueError("capture_top_decile is undefined when y has no positives (no churners)")
+        raise UndefinedMetricError(
+            "capture_top_decile is undefined when y has no positives (no churners)")
     top = _top_decile_mask(pp)
     return float(yy[top].sum() / yy.sum())
 
 
-def churn_metrics(y: ArrayLike, p: ArrayLike) -> dict[str, float]:
+def churn_metrics(y: ArrayLike, p: ArrayLike, *, undefined: dict[str, str] | None = None
+                  ) -> dict[str, float]:
     """All churn metrics, keys ``roc_auc, pr_auc, brier, log_loss, ece, lift_top_decile,
-    capture_top_decile`` (ECE with 10 bins)."""
-    return {
-        "roc_auc": roc_auc(y, p),
-        "pr_auc": pr_auc(y, p),
-        "brier": brier(y, p),
-        "log_loss": log_loss(y, p),
-        "ece": expected_calibration_error(y, p),
-        "lift_top_decile": lift_top_decile(y, p),
-        "capture_top_decile": capture_top_decile(y, p),
-    }
+    capture_top_decile`` (ECE with 10 bins). ``undefined``: see `_collect`."""
+    return _collect({
+        "roc_auc": roc_auc,
+        "pr_auc": pr_auc,
+        "brier": brier,
+        "log_loss": log_loss,
+        "ece": expected_calibration_error,
+        "lift_top_decile": lift_top_decile,
+        "capture_top_decile": capture_top_decile,
+    }, y, p, undefined)
+
+
+def _collect(functions: dict[str, Any], a: ArrayLike, b: ArrayLike,
+             undefined: dict[str, str] | None) -> dict[str, float]:
+    """Each metric of ``functions`` on ``(a, b)``. Without ``undefined`` a metric that is
+    undefined on these inputs raises `UndefinedMetricError`; with it (a dict), that metric
+    is NaN and ``undefined[name]`` says why. Invalid inputs always raise."""
+    out = {}
+    for name, fn in functions.items():
+        try:
+            out[name] = fn(a, b)
+        except UndefinedMetricError as exc:
+            if undefined is None:
+                raise
+            out[name] = math.nan
+            undefined[name] = str(exc)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -236,24 +267,31 @@ def normalized_gini(actual: ArrayLike, predicted: ArrayLike) -> float:
 
     ``gini(a, s) = (sum_i cumsum(a sorted by s descending)_i / sum(a) - (n + 1) / 2) / n``.
     1 is a perfect ranking, 0 a random one. Ties in ``predicted`` are broken by input order.
-    Undefined (ValueError) when the actual values sum to 0 or are all equal.
+    Undefined (`UndefinedMetricError`) when the actual values sum to 0 or are all equal, or
+    when ``predicted`` is constant.
     """
     a, s = _pair(actual, predicted, "actual", "predicted")
     _nonzero_total(a, "normalized_gini")
     if np.all(a == a[0]):
-        raise ValueError("normalized_gini is undefined when all actual values are equal")
+        raise UndefinedMetricError(
+            "normalized_gini is undefined when all actual values are equal")
+    if np.all(s == s[0]):
+        # a constant prediction ranks nobody: under the tie rule its "Gini" would be that
+        # of the input order (measured: 0.16-0.22 on small real extracts), not a skill
+        raise UndefinedMetricError(
+            "normalized_gini is undefined when predicted is constant (it ranks nobody)")
     return _gini(a, s) / _gini(a, a)
 
 
 def spearman(actual: ArrayLike, predicted: ArrayLike) -> float:
-    """Spearman rank correlation (scipy; average ranks for ties). Undefined (ValueError) when
-    either input is constant."""
+    """Spearman rank correlation (scipy; average ranks for ties). Undefined
+    (`UndefinedMetricError`) when either input is constant."""
     a, s = _pair(actual, predicted, "actual", "predicted")
     if a.size < 2:
-        raise ValueError("spearman needs at least 2 customers")
+        raise UndefinedMetricError("spearman needs at least 2 customers")
     for arr, name in ((a, "actual"), (s, "predicted")):
         if np.all(arr == arr[0]):
-            raise ValueError(f"spearman is undefined when {name} is constant")
+            raise UndefinedMetricError(f"spearman is undefined when {name} is constant")
     return float(spearmanr(a, s).statistic)
 
 
@@ -268,7 +306,8 @@ def decile_mape(actual: ArrayLike, predicted: ArrayLike, n_groups: int = 10) -> 
     """
     a, s = _pair(actual, predicted, "actual", "predicted")
     if a.size < n_groups:
-        raise ValueError(f"decile_mape needs at least {n_groups} customers, got {a.size}")
+        raise UndefinedMetricError(
+            f"decile_mape needs at least {n_groups} customers, got {a.size}")
     order = np.argsort(s, kind="stable")
     errors = []
     for group in np.array_split(order, n_groups):
@@ -276,7 +315,8 @@ def decile_mape(actual: ArrayLike, predicted: ArrayLike, n_groups: int = 10) -> 
         if mean_actual != 0:
             errors.append(abs(s[group].mean() - mean_actual) / abs(mean_actual))
     if not errors:
-        raise ValueError("decile_mape is undefined: every group has a mean actual value of 0")
+        raise UndefinedMetricError(
+            "decile_mape is undefined: every group has a mean actual value of 0")
     return float(np.mean(errors))
 
 
@@ -300,17 +340,18 @@ def aggregate_bias(actual: ArrayLike, predicted: ArrayLike) -> float:
     return float(s.sum() / total - 1.0)
 
 
-def value_metrics(actual: ArrayLike, predicted: ArrayLike) -> dict[str, float]:
+def value_metrics(actual: ArrayLike, predicted: ArrayLike, *,
+                  undefined: dict[str, str] | None = None) -> dict[str, float]:
     """All value metrics, keys ``normalized_gini, spearman, decile_mape, top_decile_capture,
-    mae, aggregate_bias``."""
-    return {
-        "normalized_gini": normalized_gini(actual, predicted),
-        "spearman": spearman(actual, predicted),
-        "decile_mape": decile_mape(actual, predicted),
-        "top_decile_capture": top_decile_capture(actual, predicted),
-        "mae": mae(actual, predicted),
-        "aggregate_bias": aggregate_bias(actual, predicted),
-    }
+    mae, aggregate_bias``. ``undefined``: see `_collect`."""
+    return _collect({
+        "normalized_gini": normalized_gini,
+        "spearman": spearman,
+        "decile_mape": decile_mape,
+        "top_decile_capture": top_decile_capture,
+        "mae": mae,
+        "aggregate_bias": aggregate_bias,
+    }, actual, predicted, undefined)
 
 
 # --------------------------------------------------------------------------------------------
@@ -339,11 +380,13 @@ def compare_table(model: dict[str, float], baseline: dict[str, float] | None) ->
     baseline, better``, where ``better`` is ``"model"``, ``"baseline"`` or ``"tie"`` (equal up
     to a relative 1e-9): higher is better for AUCs, lift, capture, Gini and Spearman; lower for
     Brier, log loss, ECE, decile MAPE and MAE; closer to 0 for ``aggregate_bias``. Raises
-    ValueError for differing keys, an unknown metric name or a NaN value.
+    ValueError for differing keys or an unknown metric name.
 
-    ``baseline`` None means the baseline could not be evaluated (it could not be fitted, or
-    has no prediction for some customers): every ``baseline`` value is NaN and ``better`` is
-    ``"n/a"`` (`format_table` shows ``n/a``; MLflow logging leaves NaN out).
+    A NaN value is a metric that is n/a: undefined on the evaluated customers (`_collect`),
+    or ``baseline`` None, which means the baseline could not be evaluated (it could not be
+    fitted, or has no prediction for some customers) and makes every ``baseline`` value
+    NaN. Where either side is NaN, ``better`` is ``"n/a"`` (`format_table` shows ``n/a``;
+    MLflow logging leaves NaN out).
     """
     if baseline is not None and set(model) != set(baseline):
         only_m = sorted(set(model) - set(baseline))
@@ -355,11 +398,10 @@ def compare_table(model: dict[str, float], baseline: dict[str, float] | None) ->
     for metric, m_value in model.items():
         m = float(m_value)
         b = math.nan if baseline is None else float(baseline[metric])
-        if math.isnan(m) or (baseline is not None and math.isnan(b)):
-            raise ValueError(f"metric {metric!r} is NaN; cannot compare")
-        better = _winner(metric, m, m if baseline is None else b)  # checks the name too
+        known = not (math.isnan(m) or math.isnan(b))
+        better = _winner(metric, m if known else 0.0, b if known else 0.0)  # checks the name
         rows.append({"metric": metric, "model": m, "baseline": b,
-                     "better": "n/a" if baseline is None else better})
+                     "better": better if known else "n/a"})
     return pd.DataFrame(rows, columns=["metric", "model", "baseline", "better"])
 
 

@@ -84,6 +84,11 @@ class TrainConfig(BaseModel):
     learning_rate: float = Field(0.05, gt=0, le=1)
     num_leaves: int = Field(7, ge=2)
     max_depth: int = Field(3, ge=1)  # bounded depth also keeps pred_contrib (reasons) cheap
+    # The rows a leaf must hold at least; on a small training frame (under 20x this many
+    # rows) a twentieth of its rows, but not under LightGBM's own default of 20
+    # (`leaf_min_rows`, recorded as each model's ``min_child_samples_``): at 100 on small
+    # logs (random extracts of 30-60 Online Retail customers, 50-170 training rows) no
+    # tree could split and both models predicted one value for every customer.
     min_child_samples: int = Field(100, ge=1)
     feature_fraction: float = Field(0.7, gt=0, le=1)
     bagging_fraction: float = Field(0.8, gt=0, le=1)
@@ -383,6 +388,18 @@ def _matrix(frame: pd.DataFrame, names: list[str]) -> np.ndarray:
     return frame[names].astype("float64").to_numpy(na_value=np.nan)
 
 
+#: the fewest rows `leaf_min_rows` lets a leaf hold (LightGBM's default min_child_samples)
+_SMALL_LEAF = 20
+
+
+def leaf_min_rows(configured: int, n_rows: int) -> int:
+    """The rows a leaf must hold when fitting on ``n_rows`` training rows: ``configured``
+    (`TrainConfig.min_child_samples`), or on a small frame a twentieth of its rows, but
+    not under 20 (LightGBM's default) nor over ``configured``. Frames of 20x
+    ``configured`` rows or more (2,000 at the default 100) are fit with ``configured``."""
+    return min(configured, max(_SMALL_LEAF, n_rows // 20))
+
+
 def _split_last_snapshot(frame: pd.DataFrame, label: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Rows with the label: (older snapshots, the most recent snapshot) — time-based."""
     labelled = frame[frame[label].notna()]
@@ -429,6 +446,44 @@ class _SavedBooster:
     def _restore_own(self, meta: dict[str, Any]) -> None:
         raise NotImplementedError
 
+    def _boost(self, cfg: TrainConfig, params: dict[str, Any], train: pd.DataFrame,
+               valid: pd.DataFrame, y_tr: np.ndarray, y_va: np.ndarray,
+               min_delta: float = 0.0) -> Any:
+        """Fit a LightGBM booster with ``params`` (the objective's; `TrainConfig.lgb_params`
+        under them) on ``train``, early-stopped on ``valid`` (by more than ``min_delta``),
+        and set the state both models share: ``booster_``, ``feature_names_``,
+        ``best_iteration_``, ``train_rows_``, ``min_child_samples_`` (`leaf_min_rows` of
+        them), ``train_cutoffs_``, ``valid_cutoff_``, ``config_``,
+        ``feature_definitions_``. Returns the booster."""
+        import lightgbm as lgb
+
+        names = model_feature_names(cfg.features)
+        self.train_rows_ = len(train)
+        self.min_child_samples_ = leaf_min_rows(cfg.min_child_samples, self.train_rows_)
+        params = {**cfg.lgb_params(), **params, "min_child_samples": self.min_child_samples_}
+        dtrain = lgb.Dataset(_matrix(train, names), y_tr, feature_name=names,
+                             free_raw_data=False)
+        dvalid = lgb.Dataset(_matrix(valid, names), y_va, reference=dtrain)
+        booster = lgb.train(
+            params, dtrain, num_boost_round=cfg.n_estimators, valid_sets=[dvalid],
+            callbacks=[lgb.early_stopping(cfg.early_stopping_rounds, verbose=False,
+                                          min_delta=min_delta)],
+        )
+        self.booster_ = booster
+        self.feature_names_ = names
+        self.best_iteration_ = int(booster.best_iteration or booster.current_iteration())
+        self.train_cutoffs_ = [str(pd.Timestamp(c)) for c in sorted(train["cutoff"].unique())]
+        self.valid_cutoff_ = str(pd.Timestamp(valid["cutoff"].iloc[0]))
+        self.config_ = cfg
+        self.feature_definitions_ = DEFINITIONS_VERSION
+        return booster
+
+    def has_splits(self) -> bool:
+        """Whether any tree split: False means the model gives every row the same
+        prediction (a training frame too small for ``min_child_samples_`` per leaf)."""
+        return bool(self.booster_.feature_importance(
+            "split", iteration=self.best_iteration_).sum() > 0)
+
     def __getstate__(self) -> dict[str, Any]:
         return _without_cache(self)
 
@@ -441,6 +496,8 @@ class _SavedBooster:
             "kind": self.kind,
             "feature_names": self.feature_names_,
             "best_iteration": self.best_iteration_,
+            "train_rows": self.train_rows_,
+            "min_child_samples": self.min_child_samples_,
             **self._own_meta(),
             "train_cutoffs": self.train_cutoffs_,
             "valid_cutoff": self.valid_cutoff_,
@@ -464,6 +521,10 @@ class _SavedBooster:
         self.booster_ = lgb.Booster(model_file=str(folder / "booster.txt"))
         self.feature_names_ = meta["feature_names"]
         self.best_iteration_ = self.booster_.current_iteration()
+        # saved before session 20: rows unknown, fit with the configured value
+        self.train_rows_ = meta.get("train_rows")
+        self.min_child_samples_ = int(meta.get("min_child_samples",
+                                               self.config.min_child_samples))
         self._restore_own(meta)
         self.train_cutoffs_ = meta["train_cutoffs"]
         self.valid_cutoff_ = meta["valid_cutoff"]
@@ -492,7 +553,6 @@ class ChurnModel(_SavedBooster):
 
     def fit(self, frame: pd.DataFrame) -> ChurnModel:
         """Fit on every labelled snapshot but the latest; early-stop and calibrate on it."""
-        import lightgbm as lgb
         from sklearn.linear_model import LogisticRegression
 
         cfg = self.config or TrainConfig()
@@ -506,20 +566,12 @@ class ChurnModel(_SavedBooster):
                 "customers (or nobody churns) within the horizon; a churn model cannot be fit"
             )
         params = {
-            **cfg.lgb_params(),
             "objective": "binary",
             "metric": "binary_logloss",
             "monotone_constraints": [1 if n in _MONOTONE_UP else 0 for n in names],
             "monotone_constraints_method": "advanced",
         }
-        dtrain = lgb.Dataset(_matrix(train, names), y_tr, feature_name=names,
-                             free_raw_data=False)
-        dvalid = lgb.Dataset(_matrix(valid, names), y_va, reference=dtrain)
-        booster = lgb.train(
-            params, dtrain, num_boost_round=cfg.n_estimators, valid_sets=[dvalid],
-            callbacks=[lgb.early_stopping(cfg.early_stopping_rounds, verbose=False,
-                                          min_delta=cfg.churn_min_delta)],
-        )
+        booster = self._boost(cfg, params, train, valid, y_tr, y_va, cfg.churn_min_delta)
         raw = booster.predict(
             _matrix(valid, names), num_iteration=booster.best_iteration, raw_score=True
         )
@@ -529,14 +581,7 @@ class ChurnModel(_SavedBooster):
             # keep the map increasing, so monotone constraints survive calibration
             if platt.coef_[0, 0] > 0:
                 slope, intercept = float(platt.coef_[0, 0]), float(platt.intercept_[0])
-        self.booster_ = booster
-        self.feature_names_ = names
-        self.best_iteration_ = int(booster.best_iteration or booster.current_iteration())
         self.calibration_ = (slope, intercept)
-        self.train_cutoffs_ = [str(pd.Timestamp(c)) for c in sorted(train["cutoff"].unique())]
-        self.valid_cutoff_ = str(pd.Timestamp(valid["cutoff"].iloc[0]))
-        self.config_ = cfg
-        self.feature_definitions_ = DEFINITIONS_VERSION
         return self
 
     def raw_score(self, frame: pd.DataFrame) -> np.ndarray:
@@ -607,8 +652,6 @@ class ValueModel(_SavedBooster):
         on it (sum actual / sum predicted), so the total tracks spend drift; then, with
         ``population`` (the customers the model will score, at its cutoff, with the
         baseline features), `anchor` the total to it."""
-        import lightgbm as lgb
-
         cfg = self.config or TrainConfig()
         names = model_feature_names(cfg.features)
         train, valid = _split_last_snapshot(frame, "future_value")
@@ -620,18 +663,11 @@ class ValueModel(_SavedBooster):
             raise ValueError("no customer spends anything in any training window: "
                              "a value model cannot be fit")
         params = {
-            **cfg.lgb_params(),
             "objective": "tweedie",
             "tweedie_variance_power": cfg.tweedie_variance_power,
             "metric": "tweedie",
         }
-        dtrain = lgb.Dataset(_matrix(train, names), y_tr, feature_name=names,
-                             free_raw_data=False)
-        dvalid = lgb.Dataset(_matrix(valid, names), y_va, reference=dtrain)
-        booster = lgb.train(
-            params, dtrain, num_boost_round=cfg.n_estimators, valid_sets=[dvalid],
-            callbacks=[lgb.early_stopping(cfg.early_stopping_rounds, verbose=False)],
-        )
+        booster = self._boost(cfg, params, train, valid, y_tr, y_va)
         pred_va = booster.predict(_matrix(valid, names), num_iteration=booster.best_iteration)
         actual_total = float(valid["future_value"].sum())
         pred_total = float(pred_va.sum())
@@ -642,13 +678,6 @@ class ValueModel(_SavedBooster):
         self.baseline_ratio_ = (actual_total / base_total
                                 if base_total is not None and actual_total > 0 else None)
         self.anchor_, self.anchored_ = 1.0, False
-        self.booster_ = booster
-        self.feature_names_ = names
-        self.best_iteration_ = int(booster.best_iteration or booster.current_iteration())
-        self.train_cutoffs_ = [str(pd.Timestamp(c)) for c in sorted(train["cutoff"].unique())]
-        self.valid_cutoff_ = str(pd.Timestamp(valid["cutoff"].iloc[0]))
-        self.config_ = cfg
-        self.feature_definitions_ = DEFINITIONS_VERSION
         if population is not None:
             self.anchor(population)
         return self

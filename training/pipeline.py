@@ -110,6 +110,9 @@ class TrainResult:
     - ``timings``: wall seconds per stage, in the order run.
     - ``baseline_warning``: the warning `train` gave where the BG/NBD + Gamma-Gamma baseline
       could not be fitted or predicted (features left empty, its metrics n/a), or None.
+    - ``metrics_warning``: the warning `train` gave about metrics undefined on the
+      evaluation snapshot (NaN in ``evaluation``, e.g. ROC-AUC when nobody churned), or
+      None.
     """
 
     models: FittedModels  # fit on every labelled snapshot up to as_of (what is registered)
@@ -135,6 +138,8 @@ class TrainResult:
     timings: dict[str, float] = field(default_factory=dict)
     #: the warning given where the baseline could not be fitted or predicted, or None
     baseline_warning: str | None = None
+    #: the warning given about metrics undefined on the evaluation snapshot, or None
+    metrics_warning: str | None = None
 
 
 @dataclass
@@ -155,6 +160,8 @@ class BacktestResult:
     - ``baseline_warning``: the warning `backtest` gave where the BG/NBD + Gamma-Gamma
       baseline could not be fitted or predicted (features left empty, its metrics n/a), or
       None.
+    - ``metrics_warning``: the warning `backtest` gave about metrics undefined on the
+      customers evaluated (NaN in ``metrics``), or None.
     """
 
     predictions: pd.DataFrame  # one row per customer (the backtest output columns)
@@ -170,6 +177,8 @@ class BacktestResult:
     timings: dict[str, float] = field(default_factory=dict)
     #: the warning given where the baseline could not be fitted or predicted, or None
     baseline_warning: str | None = None
+    #: the warning given about metrics undefined on the customers evaluated, or None
+    metrics_warning: str | None = None
 
 
 def window_observed(last_event: Any, cutoff: Any, horizon_days: int) -> bool:
@@ -433,6 +442,14 @@ def fit_models(frame: pd.DataFrame, population: pd.DataFrame, config: TrainConfi
         churn.source_columns_ = value.source_columns_ = source_columns(columns)
     with _timed(timings, "segmenter_fit"):
         segmenter = RFMSegmenter().fit(population)
+    for model, name, what in ((churn, "churn", "churn probability"),
+                              (value, "value", "predicted value")):
+        if not model.has_splits():
+            rows = model.train_rows_
+            warn(f"the {name} model learned nothing at {as_of.date()}: none of its "
+                 f"trees could split {rows:,} training rows with at least "
+                 f"{model.min_child_samples_} per leaf, so every customer gets the same "
+                 f"{what}; more customers or a longer history would let it learn")
     return FittedModels(churn, value, segmenter, config, as_of)
 
 
@@ -500,21 +517,45 @@ def _warn_if_p_alive_is_flat(p_alive: np.ndarray) -> None:
 
 
 def _eval_tables(churn: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
-                 value: tuple[np.ndarray, np.ndarray, np.ndarray] | None
-                 ) -> dict[str, pd.DataFrame]:
-    """Model vs baseline metrics per label: ``churn`` and ``value`` are (actual, model,
-    baseline) arrays, or None for a label not evaluated. A baseline without a prediction
-    for every customer (NaN: it could not be fitted there, `add_baseline_features`) has no
-    metrics: its column is NaN, shown as n/a (`training.metrics.compare_table`)."""
+                 value: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+                 cutoffs: dict[str, pd.Timestamp]
+                 ) -> tuple[dict[str, pd.DataFrame], str | None]:
+    """(model vs baseline metrics per label, the warning given about metrics that are n/a,
+    or None). ``churn`` and ``value`` are (actual, model, baseline) arrays, or None for a
+    label not evaluated; ``cutoffs`` where each label was evaluated. A baseline without a
+    prediction for every customer (NaN: it could not be fitted there,
+    `add_baseline_features`) has no metrics: its column is NaN, shown as n/a
+    (`training.metrics.compare_table`). A metric undefined on the evaluated customers (no
+    churner among them, nobody spends, a model that predicts one value for everyone: on a
+    small log) is n/a too, and one warning says which and why."""
     tables = {}
+    unknown: list[str] = []
     for kind, arrays, metrics in (("churn", churn, churn_metrics),
                                   ("value", value, value_metrics)):
         if arrays is None:
             continue
         y, model, base = arrays
         known = bool(np.isfinite(np.asarray(base, dtype="float64")).all())
-        tables[kind] = compare_table(metrics(y, model), metrics(y, base) if known else None)
-    return tables
+        why: dict[str, str] = {}
+        why_base: dict[str, str] = {}
+        tables[kind] = compare_table(metrics(y, model, undefined=why),
+                                     metrics(y, base, undefined=why_base) if known else None)
+        reasons: dict[str, list[str]] = {}
+        for who, found in (("lifecast", why), ("baseline", why_base)):
+            for metric, reason in found.items():
+                reasons.setdefault(reason, []).append(
+                    metric if who == "lifecast" else f"{metric} (baseline)")
+        if reasons:
+            parts = "; ".join(f"{', '.join(names)}: {reason}"
+                              for reason, names in reasons.items())
+            unknown.append(f"{kind} at {pd.Timestamp(cutoffs[kind]).date()} "
+                           f"({len(y):,} customers): {parts}")
+    if not unknown:
+        return tables, None
+    text = (f"metrics n/a (shown as n/a, not logged to MLflow): {' | '.join(unknown)}. "
+            f"The champion rule compares what is defined")
+    warn(text)
+    return tables, text
 
 
 def _baseline_warning(gaps: BaselineGaps, baselines: dict[str, tuple[np.ndarray, Any]],
@@ -640,7 +681,8 @@ def train(
         said = _baseline_warning(
             gaps, {"churn": (p_base, eval_cut["churn"]), "value": (v_base, eval_cut["value"])},
             models.value.anchored_ and eval_models["value"].anchored_)
-        evaluation = _eval_tables((y, p_model, p_base), (yv, v_model, v_base))
+        evaluation, undefined = _eval_tables((y, p_model, p_base), (yv, v_model, v_base),
+                                             eval_cut)
         preds = {
             "churn": pd.DataFrame({"customer_id": ev_c["customer_id"].to_numpy(), "actual": y,
                                    "model": p_model, "baseline": p_base}),
@@ -649,7 +691,8 @@ def train(
         }
     return TrainResult(models, frame, evaluation, preds, eval_cut, tx.report,
                        eval_models=eval_models, eval_frames=eval_frames, data_used=data_used,
-                       data_days=data_days, timings=timings, baseline_warning=said)
+                       data_days=data_days, timings=timings, baseline_warning=said,
+                       metrics_warning=undefined)
 
 
 def backtest(
@@ -713,10 +756,11 @@ def backtest(
                    for kind, arrays in (("churn", churn), ("value", value))
                    if arrays is not None},
             models.value.anchored_, gaps.outputs_missing(cut))
-        tables = _eval_tables(churn, value)
+        tables, undefined = _eval_tables(churn, value, {"churn": cut, "value": cut})
     metrics = pd.concat(
         [t.assign(target=k) for k, t in tables.items()], ignore_index=True
     )[["target", "metric", "model", "baseline", "better"]] if tables else None
     return BacktestResult(preds, metrics, cut, all(covered.values()), models,
-                          evaluated=tuple(tables), timings=timings, baseline_warning=said)
+                          evaluated=tuple(tables), timings=timings, baseline_warning=said,
+                          metrics_warning=undefined)
 

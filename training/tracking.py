@@ -78,7 +78,7 @@ from features.config import FeatureConfig
 from features.registry import DEFINITIONS_KEY, feature_names, recorded_definitions
 from features.urls import masked_url
 from features.warn import warn
-from training.metrics import brier, normalized_gini, roc_auc
+from training.metrics import UndefinedMetricError, brier, normalized_gini, roc_auc
 from training.models import (
     BASELINE_FEATURES,
     RETRAIN,
@@ -799,11 +799,13 @@ def _contract_schema(report: dict[str, Any]) -> Schema | None:
 
 
 def _log_metrics(result: TrainResult) -> None:
-    """The evaluation's metrics (a baseline metric that is n/a, NaN, is left out, and the
-    run tagged ``baseline_warning`` with what `train` said about it) and the models'
-    sizes and value scale."""
+    """The evaluation's metrics (a metric that is n/a, NaN, is left out, and the run
+    tagged ``baseline_warning`` / ``metrics_warning`` with what `train` said about it) and
+    the models' sizes and value scale."""
     if result.baseline_warning:
         mlflow.set_tag("baseline_warning", result.baseline_warning[:5000])
+    if result.metrics_warning:
+        mlflow.set_tag("metrics_warning", result.metrics_warning[:5000])
     metrics: dict[str, float] = {}
     for key, table in result.evaluation.items():
         for rec in table.to_dict("records"):
@@ -812,6 +814,7 @@ def _log_metrics(result: TrainResult) -> None:
     for kind in KINDS:
         model = _model_of(result.models, kind)
         metrics[f"{EVAL_KEY[kind]}_best_iteration"] = float(model.best_iteration_)
+        metrics[f"{EVAL_KEY[kind]}_min_child_samples"] = float(model.min_child_samples_)
         rows = int((result.frame["cutoff"] == result.eval_cutoffs[EVAL_KEY[kind]]).sum())
         metrics[f"{EVAL_KEY[kind]}_eval_rows"] = float(rows)
     # the value model's scale: the validation snapshot's level and the anchor to the
@@ -1045,23 +1048,52 @@ def _log_model(kind: str, result: TrainResult, run_id: str, source: str, folder:
 
 def _score(kind: str, metric: str, result: TrainResult, model: ChurnModel | ValueModel
            ) -> float:
-    """``metric`` of ``model`` on this run's evaluation rows of ``kind``."""
+    """``metric`` of ``model`` on this run's evaluation rows of ``kind``; NaN when it is
+    undefined there (no churner, or a model that predicts one value for everyone)."""
     rows = _eval_rows(result, kind)
-    if kind == "churn":
-        y = rows["churned"].astype(int).to_numpy()
-        p = model.predict_proba(rows)
-        return roc_auc(y, p) if metric == "roc_auc" else brier(y, p)
-    actual = rows["future_value"].to_numpy(dtype="float64")
-    return normalized_gini(actual, model.predict(rows))
+    try:
+        if kind == "churn":
+            y = rows["churned"].astype(int).to_numpy()
+            p = model.predict_proba(rows)
+            return roc_auc(y, p) if metric == "roc_auc" else brier(y, p)
+        actual = rows["future_value"].to_numpy(dtype="float64")
+        return normalized_gini(actual, model.predict(rows))
+    except UndefinedMetricError:
+        return math.nan
 
 
 def _fmt_pair(a: float, b: float) -> tuple[str, str]:
-    """The two numbers with 3 decimals, more when 3 do not tell them apart."""
+    """The two numbers with 3 decimals, more when 3 do not tell them apart (n/a: NaN)."""
     for digits in (3, 4, 6):
-        sa, sb = f"{a:.{digits}f}", f"{b:.{digits}f}"
+        sa, sb = _fmt(a, digits), _fmt(b, digits)
         if sa != sb:
             break
     return sa, sb
+
+
+def _fmt(value: float, digits: int = 3) -> str:
+    """``value`` with ``digits`` decimals, or ``n/a`` for a metric undefined (NaN)."""
+    return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def _compare(new: dict[str, float], old: dict[str, float], metric: str, tie: str | None
+             ) -> tuple[bool, str]:
+    """(whether the new settings are better, the comparison in words): by ``metric``,
+    and by ``tie`` (lower is better) when it is equal or undefined for both. A score that
+    is n/a (undefined on the evaluation snapshot, NaN) loses to one that is defined; two
+    that are n/a with no tie-break keep the champion."""
+    a, b = _fmt_pair(new[metric], old[metric])
+    n_nan, o_nan = math.isnan(new[metric]), math.isnan(old[metric])
+    if n_nan or o_nan:
+        equal = n_nan and o_nan
+    else:
+        equal = math.isclose(new[metric], old[metric], rel_tol=1e-9, abs_tol=1e-12)
+    if equal and tie and not (math.isnan(new[tie]) or math.isnan(old[tie])):
+        ta, tb = _fmt_pair(new[tie], old[tie])
+        better = new[tie] < old[tie] and not math.isclose(new[tie], old[tie], rel_tol=1e-9)
+        return better, f"{metric} {a} = {b}, {tie} {ta} {'<' if better else '>='} {tb}"
+    better = (o_nan and not n_nan) or (not equal and not n_nan and new[metric] > old[metric])
+    return better, f"{metric} {a} {'>' if better else '<='} {b}"
 
 
 def _comparable(kind: str, champion: ChurnModel | ValueModel, result: TrainResult
@@ -1164,32 +1196,24 @@ def _decide(client: MlflowClient, kind: str, result: TrainResult, promote: str
     old = decision["champion"]
     if cv is None:
         promoted, message = (promote != "never",
-                             f"no champion yet ({metric} {new[metric]:.3f})")
+                             f"no champion yet ({metric} {_fmt(new[metric])})")
     elif outdated:
         promoted = promote != "never"
         message = (f"{outdated}; this lifecast cannot score with it "
-                   f"(new {metric} {new[metric]:.3f})")
+                   f"(new {metric} {_fmt(new[metric])})")
     elif old is None:
         promoted = promote == "always"
         message = (f"champion v{cv} cannot be scored on this snapshot: {reason} "
-                   f"(new {metric} {new[metric]:.3f})")
+                   f"(new {metric} {_fmt(new[metric])})")
     elif same_settings:
         as_of = pd.Timestamp(result.models.as_of)
         better = bool(champion_as_of) and as_of > pd.Timestamp(champion_as_of)
         promoted = promote == "always" or (promote == "auto" and better)
-        message = (f"{metric} {new[metric]:.3f} for both (the same settings as this run, "
+        message = (f"{metric} {_fmt(new[metric])} for both (the same settings as this run, "
                    f"champion as of {champion_as_of[:10]}, this run as of {as_of:%Y-%m-%d}): "
                    + ("trained on later data" if better else "not trained on later data"))
     else:
-        a, b = _fmt_pair(new[metric], old[metric])
-        if math.isclose(new[metric], old[metric], rel_tol=1e-9, abs_tol=1e-12) and tie:
-            ta, tb = _fmt_pair(new[tie], old[tie])
-            better = new[tie] < old[tie] and not math.isclose(new[tie], old[tie], rel_tol=1e-9)
-            cmp = f"{metric} {a} = {b}, {tie} {ta} {'<' if better else '>='} {tb}"
-        else:
-            better = new[metric] > old[metric] and not math.isclose(
-                new[metric], old[metric], rel_tol=1e-9, abs_tol=1e-12)
-            cmp = f"{metric} {a} {'>' if better else '<='} {b}"
+        better, cmp = _compare(new, old, metric, tie)
         # better settings trained on older data than the champion's: the model itself
         # knows less recent behaviour, so auto keeps the champion and says how to promote
         older = bool(champion_as_of) and (pd.Timestamp(result.models.as_of)

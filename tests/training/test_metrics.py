@@ -160,10 +160,19 @@ def test_normalized_gini_hand() -> None:
 
 
 def test_normalized_gini_ties_are_stable() -> None:
-    # constant prediction: input order kept -> actual [1, 2, 3, 4] as above -> -1
-    assert M.normalized_gini(A4, [7, 7, 7, 7]) == pytest.approx(-1.0)
+    # ties kept in input order: sorted by predicted descending, actual [3, 4, 1, 2];
+    # cumsum [3, 7, 8, 10] = 28 -> (2.8 - 2.5) / 4 = 0.075; / 0.125 = 0.6
+    assert M.normalized_gini(A4, [1, 1, 2, 2]) == pytest.approx(0.6)
     # and the same call twice gives the same answer
     assert M.normalized_gini(A4, [1, 1, 2, 2]) == M.normalized_gini(A4, [1, 1, 2, 2])
+
+
+def test_normalized_gini_of_a_constant_prediction_is_undefined() -> None:
+    """Under the tie rule a constant prediction would score the input order's Gini (-1 for
+    A4 as given, +1 reversed): a number that measures the row order, not the model."""
+    for actual in (A4, A4[::-1]):
+        with pytest.raises(M.UndefinedMetricError, match="predicted is constant"):
+            M.normalized_gini(actual, [7, 7, 7, 7])
 
 
 def test_spearman_hand() -> None:
@@ -296,8 +305,21 @@ def test_compare_table_without_a_baseline_says_n_a() -> None:
     ]
     with pytest.raises(ValueError, match="unknown metric"):
         M.compare_table({"accuracy": 0.8}, None)
-    with pytest.raises(ValueError, match="NaN"):
-        M.compare_table({"mae": float("nan")}, None)
+
+
+def test_compare_table_marks_a_metric_undefined_on_either_side_n_a() -> None:
+    nan = float("nan")
+    table = M.compare_table({"roc_auc": nan, "brier": 0.2, "mae": 3.0},
+                            {"roc_auc": nan, "brier": 0.25, "mae": nan})
+    assert list(table["better"]) == ["n/a", "model", "n/a"]
+    assert M.format_table(table).splitlines() == [
+        " metric  model  baseline better",
+        "roc_auc    n/a       n/a    n/a",
+        "  brier 0.2000    0.2500  model",
+        "    mae 3.0000       n/a    n/a",
+    ]
+    with pytest.raises(ValueError, match="unknown metric"):
+        M.compare_table({"accuracy": nan}, {"accuracy": nan})
 
 
 def test_compare_table_errors() -> None:
@@ -305,8 +327,6 @@ def test_compare_table_errors() -> None:
         M.compare_table({"roc_auc": 0.8}, {"brier": 0.1})
     with pytest.raises(ValueError, match="unknown metric"):
         M.compare_table({"accuracy": 0.8}, {"accuracy": 0.7})
-    with pytest.raises(ValueError, match="NaN"):
-        M.compare_table({"mae": float("nan")}, {"mae": 1.0})
 
 
 # --------------------------------------------------------------------------------------------
@@ -356,10 +376,37 @@ def test_nan(func) -> None:
 
 @pytest.mark.parametrize("func", [M.roc_auc, M.pr_auc, M.churn_metrics])
 def test_single_class(func) -> None:
-    with pytest.raises(ValueError, match="single class: all 3 labels are 0"):
+    with pytest.raises(M.UndefinedMetricError, match="single class: all 3 labels are 0"):
         func([0, 0, 0], [0.1, 0.2, 0.3])
-    with pytest.raises(ValueError, match="single class: all 2 labels are 1"):
+    with pytest.raises(M.UndefinedMetricError, match="single class: all 2 labels are 1"):
         func([1, 1], [0.1, 0.2])
+    assert issubclass(M.UndefinedMetricError, ValueError)
+
+
+def test_churn_metrics_report_undefined_ones_as_nan_with_the_reason() -> None:
+    """Nobody churned: the ranking metrics and lift have no value, the others do."""
+    y, p = [0, 0, 0, 0], [0.1, 0.2, 0.3, 0.4]
+    why: dict[str, str] = {}
+    out = M.churn_metrics(y, p, undefined=why)
+    assert sorted(k for k, v in out.items() if np.isnan(v)) == sorted(why) == [
+        "capture_top_decile", "lift_top_decile", "pr_auc", "roc_auc"]
+    assert why["roc_auc"] == "roc_auc is undefined when y has a single class: all 4 labels are 0"
+    # brier = (0.01 + 0.04 + 0.09 + 0.16) / 4
+    assert out["brier"] == pytest.approx(0.075)
+    # invalid input is still an error, not n/a
+    with pytest.raises(ValueError, match="NaN"):
+        M.churn_metrics(y, [0.1, np.nan, 0.3, 0.4], undefined={})
+
+
+def test_value_metrics_of_a_constant_model_report_the_rank_metrics_n_a() -> None:
+    why: dict[str, str] = {}
+    actual = [0.0, 5.0, 10.0, 1.0, 0.0, 3.0, 8.0, 2.0, 0.0, 1.0]
+    out = M.value_metrics(actual, [3.0] * 10, undefined=why)
+    assert sorted(why) == ["normalized_gini", "spearman"]
+    assert "predicted is constant" in why["spearman"]
+    # sum actual 30, predicted 30: no bias; every error |3 - a|: 3+2+7+2+3+0+5+1+3+2 = 28
+    assert out["aggregate_bias"] == pytest.approx(0.0)
+    assert out["mae"] == pytest.approx(2.8)
 
 
 @pytest.mark.parametrize("func", [M.lift_top_decile, M.capture_top_decile])
