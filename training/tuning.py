@@ -181,19 +181,48 @@ def prepare(
     fit.loc[fit["cutoff"] == eval_cut["value"], "future_value"] = np.nan
     ev_c = frame[(frame["cutoff"] == eval_cut["churn"]) & frame["churned"].notna()]
     ev_v = frame[(frame["cutoff"] == eval_cut["value"]) & frame["future_value"].notna()]
+    _check_scorable(ev_c, ev_v, eval_cut, tx.report.source)
     return TuningData(cut, fit, ev_c, ev_v, eval_cut)
+
+
+def _check_scorable(ev_c: pd.DataFrame, ev_v: pd.DataFrame,
+                    eval_cut: dict[str, pd.Timestamp], source: Any) -> None:
+    """Fail when the held-out snapshots cannot score any trial: ROC-AUC needs churners
+    and customers who stay, normalized Gini spend that differs between customers (small
+    logs)."""
+    churned = ev_c["churned"].astype(int)
+    spend = ev_v["future_value"].to_numpy(dtype="float64")
+    problems = []
+    if churned.nunique() < 2:
+        problems.append(f"every one of the {len(ev_c):,} customers held out at "
+                        f"{eval_cut['churn'].date()} has churned = {int(churned.iloc[0])}, "
+                        f"so ROC-AUC is undefined")
+    if len(spend) == 0 or spend.sum() == 0 or (spend == spend[0]).all():
+        problems.append(f"the {len(ev_v):,} customers held out at "
+                        f"{eval_cut['value'].date()} all spend the same, so normalized Gini "
+                        f"is undefined")
+    if problems:
+        raise DataValidationError(
+            f"--tune cannot score its trials: {'; '.join(problems)}. Train without --tune "
+            f"(a search needs more customers or a shorter horizon)",
+            source=source,
+        )
 
 
 def score_config(data: TuningData, config: TrainConfig) -> dict[str, float]:
     """Fit both models with ``config`` on ``data.fit`` and score them on the held-out
     snapshots: ``churn_roc_auc``, ``value_normalized_gini``, their sum ``objective`` and the
-    best iteration of each model."""
+    best iteration of each model. A value model that predicts one value for everyone (its
+    trees could not split) ranks nobody and scores 0, a random ranking's Gini, as a
+    constant churn model's ROC-AUC is 0.5."""
     churn = ChurnModel(config).fit(data.fit)
     value = ValueModel(config).fit(data.fit)
     auc = roc_auc(data.eval_churn["churned"].astype(int).to_numpy(),
                   churn.predict_proba(data.eval_churn))
-    gini = normalized_gini(data.eval_value["future_value"].to_numpy(dtype="float64"),
-                           value.predict(data.eval_value))
+    predicted = value.predict(data.eval_value)
+    gini = (0.0 if (predicted == predicted[0]).all() else
+            normalized_gini(data.eval_value["future_value"].to_numpy(dtype="float64"),
+                            predicted))
     return {
         "churn_roc_auc": auc,
         "value_normalized_gini": gini,

@@ -169,3 +169,37 @@ def test_train_command_on_a_tiny_log(tmp_path, monkeypatch) -> None:
     assert tags["metrics_warning"].startswith("metrics n/a (shown as n/a, not logged")
     assert ("lifecast-clv v2: kept champion v1: normalized_gini n/a for both (the same "
             "settings as this run") in second.output
+
+
+def test_a_search_scores_a_model_that_learned_nothing_as_no_skill() -> None:
+    """`--tune` on a tiny log stopped at its first trial ("normalized_gini is undefined when
+    predicted is constant"). A constant value model ranks nobody: Gini 0, as a constant
+    churn model's ROC-AUC is 0.5."""
+    from training.models import TrainConfig
+    from training.tuning import prepare, score_config
+
+    data = prepare(_first_customers(8), DEMO_MAPPING, None, TrainConfig(**CONFIG))
+    scores = score_config(data, TrainConfig(**CONFIG))
+    assert (scores["churn_roc_auc"], scores["value_normalized_gini"]) == (0.5, 0.0)
+    assert scores["objective"] == 0.5
+
+
+def test_a_search_that_cannot_score_any_trial_says_so_before_it_starts() -> None:
+    from features.contract import DataValidationError
+    from training.tuning import _check_scorable
+
+    cuts = {"churn": pd.Timestamp("2011-06-01"), "value": pd.Timestamp("2011-05-02")}
+    ok_c = pd.DataFrame({"churned": [0, 1, 1]})
+    ok_v = pd.DataFrame({"future_value": [0.0, 10.0, 3.0]})
+    _check_scorable(ok_c, ok_v, cuts, "shop.csv")
+    with pytest.raises(DataValidationError) as err:
+        _check_scorable(pd.DataFrame({"churned": [1, 1, 1]}),
+                        pd.DataFrame({"future_value": [0.0, 0.0, 0.0]}), cuts, "shop.csv")
+    assert err.value.source == "shop.csv"
+    assert str(err.value) == (
+        "--tune cannot score its trials: every one of the 3 customers held out at "
+        "2011-06-01 has churned = 1, so ROC-AUC is undefined; the 3 customers held out at "
+        "2011-05-02 all spend the same, so normalized Gini is undefined. Train without "
+        "--tune (a search needs more customers or a shorter horizon)")
+    with pytest.raises(DataValidationError, match="normalized Gini is undefined"):
+        _check_scorable(ok_c, pd.DataFrame({"future_value": [5.0, 5.0, 5.0]}), cuts, "x")
