@@ -518,7 +518,7 @@ def _warn_if_p_alive_is_flat(p_alive: np.ndarray) -> None:
 
 def _eval_tables(churn: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
                  value: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
-                 cutoffs: dict[str, pd.Timestamp]
+                 cutoffs: dict[str, pd.Timestamp], *, logged: bool = True
                  ) -> tuple[dict[str, pd.DataFrame], str | None]:
     """(model vs baseline metrics per label, the warning given about metrics that are n/a,
     or None). ``churn`` and ``value`` are (actual, model, baseline) arrays, or None for a
@@ -527,7 +527,8 @@ def _eval_tables(churn: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
     `add_baseline_features`) has no metrics: its column is NaN, shown as n/a
     (`training.metrics.compare_table`). A metric undefined on the evaluated customers (no
     churner among them, nobody spends, a model that predicts one value for everyone: on a
-    small log) is n/a too, and one warning says which and why."""
+    small log) is n/a too, and one warning says which and why (and, with ``logged``, for
+    `train`, what that means for MLflow and the champion rule)."""
     tables = {}
     unknown: list[str] = []
     for kind, arrays, metrics in (("churn", churn, churn_metrics),
@@ -553,7 +554,8 @@ def _eval_tables(churn: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
     if not unknown:
         return tables, None
     text = (f"metrics n/a (shown as n/a, not logged to MLflow): {' | '.join(unknown)}. "
-            f"The champion rule compares what is defined")
+            f"The champion rule compares what is defined" if logged else
+            f"metrics n/a: {' | '.join(unknown)}")
     warn(text)
     return tables, text
 
@@ -756,7 +758,8 @@ def backtest(
                    for kind, arrays in (("churn", churn), ("value", value))
                    if arrays is not None},
             models.value.anchored_, gaps.outputs_missing(cut))
-        tables, undefined = _eval_tables(churn, value, {"churn": cut, "value": cut})
+        tables, undefined = _eval_tables(churn, value, {"churn": cut, "value": cut},
+                                         logged=False)
     metrics = pd.concat(
         [t.assign(target=k) for k, t in tables.items()], ignore_index=True
     )[["target", "metric", "model", "baseline", "better"]] if tables else None

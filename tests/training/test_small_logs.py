@@ -203,3 +203,18 @@ def test_a_search_that_cannot_score_any_trial_says_so_before_it_starts() -> None
         "--tune (a search needs more customers or a shorter horizon)")
     with pytest.raises(DataValidationError, match="normalized Gini is undefined"):
         _check_scorable(ok_c, pd.DataFrame({"future_value": [5.0, 5.0, 5.0]}), cuts, "x")
+
+
+def test_backtest_on_a_tiny_log_reports_what_it_can() -> None:
+    from training.pipeline import backtest
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bt = backtest(_first_customers(8), "2011-09-01", DEMO_MAPPING, CONFIG)
+    assert bt.metrics_warning in [str(w.message) for w in caught]
+    assert bt.metrics_warning.startswith("metrics n/a: value at 2011-09-01 (")
+    assert "MLflow" not in bt.metrics_warning  # backtest logs nothing
+    value = bt.metrics[bt.metrics["target"] == "value"].set_index("metric")
+    assert value.loc[["normalized_gini", "spearman"], "model"].isna().all()
+    assert value.loc[["mae", "aggregate_bias"], "model"].notna().all()
+    assert len(bt.predictions) == bt.predictions["customer_id"].nunique() > 0
