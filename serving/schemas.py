@@ -312,7 +312,10 @@ class CustomerPrediction(BaseModel):
     segment: str
     lifecycle_stage: str
     value_at_risk: float
-    reasons: list[Reason]
+    reasons: list[Reason] = Field(
+        description="The features that moved the churn score most, largest first (up to "
+                    "the model's top_reasons, 3 by default; fewer when fewer features moved "
+                    "it, none from a model that learned nothing).")
     model_versions: ModelVersions
 
 

@@ -803,7 +803,10 @@ def top_reasons(
 ) -> list[list[dict[str, Any]]]:
     """Per row, the k features with the largest |contribution| (bias column dropped).
 
-    Ties keep the column order; a NaN contribution comes after every number. Vectorised: the
+    Ties keep the column order; a NaN contribution comes after every number. A feature whose
+    contribution is exactly 0 moved nothing and is no reason: it is left out, so a row has
+    fewer than k reasons when fewer features moved its score (none from a model whose trees
+    could not split: it gives everyone the same score). Vectorised: the
     selection and every value are computed as arrays and only the final dicts are built in
     Python; a few rows (the service's requests) take a plain-Python path instead, with the
     same result, because numpy's fixed cost per call is most of the time for one row.
@@ -832,7 +835,11 @@ def top_reasons(
         ]
         if not columns:
             return [[] for _ in range(c.shape[0])]
-        return [list(r) for r in zip(*columns, strict=True)]
+        out = [list(r) for r in zip(*columns, strict=True)]
+        zero = top_c == 0
+        for i in np.flatnonzero(zero.any(axis=1)).tolist():
+            out[i] = [r for r, z in zip(out[i], zero[i].tolist(), strict=True) if not z]
+        return out
 
 
 #: `top_reasons` builds the reasons of at most this many rows in plain Python
@@ -851,7 +858,7 @@ def _few_top_reasons(c: np.ndarray, X: np.ndarray, names: list[str], k: int
         out.append([
             {"feature": names[j], "value": None if xrow[j] != xrow[j] else xrow[j],
              "contribution": crow[j], "direction": "raises" if crow[j] > 0 else "lowers"}
-            for j in top
+            for j in top if crow[j] != 0
         ])
     return out
 

@@ -92,6 +92,16 @@ def test_a_tiny_log_trains_and_says_what_it_could_not_learn_or_measure(tiny) -> 
     assert churn.set_index("metric").loc["roc_auc", "model"] == 0.5
 
 
+def test_a_model_that_learned_nothing_gives_no_reasons(tiny) -> None:
+    """Its SHAP contributions are all 0: before, every customer got three "reasons" with
+    contribution 0.0 and direction "lowers"."""
+
+    result, _ = tiny
+    feats = result.eval_frames["churn"]
+    p, reasons = result.models.churn.predict_with_reasons(feats)
+    assert len(set(p.tolist())) == 1 and reasons == [[]] * len(feats)
+
+
 def test_saved_models_keep_their_leaf_size_and_rows(tmp_path, tiny) -> None:
     result, _ = tiny
     for model in (result.models.churn, result.models.value):

@@ -27,9 +27,16 @@ def test_order_ties_and_missing_values_by_hand() -> None:
     many = top_reasons(np.repeat(contrib, tm._FEW_ROWS + 1, axis=0),
                        np.repeat(X, tm._FEW_ROWS + 1, axis=0), NAMES, 4)
     assert many == expected * (tm._FEW_ROWS + 1)  # vectorised: the same
-    # the NaN contribution comes after every number
-    last = top_reasons(contrib, X, NAMES, 6)[0]
-    assert [r["feature"] for r in last] == ["e", "a", "b", "d", "f", "c"]
+    # the NaN contribution comes after every number; f, which moved nothing, is no reason
+    for rows in (1, tm._FEW_ROWS + 1):
+        last = top_reasons(np.repeat(contrib, rows, axis=0), np.repeat(X, rows, axis=0),
+                           NAMES, 6)
+        assert [[r["feature"] for r in row] for row in last] == [["e", "a", "b", "d", "c"]] * rows
+    # a row no feature moved (a model that learned nothing) has no reasons
+    nothing = np.zeros((tm._FEW_ROWS + 1, len(NAMES) + 1))
+    assert top_reasons(nothing, np.ones((len(nothing), len(NAMES))), NAMES, 3) == [[]] * len(
+        nothing)
+    assert top_reasons(nothing[:1], np.ones((1, len(NAMES))), NAMES, 3) == [[]]
 
 
 values = st.one_of(st.sampled_from([0.0, -0.0, 0.25, -0.25, 1.0, np.nan]),
