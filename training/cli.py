@@ -341,7 +341,8 @@ def format_models(table: pd.DataFrame, width: int = 100) -> str:
 
     shown = table.drop(columns="decision").assign(
         created=table.created.dt.strftime("%Y-%m-%d %H:%M"))
-    lines = [shown.to_string(index=False, float_format=lambda v: f"{v:.4f}")]
+    # a score that is NaN was undefined on its evaluation snapshot (a small log)
+    lines = [shown.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="n/a")]
     mixed = [m for m, g in table.groupby("model", sort=False)
              if g["eval_cutoff"].nunique() > 1 or g["horizon_days"].nunique() > 1]
     if mixed:  # a column of numbers invites ranking them: say when that would mislead

@@ -165,6 +165,8 @@ def test_train_command_on_a_tiny_log(tmp_path, monkeypatch) -> None:
         run = mlflow.search_runs(experiment_names=["lifecast"], output_format="list")[0]
         second = CliRunner().invoke(app, args)
         assert second.exit_code == 0, second.output
+        listed = CliRunner().invoke(app, ["models"])
+        assert listed.exit_code == 0, listed.output
     finally:
         mlflow.set_tracking_uri(previous)
     assert "the value model learned nothing at 2011-12-06" in first.output
@@ -179,6 +181,9 @@ def test_train_command_on_a_tiny_log(tmp_path, monkeypatch) -> None:
     assert tags["metrics_warning"].startswith("metrics n/a (shown as n/a, not logged")
     assert ("lifecast-clv v2: kept champion v1: normalized_gini n/a for both (the same "
             "settings as this run") in second.output
+    table = listed.output.split("decisions:")[0]
+    clv = [row.split() for row in table.splitlines() if row.startswith("  lifecast-clv")]
+    assert len(clv) == 2 and all(row[-2:] == ["normalized_gini", "n/a"] for row in clv), clv
 
 
 def test_a_search_scores_a_model_that_learned_nothing_as_no_skill() -> None:
