@@ -4,9 +4,11 @@ Every endpoint takes one JSON object and validates it here, so a bad request is 
 a 4xx naming the field before any work is done (the service turns pydantic's errors into
 ``{"error": "<field>: <message>", "detail": [...]}``). The constraints:
 
-* ``/predict``: ``customer_ids``, 1 to `MAX_IDS` (1,000) ids, each 1-128 characters without
-  control characters. Duplicates are answered once.
-* ``/score``: 1 to `MAX_SCORE_CUSTOMERS` (100) customers (distinct ids), each with 1 to
+* ``/predict``: ``customer_ids``, 1 to `MAX_IDS` (1,000) ids (`CustomerId`: a string of
+  1-128 characters without control characters, or a JSON integer, read as its decimal
+  string). Duplicates are answered once.
+* ``/score``: 1 to `MAX_SCORE_CUSTOMERS` (100) customers (distinct ids, `CustomerId` as
+  for ``/predict``: 13047 and ``"13047"`` are the same customer), each with 1 to
   `MAX_TRANSACTIONS` (1,000) transactions: ``timestamp`` (ISO 8601; a timezone offset is
   converted to UTC, a naive value is read as UTC; from 1900 on and at most `CLOCK_SKEW` (5
   minutes) ahead of the server clock, and before ``as_of`` when it is given), ``amount``
@@ -23,7 +25,8 @@ a 4xx naming the field before any work is done (the service turns pydantic's err
 * ``/segments``: optional ``format``.
 
 Unknown fields are refused (``extra="forbid"``) and types are strict (``"5"`` is not a number,
-``5`` is not a string), except timestamps, which are ISO 8601 text.
+``5`` is not a string), except timestamps, which are ISO 8601 text, and customer ids, which
+may also be JSON integers (`CustomerId`). Every answer gives ``customer_id`` as a string.
 
 The ``EXAMPLE_*`` constants are the examples the OpenAPI page shows; tests reuse them.
 """
@@ -31,6 +34,7 @@ The ``EXAMPLE_*`` constants are the examples the OpenAPI page shows; tests reuse
 from __future__ import annotations
 
 import math
+import numbers
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -56,7 +60,9 @@ __all__ = [
     "MAX_LIMIT",
     "MAX_SCORE_CUSTOMERS",
     "MAX_TRANSACTIONS",
+    "MAX_INTEGER_ID",
     "CustomerError",
+    "CustomerId",
     "CustomerPrediction",
     "ErrorResponse",
     "HighRiskRequest",
@@ -72,6 +78,7 @@ __all__ = [
     "SegmentsRequest",
     "SegmentsResponse",
     "Transaction",
+    "canonical_customer_id",
     "utc_naive",
 ]
 
@@ -91,6 +98,85 @@ _STRICT = ConfigDict(extra="forbid", strict=True)
 Identifier = Annotated[
     str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")
 ]
+
+#: The largest integer id taken as a JSON number (in absolute value): 2^53 - 1, JavaScript's
+#: Number.MAX_SAFE_INTEGER. Every JSON client holds the integers up to it exactly; from 2^53
+#: on, a client that reads numbers as doubles (JavaScript, and many others) may already have
+#: rounded the id to a neighbour (2^53 + 1 is sent as 2^53), so the server cannot know which
+#: customer was meant. The same bound as the loader's for ids in a float column
+#: (`features.contract`: 2^53 or more is an error there).
+MAX_INTEGER_ID = 2**53 - 1
+IntegerId = Annotated[int, Field(ge=-MAX_INTEGER_ID, le=MAX_INTEGER_ID)]
+_SEND = 'send the id as a string ("13047") or as an integer (13047)'
+
+
+def canonical_customer_id(value: Any) -> Any:
+    """A customer id as the customer store holds it: a string is kept as it is (the string
+    constraints of `Identifier` check it next); an integer (a JSON integer, or a Python or
+    NumPy one in a direct call) becomes its decimal string, the loader's rule
+    (`features.contract` reads integer ids, and whole-number float ids such as Online
+    Retail's 13047.0, as BIGINT, which the store holds as ``str(n)``): 13047 is the customer
+    ``"13047"``, -5 is ``"-5"`` and 0 (also sent as ``-0``, the same JSON integer) is
+    ``"0"``.
+
+    Refused, with a message that says what to send: booleans; integers beyond
+    `MAX_INTEGER_ID` in absolute value (send them as strings); floats, even whole-number ones
+    such as 13047.0 or -0.0, because what reaches the server is the double the JSON number
+    was parsed to, not its text: ``13047.0000000000000001`` and ``1.3047e4`` arrive as
+    13047.0 and ``1e-400`` as 0.0, so taking a whole-number float would take ids the client
+    never wrote as integers. (The OpenAPI specification defines its integer as "a JSON
+    number without a fraction or exponent part"; a JSON Schema validator would count 13047.0
+    as one, this service does not.) Clients whose ids are integers write them without a
+    decimal point (JavaScript's JSON.stringify, Python's json with an int, Go, .NET); a
+    13047.0 comes from an id held in a double, such as a pandas column with gaps, the path
+    on which ids beyond 2^53 are silently rounded: the fix belongs in the client
+    (``int(id)``, or ``.astype("Int64")``), not a guess here. Anything else (null, objects,
+    arrays) is no id.
+    """
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):  # before int: bool is an int in Python
+        raise ValueError(f"{'true' if value else 'false'} is a boolean, not a customer id: "
+                         f"{_SEND}")
+    if isinstance(value, numbers.Integral):  # int, and NumPy's integers in direct calls
+        n = int(value)
+        if abs(n) > MAX_INTEGER_ID:
+            shown = str(n) if abs(n) < 10**30 else "an integer of more than 30 digits"
+            raise ValueError(
+                f"{shown} is beyond 2^53 - 1 ({MAX_INTEGER_ID:,}) in absolute value, where "
+                f"JSON clients that read numbers as doubles (JavaScript) round integers to a "
+                f"neighbour: send this id as a string"
+                + (f' ("{n}")' if abs(n) < 10**30 else ""))
+        return str(n)
+    if isinstance(value, float):
+        raise ValueError(_float_message(value))
+    kind = {type(None): "null", dict: "an object", list: "an array"}.get(
+        type(value), f"a value of type {type(value).__name__}")
+    raise ValueError(f"got {kind}, which is not a customer id: {_SEND}")
+
+
+def _float_message(value: float) -> str:
+    """Why the float ``value`` is not taken as a customer id, and what to send instead."""
+    head = f"{value!r} is a float (a number with a decimal point or an exponent), not an id"
+    if math.isfinite(value) and value == math.trunc(value) and abs(value) <= MAX_INTEGER_ID:
+        n = int(value)  # -0.0 too: its integer is 0
+        return f'{head}: send the integer without a decimal point ({n}) or a string ("{n}")'
+    if math.isfinite(value) and value == math.trunc(value):
+        return (f"{head}, and a float this large may be another id rounded: send the id as a "
+                f"string, read from the source as an integer or text")
+    return f"{head}: send the id as a string or as an integer without a decimal point"
+
+
+#: A customer id in a request: `Identifier`, or an integer (`canonical_customer_id`). The
+#: OpenAPI document shows both types; the validated value is always the string.
+CustomerId = Annotated[
+    Identifier,
+    BeforeValidator(canonical_customer_id, json_schema_input_type=Identifier | IntegerId),
+]
+_ID_TYPES = (f"a string (1-128 characters, no control characters) or an integer of at most "
+             f"2^53 - 1 ({MAX_INTEGER_ID:,}) in absolute value, which is read as its decimal "
+             f'string (13047 is the customer "13047"; send larger ids as strings). Floats '
+             f"(even 13047.0), booleans and null are refused")
 OptionalText = Annotated[
     str, StringConstraints(max_length=128, pattern=r"^[^\x00-\x1f\x7f]*$")
 ] | None
@@ -193,9 +279,10 @@ class PredictRequest(BaseModel):
 
     model_config = ConfigDict(**_STRICT, json_schema_extra={"example": EXAMPLE_PREDICT_REQUEST})
 
-    customer_ids: list[Identifier] = Field(
+    customer_ids: list[CustomerId] = Field(
         min_length=1, max_length=MAX_IDS,
-        description=f"1 to {MAX_IDS:,} customer ids; unknown ids come back in `errors`.",
+        description=f"1 to {MAX_IDS:,} customer ids, each {_ID_TYPES}. Unknown ids come "
+                    f"back in `errors`. Answers give every `customer_id` as a string.",
     )
 
 
@@ -219,7 +306,8 @@ class ScoreCustomer(BaseModel):
 
     model_config = _STRICT
 
-    customer_id: Identifier
+    customer_id: CustomerId = Field(
+        description=f"The customer: {_ID_TYPES}. The answer gives it as a string.")
     transactions: list[Transaction] = Field(min_length=1, max_length=MAX_TRANSACTIONS)
 
 
@@ -240,7 +328,8 @@ class ScoreRequest(BaseModel):
             if customer.customer_id in seen:
                 raise ValueError(
                     f"customers[{i}].customer_id: {customer.customer_id!r} appears more than "
-                    f"once; send each customer once with all their transactions"
+                    f"once (an integer id is the same customer as its string); send each "
+                    f"customer once with all their transactions"
                 )
             seen.add(customer.customer_id)
             if self.as_of is None:
@@ -283,6 +372,9 @@ class SegmentsRequest(BaseModel):
 
 # -- responses ---------------------------------------------------------------------------------
 
+_ANSWERED_ID = ('Always a string, as the customer store holds it: an id sent as the integer '
+                '13047 comes back as "13047".')
+
 
 class Reason(BaseModel):
     """One of the features that moved the churn score most (LightGBM SHAP contribution)."""
@@ -301,7 +393,7 @@ class ModelVersions(BaseModel):
 class CustomerPrediction(BaseModel):
     """The per-customer output of DESIGN.md."""
 
-    customer_id: str
+    customer_id: str = Field(description=_ANSWERED_ID)
     as_of: datetime
     churn_probability: float
     churn_risk: Literal["low", "medium", "high"]
@@ -320,7 +412,7 @@ class CustomerPrediction(BaseModel):
 
 
 class CustomerError(BaseModel):
-    customer_id: str
+    customer_id: str = Field(description=_ANSWERED_ID)
     error: str
 
 

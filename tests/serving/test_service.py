@@ -327,6 +327,45 @@ def test_http_predict(client, svc, stored) -> None:
     assert resp.content == predict(svc, customer_ids=ids).model_dump_json().encode()
 
 
+def _digit_ids(stored, n: int) -> list[str]:
+    """``n`` customers of the batch whose ids are digits (the demo data's are integers)."""
+    scores, _ = stored
+    ids = [c for c in scores.index if c.isdigit()][:n]
+    assert len(ids) == n
+    return ids
+
+
+def test_integer_ids_find_the_customers_of_their_strings(client, svc, stored) -> None:
+    """A CRM sends its integer ids as JSON numbers: 13047 is the customer "13047", answered
+    with the same bytes as the string request, ``customer_id`` a string; an id sent both
+    ways is one customer, answered once."""
+    ids = _digit_ids(stored, 3)
+    numbers = [int(c) for c in ids]
+    by_text = post(client, "/predict", {"customer_ids": [*ids, "404404404"]}, "crm")
+    by_number = post(client, "/predict", {"customer_ids": [*numbers, 404404404]}, "crm")
+    assert by_text.status_code == by_number.status_code == 200, by_number.text
+    assert by_number.content == by_text.content
+    body = by_number.json()
+    assert [p["customer_id"] for p in body["predictions"]] == ids
+    assert body["errors"] == [{"customer_id": "404404404",
+                               "error": "unknown customer: not in the current batch"}]
+    mixed = post(client, "/predict", {"customer_ids": [numbers[0], ids[0], ids[1]]}, "crm")
+    assert [p["customer_id"] for p in mixed.json()["predictions"]] == ids[:2]
+    # called directly (a notebook), with Python and NumPy integers
+    direct = predict(svc, customer_ids=[numbers[0], np.int64(numbers[1])])
+    assert direct == predict(svc, customer_ids=ids[:2])
+
+
+def test_http_score_takes_an_integer_customer_id(client) -> None:
+    as_text = post(client, "/score", {**EXAMPLE_SCORE_REQUEST, "customers": [
+        {**EXAMPLE_SCORE_REQUEST["customers"][0], "customer_id": "4242"}]}, "crm")
+    as_number = post(client, "/score", {**EXAMPLE_SCORE_REQUEST, "customers": [
+        {**EXAMPLE_SCORE_REQUEST["customers"][0], "customer_id": 4242}]}, "crm")
+    assert as_number.status_code == 200, as_number.text
+    assert as_number.json()["predictions"][0]["customer_id"] == "4242"
+    assert as_number.content == as_text.content
+
+
 def test_http_score(client) -> None:
     resp = post(client, "/score", EXAMPLE_SCORE_REQUEST, "crm")
     assert resp.status_code == 200, resp.text
@@ -516,7 +555,19 @@ BAD_INPUTS = [
     ("/predict", b"[1, 2]", 422, ("request body", "object")),
     ("/predict", b'"x"', 422, ("request body",)),
     ("/predict", b'{"customer_ids": "12347"}', 422, ("customer_ids",)),
-    ("/predict", b'{"customer_ids": [12347]}', 422, ("customer_ids[0]",)),
+    # customer ids: a string or a JSON integer; nothing else, each refusal naming the id
+    ("/predict", b'{"customer_ids": [12347.0]}', 422,
+     ("customer_ids[0]", "float", "12347", '"12347"')),
+    ("/predict", b'{"customer_ids": ["1", -0.0]}', 422, ("customer_ids[1]", "float")),
+    ("/predict", b'{"customer_ids": [1.5]}', 422, ("customer_ids[0]", "float")),
+    ("/predict", b'{"customer_ids": [true]}', 422, ("customer_ids[0]", "boolean")),
+    ("/predict", b'{"customer_ids": [null]}', 422, ("customer_ids[0]", "null")),
+    ("/predict", b'{"customer_ids": [{"id": 1}]}', 422, ("customer_ids[0]", "object")),
+    ("/predict", b'{"customer_ids": [[1]]}', 422, ("customer_ids[0]", "array")),
+    ("/predict", b'{"customer_ids": [1, 9007199254740993]}', 422,
+     ("customer_ids[1]", "2^53 - 1", "as a string", '"9007199254740993"')),
+    ("/predict", b'{"customer_ids": [-9007199254740992]}', 422,
+     ("customer_ids[0]", "as a string")),
     ("/predict", b'{"customer_ids": []}', 422, ("customer_ids", "at least 1")),
     ("/predict", b'{"customer_ids": [""]}', 422, ("customer_ids[0]",)),
     ("/predict", json.dumps({"customer_ids": [str(i) for i in range(MAX_IDS + 1)]}).encode(),
@@ -574,6 +625,13 @@ BAD_INPUTS = [
      422, ("customers[0].transactions[0].coupon",)),
     ("/score", json.dumps({"customers": [{"customer_id": "a", "transactions": [_TX]}] * 2}
                           ).encode(), 422, ("customers[1].customer_id", "more than once")),
+    ("/score", json.dumps({"customers": [{"customer_id": c, "transactions": [_TX]}
+                                         for c in (13047, "13047")]}).encode(),
+     422, ("customers[1].customer_id", "'13047'", "more than once")),
+    ("/score", json.dumps({"customers": [{"customer_id": 13047.0, "transactions": [_TX]}]}
+                          ).encode(), 422, ("customers[0].customer_id", "float", "13047")),
+    ("/score", json.dumps({"customers": [{"customer_id": False, "transactions": [_TX]}]}
+                          ).encode(), 422, ("customers[0].customer_id", "boolean")),
     ("/score", json.dumps({"customers": [{"customer_id": str(i), "transactions": [_TX]}
                                          for i in range(101)]}).encode(),
      422, ("customers", "at most 100")),

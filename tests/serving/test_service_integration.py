@@ -66,6 +66,11 @@ def test_endpoints_over_http(server) -> None:
     assert body["predictions"][0]["model_versions"] == expected
     for p, stored in zip(body["predictions"], top["customers"], strict=True):
         assert abs(p["churn_probability"] - stored["churn_probability"]) < 1e-9
+    # a CRM's integer ids as JSON numbers: the same customers, the same answer
+    assert all(c.isdigit() for c in ids), ids
+    by_number = crm.post("/predict", json={"customer_ids": [*map(int, ids), "nobody"]})
+    assert by_number.status_code == 200, by_number.text
+    assert by_number.json() == body
     score = crm.post("/score", json=EXAMPLE_SCORE_REQUEST)
     assert score.status_code == 200 and score.json()["predictions"][0]["customer_id"] == "new-0001"
     csv_resp = mkt.post("/high_risk", json={"limit": 3, "format": "csv"})
@@ -134,7 +139,10 @@ def test_bad_inputs_over_http(server) -> None:
     _assert_error(admin.post("/predict", json={"customer_ids": []}), 422, "customer_ids")
     _assert_error(admin.post("/predict", json={"customer_ids": [str(i) for i in range(1001)]}),
                   422, "customer_ids")
-    _assert_error(admin.post("/predict", json={"customer_ids": [1]}), 422, "customer_ids[0]")
+    _assert_error(admin.post("/predict", json={"customer_ids": [1.0]}), 422, "customer_ids[0]",
+                  "float")
+    _assert_error(admin.post("/predict", json={"customer_ids": ["1", 2**53 + 1]}), 422,
+                  "customer_ids[1]", "as a string")
     _assert_error(admin.post("/high_risk", json={"limit": -3}), 422, "limit")
     _assert_error(admin.post("/high_risk", json={"segments": ["Whales"]}), 422, "segments[0]")
     future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
