@@ -12,6 +12,12 @@ endpoints never give, while it leaves out the ones they do give (401, 403, 413, 
   declare that they need none (``security: []``);
 * each API operation documents the answers it really gives (`ERROR_STATUSES`, all with the
   `serving.schemas.ErrorResponse` body), and ``/high_risk`` and ``/segments`` their CSV;
+* each API operation's JSON request body refers to its request model's component
+  (``#/components/schemas/<Model>IODescriptor``, which BentoML generates from the model's
+  validation schema) instead of BentoML's inline copy, which it generates from the
+  serialization schema and flattens to the first branch of every union: a customer id,
+  a string or an integer (`serving.schemas.CustomerId`), showed as a string only there,
+  and ``as_of`` or ``segments``, which may be null, as never null;
 * BentoML's boilerplate goes: the error schemas nothing references any more, the unused task
   schema, BentoML's README and contact as the service description.
 
@@ -101,6 +107,7 @@ def openapi_document(spec: dict[str, Any], *, endpoints: dict[str, str], descrip
                         "scored batch yet (run `lifecast score`).")}
                 continue
             op["security"] = [{SECURITY_SCHEME: []}]
+            _request_body_by_reference(op, schemas)
             op["description"] = (f"{inspect.cleandoc(op.get('description') or '')}\n\n"
                                  f"Needs an API key with the scope `{endpoints[path]}`.").strip()
             ok = op["responses"].get("200") or op["responses"].get(200) or {}
@@ -117,6 +124,15 @@ def openapi_document(spec: dict[str, Any], *, endpoints: dict[str, str], descrip
         if f'"{_SCHEMAS}{name}"' not in text:
             schemas.pop(name, None)
     return doc
+
+
+def _request_body_by_reference(op: dict[str, Any], schemas: dict[str, Any]) -> None:
+    """Point the operation's JSON request body at the component of the same title (BentoML
+    names both after the request model), when there is one."""
+    body = (op.get("requestBody") or {}).get("content", {}).get("application/json")
+    title = (body or {}).get("schema", {}).get("title")
+    if title in schemas:
+        body["schema"] = {"$ref": _SCHEMAS + title}
 
 
 def _error(status: int, description: str) -> dict[str, Any]:

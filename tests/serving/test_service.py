@@ -366,6 +366,35 @@ def test_http_score_takes_an_integer_customer_id(client) -> None:
     assert as_number.content == as_text.content
 
 
+def test_openapi_shows_both_customer_id_types(client) -> None:
+    """The document says what /predict and /score take (a string or an integer id, not a
+    float) and that answers give ``customer_id`` as a string."""
+    from serving.schemas import MAX_INTEGER_ID
+
+    spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+
+    def body(path: str) -> dict:
+        ref = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"][
+            "schema"]["$ref"]
+        return schemas[ref.rsplit("/", 1)[1]]
+
+    customer_ids = body("/predict")["properties"]["customer_ids"]
+    score_customer = body("/score")["properties"]["customers"]["items"]["$ref"]
+    customer_id = schemas[score_customer.rsplit("/", 1)[1]]["properties"]["customer_id"]
+    for schema, description in ((customer_ids["items"], customer_ids["description"]),
+                                (customer_id, customer_id["description"])):
+        types = {branch["type"]: branch for branch in schema["anyOf"]}
+        assert set(types) == {"string", "integer"}, schema
+        assert types["integer"]["maximum"] == MAX_INTEGER_ID == -types["integer"]["minimum"]
+        assert "as a string" in description and "13047.0" in description
+    answered = schemas["CustomerPrediction"]["properties"]["customer_id"]
+    assert answered["type"] == "string" and "Always a string" in answered["description"]
+    # the other bodies show what may be null, which BentoML's inline copy left out
+    as_of = body("/score")["properties"]["as_of"]
+    assert {b.get("type") for b in as_of["anyOf"]} == {"string", "null"}
+
+
 def test_http_score(client) -> None:
     resp = post(client, "/score", EXAMPLE_SCORE_REQUEST, "crm")
     assert resp.status_code == 200, resp.text
