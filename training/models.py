@@ -561,9 +561,14 @@ class ChurnModel(_SavedBooster):
         y_tr = train["churned"].astype(int).to_numpy()
         y_va = valid["churned"].astype(int).to_numpy()
         if len(np.unique(y_tr)) < 2:
+            cuts = sorted(pd.Timestamp(c).date() for c in train["cutoff"].unique())
+            what = ("churned: nobody bought again" if y_tr[0] else
+                    "stayed: nobody churned")
             raise ValueError(
-                "every training customer has the same churn label: the data has no repeat "
-                "customers (or nobody churns) within the horizon; a churn model cannot be fit"
+                f"every one of the {len(y_tr):,} training rows (snapshots {cuts[0]} to "
+                f"{cuts[-1]}) {what} within the {cfg.features.churn_horizon_days}-day "
+                f"horizon, so a churn model cannot be fit: use a log with more customers or "
+                f"more history, or another churn horizon"
             )
         params = {
             "objective": "binary",

@@ -233,3 +233,23 @@ def test_backtest_on_a_tiny_log_reports_what_it_can() -> None:
     assert value.loc[["normalized_gini", "spearman"], "model"].isna().all()
     assert value.loc[["mae", "aggregate_bias"], "model"].notna().all()
     assert len(bt.predictions) == bt.predictions["customer_id"].nunique() > 0
+
+
+@pytest.mark.parametrize(("label", "what"), [(0, "stayed: nobody churned"),
+                                             (1, "churned: nobody bought again")])
+def test_one_churn_label_in_every_training_row_says_where_and_what_to_do(tiny, label,
+                                                                         what) -> None:
+    from training.models import TrainConfig
+
+    result, _ = tiny
+    frame = result.eval_frames["churn"].copy()
+    frame.loc[frame["churned"].notna(), "churned"] = label
+    last = frame.loc[frame["churned"].notna(), "cutoff"].max()
+    train_rows = frame[frame["churned"].notna() & (frame["cutoff"] < last)]
+    cuts = sorted(pd.Timestamp(c).date() for c in train_rows["cutoff"].unique())
+    with pytest.raises(ValueError) as err:
+        ChurnModel(TrainConfig(**CONFIG)).fit(frame)
+    assert str(err.value) == (
+        f"every one of the {len(train_rows)} training rows (snapshots {cuts[0]} to {cuts[-1]}) "
+        f"{what} within the 90-day horizon, so a churn model cannot be fit: use a log with "
+        f"more customers or more history, or another churn horizon")
