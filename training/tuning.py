@@ -59,7 +59,7 @@ import pandas as pd
 from features.config import ColumnMapping
 from features.contract import DataValidationError, parse_cutoff
 from features.pipeline import build_training_frame
-from training.metrics import normalized_gini, roc_auc
+from training.metrics import UndefinedMetricError, normalized_gini, roc_auc
 from training.models import ChurnModel, TrainConfig, ValueModel, add_baseline_features
 from training.pipeline import (
     HORIZON_FLAGS,
@@ -187,17 +187,18 @@ def prepare(
 
 def _check_scorable(ev_c: pd.DataFrame, ev_v: pd.DataFrame,
                     eval_cut: dict[str, pd.Timestamp], source: Any) -> None:
-    """Fail when the held-out snapshots cannot score any trial: ROC-AUC needs churners
-    and customers who stay, normalized Gini spend that differs between customers (small
-    logs)."""
-    churned = ev_c["churned"].astype(int)
+    """Fail when the held-out snapshots cannot score any trial: when the metrics are
+    undefined on their outcomes even for a perfect prediction (the outcomes themselves,
+    `training.metrics`' own rules: ROC-AUC needs churners and customers who stay,
+    normalized Gini spend that differs between customers; small logs)."""
+    churned = ev_c["churned"].astype(int).to_numpy()
     spend = ev_v["future_value"].to_numpy(dtype="float64")
     problems = []
-    if churned.nunique() < 2:
+    if not _defined(roc_auc, churned):
         problems.append(f"every one of the {len(ev_c):,} customers held out at "
-                        f"{eval_cut['churn'].date()} has churned = {int(churned.iloc[0])}, "
+                        f"{eval_cut['churn'].date()} has churned = {int(churned[0])}, "
                         f"so ROC-AUC is undefined")
-    if len(spend) == 0 or spend.sum() == 0 or (spend == spend[0]).all():
+    if not _defined(normalized_gini, spend):
         problems.append(f"the {len(ev_v):,} customers held out at "
                         f"{eval_cut['value'].date()} all spend the same, so normalized Gini "
                         f"is undefined")
@@ -207,6 +208,15 @@ def _check_scorable(ev_c: pd.DataFrame, ev_v: pd.DataFrame,
             f"(a search needs more customers or a shorter horizon)",
             source=source,
         )
+
+
+def _defined(metric: Any, actual: np.ndarray) -> bool:
+    """Whether ``metric`` has a value on ``actual`` when the prediction is ``actual``."""
+    try:
+        metric(actual, actual)
+    except UndefinedMetricError:
+        return False
+    return True
 
 
 def score_config(data: TuningData, config: TrainConfig) -> dict[str, float]:
@@ -219,10 +229,11 @@ def score_config(data: TuningData, config: TrainConfig) -> dict[str, float]:
     value = ValueModel(config).fit(data.fit)
     auc = roc_auc(data.eval_churn["churned"].astype(int).to_numpy(),
                   churn.predict_proba(data.eval_churn))
-    predicted = value.predict(data.eval_value)
-    gini = (0.0 if (predicted == predicted[0]).all() else
-            normalized_gini(data.eval_value["future_value"].to_numpy(dtype="float64"),
-                            predicted))
+    try:
+        gini = normalized_gini(data.eval_value["future_value"].to_numpy(dtype="float64"),
+                               value.predict(data.eval_value))
+    except UndefinedMetricError:  # a constant prediction: `prepare` checked the outcomes
+        gini = 0.0
     return {
         "churn_roc_auc": auc,
         "value_normalized_gini": gini,
