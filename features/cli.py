@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from features.config import MAPPING_FLAGS, ColumnMapping
+from features.naming import command_line
 
 app = typer.Typer(help="Validate transaction logs and build point-in-time features.",
                   no_args_is_help=True)
@@ -110,7 +111,7 @@ def run_cli(func: Callable[..., Any]) -> Callable[..., Any]:
         def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
             typer.secho(f"warning: {message}", fg=typer.colors.YELLOW, err=True)
 
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), command_line():  # messages name flags, not fields
             warnings.showwarning = show
             try:
                 return func(*args, **kwargs)

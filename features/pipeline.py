@@ -36,6 +36,7 @@ from features.engine import (
     linked_lines,
     order_lines,
 )
+from features.naming import named
 from features.registry import feature_definitions
 from features.warn import warn
 
@@ -481,8 +482,9 @@ def build_training_frame(
 
 def check_labels_in_data(tx: Transactions, cutoff: pd.Timestamp, config: FeatureConfig,
                          name: str = "train_cutoff") -> None:
-    """Refuse a training cutoff (given as ``name``: ``train_cutoff`` here, ``--as-of`` or
-    ``--cutoff`` from `training.pipeline`) more than ``config.stale_after_days`` after the
+    """Refuse a training cutoff (given as ``name``: ``train_cutoff`` here; from
+    `training.pipeline`, ``as_of`` or ``cutoff``, or on the command line ``--as-of`` or
+    ``--cutoff``) more than ``config.stale_after_days`` after the
     last event: the latest snapshots' outcome windows would lie (partly) after the data,
     where nobody buys, so all their customers would be labelled churned. Features alone at
     such a cutoff are only stale (a warning, `check_cutoff`); labels from it are wrong."""
@@ -512,7 +514,8 @@ def _labelled_snapshots(tx: Transactions, train_cut: pd.Timestamp, config: Featu
             f"no snapshot fits: the history before {train_cut.date()} starts {first.date()}, "
             f"too short for a {min(hc, hv)}-day outcome window plus "
             f"{config.snapshot_every_days} days of history; use a later cutoff or shorter "
-            f"horizons (--churn-horizon-days / --clv-horizon-days)"
+            f"horizons ({named('--churn-horizon-days', 'churn_horizon_days')} / "
+            f"{named('--clv-horizon-days', 'clv_horizon_days')})"
         )
     frames = []
     with _shared_work(visible, len(cuts)) as shared:

@@ -306,6 +306,43 @@ def test_a_train_that_fails_leaves_no_mlflow_store_behind(sales_csv, tmp_path, m
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sales.csv"]
 
 
+def test_a_too_long_horizon_names_the_flags_on_the_command_line(sales_csv, tmp_path,
+                                                               monkeypatch):
+    """The same error names the flags the user typed here and the parameters a Python
+    caller passed there (`features.naming`): a Python caller was told
+    "--churn-horizon-days 90 is too long ... before --as-of"."""
+    from features import ColumnMapping
+    from features.contract import DataValidationError
+    from training.pipeline import backtest, train
+
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, ["train", "-t", str(sales_csv), *MAP])
+    assert res.exit_code == 2
+    assert res.output.startswith("error: --churn-horizon-days 90 is too long for the history")
+    assert "(--as-of 2021-02-02 minus the horizon)" in res.output
+    assert "days of history before --as-of in all" in res.output
+    res = runner.invoke(app, ["backtest", "-t", str(sales_csv), *MAP, "--cutoff", "2021-03-01",
+                              "--churn-horizon-days", "20", "--clv-horizon-days", "20",
+                              "--out", "bt.parquet"])
+    assert res.exit_code == 2
+    assert res.output.startswith("error: --churn-horizon-days 20 is too long for the history: "
+                                 "the data before 2021-03-01 (--cutoff) covers")
+    assert "The longest --churn-horizon-days" not in res.output  # none fits: "Use ..."
+    mapping = ColumnMapping(customer_id="cust", timestamp="when", amount="qty * price")
+    with pytest.raises(DataValidationError) as err:
+        train(sales_csv, mapping)
+    msg = str(err.value)
+    assert msg.startswith("config.features.churn_horizon_days=90 is too long for the history")
+    assert "(as_of=2021-02-02 minus the horizon)" in msg and "--" not in msg
+    with pytest.raises(DataValidationError) as err:
+        backtest(sales_csv, "2021-03-01", mapping,
+                 {"features": {"churn_horizon_days": 20, "clv_horizon_days": 20}})
+    msg = str(err.value)
+    assert msg.startswith("config.features.churn_horizon_days=20 is too long for the history: "
+                          "the data before 2021-03-01 (cutoff) covers")
+    assert "--" not in msg
+
+
 def test_promote_says_when_the_run_already_is_champion(registry):
     first, second = registry(), registry()
     res = runner.invoke(app, ["promote", "--run", first])

@@ -30,6 +30,7 @@ from features.contract import (
     parse_cutoff,
 )
 from features.demo import segment_customers
+from features.naming import named, setting
 from features.pipeline import (
     as_transactions,
     build_features,
@@ -257,8 +258,23 @@ def _horizons(config: TrainConfig) -> dict[str, int]:
             "value": config.features.clv_horizon_days}
 
 
-#: The command-line flag that sets each label's horizon (named in errors).
+#: The command-line flag that sets each label's horizon (named in errors on the command line).
 HORIZON_FLAGS = {"churn": "--churn-horizon-days", "value": "--clv-horizon-days"}
+#: The `TrainConfig` field that sets it (named in errors to a Python caller).
+HORIZON_FIELDS = {"churn": "config.features.churn_horizon_days",
+                  "value": "config.features.clv_horizon_days"}
+
+
+def horizon_name(kind: str) -> str:
+    """How an error names the horizon of ``kind`` (``"churn"``, ``"value"``): its flag on
+    the command line, its config field in Python (`features.naming.named`)."""
+    return named(HORIZON_FLAGS[kind], HORIZON_FIELDS[kind])
+
+
+def horizon_setting(kind: str, days: int) -> str:
+    """``--clv-horizon-days 365`` on the command line, else
+    ``config.features.clv_horizon_days=365`` (`features.naming.setting`)."""
+    return setting(HORIZON_FLAGS[kind], HORIZON_FIELDS[kind], days)
 
 
 def evaluation_cutoffs(first_event: Any, as_of: pd.Timestamp, config: TrainConfig
@@ -280,12 +296,20 @@ def history_needed_days(horizon_days: int, features: FeatureConfig) -> int:
     return horizon_days + 2 * features.snapshot_every_days + 1
 
 
+#: How `train` and `backtest` name their cutoff in errors: (flag, Python parameter).
+AS_OF = ("--as-of", "as_of")
+CUTOFF = ("--cutoff", "cutoff")
+
+
 def _check_history(tx: Transactions, as_of: pd.Timestamp, config: TrainConfig,
-                   flag: str = "--as-of", *, evaluate: bool = False) -> None:
-    """Fail when ``as_of`` (given as ``flag``) is long after the data, or when a horizon
-    leaves fewer than the two labelled snapshots a fit needs (one to fit on, the latest to
-    validate on) in the history before it; with ``evaluate`` (`train`), also before the
-    evaluation cutoff, where the models are fit a second time as if today were that day."""
+                   given_as: tuple[str, str] = AS_OF, *, evaluate: bool = False) -> None:
+    """Fail when ``as_of`` (given as ``given_as``: its flag and its Python parameter, of
+    which the message names the one the caller used, `features.naming.named`) is long
+    after the data, or when a horizon leaves fewer than the two labelled snapshots a fit
+    needs (one to fit on, the latest to validate on) in the history before it; with
+    ``evaluate`` (`train`), also before the evaluation cutoff, where the models are fit a
+    second time as if today were that day."""
+    flag = named(*given_as)
     first = pd.Timestamp(tx.report.first_event)
     if as_of <= first:  # no customers at all: say that, not that a horizon is too long
         check_cutoff(tx.report, as_of, config.features)
@@ -303,7 +327,8 @@ def _check_history(tx: Transactions, as_of: pd.Timestamp, config: TrainConfig,
                 continue
             why = ("" if what == flag else
                    f"; train evaluates out of time, so it also fits as if today were "
-                   f"{cut.date()} ({flag} {as_of.date()} minus the horizon), which needs "
+                   f"{cut.date()} ({setting(*given_as, as_of.date())} minus the horizon), "
+                   f"which needs "
                    f"about {need + h} days of history before {flag} in all")
             if cut > first:
                 history = (f"the data before {cut.date()} ({what}) covers "
@@ -312,10 +337,10 @@ def _check_history(tx: Transactions, as_of: pd.Timestamp, config: TrainConfig,
                 history = (f"{what}, {cut.date()}, is before the data starts "
                            f"({first.date()}; {(as_of - first).days} days before {flag})")
             longest = _longest_horizon(first, as_of, config, kind, evaluate)
-            advice = (f"The longest {HORIZON_FLAGS[kind]} this history allows here is "
+            advice = (f"The longest {horizon_name(kind)} this history allows here is "
                       f"{longest}: use" if longest else "Use")
             raise DataValidationError(
-                f"{HORIZON_FLAGS[kind]} {h} is too long for the history: {history}, "
+                f"{horizon_setting(kind, h)} is too long for the history: {history}, "
                 f"and a fit needs two snapshots {every} days apart whose {h}-day outcome "
                 f"windows end by then, the earliest more than {every} days after the first "
                 f"event: about {need} days{why}. {advice} a shorter horizon or more history",
@@ -721,7 +746,7 @@ def backtest(
     with _timed(timings, "load"):
         tx = _load(transactions, mapping, table)
         cut = parse_cutoff(cutoff)
-        _check_history(tx, cut, config, "--cutoff")
+        _check_history(tx, cut, config, CUTOFF)
         _warn_if_under_a_year(tx, cut)
         _check_repeat_buyers(tx, cut)
     fcfg = config.features

@@ -13,6 +13,7 @@ import pandas as pd
 
 from features.config import ColumnMapping
 from features.contract import Transactions, parse_cutoff
+from features.naming import named, setting
 from features.pipeline import build_features
 from features.warn import warn
 from training.baseline import BaselineCLV
@@ -137,8 +138,8 @@ def score(
     if store.in_memory:
         raise ValueError(
             f"the customer store {store.safe_url} is an in-memory database: the scores would "
-            f"be lost when this command ends. Give a file, e.g. "
-            f"--store {CustomerStore.default_url()}")
+            f"be lost when this {named('command', 'process')} ends. Give a file, e.g. "
+            f"{setting('--store', 'store_url', CustomerStore.default_url())}")
     try:
         store.check_reachable()  # before the work, not after it
         if models is None:
@@ -152,10 +153,12 @@ def score(
         cut = pd.Timestamp(scores["as_of"].iloc[0])
         trained = pd.Timestamp(models.as_of) if models.as_of is not None else None
         if trained is not None and cut < trained:
+            backtest_call = f"training.pipeline.backtest(..., cutoff='{cut.date()}')"
             warn(f"scoring as of {cut.date()} with models trained as of {trained.date()}: "
                  f"they learned from what happened after {cut.date()}, so these scores "
-                 f"look better than a forecast made then could; `lifecast backtest "
-                 f"--cutoff {cut.date()}` shows what the models of that day would say")
+                 f"look better than a forecast made then could; "
+                 f"{named(f'`lifecast backtest --cutoff {cut.date()}`', backtest_call)} "
+                 f"shows what the models of that day would say")
         feature_cols = ["customer_id", *models.churn.feature_names_]
         with _timed(timings, "store_write"):
             batch = store.write_batch(

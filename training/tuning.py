@@ -58,17 +58,18 @@ import pandas as pd
 
 from features.config import ColumnMapping
 from features.contract import DataValidationError, parse_cutoff
+from features.naming import named
 from features.pipeline import build_training_frame
 from training.metrics import UndefinedMetricError, normalized_gini, roc_auc
 from training.models import ChurnModel, TrainConfig, ValueModel, add_baseline_features
 from training.pipeline import (
-    HORIZON_FLAGS,
     _check_history,
     _horizons,
     _labelled_cutoffs,
     _load,
     default_as_of,
     evaluation_cutoffs,
+    horizon_name,
     sample_snapshots,
 )
 
@@ -118,7 +119,8 @@ def _import_optuna() -> Any:
         import optuna
     except ImportError as exc:
         raise ImportError(
-            f"hyperparameter tuning (--tune) needs Optuna, an optional extra: {_INSTALL_HINT}"
+            f"hyperparameter tuning ({named('--tune', 'tune_config')}) needs Optuna, an "
+            f"optional extra: {_INSTALL_HINT}"
         ) from exc
     return optuna
 
@@ -160,14 +162,15 @@ def prepare(
     fcfg = config.features
     tune_cut = min(evaluation_cutoffs(tx.report.first_event, cut, config).values())
     for kind, h in _horizons(config).items():
-        name = HORIZON_FLAGS[kind]
+        name = horizon_name(kind)
         n = len(_labelled_cutoffs(tx.report.first_event, tune_cut, h, config))
         if n < 3:  # one to fit on, one to validate on, one to score the trials on
             raise DataValidationError(
-                f"--tune needs three snapshots with the {h}-day label ({name}) before "
-                f"{tune_cut.date()}, the evaluation cutoff of train (the search must not see "
-                f"the outcomes train evaluates on); the history there allows {n}. Use a "
-                f"shorter horizon, more history, or train without --tune",
+                f"{named('--tune', 'tune_config')} needs three snapshots with the {h}-day "
+                f"label ({name}) before {tune_cut.date()}, the evaluation cutoff of train "
+                f"(the search must not see the outcomes train evaluates on); the history "
+                f"there allows {n}. Use a shorter horizon, more history, or "
+                f"{named('train without --tune', 'train without tuning')}",
                 source=tx.report.source,
             )
     frame = _stable(sample_snapshots(build_training_frame(tx, tune_cut, config=fcfg), config))
@@ -204,7 +207,9 @@ def _check_scorable(ev_c: pd.DataFrame, ev_v: pd.DataFrame,
                         f"is undefined")
     if problems:
         raise DataValidationError(
-            f"--tune cannot score its trials: {'; '.join(problems)}. Train without --tune "
+            f"{named('--tune', 'tune_config')} cannot score its trials: "
+            f"{'; '.join(problems)}. "
+            f"{named('Train without --tune', 'Train without tuning')} "
             f"(a search needs more customers or a shorter horizon)",
             source=source,
         )

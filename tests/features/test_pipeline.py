@@ -11,6 +11,7 @@ import pytest
 
 from features import ColumnMapping, FeatureConfig, build_features, build_labels
 from features.contract import DataValidationError
+from features.naming import command_line
 from features.pipeline import build_training_frame, snapshot_cutoffs
 from features.registry import feature_names
 
@@ -350,8 +351,13 @@ def test_snapshots_and_training_frames_leave_no_tables_behind(tmp_path):
 def test_training_frame_too_short_history_is_a_clear_error():
     log = _synthetic_log()
     cfg = FeatureConfig(churn_horizon_days=400, clv_horizon_days=400)
-    with pytest.raises(DataValidationError, match="no snapshot fits"):
+    with pytest.raises(DataValidationError, match="no snapshot fits") as err:
         build_training_frame(log, pd.Timestamp("2020-12-01"), config=cfg)
+    # the fields the caller set, not the flags of a command line it never used
+    assert str(err.value).endswith("shorter horizons (churn_horizon_days / clv_horizon_days)")
+    with command_line(), pytest.raises(DataValidationError) as err:
+        build_training_frame(log, pd.Timestamp("2020-12-01"), config=cfg)
+    assert str(err.value).endswith("horizons (--churn-horizon-days / --clv-horizon-days)")
 
 
 def test_training_frame_refuses_a_train_cutoff_long_after_the_data():

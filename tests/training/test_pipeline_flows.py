@@ -122,15 +122,20 @@ def test_backtest_evaluates_the_churn_window_the_data_covers(demo_transactions, 
 
 
 def test_horizon_longer_than_history_is_a_clear_error(demo_transactions):
+    """A Python caller is told the config field and parameter they set (it was told
+    "--clv-horizon-days 365 is too long ... before --as-of", flags it never typed); the
+    command line names the flags (`test_a_too_long_horizon_names_the_flags_on_the_command_line`)."""
     config = TrainConfig(features=FeatureConfig(churn_horizon_days=90, clv_horizon_days=365))
-    with pytest.raises(DataValidationError, match="--clv-horizon-days 365 is too long") as info:
+    with pytest.raises(DataValidationError,
+                       match=r"^config\.features\.clv_horizon_days=365 is too long") as info:
         train(demo_transactions, config=config)
     # the first message states everything train needs (its evaluation fits a year earlier)
     # and the longest horizon that would do (found by bisection: it passes, one more fails)
     msg = str(info.value)
-    assert "about 791 days of history before --as-of in all" in msg
-    longest = int(re.search(r"The longest --clv-horizon-days this history allows here is "
-                            r"(\d+): use a shorter horizon", msg).group(1))
+    assert "--" not in msg
+    assert "about 791 days of history before as_of in all" in msg
+    longest = int(re.search(r"The longest config\.features\.clv_horizon_days this history "
+                            r"allows here is (\d+): use a shorter horizon", msg).group(1))
     for days, fits in ((longest, True), (longest + 1, False)):
         fcfg = FeatureConfig(churn_horizon_days=90, clv_horizon_days=days)
         try:
@@ -144,7 +149,7 @@ def test_horizon_longer_than_history_is_a_clear_error(demo_transactions):
     config = TrainConfig(features=FeatureConfig(churn_horizon_days=90,
                                                 clv_horizon_days=30_000))
     with pytest.raises(DataValidationError, match=r"the evaluation cutoff, 1929-\d\d-\d\d, "
-                       r"is before the data starts \(2010-12-01; \d+ days before --as-of\)"):
+                       r"is before the data starts \(2010-12-01; \d+ days before as_of\)"):
         train(demo_transactions, config=config)
 
 
@@ -165,11 +170,11 @@ def test_as_of_long_after_the_data_is_a_clear_error(demo_transactions, demo_conf
     with pytest.raises(DataValidationError) as info:
         train(demo_transactions, as_of="2030-01-01", config=demo_config)
     msg = str(info.value)
-    assert msg.startswith(f"--as-of 2030-01-01 is {(pd.Timestamp('2030-01-01') - last).days:,} "
+    assert msg.startswith(f"as_of 2030-01-01 is {(pd.Timestamp('2030-01-01') - last).days:,} "
                           f"days after the last event in ")
     assert f"no later than {(last + pd.Timedelta(days=30)).date()}" in msg
     assert f"the day after the last event, {(last + pd.Timedelta(days=1)).date()}" in msg
-    with pytest.raises(DataValidationError, match=r"^--cutoff 2012-02-01 is \d+ days after"):
+    with pytest.raises(DataValidationError, match=r"^cutoff 2012-02-01 is \d+ days after"):
         backtest(demo_transactions, "2012-02-01", config=demo_config)
     from features.pipeline import check_labels_in_data
 

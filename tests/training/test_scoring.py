@@ -114,9 +114,12 @@ def test_score_writes_where_the_service_reads(demo_train_result, tmp_path, monke
     assert CustomerStore.configured_url() == CustomerStore.default_url(tmp_path)
     for memory in ("sqlite://", "sqlite:///:memory:"):
         with pytest.raises(ValueError, match="is an in-memory database: the scores would be "
-                                             "lost when this command ends"):
+                                             "lost when this process ends") as err:
             score(demo_data_path(), DEMO_MAPPING, store_url=memory,
                   models=demo_train_result.models)
+        # the parameter the caller passed, not `lifecast score`'s flag
+        assert str(err.value).endswith(
+            f"Give a file, e.g. store_url={CustomerStore.default_url()}")
 
 
 def test_scoring_before_the_models_as_of_warns(demo_train_result, tmp_path) -> None:
@@ -133,6 +136,9 @@ def test_scoring_before_the_models_as_of_warns(demo_train_result, tmp_path) -> N
                                          "from what happened after 2011-09-01") as caught:
         score(demo_data_path(), DEMO_MAPPING, "2011-09-01", store_url=url, models=models)
     assert any(w.filename == __file__ for w in caught)
+    # what a Python caller runs instead, not the command line's `lifecast backtest --cutoff`
+    assert any("training.pipeline.backtest(..., cutoff='2011-09-01') shows what the models"
+               in str(w.message) for w in caught)
     import warnings
 
     with warnings.catch_warnings(record=True) as caught:  # as of the models' own day: none

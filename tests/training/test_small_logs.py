@@ -201,6 +201,7 @@ def test_a_search_scores_a_model_that_learned_nothing_as_no_skill() -> None:
 
 def test_a_search_that_cannot_score_any_trial_says_so_before_it_starts() -> None:
     from features.contract import DataValidationError
+    from features.naming import command_line
     from training.tuning import _check_scorable
 
     cuts = {"churn": pd.Timestamp("2011-06-01"), "value": pd.Timestamp("2011-05-02")}
@@ -212,10 +213,15 @@ def test_a_search_that_cannot_score_any_trial_says_so_before_it_starts() -> None
                         pd.DataFrame({"future_value": [0.0, 0.0, 0.0]}), cuts, "shop.csv")
     assert err.value.source == "shop.csv"
     assert str(err.value) == (
-        "--tune cannot score its trials: every one of the 3 customers held out at "
+        "tune_config cannot score its trials: every one of the 3 customers held out at "
         "2011-06-01 has churned = 1, so ROC-AUC is undefined; the 3 customers held out at "
         "2011-05-02 all spend the same, so normalized Gini is undefined. Train without "
-        "--tune (a search needs more customers or a shorter horizon)")
+        "tuning (a search needs more customers or a shorter horizon)")
+    with command_line(), pytest.raises(DataValidationError) as err:  # as `lifecast train` runs
+        _check_scorable(pd.DataFrame({"churned": [1, 1, 1]}), ok_v, cuts, "shop.csv")
+    assert str(err.value).startswith("--tune cannot score its trials: ")
+    assert str(err.value).endswith(". Train without --tune (a search needs more customers "
+                                   "or a shorter horizon)")
     with pytest.raises(DataValidationError, match="normalized Gini is undefined"):
         _check_scorable(ok_c, pd.DataFrame({"future_value": [5.0, 5.0, 5.0]}), cuts, "x")
 
