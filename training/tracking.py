@@ -75,6 +75,7 @@ from mlflow.pyfunc import PythonModel
 from mlflow.types import ColSpec, Schema
 
 from features.config import FeatureConfig
+from features.naming import named
 from features.registry import DEFINITIONS_KEY, feature_names, recorded_definitions
 from features.urls import masked_url
 from features.warn import warn
@@ -285,12 +286,18 @@ def configure(workdir: Path | str = ".", experiment: str | None = None, *,
     return uri
 
 
+def _promote_always() -> str:
+    """How the champion decision names forcing a promotion: ``--promote always`` on the
+    command line, ``promote='always'`` (`log_training`'s parameter) in Python."""
+    return named("--promote always", "promote='always'")
+
+
 def experiment_name(name: str | None = None) -> str:
     """The experiment runs are logged to: ``name``, else ``$MLFLOW_EXPERIMENT_NAME`` (MLflow's
     own variable), else ``lifecast``. A blank name is a ValueError."""
     chosen = name if name is not None else os.environ.get(EXPERIMENT_ENV) or DEFAULT_EXPERIMENT
     if not chosen.strip():
-        where = "--experiment" if name is not None else EXPERIMENT_ENV
+        where = named("--experiment", "experiment") if name is not None else EXPERIMENT_ENV
         raise ValueError(f"{where} is blank: give an experiment name, or leave it out for "
                          f"{DEFAULT_EXPERIMENT!r}")
     return chosen
@@ -384,8 +391,8 @@ def _experiment_id(name: str) -> str:
         if exp.lifecycle_stage == "deleted":
             raise ValueError(
                 f"experiment {name!r} is deleted: restore it (mlflow experiments restore "
-                f"--experiment-id {exp.experiment_id}) or use another name (train "
-                f"--experiment, or ${EXPERIMENT_ENV})"
+                f"--experiment-id {exp.experiment_id}) or use another name "
+                f"({named('train --experiment', 'experiment=')}, or ${EXPERIMENT_ENV})"
             )
         return exp.experiment_id
     location = _sqlite_artifact_location(mlflow.get_tracking_uri())
@@ -1224,7 +1231,7 @@ def _decide(client: MlflowClient, kind: str, result: TrainResult, promote: str
             message += (f", but this run was trained as of "
                         f"{pd.Timestamp(result.models.as_of):%Y-%m-%d}, before the champion "
                         f"(as of {champion_as_of[:10]}): train these settings on the newer data "
-                        f"to promote them (or --promote always)")
+                        f"to promote them (or {_promote_always()})")
     if other_data and not outdated:
         # registered models are one set per store: a run on another data set (another shop,
         # a sample, a restated history) must not replace the champion unasked
@@ -1232,8 +1239,9 @@ def _decide(client: MlflowClient, kind: str, result: TrainResult, promote: str
         message += (f"; this run was trained on another log than champion v{cv}: "
                     f"{other_data}")
         if promote == "auto":
-            message += (". To replace it with a model of this data use --promote always, or "
-                        "keep each data set in its own MLflow store")
+            message += (f". To replace it with a model of this data use "
+                        f"{_promote_always()}, or keep each data "
+                        f"set in its own MLflow store")
     if promote == "auto":
         prefix = "promoted" if promoted else f"kept champion v{cv}"
     elif promote == "always":

@@ -544,7 +544,7 @@ def test_better_settings_trained_on_older_data_do_not_replace_the_champion(
     assert decision["message"].startswith(f"kept champion v{weak.versions['churn']}: roc_auc ")
     assert decision["message"].endswith(
         f"but this run was trained as of 2023-12-01, before the champion (as of {AS_OF}): "
-        f"train these settings on the newer data to promote them (or --promote always)")
+        f"train these settings on the newer data to promote them (or promote='always')")
     assert _aliases("churn") == {"champion": weak.versions["churn"]}
     # promoted by hand all the same: done, with a word on what it has not seen
     with pytest.warns(UserWarning) as caught:
@@ -601,13 +601,14 @@ def test_a_run_on_other_data_does_not_replace_the_champion_unless_told(
     assert (f"this run as of {later:%Y-%m-%d}): trained on later data; this run was trained "
             f"on another log than champion v{cv}: its events before {AS_OF} differ from the "
             f"other data's on ") in message
-    assert message.endswith(". To replace it with a model of this data use --promote always, "
+    # log_training's parameter, not `lifecast train`'s flag (which the command line says)
+    assert message.endswith(". To replace it with a model of this data use promote='always', "
                             "or keep each data set in its own MLflow store")
     assert _aliases("churn") == {"champion": cv}
     forced = tracking.log_training(result, source="other.parquet", promote="always")
     assert forced.promoted == {"churn": True, "clv": True}
     assert forced.decision["churn"]["message"].startswith("promoted (always): ")
-    assert "--promote always" not in forced.decision["churn"]["message"]
+    assert "promote='always'" not in forced.decision["churn"]["message"]
     # the log extended (the same rows before the champion's as-of, more after): no remark
     assert tracking.promote_run(first_run.run_id) == first_run.versions
     d = tracking._decide(mlflow.MlflowClient(), "churn", trained, "auto")
@@ -935,8 +936,8 @@ def test_runs_go_to_the_chosen_experiment_under_the_chosen_name(
     monkeypatch.setenv(tracking.EXPERIMENT_ENV, "from-env")
     assert tracking.experiment_name() == "from-env"
     assert tracking.experiment_name("churn study") == "churn study"  # the argument wins
-    with pytest.raises(ValueError, match=r"^--experiment is blank: give an experiment name"):
-        tracking.experiment_name(" ")
+    with pytest.raises(ValueError, match=r"^experiment is blank: give an experiment name"):
+        tracking.experiment_name(" ")  # `lifecast train --experiment ' '` says the flag
     monkeypatch.setenv(tracking.EXPERIMENT_ENV, "")  # set but empty: as if unset
     assert tracking.experiment_name() == "lifecast"
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # a new store of its own
