@@ -272,18 +272,22 @@ def _condense(
 ) -> tuple[tuple[FloatArray, ...], FloatArray]:
     """Identical rows of ``columns`` merged into one, their ``weights`` summed.
 
-    Rows with zero weight are dropped. The order of the distinct rows is unspecified; the
-    weighted log-likelihood of the result equals that of the input (up to summation order).
+    Rows with zero weight are dropped. The distinct rows come out sorted (by the first
+    column, then the next, ...), whatever the order of the input: the log-likelihood is
+    then summed in one order, so the same customers in another row order fit the very
+    same parameters (in order of appearance, a shuffled population moved them in the 8th
+    digit). Its value equals that of the input (up to summation order).
     """
     keep = weights > 0
     if not keep.all():
         columns = tuple(c[keep] for c in columns)
         weights = weights[keep]
     codes, rep = _group_rows(columns)
-    if rep.size == codes.size:
-        return columns, weights
-    summed = np.bincount(codes, weights=weights, minlength=rep.size)
-    return tuple(c[rep] for c in columns), summed
+    if rep.size < codes.size:
+        weights = np.bincount(codes, weights=weights, minlength=rep.size)
+        columns = tuple(c[rep] for c in columns)
+    order = np.lexsort(columns[::-1])  # lexsort's last key is the primary one
+    return tuple(c[order] for c in columns), weights[order]
 
 
 def _group_rows(
@@ -722,7 +726,10 @@ class GammaGammaModel:
             raise ValueError("penalizer must be non-negative")
         x, m = self._check(frequency, monetary_value)
         keep = (x > 0) & (m > 0)
-        x, m = x[keep], m[keep]
+        # sorted, so that the sums (the scale, the log-likelihood) and with them the fit are
+        # the same for the same customers in any row order
+        order = np.lexsort((m[keep], x[keep]))
+        x, m = x[keep][order], m[keep][order]
         if x.size < _MIN_GAMMA_GAMMA_CUSTOMERS:
             raise BaselineFitError(
                 "no repeat customers with positive spend to fit the Gamma-Gamma model: "

@@ -545,6 +545,22 @@ def test_baseline_fit_on_condensed_rows_matches_the_per_customer_fit() -> None:
     assert fitted.gamma_gamma_.log_likelihood_ == pytest.approx(-value * keep.sum(), rel=1e-10)
 
 
+def test_the_fit_does_not_depend_on_the_row_order() -> None:
+    """The same customers in another row order fit the very same parameters, and predict
+    the very same values: `predict_customers` on a feature frame sorted by spend (or
+    shuffled) gave other expected_orders and p_alive than on build_features' own order
+    (in the 8th digit: the log-likelihood was summed in order of appearance)."""
+    df = _population(3_000, seed=11)
+    shuffled = df.sample(frac=1, random_state=3).reset_index(drop=True)
+    a, b = BaselineCLV().fit(df), BaselineCLV().fit(shuffled)
+    assert a.bgnbd_.params_ == b.bgnbd_.params_
+    assert a.gamma_gamma_.params_ == b.gamma_gamma_.params_
+    assert a.bgnbd_.log_likelihood_ == b.bgnbd_.log_likelihood_
+    assert a.gamma_gamma_.log_likelihood_ == b.gamma_gamma_.log_likelihood_
+    back = b.predict(shuffled, 90).set_axis(df.sample(frac=1, random_state=3).index)
+    pd.testing.assert_frame_equal(a.predict(df, 90), back.sort_index(), check_exact=True)
+
+
 def test_expected_purchases_per_distinct_pair_equals_per_customer(bgnbd: BetaGeoModel) -> None:
     df = _population(5_000)
     f, r, t = df["frequency"], df["recency"] / 7, df["T"] / 7
