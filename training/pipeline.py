@@ -45,6 +45,7 @@ from features.segments import RFMSegmenter
 from features.warn import warn
 from training.metrics import churn_metrics, compare_table, value_metrics
 from training.models import (
+    BASELINE_FEATURES,
     BaselineGaps,
     ChurnModel,
     TrainConfig,
@@ -480,6 +481,7 @@ def fit_models(frame: pd.DataFrame, population: pd.DataFrame, config: TrainConfi
 
 def predict_customers(models: FittedModels, features: pd.DataFrame,
                       as_of: pd.Timestamp | None = None, *,
+                      population: pd.DataFrame | None = None,
                       timings: dict[str, float] | None = None) -> pd.DataFrame:
     """Per-customer output of DESIGN.md for a feature frame at one cutoff.
 
@@ -487,9 +489,21 @@ def predict_customers(models: FittedModels, features: pd.DataFrame,
     missing); one row per customer out with `OUTPUT_COLUMNS` plus the model versions.
     ``timings``, if given, receives the wall seconds of each step (``baseline_features``
     when added here, ``churn_predict_reasons``, ``value_predict``, ``segments``).
+
+    The baseline features (BG/NBD + Gamma-Gamma, inputs of both models) are fitted on the
+    whole population, as `train` and `lifecast score` fit them: ``population``
+    (`features.build_features` output for everyone at the same cutoff) when given, else
+    ``features`` itself. To score a subset (a CRM segment, a few customers), pass
+    everyone's features as ``population``: fitted on the subset alone, the baseline, and
+    so the predictions, differ. Without it, fewer than half the customers the models were
+    fit on warn.
     """
     cfg = models.config
     feats = features
+    if population is not None and "bg_p_alive" not in feats.columns:
+        feats = _with_population_baseline(feats, population, cfg.features, timings)
+    elif "bg_p_alive" not in feats.columns:
+        _warn_if_a_subset(feats, models.segmenter.n_customers_)
     if "cutoff" in feats.columns and feats["cutoff"].nunique(dropna=False) > 1:
         cuts = sorted(pd.Timestamp(c) for c in feats["cutoff"].dropna().unique())
         raise ValueError(
@@ -525,6 +539,49 @@ def predict_customers(models: FittedModels, features: pd.DataFrame,
     out["clv_model_version"] = models.versions.get("clv", "unregistered")
     _warn_if_p_alive_is_flat(out["p_alive"].to_numpy())
     return out
+
+
+def _with_population_baseline(features: pd.DataFrame, population: pd.DataFrame,
+                              settings: FeatureConfig, timings: dict[str, float] | None
+                              ) -> pd.DataFrame:
+    """``features`` with the baseline features of the same customers in ``population``
+    (fitted there): `predict_customers`' ``population``."""
+    cuts = {pd.Timestamp(c) for c in features["cutoff"].dropna().unique()}
+    other = {pd.Timestamp(c) for c in population["cutoff"].dropna().unique()} - cuts
+    if other:
+        raise ValueError(
+            f"predict_customers: population is at {sorted(other)[0]}, features at "
+            f"{sorted(cuts)[0] if cuts else 'no cutoff'}; pass build_features output for "
+            f"everyone at the cutoff of features")
+    with _timed(timings, "baseline_features"):
+        everyone = add_baseline_features(population, settings)
+    ids = pd.Index(everyone["customer_id"].astype("string"))
+    wanted = features["customer_id"].astype("string")
+    if not ids.is_unique:
+        raise ValueError("predict_customers: population holds a customer more than once; "
+                         "pass build_features output (one row per customer)")
+    where = ids.get_indexer(wanted)
+    if (where < 0).any():
+        cid = wanted[where < 0].iloc[0]
+        raise ValueError(
+            f"predict_customers: {int((where < 0).sum()):,} customers of features are not in "
+            f"population, e.g. {cid!r}; population must hold every customer of features "
+            f"(build_features for everyone at the same cutoff)")
+    base = {col: everyone[col].to_numpy()[where] for col in BASELINE_FEATURES}
+    return features.assign(**base)
+
+
+def _warn_if_a_subset(features: pd.DataFrame, fitted_on: int) -> None:
+    """Warn when ``features`` holds fewer than half the ``fitted_on`` customers the models
+    were fit on (the population at their as-of): the baseline would be fitted on a subset
+    (`predict_customers`)."""
+    if fitted_on <= 0 or len(features) >= fitted_on / 2:
+        return
+    warn(f"predict_customers fits the BG/NBD + Gamma-Gamma features on the rows it is given: "
+         f"{len(features):,} customers, where the models were fit on {fitted_on:,}. For a "
+         f"subset the predictions differ from those for the whole population: pass everyone's "
+         f"features as population= (predict_customers(models, subset, "
+         f"population=everyone))")
 
 
 def _warn_if_p_alive_is_flat(p_alive: np.ndarray) -> None:

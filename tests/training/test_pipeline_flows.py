@@ -8,7 +8,7 @@ import warnings
 import pandas as pd
 import pytest
 
-from features import FeatureConfig, build_labels
+from features import FeatureConfig, build_features, build_labels
 from features.contract import DataValidationError
 from training.models import TrainConfig
 from training.pipeline import (
@@ -286,6 +286,38 @@ def test_predict_customers_refuses_features_of_several_cutoffs(demo_train_result
                                          r"00:00:00 to 2011-12-10 00:00:00\): "
                                          r"predict_customers scores one cutoff at a time"):
         predict_customers(demo_train_result.models, feats)
+
+
+def test_predict_customers_on_a_subset_fits_the_baseline_on_the_population(
+        demo_train_result, demo_transactions):
+    """predict_customers on 20 customers fitted BG/NBD + Gamma-Gamma on those 20 alone, and
+    silently gave other churn probabilities (by up to 0.065) and values (by up to 179) than
+    for the same customers scored with everyone. population= fits it on everyone; without
+    it a subset warns."""
+    models = demo_train_result.models
+    everyone = build_features(demo_transactions, models.as_of,
+                              config=models.config.features)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # p_alive is flat on this log
+        whole = predict_customers(models, everyone).set_index("customer_id")
+        subset = everyone.sample(20, random_state=1)
+        with_pop = predict_customers(models, subset, population=everyone)
+    assert list(with_pop["customer_id"]) == list(subset["customer_id"])
+    pd.testing.assert_frame_equal(with_pop.set_index("customer_id"),
+                                  whole.loc[list(subset["customer_id"])], check_exact=True)
+    with pytest.warns(UserWarning, match=r"predict_customers fits the BG/NBD \+ Gamma-Gamma "
+                      r"features on the rows it is given: 20 customers, where the models were "
+                      r"fit on [\d,]+\. .* population=everyone\)\)") as caught:
+        predict_customers(models, subset)
+    assert caught[0].filename == __file__
+    with pytest.raises(ValueError, match=r"1 customers of features are not in population, "
+                                         r"e\.g\. '\d+'"):
+        predict_customers(models, subset, population=everyone[
+            everyone["customer_id"] != subset["customer_id"].iloc[0]])
+    earlier = build_features(demo_transactions, "2011-11-01", config=models.config.features)
+    with pytest.raises(ValueError, match=r"population is at 2011-11-01 00:00:00, features at "
+                                         r"2011-12-10"):
+        predict_customers(models, subset, population=earlier)
 
 
 def test_train_takes_its_config_as_a_dict():
