@@ -41,7 +41,9 @@ version is promoted. A champion that cannot be scored on the snapshot (other fea
 settings, such as another horizon) is kept, and the decision says why. ``"always"``
 promotes, ``"never"`` does not. Each kind is decided on its own; the decision and both
 scores are logged (tags ``decision_churn`` / ``decision_clv``, metrics
-``champion_churn_roc_auc``, ...).
+``champion_churn_roc_auc``, ...). A run that fails part way (an exception, Ctrl-C) is
+deleted with the model versions and logged models it registered, and the aliases it moved go
+back (`_undo_run`).
 
 The pyfunc models import this package (``training.tracking`` and ``training.models``) when
 loaded, so load them where lifecast is installed.
@@ -58,7 +60,7 @@ import os
 import re
 import tempfile
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -593,33 +595,81 @@ def log_training(
     run_name = run_name or default_run_name("train", models.as_of, models.config.features,
                                             tuned=tune_run_id is not None)
 
-    with _quiet(), mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
-        run_id = run.info.run_id
-        if tune_run_id is not None:
-            mlflow.set_tag(TUNE_RUN_TAG, tune_run_id)
-            client.set_tag(tune_run_id, TRAIN_RUN_TAG, run_id)
-        with _timed(None, "mlflow parameters and metrics"):
-            _log_params_and_data(result, source)
-            _log_metrics(result)
-            _log_features(result)
-        with tempfile.TemporaryDirectory(prefix="lifecast-run-") as tmp:
-            tmp_path = Path(tmp)
-            with _timed(None, "mlflow plots"):
-                _log_plots(result, tmp_path / "plots")
-            # decide and register both kinds before moving any alias, so a failure part way
-            # leaves the champions as they were
-            with _timed(None, "mlflow models registered"):
-                decisions = {kind: _decide(client, kind, result, promote) for kind in KINDS}
-                versions = {kind: _log_model(kind, result, run_id, source, tmp_path / kind)
-                            for kind in KINDS}
-        for kind in KINDS:
-            _record_decision(client, kind, versions[kind], decisions[kind])
+    champions = {kind: _champion_version(client, kind) for kind in KINDS}
+    run_id: str | None = None
+    try:
+        with _quiet(), mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+            run_id = run.info.run_id
+            if tune_run_id is not None:
+                mlflow.set_tag(TUNE_RUN_TAG, tune_run_id)
+                client.set_tag(tune_run_id, TRAIN_RUN_TAG, run_id)
+            with _timed(None, "mlflow parameters and metrics"):
+                _log_params_and_data(result, source)
+                _log_metrics(result)
+                _log_features(result)
+            with tempfile.TemporaryDirectory(prefix="lifecast-run-") as tmp:
+                tmp_path = Path(tmp)
+                with _timed(None, "mlflow plots"):
+                    _log_plots(result, tmp_path / "plots")
+                # decide and register both kinds before moving any alias, so a failure part
+                # way leaves the champions as they were
+                with _timed(None, "mlflow models registered"):
+                    decisions = {kind: _decide(client, kind, result, promote)
+                                 for kind in KINDS}
+                    versions = {kind: _log_model(kind, result, run_id, source, tmp_path / kind)
+                                for kind in KINDS}
+            for kind in KINDS:
+                _record_decision(client, kind, versions[kind], decisions[kind])
+    except BaseException:  # Ctrl-C too: a failed run leaves no run, version or alias behind
+        if run_id is not None:
+            _undo_run(client, run_id, experiment_id, champions, tune_run_id)
+        raise
     return RunSummary(
         run_id=run_id,
         versions=versions,
         promoted={kind: bool(decisions[kind]["promoted"]) for kind in KINDS},
         decision=decisions,
     )
+
+
+def _undo_run(client: MlflowClient, run_id: str, experiment_id: str,
+              champions: Mapping[str, str | None], tune_run_id: str | None) -> None:
+    """Take back what a training run that failed part way wrote: the champion aliases it
+    moved go back to ``champions`` (the versions that held them before), the model versions
+    and logged models it registered are deleted, its ``tune`` run no longer points at it,
+    and the run itself is deleted (``mlflow gc`` purges it). Each step is best effort: the
+    error that stopped the run is the one the user sees."""
+    undo: list[Callable[[], Any]] = []
+    mine = [mv for name in MODEL_NAMES.values()
+            for mv in _suppressed(lambda n=name: client.search_model_versions(
+                f"name='{n}' and run_id='{run_id}'"), [])]
+    for kind, name in MODEL_NAMES.items():
+        current = _suppressed(lambda k=kind: _champion_version(client, k))
+        if current is not None and any(mv.name == name and str(mv.version) == current
+                                       for mv in mine):
+            before = champions.get(kind)
+            undo.append(
+                (lambda n=name: client.delete_registered_model_alias(n, CHAMPION_ALIAS))
+                if before is None else
+                (lambda n=name, v=before: client.set_registered_model_alias(
+                    n, CHAMPION_ALIAS, v)))
+    undo += [lambda mv=mv: client.delete_model_version(mv.name, mv.version) for mv in mine]
+    logged = _suppressed(lambda: client.search_logged_models(
+        experiment_ids=[experiment_id], filter_string=f"source_run_id = '{run_id}'"), [])
+    undo += [lambda m=m: client.delete_logged_model(m.model_id) for m in logged]
+    if tune_run_id is not None:
+        undo.append(lambda: client.delete_tag(tune_run_id, TRAIN_RUN_TAG))
+    undo.append(lambda: client.delete_run(run_id))
+    for step in undo:
+        _suppressed(step)
+
+
+def _suppressed(call: Callable[[], Any], default: Any = None) -> Any:
+    """``call()``, or ``default`` when it raises an Exception."""
+    try:
+        return call()
+    except Exception:
+        return default
 
 
 def default_run_name(step: str, as_of: Any, features: FeatureConfig, *,

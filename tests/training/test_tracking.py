@@ -630,6 +630,57 @@ def test_a_champion_that_cannot_be_scored_is_kept_and_the_message_names_the_metr
     assert _aliases("churn") == {"champion": first_run.versions["churn"]}
 
 
+def _registry_state() -> tuple[dict, dict, list, int]:
+    """Every lifecast version (name, version) -> run, the aliases, the active runs' ids and
+    the number of logged models: what a failed training run must leave as it found."""
+    client = mlflow.MlflowClient()
+    versions = {(mv.name, str(mv.version)): mv.run_id for name in tracking.MODEL_NAMES.values()
+                for mv in client.search_model_versions(f"name='{name}'")}
+    aliases = {kind: _aliases(kind) for kind in tracking.KINDS}
+    runs = sorted(mlflow.search_runs(search_all_experiments=True)["run_id"])
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return versions, aliases, runs, len(client.search_logged_models(experiments))
+
+
+@pytest.mark.parametrize("fails_at", ["clv registered", "clv champion alias"])
+def test_a_training_run_that_fails_late_leaves_no_run_version_or_alias(
+        first_run, trained, fails_at: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run that fails after the churn model was registered (the disk fills while the value
+    model is logged), or after churn's champion alias moved: before, the run stayed (FAILED,
+    with metrics), lifecast-churn kept a version of it that `lifecast models` listed and
+    `lifecast promote --run` would make champion beside another run's value model, and with
+    --promote always the churn alias stayed moved."""
+    monkeypatch.setattr(tracking, "_log_plots", lambda result, folder: None)
+    tune = mlflow.MlflowClient().create_run(
+        tracking._experiment_id(tracking.experiment_name(None)), run_name="tune").info.run_id
+    before = _registry_state()
+    if fails_at == "clv registered":
+        log_model = mlflow.pyfunc.log_model
+
+        def disk_full(*args, **kwargs):
+            if kwargs["name"] == "clv":
+                raise OSError(28, "No space left on device")
+            return log_model(*args, **kwargs)
+        monkeypatch.setattr(mlflow.pyfunc, "log_model", disk_full)
+        error = OSError
+    else:
+        set_alias = mlflow.MlflowClient.set_registered_model_alias
+
+        def refused(self, name, alias, version):
+            if name == tracking.MODEL_NAMES["clv"]:
+                raise KeyboardInterrupt  # Ctrl-C as the last alias moves
+            return set_alias(self, name, alias, version)
+        monkeypatch.setattr(mlflow.MlflowClient, "set_registered_model_alias", refused)
+        error = KeyboardInterrupt
+    with pytest.raises(error):
+        tracking.log_training(trained, source="synthetic/transactions.parquet",
+                              promote="always", tune_run_id=tune)
+    monkeypatch.undo()
+    assert _registry_state() == before
+    assert tracking.TRAIN_RUN_TAG not in mlflow.MlflowClient().get_run(tune).data.tags
+    mlflow.MlflowClient().delete_run(tune)
+
+
 def test_promoting_by_hand_twice_keeps_one_decision_and_short_ids_are_explained(
         first_run) -> None:
     name = tracking.MODEL_NAMES["churn"]
