@@ -213,8 +213,12 @@ def data_differs(other: pd.DataFrame, this: pd.DataFrame, before: Any) -> str | 
     first = differ.index[0]
     n_a, n_b = (differ.loc[first, c] for c in ("rows_a", "rows_b"))
     here, there = (f"{n:,.0f}" if pd.notna(n) else "no" for n in (n_b, n_a))
+    if here == there:  # as many rows, other values (an amount, a customer, a time)
+        how = f"{here} row{'s' if here != '1' else ''} on both sides, with other values"
+    else:
+        how = f"{here} rows here, {there} there"
     return (f"its events before {day} differ from the other data's on {len(differ):,} of "
-            f"{len(joined):,} days (first {first}: {here} rows here, {there} there)")
+            f"{len(joined):,} days (first {first}: {how})")
 
 
 @contextlib.contextmanager
