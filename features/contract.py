@@ -30,7 +30,8 @@ The mapping is applied once, here, at the boundary:
 - ``amount``: DOUBLE, a column or an arithmetic expression over columns
   (``Quantity * UnitPrice``); negative amounts (returns, cancellations) are kept; an amount
   of 10^12 or more (in absolute value) is an error: the features' money type cannot hold it.
-  Text numbers use '.' as the decimal point, or with ``mapping.decimal_comma`` ',' (and '.'
+  Text numbers use '.' as the decimal point (and ',' between thousands when a '.' decimal
+  part follows: ``1,234.50``), or with ``mapping.decimal_comma`` ',' (and '.'
   or a space, also U+00A0 or U+202F, between thousands: ``1.234,50``), in every numeric
   column; without it, an amount text column whose dotted values look like thousands groups
   (``2.950``) gives a warning.
@@ -1921,6 +1922,10 @@ def _day_or_month_first(fmt: str) -> str | None:
 _COMMA_NUMBER = r"[+-]?([0-9]{1,3}(\.[0-9]{3})+|[0-9]{1,3}( [0-9]{3})+)(,[0-9]+)?"
 #: spaces that group thousands in exports besides ' ' (read as ' ' with decimal_comma)
 _NO_BREAK_SPACES = ("\u00a0", "\u202f")
+#: a number with '.' as the decimal point and ',' between thousands, as English-language
+#: exports write it ('1,234.50'); only with a decimal part, since '1,020' alone may be a
+#: decimal comma (1.02)
+_DOT_NUMBER_GROUPED = r"[+-]?[0-9]{1,3}(,[0-9]{3})+\.[0-9]+"
 #: text that looks like a whole number with '.' between thousands ('2.950', '1.234.567')
 _DOT_GROUPED = r"-?[1-9][0-9]{0,2}(\.[0-9]{3})+"
 
@@ -1931,8 +1936,10 @@ def _decimal_rule(decimal_comma: bool) -> str:
         return (f"with {MAPPING_FLAGS['decimal_comma']} (YAML key decimal_comma: true), numbers "
                 f"must use ',' as the decimal point and '.' or a space only between groups "
                 f"of three digits, as in '1.234,50' or '1 234,5'.")
-    return (f"numbers must use '.' as the decimal point, or, if they use ',' (as in "
-            f"'1.234,50'), pass {MAPPING_FLAGS['decimal_comma']} (YAML key decimal_comma: true).")
+    return (f"numbers must use '.' as the decimal point (',' between thousands is read when "
+            f"a '.' decimal part follows, as in '1,234.50'), or, if they use ',' as the "
+            f"decimal point (as in '1.234,50'), pass {MAPPING_FLAGS['decimal_comma']} (YAML key "
+            f"decimal_comma: true).")
 
 
 def _numeric_sql(src: _Source, col: str, contract: str, problems: list[str],
@@ -1957,7 +1964,12 @@ def _numeric_sql(src: _Source, col: str, contract: str, problems: list[str],
                 f"WHEN regexp_full_match({t}, {_lit(_COMMA_NUMBER)}) "
                 f"THEN CAST({ungrouped} AS DOUBLE) END)")
     if kind == "text":
-        return f"TRY_CAST(NULLIF(trim({c}), '') AS DOUBLE)"
+        # '1,234.50' (',' between thousands, '.' decimals) as English-language exports
+        # write amounts: unambiguous, since a decimal comma never has a '.' after it
+        t = f"trim({c})"
+        return (f"(CASE WHEN contains({t}, ',') AND regexp_full_match({t}, "
+                f"{_lit(_DOT_NUMBER_GROUPED)}) THEN CAST(replace({t}, ',', '') AS DOUBLE) "
+                f"ELSE TRY_CAST(NULLIF({t}, '') AS DOUBLE) END)")
     problems.append(
         f"column {col!r} (used for {contract}) has type {src.types[col]}, not a number; "
         f"set {_hint(contract)} to a numeric column"

@@ -1408,7 +1408,29 @@ def test_a_decimal_comma_without_the_option_points_at_it(tmp_path: Path) -> None
     assert ("column 'price' (amount): 1 of 2 rows with a customer id have an amount that is "
             "missing or not a number, e.g. row 1: '1,95'. Fix or remove these rows, or map "
             "amount to another column or expression with --amount (YAML key amount:); numbers "
-            "must use '.' as the decimal point, or, if they use ',' (as in '1.234,50'), pass "
+            "must use '.' as the decimal point (',' between thousands is read when a '.' "
+            "decimal part follows, as in '1,234.50'), or, if they use ',' as the decimal point "
+            "(as in '1.234,50'), pass --decimal-comma (YAML key decimal_comma: true).") in msg
+
+
+def test_comma_thousands_before_a_dot_decimal_part_are_read(tmp_path: Path) -> None:
+    """'1,020.00' is how UK and US exports (Excel's '#,##0.00') write amounts: it was 'not a
+    number', and the hint said to use '.' as the decimal point, which it does. Read when a
+    '.' decimal part follows; '1,020' alone may be 1.02 with a decimal comma: still refused."""
+    path = _eu_csv(tmp_path, ["1,020.00", "-3,272.4", "1,234,567.5", "9.90", "7"],
+                   qty=["1", "2", "1", "1", "1,000.5"])
+    tx = load_transactions(path, SIMPLE.with_overrides(amount="qty * price", quantity="qty"))
+    got = tx.to_pandas()
+    assert got["amount"].tolist() == [1020.0, -6544.8, 1234567.5, 9.9, 7003.5]
+    assert got["quantity"].tolist() == [1.0, 2.0, 1.0, 1.0, 1000.5]
+    msg = _error(_eu_csv(tmp_path, ["1,020", "1,02.50", "1.020,50", "2.5"]),
+                 SIMPLE.with_overrides(amount="price"))
+    assert ("column 'price' (amount): 3 of 4 rows with a customer id have an amount that is "
+            "missing or not a number, e.g. row 1: '1,020'; row 2: '1,02.50'; row 3: "
+            "'1.020,50'. Fix or remove these rows, or map amount to another column or "
+            "expression with --amount (YAML key amount:); numbers must use '.' as the decimal "
+            "point (',' between thousands is read when a '.' decimal part follows, as in "
+            "'1,234.50'), or, if they use ',' as the decimal point (as in '1.234,50'), pass "
             "--decimal-comma (YAML key decimal_comma: true).") in msg
 
 
