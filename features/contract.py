@@ -62,6 +62,7 @@ import hashlib
 import itertools
 import re
 import threading
+import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -2284,11 +2285,34 @@ def _validate(con: DuckDBBackend, src: _Source, plan: _Plan, stats: dict[str, An
             )
         elif c.key == "timestamp_early" and plan.timestamp_is_text:
             hint = _early_advice(con, plan, examples.get("_values_timestamp_early", []))
+        elif c.contract in _NUMERIC_CONTRACTS and c.key == c.contract:
+            hint = _currency_advice(examples.get(f"_values_{c.key}", [])) + hint
         problems.append(
             f"{what} ({c.contract}): {n:,} of {kept:,} rows with a customer id have "
             f"{c.problem}, e.g. {examples[c.key]}. {hint}"
         )
     _raise(src, problems, src.row_note and f"({src.row_note}.)")
+
+
+#: contract columns read as numbers (`_numeric_sql`)
+_NUMERIC_CONTRACTS = ("amount", "quantity", "discount")
+#: a currency code before or after a number ('EUR 9.90', '9,90 EUR')
+_CURRENCY_CODE = re.compile(r"^[A-Z]{3}\s*[-+(]?[0-9]|[0-9.,)]\s*[A-Z]{3}$")
+
+
+def _currency_advice(values: list[tuple[str, str]]) -> str:
+    """The first sentence of the hint of bad numbers when the examples carry a currency sign
+    ('£9.90', '€ 1.234,50') or code ('EUR 9.90'), which no number parser reads; else ''."""
+    for col, value in values:
+        text = value.strip()
+        signs = sorted({ch for ch in text if unicodedata.category(ch) == "Sc"})
+        code = _CURRENCY_CODE.search(text)
+        if signs or code:
+            sign = signs[0] if signs else text[:3] if text[:3].isalpha() else text[-3:]
+            return (f"The values carry a currency ({sign!r} in {col!r}): lifecast reads "
+                    f"plain numbers in one currency, so remove it before loading, e.g. in "
+                    f"pandas df[{col!r}] = df[{col!r}].str.replace({sign!r}, '').str.strip(). ")
+    return ""
 
 
 def _examples(
@@ -2315,7 +2339,8 @@ def _examples(
     with _in_file_order(raw, src):
         rows = raw.execute(sql).fetchall()
     out: dict[str, Any] = {c.key: [] for c in bad}
-    out.update({f"_values_{c.key}": [] for c in bad if c.contract == "timestamp"})
+    out.update({f"_values_{c.key}": [] for c in bad
+                if c.contract == "timestamp" or c.contract in _NUMERIC_CONTRACTS})
     for problem, row_no, file, *values in sorted(rows, key=lambda r: (r[0], r[1] or 0)):
         c = bad[problem]
         shown = dict(zip(needed, values, strict=True))
@@ -2327,6 +2352,9 @@ def _examples(
         out[c.key].append(f"{where}: {val}" if where else val)
         if c.contract == "timestamp" and shown[c.raw[0]] not in (None, ""):
             out[f"_values_{c.key}"].append(shown[c.raw[0]].strip())
+        if c.contract in _NUMERIC_CONTRACTS:
+            out[f"_values_{c.key}"] += [(col, v) for col, v in shown.items()
+                                        if col in c.raw and isinstance(v, str)]
     for c in bad:
         out[c.key] = "; ".join(out[c.key])
     return out

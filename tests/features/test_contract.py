@@ -1434,6 +1434,23 @@ def test_comma_thousands_before_a_dot_decimal_part_are_read(tmp_path: Path) -> N
             "--decimal-comma (YAML key decimal_comma: true).") in msg
 
 
+def test_amounts_with_a_currency_sign_or_code_say_to_remove_it(tmp_path: Path) -> None:
+    """'£9.90' was 'not a number' with a hint about decimal points only, which '£9.90' keeps."""
+    msg = _error(_eu_csv(tmp_path, ["£9.90", "£1,020.00", "3"]), SIMPLE.with_overrides(
+        amount="price"))
+    assert ("column 'price' (amount): 2 of 3 rows with a customer id have an amount that is "
+            "missing or not a number, e.g. row 1: '£9.90'; row 2: '£1,020.00'. The values "
+            "carry a currency ('£' in 'price'): lifecast reads plain numbers in one currency, "
+            "so remove it before loading, e.g. in pandas df['price'] = "
+            "df['price'].str.replace('£', '').str.strip(). Fix or remove") in msg
+    msg = _error(_eu_csv(tmp_path, ["9,90 EUR", "2"], qty=["1", "1"]), SIMPLE.with_overrides(
+        amount="qty * price", decimal_comma=True))
+    assert ("e.g. row 1: qty='1', price='9,90 EUR'. The values carry a currency ('EUR' in "
+            "'price'): ") in msg
+    msg = _error(_eu_csv(tmp_path, ["1,95", "2"]), SIMPLE.with_overrides(amount="price"))
+    assert "carry a currency" not in msg
+
+
 def test_dot_thousands_read_as_decimals_give_a_warning(tmp_path: Path) -> None:
     """'2.950' is 2950 in a German export and 2.95 to DuckDB: without --decimal-comma the
     amounts load a thousand times too small, so the load warns and the report shows the
