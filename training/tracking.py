@@ -1391,6 +1391,15 @@ def promote_run(run_id: str) -> dict[str, str]:
             f"no registered models come from run {run_id}{_run_hint(client, run_id)}; "
             f"`lifecast models` lists the versions and the runs they come from"
         )
+    missing = [MODEL_NAMES[k] for k in KINDS if k not in found]
+    if missing:  # a run killed outright (kill -9: no `_undo_run`): one model of the pair
+        have = ", ".join(f"{MODEL_NAMES[k]} v{v}" for k, v in found.items())
+        raise ValueError(
+            f"run {next(iter(versions)).run_id} registered {have} but no {missing[0]}: it "
+            f"failed or was stopped before registering both models, and its champions would "
+            f"not be a pair. Promote a run that registered both (`lifecast models` lists "
+            f"them), or train again with `lifecast train`"
+        )
     for kind in (k for k in KINDS if k in found):  # a champion `lifecast score` would refuse
         name, version = MODEL_NAMES[kind], found[kind]
         defs = _version_definitions(name, version, tags[kind])

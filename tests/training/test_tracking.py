@@ -1014,3 +1014,26 @@ def test_runs_go_to_the_chosen_experiment_under_the_chosen_name(
         assert {v.run_id for v in versions} == {named.run_id, default.run_id}
     finally:
         tracking.configure(store[0])  # the module's store, for the tests after this one
+
+
+def test_promote_refuses_a_run_that_registered_one_model(
+        first_run, trained, tmp_path: Path) -> None:
+    """A `lifecast train` killed outright (kill -9, so nothing cleans up) after it registered
+    the churn model leaves lifecast-churn vN of a run without lifecast-clv; `lifecast promote
+    --run` made that churn version champion beside another run's value model. Now it is
+    refused, naming what the run registered and what to do."""
+    client = mlflow.MlflowClient()
+    with mlflow.start_run(run_name="killed") as run:
+        churn_version = tracking._log_model("churn", trained, run.info.run_id, "synthetic",
+                                            tmp_path / "churn")
+    try:
+        with pytest.raises(ValueError) as info:
+            tracking.promote_run(run.info.run_id[:8])
+        assert str(info.value) == (
+            f"run {run.info.run_id} registered lifecast-churn v{churn_version} but no "
+            f"lifecast-clv: it failed or was stopped before registering both models, and its "
+            f"champions would not be a pair. Promote a run that registered both (`lifecast "
+            f"models` lists them), or train again with `lifecast train`")
+        assert _aliases("churn") == {"champion": first_run.versions["churn"]}
+    finally:
+        client.delete_model_version("lifecast-churn", churn_version)
