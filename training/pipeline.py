@@ -214,7 +214,9 @@ def data_differs(other: pd.DataFrame, this: pd.DataFrame, before: Any) -> str | 
     n_a, n_b = (differ.loc[first, c] for c in ("rows_a", "rows_b"))
     here, there = (f"{n:,.0f}" if pd.notna(n) else "no" for n in (n_b, n_a))
     if here == there:  # as many rows, other values (an amount, a customer, a time)
-        how = f"{here} row{'s' if here != '1' else ''} on both sides, with other values"
+        how = (f"{here} row{'s' if here != '1' else ''} on both sides, with other "
+               f"values: customer ids (e.g. '0012345' against 12345), times (a time zone) "
+               f"or amounts")
     else:
         how = f"{here} rows here, {there} there"
     return (f"its events before {day} differ from the other data's on {len(differ):,} of "

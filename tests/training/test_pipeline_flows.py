@@ -360,14 +360,16 @@ def test_daily_profile_and_data_differs_tell_the_same_log_from_another() -> None
     changed = log.assign(amount=[10.0, 5.0, 7.5, 3.5, 2.0])
     assert data_differs(full, profile(changed), "2024-01-06") == (
         "its events before 2024-01-06 differ from the other data's on 1 of 4 days (first "
-        "2024-01-04: 1 row on both sides, with other values)")
+        "2024-01-04: 1 row on both sides, with other values: customer ids (e.g. "
+        "'0012345' against 12345), times (a time zone) or amounts)")
     # as many rows on a day, other amounts: "1,968 rows here, 1,968 there" read as no
     # difference at all (Online Retail scored with `amount: UnitPrice` after training on
     # `Quantity * UnitPrice`)
     doubled = pd.concat([log, log]).assign(amount=lambda d: d["amount"] * 2)
     assert data_differs(profile(pd.concat([log, log])), profile(doubled), "2024-01-06") == (
         "its events before 2024-01-06 differ from the other data's on 4 of 4 days (first "
-        "2024-01-01: 4 rows on both sides, with other values)")
+        "2024-01-01: 4 rows on both sides, with other values: customer ids (e.g. "
+        "'0012345' against 12345), times (a time zone) or amounts)")
     assert data_differs(full, profile(log.drop(index=1)), "2024-01-06") == (
         "its events before 2024-01-06 differ from the other data's on 1 of 4 days (first "
         "2024-01-01: 1 rows here, 2 there)")
