@@ -691,3 +691,31 @@ def test_version():
     assert res.exit_code == 0, res.output
     assert res.output == (f"lifecast {version('lifecast')} (feature definitions "
                           f"v{DEFINITIONS_VERSION})\n")
+
+
+def test_the_command_line_drops_a_librarys_deprecation_but_not_its_own_warnings(capsys):
+    """DuckDB 2.0.1 deprecates `fetch_arrow_table`, which Ibis 12 calls on every query;
+    under a test runner (or `-W default`) that reached the user as "warning:
+    fetch_arrow_table() is deprecated" before each error. A library's deprecation is
+    dropped; the package's own warnings, deprecations included, still show."""
+    import warnings
+    from pathlib import Path
+
+    import features
+    from features.cli import run_cli
+
+    ours = str(Path(features.__file__).with_name("contract.py"))
+
+    @run_cli
+    def command() -> None:
+        warnings.warn_explicit("fetch_arrow_table() is deprecated", DeprecationWarning,
+                               "/venv/site-packages/ibis/backends/duckdb/__init__.py", 332)
+        warnings.warn_explicit("the old flag is deprecated", DeprecationWarning, ours, 1)
+        warnings.warn_explicit("the data may be stale", UserWarning,
+                               "/venv/site-packages/somewhere.py", 1)
+
+    command()
+    err = capsys.readouterr().err
+    assert "fetch_arrow_table" not in err
+    assert "warning: the old flag is deprecated" in err
+    assert "warning: the data may be stale" in err
