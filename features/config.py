@@ -22,6 +22,8 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from features.naming import named
+
 #: Contract columns that a mapping may fill, in output order.
 REQUIRED_COLUMNS: tuple[str, ...] = ("customer_id", "timestamp", "amount")
 OPTIONAL_COLUMNS: tuple[str, ...] = (
@@ -50,6 +52,34 @@ MAPPING_FLAGS: dict[str, str] = {
     "decimal_comma": "--decimal-comma",
     "missing_ids": "--missing-ids",
 }
+
+
+def mapping_key(key: str) -> str:
+    """How a message names the `ColumnMapping` field ``key`` to its reader: by its flag on
+    the command line, ``--amount (YAML key amount:)``, and by the field a Python caller
+    sets otherwise, ``ColumnMapping(amount=...) (YAML key amount:)`` (a dict or YAML file
+    given as ``mapping=`` has the same key)."""
+    return f"{named(MAPPING_FLAGS[key], f'ColumnMapping({key}=...)')} (YAML key {key}:)"
+
+
+def mapping_setting(key: str, value: Any) -> str:
+    """The `ColumnMapping` field ``key`` set to ``value``, as its reader writes it:
+    ``--amount 'Price / 100' (YAML key amount:)`` on the command line, else
+    ``ColumnMapping(amount='Price / 100') (YAML key amount:)``. A switch is
+    ``--decimal-comma (YAML key decimal_comma: true)``, a list of ids
+    ``--missing-ids 'GUEST,0' (YAML key missing_ids: ['GUEST', '0'])``."""
+    flag = MAPPING_FLAGS[key]
+    yaml_value = ""
+    if isinstance(value, bool):
+        cli = flag if value else f"--no-{flag.removeprefix('--')}"
+        python, yaml_value = repr(value), f" {str(value).lower()}"
+    elif isinstance(value, (list, tuple)):
+        cli = f"{flag} '{','.join(value)}'"
+        python = yaml_value = repr(list(value))
+        yaml_value = f" {yaml_value}"
+    else:
+        cli, python = f"{flag} '{value}'", repr(value)
+    return f"{named(cli, f'ColumnMapping({key}={python})')} (YAML key {key}:{yaml_value})"
 
 
 #: Text that starts like a year-first date ("2011-12-01", "2011/12/01 10:00"): given as a
@@ -185,15 +215,16 @@ class ColumnMapping(BaseModel):
     def with_overrides(self, **overrides: Any) -> ColumnMapping:
         """A copy with the given (non-None) fields replaced, as command-line flags do; an
         empty string unsets an optional field (``--order-col ''`` drops the YAML file's
-        order_id). An invalid value raises ValueError naming its flag, in one line."""
+        order_id). An invalid value raises ValueError naming its flag (its field outside the
+        command line, `features.naming`), in one line."""
         data = self.model_dump()
         for key, value in overrides.items():
             if value is None:
                 continue
             if isinstance(value, str) and not value.strip():
                 if key in REQUIRED_COLUMNS:
-                    raise ValueError(f"{MAPPING_FLAGS.get(key, key)} cannot be empty: name "
-                                     f"the column that holds the {key}")
+                    raise ValueError(f"{named(MAPPING_FLAGS.get(key, key), key)} cannot be "
+                                     f"empty: name the column that holds the {key}")
                 value = None
             data[key] = value
         try:
@@ -202,7 +233,7 @@ class ColumnMapping(BaseModel):
             parts = []
             for err in exc.errors():
                 key = str(err["loc"][0]) if err["loc"] else "mapping"
-                parts.append(f"{MAPPING_FLAGS.get(key, key)}: "
+                parts.append(f"{named(MAPPING_FLAGS.get(key, key), key)}: "
                              f"{err['msg'].removeprefix('Value error, ')}")
             raise ValueError("; ".join(parts)) from None
 

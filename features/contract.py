@@ -82,8 +82,11 @@ from features.config import (
     REQUIRED_COLUMNS,
     ColumnMapping,
     FeatureConfig,
+    mapping_key,
+    mapping_setting,
 )
 from features.engine import MONEY_LIMIT  # amounts must be below it in absolute value
+from features.naming import named
 from features.urls import driver_hint, masked_url
 from features.warn import warn
 
@@ -276,7 +279,9 @@ class ValidationReport:
         ]
         for reason, count in self.rows_dropped.items():
             if reason == MISSING_CUSTOMER and self.missing_ids:
-                reason += f", or one of {MAPPING_FLAGS['missing_ids']} {','.join(self.missing_ids)}"
+                ids = named(f"{MAPPING_FLAGS['missing_ids']} {','.join(self.missing_ids)}",
+                            f"ColumnMapping(missing_ids={list(self.missing_ids)!r})")
+                reason += f", or one of {ids}"
             lines.append(f"  dropped        {count:>12,}  ({reason})")
         lines += [
             f"  rows kept      {self.rows_kept:>12,}",
@@ -599,7 +604,7 @@ def _check_timestamp_format(raw: Any, fmt: str) -> None:
     else:
         why = f"{code.group(1)!r} is not a strptime code DuckDB knows"
     raise DataValidationError(
-        f"{_hint('timestamp_format')} {fmt!r} is not a format lifecast can read: "
+        f"{mapping_setting('timestamp_format', fmt)} is not a format lifecast can read: "
         f"{why}.{codes}"
     )
 
@@ -1382,7 +1387,8 @@ def _kind(duck_type: str) -> str:
 
 
 def _hint(key: str) -> str:
-    return f"{MAPPING_FLAGS[key]} (YAML key {key}:)"
+    """The mapping field ``key`` as its reader sets it (`features.config.mapping_key`)."""
+    return mapping_key(key)
 
 
 def _resolve(name: str, columns: Sequence[str]) -> str | None:
@@ -1504,8 +1510,8 @@ def _plan(
             problem="an amount of 10^12 or more (in absolute value)",
             hint=(
                 "lifecast's money type holds values below 10^12 per order. If the amounts "
-                f"are in minor units (e.g. cents), scale them, e.g. --amount '{scaled}' "
-                f"(YAML key amount:); otherwise fix or remove these rows."
+                f"are in minor units (e.g. cents), scale them, e.g. "
+                f"{mapping_setting('amount', scaled)}; otherwise fix or remove these rows."
             ),
         )
     ]
@@ -1934,13 +1940,12 @@ _DOT_GROUPED = r"-?[1-9][0-9]{0,2}(\.[0-9]{3})+"
 def _decimal_rule(decimal_comma: bool) -> str:
     """How numbers in text must be written, for the hints of bad numbers."""
     if decimal_comma:
-        return (f"with {MAPPING_FLAGS['decimal_comma']} (YAML key decimal_comma: true), numbers "
+        return (f"with {mapping_setting('decimal_comma', True)}, numbers "
                 f"must use ',' as the decimal point and '.' or a space only between groups "
                 f"of three digits, as in '1.234,50' or '1 234,5'.")
     return (f"numbers must use '.' as the decimal point (',' between thousands is read when "
             f"a '.' decimal part follows, as in '1,234.50'), or, if they use ',' as the "
-            f"decimal point (as in '1.234,50'), pass {MAPPING_FLAGS['decimal_comma']} (YAML key "
-            f"decimal_comma: true).")
+            f"decimal point (as in '1.234,50'), pass {mapping_setting('decimal_comma', True)}.")
 
 
 def _numeric_sql(src: _Source, col: str, contract: str, problems: list[str],
@@ -2228,8 +2233,8 @@ def _warn_thousands(con: DuckDBBackend, src: _Source, plan: _Plan) -> None:
                 f"{_FORMAT_SNIFF_ROWS:,} rows have groups of three digits after it, e.g. "
                 f"{example!r}, read as "
                 f"{float(example):g}. If '.' separates thousands there (and ',' is the "
-                f"decimal point), pass {MAPPING_FLAGS['decimal_comma']} (YAML key "
-                f"decimal_comma: true); if they are amounts with three decimals, ignore this."
+                f"decimal point), pass {mapping_setting('decimal_comma', True)}; if they are "
+                f"amounts with three decimals, ignore this."
             )
 
 

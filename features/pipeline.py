@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from features.config import MAPPING_FLAGS, ColumnMapping, FeatureConfig
+from features.config import ColumnMapping, FeatureConfig, mapping_setting
 from features.contract import (
     DataValidationError,
     Transactions,
@@ -222,13 +222,12 @@ def warn_if_one_id_dominates(features_df: pd.DataFrame) -> None:
                   and spend[top] > 0 else "")
     cut = pd.Timestamp(features_df["cutoff"].iloc[top])
     cut_text = cut.strftime("%Y-%m-%d") if cut == cut.normalize() else str(cut)
-    flag = MAPPING_FLAGS["missing_ids"]
     warn(
         f"customer {cid!r} holds {share:.0%} of the purchase orders before {cut_text} "
         f"({int(orders[top]):,} of {int(total):,}, among {len(orders):,} customers){spend_part}: "
         f"an id that many buyers share, such as guest checkouts or a walk-in or cash "
         f"account? lifecast models it as one customer, who then tops the segments and the "
-        f"value lists. If it is one, pass {flag} '{cid}' (YAML missing_ids: ['{cid}']): its "
+        f"value lists. If it is one, pass {mapping_setting('missing_ids', [str(cid)])}: its "
         f"rows are then dropped and counted like rows without a customer id."
     )
 

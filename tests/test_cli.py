@@ -59,6 +59,47 @@ def test_missing_column_is_a_clear_error_with_exit_code_2(sales_csv, tmp_path):
     assert not (tmp_path / "x.parquet").exists()
 
 
+def test_mapping_hints_name_the_flag_and_yaml_key_here_and_the_field_in_python(sales_csv,
+                                                                             tmp_path):
+    """The hints of the column mapping name what each reader set: the command line its
+    flag and the YAML key, a Python caller of the same function `ColumnMapping(field=...)`
+    (it was told '--customer-col' too)."""
+    from features import ColumnMapping, load_transactions
+    from features.contract import DataValidationError
+
+    validate = ["features", "validate", "-t", str(sales_csv)]
+    res = runner.invoke(app, [*validate, "--customer-col", "customer", "--timestamp-col",
+                              "when", "--amount", "qty * price"])
+    assert res.exit_code == 2
+    assert ("column 'customer' (mapped to customer_id) is not in the data; set "
+            "--customer-col (YAML key customer_id:) to the right column") in res.output
+    with pytest.raises(DataValidationError) as err:
+        load_transactions(sales_csv, ColumnMapping(customer_id="customer", timestamp="when",
+                                                   amount="qty * price"))
+    assert ("column 'customer' (mapped to customer_id) is not in the data; set "
+            "ColumnMapping(customer_id=...) (YAML key customer_id:) to the right "
+            "column") in str(err.value)
+    assert "--" not in str(err.value)
+
+    res = runner.invoke(app, [*validate, *MAP, "--timestamp-format", "%H:%i"])
+    assert res.exit_code == 2
+    assert ("--timestamp-format '%H:%i' (YAML key timestamp_format:) is not a format "
+            "lifecast can read") in res.output
+
+    big = tmp_path / "big.csv"
+    pd.read_csv(sales_csv).assign(price=[10.0, 5.0, 2e12, 1.0]).to_csv(big, index=False)
+    res = runner.invoke(app, ["features", "validate", "-t", str(big), *MAP])
+    assert res.exit_code == 2
+    assert "scale them, e.g. --amount '(qty * price) / 100' (YAML key amount:);" in res.output
+
+    comma = tmp_path / "comma.csv"
+    pd.read_csv(sales_csv).assign(price=["10", "5,5", "2.5", "1"]).to_csv(comma, index=False)
+    res = runner.invoke(app, ["features", "validate", "-t", str(comma), *MAP])
+    assert res.exit_code == 2
+    assert "with --amount (YAML key amount:);" in res.output
+    assert "pass --decimal-comma (YAML key decimal_comma: true)." in res.output
+
+
 def test_cutoff_before_the_data_is_a_clear_error(sales_csv, tmp_path):
     res = runner.invoke(app, ["features", "build", "-t", str(sales_csv), *MAP,
                               "--cutoff", "2020-01-01", "--out", str(tmp_path / "x.parquet")])

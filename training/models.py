@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from features.config import MAPPING_FLAGS, FeatureConfig
+from features.config import FeatureConfig, mapping_key
 from features.registry import (
     DEFINITIONS_HISTORY,
     DEFINITIONS_KEY,
@@ -189,7 +189,7 @@ def check_source_columns(models: Sequence[tuple[ChurnModel | ValueModel, str]],
         if extra:
             said.append(f"{', '.join(extra)} {'is' if len(extra) == 1 else 'are'} mapped for "
                         f"{data} but {'was' if len(extra) == 1 else 'were'} not in training")
-        flags = ", ".join(f"{MAPPING_FLAGS[c]} (YAML key {c}:)" for c in missing)
+        flags = ", ".join(mapping_key(c) for c in missing)
         trained_with = (f"with {', '.join(trained)} mapped" if trained else
                         "without order_id, product_id, category or discount")
         raise ValueError(

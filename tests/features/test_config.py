@@ -12,7 +12,10 @@ from features.config import (
     MAPPING_FLAGS,
     ColumnMapping,
     FeatureConfig,
+    mapping_key,
+    mapping_setting,
 )
+from features.naming import command_line
 
 
 def test_defaults_are_the_contract_names() -> None:
@@ -95,17 +98,41 @@ def test_with_overrides_replaces_only_given_fields() -> None:
 
 def test_with_overrides_errors_name_the_flag_and_empty_unsets_optional_columns() -> None:
     """What the command line's flags do on top of a YAML mapping: a bad value is one line
-    naming the flag (not pydantic's report), '' drops an optional column, and a required
-    one cannot be emptied."""
+    naming the flag (not pydantic's report; the field when Python calls it), '' drops an
+    optional column, and a required one cannot be emptied."""
     base = ColumnMapping(customer_id="c", timestamp="t", amount="a", order_id="o")
-    with pytest.raises(ValueError) as err:
+    with command_line(), pytest.raises(ValueError) as err:
         base.with_overrides(timestamp_format="dd/mm/yyyy")
     assert str(err.value) == ("--timestamp-format: 'dd/mm/yyyy' is not a strptime format; "
                               "write it with % codes, e.g. '%d/%m/%Y %H:%M'")
+    with pytest.raises(ValueError, match="^timestamp_format: 'dd/mm/yyyy' is not a strptime"):
+        base.with_overrides(timestamp_format="dd/mm/yyyy")
     assert base.with_overrides(order_id="").order_id is None
     assert base.with_overrides(order_id=" ", product_id="p").product_id == "p"
-    with pytest.raises(ValueError, match="--customer-col cannot be empty"):
+    with command_line(), pytest.raises(ValueError, match="--customer-col cannot be empty"):
         base.with_overrides(customer_id="")
+    with pytest.raises(ValueError, match="^customer_id cannot be empty"):
+        base.with_overrides(customer_id="")
+
+
+def test_mapping_hints_name_the_field_in_python_and_the_flag_on_the_command_line() -> None:
+    """A Python caller who passed ``mapping=`` was told to set '--amount' (a flag of a
+    command they never ran); the command line keeps its flags. Both get the YAML key."""
+    assert mapping_key("customer_id") == "ColumnMapping(customer_id=...) (YAML key customer_id:)"
+    assert mapping_setting("amount", '"Unit Price" / 100') == (
+        "ColumnMapping(amount='\"Unit Price\" / 100') (YAML key amount:)")
+    assert mapping_setting("decimal_comma", True) == (
+        "ColumnMapping(decimal_comma=True) (YAML key decimal_comma: true)")
+    assert mapping_setting("missing_ids", ("GUEST", "0")) == (
+        "ColumnMapping(missing_ids=['GUEST', '0']) (YAML key missing_ids: ['GUEST', '0'])")
+    with command_line():
+        assert mapping_key("customer_id") == "--customer-col (YAML key customer_id:)"
+        assert mapping_setting("amount", '"Unit Price" / 100') == (
+            "--amount '\"Unit Price\" / 100' (YAML key amount:)")
+        assert mapping_setting("decimal_comma", True) == (
+            "--decimal-comma (YAML key decimal_comma: true)")
+        assert mapping_setting("missing_ids", ("GUEST", "0")) == (
+            "--missing-ids 'GUEST,0' (YAML key missing_ids: ['GUEST', '0'])")
 
 
 def test_mapping_is_frozen_and_strips_names() -> None:

@@ -442,8 +442,8 @@ def test_missing_columns_name_each_flag_and_list_the_file_columns(tmp_path: Path
     path = _csv(user_log(), tmp_path)
     msg = _error(path, MAPPING.with_overrides(customer_id="Customer", order_id="Invoice"))
     assert "sales.csv" in msg
-    assert "'Customer'" in msg and "--customer-col" in msg and "customer_id:" in msg
-    assert "'Invoice'" in msg and "--order-col" in msg and "order_id:" in msg
+    assert "'Customer'" in msg and "ColumnMapping(customer_id=...)" in msg and "customer_id:" in msg
+    assert "'Invoice'" in msg and "ColumnMapping(order_id=...)" in msg and "order_id:" in msg
     assert "InvoiceNo, StockCode, Qty, Unit Price, CustomerID, InvoiceDate" in msg
 
 
@@ -470,7 +470,7 @@ def test_amount_expressions_allow_only_arithmetic(amount: str, expected: str) ->
 def test_unknown_column_in_amount_expression_is_named_with_the_columns(tmp_path: Path) -> None:
     msg = _error(_parquet(user_log(), tmp_path), MAPPING.with_overrides(amount="Qty * Price"))
     assert "sales.parquet" in msg
-    assert "'Price'" in msg and "--amount" in msg and "amount:" in msg
+    assert "'Price'" in msg and "ColumnMapping(amount=...)" in msg and "amount:" in msg
     assert "Columns in" in msg and "Unit Price" in msg and "InvoiceDate" in msg
 
 
@@ -489,7 +489,7 @@ def test_unparseable_timestamps_give_count_examples_rows_and_format_hint(tmp_pat
     assert "2 of 5 rows with a customer id" in msg
     assert "row 2: '31/01/2021 10:00'" in msg and "row 4: (empty)" in msg
     assert "garbage" not in msg
-    assert "--timestamp-format" in msg and "timestamp_format:" in msg
+    assert "ColumnMapping(timestamp_format=...)" in msg and "timestamp_format:" in msg
     assert "'%d/%m/%Y %H:%M'" in msg  # a format that reads the example
     assert "not counting the header" in msg
 
@@ -521,7 +521,7 @@ def test_non_numeric_amounts_show_the_source_values(tmp_path: Path) -> None:
     assert "2 of 5 rows" in msg
     assert "row 3: Unit Price='abc', Qty='3'" in msg
     assert "row 6: Unit Price='10,5'" in msg
-    assert "decimal point" in msg and "--amount" in msg
+    assert "decimal point" in msg and "ColumnMapping(amount=...)" in msg
 
 
 def test_nan_amounts_with_a_customer_are_an_error() -> None:
@@ -558,7 +558,7 @@ def test_no_rows_with_a_customer_id(tmp_path: Path) -> None:
     msg = _error(_parquet(df, tmp_path), MAPPING)
     assert "no rows left in" in msg and "sales.parquet" in msg
     assert "all 6 rows have no customer id in column 'CustomerID'" in msg
-    assert "--customer-col" in msg
+    assert "ColumnMapping(customer_id=...)" in msg
 
 
 def test_missing_file_and_unknown_extension(tmp_path: Path) -> None:
@@ -796,7 +796,7 @@ def test_malformed_amount_is_quoted_as_typed(amount: str, expected: str) -> None
     assert f"amount {amount!r}" in msg
     assert expected in msg
     assert " AS " not in msg.replace(amount, "")  # the parser's rewrite does not leak
-    assert "--amount" in msg
+    assert "ColumnMapping(amount=...)" in msg
 
 
 def _iso_log(n: int) -> pd.DataFrame:
@@ -825,7 +825,7 @@ def test_a_few_bad_timestamps_among_good_ones_say_fix_the_rows(
     assert f"1 of {n:,} rows" in msg and f"row {row}: {bad!r}" in msg
     assert f"other {n - 1:,} rows parse" in msg
     assert "fix those rows or remove them" in msg
-    assert "--timestamp-format" not in msg and "pass its format" not in msg
+    assert "ColumnMapping(timestamp_format=...)" not in msg and "pass its format" not in msg
     if "/" in bad:
         assert "they look like '%d/%m/%Y %H:%M'" in msg
 
@@ -856,7 +856,7 @@ def test_timestamps_mostly_in_another_format_still_get_the_format_hint(
     df["InvoiceDate"] = pd.to_datetime(df["InvoiceDate"]).dt.strftime("%d/%m/%Y %H:%M")
     df.loc[:5, "InvoiceDate"] = "2011-01-01 00:00"  # 6 ISO, 14 day-first
     msg = _error(_csv(df, tmp_path), ISO_MAPPING)
-    assert "--timestamp-format" in msg
+    assert "ColumnMapping(timestamp_format=...)" in msg
     assert "Formats that read these examples: '%d/%m/%Y %H:%M'" in msg
     assert "fix those rows" not in msg
 
@@ -889,8 +889,8 @@ def test_listed_missing_ids_are_dropped_and_counted(tmp_path: Path) -> None:
         assert tx.to_pandas()["customer_id"].tolist() == ["A1", "guest", "A2"]  # exact case
         assert tx.report.rows_dropped == {"missing customer_id": 3}
         assert tx.report.missing_ids == ("GUEST", "0")
-        assert ("dropped                   3  (missing customer_id, or one of --missing-ids "
-                "GUEST,0)") in tx.report.format()
+        assert ("dropped                   3  (missing customer_id, or one of "
+                "ColumnMapping(missing_ids=['GUEST', '0']))") in tx.report.format()
     ints = pd.DataFrame({"c": [0, 17850, 0, 12345, -1], "t": "2021-01-01", "v": 1.0})
     floats = ints.astype({"c": "float64"})
     for source in (ints, floats, _csv(ints, tmp_path), _parquet(floats, tmp_path)):
@@ -966,7 +966,7 @@ def test_float_customer_ids_with_a_fraction_are_an_error(kind: str, tmp_path: Pa
     msg = _error(source, SIMPLE)
     assert "column 'c' (customer_id): 2 of 5 rows with a customer id" in msg
     assert "row 2: '12346.5'; row 5: 'inf'" in msg
-    assert "whole numbers or text" in msg and "--customer-col" in msg
+    assert "whole numbers or text" in msg and "ColumnMapping(customer_id=...)" in msg
     ok = df[df["c"].isna() | (df["c"] % 1 == 0)]
     source = _parquet(ok, tmp_path) if kind == "parquet" else ok
     tx = load_transactions(source, SIMPLE)
@@ -1001,7 +1001,7 @@ def test_ambiguous_day_and_month_first_dates_are_an_error(
         msg = _error(source, SIMPLE)
         assert "column 't' (timestamp): the dates are ambiguous" in msg
         assert read in msg
-        assert "--timestamp-format (YAML key timestamp_format:)" in msg
+        assert "ColumnMapping(timestamp_format=...) (YAML key timestamp_format:)" in msg
         assert f"'{month_first}' if the month comes first" in msg
         assert "if the day comes first" in msg
     tx = load_transactions(_csv(_dates(texts), tmp_path),
@@ -1163,11 +1163,12 @@ def test_amounts_the_money_type_cannot_hold_are_an_error(tmp_path: Path) -> None
     assert "column 'Unit Price' (amount): 1 of 4 rows with a customer id have an amount of " \
         "10^12 or more" in msg
     assert "row 3: '-2000000000000.0'" in msg
-    assert "below 10^12 per order" in msg and "--amount '\"Unit Price\" / 100'" in msg
+    assert ("below 10^12 per order" in msg and "scale them, e.g. ColumnMapping(amount="
+            "'\"Unit Price\" / 100') (YAML key amount:); otherwise") in msg
     msg = _error(_csv(df, tmp_path), SIMPLE.with_overrides(amount='Qty * "Unit Price"'))
     assert "amount 'Qty * \"Unit Price\"' (amount): 2 of 5 rows" in msg
     assert "row 1: Qty='100', Unit Price='10100000000.0'; row 3: Qty='1'" in msg
-    assert "--amount '(Qty * \"Unit Price\") / 100'" in msg
+    assert "ColumnMapping(amount='(Qty * \"Unit Price\") / 100') (YAML key amount:)" in msg
     assert "row 5: Qty='1', Unit Price=(empty)" in msg  # the missing amount, beside it
     tx = load_transactions(df.iloc[[1, 3]], SIMPLE.with_overrides(amount="Unit Price"))
     assert tx.to_pandas()["amount"].max() == 999_999_999_999.99
@@ -1247,15 +1248,16 @@ def test_two_digit_years_read_both_ways_are_ambiguous(tmp_path: Path) -> None:
             "the formats '%d/%m/%y %H:%M', '%m/%d/%y %H:%M', and they read some differently, "
             "e.g. row 1: '01/12/10 09:37' is 2010-12-01 09:37:00 with '%d/%m/%y %H:%M', "
             "2010-01-12 09:37:00 with '%m/%d/%y %H:%M'. Say which format the data is written "
-            "in with --timestamp-format (YAML key timestamp_format:): '%d/%m/%y %H:%M' if the "
-            "day comes first, '%m/%d/%y %H:%M' if the month comes first") in msg
+            "in with ColumnMapping(timestamp_format=...) (YAML key timestamp_format:): "
+            "'%d/%m/%y %H:%M' if the day comes first, '%m/%d/%y %H:%M' if the month comes "
+            "first") in msg
     # DuckDB's sniffer reads two-digit dates without a time year first: a third reading
     dates = _dates(["01/12/10", "13/12/10", "02/01/11"])
     msg = _error(_csv(dates, tmp_path), SIMPLE)
     assert ("row 1: '01/12/10' is 2001-12-10 with '%y/%m/%d', 2010-12-01 with '%d/%m/%y'. "
-            "Say which format the data is written in with --timestamp-format (YAML key "
-            "timestamp_format:): '%y/%m/%d' if the year comes first, '%d/%m/%y' if the day "
-            "comes first") in msg
+            "Say which format the data is written in with ColumnMapping(timestamp_format=...) "
+            "(YAML key timestamp_format:): '%y/%m/%d' if the year comes first, '%d/%m/%y' if "
+            "the day comes first") in msg
     tx = load_transactions(dates, SIMPLE)  # no sniffer, and the month is not first
     assert tx.to_pandas()["timestamp"].tolist() == [
         pd.Timestamp("2010-12-01"), pd.Timestamp("2010-12-13"), pd.Timestamp("2011-01-02")]
@@ -1270,9 +1272,9 @@ def test_timestamps_before_1900_are_an_error_by_any_path(tmp_path: Path) -> None
             "1900-01-01, e.g. row 3: '13/12/10 10:05'. The text was read as ISO 8601 (year "
             "first), which reads '13/12/10 10:05' as 0013-12-10 10:05:00: that way, a "
             "two-digit year gives a date in the years 0 to 99. If the years have two digits, "
-            "pass a format with %y (it reads them as 1969 to 2068) with --timestamp-format "
-            "(YAML key timestamp_format:), e.g. '%d/%m/%y %H:%M'; otherwise fix or remove "
-            "these rows.") in msg
+            "pass a format with %y (it reads them as 1969 to 2068) with "
+            "ColumnMapping(timestamp_format=...) (YAML key timestamp_format:), e.g. "
+            "'%d/%m/%y %H:%M'; otherwise fix or remove these rows.") in msg
     us = _dates(["12/1/10 9:37", "12/13/10 10:05"])
     msg = _error(_csv(us, tmp_path), SIMPLE.with_overrides(timestamp_format="%m/%d/%Y %H:%M"))
     assert ("2 of 2 rows with a customer id have a timestamp before 1900-01-01, e.g. row 1: "
@@ -1304,7 +1306,7 @@ _SCIENTIFIC_HINT = (
     "ids in scientific notation (as Excel does with long numbers), which keeps only their "
     "first digits, so different customers now share an id: re-export the column as text (in "
     "Excel, format it as Text, or as a Number with 0 decimals, before saving), or set "
-    "--customer-col (YAML key customer_id:) to the customer id column."
+    "ColumnMapping(customer_id=...) (YAML key customer_id:) to the customer id column."
 )
 
 
@@ -1390,8 +1392,9 @@ def test_decimal_comma_reads_european_numbers(tmp_path: Path) -> None:
     msg = _error(path, SIMPLE.with_overrides(amount="price", decimal_comma=True))
     assert ("column 'price' (amount): 2 of 3 rows with a customer id have an amount that is "
             "missing or not a number, e.g. row 2: '1.5'; row 3: '12.34,5'. Fix or remove these "
-            "rows, or map amount to another column or expression with --amount (YAML key "
-            "amount:); with --decimal-comma (YAML key decimal_comma: true), numbers must use "
+            "rows, or map amount to another column or expression with "
+            "ColumnMapping(amount=...) (YAML key amount:); with "
+            "ColumnMapping(decimal_comma=True) (YAML key decimal_comma: true), numbers must use "
             "',' as the decimal point and '.' or a space only between groups of three digits, "
             "as in '1.234,50' or '1 234,5'.") in msg
 
@@ -1407,10 +1410,11 @@ def test_a_decimal_comma_without_the_option_points_at_it(tmp_path: Path) -> None
     msg = _error(_eu_csv(tmp_path, ["1,95", "2"]), SIMPLE.with_overrides(amount="price"))
     assert ("column 'price' (amount): 1 of 2 rows with a customer id have an amount that is "
             "missing or not a number, e.g. row 1: '1,95'. Fix or remove these rows, or map "
-            "amount to another column or expression with --amount (YAML key amount:); numbers "
-            "must use '.' as the decimal point (',' between thousands is read when a '.' "
-            "decimal part follows, as in '1,234.50'), or, if they use ',' as the decimal point "
-            "(as in '1.234,50'), pass --decimal-comma (YAML key decimal_comma: true).") in msg
+            "amount to another column or expression with ColumnMapping(amount=...) (YAML key "
+            "amount:); numbers must use '.' as the decimal point (',' between thousands is "
+            "read when a '.' decimal part follows, as in '1,234.50'), or, if they use ',' as "
+            "the decimal point (as in '1.234,50'), pass ColumnMapping(decimal_comma=True) "
+            "(YAML key decimal_comma: true).") in msg
 
 
 def test_comma_thousands_before_a_dot_decimal_part_are_read(tmp_path: Path) -> None:
@@ -1428,10 +1432,11 @@ def test_comma_thousands_before_a_dot_decimal_part_are_read(tmp_path: Path) -> N
     assert ("column 'price' (amount): 3 of 4 rows with a customer id have an amount that is "
             "missing or not a number, e.g. row 1: '1,020'; row 2: '1,02.50'; row 3: "
             "'1.020,50'. Fix or remove these rows, or map amount to another column or "
-            "expression with --amount (YAML key amount:); numbers must use '.' as the decimal "
-            "point (',' between thousands is read when a '.' decimal part follows, as in "
-            "'1,234.50'), or, if they use ',' as the decimal point (as in '1.234,50'), pass "
-            "--decimal-comma (YAML key decimal_comma: true).") in msg
+            "expression with ColumnMapping(amount=...) (YAML key amount:); numbers must use "
+            "'.' as the decimal point (',' between thousands is read when a '.' decimal part "
+            "follows, as in '1,234.50'), or, if they use ',' as the decimal point (as in "
+            "'1.234,50'), pass "
+            "ColumnMapping(decimal_comma=True) (YAML key decimal_comma: true).") in msg
 
 
 def test_amounts_with_a_currency_sign_or_code_say_to_remove_it(tmp_path: Path) -> None:
@@ -1464,8 +1469,8 @@ def test_dot_thousands_read_as_decimals_give_a_warning(tmp_path: Path) -> None:
         f"22 values with a '.' in the first 20,480 rows have groups of three digits after it, "
         f"e.g. '2.950', read as "
         f"2.95. If '.' separates thousands there (and ',' is the decimal point), pass "
-        f"--decimal-comma (YAML key decimal_comma: true); if they are amounts with three "
-        f"decimals, ignore this."]
+        f"ColumnMapping(decimal_comma=True) (YAML key decimal_comma: true); if they are "
+        f"amounts with three decimals, ignore this."]
     assert tx.report.net_amount == 6766.65
     assert "\n  net amount         6,766.65  (sum of amount over the kept rows)\n" in \
         tx.report.format()
@@ -1516,8 +1521,8 @@ def test_a_timestamp_format_duckdb_cannot_read_is_named(fmt: str, why: str,
     """DuckDB's InvalidInputException came out of the profile query as a traceback."""
     source = _csv(_dates(["01/12/2010 09:37"]), tmp_path)
     msg = _error(source, SIMPLE.with_overrides(timestamp_format=fmt))
-    assert msg == (f"--timestamp-format (YAML key timestamp_format:) {fmt!r} is not a format "
-                   f"lifecast can read: {why}")
+    assert msg == (f"ColumnMapping(timestamp_format={fmt!r}) (YAML key timestamp_format:) is "
+                   f"not a format lifecast can read: {why}")
 
 
 # --------------------------------------------------------------------------- numbers as times
@@ -1554,7 +1559,8 @@ def test_numbers_as_timestamps_say_what_they_look_like(values: list, said: str,
     assert (f"column 't' (mapped to timestamp) has type {kind}, not a date, datetime or text: "
             f"{said}\n") in msg
     other = _error(df.assign(t=[7, 8]), SIMPLE)  # no such number: as before
-    assert "has type BIGINT, not a date, datetime or text; set --timestamp-col" in other
+    assert ("has type BIGINT, not a date, datetime or text; set ColumnMapping(timestamp=...) "
+            "(YAML key timestamp:)") in other
 
 
 # --------------------------------------------------------------------------- lines above the header

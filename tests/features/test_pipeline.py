@@ -580,7 +580,8 @@ def test_an_id_holding_an_outsized_share_of_the_orders_is_warned_about() -> None
         f"customer 'GUEST' holds 20% of the purchase orders before 2024-09-28 "
         f"({guest_orders:,} of 3,000, among ")
     assert "% of the net spend: an id that many buyers share" in message
-    assert "pass --missing-ids 'GUEST' (YAML missing_ids: ['GUEST'])" in message
+    assert ("pass ColumnMapping(missing_ids=['GUEST']) (YAML key missing_ids: ['GUEST'])"
+            in message)
     assert _shared_id_warnings(df, {"missing_ids": ["GUEST"]}) == []
     # a large customer is no warning: 4% of the orders of 400 customers
     assert _shared_id_warnings(_guest_log(0.04)) == []

@@ -79,7 +79,8 @@ def test_score_refuses_data_mapped_without_the_columns_the_models_were_trained_o
     message = str(err.value)
     assert message.startswith("the churn model was trained on data with order_id, product_id "
                               "mapped; order_id, product_id are not mapped for ")
-    assert "--order-col (YAML key order_id:), --product-col (YAML key product_id:)" in message
+    assert ("ColumnMapping(order_id=...) (YAML key order_id:), ColumnMapping(product_id=...) "
+            "(YAML key product_id:)") in message
     assert not (tmp_path / "store").exists()
 
     # and the other way round: a column the models were not trained with
