@@ -86,7 +86,7 @@ from features.config import (
     mapping_setting,
 )
 from features.engine import MONEY_LIMIT  # amounts must be below it in absolute value
-from features.naming import named
+from features.naming import counted, named
 from features.urls import driver_hint, masked_url
 from features.warn import warn
 
@@ -569,8 +569,9 @@ def check_cutoff(
     gap = cut - last
     if gap > pd.Timedelta(days=config.stale_after_days):
         warn(
-            f"cutoff {cut.date()} is {gap.days} days after the last event in {report.source} "
-            f"({last}); the data may be stale (more than {config.stale_after_days} days old), "
+            f"cutoff {cut.date()} is {counted(gap.days, 'day')} after the last event in "
+            f"{report.source} ({last}); the data may be stale (more than "
+            f"{counted(config.stale_after_days, 'day')} old), "
             f"so every customer will look churned. Load newer data or use an earlier cutoff.",
             StaleDataWarning,
         )

@@ -4,7 +4,7 @@ A Python caller set ``config.features.clv_horizon_days`` or ``as_of``; a command
 typed ``--clv-horizon-days`` or ``--as-of``. The library raises the same error for both, so
 a message names a setting through `named` / `setting`, which give the flag while
 `command_line` is active (`features.cli.run_cli` activates it around every command) and
-the Python name otherwise.
+the Python name otherwise. `counted` puts a count and its noun in the same number.
 """
 
 from __future__ import annotations
@@ -41,3 +41,9 @@ def setting(flag: str, python: str, value: Any) -> str:
     """A setting with its value as its reader wrote it: ``--clv-horizon-days 365`` on the
     command line, else ``config.features.clv_horizon_days=365``."""
     return f"{flag} {value}" if on_command_line() else f"{python}={value}"
+
+
+def counted(n: int, noun: str) -> str:
+    """``n`` (with thousands separators) and ``noun`` agreeing with it in number: ``1 row``,
+    ``2,048 rows``, ``1 day``, ``0 days``."""
+    return f"{n:,} {noun if n == 1 else noun + 's'}"

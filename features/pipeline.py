@@ -36,7 +36,7 @@ from features.engine import (
     linked_lines,
     order_lines,
 )
-from features.naming import named
+from features.naming import counted, named
 from features.registry import feature_definitions
 from features.warn import warn
 
@@ -361,7 +361,8 @@ def _labels(tx: Transactions, cutoff: Any, horizon_days: int, *, require_observe
     last = pd.Timestamp(tx.report.last_event)
     if require_observed and last < end - pd.Timedelta(days=1):
         raise DataValidationError(
-            f"the outcome window [{cut.date()}, {end.date()}) of {horizon_days} days is not "
+            f"the outcome window [{cut.date()}, {end.date()}) of "
+            f"{counted(horizon_days, 'day')} is not "
             f"covered by the data, whose last event is {last}: choose an earlier cutoff "
             f"or a shorter horizon"
         )
@@ -491,7 +492,8 @@ def check_labels_in_data(tx: Transactions, cutoff: pd.Timestamp, config: Feature
     slack = pd.Timedelta(days=config.stale_after_days)
     if cutoff > last + slack:
         raise DataValidationError(
-            f"{name} {cutoff.date()} is {(cutoff - last).days:,} days after the last event in "
+            f"{name} {cutoff.date()} is {counted((cutoff - last).days, 'day')} after the last "
+            f"event in "
             f"{tx.report.source} ({last}): each snapshot is labelled with the purchases in "
             f"the horizon after it, and windows after the data would show every customer as "
             f"churned. Use a {name} no later than {(last + slack).normalize().date()}, e.g. "

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from features.cli import fail, run_cli, with_mapping
 from features.config import ColumnMapping
+from features.naming import counted
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -150,8 +151,8 @@ def uncovered_message(cutoff: Any, last_event: Any, first_event: Any,
     for flag, days in horizons:
         until = cut + pd.Timedelta(days=days)
         if not window_observed(last, cut, days):
-            lines.append(f"  {flag} {days}: needs data until {_when(until)} (cutoff + {days} "
-                         f"days); the data ends {_when(last)}")
+            lines.append(f"  {flag} {days}: needs data until {_when(until)} (cutoff + "
+                         f"{counted(days, 'day')}); the data ends {_when(last)}")
     if len(lines) == 1:  # every window covered: not reached when backtest had no metrics
         lines[0] += f" the data ends {_when(last)}"
     longest = max(days for _, days in horizons)
@@ -163,8 +164,8 @@ def uncovered_message(cutoff: Any, last_event: Any, first_event: Any,
                      f"horizons")
     else:
         span = (last - pd.Timestamp(first_event)).days
-        lines.append(f"no cutoff gives metrics with these horizons: the data spans {span} "
-                     f"days, and a backtest needs about {need} days of "
+        lines.append(f"no cutoff gives metrics with these horizons: the data spans "
+                     f"{counted(span, 'day')}, and a backtest needs about {need} days of "
                      f"history before the cutoff plus {longest} after it; use shorter "
                      f"horizons or a longer history")
     return "\n".join(lines)

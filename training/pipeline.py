@@ -30,7 +30,7 @@ from features.contract import (
     parse_cutoff,
 )
 from features.demo import segment_customers
-from features.naming import named, setting
+from features.naming import counted, named, setting
 from features.pipeline import (
     as_transactions,
     build_features,
@@ -212,15 +212,14 @@ def data_differs(other: pd.DataFrame, this: pd.DataFrame, before: Any) -> str | 
                 f"to {a.index.max()})")
     first = differ.index[0]
     n_a, n_b = (differ.loc[first, c] for c in ("rows_a", "rows_b"))
-    here, there = (f"{n:,.0f}" if pd.notna(n) else "no" for n in (n_b, n_a))
+    here, there = (counted(int(n), "row") if pd.notna(n) else "no rows" for n in (n_b, n_a))
     if here == there:  # as many rows, other values (an amount, a customer, a time)
-        how = (f"{here} row{'s' if here != '1' else ''} on both sides, with other "
-               f"values: customer ids (e.g. '0012345' against 12345), times (a time zone) "
-               f"or amounts")
+        how = (f"{here} on both sides, with other values: customer ids (e.g. '0012345' "
+               f"against 12345), times (a time zone) or amounts")
     else:
-        how = f"{here} rows here, {there} there"
+        how = f"{here} here, {there} there"
     return (f"its events before {day} differ from the other data's on {len(differ):,} of "
-            f"{len(joined):,} days (first {first}: {how})")
+            f"{counted(len(joined), 'day')} (first {first}: {how})")
 
 
 @contextlib.contextmanager
@@ -339,7 +338,7 @@ def _check_history(tx: Transactions, as_of: pd.Timestamp, config: TrainConfig,
                    f"about {need + h} days of history before {flag} in all")
             if cut > first:
                 history = (f"the data before {cut.date()} ({what}) covers "
-                           f"{(cut - first).days} days from {first.date()}")
+                           f"{counted((cut - first).days, 'day')} from {first.date()}")
             else:  # the evaluation cutoff is before the data: "covers -99627 days" said
                 history = (f"{what}, {cut.date()}, is before the data starts "
                            f"({first.date()}; {(as_of - first).days} days before {flag})")
@@ -395,7 +394,8 @@ def _warn_if_under_a_year(tx: Transactions, as_of: pd.Timestamp) -> None:
     history = (as_of - first).days
     if history < 365:
         warn(
-            f"the data before {as_of.date()} covers {history} days (from {first.date()}), "
+            f"the data before {as_of.date()} covers {counted(history, 'day')} (from "
+            f"{first.date()}), "
             f"less than a year: seasonal swings (a holiday peak, a summer lull) cannot be "
             f"learned, so predictions for a window over one can be off by more than the "
             f"backtest on other windows shows",

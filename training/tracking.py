@@ -77,7 +77,7 @@ from mlflow.pyfunc import PythonModel
 from mlflow.types import ColSpec, Schema
 
 from features.config import FeatureConfig
-from features.naming import named
+from features.naming import counted, named
 from features.registry import DEFINITIONS_KEY, feature_names, recorded_definitions
 from features.urls import masked_url
 from features.warn import warn
@@ -548,7 +548,8 @@ def _warn_if_a_subset(features: pd.DataFrame, trained_on: int) -> None:
         return
     cut, n = few.index[0], int(few.iloc[0])
     warn(f"model_input fits the BG/NBD + Gamma-Gamma features on the rows it is given: "
-         f"{n:,} customers at cutoff {pd.Timestamp(cut)}, where the model's training log had "
+         f"{counted(n, 'customer')} at cutoff {pd.Timestamp(cut)}, where the model's training "
+         f"log had "
          f"{trained_on:,}. For a subset the predictions differ from those for the whole "
          f"population: pass everyone's features as population= "
          f"(model_input(subset, model, population=everyone))")
@@ -1163,7 +1164,7 @@ def _comparable(kind: str, champion: ChurnModel | ValueModel, result: TrainResul
     theirs_f, ours_f = champion.config.features, _eval_model(result, kind).config.features
     theirs, ours = getattr(theirs_f, attr), getattr(ours_f, attr)
     if theirs != ours:
-        return f"it predicts a {theirs}-day horizon, this run {ours} days"
+        return f"it predicts a {theirs}-day horizon, this run {counted(ours, 'day')}"
     if theirs_f != ours_f:
         return ("it was trained with other feature settings: "
                 f"{feature_settings_diff(theirs_f, ours_f, 'this run')}")
@@ -1475,8 +1476,9 @@ def _warn_if_horizon_changes(client: MlflowClient, kind: str, new: str, old: str
     if None not in days and days[0] != days[1]:
         warn(
             f"{name} v{new} predicts a {days[0]}-day horizon, the champion it replaces (v{old}) "
-            f"{days[1]} days: after the next `lifecast score` the served "
-            f"{'churn probabilities' if kind == 'churn' else 'values'} cover {days[0]} days",
+            f"{days[1]} day{'' if str(days[1]) == '1' else 's'}: after the next `lifecast "
+            f"score` the served {'churn probabilities' if kind == 'churn' else 'values'} "
+            f"cover {days[0]} day{'' if str(days[0]) == '1' else 's'}",
         )
 
 

@@ -590,3 +590,26 @@ def test_an_id_holding_an_outsized_share_of_the_orders_is_warned_about() -> None
     assert _shared_id_warnings(_guest_log(0.2, customers=59, orders=600)) == []
     assert len(_shared_id_warnings(_guest_log(0.5, customers=59, orders=600))) == 1
     assert _shared_id_warnings(_guest_log(0.8, customers=9, orders=200)) == []
+
+
+def test_day_counts_in_messages_agree_in_number() -> None:
+    """'is 1 days after the last event', 'more than 1 days old', 'of 1 days': a count and
+    its noun now agree (`features.naming.counted`)."""
+    from features.contract import load_transactions
+    from features.naming import counted
+    from features.pipeline import check_labels_in_data
+
+    assert [counted(n, "day") for n in (0, 1, 2, 1500)] == [
+        "0 days", "1 day", "2 days", "1,500 days"]
+    log = pd.DataFrame({"customer_id": ["a", "b"], "amount": [10.0, 5.0],
+                        "timestamp": pd.to_datetime(["2024-01-01", "2024-01-02"])})
+    with pytest.warns(UserWarning) as caught:
+        build_features(log, "2024-01-05", config=FeatureConfig(stale_after_days=1))
+    assert any("cutoff 2024-01-05 is 3 days after the last event in pandas DataFrame "
+               "(2024-01-02 00:00:00); the data may be stale (more than 1 day old)"
+               in str(w.message) for w in caught)
+    with pytest.raises(DataValidationError, match=r"of 1 day is not covered by the data"):
+        build_labels(log, "2024-01-03", horizon_days=1)
+    with pytest.raises(DataValidationError, match=r"^train_cutoff 2024-01-03 is 1 day after"):
+        check_labels_in_data(load_transactions(log), pd.Timestamp("2024-01-03"),
+                             FeatureConfig(stale_after_days=0))

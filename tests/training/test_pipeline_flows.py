@@ -372,7 +372,15 @@ def test_daily_profile_and_data_differs_tell_the_same_log_from_another() -> None
         "'0012345' against 12345), times (a time zone) or amounts)")
     assert data_differs(full, profile(log.drop(index=1)), "2024-01-06") == (
         "its events before 2024-01-06 differ from the other data's on 1 of 4 days (first "
-        "2024-01-01: 1 rows here, 2 there)")
+        "2024-01-01: 1 row here, 2 rows there)")  # said "1 rows here"
+    extra = pd.concat([log, log.iloc[[2]].assign(timestamp=pd.Timestamp("2024-01-03"))])
+    assert data_differs(full, profile(extra), "2024-01-06") == (
+        "its events before 2024-01-06 differ from the other data's on 1 of 5 days (first "
+        "2024-01-03: 1 row here, no rows there)")
+    one_day = log.iloc[:2]
+    assert data_differs(profile(one_day), profile(one_day.iloc[:1]), "2024-01-06") == (
+        "its events before 2024-01-06 differ from the other data's on 1 of 1 day (first "
+        "2024-01-01: 1 row here, 2 rows there)")
     later = log.assign(timestamp=log["timestamp"] + pd.Timedelta(days=30))
     assert data_differs(full, profile(later, "2024-03-01"), "2024-01-06") == (
         "it has no events before 2024-01-06 (the other data runs from 2024-01-01 to "
