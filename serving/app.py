@@ -40,8 +40,9 @@ Endpoints (the methods of `Runtime`):
 * `Runtime.score`: features from the caller's transactions at ``as_of`` (default: now), the
   baseline fitted on the current batch's population, the saved segment thresholds and the
   lifecycle rules at the model's churn horizon: the same output as the batch.
-* `Runtime.high_risk`, `Runtime.segments`: the current batch's ranked list and segment totals,
-  as read from the store (JSON or CSV), each export written to the audit log.
+* `Runtime.high_risk`, `Runtime.segments`: the current batch's ranked list (by default its
+  high-risk customers only: ``churn_risk`` ``["high"]``) and segment totals, as read from the
+  store (JSON or CSV), each export written to the audit log.
 
 `GuardMiddleware` (pure ASGI) runs in front of the endpoints: API keys and scopes
 (`serving.keys`), a body size limit (``LIFECAST_MAX_BODY_BYTES``, default 2 MB: 413), JSON only
@@ -830,6 +831,7 @@ class Runtime:
             min_churn_probability=request.min_churn_probability,
             min_value=request.min_value,
             segments=list(request.segments) if request.segments else None,
+            churn_risk=list(request.churn_risk) if request.churn_risk else None,
             limit=request.limit, offset=request.offset,
         )
         filters = request.model_dump(exclude={"format"})

@@ -17,7 +17,9 @@ a 4xx naming the field before any work is done (the service turns pydantic's err
   default: now) is the cutoff the features are computed at. The request body is also bounded
   in bytes by the service (``LIFECAST_MAX_BODY_BYTES``, 2 MB by default), which binds before
   the counts for large payloads.
-* ``/high_risk``: ``min_churn_probability`` in [0, 1] (default 0), ``min_value`` >= 0 (default
+* ``/high_risk``: ``churn_risk``, risk bands to keep (default ``["high"]``: the high-risk
+  customers only; null or an empty list: every customer), ``min_churn_probability`` in
+  [0, 1] (default 0), ``min_value`` >= 0 (default
   0; predicted values are never negative, so a negative threshold would mean "no filter",
   which 0 already is; customers without a predicted value never pass), ``segments`` (names of
   `features.segments.SEGMENTS`; null or an empty list: every segment), ``limit`` 1-10,000
@@ -61,6 +63,7 @@ __all__ = [
     "MAX_SCORE_CUSTOMERS",
     "MAX_TRANSACTIONS",
     "MAX_INTEGER_ID",
+    "RISK_BANDS",
     "CustomerError",
     "CustomerId",
     "CustomerPrediction",
@@ -181,6 +184,10 @@ OptionalText = Annotated[
     str, StringConstraints(max_length=128, pattern=r"^[^\x00-\x1f\x7f]*$")
 ] | None
 SegmentName = Literal[SEGMENTS]  # type: ignore[valid-type]
+#: The churn risk bands, lowest first (`training.models`: low < 0.3 <= medium < 0.6 <= high
+#: by default).
+RISK_BANDS = ("low", "medium", "high")
+RiskBand = Literal[RISK_BANDS]  # type: ignore[valid-type]
 Stage = Literal[STAGES]  # type: ignore[valid-type]
 Format = Literal["json", "csv"]
 
@@ -261,6 +268,7 @@ EXAMPLE_SCORE_REQUEST: dict[str, Any] = {
     "as_of": "2011-12-10T00:00:00",
 }
 EXAMPLE_HIGH_RISK_REQUEST: dict[str, Any] = {
+    "churn_risk": ["high"],
     "min_churn_probability": 0.5,
     "min_value": 100.0,
     "segments": ["At Risk", "Can't Lose Them"],
@@ -345,12 +353,23 @@ class ScoreRequest(BaseModel):
 
 
 class HighRiskRequest(BaseModel):
-    """Filters and page of the ranked list (by value at risk, highest first)."""
+    """Filters and page of the ranked list (by value at risk, highest first). By default
+    only the customers whose `churn_risk` is `high`; `"churn_risk": null` ranks every
+    customer."""
 
     model_config = ConfigDict(**_STRICT,
                               json_schema_extra={"example": EXAMPLE_HIGH_RISK_REQUEST})
 
-    min_churn_probability: float = Field(0.0, ge=0.0, le=1.0)
+    churn_risk: list[RiskBand] | None = Field(
+        default=["high"], max_length=len(RISK_BANDS),
+        description="Keep the customers in these churn risk bands (the `churn_risk` of each "
+                    "customer, as the customer store holds it: high from a churn "
+                    "probability of 0.6 with the default bands). Default `[\"high\"]`: "
+                    "the high-risk customers only. Null or an empty list: every band, "
+                    "the ranked list of every customer scored.")
+    min_churn_probability: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="Minimum churn probability (applies together with `churn_risk`).")
     min_value: float = Field(0.0, ge=0.0, allow_inf_nan=False,
                              description="Minimum predicted value (CLV).")
     segments: list[SegmentName] | None = Field(
@@ -396,7 +415,7 @@ class CustomerPrediction(BaseModel):
     customer_id: str = Field(description=_ANSWERED_ID)
     as_of: datetime
     churn_probability: float
-    churn_risk: Literal["low", "medium", "high"]
+    churn_risk: RiskBand
     predicted_clv: float
     expected_orders: float | None
     p_alive: float | None

@@ -12,8 +12,9 @@ endpoint       scope     what
                          scored the batch); unknown ids in ``errors``
 /score         predict   ``{"customers": [{"customer_id", "transactions": [...]}], "as_of"}``:
                          real-time scoring from the caller's own history
-/high_risk     lists     the ranked list by value at risk (filters, ``limit``/``offset``,
-                         ``format`` json or csv), audited
+/high_risk     lists     the ranked list by value at risk of the high-risk customers
+                         (``churn_risk``, default ``["high"]``; null: every customer; other
+                         filters, ``limit``/``offset``, ``format`` json or csv), audited
 /segments      lists     segment sizes, mean churn probability, value at risk, audited
 /livez /readyz  (open)   BentoML's probes; ``/readyz`` is 503 until the models and a scored
                          batch of the store are loaded
@@ -223,7 +224,9 @@ class Lifecast:
     @bentoml.api(input_spec=HighRiskRequest, output_spec=HighRiskResponse)
     def high_risk(self, ctx: bentoml.Context = None, **request: Any) -> HighRiskResponse | Response:
         """The ranked list of who to act on first (highest value at risk first), filtered and
-        paginated, from the latest batch scores; `format: csv` answers text/csv. Audited."""
+        paginated, from the latest batch scores; `format: csv` answers text/csv. Audited.
+        By default only the customers whose `churn_risk` is `high`: send `"churn_risk":
+        ["medium", "high"]` to widen it, or `"churn_risk": null` to rank every customer."""
         key, client = _caller(ctx)
         try:
             result = self.runtime.high_risk(HighRiskRequest.model_validate(request), key=key,

@@ -993,15 +993,18 @@ class CustomerStore:
         segments: list[str] | None = None,
         limit: int = 100,
         offset: int = 0,
+        churn_risk: Sequence[str] | str | None = None,
     ) -> tuple[pd.DataFrame, int]:
         """Who to act on first: the current batch by ``value_at_risk`` (highest first, ties by
         ``customer_id``; missing values last), filtered.
 
         Keeps customers with ``churn_probability >= min_churn_probability`` and
         ``predicted_clv >= min_value`` (None: no filter; customers whose value is missing never
-        pass a filter), and, when ``segments`` is a non-empty list, in one of them. Returns the
-        page ``[offset, offset + limit)`` (columns as in `get_customers`) and the number of
-        customers matching the filters.
+        pass a filter), when ``segments`` is a non-empty list, in one of them, and when
+        ``churn_risk`` is a non-empty list of risk bands (``low``, ``medium``, ``high``), in
+        one of them (None, the default here: every band; the service's ``/high_risk`` asks
+        for ``["high"]`` unless told otherwise). Returns the page ``[offset, offset + limit)``
+        (columns as in `get_customers`) and the number of customers matching the filters.
         """
         limit, offset = int(limit), int(offset)
         if limit < 0 or offset < 0:
@@ -1022,6 +1025,13 @@ class CustomerStore:
             if isinstance(segments, str):
                 segments = [segments]
             conditions.append(_scores.c.segment.in_([str(s) for s in segments]))
+        if churn_risk:
+            bands = [churn_risk] if isinstance(churn_risk, str) else list(churn_risk)
+            unknown = [b for b in bands if b not in _RISK_BANDS]
+            if unknown:
+                raise ValueError(f"churn_risk must name risk bands among {list(_RISK_BANDS)}, "
+                                 f"got {unknown}")
+            conditions.append(_scores.c.churn_risk.in_(bands))
         with self._read() as (conn, batch):
             where = [_scores.c.batch_no == batch["batch_no"], *conditions]
             total = conn.execute(

@@ -404,25 +404,79 @@ def test_http_score(client) -> None:
 
 
 def test_http_high_risk_order_pagination_and_filters(client, world) -> None:
-    full = post(client, "/high_risk", {"limit": 60}, "marketing").json()
+    full = post(client, "/high_risk", {"limit": 60, "churn_risk": None}, "marketing").json()
     var = [c["value_at_risk"] for c in full["customers"]]
     assert var == sorted(var, reverse=True) and len(var) == 60
     pages = []
     for offset in (0, 25, 50):
-        page = post(client, "/high_risk", {"limit": 25, "offset": offset}, "marketing").json()
+        page = post(client, "/high_risk", {"limit": 25, "offset": offset,
+                                            "churn_risk": None}, "marketing").json()
         assert page["offset"] == offset and page["total"] == full["total"]
         pages += page["customers"]
     assert [c["customer_id"] for c in pages[:60]] == [c["customer_id"] for c in
                                                       full["customers"]]
-    beyond = post(client, "/high_risk", {"offset": full["total"] + 5}, "marketing").json()
+    beyond = post(client, "/high_risk", {"offset": full["total"] + 5,
+                                         "churn_risk": None}, "marketing").json()
     assert beyond["customers"] == [] and beyond["total"] == full["total"]
     lost = post(client, "/high_risk", {"segments": ["Lost"], "min_churn_probability": 0.2,
-                                       "limit": 10_000}, "marketing").json()
+                                       "limit": 10_000, "churn_risk": None}, "marketing").json()
     assert all(c["segment"] == "Lost" and c["churn_probability"] >= 0.2
                for c in lost["customers"])
     assert lost["total"] == len(lost["customers"]) < full["total"]
-    every = post(client, "/high_risk", {"segments": [], "limit": 1}, "marketing").json()
+    every = post(client, "/high_risk", {"segments": [], "limit": 1,
+                                        "churn_risk": None}, "marketing").json()
     assert every["total"] == full["total"]  # an empty list filters nothing, like null
+
+
+def test_http_high_risk_lists_the_high_risk_customers_unless_asked(client, stored) -> None:
+    """/high_risk is what its name says: by default only the customers whose ``churn_risk``
+    is ``high`` (before, every customer, the low-risk ones with the largest value first: on
+    the demo data its first rows were Champions with a churn probability of 0.08), ranked by
+    value at risk as the customer store holds them; ``churn_risk`` names other bands, and
+    null or an empty list ranks every customer, as before."""
+    scores = stored[0].reset_index(drop=True)
+
+    def ranked(frame) -> list[str]:
+        return frame.sort_values(["value_at_risk", "customer_id"], ascending=[False, True]
+                                 )["customer_id"].tolist()
+
+    high = ranked(scores[scores["churn_risk"] == "high"])
+    assert 0 < len(high) < len(scores)
+    default = post(client, "/high_risk", {"limit": 10_000}, "marketing").json()
+    assert default["total"] == len(high)
+    assert [c["customer_id"] for c in default["customers"]] == high
+    assert {c["churn_risk"] for c in default["customers"]} == {"high"}
+    assert post(client, "/high_risk", {"churn_risk": ["high"], "limit": 10_000},
+                "marketing").json() == default
+    pages = [post(client, "/high_risk", {"limit": 7, "offset": o}, "marketing").json()
+             for o in range(0, len(high), 7)]
+    assert [c["customer_id"] for page in pages for c in page["customers"]] == high
+    csv_rows = list(csv.DictReader(io.StringIO(post(
+        client, "/high_risk", {"limit": 10_000, "format": "csv"}, "marketing").text)))
+    assert [r["customer_id"] for r in csv_rows] == high
+    wider = post(client, "/high_risk", {"churn_risk": ["medium", "high"], "limit": 10_000},
+                 "marketing").json()
+    assert [c["customer_id"] for c in wider["customers"]] == ranked(
+        scores[scores["churn_risk"].isin(["medium", "high"])])
+    for every in (None, []):
+        body = post(client, "/high_risk", {"churn_risk": every, "limit": 10_000},
+                    "marketing").json()
+        assert [c["customer_id"] for c in body["customers"]] == ranked(scores)
+    assert_clean_error(post(client, "/high_risk", {"churn_risk": ["High"]}, "marketing"),
+                       422, "churn_risk[0]", "'high'")
+    assert_clean_error(post(client, "/high_risk", {"churn_risk": "high"}, "marketing"),
+                       422, "churn_risk")
+    # the OpenAPI document says so
+    spec = client.get("/openapi.json").json()
+    ref = spec["paths"]["/high_risk"]["post"]["requestBody"]["content"]["application/json"][
+        "schema"]["$ref"]
+    schema = spec["components"]["schemas"][ref.rsplit("/", 1)[1]]
+    field = schema["properties"]["churn_risk"]
+    assert field["default"] == ["high"]
+    assert "high-risk customers only" in field["description"]
+    assert "every customer" in field["description"]
+    assert '`"churn_risk": null` to rank every customer' in spec["paths"]["/high_risk"][
+        "post"]["description"]
 
 
 def test_http_high_risk_csv(client) -> None:
@@ -467,8 +521,8 @@ def test_audit_log_records_every_export(client, world) -> None:
     assert [(r["endpoint"], r["key_name"], r["format"]) for r in new] == [
         ("/high_risk", "marketing", "csv"), ("/segments", "admin", "json")]
     hr = new[0]
-    assert hr["filters"] == {"min_churn_probability": 0.0, "min_value": 0.0,
-                             "segments": ["Lost"], "limit": 3, "offset": 0}
+    assert hr["filters"] == {"churn_risk": ["high"], "min_churn_probability": 0.0,
+                             "min_value": 0.0, "segments": ["Lost"], "limit": 3, "offset": 0}
     assert hr["row_count"] <= 3 and hr["key_id"] and hr["event"] == "list_export"
     assert new[1]["row_count"] >= 11 and new[1]["client"] == "testclient"
 

@@ -232,6 +232,33 @@ def test_ranked_filters_pages_and_orders(store: CustomerStore) -> None:
         store.ranked(limit=-1)
 
 
+def test_ranked_by_churn_risk_band(store: CustomerStore) -> None:
+    """``churn_risk`` keeps the customers of the named bands (what /high_risk asks for by
+    default: ``["high"]``), ranked as before; None or an empty list keeps every band, and a
+    name that is no band is an error, not an empty list."""
+    p = np.array([0.1, 0.65, 0.3, 0.9, 0.6, 0.59, 0.2, 0.61])
+    ids = [f"c{i}" for i in range(len(p))]
+    scores, features = make_batch(ids, churn=p, seed=3)
+    write(store, scores, features)
+
+    def ranked_ids(frame: pd.DataFrame) -> list[str]:
+        return frame.sort_values(["value_at_risk", "customer_id"], ascending=[False, True]
+                                 )["customer_id"].tolist()
+
+    high, total = store.ranked(churn_risk=["high"], limit=100)
+    assert total == 4 and high["customer_id"].tolist() == ranked_ids(
+        scores[scores["churn_risk"] == "high"])
+    assert set(high["churn_risk"]) == {"high"}
+    both, total = store.ranked(churn_risk=["medium", "high"], limit=2, offset=1)
+    want = ranked_ids(scores[scores["churn_risk"] != "low"])
+    assert total == 6 and both["customer_id"].tolist() == want[1:3]
+    assert store.ranked(churn_risk="low", limit=100)[1] == 2
+    for every in (None, []):
+        assert store.ranked(churn_risk=every, limit=100)[1] == len(ids)
+    with pytest.raises(ValueError, match=r"churn_risk must name risk bands .*\['High'\]"):
+        store.ranked(churn_risk=["High"])
+
+
 def test_segment_summary(store: CustomerStore) -> None:
     scores, features = make_batch([f"c{i}" for i in range(21)], seed=2)
     scores.loc[0, "segment"] = "Custom"
