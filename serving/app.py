@@ -832,7 +832,7 @@ class Runtime:
             min_value=request.min_value,
             segments=list(request.segments) if request.segments else None,
             churn_risk=list(request.churn_risk) if request.churn_risk else None,
-            limit=request.limit, offset=request.offset,
+            limit=request.limit, offset=request.offset, batch_id=request.batch_id,
         )
         filters = request.model_dump(exclude={"format"})
         self._audit("/high_risk", filters, len(frame), request.format, key, client)
@@ -871,10 +871,12 @@ class Runtime:
                                     "nothing was exported") from None
 
     def _store_call(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        from training.store import EmptyStoreError, StoreError
+        from training.store import BatchChangedError, EmptyStoreError, StoreError
 
         try:
             return func(*args, **kwargs)
+        except BatchChangedError as exc:
+            raise ServiceError(409, str(exc)) from None
         except EmptyStoreError:
             raise ServiceError(503, "no scores yet: run `lifecast score` first") from None
         except StoreError as exc:

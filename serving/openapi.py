@@ -63,6 +63,13 @@ ERROR_STATUSES: dict[int, str] = {
     504: "The request took longer than the service's timeout (60 s).",
 }
 
+#: Error answers of one endpoint only, besides `ERROR_STATUSES`.
+ENDPOINT_ERROR_STATUSES: dict[str, dict[int, str]] = {
+    "/high_risk": {409: "The request's `batch_id` is no longer the customer store's current "
+                        "batch (`lifecast score` rescored it since the first page): start the "
+                        "list again at offset 0."},
+}
+
 #: Endpoints that answer text/csv with ``"format": "csv"``.
 _CSV_ENDPOINTS = frozenset({"/high_risk", "/segments"})
 #: BentoML's components that its error answers and task endpoints reference.
@@ -116,8 +123,9 @@ def openapi_document(spec: dict[str, Any], *, endpoints: dict[str, str], descrip
                     "schema": {"type": "string",
                                "description": 'With "format": "csv": a header row and one '
                                               'row per item.'}}
+            errors = {**ERROR_STATUSES, **ENDPOINT_ERROR_STATUSES.get(path, {})}
             op["responses"] = {"200": ok, **{str(status): _error(status, text) for status, text
-                                             in ERROR_STATUSES.items()}}
+                                             in sorted(errors.items())}}
 
     text = json.dumps(doc)
     for name in _BENTOML_SCHEMAS:

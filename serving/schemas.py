@@ -23,7 +23,8 @@ a 4xx naming the field before any work is done (the service turns pydantic's err
   0; predicted values are never negative, so a negative threshold would mean "no filter",
   which 0 already is; customers without a predicted value never pass), ``segments`` (names of
   `features.segments.SEGMENTS`; null or an empty list: every segment), ``limit`` 1-10,000
-  (default 100), ``offset`` >= 0, ``format`` ``json`` or ``csv``.
+  (default 100), ``offset`` >= 0, ``format`` ``json`` or ``csv``, ``batch_id`` (optional:
+  the first page's, so that a rescore between pages is a 409, not a page of another batch).
 * ``/segments``: optional ``format``.
 
 Unknown fields are refused (``extra="forbid"``) and types are strict (``"5"`` is not a number,
@@ -180,6 +181,10 @@ _ID_TYPES = (f"a string (1-128 characters, no control characters) or an integer 
              f"2^53 - 1 ({MAX_INTEGER_ID:,}) in absolute value, which is read as its decimal "
              f'string (13047 is the customer "13047"; send larger ids as strings). Floats '
              f"(even 13047.0), booleans and null are refused")
+#: A customer store batch id as the answers give it (`training.store`: a timestamp and a
+#: random suffix).
+BatchId = Annotated[str, StringConstraints(min_length=1, max_length=128,
+                                           pattern=r"^[^\x00-\x1f\x7f]+$")]
 OptionalText = Annotated[
     str, StringConstraints(max_length=128, pattern=r"^[^\x00-\x1f\x7f]*$")
 ] | None
@@ -378,6 +383,12 @@ class HighRiskRequest(BaseModel):
     limit: int = Field(100, ge=1, le=MAX_LIMIT)
     offset: int = Field(0, ge=0, le=MAX_OFFSET)
     format: Format = "json"
+    batch_id: BatchId | None = Field(
+        None, description="The `batch_id` of the first page, sent with the pages that follow: "
+                          "when `lifecast score` has rescored the customer store since, the "
+                          "answer is 409 (start again at offset 0) instead of a page of the "
+                          "new batch, whose order differs (pages of two batches skip some "
+                          "customers and repeat others). Null: the current batch.")
 
 
 class SegmentsRequest(BaseModel):

@@ -82,6 +82,7 @@ __all__ = [
     "DEFAULT_KEEP_BATCHES",
     "EMPTY_STORE_MESSAGE",
     "SCORE_COLUMNS",
+    "BatchChangedError",
     "BatchInfo",
     "CustomerRows",
     "CustomerStore",
@@ -158,6 +159,11 @@ class EmptyStoreError(StoreError, LookupError):
 
 class StoreUnavailableError(StoreError):
     """The store's database cannot be opened or reached."""
+
+
+class BatchChangedError(StoreError):
+    """A read asked for a batch (`CustomerStore.ranked`'s ``batch_id``) that is no longer the
+    current one: the store was rescored since."""
 
 
 # -- schema ------------------------------------------------------------------------------------
@@ -994,6 +1000,7 @@ class CustomerStore:
         limit: int = 100,
         offset: int = 0,
         churn_risk: Sequence[str] | str | None = None,
+        batch_id: str | None = None,
     ) -> tuple[pd.DataFrame, int]:
         """Who to act on first: the current batch by ``value_at_risk`` (highest first, ties by
         ``customer_id``; missing values last), filtered.
@@ -1005,6 +1012,11 @@ class CustomerStore:
         one of them (None, the default here: every band; the service's ``/high_risk`` asks
         for ``["high"]`` unless told otherwise). Returns the page ``[offset, offset + limit)``
         (columns as in `get_customers`) and the number of customers matching the filters.
+
+        ``batch_id`` (the ``attrs["batch_id"]`` of a first page) pins the pages that follow
+        to that batch: when another batch has become current since, `BatchChangedError`
+        is raised instead of a page of the new batch, whose order differs (pages from two
+        batches skip some customers and repeat others).
         """
         limit, offset = int(limit), int(offset)
         if limit < 0 or offset < 0:
@@ -1033,6 +1045,12 @@ class CustomerStore:
                                  f"got {unknown}")
             conditions.append(_scores.c.churn_risk.in_(bands))
         with self._read() as (conn, batch):
+            if batch_id is not None and batch["batch_id"] != batch_id:
+                raise BatchChangedError(
+                    f"batch_id {batch_id!r} is no longer the customer store's current batch: "
+                    f"it was rescored since (now batch {batch['batch_id']!r}, as of "
+                    f"{pd.Timestamp(batch['as_of']).isoformat()}); start the list again at "
+                    f"offset 0 (pages of two batches would skip and repeat customers)")
             where = [_scores.c.batch_no == batch["batch_no"], *conditions]
             total = conn.execute(
                 sa.select(sa.func.count()).select_from(_scores).where(*where)).scalar_one()

@@ -479,6 +479,32 @@ def test_http_high_risk_lists_the_high_risk_customers_unless_asked(client, store
         "post"]["description"]
 
 
+def test_http_high_risk_pages_name_their_batch(client, world) -> None:
+    """The pages after the first send its ``batch_id``: a page of that batch, or, once
+    `lifecast score` has rescored the store, a 409 that says to start again (nothing is
+    exported or audited) instead of a page of another batch, which skips and repeats
+    customers."""
+    from serving.audit import AuditLog
+
+    first = post(client, "/high_risk", {"limit": 5, "churn_risk": None}, "marketing").json()
+    body = {"limit": 5, "offset": 5, "churn_risk": None, "batch_id": first["batch_id"]}
+    second = post(client, "/high_risk", body, "marketing")
+    assert second.status_code == 200, second.text
+    assert second.json()["batch_id"] == first["batch_id"]
+    unpinned = post(client, "/high_risk", {**body, "batch_id": None}, "marketing")
+    assert unpinned.json() == second.json()
+    log = AuditLog(world.audit_log)
+    before = len(log.read())
+    for fmt in ("json", "csv"):
+        gone = post(client, "/high_risk", {**body, "batch_id": "20110101T000000000000Z-abcdef",
+                                           "format": fmt}, "marketing")
+        assert_clean_error(gone, 409, "batch_id '20110101T000000000000Z-abcdef' is no longer",
+                           first["batch_id"], "offset 0")
+    assert len(log.read()) == before
+    assert_clean_error(post(client, "/high_risk", {**body, "batch_id": ""}, "marketing"), 422,
+                       "batch_id")
+
+
 def test_http_high_risk_csv(client) -> None:
     resp = post(client, "/high_risk", {"limit": 7, "format": "csv"}, "marketing")
     assert resp.status_code == 200
@@ -522,7 +548,8 @@ def test_audit_log_records_every_export(client, world) -> None:
         ("/high_risk", "marketing", "csv"), ("/segments", "admin", "json")]
     hr = new[0]
     assert hr["filters"] == {"churn_risk": ["high"], "min_churn_probability": 0.0,
-                             "min_value": 0.0, "segments": ["Lost"], "limit": 3, "offset": 0}
+                             "min_value": 0.0, "segments": ["Lost"], "limit": 3, "offset": 0,
+                             "batch_id": None}
     assert hr["row_count"] <= 3 and hr["key_id"] and hr["event"] == "list_export"
     assert new[1]["row_count"] >= 11 and new[1]["client"] == "testclient"
 
@@ -592,7 +619,7 @@ def test_openapi_declares_the_api_key_and_the_errors_the_endpoints_give(client) 
     """Swagger UI shows "Authorize" (a security scheme that every API operation requires),
     and each operation lists the answers the service really gives, not BentoML's defaults."""
     from serving.keys import ENDPOINT_SCOPES
-    from serving.openapi import ERROR_STATUSES, SECURITY_SCHEME
+    from serving.openapi import ENDPOINT_ERROR_STATUSES, ERROR_STATUSES, SECURITY_SCHEME
 
     spec = client.get("/openapi.json").json()
     scheme = spec["components"]["securitySchemes"][SECURITY_SCHEME]
@@ -605,14 +632,16 @@ def test_openapi_declares_the_api_key_and_the_errors_the_endpoints_give(client) 
         op = spec["paths"][path]["post"]
         assert op["security"] == [{SECURITY_SCHEME: []}], path
         assert f"`{scope}`" in op["description"]
-        assert set(op["responses"]) == {"200", *documented}, path
-        for status in documented:
+        own = {str(s) for s in ENDPOINT_ERROR_STATUSES.get(path, {})}
+        assert set(op["responses"]) == {"200", *documented, *own}, path
+        for status in documented | own:
             answer = op["responses"][status]
             assert answer["content"]["application/json"]["schema"] == {
                 "$ref": "#/components/schemas/ErrorResponse"}
             assert answer["description"] not in ("Bad Request", "Not Found",
                                                  "Internal Server Error"), (path, status)
         assert "headers" in op["responses"]["401"] and "headers" in op["responses"]["403"]
+    assert "batch_id" in spec["paths"]["/high_risk"]["post"]["responses"]["409"]["description"]
     for path in ("/high_risk", "/segments"):
         assert "text/csv" in spec["paths"][path]["post"]["responses"]["200"]["content"]
     error = spec["components"]["schemas"]["ErrorResponse"]

@@ -23,6 +23,7 @@ from features.registry import DEFINITIONS_VERSION
 from training.store import (
     EMPTY_STORE_MESSAGE,
     SCORE_COLUMNS,
+    BatchChangedError,
     CustomerRows,
     CustomerStore,
     EmptyStoreError,
@@ -257,6 +258,26 @@ def test_ranked_by_churn_risk_band(store: CustomerStore) -> None:
         assert store.ranked(churn_risk=every, limit=100)[1] == len(ids)
     with pytest.raises(ValueError, match=r"churn_risk must name risk bands .*\['High'\]"):
         store.ranked(churn_risk=["High"])
+
+
+def test_ranked_pages_are_pinned_to_the_batch_of_the_first(store: CustomerStore) -> None:
+    """Paging through a list while `lifecast score` rescores the store: the next page of
+    the new batch would skip some customers and repeat others (its order differs). With the
+    first page's ``batch_id`` the next page is refused, saying so, instead."""
+    ids = [f"c{i:02d}" for i in range(20)]
+    write(store, *make_batch(ids, seed=4))
+    first, total = store.ranked(limit=5)
+    pinned = first.attrs["batch_id"]
+    second, _ = store.ranked(limit=5, offset=5, batch_id=pinned)
+    assert second.attrs["batch_id"] == pinned and len(second) == 5
+    write(store, *make_batch(ids, seed=5))  # rescored: another order
+    moved, _ = store.ranked(limit=5, offset=5)
+    assert moved.attrs["batch_id"] != pinned
+    with pytest.raises(BatchChangedError, match=rf"batch_id '{pinned}' is no longer .*"
+                                                rf"rescored .*now batch '{moved.attrs['batch_id']}'"
+                                                rf".*offset 0"):
+        store.ranked(limit=5, offset=10, batch_id=pinned)
+    assert store.ranked(limit=5, offset=5, batch_id=moved.attrs["batch_id"])[0].equals(moved)
 
 
 def test_segment_summary(store: CustomerStore) -> None:
