@@ -63,6 +63,7 @@ import json
 import logging
 import math
 import os
+import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
@@ -585,9 +586,8 @@ class Runtime:
         layout = self._layout(rows.batch)
         self._check_usable(layout.batch_id, layout.missing, layout.other_settings,
                            layout.batch_versions)
-        errors = [CustomerError(customer_id=c,
-                                error="unknown customer: not in the current batch")
-                  for c in rows.unknown]
+        errors = [CustomerError(customer_id=c, error=e)
+                  for c, e in self._unknown_errors(rows.unknown).items()]
         if not rows.ids:
             return self._predict_response(layout.batch_id, layout.as_of, layout.batch_versions,
                                           [], errors)
@@ -617,6 +617,24 @@ class Runtime:
         ]
         return self._predict_response(layout.batch_id, layout.as_of, layout.batch_versions,
                                       predictions, errors)
+
+    def _unknown_errors(self, unknown: Sequence[str]) -> dict[str, str]:
+        """The error of each unknown id; one that is a stored id written another way (a
+        CRM's float column turned to text, ``"12755.0"``; spaces around it; leading zeros)
+        names the stored id, which the caller should send instead."""
+        errors = {c: UNKNOWN_CUSTOMER for c in unknown}
+        guesses = {c: g for c in unknown if (g := _id_variant(c)) is not None}
+        if guesses:
+            try:
+                known = set(self.store.lookup(list(dict.fromkeys(guesses.values()))).ids)
+            except Exception:  # a hint only: the answer stands without it
+                logger.warning("customer store lookup for id hints failed", exc_info=True)
+                known = set()
+            for c, g in guesses.items():
+                if g in known:
+                    errors[c] = (f"{UNKNOWN_CUSTOMER}; the store holds the customer {g!r}: "
+                                 f"send ids exactly as the store holds them")
+        return errors
 
     @staticmethod
     def _predict_response(batch_id: str, as_of: Any, batch_versions: dict[str, str],
@@ -701,8 +719,8 @@ class Runtime:
         self._check_usable(state.batch_id, missing, state.other_settings, state.model_versions)
         ids = list(dict.fromkeys(str(c) for c in customer_ids))
         scores, feats, unknown = self._store_call(self.store.get_customers, ids)
-        errors = [{"customer_id": c, "error": "unknown customer: not in the current batch"}
-                  for c in unknown]
+        errors = [{"customer_id": c, "error": e}
+                  for c, e in self._unknown_errors(unknown).items()]
         if not len(scores):
             return self._predict_response(state.batch_id, state.as_of, state.model_versions,
                                           [], errors)
@@ -890,6 +908,22 @@ class Runtime:
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
+
+
+UNKNOWN_CUSTOMER = "unknown customer: not in the current batch"
+_FLOAT_TEXT = re.compile(r"(-?\d+)\.0*")
+
+
+def _id_variant(customer_id: str) -> str | None:
+    """The id a CRM probably meant when it wrote a stored id another way: without spaces
+    around it, without a ``.0`` (an integer id held in a float column: ``"12755.0"``) and
+    without leading zeros; None when there is no other way to read it."""
+    guess = customer_id.strip()
+    if (m := _FLOAT_TEXT.fullmatch(guess)) is not None:
+        guess = m.group(1)
+    if guess.isdigit():
+        guess = guess.lstrip("0") or "0"
+    return guess if guess and guess != customer_id else None
 
 
 def _utcnow() -> datetime:

@@ -356,6 +356,28 @@ def test_integer_ids_find_the_customers_of_their_strings(client, svc, stored) ->
     assert direct == predict(svc, customer_ids=ids[:2])
 
 
+def test_an_unknown_id_that_is_a_stored_id_written_another_way_names_it(client, svc,
+                                                                        stored) -> None:
+    """A CRM that turns a float id column into text sends "12755.0", or pads ids with
+    spaces or zeros: before, each was only "unknown customer", the same answer as a customer
+    who does not exist. The error now names the stored id to send; a truly unknown id, and
+    a known one, answer as before."""
+    from serving.app import UNKNOWN_CUSTOMER
+
+    ids = _digit_ids(stored, 3)
+    sent = [f"{ids[0]}.0", f" {ids[1]} ", f"00{ids[2]}", "404404404.0", "nope", ids[0]]
+    body = post(client, "/predict", {"customer_ids": sent}, "crm").json()
+    assert [p["customer_id"] for p in body["predictions"]] == [ids[0]]
+    errors = {e["customer_id"]: e["error"] for e in body["errors"]}
+    assert list(errors) == sent[:5]
+    for wrong, right in zip(sent[:3], ids, strict=True):
+        assert errors[wrong] == (f"{UNKNOWN_CUSTOMER}; the store holds the customer "
+                                 f"{right!r}: send ids exactly as the store holds them")
+    assert errors["404404404.0"] == errors["nope"] == UNKNOWN_CUSTOMER
+    frames = svc.runtime.predict_frames(sent)
+    assert [(e.customer_id, e.error) for e in frames.errors] == list(errors.items())
+
+
 def test_http_score_takes_an_integer_customer_id(client) -> None:
     as_text = post(client, "/score", {**EXAMPLE_SCORE_REQUEST, "customers": [
         {**EXAMPLE_SCORE_REQUEST["customers"][0], "customer_id": "4242"}]}, "crm")
