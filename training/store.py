@@ -59,6 +59,7 @@ import logging
 import math
 import os
 import secrets
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -260,6 +261,24 @@ def _loads(text: str | None) -> Any:
     return None if text is None else orjson.loads(text)
 
 
+def _cannot_write(target: Path) -> str | None:
+    """Why ``target`` (an existing file, opened for update and left as it was, or a folder, in
+    which a file is made and removed at once) cannot be written, or None when it can."""
+    folder = target.is_dir()
+    try:
+        if folder:
+            fd, probe = tempfile.mkstemp(prefix=".lifecast-probe-", dir=target)
+            os.close(fd)
+            os.unlink(probe)
+        else:
+            with open(target, "r+b"):
+                pass
+    except OSError as e:
+        return (f"no file can be made in {target}" if folder
+                else f"{target} cannot be opened for writing") + f" ({e.strerror or e})"
+    return None
+
+
 def _few(values: Iterable[Any], n: int = 5) -> str:
     """The first n values, for error messages."""
     values = list(values)
@@ -414,7 +433,11 @@ class CustomerStore:
         """Raise `StoreUnavailableError` (or `StoreError` for a missing driver) now if a
         batch could not be written: a database server that cannot be reached, or a SQLite
         file whose folder cannot be created or written. Callers that compute for minutes
-        before `write_batch` check first. Creates nothing (not even a SQLite file)."""
+        before `write_batch` check first. Leaves nothing behind (not even a SQLite file).
+
+        For SQLite the folder is tried for real (a file made and removed at once in the
+        nearest folder that exists): permission bits do not tell, as root may write anywhere
+        by them, ``/proc`` or a read-only mount included."""
         path = self._sqlite_path
         if path is not None:
             folder = next((p for p in (path.parent, *path.parent.parents) if p.exists()),
@@ -426,6 +449,11 @@ class CustomerStore:
             if path.exists() and not os.access(path, os.R_OK | os.W_OK):
                 raise StoreUnavailableError(
                     f"cannot write the customer store {self.safe_url}: {path} is read-only")
+            why = _cannot_write(path if path.exists() else folder)
+            if why:
+                raise StoreUnavailableError(
+                    f"cannot write the customer store {self.safe_url}: {why}. Give a store "
+                    f"in a folder this user can write to")
             return
         if not self._is_sqlite:  # in memory: nothing to reach
             self._connect().close()

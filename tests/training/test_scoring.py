@@ -3,6 +3,8 @@ what `score` refuses."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -146,3 +148,23 @@ def test_scoring_before_the_models_as_of_warns(demo_train_result, tmp_path) -> N
         warnings.simplefilter("always")
         score(demo_data_path(), DEMO_MAPPING, models.as_of, store_url=url, models=models)
     assert not [w for w in caught if "scoring as of" in str(w.message)]
+
+
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs Linux's /proc")
+def test_a_store_that_cannot_be_written_fails_before_any_work(tmp_path, monkeypatch) -> None:
+    """`lifecast score --store sqlite:////proc/x.db`: /proc takes no files, though its
+    permission bits let root write (and the check read only those), so the run read the
+    log, loaded the champions and scored everyone before failing at the write. Now the
+    folder is tried first: the error names the store, and the log (here a file that does not
+    exist) is never read."""
+    from training.scoring import score
+    from training.store import StoreUnavailableError
+
+    monkeypatch.chdir(tmp_path)  # where a champion would be looked for (./mlflow.db)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(StoreUnavailableError,
+                       match=r"^cannot write the customer store sqlite:////proc/x\.db: no file "
+                             r"can be made in /proc \(.+\)\. Give a store in a folder this "
+                             r"user can write to$"):
+        score(tmp_path / "missing.parquet", store_url="sqlite:////proc/x.db")
+    assert list(tmp_path.iterdir()) == []
