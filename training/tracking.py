@@ -43,7 +43,9 @@ promotes, ``"never"`` does not. Each kind is decided on its own; the decision an
 scores are logged (tags ``decision_churn`` / ``decision_clv``, metrics
 ``champion_churn_roc_auc``, ...). A run that fails part way (an exception, Ctrl-C) is
 deleted with the model versions and logged models it registered, and the aliases it moved go
-back (`_undo_run`).
+back (`_undo_run`). The champion is read again and the aliases moved under a lock of the
+store (`registry_lock`): runs and ``lifecast promote`` at once on one machine act one after
+the other, each deciding against the champion the other left.
 
 The pyfunc models import this package (``training.tracking`` and ``training.models``) when
 loaded, so load them where lifecast is installed.
@@ -59,6 +61,8 @@ import math
 import os
 import re
 import tempfile
+import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -374,6 +378,86 @@ def _sqlite_file(uri: str) -> Path | None:
     return Path(db).expanduser()
 
 
+#: How long `registry_lock` waits for another lifecast process before it gives up.
+REGISTRY_LOCK_WAIT = 600.0
+_held_locks = threading.local()  # the registry locks this thread holds: {path: depth}
+
+
+def registry_lock_path(uri: str | None = None) -> Path:
+    """The file `registry_lock` locks for tracking store ``uri`` (default: the current one):
+    ``<database>.lock`` beside a SQLite file; for any other store (a tracking server, a
+    database server) ``lifecast/registry-<digest of the URI>.lock`` in the user's cache
+    folder (``$XDG_CACHE_HOME``, else ``~/.cache``)."""
+    uri = uri or mlflow.get_tracking_uri()
+    db = _sqlite_file(uri)
+    if db is not None:
+        db = db.resolve()
+        return db.with_name(db.name + ".lock")
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
+    digest = hashlib.sha256(uri.strip().encode()).hexdigest()[:16]
+    return cache / "lifecast" / f"registry-{digest}.lock"
+
+
+@contextmanager
+def registry_lock(uri: str | None = None, *, wait: float | None = None) -> Iterator[Path]:
+    """Hold the champion aliases of tracking store ``uri`` (default: the current one) for
+    the block: ``lifecast train`` (`log_training`) reads the champion again and moves the
+    aliases under it, ``lifecast promote`` (`promote_run`) moves them under it, so two of
+    them at once act one after the other, each deciding on the champion the other left.
+
+    What it protects against: lifecast processes and threads on this machine that use the
+    same store (an exclusive ``flock`` on `registry_lock_path`; the operating system drops
+    it when a process dies, so a killed run leaves no stale lock). For a SQLite store the
+    lock file lies beside the database, so every user of that file on this machine shares
+    it. What it does not protect against: runs on other machines (a tracking server or
+    database shared by several machines cannot be locked from here, nor can a SQLite file
+    on a network folder be relied on), runs of other users against a tracking server (each
+    has their own cache folder), and aliases moved outside lifecast (the MLflow UI, the
+    MLflow client). Re-entrant in one thread. Waits ``wait`` seconds (default
+    `REGISTRY_LOCK_WAIT`) for another holder, then raises ValueError naming the file."""
+    import fcntl
+
+    uri = uri or mlflow.get_tracking_uri()
+    path = registry_lock_path(uri)
+    held: dict[Path, int] = _held_locks.__dict__.setdefault("paths", {})
+    if held.get(path):
+        held[path] += 1
+        try:
+            yield path
+        finally:
+            held[path] -= 1
+        return
+    wait = REGISTRY_LOCK_WAIT if wait is None else wait
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    except OSError as exc:
+        raise ValueError(
+            f"cannot make the lock file {path} that keeps two lifecast runs from moving the "
+            f"champion aliases at once: {exc.strerror or exc}. Make its folder writable"
+        ) from None
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise ValueError(
+                        f"another lifecast run has held {path} for over {wait:g} s while "
+                        f"it moves the champion aliases of {masked_url(uri)}: "
+                        f"wait for it to finish (or stop it), then try again") from None
+                time.sleep(0.05)
+        held[path] = 1
+        try:
+            yield path
+        finally:
+            held.pop(path, None)
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 def _ensure_configured() -> None:
     if not mlflow.is_tracking_uri_set():
         configure(".")
@@ -598,6 +682,8 @@ def log_training(
 
     champions = {kind: _champion_version(client, kind) for kind in KINDS}
     run_id: str | None = None
+    # the registry lock, once taken, is held until the run is recorded or undone
+    held = contextlib.ExitStack()
     try:
         with _quiet(), mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
             run_id = run.info.run_id
@@ -619,12 +705,32 @@ def log_training(
                                  for kind in KINDS}
                     versions = {kind: _log_model(kind, result, run_id, source, tmp_path / kind)
                                 for kind in KINDS}
+            # another run (or `lifecast promote`) may have moved a champion since this one
+            # decided: under the lock, decide again against the champion there is now, so
+            # that what each run reports is what happened and the aliases move as they would
+            # one run after the other
+            held.enter_context(registry_lock())
+            for kind in KINDS:
+                now = _champion_version(client, kind)
+                if now != decisions[kind]["champion_version"]:
+                    before = decisions[kind]["champion_version"]
+                    decisions[kind] = _decide(client, kind, result, promote)
+                    changed = (f"another run made {MODEL_NAMES[kind]} v{now} champion"
+                               + (f" in place of v{before}" if before is not None else "")
+                               if now is not None else
+                               f"{MODEL_NAMES[kind]} v{before} stopped being champion")
+                    decisions[kind]["message"] += (f" (decided again as the run ended: "
+                                                   f"{changed} while this one trained)")
+                champions[kind] = now
             for kind in KINDS:
                 _record_decision(client, kind, versions[kind], decisions[kind])
     except BaseException:  # Ctrl-C too: a failed run leaves no run, version or alias behind
         if run_id is not None:
-            _undo_run(client, run_id, experiment_id, champions, tune_run_id)
+            with held:  # under the lock when this run took it: nobody decides meanwhile
+                _undo_run(client, run_id, experiment_id, champions, tune_run_id)
         raise
+    finally:
+        held.close()
     return RunSummary(
         run_id=run_id,
         versions=versions,
@@ -822,7 +928,13 @@ def _log_params_and_data(result: TrainResult, source: str) -> None:
         schema=_contract_schema(report),
         profile=profile,
     )
-    mlflow.log_input(dataset, context="training")
+    try:
+        mlflow.log_input(dataset, context="training")
+    except MlflowException:
+        # MLflow looks the dataset up, then inserts it: two runs of one log at once both
+        # insert, and one fails on the unique (experiment, name, digest). Again, it finds it
+        time.sleep(0.2)
+        mlflow.log_input(dataset, context="training")
 
 
 class _TransactionsDataset(MetaDataset):
@@ -1408,24 +1520,25 @@ def promote_run(run_id: str) -> dict[str, str]:
         if why:
             raise ValueError(f"{why}. It cannot be champion: `lifecast score` could not "
                              f"score with it. {RETRAIN}")
-    for kind in KINDS:
-        previous = _champion_version(client, kind)
-        if kind in found and previous != found[kind]:
-            name = MODEL_NAMES[kind]
-            if previous is not None:
-                _warn_if_horizon_changes(client, kind, found[kind], previous)
-                _warn_if_trained_earlier(client, kind, found[kind], previous)
-            client.set_registered_model_alias(name, CHAMPION_ALIAS, found[kind])
-            # the version's decision (what `lifecast models` shows) now says how it became
-            # champion, keeping what was decided when it was trained
-            before = client.get_model_version(name, found[kind]).tags.get("decision", "")
-            if before.startswith(_BY_HAND):  # promoted by hand before: keep the original
-                before = (before.split(_WHEN_TRAINED, 1)[1][:-1] if _WHEN_TRAINED in before
-                          else "")
-            when = pd.Timestamp.now(tz="UTC").strftime("%Y-%m-%d %H:%M UTC")
-            client.set_model_version_tag(
-                name, found[kind], "decision",
-                f"{_BY_HAND}{when}" + (f"{_WHEN_TRAINED}{before})" if before else ""))
+    with registry_lock():  # not while a `lifecast train` decides (`log_training`)
+        for kind in KINDS:
+            previous = _champion_version(client, kind)
+            if kind in found and previous != found[kind]:
+                name = MODEL_NAMES[kind]
+                if previous is not None:
+                    _warn_if_horizon_changes(client, kind, found[kind], previous)
+                    _warn_if_trained_earlier(client, kind, found[kind], previous)
+                client.set_registered_model_alias(name, CHAMPION_ALIAS, found[kind])
+                # the version's decision (what `lifecast models` shows) now says how it
+                # became champion, keeping what was decided when it was trained
+                before = client.get_model_version(name, found[kind]).tags.get("decision", "")
+                if before.startswith(_BY_HAND):  # promoted by hand before: keep the original
+                    before = (before.split(_WHEN_TRAINED, 1)[1][:-1] if _WHEN_TRAINED in before
+                              else "")
+                when = pd.Timestamp.now(tz="UTC").strftime("%Y-%m-%d %H:%M UTC")
+                client.set_model_version_tag(
+                    name, found[kind], "decision",
+                    f"{_BY_HAND}{when}" + (f"{_WHEN_TRAINED}{before})" if before else ""))
     return {kind: found[kind] for kind in KINDS if kind in found}
 
 

@@ -681,6 +681,108 @@ def test_a_training_run_that_fails_late_leaves_no_run_version_or_alias(
     mlflow.MlflowClient().delete_run(tune)
 
 
+def test_two_runs_at_once_move_both_aliases_as_one_after_the_other(
+        store, trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two `lifecast train` at once on one store (here two threads, each held after deciding
+    until the other has decided too): both found no champion and both moved the aliases, so
+    the aliases ended on whichever wrote last, one per kind (or split across the runs), and
+    the other run said it was promoted though the champion that replaced it had not seen it.
+    Now the second to finish decides again under the registry lock: the run trained on later
+    data ends with both aliases, and each run's decision is what happened."""
+    import threading
+
+    monkeypatch.setattr(tracking, "_log_plots", lambda result, folder: None)
+    barrier = threading.Barrier(2, timeout=120)
+    log_model = tracking._log_model
+
+    def after_both_decided(kind, *args, **kwargs):
+        if kind == "churn":
+            barrier.wait()
+        return log_model(kind, *args, **kwargs)
+
+    monkeypatch.setattr(tracking, "_log_model", after_both_decided)
+    # the same models and data, one recorded as trained a month earlier: whichever order
+    # they end in, the later one is champion of both kinds (`test_the_same_settings_...`)
+    earlier = dataclasses.replace(trained, models=dataclasses.replace(
+        trained.models, as_of=pd.Timestamp(AS_OF) - pd.Timedelta(days=31)))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(tracking, "_last_set_uri", None)
+    tracking.configure(tmp_path)  # a store without a champion
+    assert tracking.champion_versions() == {"churn": None, "clv": None}
+    try:
+        runs: dict[str, tracking.RunSummary] = {}
+        errors: list[BaseException] = []
+
+        def run(name: str, result: TrainResult) -> None:
+            try:
+                runs[name] = tracking.log_training(result, source="synthetic", run_name=name)
+            except BaseException as exc:
+                errors.append(exc)
+                barrier.abort()
+
+        threads = [threading.Thread(target=run, args=args)
+                   for args in (("later", trained), ("earlier", earlier))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        later, first = runs["later"], runs["earlier"]
+        assert tracking.champion_versions() == later.versions
+        assert later.promoted == {"churn": True, "clv": True}
+        client = mlflow.MlflowClient()
+        for kind in tracking.KINDS:
+            if first.promoted[kind]:  # it ended first, then the later run replaced it
+                assert later.decision[kind]["champion_version"] == first.versions[kind]
+            else:  # it ended second, decided again and kept the later run's champion
+                assert first.decision[kind]["champion_version"] == later.versions[kind]
+                assert first.decision[kind]["message"].startswith(
+                    f"kept champion v{later.versions[kind]}: ")
+                assert first.decision[kind]["message"].endswith(
+                    f" (decided again as the run ended: another run made "
+                    f"{tracking.MODEL_NAMES[kind]} v{later.versions[kind]} champion while "
+                    f"this one trained)")
+            for summary in (later, first):
+                tags = client.get_run(summary.run_id).data.tags
+                assert tags[f"promoted_{kind}"] == str(summary.promoted[kind]).lower()
+                assert tags[f"decision_{kind}"] == summary.decision[kind]["message"]
+        assert tracking.registry_lock_path() == tmp_path / "mlflow.db.lock"
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        tracking.configure(store[0])
+
+
+def test_the_registry_lock_is_one_holder_at_a_time_and_reentrant(store) -> None:
+    """While a run holds the champion aliases, another thread (or process) waits, and after
+    its wait says which file and what to do; the holder itself may take it again."""
+    import threading
+
+    path = tracking.registry_lock_path()
+    assert path == Path(store[0]).resolve() / "mlflow.db.lock"
+    got: list[BaseException | Path] = []
+
+    def other() -> None:
+        try:
+            with tracking.registry_lock(wait=0.2) as held:
+                got.append(held)
+        except ValueError as exc:
+            got.append(exc)
+
+    with tracking.registry_lock(), tracking.registry_lock() as held:
+        assert held == path
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+    assert str(got[0]) == (
+        f"another lifecast run has held {path} for over 0.2 s while it moves the champion "
+        f"aliases of {mlflow.get_tracking_uri()}: wait for it to finish (or stop it), then "
+        f"try again")
+    other()  # released
+    assert got[1] == path
+    assert tracking.registry_lock_path("http://user:secret@mlflow:5000").parent.name == (
+        "lifecast")
+
+
 def test_promoting_by_hand_twice_keeps_one_decision_and_short_ids_are_explained(
         first_run) -> None:
     name = tracking.MODEL_NAMES["churn"]
