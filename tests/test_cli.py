@@ -548,6 +548,43 @@ def test_quiet_mlflow_hides_progress_keeps_warnings_and_restores(capsys, monkeyp
     assert "Created version" in capsys.readouterr().err
 
 
+def test_quiet_mlflow_in_two_threads_at_once_restores_the_output(capsys, monkeypatch):
+    """Two `log_training` calls in two threads (a notebook training two settings at once):
+    each quiet block saved the stream it found and put it back, so the second, which found
+    the first's silenced stream, left MLflow's output off for the rest of the process."""
+    import threading
+
+    from mlflow.utils import logging_utils
+    from mlflow.utils.logging_utils import eprint
+
+    from training.tracking import quiet_mlflow
+
+    monkeypatch.delenv("MLFLOW_LOGGING_LEVEL", raising=False)
+    stream = logging_utils.MLFLOW_LOGGING_STREAM
+    both_in, first_out = threading.Barrier(2, timeout=30), threading.Event()
+
+    def first() -> None:
+        with quiet_mlflow():
+            both_in.wait()
+        first_out.set()
+
+    def second() -> None:
+        with quiet_mlflow():
+            both_in.wait()
+            first_out.wait(30)
+            eprint("Created version '2' of model 'lifecast-churn'.")  # still quiet
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    threads[0].start()
+    threads[1].start()
+    for t in threads:
+        t.join()
+    assert logging_utils.MLFLOW_LOGGING_STREAM is stream
+    assert "Created version" not in capsys.readouterr().err
+    eprint("printed again")
+    assert "printed again" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_demo_output_has_no_mlflow_progress_lines(tmp_path):
     """`lifecast demo` as a user runs it (the console entry point, a fresh process): no

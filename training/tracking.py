@@ -249,17 +249,30 @@ def quiet_mlflow() -> Iterator[None]:
             pass
 
     logger = logging.getLogger("mlflow")
-    level, handlers = logger.level, list(logger.handlers)
-    stream = logging_utils.MLFLOW_LOGGING_STREAM
-    if logger.getEffectiveLevel() < logging.WARNING:
-        logger.setLevel(logging.WARNING)
-    logging_utils.MLFLOW_LOGGING_STREAM = Discard()
+    # the stream and the level are the process's: blocks in several threads at once (two
+    # `log_training` calls) share one quieting, and the last to end restores what the first
+    # found (each restoring its own would leave the output off for good)
+    with _quiet_state["lock"]:
+        if _quiet_state["depth"] == 0:
+            _quiet_state["saved"] = (logger.level, list(logger.handlers),
+                                     logging_utils.MLFLOW_LOGGING_STREAM)
+            if logger.getEffectiveLevel() < logging.WARNING:
+                logger.setLevel(logging.WARNING)
+            logging_utils.MLFLOW_LOGGING_STREAM = Discard()
+        _quiet_state["depth"] += 1
     try:
         yield
     finally:
-        logging_utils.MLFLOW_LOGGING_STREAM = stream
-        logger.setLevel(level)
-        logger.handlers = handlers
+        with _quiet_state["lock"]:
+            _quiet_state["depth"] -= 1
+            if _quiet_state["depth"] == 0:
+                level, handlers, stream = _quiet_state.pop("saved")
+                logging_utils.MLFLOW_LOGGING_STREAM = stream
+                logger.setLevel(level)
+                logger.handlers = handlers
+
+
+_quiet_state: dict[str, Any] = {"lock": threading.Lock(), "depth": 0}
 
 
 @quiet_mlflow()

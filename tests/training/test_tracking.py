@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking._tracking_service import utils as tracking_utils
+from mlflow.utils import logging_utils
 
 from features.config import FeatureConfig
 from features.registry import DEFINITIONS_VERSION
@@ -709,6 +710,7 @@ def test_two_runs_at_once_move_both_aliases_as_one_after_the_other(
     monkeypatch.setattr(tracking, "_last_set_uri", None)
     tracking.configure(tmp_path)  # a store without a champion
     assert tracking.champion_versions() == {"churn": None, "clv": None}
+    stream = logging_utils.MLFLOW_LOGGING_STREAM
     try:
         runs: dict[str, tracking.RunSummary] = {}
         errors: list[BaseException] = []
@@ -727,6 +729,9 @@ def test_two_runs_at_once_move_both_aliases_as_one_after_the_other(
         for t in threads:
             t.join()
         assert not errors, errors
+        # MLflow's output is on again: each run's quiet block restored what it found, the
+        # other's silenced stream included, so the output stayed off for good
+        assert logging_utils.MLFLOW_LOGGING_STREAM is stream
         later, first = runs["later"], runs["earlier"]
         assert tracking.champion_versions() == later.versions
         assert later.promoted == {"churn": True, "clv": True}
