@@ -41,7 +41,9 @@ version is promoted. A champion that cannot be scored on the snapshot (other fea
 settings, such as another horizon) is kept, and the decision says why. ``"always"``
 promotes, ``"never"`` does not. Each kind is decided on its own; the decision and both
 scores are logged (tags ``decision_churn`` / ``decision_clv``, metrics
-``champion_churn_roc_auc``, ...). A run that fails part way (an exception, Ctrl-C) is
+``champion_churn_roc_auc``, ...); when a champion is replaced, by a later run or by
+``lifecast promote``, the tags of both runs and both versions say so, and when
+(`_mark_decision`). A run that fails part way (an exception, Ctrl-C) is
 deleted with the model versions and logged models it registered, and the aliases it moved go
 back (`_undo_run`). The champion is read again and the aliases moved under a lock of the
 store (`registry_lock`): runs and ``lifecast promote`` at once on one machine act one after
@@ -737,6 +739,12 @@ def log_training(
                 champions[kind] = now
             for kind in KINDS:
                 _record_decision(client, kind, versions[kind], decisions[kind])
+            for kind in KINDS:  # the champions replaced no longer read "promoted"
+                replaced = decisions[kind]["champion_version"]
+                if decisions[kind]["promoted"] and replaced is not None:
+                    _mark_decision(client, kind, replaced,
+                                   f"{_DEMOTED}{_now()}: training run {run_id} made "
+                                   f"v{versions[kind]} champion", promoted=False)
     except BaseException:  # Ctrl-C too: a failed run leaves no run, version or alias behind
         if run_id is not None:
             with held:  # under the lock when this run took it: nobody decides meanwhile
@@ -1542,20 +1550,45 @@ def promote_run(run_id: str) -> dict[str, str]:
                     _warn_if_horizon_changes(client, kind, found[kind], previous)
                     _warn_if_trained_earlier(client, kind, found[kind], previous)
                 client.set_registered_model_alias(name, CHAMPION_ALIAS, found[kind])
-                # the version's decision (what `lifecast models` shows) now says how it
-                # became champion, keeping what was decided when it was trained
-                before = client.get_model_version(name, found[kind]).tags.get("decision", "")
-                if before.startswith(_BY_HAND):  # promoted by hand before: keep the original
-                    before = (before.split(_WHEN_TRAINED, 1)[1][:-1] if _WHEN_TRAINED in before
-                              else "")
-                when = pd.Timestamp.now(tz="UTC").strftime("%Y-%m-%d %H:%M UTC")
-                client.set_model_version_tag(
-                    name, found[kind], "decision",
-                    f"{_BY_HAND}{when}" + (f"{_WHEN_TRAINED}{before})" if before else ""))
+                # the version's decision (what `lifecast models` shows) and its run's tags
+                # now say how it became champion, and the champion it replaced how it
+                # stopped being one, each keeping what was decided when it was trained
+                when = _now()
+                _mark_decision(client, kind, found[kind], f"{_BY_HAND}{when}", promoted=True)
+                if previous is not None:
+                    run = client.get_model_version(name, found[kind]).run_id
+                    by = named(f"`lifecast promote --run {run}`", f"promote_run({run!r})")
+                    _mark_decision(client, kind, previous,
+                                   f"{_DEMOTED}by hand {when}: {by} made v{found[kind]} "
+                                   f"champion", promoted=False)
     return {kind: found[kind] for kind in KINDS if kind in found}
 
 
-_BY_HAND, _WHEN_TRAINED = "promoted by hand ", " (when trained: "
+_BY_HAND, _DEMOTED, _WHEN_TRAINED = "promoted by hand ", "demoted ", " (when trained: "
+
+
+def _now() -> str:
+    return pd.Timestamp.now(tz="UTC").strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _mark_decision(client: MlflowClient, kind: str, version: str, head: str, *,
+                   promoted: bool) -> None:
+    """Say how version ``version`` of ``kind`` became or stopped being champion (``head``,
+    e.g. ``promoted by hand <when>``) on the version (its ``decision`` tag, which `lifecast
+    models` shows) and on the run that registered it (``decision_<kind>``, and
+    ``promoted_<kind>`` set to ``promoted``), followed by what was decided when it was
+    trained, which is kept through any number of such changes."""
+    name = MODEL_NAMES[kind]
+    mv = client.get_model_version(name, version)
+    trained = mv.tags.get("decision", "")
+    if trained.startswith((_BY_HAND, _DEMOTED)):  # changed after training: the original
+        trained = (trained.split(_WHEN_TRAINED, 1)[1][:-1] if _WHEN_TRAINED in trained
+                   else "")
+    text = head + (f"{_WHEN_TRAINED}{trained})" if trained else "")
+    client.set_model_version_tag(name, version, "decision", text)
+    with contextlib.suppress(MlflowException):  # its run was deleted: only the version
+        client.set_tag(mv.run_id, f"decision_{kind}", text)
+        client.set_tag(mv.run_id, f"promoted_{kind}", str(promoted).lower())
 
 
 def _run_hint(client: MlflowClient, run_id: str) -> str:

@@ -747,10 +747,16 @@ def test_two_runs_at_once_move_both_aliases_as_one_after_the_other(
                     f" (decided again as the run ended: another run made "
                     f"{tracking.MODEL_NAMES[kind]} v{later.versions[kind]} champion while "
                     f"this one trained)")
-            for summary in (later, first):
-                tags = client.get_run(summary.run_id).data.tags
-                assert tags[f"promoted_{kind}"] == str(summary.promoted[kind]).lower()
-                assert tags[f"decision_{kind}"] == summary.decision[kind]["message"]
+            tags = client.get_run(later.run_id).data.tags
+            assert tags[f"promoted_{kind}"] == "true"
+            assert tags[f"decision_{kind}"] == later.decision[kind]["message"]
+            tags = client.get_run(first.run_id).data.tags
+            assert tags[f"promoted_{kind}"] == "false"  # never champion, or no longer
+            assert tags[f"decision_{kind}"] == (
+                first.decision[kind]["message"] if not first.promoted[kind] else
+                f"demoted {tags[f'decision_{kind}'][8:28]}: training run {later.run_id} "
+                f"made v{later.versions[kind]} champion (when trained: "
+                f"{first.decision[kind]['message']})")
         assert tracking.registry_lock_path() == tmp_path / "mlflow.db.lock"
     finally:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -806,6 +812,47 @@ def test_promoting_by_hand_twice_keeps_one_decision_and_short_ids_are_explained(
     with pytest.raises(ValueError, match="no registered models come from run 6 \\(a start of "
                                          "a run id needs at least 6 characters"):
         tracking.promote_run("6")
+
+
+def test_promoting_by_hand_updates_the_tags_of_both_runs(
+        first_run, trained, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`lifecast promote --run ID` moved the aliases and the version's decision, but the
+    runs' tags kept the decision of training time: the run promoted said promoted_churn
+    false, the run it replaced still true, so the MLflow UI showed two runs "promoted" (or
+    none). Both runs and both versions now say who changed what and when, keeping what was
+    decided when they were trained."""
+    monkeypatch.setattr(tracking, "_log_plots", lambda result, folder: None)
+    client = mlflow.MlflowClient()
+    second = tracking.log_training(trained, source="synthetic", promote="never")
+    trained_first = {k: client.get_run(first_run.run_id).data.tags[f"decision_{k}"]
+                     for k in tracking.KINDS}
+    trained_first = {k: (v.split(" (when trained: ", 1)[1][:-1] if v.startswith(
+        ("promoted by hand", "demoted ")) else v) for k, v in trained_first.items()}
+    when = r"\d{4}-\d\d-\d\d \d\d:\d\d UTC"
+    assert tracking.promote_run(second.run_id) == second.versions
+    for kind in tracking.KINDS:
+        name = tracking.MODEL_NAMES[kind]
+        new, old = second.versions[kind], first_run.versions[kind]
+        message = re.escape(second.decision[kind]["message"])
+        promoted = f"promoted by hand {when} \\(when trained: {message}\\)"
+        demoted = (f"demoted by hand {when}: promote_run\\('{second.run_id}'\\) made v{new} "
+                   f"champion \\(when trained: {re.escape(trained_first[kind])}\\)")
+        tags = client.get_run(second.run_id).data.tags
+        assert tags[f"promoted_{kind}"] == "true"
+        assert re.fullmatch(promoted, tags[f"decision_{kind}"]), tags[f"decision_{kind}"]
+        assert re.fullmatch(promoted, client.get_model_version(name, new).tags["decision"])
+        tags = client.get_run(first_run.run_id).data.tags
+        assert tags[f"promoted_{kind}"] == "false"
+        assert re.fullmatch(demoted, tags[f"decision_{kind}"]), tags[f"decision_{kind}"]
+        assert re.fullmatch(demoted, client.get_model_version(name, old).tags["decision"])
+    # and back: the first run's decision of training time is kept, not nested
+    assert tracking.promote_run(first_run.run_id) == first_run.versions
+    for kind in tracking.KINDS:
+        tags = client.get_run(first_run.run_id).data.tags
+        assert tags[f"promoted_{kind}"] == "true"
+        assert re.fullmatch(f"promoted by hand {when} \\(when trained: "
+                            f"{re.escape(trained_first[kind])}\\)", tags[f"decision_{kind}"])
+        assert client.get_run(second.run_id).data.tags[f"promoted_{kind}"] == "false"
 
 
 def test_champion_versions(first_run) -> None:
