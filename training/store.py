@@ -279,6 +279,106 @@ def _cannot_write(target: Path) -> str | None:
     return None
 
 
+#: What `CustomerStore.write_batch` and `CustomerStore.prune` do to each table (the pointer
+#: row is read FOR UPDATE, which needs UPDATE).
+_PG_PRIVILEGES = {
+    "lifecast_batches": ("SELECT", "INSERT", "DELETE"),
+    "lifecast_scores": ("SELECT", "INSERT", "DELETE"),
+    "lifecast_details": ("SELECT", "INSERT", "DELETE"),
+    "lifecast_current": ("SELECT", "INSERT", "UPDATE"),
+}
+
+
+#: PostgreSQL's SQLSTATEs of insufficient_privilege and invalid_schema_name.
+_PG_ACCESS_ERRORS = ("42501", "3F000")
+
+
+def _search_path_schemas(search_path: str, user: str) -> list[str]:
+    """The schema names of a ``search_path`` setting (``"$user"`` resolved), for messages."""
+    names = []
+    for part in search_path.split(","):
+        name = part.strip()
+        if name.startswith('"') and name.endswith('"') and len(name) > 1:
+            name = name[1:-1].replace('""', '"')
+        if name == "$user":
+            name = user
+        if name:
+            names.append(name)
+    return names
+
+
+def _postgres_cannot_write(conn: Connection) -> str | None:
+    """Why the role of ``conn`` cannot write a batch into a PostgreSQL store, or None.
+
+    The tables are where the connection's search_path finds them (``lifecast_*``, as every
+    statement of the store names them unqualified); missing ones are created in its first
+    usable schema (``current_schema()``), which needs CREATE there. Existing ones need the
+    privileges of `_PG_PRIVILEGES`, and ``lifecast_batches``' id sequence USAGE. Only reads
+    the catalog: nothing is made."""
+    quote = conn.dialect.identifier_preparer.quote
+    user, schema, search_path = conn.exec_driver_sql(
+        "SELECT current_user, current_schema(), current_setting('search_path')").one()
+    role = quote(user)
+    if schema is None:
+        listed = _search_path_schemas(search_path, user)
+        usable = dict(conn.execute(
+            sa.text("SELECT nspname, has_schema_privilege(oid, 'USAGE') FROM pg_namespace "
+                    "WHERE nspname = ANY(:names)"), {"names": listed}).all())
+        missing = [n for n in listed if n not in usable]
+        denied = [n for n in listed if usable.get(n) is False]
+        parts = []
+        if missing:
+            parts.append(f"create {'it' if len(missing) == 1 else 'one'} "
+                         f"({'; '.join(f'CREATE SCHEMA {quote(n)}' for n in missing)})")
+        if denied:
+            parts.append("; ".join(f"GRANT USAGE ON SCHEMA {quote(n)} TO {role}"
+                                   for n in denied))
+        return (f"no schema of the search_path ({search_path}) exists or is usable by role "
+                f"{user!r}, so there is no schema to keep the store's tables in: "
+                + (" or ".join(parts) if parts else "set one") +
+                ", or name an existing schema in the URL with "
+                "?options=-csearch_path%3D<schema>")
+    problems: list[str] = []
+    grants: list[str] = []
+    absent: list[str] = []
+    for table, wanted in _PG_PRIVILEGES.items():
+        row = conn.execute(sa.text(
+            "SELECT n.nspname, c.relname FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass(:t)"),
+            {"t": table}).first()
+        if row is None:
+            absent.append(table)
+            continue
+        name = f"{quote(row[0])}.{quote(row[1])}"
+        lacking = [p for p in wanted if not conn.execute(
+            sa.text("SELECT has_table_privilege(to_regclass(:t), :p)"),
+            {"t": table, "p": p}).scalar()]
+        if lacking:
+            problems.append(f"{', '.join(lacking)} on {name}")
+            grants.append(f"GRANT {', '.join(lacking)} ON {name} TO {role}")
+        if table == "lifecast_batches":
+            sequence = conn.execute(sa.text(
+                "SELECT pg_get_serial_sequence(:t, 'batch_no')"), {"t": name}).scalar()
+            if sequence and not conn.execute(sa.text(
+                    "SELECT has_sequence_privilege(:s, 'USAGE')"), {"s": sequence}).scalar():
+                problems.append(f"USAGE on sequence {sequence}")
+                grants.append(f"GRANT USAGE ON SEQUENCE {sequence} TO {role}")
+    if absent and not conn.execute(sa.text("SELECT has_schema_privilege(:s, 'CREATE')"),
+                                   {"s": schema}).scalar():
+        problems.insert(0, f"CREATE on schema {quote(schema)} (the first schema of its "
+                           f"search_path, where {', '.join(absent)} would be created)")
+        grants.insert(0, f"GRANT CREATE ON SCHEMA {quote(schema)} TO {role}")
+    if not problems:
+        return None
+    where = quote(schema)
+    then = "" if len(absent) < len(_PG_PRIVILEGES) else (
+        f" (or run the first `lifecast score` as a role that may create tables there, then "
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {where} TO {role}; "
+        f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA {where} TO {role})")
+    return (f"role {user!r} lacks {'; '.join(problems)}. Have the schema's owner run: "
+            f"{'; '.join(grants)}{then}")
+
+
 def _few(values: Iterable[Any], n: int = 5) -> str:
     """The first n values, for error messages."""
     values = list(values)
@@ -435,9 +535,12 @@ class CustomerStore:
         file whose folder cannot be created or written. Callers that compute for minutes
         before `write_batch` check first. Leaves nothing behind (not even a SQLite file).
 
-        For SQLite the folder is tried for real (a file made and removed at once in the
-        nearest folder that exists): permission bits do not tell, as root may write anywhere
-        by them, ``/proc`` or a read-only mount included."""
+        For PostgreSQL the role's privileges are checked where the tables are or will be
+        (the first schema of the connection's search_path, see `_postgres_cannot_write`):
+        a role that may connect but not create or fill the tables is refused here, not
+        after the scoring work. For SQLite the folder is tried for real (a file made and
+        removed at once in the nearest folder that exists): permission bits do not tell, as
+        root may write anywhere by them, ``/proc`` or a read-only mount included."""
         path = self._sqlite_path
         if path is not None:
             folder = next((p for p in (path.parent, *path.parent.parents) if p.exists()),
@@ -455,8 +558,14 @@ class CustomerStore:
                     f"cannot write the customer store {self.safe_url}: {why}. Give a store "
                     f"in a folder this user can write to")
             return
-        if not self._is_sqlite:  # in memory: nothing to reach
-            self._connect().close()
+        if self._is_sqlite:  # in memory: nothing to reach
+            return
+        with self._connect() as conn:
+            if conn.dialect.name == "postgresql":
+                why = _postgres_cannot_write(conn)
+                if why:
+                    raise StoreUnavailableError(
+                        f"cannot write the customer store {self.safe_url}: {why}")
 
     def _connect(self) -> Connection:
         """A new connection; `StoreUnavailableError` naming the store when there is none."""
@@ -637,6 +746,18 @@ class CustomerStore:
                 # the database failed us (connection lost, locked for too long, disk error...)
                 raise StoreUnavailableError(
                     f"customer store {self.safe_url}: {_db_message(e)}") from e
+            except Exception as e:
+                # PostgreSQL refusing this role (a privilege revoked, a schema dropped; also
+                # from psycopg directly, as COPY runs on its cursor): the store's setup, not a
+                # bug; other errors stay what they are
+                orig = getattr(e, "orig", e)
+                if getattr(orig, "sqlstate", None) not in _PG_ACCESS_ERRORS:
+                    raise
+                message = " ".join(str(orig).split())
+                raise StoreUnavailableError(
+                    f"customer store {self.safe_url}: {message} (see "
+                    f"`CustomerStore.check_reachable` for the privileges a writer needs; "
+                    f"a reader needs USAGE on the schema and SELECT on the tables)") from e
 
     def _ensure_schema(self) -> None:
         if self._schema_ready:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import re
+import secrets
 import sqlite3
 import threading
 import time
@@ -927,3 +928,156 @@ def test_prune_keeps_a_batch_made_current_while_it_runs_postgres(pg_server: str)
     assert late_ids[0] in set(pruner.batches()["batch_id"])
     for s in (late_writer, other_writer, pruner):
         s.close()
+
+
+# -- PostgreSQL schemas and least-privilege roles ----------------------------------------------
+
+
+def _pg_admin(url: str, *statements: str) -> None:
+    """Run statements as the server's superuser (the URL's own user) on the URL's database."""
+    engine = sa.create_engine(url.split("?")[0], isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            for statement in statements:
+                conn.exec_driver_sql(statement)
+    finally:
+        engine.dispose()
+
+
+def _pg_tables(url: str) -> list[str]:
+    engine = sa.create_engine(url.split("?")[0])
+    try:
+        with engine.connect() as conn:
+            return [f"{s}.{t}" for s, t in conn.exec_driver_sql(
+                "SELECT table_schema, table_name FROM information_schema.tables "
+                "WHERE table_name LIKE 'lifecast%%' ORDER BY 1, 2")]
+    finally:
+        engine.dispose()
+
+
+def _pg_role(url: str, db_url: str, schema: str) -> str:
+    """A new login role that may connect to ``db_url``'s database and use ``schema``, no
+    more (the password is ignored: the test server trusts local connections)."""
+    role = f"app_{secrets.token_hex(4)}"
+    db = db_url.rsplit("/", 1)[1]
+    _pg_admin(url, f"CREATE ROLE {role} LOGIN PASSWORD 's3cret'")
+    _pg_admin(db_url, f"REVOKE ALL ON DATABASE {db} FROM PUBLIC",
+              f"GRANT CONNECT ON DATABASE {db} TO {role}",
+              f"GRANT USAGE ON SCHEMA {schema} TO {role}")
+    return role
+
+
+def _as_role(db_url: str, role: str, schema: str) -> str:
+    return (db_url.replace("//lifecast@", f"//{role}:s3cret@")
+            + f"?options=-csearch_path%3D{schema}")
+
+
+@pytest.mark.slow
+def test_store_tables_in_the_schema_of_the_search_path_postgres(pg_server: str) -> None:
+    """A store URL with ``?options=-csearch_path%3Dcrm`` keeps its tables in schema crm, and
+    a second store (the service) on the same URL reads what the first wrote. A schema that
+    does not exist is refused by `check_reachable`, before any work: it used to pass, and
+    the write after the scoring failed with psycopg's 'no schema has been selected to
+    create in' (a raw ProgrammingError, not a store error)."""
+    db = _pg_helper().create_database(pg_server)
+    _pg_admin(db, "CREATE SCHEMA crm")
+    url = db + "?options=-csearch_path%3Dcrm"
+    writer, reader = CustomerStore(url), CustomerStore(url)
+    writer.check_reachable()
+    scores, features = make_batch(["a", "b"], seed=3)
+    batch = write(writer, scores, features)
+    assert _pg_tables(db) == [f"crm.lifecast_{t}" for t in
+                              ("batches", "current", "details", "scores")]
+    got, feats, unknown = reader.get_customers(["b", "a", "x"])
+    assert unknown == ["x"] and got["batch_id"].tolist() == [batch, batch]
+    want = scores.set_index("customer_id").loc[["b", "a"]]
+    assert got["churn_probability"].tolist() == want["churn_probability"].tolist()
+    assert reader.lookup(["a"]).ids == ["a"]
+    writer.close(), reader.close()
+
+    missing = CustomerStore(db + "?options=-csearch_path%3Dnope")
+    with pytest.raises(StoreUnavailableError) as info:
+        missing.check_reachable()
+    assert str(info.value) == (
+        f"cannot write the customer store {db}?options=-csearch_path%3Dnope: no schema of "
+        f"the search_path (nope) exists or is usable by role 'lifecast', so there is no "
+        f"schema to keep the store's tables in: create it (CREATE SCHEMA nope), or name an "
+        f"existing schema in the URL with ?options=-csearch_path%3D<schema>")
+    missing.close()
+
+
+@pytest.mark.slow
+def test_check_reachable_finds_a_role_that_cannot_write_postgres(pg_server: str) -> None:
+    """A role with CONNECT and USAGE on its schema, nothing more, passed the early check
+    and failed only at the write ('permission denied for schema crm', a raw
+    ProgrammingError), after all the scoring work. `check_reachable` now names the store
+    (password hidden), the schema, the missing privileges and the GRANTs to run, and
+    creates nothing; once granted, the role writes."""
+    db = _pg_helper().create_database(pg_server)
+    _pg_admin(db, "CREATE SCHEMA crm")
+    role = _pg_role(pg_server, db, "crm")
+    url = _as_role(db, role, "crm")
+    store = CustomerStore(url)
+    shown = url.replace("s3cret", "***")
+    with pytest.raises(StoreUnavailableError) as info:
+        store.check_reachable()
+    assert str(info.value) == (
+        f"cannot write the customer store {shown}: role '{role}' lacks CREATE on schema crm "
+        f"(the first schema of its search_path, where lifecast_batches, lifecast_scores, "
+        f"lifecast_details, lifecast_current would be created). Have the schema's owner run: "
+        f"GRANT CREATE ON SCHEMA crm TO {role} (or run the first `lifecast score` as a role "
+        f"that may create tables there, then GRANT SELECT, INSERT, UPDATE, DELETE ON ALL "
+        f"TABLES IN SCHEMA crm TO {role}; GRANT USAGE ON ALL SEQUENCES IN SCHEMA crm TO "
+        f"{role})")
+    assert "s3cret" not in str(info.value)
+    assert _pg_tables(db) == []  # nothing left behind
+
+    owner = CustomerStore(db + "?options=-csearch_path%3Dcrm")  # the tables, made by the owner
+    first = write(owner, *make_batch(["a"], seed=1))
+    _pg_admin(db, f"GRANT SELECT ON ALL TABLES IN SCHEMA crm TO {role}",
+              f"GRANT INSERT ON crm.lifecast_scores TO {role}")
+    with pytest.raises(StoreUnavailableError) as info:
+        store.check_reachable()
+    assert str(info.value) == (
+        f"cannot write the customer store {shown}: role '{role}' lacks INSERT, DELETE on "
+        f"crm.lifecast_batches; USAGE on sequence crm.lifecast_batches_batch_no_seq; DELETE "
+        f"on crm.lifecast_scores; INSERT, DELETE on crm.lifecast_details; INSERT, UPDATE on "
+        f"crm.lifecast_current. Have the schema's owner run: GRANT INSERT, DELETE ON "
+        f"crm.lifecast_batches TO {role}; GRANT USAGE ON SEQUENCE "
+        f"crm.lifecast_batches_batch_no_seq TO {role}; GRANT DELETE ON crm.lifecast_scores "
+        f"TO {role}; GRANT INSERT, DELETE ON crm.lifecast_details TO {role}; GRANT INSERT, "
+        f"UPDATE ON crm.lifecast_current TO {role}")
+
+    _pg_admin(db, f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA crm TO {role}",
+              f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA crm TO {role}")
+    store.check_reachable()
+    second = write(store, *make_batch(["a", "b"], seed=2))
+    assert owner.batches()["batch_id"].tolist() == [second, first]
+    store.close(), owner.close()
+
+
+@pytest.mark.slow
+def test_a_write_refused_by_privileges_is_a_store_error_postgres(pg_server: str) -> None:
+    """A privilege revoked after the check (here INSERT on the details table, which COPY
+    fills through psycopg's own cursor) fails the write with `StoreUnavailableError` naming
+    the store and the table, not a driver traceback; the current batch is untouched. A
+    reader without SELECT gets the same kind of error."""
+    db = _pg_helper().create_database(pg_server)
+    _pg_admin(db, "CREATE SCHEMA crm")
+    owner = CustomerStore(db + "?options=-csearch_path%3Dcrm")
+    first = write(owner, *make_batch(["a"], seed=1))
+    role = _pg_role(pg_server, db, "crm")
+    _pg_admin(db, f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA crm TO {role}",
+              f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA crm TO {role}",
+              f"REVOKE INSERT ON crm.lifecast_details FROM {role}")
+    store = CustomerStore(_as_role(db, role, "crm"))
+    shown = store.safe_url
+    with pytest.raises(StoreUnavailableError, match=re.escape(
+            f"customer store {shown}: permission denied for table lifecast_details")):
+        write(store, *make_batch(["a", "b"], seed=2))
+    assert owner.batches()["batch_id"].tolist() == [first]
+    _pg_admin(db, f"REVOKE SELECT ON crm.lifecast_scores FROM {role}")
+    with pytest.raises(StoreUnavailableError, match=re.escape(
+            f"customer store {shown}: permission denied for table lifecast_scores")):
+        store.get_customers(["a"])
+    store.close(), owner.close()
