@@ -323,6 +323,9 @@ class _Layout:
     other_settings: str | None = None  # the batch's feature settings unlike the models'
 
 
+EMPTY_STORE = "no scores yet: run `lifecast score` first"
+
+
 class Runtime:
     """Models, store, baseline and audit log of one service worker (thread-safe)."""
 
@@ -392,7 +395,12 @@ class Runtime:
                 logger.warning("the customer store is unavailable: %s", exc)
                 return self._state is not None
             if batch is None:
-                self._store_error = "no scores yet: run `lifecast score` first"
+                if self._store_error != EMPTY_STORE:  # say once where the scores may be
+                    hint = self.store.unreached_hint()
+                    if hint:
+                        logger.warning("customer store %s: no scores yet%s",
+                                       self.store.safe_url, hint)
+                self._store_error = EMPTY_STORE
                 self._state = None
                 return False
             if self._state is None or self._state.batch_id != batch["batch_id"]:

@@ -212,7 +212,8 @@ def _preflight(env: dict[str, str]) -> None:
     try:
         if store.current_batch() is None:
             _warn(f"the customer store {store.safe_url} has no scores yet: the service stays "
-                  f"not ready (/readyz 503) until `lifecast score` writes a batch")
+                  f"not ready (/readyz 503) until `lifecast score` writes a batch"
+                  f"{store.unreached_hint()}")
     except StoreError as exc:
         _warn(f"cannot read the customer store: {exc}")
     finally:

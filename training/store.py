@@ -793,8 +793,37 @@ class CustomerStore:
         with self._transaction(write=False) as conn:
             batch = self._current_batch(conn)
             if batch is None:
-                raise EmptyStoreError(f"{EMPTY_STORE_MESSAGE} (customer store: {self.safe_url})")
+                raise EmptyStoreError(f"{EMPTY_STORE_MESSAGE} (customer store: {self.safe_url})"
+                                      f"{self._unreached(conn)}")
             yield conn, batch
+
+    def _unreached(self, conn: Connection) -> str:
+        """PostgreSQL: when the store's tables are not on this connection's search_path but
+        other schemas hold them (`lifecast score` ran with another search_path than this
+        reader), what to add to the URL; else ''."""
+        if conn.dialect.name != "postgresql" or self._schema_ready:
+            return ""
+        schemas = [r[0] for r in conn.exec_driver_sql(
+            "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relname = 'lifecast_current' AND c.relkind = 'r' "
+            "AND NOT pg_table_is_visible(c.oid) ORDER BY 1")]
+        if not schemas:
+            return ""
+        path = conn.exec_driver_sql("SELECT current_setting('search_path')").scalar()
+        return (f"; its search_path ({path}) does not reach the store's tables in schema "
+                f"{' and '.join(schemas)}: give the URL `lifecast score` wrote with, e.g. "
+                f"with ?options=-csearch_path%3D{schemas[0]}")
+
+    def unreached_hint(self) -> str:
+        """`_unreached` on a connection of its own ('' on any database error): for callers
+        that found the store empty through `current_batch`."""
+        if self._is_sqlite:
+            return ""
+        try:
+            with self._transaction(write=False) as conn:
+                return self._unreached(conn)
+        except (StoreError, sa_exc.DBAPIError):
+            return ""
 
     def _current_batch(self, conn: Connection) -> dict[str, Any] | None:
         if not self._has_schema(conn):
@@ -1034,7 +1063,8 @@ class CustomerStore:
         with self._transaction(write=False) as conn:
             if not self._has_schema(conn):
                 raise EmptyStoreError(
-                    f"{EMPTY_STORE_MESSAGE} (customer store: {self.safe_url})")
+                    f"{EMPTY_STORE_MESSAGE} (customer store: {self.safe_url})"
+                    f"{self._unreached(conn)}")
             for start in range(0, max(len(unique), 1), _LOOKUP_CHUNK):
                 chunk = unique[start:start + _LOOKUP_CHUNK]
                 sql, order, params = self._lookup_statement(conn, len(chunk))

@@ -1081,3 +1081,29 @@ def test_a_write_refused_by_privileges_is_a_store_error_postgres(pg_server: str)
             f"customer store {shown}: permission denied for table lifecast_scores")):
         store.get_customers(["a"])
     store.close(), owner.close()
+
+
+@pytest.mark.slow
+def test_a_reader_without_the_writers_search_path_is_told_where_the_tables_are_postgres(
+        pg_server: str) -> None:
+    """`lifecast score` wrote into schema crm (``?options=-csearch_path%3Dcrm``) and the
+    service was given the URL without it: it answered 'no scores yet: run `lifecast score`
+    first', which the user had just done. The empty-store error (and `unreached_hint`, which
+    `lifecast serve` and the service add to theirs) now says which schema holds the tables
+    and what to add to the URL."""
+    db = _pg_helper().create_database(pg_server)
+    _pg_admin(db, "CREATE SCHEMA crm")
+    writer = CustomerStore(db + "?options=-csearch_path%3Dcrm")
+    write(writer, *make_batch(["a"]))
+    reader = CustomerStore(db)
+    assert reader.current_batch() is None
+    hint = ('; its search_path ("$user", public) does not reach the store\'s tables in schema '
+            'crm: give the URL `lifecast score` wrote with, e.g. with '
+            '?options=-csearch_path%3Dcrm')
+    assert reader.unreached_hint() == hint
+    for read in (lambda: reader.get_customers(["a"]), lambda: reader.lookup(["a"])):
+        with pytest.raises(EmptyStoreError) as info:
+            read()
+        assert str(info.value) == f"{EMPTY_STORE_MESSAGE} (customer store: {db}){hint}"
+    assert writer.unreached_hint() == ""
+    writer.close(), reader.close()
