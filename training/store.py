@@ -58,6 +58,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import secrets
 import tempfile
 import threading
@@ -289,6 +290,9 @@ _PG_PRIVILEGES = {
 }
 
 
+#: URL query options users write for a schema (JDBC's currentSchema, Prisma's schema, ...),
+#: which libpq refuses as unknown connection options.
+_SCHEMA_OPTIONS = ("schema", "currentschema", "search_path", "searchpath", "schemaname")
 #: PostgreSQL's SQLSTATEs of insufficient_privilege and invalid_schema_name.
 _PG_ACCESS_ERRORS = ("42501", "3F000")
 
@@ -572,8 +576,15 @@ class CustomerStore:
         try:
             return self._get_engine().connect()
         except sa_exc.DBAPIError as e:
+            message = _db_message(e)
+            hint = ""
+            option = re.search(r'invalid connection option "([^"]+)"', message)
+            if option and option.group(1).lower() in _SCHEMA_OPTIONS:
+                hint = (f". PostgreSQL takes no {option.group(1)!r} in the URL: to keep the "
+                        f"store's tables in schema <name>, give ?options=-csearch_path%3D<name>"
+                        f" (the schema must exist)")
             raise StoreUnavailableError(
-                f"cannot open the customer store at {self.safe_url}: {_db_message(e)}"
+                f"cannot open the customer store at {self.safe_url}: {message}{hint}"
             ) from e
 
     # -- construction --------------------------------------------------------------------------

@@ -419,6 +419,22 @@ def test_passwords_in_query_parameters_are_hidden_too() -> None:
     assert "passfile=" in shown and "pgpass" in shown  # a path, not a secret
 
 
+def test_a_schema_option_in_a_postgres_url_says_how_to_name_a_schema(
+        unreachable_postgres) -> None:
+    """A platform engineer writes the schema as JDBC or Prisma take it (?currentSchema=crm,
+    ?schema=crm): libpq refused it with only 'invalid connection option "schema"'. The error
+    now says how PostgreSQL takes a schema in the URL."""
+    for option in ("schema", "currentSchema"):
+        store = CustomerStore(unreachable_postgres("db") + f"?{option}=crm")
+        with pytest.raises(StoreUnavailableError) as info:
+            store.check_reachable()
+        assert str(info.value) == (
+            f"cannot open the customer store at {store.safe_url}: invalid connection option "
+            f'"{option}". PostgreSQL takes no {option!r} in the URL: to keep the store\'s '
+            f"tables in schema <name>, give ?options=-csearch_path%3D<name> (the schema must "
+            f"exist)")
+
+
 def test_unusable_store_urls_say_what_to_use() -> None:
     with pytest.raises(StoreError) as info:
         CustomerStore("duckdb:///scores.duckdb").check_reachable()
