@@ -186,7 +186,8 @@ def register(app: typer.Typer) -> None:
             help="MLflow experiment for the run (default: $MLFLOW_EXPERIMENT_NAME, else "
                  "lifecast). The registered models are shared by all experiments.")] = None,
         run_name: Annotated[str | None, typer.Option(
-            help="MLflow run name (default: 'train <as-of> churn <N>d clv <N>d').")] = None,
+            help="MLflow run name (default: 'train <as-of> churn <N>d clv <N>d', numbered "
+                 "'#2', '#3' ... when the experiment has one).")] = None,
     ) -> None:
         """Train both models, evaluate them, log to MLflow and register them.
 

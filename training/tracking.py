@@ -78,6 +78,7 @@ import numpy as np
 import pandas as pd
 from mlflow.data.dataset_source import DatasetSource
 from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel
 from mlflow.types import ColSpec, Schema
@@ -682,7 +683,8 @@ def log_training(
     ``lifecast.train_run_id``). ``promote`` is ``"auto"`` (promote a
     version only if it beats the champion on this run's evaluation snapshot), ``"always"`` or
     ``"never"``. ``experiment``: see `experiment_name`; ``run_name`` defaults to
-    ``train <as-of> churn <N>d clv <N>d`` (`default_run_name`). The registered models and
+    ``train <as-of> churn <N>d clv <N>d`` (`default_run_name`), numbered ``#2``, ``#3``
+    ... when the experiment has runs of that name (`numbered_run_name`). The registered models and
     their champions are shared by every experiment in the store. Returns the run id, the
     registered versions and the decisions.
     """
@@ -692,15 +694,15 @@ def log_training(
     client = mlflow.MlflowClient()
     models = result.models
     source = _redact(str(source))
-    run_name = run_name or default_run_name("train", models.as_of, models.config.features,
-                                            tuned=tune_run_id is not None)
+    default_name = default_run_name("train", models.as_of, models.config.features,
+                                    tuned=tune_run_id is not None)
 
     champions = {kind: _champion_version(client, kind) for kind in KINDS}
     run_id: str | None = None
     # the registry lock, once taken, is held until the run is recorded or undone
     held = contextlib.ExitStack()
     try:
-        with _quiet(), mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+        with _quiet(), started_run(experiment_id, run_name, default_name) as run:
             run_id = run.info.run_id
             if tune_run_id is not None:
                 mlflow.set_tag(TUNE_RUN_TAG, tune_run_id)
@@ -803,9 +805,49 @@ def _suppressed(call: Callable[[], Any], default: Any = None) -> Any:
 def default_run_name(step: str, as_of: Any, features: FeatureConfig, *,
                      tuned: bool = False) -> str:
     """``<step> <as-of> churn <N>d clv <N>d[ tuned]``: runs with other horizons, as-of or
-    tuned parameters tell apart in MLflow's run list."""
+    tuned parameters tell apart in MLflow's run list (`numbered_run_name` numbers the
+    runs that share one)."""
     return (f"{step} {pd.Timestamp(as_of):%Y-%m-%d} churn {features.churn_horizon_days}d "
             f"clv {features.clv_horizon_days}d" + (" tuned" if tuned else ""))
+
+
+def numbered_run_name(client: MlflowClient, experiment_id: str, name: str) -> str:
+    """``name`` when no run of the experiment (deleted ones included) has it, else
+    ``name #<n>`` with n one more than the highest number it has been given there (the
+    first run is ``#1``, unnumbered): two trains of the same data on the same day get
+    ``train 2011-12-01 churn 90d clv 90d`` and ``... #2``, which MLflow's run list tells
+    apart."""
+    pattern = re.compile(re.escape(name) + r"(?: #(\d+))?")
+    prefix = name.split("'")[0]  # LIKE's wildcards match more: the pattern picks
+    highest, token = 0, None
+    while True:
+        page = client.search_runs([experiment_id], f"attributes.run_name LIKE '{prefix}%'",
+                                  run_view_type=ViewType.ALL, max_results=1000,
+                                  page_token=token)
+        for run in page:
+            match = pattern.fullmatch(run.info.run_name or "")
+            if match:
+                highest = max(highest, int(match.group(1) or 1))
+        token = page.token
+        if not token:
+            break
+    return name if highest == 0 else f"{name} #{highest + 1}"
+
+
+@contextmanager
+def started_run(experiment_id: str, run_name: str | None, default: str, **kwargs: Any
+                ) -> Iterator[Any]:
+    """`mlflow.start_run` in ``experiment_id`` named ``run_name`` (the user's, kept as
+    given), else ``default`` numbered (`numbered_run_name`) under `registry_lock`, so two
+    runs started at once do not take the same number."""
+    if run_name is not None:
+        active = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, **kwargs)
+    else:
+        with registry_lock():
+            name = numbered_run_name(mlflow.MlflowClient(), experiment_id, default)
+            active = mlflow.start_run(experiment_id=experiment_id, run_name=name, **kwargs)
+    with active as run:
+        yield run
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:

@@ -36,7 +36,8 @@ parameters and the horizons, ``tune_churn_roc_auc``, ``tune_value_normalized_gin
 ``tune_objective`` and the best iteration of each model, prefixed so that they do not sort
 with the train runs' metrics of the same names, measured on another snapshot) under the
 active run, under ``parent_run_id`` when given, or
-else under a parent run ``tune <as-of> churn <N>d clv <N>d`` (tag ``lifecast.step=tune``)
+else under a parent run ``tune <as-of> churn <N>d clv <N>d`` (numbered ``#2``, ... when
+the experiment has one of that name; tag ``lifecast.step=tune``)
 started here in ``experiment`` (`training.tracking.experiment_name`: by default
 ``$MLFLOW_EXPERIMENT_NAME``, else ``lifecast``), which also gets the best parameters and
 score. With no tracking set up nothing is logged and no global MLflow state is
@@ -278,11 +279,11 @@ def _parent_run(parent_run_id: str | None, data: TuningData, n_trials: int, seed
     if not mlflow.is_tracking_uri_set():
         yield None, None, None, False
         return
-    from training.tracking import _experiment_id, default_run_name, experiment_name
+    from training.tracking import _experiment_id, default_run_name, experiment_name, started_run
 
     experiment_id = _experiment_id(experiment_name(experiment))
     name = default_run_name(TUNE_RUN_NAME, data.as_of, config.features)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=name) as run:
+    with started_run(experiment_id, None, name) as run:
         mlflow.set_tags({TUNE_STEP_TAG: TUNE_RUN_NAME, "as_of": str(data.as_of)})
         mlflow.log_params({
             "n_trials": n_trials,

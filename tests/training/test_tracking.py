@@ -569,7 +569,9 @@ def test_the_same_settings_trained_on_later_data_replace_the_champion(
     # the default name tells runs of other dates, horizons or tuning apart
     names = {r.info.run_id: r.info.run_name for r in
              mlflow.MlflowClient().search_runs([mlflow.get_run(run.run_id).info.experiment_id])}
-    assert names[run.run_id] == f"train {AS_OF} churn 90d clv {FEATURES.clv_horizon_days}d"
+    # (numbered: earlier tests of this module logged runs of the same name)
+    assert re.fullmatch(f"train {AS_OF} churn 90d clv {FEATURES.clv_horizon_days}d( #\\d+)?",
+                        names[run.run_id])
     assert names[old.run_id].startswith("train 2023-12-01 churn 90d")
     auc = run.decision["churn"]["new"]["roc_auc"]
     assert run.decision["churn"]["champion"]["roc_auc"] == auc
@@ -1168,6 +1170,36 @@ def test_runs_go_to_the_chosen_experiment_under_the_chosen_name(
         assert {v.run_id for v in versions} == {named.run_id, default.run_id}
     finally:
         tracking.configure(store[0])  # the module's store, for the tests after this one
+
+
+def test_runs_of_one_default_name_are_numbered_and_a_given_name_is_kept(
+        store, trained, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two trains of the same data got the same run name ('train 2024-01-01 churn 90d clv
+    90d' twice): MLflow's run list could not tell them apart. The second is now '... #2';
+    a name the user gives (--run-name) is kept as given, even when it repeats."""
+    monkeypatch.setattr(tracking, "_log_plots", lambda result, folder: None)
+    client = mlflow.MlflowClient()
+    experiment = "run names"
+    first = tracking.log_training(trained, source="synthetic", promote="never",
+                                  experiment=experiment)
+    second = tracking.log_training(trained, source="synthetic", promote="never",
+                                   experiment=experiment)
+    mine = [tracking.log_training(trained, source="synthetic", promote="never",
+                                  experiment=experiment, run_name="my try")
+            for _ in range(2)]
+    base = f"train {AS_OF} churn 90d clv {FEATURES.clv_horizon_days}d"
+    assert [client.get_run(r.run_id).info.run_name for r in (first, second, *mine)] == [
+        base, f"{base} #2", "my try", "my try"]
+    # the number follows the highest given, deleted runs included; other names do not count
+    experiment_id = client.get_run(first.run_id).info.experiment_id
+    for name in (f"{base} #7", f"{base} tuned", f"{base}0", f"{base} #x"):
+        client.create_run(experiment_id, run_name=name)
+    client.delete_run(client.search_runs([experiment_id],
+                                         f"attributes.run_name = '{base} #7'")[0].info.run_id)
+    assert tracking.numbered_run_name(client, experiment_id, base) == f"{base} #8"
+    assert tracking.numbered_run_name(client, experiment_id, f"{base} tuned") == (
+        f"{base} tuned #2")
+    assert tracking.numbered_run_name(client, experiment_id, "tune x") == "tune x"
 
 
 def test_promote_refuses_a_run_that_registered_one_model(
