@@ -400,6 +400,15 @@ def leaf_min_rows(configured: int, n_rows: int) -> int:
     return min(configured, max(_SMALL_LEAF, n_rows // 20))
 
 
+def reached_tree_cap(trees: int, best_iteration: int, config: TrainConfig) -> bool:
+    """Whether a fit that grew ``trees`` trees, the best at ``best_iteration``, stopped at
+    the cap (``config.n_estimators``) rather than by early stopping: it grew them all and
+    its validation score still improved within the last ``early_stopping_rounds``, so more
+    trees might have done better and its score is not what its learning rate can do."""
+    return (trees >= config.n_estimators
+            and best_iteration > config.n_estimators - config.early_stopping_rounds)
+
+
 def _split_last_snapshot(frame: pd.DataFrame, label: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Rows with the label: (older snapshots, the most recent snapshot) — time-based."""
     labelled = frame[frame[label].notna()]
@@ -433,6 +442,9 @@ class _SavedBooster:
 
     #: set by `training.pipeline.fit_models`; a class default so a model fit alone has it
     source_columns_: list[str] | None = None
+    #: whether the fit used every tree `TrainConfig.n_estimators` allows while still
+    #: improving (`reached_tree_cap`); False for a model loaded from files
+    reached_cap_: bool = False
 
     kind: str
     config: TrainConfig | None
@@ -472,6 +484,8 @@ class _SavedBooster:
         self.booster_ = booster
         self.feature_names_ = names
         self.best_iteration_ = int(booster.best_iteration or booster.current_iteration())
+        self.reached_cap_ = reached_tree_cap(booster.current_iteration(),
+                                             self.best_iteration_, cfg)
         self.train_cutoffs_ = [str(pd.Timestamp(c)) for c in sorted(train["cutoff"].unique())]
         self.valid_cutoff_ = str(pd.Timestamp(valid["cutoff"].iloc[0]))
         self.config_ = cfg

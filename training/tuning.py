@@ -14,6 +14,14 @@ parameter              range                  scale
 ``lambda_l2``          0.1 - 30               log
 =====================  =====================  =========
 
+The tree cap scales with the learning rate: a trial of learning rate ``lr`` may grow
+``n_estimators * config.learning_rate / lr`` trees (`tree_cap`; never fewer than
+``config.n_estimators``), the number of trees that gives it the same total step as the
+config's own, and the chosen config carries its cap, so the registered models are fit as
+the best trial was. At the 1,000-tree cap a trial of learning rate 0.01 stopped at the cap,
+under-fit, and scored below what its learning rate can do. A trial whose fit still reached
+its cap is tagged ``lifecast.tree_cap`` and named in one warning.
+
 The objective is time-based only: the training frame is built once at the earlier of
 `training.pipeline.train`'s two evaluation cutoffs (features, labels and the BG/NBD +
 Gamma-Gamma baseline features, customers per snapshot sampled as ``train`` samples them), so
@@ -50,6 +58,7 @@ search actually runs.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -61,6 +70,7 @@ from features.config import ColumnMapping
 from features.contract import DataValidationError, parse_cutoff
 from features.naming import named
 from features.pipeline import build_training_frame
+from features.warn import warn
 from training.metrics import UndefinedMetricError, normalized_gini, roc_auc
 from training.models import ChurnModel, TrainConfig, ValueModel, add_baseline_features
 from training.pipeline import (
@@ -97,6 +107,8 @@ TUNE_RUN_NAME = "tune"
 TUNE_STEP_TAG = "lifecast.step"
 #: The prefix of a trial run's metrics (``tune_churn_roc_auc``, ``tune_objective`` ...).
 TRIAL_METRIC_PREFIX = "tune_"
+#: The tag of a trial (or a train run) whose fit stopped at its tree cap.
+TREE_CAP_TAG = "lifecast.tree_cap"
 #: The id of the last ``tune`` run `tune_config` started in this process (`last_tune_run_id`).
 _last_tune_run: str | None = None
 _INSTALL_HINT = "pip install 'lifecast[tune]'"
@@ -227,10 +239,12 @@ def _defined(metric: Any, actual: np.ndarray) -> bool:
 
 def score_config(data: TuningData, config: TrainConfig) -> dict[str, float]:
     """Fit both models with ``config`` on ``data.fit`` and score them on the held-out
-    snapshots: ``churn_roc_auc``, ``value_normalized_gini``, their sum ``objective`` and the
-    best iteration of each model. A value model that predicts one value for everyone (its
-    trees could not split) ranks nobody and scores 0, a random ranking's Gini, as a
-    constant churn model's ROC-AUC is 0.5."""
+    snapshots: ``churn_roc_auc``, ``value_normalized_gini``, their sum ``objective``, the
+    best iteration of each model and whether it reached its tree cap (1.0 or 0.0,
+    ``churn_reached_cap``, ``value_reached_cap``; `training.models.reached_tree_cap`). A
+    value model that predicts one value for everyone (its trees could not split) ranks
+    nobody and scores 0, a random ranking's Gini, as a constant churn model's ROC-AUC is
+    0.5."""
     churn = ChurnModel(config).fit(data.fit)
     value = ValueModel(config).fit(data.fit)
     auc = roc_auc(data.eval_churn["churned"].astype(int).to_numpy(),
@@ -246,17 +260,36 @@ def score_config(data: TuningData, config: TrainConfig) -> dict[str, float]:
         "objective": auc + gini,
         "churn_best_iteration": float(churn.best_iteration_),
         "value_best_iteration": float(value.best_iteration_),
+        "churn_reached_cap": float(churn.reached_cap_),
+        "value_reached_cap": float(value.reached_cap_),
     }
 
 
-def _suggest(trial: optuna.Trial) -> dict[str, Any]:
+def tree_cap(config: TrainConfig, learning_rate: float) -> int:
+    """The trees a trial of ``learning_rate`` may grow: ``config.n_estimators`` scaled by
+    ``config.learning_rate / learning_rate`` (the same total step as ``config``), never
+    fewer than ``config.n_estimators``. At the defaults (0.05, 1,000 trees) a learning rate
+    of 0.01 may grow 5,000."""
+    return max(config.n_estimators,
+               math.ceil(config.n_estimators * config.learning_rate / learning_rate - 1e-9))
+
+
+def _suggest(trial: optuna.Trial, config: TrainConfig) -> dict[str, Any]:
+    """The trial's parameters: the `SEARCH_SPACE` ones and its ``n_estimators``
+    (`tree_cap` of its learning rate)."""
     params: dict[str, Any] = {}
     for name, (low, high, log) in SEARCH_SPACE.items():
         if name in _INT_PARAMS:
             params[name] = trial.suggest_int(name, int(low), int(high), log=log)
         else:
             params[name] = trial.suggest_float(name, low, high, log=log)
+    params["n_estimators"] = tree_cap(config, params["learning_rate"])
     return params
+
+
+def capped_models(scores: dict[str, float]) -> list[str]:
+    """The models of a trial's ``scores`` (`score_config`) that reached their tree cap."""
+    return [kind for kind in ("churn", "value") if scores.get(f"{kind}_reached_cap")]
 
 
 @contextlib.contextmanager
@@ -340,14 +373,25 @@ def tune_config(
         horizons = {"churn_horizon_days": config.features.churn_horizon_days,
                     "clv_horizon_days": config.features.clv_horizon_days}
 
+        capped: dict[int, str] = {}  # trial -> what reached its cap
+
         def objective(trial: optuna.Trial) -> float:
-            params = _suggest(trial)
+            params = _suggest(trial, config)
+            trial.set_user_attr("n_estimators", params["n_estimators"])
             scores = score_config(data, config.model_copy(update=params))
             trial.set_user_attr("scores", scores)
+            if capped_models(scores):
+                capped[trial.number] = (
+                    f"trial {trial.number} (learning_rate {params['learning_rate']:.4g}: "
+                    f"{' and '.join(capped_models(scores))} model"
+                    f"{'s' if len(capped_models(scores)) > 1 else ''} at "
+                    f"{params['n_estimators']:,} trees)")
             if mlflow is not None:
                 with mlflow.start_run(run_name=f"trial {trial.number}", nested=True,
                                       parent_run_id=parent, experiment_id=exp_id):
                     mlflow.set_tag("optuna.trial", str(trial.number))
+                    if trial.number in capped:
+                        mlflow.set_tag(TREE_CAP_TAG, capped[trial.number])
                     mlflow.log_params({**params, **horizons})
                     # prefixed: measured on the search's held-out snapshot, not the
                     # evaluation snapshot of a train run's churn_roc_auc, so a sort by
@@ -361,10 +405,19 @@ def tune_config(
                                     study_name="lifecast-tune")
         study.optimize(objective, n_trials=n_trials)
         best = study.best_trial
+        if capped:
+            warn(f"{named('--tune', 'tune_config')}: {len(capped)} of {n_trials} trials "
+                 f"stopped at their tree cap (n_estimators) while their validation score "
+                 f"still improved, so they are under-fit and scored below what their "
+                 f"parameters can do: {'; '.join(capped.values())}. Compare them with care; "
+                 f"to let them finish, raise n_estimators in TrainConfig (in Python: "
+                 f"tune_config(..., config=TrainConfig(n_estimators=...)))")
         global _last_tune_run
         _last_tune_run = parent if own else None
         if own:  # the parent run "tune" is ours: it records the winner too
-            mlflow.log_params({f"best_{k}": v for k, v in best.params.items()})
+            mlflow.log_params({f"best_{k}": v for k, v in best.params.items()}
+                              | {"best_n_estimators": best.user_attrs["n_estimators"]})
             mlflow.log_metrics({f"best_{k}": v for k, v in best.user_attrs["scores"].items()})
             mlflow.set_tag("best_trial", str(best.number))
-    return config.model_copy(update=best.params)
+    return config.model_copy(update={**best.params,
+                                     "n_estimators": best.user_attrs["n_estimators"]})

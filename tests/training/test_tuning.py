@@ -153,8 +153,10 @@ def test_tune_logs_nested_trials_and_is_deterministic(
     best = tuning.tune_config(transactions, None, AS_OF, CONFIG, n_trials=TRIALS)
     assert isinstance(best, TrainConfig)
     _within_bounds(best)
-    untouched = set(TrainConfig.model_fields) - set(tuning.SEARCH_SPACE)
+    untouched = set(TrainConfig.model_fields) - set(tuning.SEARCH_SPACE) - {"n_estimators"}
     assert {k: getattr(best, k) for k in untouched} == {k: getattr(CONFIG, k) for k in untouched}
+    # the tree cap the best trial had, which the registered models are then fit with
+    assert best.n_estimators == tuning.tree_cap(CONFIG, best.learning_rate)
 
     parents = [r for r in _tune_runs(client, experiment_id) if r.info.run_id not in before]
     assert len(parents) == 1
@@ -179,6 +181,8 @@ def test_tune_logs_nested_trials_and_is_deterministic(
     assert parent.data.metrics["best_objective"] == top.data.metrics["tune_objective"]
     assert best.learning_rate == pytest.approx(float(top.data.params["learning_rate"]))
     assert best.num_leaves == int(top.data.params["num_leaves"])
+    assert best.n_estimators == int(top.data.params["n_estimators"])
+    assert parent.data.params["best_n_estimators"] == top.data.params["n_estimators"]
 
     # the same data, config and seed give the same config; another seed another one (the
     # frame is the same: test_scores_repeat_exactly shows that building it again changes
@@ -188,6 +192,39 @@ def test_tune_logs_nested_trials_and_is_deterministic(
     other = tuning.tune_config(transactions, None, AS_OF, CONFIG, n_trials=TRIALS, seed=7)
     _within_bounds(other)
     assert other != best
+
+
+def test_a_trial_s_tree_cap_scales_with_its_learning_rate_and_a_capped_trial_is_named(
+        prepared: tuning.TuningData, store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At the 1,000-tree cap a trial of learning rate ~0.01 grew every tree (999 of 1,000 on
+    Online Retail) without early stopping: under-fit, scored below what its learning rate
+    can do, and nothing said so. Its cap now scales with its learning rate, and a trial
+    that still reaches it is tagged and named in a warning."""
+    assert tuning.tree_cap(CONFIG, 0.01) == 300  # 60 trees at 0.05: the same total step
+    assert tuning.tree_cap(CONFIG, 0.05) == tuning.tree_cap(CONFIG, 0.1) == 60
+    assert tuning.tree_cap(TrainConfig(), 0.01) == 5_000
+    monkeypatch.setattr(tuning, "prepare", lambda *args, **kwargs: prepared)
+    client = mlflow.MlflowClient()
+    experiment_id = tracking._experiment_id(tracking.DEFAULT_EXPERIMENT)
+    before = {r.info.run_id for r in _tune_runs(client, experiment_id)}
+    tiny = CONFIG.model_copy(update={"n_estimators": 3})  # every trial reaches its cap
+    with pytest.warns(UserWarning, match="stopped at their tree cap") as caught:
+        best = tuning.tune_config(None, None, AS_OF, tiny, n_trials=2)
+    parent = next(r for r in _tune_runs(client, experiment_id) if r.info.run_id not in before)
+    trials = sorted(_children(client, experiment_id, parent.info.run_id),
+                    key=lambda r: int(r.data.tags["optuna.trial"]))
+    message = str(caught[-1].message)
+    assert "2 of 2 trials" in message and "raise n_estimators" in message
+    for run in trials:
+        lr = float(run.data.params["learning_rate"])
+        cap = tuning.tree_cap(tiny, lr)
+        assert int(run.data.params["n_estimators"]) == cap
+        assert run.data.metrics["tune_churn_reached_cap"] == 1.0
+        said = (f"trial {run.data.tags['optuna.trial']} (learning_rate {lr:.4g}: churn and "
+                f"value models at {cap:,} trees)")
+        assert run.data.tags[tuning.TREE_CAP_TAG] == said
+        assert said in message
+    assert best.n_estimators == tuning.tree_cap(tiny, best.learning_rate)
 
 
 def test_trials_nest_under_the_active_run(prepared: tuning.TuningData, store: str,
