@@ -400,6 +400,10 @@ def leaf_min_rows(configured: int, n_rows: int) -> int:
     return min(configured, max(_SMALL_LEAF, n_rows // 20))
 
 
+#: The tag of a run (a train run, a tune trial) with a fit that stopped at its tree cap.
+TREE_CAP_TAG = "lifecast.tree_cap"
+
+
 def reached_tree_cap(trees: int, best_iteration: int, config: TrainConfig) -> bool:
     """Whether a fit that grew ``trees`` trees, the best at ``best_iteration``, stopped at
     the cap (``config.n_estimators``) rather than by early stopping: it grew them all and

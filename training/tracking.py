@@ -92,6 +92,7 @@ from training.metrics import UndefinedMetricError, brier, normalized_gini, roc_a
 from training.models import (
     BASELINE_FEATURES,
     RETRAIN,
+    TREE_CAP_TAG,
     ChurnModel,
     ValueModel,
     add_baseline_features,
@@ -1044,6 +1045,17 @@ def _log_metrics(result: TrainResult) -> None:
         for rec in table.to_dict("records"):
             metrics[f"{key}_{rec['metric']}"] = float(rec["model"])
             metrics[f"baseline_{key}_{rec['metric']}"] = float(rec["baseline"])
+    capped = [f"the {what}{kind} model ({model.best_iteration_:,} trees kept of "
+              f"{model.config_.n_estimators:,})"
+              for kind in KINDS
+              for what, model in (("", _model_of(result.models, kind)),
+                                  ("evaluation ", _eval_model(result, kind)))
+              if model.reached_cap_]
+    if capped:  # early stopping did not stop them: more trees might have done better
+        mlflow.set_tag(TREE_CAP_TAG, (
+            f"{'; '.join(capped)} grew every tree n_estimators allows while the validation "
+            f"score still improved: it may be under-fit (a higher learning_rate, or a larger "
+            f"n_estimators in TrainConfig, lets early stopping end it)"))
     for kind in KINDS:
         model = _model_of(result.models, kind)
         metrics[f"{EVAL_KEY[kind]}_best_iteration"] = float(model.best_iteration_)

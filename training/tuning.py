@@ -72,7 +72,13 @@ from features.naming import named
 from features.pipeline import build_training_frame
 from features.warn import warn
 from training.metrics import UndefinedMetricError, normalized_gini, roc_auc
-from training.models import ChurnModel, TrainConfig, ValueModel, add_baseline_features
+from training.models import (
+    TREE_CAP_TAG,
+    ChurnModel,
+    TrainConfig,
+    ValueModel,
+    add_baseline_features,
+)
 from training.pipeline import (
     _check_history,
     _horizons,
@@ -107,8 +113,6 @@ TUNE_RUN_NAME = "tune"
 TUNE_STEP_TAG = "lifecast.step"
 #: The prefix of a trial run's metrics (``tune_churn_roc_auc``, ``tune_objective`` ...).
 TRIAL_METRIC_PREFIX = "tune_"
-#: The tag of a trial (or a train run) whose fit stopped at its tree cap.
-TREE_CAP_TAG = "lifecast.tree_cap"
 #: The id of the last ``tune`` run `tune_config` started in this process (`last_tune_run_id`).
 _last_tune_run: str | None = None
 _INSTALL_HINT = "pip install 'lifecast[tune]'"

@@ -1202,6 +1202,27 @@ def test_runs_of_one_default_name_are_numbered_and_a_given_name_is_kept(
     assert tracking.numbered_run_name(client, experiment_id, "tune x") == "tune x"
 
 
+def test_a_run_whose_fits_stopped_at_the_tree_cap_says_so(
+        store, trained, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fit that grew every tree n_estimators allows while still improving (the default
+    churn model on Online Retail: 982 of 1,000) was logged like any other: the run now
+    carries the tag lifecast.tree_cap naming the models; a run whose fits stopped early
+    (the module's, 200 trees) carries none."""
+    monkeypatch.setattr(tracking, "_log_plots", lambda result, folder: None)
+    client = mlflow.MlflowClient()
+    capped = train(_transactions(), as_of=AS_OF,
+                   config=TrainConfig(features=FEATURES, n_estimators=5, num_threads=1))
+    run = tracking.log_training(capped, source="synthetic", promote="never")
+    tag = client.get_run(run.run_id).data.tags[tracking.TREE_CAP_TAG]
+    assert tag.startswith("the churn model (5 trees kept of 5); the evaluation churn model "
+                          "(5 trees kept of 5); the clv model (5 trees kept of 5)")
+    assert "may be under-fit" in tag
+    models = (trained.models.churn, trained.models.value, *trained.eval_models.values())
+    assert not any(m.reached_cap_ for m in models)  # early stopping ended them
+    plain = tracking.log_training(trained, source="synthetic", promote="never")
+    assert tracking.TREE_CAP_TAG not in client.get_run(plain.run_id).data.tags
+
+
 def test_promote_refuses_a_run_that_registered_one_model(
         first_run, trained, tmp_path: Path) -> None:
     """A `lifecast train` killed outright (kill -9, so nothing cleans up) after it registered
