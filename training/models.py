@@ -480,16 +480,21 @@ class _SavedBooster:
         dtrain = lgb.Dataset(_matrix(train, names), y_tr, feature_name=names,
                              free_raw_data=False)
         dvalid = lgb.Dataset(_matrix(valid, names), y_va, reference=dtrain)
+        grown = {"trees": 0}  # the booster lgb.train returns keeps only the best trees
+
+        def count(env: Any) -> None:
+            grown["trees"] = env.iteration + 1
+
+        count.order = 0  # type: ignore[attr-defined]  # before early stopping's check
         booster = lgb.train(
             params, dtrain, num_boost_round=cfg.n_estimators, valid_sets=[dvalid],
-            callbacks=[lgb.early_stopping(cfg.early_stopping_rounds, verbose=False,
-                                          min_delta=min_delta)],
+            callbacks=[count, lgb.early_stopping(cfg.early_stopping_rounds, verbose=False,
+                                                 min_delta=min_delta)],
         )
         self.booster_ = booster
         self.feature_names_ = names
         self.best_iteration_ = int(booster.best_iteration or booster.current_iteration())
-        self.reached_cap_ = reached_tree_cap(booster.current_iteration(),
-                                             self.best_iteration_, cfg)
+        self.reached_cap_ = reached_tree_cap(grown["trees"], self.best_iteration_, cfg)
         self.train_cutoffs_ = [str(pd.Timestamp(c)) for c in sorted(train["cutoff"].unique())]
         self.valid_cutoff_ = str(pd.Timestamp(valid["cutoff"].iloc[0]))
         self.config_ = cfg
