@@ -1109,6 +1109,10 @@ class GuardMiddleware:
       is rewritten to 422 ``{"error": "customer_ids: List should have at most 1000 items
       ...", "detail": [...]}`` (400 ``request body is not valid JSON: ...`` for bad JSON), and a
       5xx body is replaced by a generic message, so no traceback or input is ever echoed.
+    * BentoML's plain-text 404 (``Not Found``) and 405 (``Method Not Allowed``, with its
+      ``Allow`` header) become ``{"error": ...}`` naming the method and path and what to send
+      instead, on every path (an unknown path still needs a valid key first: 401 without);
+      the probes', metrics' and docs' other answers stay BentoML's.
     """
 
     def __init__(self, app: Callable[..., Awaitable[None]], keys: KeyStore | None = None,
@@ -1136,7 +1140,8 @@ class GuardMiddleware:
             await self._docs(path, scope.get("method") == "HEAD", send)
             return
         if is_open_path(path):
-            await self.app(scope, receive, send)
+            # their answers stay BentoML's, but for a wrong method or a missing asset
+            await self.app(scope, receive, _ErrorRewriter(send, scope, statuses=(404, 405)))
             return
         headers = _headers(scope)
         try:
@@ -1151,7 +1156,8 @@ class GuardMiddleware:
             return
         scope.setdefault("state", {})[KEY_STATE] = auth.key
         if scope_for_path(path) is None or path.count("/") != 1 or scope.get("method") != "POST":
-            await self.app(scope, receive, send)  # BentoML answers 404 / 405
+            # BentoML answers 404 / 405, as plain text: rewritten to the JSON error body
+            await self.app(scope, receive, _ErrorRewriter(send, scope))
             return
 
         media = headers.get("content-type", "application/json").split(";")[0].strip().lower()
@@ -1178,7 +1184,7 @@ class GuardMiddleware:
                 return
             if not message.get("more_body", False):
                 break
-        await self.app(scope, _replay(bytes(body), receive), _ErrorRewriter(send))
+        await self.app(scope, _replay(bytes(body), receive), _ErrorRewriter(send, scope))
 
     async def _docs(self, path: str, head: bool, send: Send) -> None:
         """The OpenAPI document, or for ``/docs`` a redirect to the Swagger UI (``/``)."""
@@ -1238,17 +1244,26 @@ async def _json(send: Send, status: int, body: dict[str, Any],
 
 
 class _ErrorRewriter:
-    """Wraps ``send``: buffers 400 and 5xx answers and rewrites their bodies."""
+    """Wraps ``send``: buffers the answers of ``statuses`` (default: 400, 404, 405 and 5xx)
+    and rewrites their bodies to ``{"error": ...}`` (`rewrite_error`; for a ``HEAD`` request
+    the headers only)."""
 
-    def __init__(self, send: Send) -> None:
+    def __init__(self, send: Send, scope: Scope,
+                 statuses: tuple[int, ...] | None = None) -> None:
         self.send = send
+        self.scope = scope
+        self.statuses = statuses
         self.start: Message | None = None
         self.body = bytearray()
 
+    def _rewrites(self, status: int) -> bool:
+        if self.statuses is not None:
+            return status in self.statuses
+        return status in (400, 404, 405) or status >= 500
+
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":
-            status = int(message["status"])
-            if status == 400 or status >= 500:
+            if self._rewrites(int(message["status"])):
                 self.start = message
                 return
             await self.send(message)
@@ -1259,18 +1274,35 @@ class _ErrorRewriter:
         self.body.extend(message.get("body", b""))
         if message.get("more_body", False):
             return
-        status, payload = rewrite_error(int(self.start["status"]), bytes(self.body))
+        headers = {k.lower(): v for k, v in self.start.get("headers", [])}
+        allow = headers.get(b"allow", b"").decode("latin-1")
+        status, payload = rewrite_error(int(self.start["status"]), bytes(self.body),
+                                        method=str(self.scope.get("method", "")),
+                                        path=str(self.scope.get("path", "")), allow=allow)
         data = json.dumps(payload).encode("utf-8")
-        headers = [(k, v) for k, v in self.start.get("headers", [])
-                   if k.lower() not in (b"content-length", b"content-type")]
-        headers += [(b"content-type", b"application/json"),
-                    (b"content-length", str(len(data)).encode())]
-        await self.send({"type": "http.response.start", "status": status, "headers": headers})
-        await self.send({"type": "http.response.body", "body": data, "more_body": False})
+        kept = [(k, v) for k, v in self.start.get("headers", [])
+                if k.lower() not in (b"content-length", b"content-type")]
+        kept += [(b"content-type", b"application/json"),
+                 (b"content-length", str(len(data)).encode())]
+        head = self.scope.get("method") == "HEAD"
+        await self.send({"type": "http.response.start", "status": status, "headers": kept})
+        await self.send({"type": "http.response.body", "body": b"" if head else data,
+                         "more_body": False})
 
 
-def rewrite_error(status: int, body: bytes) -> tuple[int, dict[str, Any]]:
-    """(status, payload) for an error answer: pydantic errors as readable field messages."""
+def rewrite_error(status: int, body: bytes, *, method: str = "", path: str = "",
+                  allow: str = "") -> tuple[int, dict[str, Any]]:
+    """(status, payload) for an error answer: pydantic errors as readable field messages,
+    BentoML's plain-text 404 / 405 as a message naming the method, the path (``allow``: the
+    answer's ``Allow`` header) and what to send instead."""
+    if status in (404, 405):
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            payload = None
+        if isinstance(payload, dict) and isinstance(payload.get("error"), str):
+            return status, {"error": payload["error"]}
+        return status, {"error": _routing_message(status, method, path, allow)}
     if status >= 500:
         try:
             payload = json.loads(body)
@@ -1314,6 +1346,23 @@ def rewrite_error(status: int, body: bytes) -> tuple[int, dict[str, Any]]:
         return 400, {"error": "request body is not valid JSON: " + "; ".join(messages),
                      "detail": clean}
     return 422, {"error": "; ".join(messages) or "invalid request", "detail": clean}
+
+
+def _routing_message(status: int, method: str, path: str, allow: str) -> str:
+    """The message of a 404 (no such path) or 405 (the path exists, not for this method)."""
+    from serving.keys import ENDPOINT_SCOPES
+
+    shown = path if len(path) <= 100 else path[:100] + "..."
+    endpoints = ", ".join(ENDPOINT_SCOPES)
+    if status == 405:
+        methods = [m.strip() for m in allow.split(",") if m.strip()]
+        if path in ENDPOINT_SCOPES:
+            return (f"{method} is not allowed on {shown}: send POST with a JSON body "
+                    f"(Content-Type: application/json); see /docs")
+        use = " or ".join(methods) if methods else "another method"
+        return f"{method} is not allowed on {shown}: use {use}"
+    return (f"no such path: {method} {shown}; the API endpoints are POST {endpoints} "
+            f"(see /docs)")
 
 
 def _loc(loc: Sequence[Any]) -> str:

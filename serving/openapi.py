@@ -33,7 +33,7 @@ import inspect
 import json
 from typing import Any
 
-__all__ = ["ERROR_STATUSES", "SECURITY_SCHEME", "openapi_document"]
+__all__ = ["ERROR_STATUSES", "ROUTING_ERROR_STATUSES", "SECURITY_SCHEME", "openapi_document"]
 
 #: The name of the API key's security scheme in the document.
 SECURITY_SCHEME = "ApiKey"
@@ -70,6 +70,16 @@ ENDPOINT_ERROR_STATUSES: dict[str, dict[int, str]] = {
                         "list again at offset 0."},
 }
 
+#: Error answers of no operation in the document: a path that is not one (with a valid key:
+#: without one, 401 first) and a method an operation does not take. Listed in the document's
+#: description, with the operations' statuses, as "Error answers".
+ROUTING_ERROR_STATUSES: dict[int, str] = {
+    404: "No such path (with a valid key; without one 401): the API endpoints are POST "
+         "/predict, /score, /high_risk and /segments.",
+    405: "A method the path does not take (e.g. GET /predict: the API takes POST with a "
+         "JSON body); the `Allow` header names the methods it takes.",
+}
+
 #: Endpoints that answer text/csv with ``"format": "csv"``.
 _CSV_ENDPOINTS = frozenset({"/high_risk", "/segments"})
 #: BentoML's components that its error answers and task endpoints reference.
@@ -87,7 +97,7 @@ def openapi_document(spec: dict[str, Any], *, endpoints: dict[str, str], descrip
     doc = copy.deepcopy(spec)
     info = doc.setdefault("info", {})
     info.pop("contact", None)  # "BentoML Team": not who answers for this service
-    info["description"] = inspect.cleandoc(description)
+    info["description"] = (inspect.cleandoc(description) + "\n\n" + _errors_section()).strip()
     if version:
         info["version"] = version
     components = doc.setdefault("components", {})
@@ -132,6 +142,20 @@ def openapi_document(spec: dict[str, Any], *, endpoints: dict[str, str], descrip
         if f'"{_SCHEMAS}{name}"' not in text:
             schemas.pop(name, None)
     return doc
+
+
+def _errors_section() -> str:
+    """Every error status the service answers, each with the JSON body ``{"error": ...}``."""
+    statuses = {**ERROR_STATUSES, **ROUTING_ERROR_STATUSES}
+    for endpoint, own in ENDPOINT_ERROR_STATUSES.items():
+        for status, text in own.items():
+            statuses.setdefault(status, f"{endpoint} only. {text}")
+    lines = ["**Error answers**: every one of these statuses, on any path but the probes' "
+             "own answers (/livez, /readyz), /metrics and the docs' pages, has the JSON body "
+             '`{"error": "<what is wrong and what to do>"}` (`detail`: the fields, for 400 '
+             "and 422), never a traceback:", ""]
+    lines += [f"* {status}: {text}" for status, text in sorted(statuses.items())]
+    return "\n".join(lines)
 
 
 def _request_body_by_reference(op: dict[str, Any], schemas: dict[str, Any]) -> None:

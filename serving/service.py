@@ -154,7 +154,7 @@ class Lifecast:
     /metrics need no key: they describe the service and hold no customer data.
 
     Errors are `{"error": "<what is wrong, naming the field>", "detail": [...]}` with the
-    status each operation lists below.
+    status each operation lists below (all of them: **Error answers**, at the end).
     """
 
     # Resolved from the BentoML model store when the worker starts (and packed by

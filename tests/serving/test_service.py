@@ -676,6 +676,10 @@ def test_openapi_declares_the_api_key_and_the_errors_the_endpoints_give(client) 
     assert "503" in spec["paths"]["/readyz"]["get"]["responses"]
     assert "BentoML" not in spec["info"]["description"] and "contact" not in spec["info"]
     assert "Authorize" in spec["info"]["description"]
+    # every error status the service answers, those of no operation (404, 405) included
+    listed = spec["info"]["description"].split("**Error answers**")[-1]
+    for status in (400, 401, 403, 404, 405, 409, 413, 415, 422, 500, 503, 504):
+        assert f"\n* {status}: " in listed, status
 
 
 # -- HTTP: bad input -------------------------------------------------------------------------
@@ -807,10 +811,34 @@ def test_other_media_types_are_415(client) -> None:
 
 
 def test_wrong_method_and_unknown_path(client) -> None:
-    assert client.get("/predict", headers={"Authorization": f"Bearer {_tok['admin']}"}
-                      ).status_code == 405
-    assert client.get("/nothing", headers={"Authorization": f"Bearer {_tok['admin']}"}
-                      ).status_code == 404
+    """A wrong method (405, with its Allow header) or an unknown path (404) answers the JSON
+    error body like every other error, naming the method, the path and what to send; BentoML
+    answered them as plain text ('Method Not Allowed', 'Not Found'), which broke a client that
+    parses every non-2xx answer as JSON."""
+    key = {"Authorization": f"Bearer {_tok['admin']}"}
+    for method, path in (("GET", "/predict"), ("GET", "/high_risk"), ("PUT", "/score"),
+                         ("DELETE", "/segments"), ("OPTIONS", "/predict")):
+        resp = client.request(method, path, headers=key)
+        assert_clean_error(resp, 405, f"{method} is not allowed on {path}", "send POST")
+        assert resp.headers["allow"] == "POST"
+    head = client.head("/predict", headers=key)
+    assert head.status_code == 405 and head.content == b""
+    assert head.headers["content-type"] == "application/json"
+    for method, path in (("GET", "/nothing"), ("POST", "/Predict"), ("POST", "/predict/x"),
+                         ("GET", "/static_content/nothing.css")):
+        resp = client.request(method, path, headers=key)
+        assert_clean_error(resp, 404, f"no such path: {method} {path}", "POST /predict",
+                           "/docs")
+    long = client.get("/x" * 500, headers=key)
+    assert len(assert_clean_error(long, 404)["error"]) < 300
+    # the open paths: a wrong method is JSON too, their own answers stay BentoML's
+    for path in ("/livez", "/readyz", "/metrics"):
+        resp = client.post(path)
+        assert_clean_error(resp, 405, f"POST is not allowed on {path}", "GET")
+    live = client.get("/livez")
+    assert live.status_code == 200 and live.headers["content-type"].startswith("text/plain")
+    # an unknown path still needs a key first: nothing is told about paths without one
+    assert_clean_error(client.get("/nothing"), 401, "bearer")
 
 
 # -- readiness without a store, schemas, the command line --------------------------------

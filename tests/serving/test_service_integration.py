@@ -152,6 +152,17 @@ def test_bad_inputs_over_http(server) -> None:
                   413, "too large")
     _assert_error(admin.post("/predict", content=b"{}", headers={"Content-Type": "text/csv"}),
                   415, "application/json")
+    # a wrong method and an unknown path: the JSON error body too (BentoML's were plain text)
+    for method, path, status, words in (
+            ("GET", "/high_risk", 405, ("GET is not allowed on /high_risk", "POST")),
+            ("GET", "/predict", 405, ("send POST",)),
+            ("POST", "/nothing", 404, ("no such path: POST /nothing", "/predict")),
+            ("GET", "/static_content/x.css", 404, ("no such path",)),
+            ("POST", "/livez", 405, ("use GET",))):
+        resp = admin.request(method, path)
+        _assert_error(resp, status, *words)
+        assert resp.headers["content-type"] == "application/json"
+    assert admin.get("/predict").headers["allow"] == "POST"
     log = (server["folder"] / "serve.log").read_text()
     assert "Traceback" not in log, log[-3000:]
 
