@@ -18,6 +18,7 @@ endpoints never give, while it leaves out the ones they do give (401, 403, 413, 
   serialization schema and flattens to the first branch of every union: a customer id,
   a string or an integer (`serving.schemas.CustomerId`), showed as a string only there,
   and ``as_of`` or ``segments``, which may be null, as never null;
+* a request body whose model has required fields is marked required;
 * BentoML's boilerplate goes: the error schemas nothing references any more, the unused task
   schema, BentoML's README and contact as the service description.
 
@@ -160,11 +161,15 @@ def _errors_section() -> str:
 
 def _request_body_by_reference(op: dict[str, Any], schemas: dict[str, Any]) -> None:
     """Point the operation's JSON request body at the component of the same title (BentoML
-    names both after the request model), when there is one."""
+    names both after the request model), when there is one; a body whose model has required
+    fields (/predict, /score) is itself required (OpenAPI's default is optional, and a request
+    without one is a 422)."""
     body = (op.get("requestBody") or {}).get("content", {}).get("application/json")
     title = (body or {}).get("schema", {}).get("title")
     if title in schemas:
         body["schema"] = {"$ref": _SCHEMAS + title}
+        if schemas[title].get("required"):
+            op["requestBody"]["required"] = True
 
 
 def _error(status: int, description: str) -> dict[str, Any]:

@@ -48,6 +48,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    WithJsonSchema,
     model_validator,
 )
 
@@ -402,6 +403,19 @@ class SegmentsRequest(BaseModel):
 
 # -- responses ---------------------------------------------------------------------------------
 
+#: An instant in an answer (``as_of``), as the service sends it: ISO 8601 without an offset,
+#: in UTC like the requests' naive timestamps, e.g. ``2011-12-10T00:00:00`` (microseconds
+#: when there are any). Not JSON schema's ``date-time``, which the document said before: that
+#: is RFC 3339, whose offset is required, so a client generated from the document (or
+#: schemathesis) refused every answer.
+AnsweredTime = Annotated[datetime, WithJsonSchema({
+    "type": "string",
+    "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?$",
+    "description": "ISO 8601 date and time without an offset, in UTC (e.g. "
+                   "2011-12-10T00:00:00; with microseconds when there are any).",
+    "examples": ["2011-12-10T00:00:00"],
+})]
+
 _ANSWERED_ID = ('Always a string, as the customer store holds it: an id sent as the integer '
                 '13047 comes back as "13047".')
 
@@ -424,7 +438,7 @@ class CustomerPrediction(BaseModel):
     """The per-customer output of DESIGN.md."""
 
     customer_id: str = Field(description=_ANSWERED_ID)
-    as_of: datetime
+    as_of: AnsweredTime
     churn_probability: float
     churn_risk: RiskBand
     predicted_clv: float
@@ -450,7 +464,7 @@ class PredictResponse(BaseModel):
     """Customers of the store's current batch, every field from the service's models."""
 
     batch_id: str = Field(description="The customer store batch the features came from.")
-    as_of: datetime = Field(
+    as_of: AnsweredTime = Field(
         description="The batch's cutoff: the features, and so every field of every "
                     "prediction, describe the customers as of this instant (events before "
                     "it).")
@@ -466,14 +480,14 @@ class PredictResponse(BaseModel):
 
 
 class ScoreResponse(BaseModel):
-    as_of: datetime
+    as_of: AnsweredTime
     predictions: list[CustomerPrediction]
     errors: list[CustomerError]
 
 
 class HighRiskResponse(BaseModel):
     batch_id: str
-    as_of: datetime
+    as_of: AnsweredTime
     total: int = Field(description="Customers matching the filters (all pages).")
     limit: int
     offset: int
@@ -491,7 +505,7 @@ class SegmentRow(BaseModel):
 
 class SegmentsResponse(BaseModel):
     batch_id: str
-    as_of: datetime
+    as_of: AnsweredTime
     segments: list[SegmentRow]
 
 
