@@ -1171,7 +1171,7 @@ class GuardMiddleware:
                 await _json(send, 400, {"error": "invalid Content-Length header"})
                 return
             if int(length) > self.max_body_bytes:
-                await _json(send, 413, self._too_large())
+                await _json(send, 413, self._too_large(path))
                 return
         body = bytearray()
         while True:
@@ -1180,7 +1180,7 @@ class GuardMiddleware:
                 return
             body.extend(message.get("body", b""))
             if len(body) > self.max_body_bytes:
-                await _json(send, 413, self._too_large())
+                await _json(send, 413, self._too_large(path))
                 return
             if not message.get("more_body", False):
                 break
@@ -1209,9 +1209,13 @@ class GuardMiddleware:
         await send({"type": "http.response.body", "body": b"" if head else body,
                     "more_body": False})
 
-    def _too_large(self) -> dict[str, str]:
+    def _too_large(self, path: str) -> dict[str, str]:
+        from serving.schemas import MAX_IDS, MAX_SCORE_CUSTOMERS
+
+        what = {"/predict": f": send at most {MAX_IDS:,} ids per request",
+                "/score": f": send at most {MAX_SCORE_CUSTOMERS:,} customers per request"}
         return {"error": f"request body too large: at most {self.max_body_bytes:,} bytes "
-                         f"(LIFECAST_MAX_BODY_BYTES)"}
+                         f"(the server's LIFECAST_MAX_BODY_BYTES){what.get(path, '')}"}
 
 
 def _headers(scope: Scope) -> dict[str, str]:
@@ -1332,6 +1336,8 @@ def rewrite_error(status: int, body: bytes, *, method: str = "", path: str = "",
             invalid_json = True
         where = _loc(item.get("loc") or ())
         msg = str(item.get("msg", "invalid value")).removeprefix("Value error, ")
+        if item.get("type") == "too_long" and where in _PER_REQUEST:
+            msg += f": {_PER_REQUEST[where]}"
         if where and msg.startswith(where + ":"):
             messages.append(msg)
         elif where:
@@ -1346,6 +1352,13 @@ def rewrite_error(status: int, body: bytes, *, method: str = "", path: str = "",
         return 400, {"error": "request body is not valid JSON: " + "; ".join(messages),
                      "detail": clean}
     return 422, {"error": "; ".join(messages) or "invalid request", "detail": clean}
+
+
+#: What to do about a list longer than a request takes, by field.
+_PER_REQUEST = {
+    "customer_ids": "split the ids into several requests",
+    "customers": "split the customers into several requests",
+}
 
 
 def _routing_message(status: int, method: str, path: str, allow: str) -> str:

@@ -751,7 +751,7 @@ BAD_INPUTS = [
     ("/predict", b'{"customer_ids": []}', 422, ("customer_ids", "at least 1")),
     ("/predict", b'{"customer_ids": [""]}', 422, ("customer_ids[0]",)),
     ("/predict", json.dumps({"customer_ids": [str(i) for i in range(MAX_IDS + 1)]}).encode(),
-     422, ("customer_ids", "at most 1000")),
+     422, ("customer_ids", "at most 1000", "not 1001: split the ids into several requests")),
     ("/predict", json.dumps({"customer_ids": ["x" * 129]}).encode(), 422, ("customer_ids[0]",)),
     ("/predict", b'{"customer_ids": ["a\\u0000b"]}', 422, ("customer_ids[0]",)),
     ("/predict", b'{"customer_ids": ["1"], "extra": 1}', 422, ("extra", "not permitted")),
@@ -814,7 +814,7 @@ BAD_INPUTS = [
                           ).encode(), 422, ("customers[0].customer_id", "boolean")),
     ("/score", json.dumps({"customers": [{"customer_id": str(i), "transactions": [_TX]}
                                          for i in range(101)]}).encode(),
-     422, ("customers", "at most 100")),
+     422, ("customers", "at most 100", "split the customers into several requests")),
     ("/score", json.dumps({"customers": [{"customer_id": "a", "transactions": [_TX] * 1001}]}
                           ).encode(), 422, ("customers[0].transactions", "at most 1000")),
 ]
@@ -833,7 +833,13 @@ def test_bad_input_is_a_4xx_naming_the_field(client, path, raw, status, words) -
 def test_oversized_body_is_413(client) -> None:
     big = json.dumps({"customer_ids": ["x" * 100] * 25_000})  # ~2.6 MB
     assert_clean_error(post(client, "/predict", content=big.encode(),
-                            headers={"Content-Type": "application/json"}), 413, "too large")
+                            headers={"Content-Type": "application/json"}), 413, "too large",
+                       "send at most 1,000 ids per request")
+    big_score = json.dumps({"customers": [{"customer_id": "x" * 100, "transactions": []}]
+                            * 25_000})
+    assert_clean_error(post(client, "/score", content=big_score.encode(),
+                            headers={"Content-Type": "application/json"}), 413, "too large",
+                       "send at most 100 customers per request")
 
     def chunks():  # no Content-Length: counted while reading
         for _ in range(30):
