@@ -1103,7 +1103,8 @@ class GuardMiddleware:
     * Anything else needs ``Authorization: Bearer <key>`` with the endpoint's scope
       (`serving.keys.ENDPOINT_SCOPES`): 401 / 403 ``{"error": ...}`` with ``WWW-Authenticate``.
       A key store that cannot be read fails closed (503).
-    * The API endpoints take ``application/json`` only (415 otherwise) and at most
+    * The API endpoints take ``application/json`` only, uncompressed (415 otherwise: another
+      ``Content-Type``, or a ``Content-Encoding`` such as gzip) and at most
       ``max_body_bytes`` (413, from ``Content-Length`` or while reading a chunked body).
     * BentoML answers a request that fails validation with 400 and pydantic's error list; it
       is rewritten to 422 ``{"error": "customer_ids: List should have at most 1000 items
@@ -1164,6 +1165,12 @@ class GuardMiddleware:
         if media not in ("application/json", ""):
             await _json(send, 415, {"error": f"Content-Type must be application/json, got "
                                              f"{media[:64]!r}"})
+            return
+        coding = headers.get("content-encoding", "").strip().lower()
+        if coding not in ("", "identity"):
+            # the body is compressed: BentoML read it as JSON and answered "not valid JSON"
+            await _json(send, 415, {"error": f"Content-Encoding {coding[:32]!r} is not "
+                                             f"supported: send the JSON body uncompressed"})
             return
         length = headers.get("content-length")
         if length is not None:

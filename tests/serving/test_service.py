@@ -856,6 +856,18 @@ def test_other_media_types_are_415(client) -> None:
         resp = post(client, "/predict", content=b'{"customer_ids": ["1"]}',
                     headers={"Content-Type": ctype})
         assert_clean_error(resp, 415, "application/json")
+    # a compressed body was read as JSON: '400 request body is not valid JSON: expected value
+    # at line 1 column 1', though the JSON inside was valid
+    import gzip
+
+    for coding in ("gzip", "br", "GZIP, deflate"):
+        resp = post(client, "/predict", content=gzip.compress(b'{"customer_ids": ["1"]}'),
+                    headers={"Content-Type": "application/json", "Content-Encoding": coding})
+        assert_clean_error(resp, 415, f"Content-Encoding {coding.lower()!r} is not supported",
+                           "uncompressed")
+    plain = post(client, "/predict", {"customer_ids": ["1"]},
+                 headers={"Content-Encoding": "identity"})
+    assert plain.status_code == 200, plain.text
 
 
 def test_wrong_method_and_unknown_path(client) -> None:
