@@ -1375,7 +1375,11 @@ def _routing_message(status: int, method: str, path: str, allow: str) -> str:
     shown = path if len(path) <= 100 else path[:100] + "..."
     endpoints = ", ".join(ENDPOINT_SCOPES)
     if status == 405:
-        methods = [m.strip() for m in allow.split(",") if m.strip()]
+        # Starlette builds Allow from a set, so its order changes from one process to the
+        # next ("HEAD, GET" or "GET, HEAD"): name the methods in one fixed order
+        order = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+        methods = sorted({m.strip().upper() for m in allow.split(",") if m.strip()},
+                         key=lambda m: (order.index(m) if m in order else len(order), m))
         if path in ENDPOINT_SCOPES:
             return (f"{method} is not allowed on {shown}: send POST with a JSON body "
                     f"(Content-Type: application/json); see /docs")
