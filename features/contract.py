@@ -1387,11 +1387,6 @@ def _kind(duck_type: str) -> str:
     return "other"
 
 
-def _hint(key: str) -> str:
-    """The mapping field ``key`` as its reader sets it (`features.config.mapping_key`)."""
-    return mapping_key(key)
-
-
 def _resolve(name: str, columns: Sequence[str]) -> str | None:
     """The source column called ``name`` (exactly, else case-insensitively if unique)."""
     if name in columns:
@@ -1430,7 +1425,7 @@ def _plan(
         else:
             problems.append(
                 f"column {user!r} (mapped to {contract}) is not in the data; set "
-                f"{_hint(contract)} to the right column"
+                f"{mapping_key(contract)} to the right column"
             )
     if problems:
         _raise(src, problems, f"Columns in {src.label}: {_column_list(names)}")
@@ -1446,7 +1441,7 @@ def _plan(
             problem="a customer id that is a number but not a whole number",
             hint=(
                 "Customer ids must be whole numbers or text, and a fraction names no "
-                f"customer: fix or remove these rows, or set {_hint('customer_id')} to the "
+                f"customer: fix or remove these rows, or set {mapping_key('customer_id')} to the "
                 f"customer id column."
             ),
         )
@@ -1490,7 +1485,7 @@ def _plan(
             problem="an amount that is missing or not a number",
             hint=(
                 "Fix or remove these rows, or map amount to another column or expression "
-                f"with {_hint('amount')}; {_decimal_rule(comma)}"
+                f"with {mapping_key('amount')}; {_decimal_rule(comma)}"
             ),
         )
     )
@@ -1557,7 +1552,7 @@ def _text_timestamp_hint(fmt: str | None, example: str = "'%d/%m/%Y %H:%M'") -> 
     pass the format, e.g. ``example`` (a quoted format)."""
     used = f" (it was read with the format {fmt!r})" if fmt else ""
     return (
-        f"The column holds text{used}: pass its format with {_hint('timestamp_format')}, "
+        f"The column holds text{used}: pass its format with {mapping_key('timestamp_format')}, "
         f"e.g. {example}, or fix the values."
     )
 
@@ -1608,7 +1603,8 @@ def _customer_sql(
 
     def check(spec: tuple[str, str, str], bad: str, profile_bad: str | None = None) -> tuple:
         name, problem, hint = spec
-        return name, bad, profile_bad, problem, hint.format(flag=_hint("customer_id"), col=col)
+        return (name, bad, profile_bad, problem,
+                hint.format(flag=mapping_key("customer_id"), col=col))
 
     if integer_ids and kind == "int":
         value = f"TRY_CAST({c} AS BIGINT)"
@@ -1748,7 +1744,7 @@ def _timestamp_sql(
         problems.append(
             f"column {col!r} (mapped to timestamp) has type {src.types[col]}, not a date, "
             f"datetime or text" + (f": {number}" if number else (
-                f"; set {_hint('timestamp')} to the column holding the event time"))
+                f"; set {mapping_key('timestamp')} to the column holding the event time"))
         )
         return "NULL::TIMESTAMP", None, False
     text = _timestamp_text(col)
@@ -1911,7 +1907,7 @@ def _ambiguous_timestamps(con: DuckDBBackend, src: _Source, plan: _Plan, fits: l
         f"column {ts.label!r} (timestamp): the dates are ambiguous: every value reads with "
         f"each of the formats {', '.join(repr(f) for f in fits)}, and they read some "
         f"differently, e.g. {where + ': ' if where else ''}{value!r} is {ways}. Say which "
-        f"format the data is written in with {_hint('timestamp_format')}: {which}"
+        f"format the data is written in with {mapping_key('timestamp_format')}: {which}"
     ], src.row_note and f"({src.row_note}.)")
 
 
@@ -1979,7 +1975,7 @@ def _numeric_sql(src: _Source, col: str, contract: str, problems: list[str],
                 f"ELSE TRY_CAST(NULLIF({t}, '') AS DOUBLE) END)")
     problems.append(
         f"column {col!r} (used for {contract}) has type {src.types[col]}, not a number; "
-        f"set {_hint(contract)} to a numeric column"
+        f"set {mapping_key(contract)} to a numeric column"
     )
     return "NULL::DOUBLE"
 
@@ -2020,7 +2016,7 @@ def _amount_ast(text: str, names: Sequence[str], problems: list[str]) -> exp.Exp
         return None
     adjacent = _adjacent_tokens(text)
     if adjacent is not None:
-        problems.append(f"{where}: {adjacent}; {_AMOUNT_RULE}. Set {_hint('amount')}")
+        problems.append(f"{where}: {adjacent}; {_AMOUNT_RULE}. Set {mapping_key('amount')}")
         return None
     try:
         tree = sqlglot.parse_one(text, read="duckdb")
@@ -2028,27 +2024,27 @@ def _amount_ast(text: str, names: Sequence[str], problems: list[str]) -> exp.Exp
         msg = str(exc).splitlines()[0]
         problems.append(
             f"{where} is neither a column nor a valid expression ({msg}); {_AMOUNT_RULE}. "
-            f"Set {_hint('amount')}"
+            f"Set {mapping_key('amount')}"
         )
         return None
     if isinstance(tree, exp.Column) and len(tree.parts) == 1:
         # a lone name (perhaps quoted) that is not a column
         problems.append(
             f"column {tree.name!r} (mapped to amount) is not in the data; set "
-            f"{_hint('amount')} to the right column or an expression such as "
+            f"{mapping_key('amount')} to the right column or an expression such as "
             f"'Quantity * UnitPrice'"
         )
         return None
     bad = _disallowed(tree)
     if bad is not None:
-        problems.append(f"{where}: {bad}; {_AMOUNT_RULE}. Set {_hint('amount')}")
+        problems.append(f"{where}: {bad}; {_AMOUNT_RULE}. Set {mapping_key('amount')}")
         return None
     unknown = [
         c.name for c in tree.find_all(exp.Column) if _resolve(c.name, names) is None
     ]
     for name in dict.fromkeys(unknown):
         problems.append(
-            f"column {name!r} in amount {text!r} is not in the data; fix {_hint('amount')}"
+            f"column {name!r} in amount {text!r} is not in the data; fix {mapping_key('amount')}"
         )
     if not any(True for _ in tree.find_all(exp.Column)):
         problems.append(f"{where} uses no column; {_AMOUNT_RULE}")
@@ -2272,7 +2268,7 @@ def _validate(con: DuckDBBackend, src: _Source, plan: _Plan, stats: dict[str, An
     if kept == 0:
         _raise(src, [
             f"no rows left in {src.label}: all {stats['rows_read']:,} rows have no customer id "
-            f"in column {cid.label!r}; check {_hint('customer_id')} names the customer column"
+            f"in column {cid.label!r}; check {mapping_key('customer_id')} names the customer column"
         ])
     bad = [c for c in plan.checked if stats.get("bad_" + c.key)]
     if not bad:
@@ -2461,7 +2457,7 @@ def _early_advice(con: DuckDBBackend, plan: _Plan, values: list[str]) -> str:
     return (
         f"The text was read {how}: that way, a two-digit year gives a date in the years 0 "
         f"to 99. If the years have two digits, pass a format with %y (it reads them as "
-        f"1969 to 2068) with {_hint('timestamp_format')}, e.g. {example}; otherwise fix or "
+        f"1969 to 2068) with {mapping_key('timestamp_format')}, e.g. {example}; otherwise fix or "
         f"remove these rows."
     )
 

@@ -95,6 +95,7 @@ from sklearn.exceptions import NotFittedError
 
 __all__ = [
     "RFM_RULES_VERSION",
+    "RISK_BANDS",
     "SEGMENTS",
     "SEGMENT_GRID",
     "STAGES",
@@ -133,6 +134,11 @@ SEGMENT_GRID: tuple[tuple[str, ...], ...] = (
     ("Lost", "Hibernating", "About to Sleep", "Potential Loyalist", "Potential Loyalist"),
     ("Lost", "Hibernating", "About to Sleep", "Promising", "New"),
 )
+
+#: Churn risk bands, lowest first: the per-customer ``churn_risk`` beside the segment and the
+#: stage (`training.models.risk_band` assigns them: low < 0.3 <= medium < 0.6 <= high by
+#: default).
+RISK_BANDS: tuple[str, ...] = ("low", "medium", "high")
 
 #: Lifecycle stages, from the start of a relationship to its end.
 STAGES: tuple[str, ...] = ("new", "active", "cooling", "lapsed", "churned", "reactivated")

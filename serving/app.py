@@ -323,9 +323,6 @@ class _Layout:
     other_settings: str | None = None  # the batch's feature settings unlike the models'
 
 
-EMPTY_STORE = "no scores yet: run `lifecast score` first"
-
-
 class Runtime:
     """Models, store, baseline and audit log of one service worker (thread-safe)."""
 
@@ -395,12 +392,14 @@ class Runtime:
                 logger.warning("the customer store is unavailable: %s", exc)
                 return self._state is not None
             if batch is None:
-                if self._store_error != EMPTY_STORE:  # say once where the scores may be
+                from training.store import EMPTY_STORE_MESSAGE
+
+                if self._store_error != EMPTY_STORE_MESSAGE:  # say once where the scores may be
                     hint = self.store.unreached_hint()
                     if hint:
                         logger.warning("customer store %s: no scores yet%s",
                                        self.store.safe_url, hint)
-                self._store_error = EMPTY_STORE
+                self._store_error = EMPTY_STORE_MESSAGE
                 self._state = None
                 return False
             if self._state is None or self._state.batch_id != batch["batch_id"]:
@@ -897,14 +896,19 @@ class Runtime:
                                     "nothing was exported") from None
 
     def _store_call(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        from training.store import BatchChangedError, EmptyStoreError, StoreError
+        from training.store import (
+            EMPTY_STORE_MESSAGE,
+            BatchChangedError,
+            EmptyStoreError,
+            StoreError,
+        )
 
         try:
             return func(*args, **kwargs)
         except BatchChangedError as exc:
             raise ServiceError(409, str(exc)) from None
         except EmptyStoreError:
-            raise ServiceError(503, "no scores yet: run `lifecast score` first") from None
+            raise ServiceError(503, EMPTY_STORE_MESSAGE) from None
         except StoreError as exc:
             logger.error("customer store error: %s", exc)
             raise ServiceError(503, "the customer store is unavailable") from None

@@ -52,7 +52,7 @@ from pydantic import (
     model_validator,
 )
 
-from features.segments import SEGMENTS, STAGES
+from features.segments import RISK_BANDS, SEGMENTS, STAGES
 
 __all__ = [
     "CLOCK_SKEW",
@@ -190,9 +190,6 @@ OptionalText = Annotated[
     str, StringConstraints(max_length=128, pattern=r"^[^\x00-\x1f\x7f]*$")
 ] | None
 SegmentName = Literal[SEGMENTS]  # type: ignore[valid-type]
-#: The churn risk bands, lowest first (`training.models`: low < 0.3 <= medium < 0.6 <= high
-#: by default).
-RISK_BANDS = ("low", "medium", "high")
 RiskBand = Literal[RISK_BANDS]  # type: ignore[valid-type]
 Stage = Literal[STAGES]  # type: ignore[valid-type]
 Format = Literal["json", "csv"]

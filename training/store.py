@@ -78,6 +78,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
 from features.registry import DEFINITIONS_KEY, DEFINITIONS_VERSION
+from features.segments import RISK_BANDS
 from features.urls import driver_hint, masked_url
 
 __all__ = [
@@ -116,7 +117,6 @@ _FLOAT_COLUMNS = (
 )
 _TEXT_COLUMNS = ("churn_risk", "rfm_score", "segment", "lifecycle_stage")
 _PROBABILITY_COLUMNS = ("churn_probability", "p_alive")
-_RISK_BANDS = ("low", "medium", "high")
 #: Column order of the frames read back (model version columns and ``batch_id`` follow).
 _OUTPUT_COLUMNS = (
     "customer_id",
@@ -1229,9 +1229,9 @@ class CustomerStore:
             conditions.append(_scores.c.segment.in_([str(s) for s in segments]))
         if churn_risk:
             bands = [churn_risk] if isinstance(churn_risk, str) else list(churn_risk)
-            unknown = [b for b in bands if b not in _RISK_BANDS]
+            unknown = [b for b in bands if b not in RISK_BANDS]
             if unknown:
-                raise ValueError(f"churn_risk must name risk bands among {list(_RISK_BANDS)}, "
+                raise ValueError(f"churn_risk must name risk bands among {list(RISK_BANDS)}, "
                                  f"got {unknown}")
             conditions.append(_scores.c.churn_risk.in_(bands))
         with self._read() as (conn, batch):
@@ -1389,9 +1389,9 @@ def _prepare(scores: pd.DataFrame, features: pd.DataFrame, as_of: pd.Timestamp) 
                                  f"{_few(ids[bad])} have {_few(values[bad], 3)}")
         columns[c] = _nullable_list(values[order])
     risk = scores["churn_risk"]
-    bad_risk = risk.notna() & ~risk.isin(_RISK_BANDS)
+    bad_risk = risk.notna() & ~risk.isin(RISK_BANDS)
     if bad_risk.any():
-        raise ValueError(f"scores column 'churn_risk' must be one of {list(_RISK_BANDS)}; it "
+        raise ValueError(f"scores column 'churn_risk' must be one of {list(RISK_BANDS)}; it "
                          f"holds {_few(risk[bad_risk].unique())}")
     for c in _TEXT_COLUMNS:
         columns[c] = _text_list(scores[c], order)

@@ -650,8 +650,7 @@ def _warn_if_a_subset(features: pd.DataFrame, trained_on: int) -> None:
     cut, n = few.index[0], int(few.iloc[0])
     warn(f"model_input fits the BG/NBD + Gamma-Gamma features on the rows it is given: "
          f"{counted(n, 'customer')} at cutoff {pd.Timestamp(cut)}, where the model's training "
-         f"log had "
-         f"{trained_on:,}. For a subset the predictions differ from those for the whole "
+         f"log had {trained_on:,}. For a subset the predictions differ from those for the whole "
          f"population: pass everyone's features as population= "
          f"(model_input(subset, model, population=everyone))")
 
@@ -1689,9 +1688,9 @@ def _warn_if_horizon_changes(client: MlflowClient, kind: str, new: str, old: str
     if None not in days and days[0] != days[1]:
         warn(
             f"{name} v{new} predicts a {days[0]}-day horizon, the champion it replaces (v{old}) "
-            f"{days[1]} day{'' if str(days[1]) == '1' else 's'}: after the next `lifecast "
-            f"score` the served {'churn probabilities' if kind == 'churn' else 'values'} "
-            f"cover {days[0]} day{'' if str(days[0]) == '1' else 's'}",
+            f"{counted(int(days[1]), 'day')}: after the next `lifecast score` the served "
+            f"{'churn probabilities' if kind == 'churn' else 'values'} cover "
+            f"{counted(int(days[0]), 'day')}",
         )
 
 

@@ -384,11 +384,11 @@ def tune_config(
             trial.set_user_attr("n_estimators", params["n_estimators"])
             scores = score_config(data, config.model_copy(update=params))
             trial.set_user_attr("scores", scores)
-            if capped_models(scores):
+            at_cap = capped_models(scores)
+            if at_cap:
                 capped[trial.number] = (
                     f"trial {trial.number} (learning_rate {params['learning_rate']:.4g}: "
-                    f"{' and '.join(capped_models(scores))} model"
-                    f"{'s' if len(capped_models(scores)) > 1 else ''} at "
+                    f"{' and '.join(at_cap)} model{'s' if len(at_cap) > 1 else ''} at "
                     f"{params['n_estimators']:,} trees)")
             if mlflow is not None:
                 with mlflow.start_run(run_name=f"trial {trial.number}", nested=True,
