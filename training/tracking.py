@@ -1834,12 +1834,20 @@ def champion_artifacts(kind: str, dst: Path | str | None = None) -> Path:
 def load_champions(dst: Path | str | None = None) -> FittedModels:
     """The champion versions of both models, loaded natively, as `FittedModels`.
 
+    ``dst`` is where their artifacts are downloaded and kept; when None, a temporary folder
+    removed once the models are loaded.
+
     ``versions`` holds the registry version numbers (``{"churn": "3", "clv": "2"}``); the
     segmenter, ``config`` and ``as_of`` are the churn champion's (both champions come from
     one run unless a run was promoted for one kind only). Raises `NoChampionError` when a
     model has no champion yet, and ValueError when the two champions were trained with
     different feature settings (the baseline features they read would differ).
     """
+    if dst is None:
+        # the models are read into memory below, so their download is not kept: before, every
+        # `lifecast score` left a copy of both champions in the temporary folder
+        with tempfile.TemporaryDirectory(prefix="lifecast-champions-") as tmp:
+            return load_champions(tmp)
     from features.segments import RFMSegmenter
     from training.pipeline import FittedModels
 

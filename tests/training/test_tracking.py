@@ -946,6 +946,21 @@ def test_load_champions_round_trip(first_run, trained, tmp_path: Path) -> None:
     assert manifest["run_id"] == first_run.run_id
 
 
+def test_load_champions_without_a_folder_leaves_nothing_behind(
+        first_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`lifecast score` loads the champions without a folder: their download is removed once
+    they are in memory (it was kept, one copy of both models per run in the temp folder)."""
+    import tempfile
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    models = tracking.load_champions()
+    assert models.versions == first_run.versions
+    assert models.churn.booster_.num_trees() > 0  # loaded, not read lazily from the folder
+    assert list(tmp.iterdir()) == []
+
+
 def test_scoring_another_log_with_the_champions_warns(first_run, trained, tmp_path: Path
                                                      ) -> None:
     """The champions know the log they were trained on (its rows per day): scoring the same
