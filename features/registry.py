@@ -174,7 +174,8 @@ def feature_definitions(config: FeatureConfig | None = None) -> list[Feature]:
         Feature(
             "spend_trend", "float64", "behaviour",
             f"(spend in the last {tw} days - spend in the {tw} before) / (|last| + |before|), "
-            f"in [-1, 1]; null when no order in the last {2 * tw} days.",
+            f"in [-1, 1]; null when no purchase order in the last {2 * tw} days (a "
+            f"return-only order does not count), or when both spends are 0.",
             lambda a: _ratio(
                 a.trend_recent - a.trend_before,
                 a.trend_recent.abs() + a.trend_before.abs(),

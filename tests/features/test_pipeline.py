@@ -13,7 +13,7 @@ from features import ColumnMapping, FeatureConfig, build_features, build_labels
 from features.contract import DataValidationError
 from features.naming import command_line
 from features.pipeline import build_training_frame, snapshot_cutoffs
-from features.registry import feature_names
+from features.registry import feature_definitions, feature_names
 
 CUTOFF = pd.Timestamp("2021-03-01")
 
@@ -613,3 +613,22 @@ def test_day_counts_in_messages_agree_in_number() -> None:
     with pytest.raises(DataValidationError, match=r"^train_cutoff 2024-01-03 is 1 day after"):
         check_labels_in_data(load_transactions(log), pd.Timestamp("2024-01-03"),
                              FeatureConfig(stale_after_days=0))
+
+
+def test_spend_trend_is_null_as_its_description_says():
+    """spend_trend is null without a *purchase* order in the last 180 days (a return-only
+    order there does not define it) and when both 90-day spends are 0; its description
+    said "null when no order in the last 180 days", which neither case fits."""
+    df = pd.DataFrame({
+        "customer_id": ["a", "a", "b", "b"],
+        "timestamp": pd.to_datetime(["2023-01-02", "2023-12-01", "2023-11-01", "2023-11-02"]),
+        "amount": [50.0, -20.0, 10.0, -10.0],
+        "order_id": ["1", "2", "3", "4"],
+    })
+    feats = build_features(df, "2024-01-01").set_index("customer_id")
+    # a: only a return (-20) in the last 180 days; b: a purchase and a return netting to 0
+    assert feats.loc["a", "spend_90d"] == -20.0 and feats.loc["b", "orders_180d"] == 1
+    assert feats["spend_trend"].isna().all()
+    text = next(f.description for f in feature_definitions() if f.name == "spend_trend")
+    assert "null when no purchase order in the last 180 days" in text
+    assert "or when both spends are 0" in text
