@@ -14,8 +14,10 @@ Conventions (DESIGN.md, "Time semantics"):
   cutoff is its own date and a purchase on the day before it is 1 day old.
   ``T = cutoff_day - first purchase day``. ``lifetimes`` treats its observation end as
   inclusive, so for a midnight cutoff our ``T`` equals lifetimes' ``T`` with
-  ``observation_period_end = cutoff - 1 day`` **plus one**; ``frequency`` and ``recency``
-  are identical (tested against lifetimes on CDNOW).
+  ``observation_period_end = cutoff - 1 day`` **plus one**; on a log without returns
+  ``frequency``, ``recency`` and ``monetary_value`` are identical (tested against lifetimes
+  on CDNOW). With returns they differ: lifetimes counts a day of returns only as a purchase
+  day and nets every row into its day's value; here only purchase orders count.
 * An *order* is one ``order_id`` (or one customer-day when there is no ``order_id``). An
   order is a *purchase* when at least one of its rows has ``amount >= 0``; an order made
   only of negative rows is a return/cancellation: it counts in net spend and the return
