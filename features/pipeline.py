@@ -350,6 +350,16 @@ def check_horizon(horizon_days: Any, name: str = "horizon_days") -> int:
     return int(horizon_days)
 
 
+def window_observed(last_event: Any, cutoff: Any, horizon_days: int) -> bool:
+    """Whether data ending at ``last_event`` covers the outcome window ``[cutoff, cutoff +
+    horizon_days)``: it reaches the window's last day, the day of the window's last instant.
+    A log's last event is rarely at midnight, so a window ending at midnight after the data's
+    last day counts; a window ending at 12:00 on the 20th needs data on the 20th (a log
+    ending on the 19th at 13:00 has not seen that morning's orders)."""
+    end = pd.Timestamp(cutoff) + pd.Timedelta(days=horizon_days)
+    return pd.Timestamp(last_event) >= (end - pd.Timedelta(1, "ns")).normalize()
+
+
 def _labels(tx: Transactions, cutoff: Any, horizon_days: int, *, require_observed: bool,
             shared: SharedWork | None = None) -> pd.DataFrame:
     """`build_labels` on loaded transactions; with ``shared`` (`_shared_work` of ``tx``)
@@ -359,7 +369,7 @@ def _labels(tx: Transactions, cutoff: Any, horizon_days: int, *, require_observe
     horizon_days = check_horizon(horizon_days)
     end = cut + pd.Timedelta(days=horizon_days)
     last = pd.Timestamp(tx.report.last_event)
-    if require_observed and last < end - pd.Timedelta(days=1):
+    if require_observed and not window_observed(last, cut, horizon_days):
         raise DataValidationError(
             f"the outcome window [{cut.date()}, {end.date()}) of "
             f"{counted(horizon_days, 'day')} is not "

@@ -39,6 +39,7 @@ from features.pipeline import (
     check_labels_in_data,
     default_cutoff,
     snapshot_cutoffs,
+    window_observed,
 )
 from features.registry import source_columns
 from features.segments import RFMSegmenter
@@ -181,14 +182,6 @@ class BacktestResult:
     baseline_warning: str | None = None
     #: the warning given about metrics undefined on the customers evaluated, or None
     metrics_warning: str | None = None
-
-
-def window_observed(last_event: Any, cutoff: Any, horizon_days: int) -> bool:
-    """Whether data ending at ``last_event`` covers the outcome window ``[cutoff, cutoff +
-    horizon_days)``: it reaches the window's last day (a log's last event is rarely at
-    midnight, so a window ending on the data's last day counts)."""
-    end = pd.Timestamp(cutoff) + pd.Timedelta(days=horizon_days)
-    return pd.Timestamp(last_event) >= end - pd.Timedelta(days=1)
 
 
 def data_differs(other: pd.DataFrame, this: pd.DataFrame, before: Any) -> str | None:

@@ -183,6 +183,24 @@ def test_labels_refuse_unobserved_window():
         build_labels(tiny_log(), CUTOFF, 90, mapping=MAPPING)
 
 
+def test_labels_need_data_on_the_last_day_of_a_window_ending_at_noon():
+    """The window [01-10 12:00, 01-20 12:00) ends on the 20th: a log whose last event is on
+    the 19th at 13:00 has not seen that morning's orders (it was accepted: the rule was "last
+    event within a day of the window's end"). A window ending at midnight still counts a log
+    that ends during its last day."""
+    def log(last: str) -> pd.DataFrame:
+        return pd.DataFrame({"customer_id": ["a", "a"],
+                             "timestamp": pd.to_datetime(["2024-01-02 10:00", last]),
+                             "amount": [10.0, 5.0]})
+
+    with pytest.raises(DataValidationError, match="not covered by the data"):
+        build_labels(log("2024-01-19 13:00"), "2024-01-10 12:00", 10)
+    assert len(build_labels(log("2024-01-20 08:00"), "2024-01-10 12:00", 10)) == 1
+    assert len(build_labels(log("2024-01-19 13:00"), "2024-01-10", 10)) == 1
+    with pytest.raises(DataValidationError, match="not covered by the data"):
+        build_labels(log("2024-01-18 23:00"), "2024-01-10", 10)
+
+
 def test_labels_refuse_a_cutoff_with_no_customers_before_it():
     # an empty frame would look like "nobody bought": say there is no population instead
     with pytest.raises(DataValidationError, match="at or before the first event"):
