@@ -9,6 +9,8 @@ umask, a replaced file its old permission bits.
 from __future__ import annotations
 
 import contextlib
+import gzip
+import io
 import os
 import secrets
 import stat
@@ -112,6 +114,15 @@ def write_frame(frame: pd.DataFrame, path: str | Path) -> Path:
     with atomic_path(path) as tmp:
         if suffix == ".parquet":
             frame.to_parquet(tmp, index=False)
+        elif suffix == ".csv":
+            frame.to_csv(tmp, index=False)
         else:
-            frame.to_csv(tmp, index=False, compression="gzip" if suffix == ".csv.gz" else None)
+            # gzip's header holds a file name and a time: pandas wrote the temporary name
+            # (which `gunzip -N` restored) and the time of the run, so the same frame gave
+            # other bytes each run. Neither, as `gzip -n` writes it: the bytes are the
+            # frame's alone, as a .parquet or .csv file's are.
+            with open(tmp, "wb") as raw, \
+                    gzip.GzipFile("", "wb", fileobj=raw, mtime=0) as gz, \
+                    io.TextIOWrapper(gz, encoding="utf-8", newline="") as text:
+                frame.to_csv(text, index=False)
     return path

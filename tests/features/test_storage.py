@@ -3,6 +3,7 @@ a plain open() would give them."""
 
 from __future__ import annotations
 
+import gzip
 import os
 import stat
 from collections.abc import Iterator
@@ -127,3 +128,14 @@ def test_cli_output_file_mode_follows_the_umask(
     res = CliRunner().invoke(app, _build(str(sales_csv), out))
     assert res.exit_code == 0, res.output
     assert _mode(out) == 0o640
+
+
+def test_a_csv_gz_file_is_the_same_bytes_each_run(tmp_path: Path) -> None:
+    """gzip's header held the temporary file name and the time of the run: the same frame
+    written twice gave different bytes, and `gunzip -N` restored the temporary name."""
+    first = write_frame(FRAME, tmp_path / "out.csv.gz").read_bytes()
+    second = write_frame(FRAME, tmp_path / "b" / "other.csv.gz").read_bytes()
+    assert first == second
+    assert first[3] == 0 and first[4:8] == b"\0\0\0\0"  # no name (FNAME), MTIME 0
+    assert gzip.decompress(first) == FRAME.to_csv(index=False).encode()
+    assert pd.read_csv(tmp_path / "out.csv.gz").equals(FRAME)
