@@ -144,3 +144,17 @@ def test_value_model_falls_back_when_the_tables_disagree(demo_train_result, monk
     np.testing.assert_allclose(got, expected, rtol=1e-12)
     assert "differs from LightGBM" in caplog.text
     assert isinstance(pd.Series(got), pd.Series)
+
+
+def test_reasons_give_predict_probas_probability_bit_for_bit(demo_train_result, monkeypatch):
+    """The probability with reasons was the sum of the SHAP contributions, equal to the
+    booster's raw score only up to the last bits: rows the trees score alike were ranked
+    by rounding, and `backtest` printed other rank metrics than `train`'s evaluation."""
+    models = demo_train_result.models
+    rows = demo_train_result.frame.reset_index(drop=True)
+    expected = models.churn.predict_proba(rows)
+    assert np.array_equal(models.churn.predict_with_reasons(rows)[0], expected)
+    monkeypatch.setattr(tm, "_TABULATE_ROWS", 1)
+    models.churn.__dict__.pop("_tables", None)
+    assert np.array_equal(models.churn.predict_with_reasons(rows)[0], expected)
+    models.churn.__dict__.pop("_tables", None)
