@@ -1,13 +1,19 @@
-"""The README's feature table is the registry's, and its commands are the Makefile's."""
+"""The README's feature table is the registry's, its commands are the Makefile's, and every
+`lifecast ...` command the README or the quickstart notebook shows parses as written."""
 
 from __future__ import annotations
 
+import json
 import re
+import shlex
 import subprocess
 from pathlib import Path
 
+import typer
+
 from features import DEMO_MAPPING, ColumnMapping, load_transactions
 from features.registry import feature_table_markdown
+from serving.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,3 +41,53 @@ def test_the_readme_mapping_command_writes_a_mapping_that_reads_online_retail(
     assert mapping == DEMO_MAPPING
     report = load_transactions(shared_data / "online_retail.parquet", mapping).report
     assert report.customers == 4_372
+
+
+def _documented_commands() -> list[tuple[str, str]]:
+    """(where, command) for every `lifecast ...` the README and the notebook's text show: inline
+    code, and lines of code blocks (continuation lines joined, comments cut)."""
+    texts = [("README.md", (ROOT / "README.md").read_text())]
+    notebook = json.loads((ROOT / "notebooks" / "01_quickstart.ipynb").read_text())
+    texts += [(f"notebook cell {i}", "".join(cell["source"]))
+              for i, cell in enumerate(notebook["cells"]) if cell["cell_type"] == "markdown"]
+    found = []
+    for where, text in texts:
+        text = text.replace("\\\n", " ")
+        for m in re.finditer(r"`(lifecast [^`]*)`|^\s*(lifecast [^\n#]*)", text, re.M):
+            found.append((where, (m.group(1) or m.group(2)).strip()))
+    return found
+
+
+def _misuse(command: str) -> str | None:
+    """What in ``command`` the CLI would refuse: an unknown subcommand or option, or a
+    positional argument where the command takes none. Placeholders (``<run id>``, ``...``,
+    ``[--as-of ...]``'s brackets) stand for whatever the user types."""
+    tokens = shlex.split(re.sub(r"<[^>]*>", "", command))[1:]
+    cmd = typer.main.get_command(app)
+    while tokens and hasattr(cmd, "commands") and tokens[0] in cmd.commands:
+        cmd = cmd.commands[tokens.pop(0)]
+    if hasattr(cmd, "commands"):
+        return f"no subcommand {tokens[0]!r}" if tokens else None
+    options = {o: p for p in cmd.params for o in [*p.opts, *getattr(p, "secondary_opts", [])]
+               if p.param_type_name == "option"}
+    takes_arguments = any(p.param_type_name == "argument" for p in cmd.params)
+    tokens = [t.strip("[]") for t in tokens if t.strip("[]") not in ("", "|")]
+    while tokens:
+        token = tokens.pop(0)
+        if token.startswith("-"):
+            name = token.split("=")[0]
+            if name not in options:
+                return f"no option {name}"
+            if not options[name].is_flag and "=" not in token and tokens:
+                tokens.pop(0)
+        elif token != "..." and not takes_arguments:
+            return f"unexpected argument {token!r} (the command takes options only)"
+    return None
+
+
+def test_every_documented_lifecast_command_parses():
+    commands = _documented_commands()
+    assert len(commands) > 20
+    wrong = [f"{where}: {command!r}: {why}" for where, command in commands
+             if (why := _misuse(command))]
+    assert not wrong, "\n".join(wrong)
