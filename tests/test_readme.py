@@ -6,14 +6,17 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
 import typer
 
 from features import DEMO_MAPPING, ColumnMapping, load_transactions
 from features.registry import feature_table_markdown
 from serving.cli import app
+from training.tracking import registry_lock_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,3 +94,18 @@ def test_every_documented_lifecast_command_parses():
     wrong = [f"{where}: {command!r}: {why}" for where, command in commands
              if (why := _misuse(command))]
     assert not wrong, "\n".join(wrong)
+
+
+def test_what_the_commands_write_in_the_working_folder_is_ignored_by_git():
+    """The README: train, score and promote write their files into the folder they run in
+    and "git ignores them there": the MLflow store, its artifacts, the customer store, and the
+    lock file beside the store that train and promote hold (`registry_lock_path`)."""
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    lock = registry_lock_path(f"sqlite:///{ROOT / 'mlflow.db'}").relative_to(ROOT)
+    written = ["mlflow.db", "mlartifacts/", "lifecast_store.db", str(lock)]
+    readme = (ROOT / "README.md").read_text()
+    assert all(f"`{name}`" in readme for name in written), "the README lists what they write"
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", *written], cwd=ROOT,
+                             capture_output=True, text=True).stdout.split()
+    assert sorted(ignored) == sorted(written)
