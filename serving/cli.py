@@ -61,12 +61,15 @@ def demo_cmd(
         help="Folder for the MLflow store, the artifacts and the customer store.")]
     = Path("lifecast_work"),
     churn_h: Annotated[int, typer.Option(
-        "--churn-horizon-days", help="Churn outcome window.")] = 90,
+        "--churn-horizon-days",
+        help="Churn outcome window, in days: a customer with no purchase in this many "
+             "days from the cutoff on counts as churned.")] = 90,
     clv_h: Annotated[int, typer.Option(
         "--clv-horizon-days",
-        help="Future-value outcome window (90, not train's 365: the demo extract covers "
-             "374 days, and training with its out-of-time evaluation needs about twice the "
-             "horizon plus 61 days of history).")] = 90,
+        help="Future-value outcome window, in days: predicted_clv is the net spend in this "
+             "many days from the cutoff on (90, not train's 365: the demo extract "
+             "covers 373 days, and training with its out-of-time evaluation needs about "
+             "twice the horizon plus 61 days of history).")] = 90,
 ) -> None:
     """Run the whole job on the bundled demo data and print a summary.
 

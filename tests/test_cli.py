@@ -797,3 +797,33 @@ def test_the_command_line_drops_a_librarys_deprecation_but_not_its_own_warnings(
     assert "fetch_arrow_table" not in err
     assert "warning: the old flag is deprecated" in err
     assert "warning: the data may be stale" in err
+
+
+def _all_options():
+    import typer
+
+    def walk(cmd, path):
+        if hasattr(cmd, "commands"):
+            for name, sub in cmd.commands.items():
+                yield from walk(sub, [*path, name])
+        else:
+            for param in cmd.params:
+                if param.param_type_name == "option" and param.name != "help":
+                    yield " ".join(path), param
+
+    return list(walk(typer.main.get_command(app), ["lifecast"]))
+
+
+def test_every_option_says_what_it_does_and_a_days_option_says_days():
+    """`lifecast train --help` showed '--churn-horizon-days  Churn outcome window.
+    [default: 90]': no unit, nor what the window decides. Every option has help, and one
+    counted in days says so (and what the window is for) in it."""
+    options = _all_options()
+    assert len(options) > 50
+    no_help = [f"{where} {p.opts[0]}" for where, p in options if not (p.help or "").strip()]
+    assert not no_help, no_help
+    days = [(where, p) for where, p in options if p.opts[0].endswith("-days")]
+    assert {p.opts[0] for _, p in days} == {"--churn-horizon-days", "--clv-horizon-days"}
+    unitless = [f"{where} {p.opts[0]}: {p.help}" for where, p in days
+                if "days" not in p.help or "cutoff" not in p.help]
+    assert not unitless, unitless

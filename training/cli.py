@@ -20,8 +20,14 @@ if TYPE_CHECKING:
 
     from features.config import FeatureConfig
 
-ChurnH = Annotated[int, typer.Option("--churn-horizon-days", help="Churn outcome window.")]
-ClvH = Annotated[int, typer.Option("--clv-horizon-days", help="Future-value outcome window.")]
+ChurnH = Annotated[int, typer.Option(
+    "--churn-horizon-days",
+    help="Churn outcome window, in days: a customer with no purchase in this many days "
+         "from the cutoff on counts as churned.")]
+ClvH = Annotated[int, typer.Option(
+    "--clv-horizon-days",
+    help="Future-value outcome window, in days: predicted_clv is the net spend in this "
+         "many days from the cutoff on.")]
 AsOf = Annotated[str | None, typer.Option(
     "--as-of", help="Use only events before this instant (default: the day after the last).")]
 Tune = Annotated[int, typer.Option("--tune", min=0,
