@@ -16,6 +16,9 @@ import typer
 from features import DEMO_MAPPING, ColumnMapping, load_transactions
 from features.registry import feature_table_markdown
 from serving.cli import app
+from training.metrics import HIGHER_IS_BETTER, LOWER_IS_BETTER, ZERO_IS_BEST
+from training.models import BASELINE_FEATURES
+from training.pipeline import OUTPUT_COLUMNS
 from training.tracking import registry_lock_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,3 +112,17 @@ def test_what_the_commands_write_in_the_working_folder_is_ignored_by_git():
     ignored = subprocess.run(["git", "check-ignore", "--no-index", *written], cwd=ROOT,
                              capture_output=True, text=True).stdout.split()
     assert sorted(ignored) == sorted(written)
+
+
+def test_the_readme_explains_every_printed_metric_and_output_field():
+    """`make demo` prints roc_auc, ece, lift_top_decile, decile_mape, ... and each customer's
+    reasons name features such as bg_p_no_purchase; the README explained none of them. Its
+    "Reading the results" names every metric the comparison tables print, every per-customer
+    output field and every baseline feature a reason can name."""
+    readme = (ROOT / "README.md").read_text()
+    assert "\n## Reading the results\n" in readme
+    section = readme.split("\n## Reading the results\n")[1].split("\n## ")[0]
+    names = {*HIGHER_IS_BETTER, *LOWER_IS_BETTER, *ZERO_IS_BEST, *BASELINE_FEATURES,
+             *(c for c in OUTPUT_COLUMNS if c not in ("customer_id", "as_of"))}
+    missing = sorted(name for name in names if f"`{name}`" not in section)
+    assert not missing, f"README's 'Reading the results' does not explain {missing}"
