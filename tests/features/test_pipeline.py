@@ -433,7 +433,7 @@ def test_features_are_identical_on_every_run():
         + pd.to_timedelta(rng.integers(0, 700 * 86_400, n), unit="s"),
         "value": np.round(rng.lognormal(3.0, 1.0, n) * rng.choice([1, 1, 1, -1], n), 2) / 3,
     })
-    df["order"] = (df["cust"].astype(str) + "-" + (df["when"].dt.dayofyear % 5).astype(str))
+    df["order"] = (df["cust"].astype(str) + "-" + (df["when"].dt.day_of_year % 5).astype(str))
     mapping = ColumnMapping(
         customer_id="cust", timestamp="when", amount="value", order_id="order"
     )
