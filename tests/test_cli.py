@@ -827,3 +827,50 @@ def test_every_option_says_what_it_does_and_a_days_option_says_days():
     unitless = [f"{where} {p.opts[0]}: {p.help}" for where, p in days
                 if "days" not in p.help or "cutoff" not in p.help]
     assert not unitless, unitless
+
+
+_SIGNALLED_WRITE = """
+import os, signal, sys
+import pandas as pd
+
+written = pd.DataFrame.to_parquet
+
+def interrupted(self, path, *args, **kwargs):
+    written(self, path, *args, **kwargs)  # the temporary file is complete when the
+    os.kill(os.getpid(), signal.{sig})  # signal arrives, before it is renamed
+pd.DataFrame.to_parquet = interrupted
+sys.argv[0] = "lifecast"
+from serving.cli import main
+main()
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_signalled_features_build_keeps_the_old_file_and_says_so(sales_csv, tmp_path, sig):
+    """`lifecast features build ... --out features.parquet` stopped as it writes: before,
+    SIGTERM (a scheduler's timeout, `kill`) ended the process on the spot, exit -15 and
+    no message, with `.features.parquet.<hex>.tmp` left beside the output (and a `lifecast
+    train` left its MLflow run RUNNING for ever: no clean-up ran); Ctrl-C exited 130
+    without a word. Now both run the clean-up and say what happened: exit 128 + the
+    signal's number, the old file untouched, nothing beside it, no traceback."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "out" / "features.parquet"
+    out.parent.mkdir()
+    out.write_bytes(b"the features of the last run")
+    (tmp_path / "tmp").mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp_path / "tmp")}
+    proc = subprocess.run(
+        [sys.executable, "-c", _SIGNALLED_WRITE.format(sig=sig), "features", "build",
+         "-t", str(sales_csv), *MAP, "--cutoff", "2021-03-01", "--out", str(out)],
+        cwd=tmp_path, env=env, text=True, capture_output=True, timeout=120)
+    assert proc.returncode == 128 + getattr(signal, sig), proc.stderr
+    how = "Ctrl-C (SIGINT)" if sig == "SIGINT" else sig
+    assert f"interrupted by {how}: stopped before it finished" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert out.read_bytes() == b"the features of the last run"
+    assert os.listdir(out.parent) == ["features.parquet"]
+    assert os.listdir(tmp_path / "tmp") == []

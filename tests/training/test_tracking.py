@@ -645,14 +645,23 @@ def _registry_state() -> tuple[dict, dict, list, int]:
     return versions, aliases, runs, len(client.search_logged_models(experiments))
 
 
-@pytest.mark.parametrize("fails_at", ["clv registered", "clv champion alias"])
+@pytest.mark.parametrize("fails_at", ["clv registered", "clv champion alias",
+                                      "SIGTERM at the clv champion alias"])
 def test_a_training_run_that_fails_late_leaves_no_run_version_or_alias(
         first_run, trained, fails_at: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A run that fails after the churn model was registered (the disk fills while the value
     model is logged), or after churn's champion alias moved: before, the run stayed (FAILED,
     with metrics), lifecast-churn kept a version of it that `lifecast models` listed and
     `lifecast promote --run` would make champion beside another run's value model, and with
-    --promote always the churn alias stayed moved."""
+    --promote always the churn alias stayed moved. SIGTERM (a scheduler's timeout) is taken
+    back the same way under `features.cli.terminate_as_interrupt`, which every command
+    runs in: before, it ended the process on the spot and left the run RUNNING for ever,
+    its versions registered and the churn alias moved."""
+    import os
+    import signal
+
+    from features.cli import Terminated, terminate_as_interrupt
+
     monkeypatch.setattr(tracking, "_log_plots", lambda result, folder: None)
     tune = mlflow.MlflowClient().create_run(
         tracking._experiment_id(tracking.experiment_name(None)), run_name="tune").info.run_id
@@ -671,11 +680,13 @@ def test_a_training_run_that_fails_late_leaves_no_run_version_or_alias(
 
         def refused(self, name, alias, version):
             if name == tracking.MODEL_NAMES["clv"]:
+                if fails_at.startswith("SIGTERM"):
+                    os.kill(os.getpid(), signal.SIGTERM)
                 raise KeyboardInterrupt  # Ctrl-C as the last alias moves
             return set_alias(self, name, alias, version)
         monkeypatch.setattr(mlflow.MlflowClient, "set_registered_model_alias", refused)
-        error = KeyboardInterrupt
-    with pytest.raises(error):
+        error = Terminated if fails_at.startswith("SIGTERM") else KeyboardInterrupt
+    with pytest.raises(error), terminate_as_interrupt():
         tracking.log_training(trained, source="synthetic/transactions.parquet",
                               promote="always", tune_run_id=tune)
     monkeypatch.undo()
