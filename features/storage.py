@@ -111,18 +111,26 @@ def write_frame(frame: pd.DataFrame, path: str | Path) -> Path:
     """Write a DataFrame to .parquet or .csv (by extension), atomically."""
     path = check_frame_path(path)
     suffix = _frame_suffix(path)
-    with atomic_path(path) as tmp:
-        if suffix == ".parquet":
-            frame.to_parquet(tmp, index=False)
-        elif suffix == ".csv":
-            frame.to_csv(tmp, index=False)
-        else:
-            # gzip's header holds a file name and a time: pandas wrote the temporary name
-            # (which `gunzip -N` restored) and the time of the run, so the same frame gave
-            # other bytes each run. Neither, as `gzip -n` writes it: the bytes are the
-            # frame's alone, as a .parquet or .csv file's are.
-            with open(tmp, "wb") as raw, \
-                    gzip.GzipFile("", "wb", fileobj=raw, mtime=0) as gz, \
-                    io.TextIOWrapper(gz, encoding="utf-8", newline="") as text:
-                frame.to_csv(text, index=False)
+    existed = os.path.lexists(path)
+    try:
+        with atomic_path(path) as tmp:
+            if suffix == ".parquet":
+                frame.to_parquet(tmp, index=False)
+            elif suffix == ".csv":
+                frame.to_csv(tmp, index=False)
+            else:
+                # gzip's header holds a file name and a time: pandas wrote the temporary
+                # name (which `gunzip -N` restored) and the time of the run, so the same
+                # frame gave other bytes each run. Neither, as `gzip -n` writes it: the bytes
+                # are the frame's alone, as a .parquet or .csv file's are.
+                with open(tmp, "wb") as raw, \
+                        gzip.GzipFile("", "wb", fileobj=raw, mtime=0) as gz, \
+                        io.TextIOWrapper(gz, encoding="utf-8", newline="") as text:
+                    frame.to_csv(text, index=False)
+    except OSError as exc:  # the disk or a quota full, an I/O error: not a traceback
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        kept = "the file there was left as it was" if existed else "no file was made"
+        raise ValueError(
+            f"cannot write {path}: {reason}; {kept}. Free space on its disk (or choose "
+            f"another path) and run the command again") from None
     return path

@@ -139,3 +139,30 @@ def test_a_csv_gz_file_is_the_same_bytes_each_run(tmp_path: Path) -> None:
     assert first[3] == 0 and first[4:8] == b"\0\0\0\0"  # no name (FNAME), MTIME 0
     assert gzip.decompress(first) == FRAME.to_csv(index=False).encode()
     assert pd.read_csv(tmp_path / "out.csv.gz").equals(FRAME)
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_a_full_disk_is_a_clear_error_and_keeps_the_old_file(
+        tmp_path: Path, suffix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`lifecast features build ... --out <a full disk>/f.parquet` (a 200 KB tmpfs): the old
+    file stayed and no temporary file did, but the user got a pandas/pyarrow traceback
+    ending in `OSError: [Errno 28] No space left on device` and exit 1. Now one line names
+    the file, the cause, what was kept and what to do; the CLI exits 2."""
+    method = "to_parquet" if suffix == ".parquet" else "to_csv"
+
+    def disk_full(self: pd.DataFrame, path: Path, *args: object, **kwargs: object) -> None:
+        Path(path).write_bytes(b"PAR1 half a file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, method, disk_full)
+    old, new = tmp_path / f"old{suffix}", tmp_path / f"new{suffix}"
+    old.write_bytes(b"the last run's output")
+    with pytest.raises(ValueError) as err:
+        write_frame(FRAME, old)
+    assert str(err.value) == (
+        f"cannot write {old}: No space left on device; the file there was left as it was. "
+        f"Free space on its disk (or choose another path) and run the command again")
+    with pytest.raises(ValueError, match="No space left on device; no file was made"):
+        write_frame(FRAME, new)
+    assert old.read_bytes() == b"the last run's output"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [old.name]
