@@ -7,8 +7,10 @@ The command line only parses and calls: each command turns its flags into a
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import inspect
+import os
 import signal
 import threading
 import warnings
@@ -135,12 +137,47 @@ def run_cli(func: Callable[..., Any]) -> Callable[..., Any]:
                 raise fail(str(exc)) from None
             except ImportError as exc:  # an optional extra that is not installed
                 raise fail(str(exc)) from None
+            except Exception as exc:
+                full = None if isinstance(exc, typer.Exit) else disk_full(exc)
+                if full is None:
+                    raise
+                raise fail(full) from None
             except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (terminate_as_interrupt)
                 signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
                 typer.secho(interrupted_message(signum), fg=typer.colors.RED, err=True)
                 raise typer.Exit(128 + signum) from None
 
     return wrapper
+
+
+#: What a full disk (or quota) says: the OS's errors, SQLite's (an MLflow or customer store).
+_DISK_FULL = ("No space left on device", "Disk quota exceeded", "database or disk is full")
+
+
+def disk_full(exc: BaseException) -> str | None:
+    """The message for an error that a full disk caused anywhere down its chain (an
+    OSError ENOSPC writing an MLflow artifact, SQLite's 'database or disk is full' inside an
+    MlflowException or a SQLAlchemy error), else None: a full disk is the user's to fix,
+    not a traceback."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = f" ({cause.filename})" if cause.filename else ""
+            return _disk_full_message(os.strerror(cause.errno) + where)
+        text = str(cause)
+        said = next((m for m in _DISK_FULL if m in text), None)
+        if said is not None:
+            return _disk_full_message(said)
+        cause = cause.__cause__ or (None if cause.__suppress_context__ else cause.__context__)
+    return None
+
+
+def _disk_full_message(what: str) -> str:
+    return (f"{what}: the command stopped and kept nothing half-written (an output file, a "
+            f"customer-store batch, an MLflow run and its model versions are written whole "
+            f"or not at all). Free space on the disk (`df -h .`) and run it again")
 
 
 class Terminated(KeyboardInterrupt):
