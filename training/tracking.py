@@ -1595,25 +1595,39 @@ def promote_run(run_id: str) -> dict[str, str]:
             raise ValueError(f"{why}. It cannot be champion: `lifecast score` could not "
                              f"score with it. {RETRAIN}")
     with registry_lock():  # not while a `lifecast train` decides (`log_training`)
-        for kind in KINDS:
-            previous = _champion_version(client, kind)
-            if kind in found and previous != found[kind]:
-                name = MODEL_NAMES[kind]
-                if previous is not None:
-                    _warn_if_horizon_changes(client, kind, found[kind], previous)
-                    _warn_if_trained_earlier(client, kind, found[kind], previous)
-                client.set_registered_model_alias(name, CHAMPION_ALIAS, found[kind])
-                # the version's decision (what `lifecast models` shows) and its run's tags
-                # now say how it became champion, and the champion it replaced how it
-                # stopped being one, each keeping what was decided when it was trained
-                when = _now()
-                _mark_decision(client, kind, found[kind], f"{_BY_HAND}{when}", promoted=True)
-                if previous is not None:
-                    run = client.get_model_version(name, found[kind]).run_id
-                    by = named(f"`lifecast promote --run {run}`", f"promote_run({run!r})")
-                    _mark_decision(client, kind, previous,
-                                   f"{_DEMOTED}by hand {when}: {by} made v{found[kind]} "
-                                   f"champion", promoted=False)
+        before = {kind: _champion_version(client, kind) for kind in KINDS}
+        moving = [k for k in KINDS if k in found and before[k] != found[k]]
+        for kind in moving:
+            if before[kind] is not None:
+                _warn_if_horizon_changes(client, kind, found[kind], before[kind])
+                _warn_if_trained_earlier(client, kind, found[kind], before[kind])
+        # both aliases move before any tag, and an error or Ctrl-C / SIGTERM between the two
+        # moves puts the first back: the champions stay a pair, the old one or the new one
+        try:
+            for kind in moving:
+                client.set_registered_model_alias(MODEL_NAMES[kind], CHAMPION_ALIAS,
+                                                  found[kind])
+        except BaseException:
+            for kind in moving:
+                _suppressed(
+                    (lambda n=MODEL_NAMES[kind]: client.delete_registered_model_alias(
+                        n, CHAMPION_ALIAS)) if before[kind] is None else
+                    (lambda n=MODEL_NAMES[kind], v=before[kind]:
+                     client.set_registered_model_alias(n, CHAMPION_ALIAS, v)))
+            raise
+        for kind in moving:
+            previous, name = before[kind], MODEL_NAMES[kind]
+            # the version's decision (what `lifecast models` shows) and its run's tags
+            # now say how it became champion, and the champion it replaced how it
+            # stopped being one, each keeping what was decided when it was trained
+            when = _now()
+            _mark_decision(client, kind, found[kind], f"{_BY_HAND}{when}", promoted=True)
+            if previous is not None:
+                run = client.get_model_version(name, found[kind]).run_id
+                by = named(f"`lifecast promote --run {run}`", f"promote_run({run!r})")
+                _mark_decision(client, kind, previous,
+                               f"{_DEMOTED}by hand {when}: {by} made v{found[kind]} "
+                               f"champion", promoted=False)
     return {kind: found[kind] for kind in KINDS if kind in found}
 
 

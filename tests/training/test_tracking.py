@@ -1280,3 +1280,41 @@ def test_promote_refuses_a_run_that_registered_one_model(
         assert _aliases("churn") == {"champion": first_run.versions["churn"]}
     finally:
         client.delete_model_version("lifecast-churn", churn_version)
+
+
+@pytest.mark.parametrize("stop", ["Ctrl-C", "SIGTERM"])
+def test_promote_stopped_between_the_two_aliases_keeps_the_old_pair(
+        first_run, trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop: str) -> None:
+    """`lifecast promote --run <id>` stopped (Ctrl-C, a scheduler's SIGTERM) after it moved
+    lifecast-churn's champion alias and before lifecast-clv's: the champions were left a
+    mixed pair, churn of the new run and value of the old, which `lifecast score` then used
+    together. Now the alias moved first is put back: the old pair stays champion."""
+    import signal
+
+    from features.cli import Terminated, terminate_as_interrupt
+
+    client = mlflow.MlflowClient()
+    with mlflow.start_run(run_name="second") as run:
+        versions = {kind: tracking._log_model(kind, trained, run.info.run_id, "synthetic",
+                                              tmp_path / kind) for kind in tracking.KINDS}
+    set_alias = mlflow.MlflowClient.set_registered_model_alias
+
+    def stopped(self, name, alias, version):
+        if name == tracking.MODEL_NAMES["clv"] and str(version) == versions["clv"]:
+            if stop == "SIGTERM":
+                os.kill(os.getpid(), signal.SIGTERM)
+            raise KeyboardInterrupt
+        return set_alias(self, name, alias, version)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "set_registered_model_alias", stopped)
+    try:
+        with pytest.raises(Terminated if stop == "SIGTERM" else KeyboardInterrupt), \
+                terminate_as_interrupt():
+            tracking.promote_run(run.info.run_id)
+        monkeypatch.undo()
+        for kind in tracking.KINDS:
+            assert _aliases(kind) == {"champion": first_run.versions[kind]}
+    finally:
+        monkeypatch.undo()
+        for kind, version in versions.items():
+            client.delete_model_version(tracking.MODEL_NAMES[kind], version)
