@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from features.registry import DEFINITIONS_VERSION
 from serving.cli import app
 from training.cli import RESCORE_HINT
 
@@ -413,7 +414,7 @@ def test_models_prints_each_decision_under_the_table(registry):
     res = runner.invoke(app, ["models"])
     assert res.exit_code == 0, res.output
     table, _, decisions = res.output.partition("\n\ndecisions:\n")
-    assert decision not in table and run in table
+    assert decision not in table and run[:8] in table  # as `promote --run` takes it
     assert max(len(line) for line in decisions.splitlines()) <= 100
     assert " ".join(decisions.split()) == f"lifecast-churn v1: {decision}"
     # no decision recorded anywhere: no empty heading
@@ -424,23 +425,80 @@ def test_models_says_when_scores_of_other_snapshots_do_not_rank_versions():
     from training.cli import format_models
 
     def version(v: str, cutoff: str, horizon: int, score: float) -> dict:
-        return {"model": "lifecast-churn", "version": v, "aliases": "", "run_id": "r" + v,
-                "as_of": "2011-12-10", "eval_cutoff": cutoff, "horizon_days": horizon,
-                "feature_definitions": 2, "created": pd.Timestamp("2026-11-24 10:00"),
-                "primary_metric": "roc_auc", "score": score, "decision": ""}
+        return {"model": "lifecast-churn", "version": int(v), "aliases": "",
+                "run_id": "r" + v * 31, "run_name": f"train 2011-12-10 churn {horizon}d",
+                "tune_trials": 0, "as_of": pd.Timestamp("2011-12-10"),
+                "eval_cutoff": pd.Timestamp(cutoff), "horizon_days": horizon,
+                "feature_definitions": DEFINITIONS_VERSION,
+                "created": pd.Timestamp("2026-11-24 10:00", tz="UTC"),
+                "primary_metric": "roc_auc", "score": score, "tie_break_metric": "brier",
+                "tie_break_score": 0.2, "decision": ""}
 
     same = pd.DataFrame([version("2", "2011-09-11", 90, 0.7366),
                          version("1", "2011-09-11", 90, 0.7350)])
     assert "note:" not in format_models(same)
-    assert format_models(same).splitlines()[-1].startswith("lifecast-churn       1 ")
+    assert format_models(same).splitlines()[-1].split() == [
+        "1", "r1111111", "2011-12-10", "2026-11-24", "10:00", "no", "0.7350", "0.2000",
+        "train", "2011-12-10", "churn", "90d"]
     other = pd.DataFrame([version("2", "2011-08-12", 60, 0.7478),
                           version("1", "2011-09-11", 90, 0.7366)])
     note = format_models(other).split("\n\n", 1)[1]
     assert " ".join(note.split()) == (
-        "note: score is each version's roc_auc on its own run's evaluation snapshot; the "
-        "versions of lifecast-churn were evaluated at other cutoffs or horizons (eval_cutoff, "
-        "horizon_days), so their scores do not rank them. The champion rule compares "
-        "settings on one snapshot (decisions below).")
+        "note: the scores are each version's roc_auc on its own run's evaluation snapshot; "
+        "the versions of lifecast-churn were evaluated at other cutoffs or horizons "
+        "(`lifecast models --wide` shows them), so their scores do not rank them. The "
+        "champion rule compares settings on one snapshot (decisions below).")
+    assert "horizon" in format_models(other).splitlines()[1]  # they differ: shown
+
+
+def test_models_shows_run_names_tuning_both_metrics_and_the_champion(registry):
+    """`lifecast models` showed run ids only: retrains of one day (`#2`, `#3`) and tuned
+    runs could not be told apart, nor was brier (the churn tie-break) shown."""
+    import json
+
+    import mlflow
+
+    from training import tracking
+
+    first, second = registry(), registry()
+    client = mlflow.MlflowClient()
+    tune = client.create_run(client.get_run(second).info.experiment_id, run_name="tune")
+    client.log_param(tune.info.run_id, "n_trials", "20")
+    names = {first: "train 2011-12-10 churn 90d clv 90d",
+             second: "train 2011-12-10 churn 90d clv 90d tuned #2"}
+    for run, run_name in names.items():
+        client.set_tag(run, "mlflow.runName", run_name)
+    client.set_tag(second, tracking.TUNE_RUN_TAG, tune.info.run_id)
+    for kind, metrics in (("churn", {"roc_auc": "0.741300", "brier": "0.201000"}),
+                          ("clv", {"normalized_gini": "0.612000"})):
+        for version in ("1", "2"):
+            for key, value in metrics.items():
+                client.set_model_version_tag(tracking.MODEL_NAMES[kind], version, key, value)
+            client.set_model_version_tag(tracking.MODEL_NAMES[kind], version, "as_of",
+                                         "2011-12-10 00:00:00")
+    tracking.promote_run(second)
+    res = runner.invoke(app, ["models"], env={"COLUMNS": "100"})
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert max(map(len, lines)) <= 100
+    assert lines[0] == ("lifecast-churn (champion rule: higher roc_auc wins, then lower "
+                        "brier; * = champion)")
+    assert lines[1].split() == ["version", "run", "id", "as", "of", "trained", "tuned",
+                                "roc_auc", "brier", "run", "name"]
+    v2, v1 = lines[2].split(), lines[3].split()
+    assert v2[:3] == ["*", "2", second[:8]] and v2[3] == "2011-12-10"
+    assert v2[6:10] == ["20", "trials", "0.7413", "0.2010"]
+    assert lines[2].endswith("tuned #2")  # a long name keeps its end: what tells it apart
+    assert v1[:2] == ["1", first[:8]] and "no" in v1
+    assert lines[6].split()[-4:-2] == ["tuned", "normalized_gini"]  # clv: no tie-break
+    wide = runner.invoke(app, ["models", "--wide"], env={"COLUMNS": "100"}).output
+    assert names[second] in wide and second in wide and "champion" in wide
+    listed = json.loads(runner.invoke(app, ["models", "--json"]).output)
+    assert [(v["model"], v["version"], v["run_name"], v["tune_trials"]) for v in listed] == [
+        ("lifecast-churn", 2, names[second], 20), ("lifecast-churn", 1, names[first], 0),
+        ("lifecast-clv", 2, names[second], 20), ("lifecast-clv", 1, names[first], 0)]
+    both = runner.invoke(app, ["models", "--wide", "--json"])
+    assert both.exit_code == 2 and "give one" in both.output
 
 
 def test_promote_takes_the_start_of_a_run_id_that_fits_one_run(registry, monkeypatch):

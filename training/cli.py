@@ -327,46 +327,142 @@ def register(app: typer.Typer) -> None:
             typer.echo(RESCORE_HINT)
 
     @command(app, "models", mlflow=True)
-    def models_cmd() -> None:
-        """List registered model versions with their aliases and scores.
+    def models_cmd(
+        wide: Annotated[bool, typer.Option(
+            "--wide", help="Every column: full run ids, all aliases, evaluation cutoffs, "
+            "horizons, feature definitions, training times to the second.")] = False,
+        as_json: Annotated[bool, typer.Option(
+            "--json", help="One JSON object per version (list_models' columns), for "
+            "scripts.")] = False,
+    ) -> None:
+        """List registered model versions: champion, run name, tuned or not, data as-of,
+        when trained and the metrics the champion rule decides by.
 
         They are read from this folder's MLflow store (./mlflow.db) or
         MLFLOW_TRACKING_URI."""
+        import shutil
+
         from training.tracking import configure, list_models
 
+        if wide and as_json:
+            raise ValueError("--wide and --json are two forms of the listing: give one")
         uri = configure(".", create=False)
         table = list_models()
         if table.empty:
             raise fail(f"no models registered yet in {uri}: run `lifecast train` first")
-        typer.echo(format_models(table))
+        if as_json:
+            typer.echo(table.to_json(orient="records", date_format="iso", indent=1))
+            return
+        width = shutil.get_terminal_size((100, 24)).columns
+        typer.echo(format_models(table, width=max(width, 60), wide=wide))
 
 
-def format_models(table: pd.DataFrame, width: int = 100) -> str:
-    """`training.tracking.list_models` as text: the table without its ``decision`` column
-    (a sentence or two per version, which made every row hundreds of characters wide), then
-    each version's decision on lines of its own, wrapped to ``width``."""
+def _shorten(text: str, room: int) -> str:
+    """``text`` in at most ``room`` characters: its end kept (a run name's ``tuned #3``),
+    its start elided with ``…``."""
+    return text if len(text) <= room else "…" + text[len(text) - room + 1:]
+
+
+def _versions_table(group: pd.DataFrame, wide: bool, width: int) -> str:
+    """One model's versions as text (`format_models`)."""
+    import pandas as pd
+
+    from features.registry import DEFINITIONS_VERSION
+
+    group = group.reset_index(drop=True)
+    champion = group["aliases"].fillna("").str.split(",").map(lambda a: "champion" in a)
+    trials = group["tune_trials"]
+    # a search whose run is gone: tuned, its trials unknown
+    tuned = [("yes" if pd.isna(n) else "no" if n == 0 else counted(int(n), "trial"))
+             for n in trials]
+    shown = pd.DataFrame({
+        "version": [f"{'* ' if c else ''}{v}" for c, v in zip(champion, group["version"],
+                                                             strict=True)],
+    })
+    if wide:
+        shown["aliases"] = group["aliases"].fillna("")
+    shown["run id"] = group["run_id"] if wide else group["run_id"].str[:8]
+    shown["as of"] = [("n/a" if pd.isna(t) else f"{t:%Y-%m-%d}" if t == t.normalize()
+                       else f"{t:%Y-%m-%d %H:%M}") for t in group["as_of"]]
+    if wide:
+        shown["eval cutoff"] = [("n/a" if pd.isna(t) else str(t.date()) if t == t.normalize()
+                                 else str(t)) for t in group["eval_cutoff"]]
+    created = group["created"].dt.strftime("%Y-%m-%d %H:%M:%S" if wide else "%Y-%m-%d %H:%M")
+    shown["trained"] = created
+    # shown when they tell the versions apart or one cannot score here; always with --wide
+    if wide or group["horizon_days"].nunique(dropna=False) > 1:
+        shown["horizon"] = [("n/a" if pd.isna(d) else f"{d}d") for d in group["horizon_days"]]
+    defs = group["feature_definitions"]
+    if wide or defs.nunique(dropna=False) > 1 or (defs != DEFINITIONS_VERSION).any():
+        shown["definitions"] = ["n/a" if pd.isna(d) else str(d) for d in defs]
+    shown["tuned"] = tuned
+    metric = group["primary_metric"].iloc[0]
+    shown[metric] = [("n/a" if pd.isna(v) else f"{v:.4f}") for v in group["score"]]
+    tie = group["tie_break_metric"].fillna("").iloc[0]
+    if tie:
+        shown[tie] = [("n/a" if pd.isna(v) else f"{v:.4f}") for v in group["tie_break_score"]]
+    names = group["run_name"].fillna("").replace("", "(run deleted)").tolist()
+    right = {"version", metric, tie}  # numbers line up on the right, text on the left
+    if not wide:  # the run name gives way to fit, not the facts before it
+        fixed = max(map(len, _text_table(shown, right).splitlines()))
+        room = max(width - fixed - 2, 20)
+        names = [_shorten(n, room) for n in names]
+    shown["run name"] = names
+    return _text_table(shown, right)
+
+
+def _text_table(frame: pd.DataFrame, right: set) -> str:
+    """``frame`` as lines of columns two spaces apart, the ``right`` ones right-aligned,
+    with no trailing spaces."""
+    cells = [[str(c) for c in frame.columns]] + [[str(v) for v in row]
+                                                 for row in frame.itertuples(index=False)]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(frame.columns))]
+    lines = ["  ".join(v.rjust(w) if c in right else v.ljust(w)
+                       for v, w, c in zip(row, widths, frame.columns, strict=True)).rstrip()
+             for row in cells]
+    return "\n".join(lines)
+
+
+def format_models(table: pd.DataFrame, width: int = 100, wide: bool = False) -> str:
+    """`training.tracking.list_models` as text, one table per model: ``*`` marks the
+    champion; each version's run id (its first 8 characters, as `lifecast promote --run`
+    takes it), data as-of, when it was trained, whether its parameters came from a
+    ``--tune`` search (how many trials), the metrics the champion rule decides by and its
+    run name (shortened from the start to fit ``width``). Horizons and feature definitions
+    show when they differ between versions or from this lifecast's; ``wide`` shows every
+    column and never shortens. Then each version's decision on lines of its own, wrapped
+    to ``width``."""
     import textwrap
 
-    shown = table.drop(columns="decision").assign(
-        created=table.created.dt.strftime("%Y-%m-%d %H:%M"))
-    # a score that is NaN was undefined on its evaluation snapshot (a small log)
-    lines = [shown.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="n/a")]
+    from training.tracking import TIE_BREAK_METRIC
+
+    lines: list[str] = []
+    for name, group in table.groupby("model", sort=False):
+        metric = group["primary_metric"].iloc[0]
+        tie = group["tie_break_metric"].fillna("").iloc[0] if "tie_break_metric" in group \
+            else TIE_BREAK_METRIC.get(str(name).removeprefix("lifecast-"))
+        rule = (f"champion rule: higher {metric} wins" + (f", then lower {tie}" if tie else "")
+                + "; * = champion")
+        if lines:
+            lines.append("")
+        lines += [f"{name} ({rule})", _versions_table(group, wide, width)]
+    # a column of numbers invites ranking them: say when that would mislead
     mixed = [m for m, g in table.groupby("model", sort=False)
              if g["eval_cutoff"].nunique() > 1 or g["horizon_days"].nunique() > 1]
-    if mixed:  # a column of numbers invites ranking them: say when that would mislead
+    if mixed:
         lines += ["", textwrap.fill(
-            f"note: score is each version's {'/'.join(dict.fromkeys(table.primary_metric))} "
+            f"note: the scores are each version's {'/'.join(dict.fromkeys(table.primary_metric))} "
             f"on its own run's evaluation snapshot; the versions of {' and '.join(mixed)} "
-            f"were evaluated at other cutoffs or horizons (eval_cutoff, horizon_days), so "
-            f"their scores do not rank them. The champion rule compares settings on one "
-            f"snapshot (decisions below).", width=width, subsequent_indent="      ")]
-    lines += ["", "decisions:"]
-    for row in table.itertuples(index=False):
-        if row.decision:
-            lines.append(textwrap.fill(row.decision, width=width,
-                                       initial_indent=f"  {row.model} v{row.version}: ",
-                                       subsequent_indent="      "))
-    return "\n".join(lines if lines[-1] != "decisions:" else lines[:-2])
+            f"were evaluated at other cutoffs or horizons (`lifecast models --wide` shows "
+            f"them), so their scores do not rank them. The champion rule compares settings "
+            f"on one snapshot (decisions below).", width=width, subsequent_indent="      ")]
+    decisions = [textwrap.fill(row.decision, width=width,
+                               initial_indent=f"  {row.model} v{row.version}: ",
+                               subsequent_indent="      ")
+                 for row in table.itertuples(index=False) if row.decision]
+    if decisions:
+        lines += ["", "decisions:", *decisions]
+    return "\n".join(lines)
 
 
 #: Printed when a new champion is made: the customer store and a running service still

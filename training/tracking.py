@@ -19,7 +19,9 @@ What a training run logs (`log_training`):
   (`features.contract.Transactions.profile_before`): the same rows give the same digest,
   whatever horizons the run used and whatever the source holds after ``as_of``;
 * metrics: every evaluation metric of the model and of the BG/NBD baseline, named
-  ``churn_roc_auc``, ``baseline_churn_roc_auc``, ``value_normalized_gini``, ...;
+  ``churn_roc_auc``, ``baseline_churn_roc_auc``, ``clv_normalized_gini``, ... (``clv`` as
+  in ``lifecast-clv``; runs of lifecast before session 23 wrote ``value_...``, which
+  `run_metric` still reads);
 * ``features.json`` (every model input with its description) and PNG plots under ``plots/``
   (calibration, gains, predicted vs actual value by decile, gain importance and a SHAP summary
   of each model);
@@ -131,6 +133,7 @@ __all__ = [
     "log_training",
     "model_input",
     "promote_run",
+    "run_metric",
 ]
 
 #: The two model kinds, in the order they are logged and listed.
@@ -150,6 +153,12 @@ TIE_BREAK_METRIC: dict[str, str | None] = {"churn": "brier", "clv": None}
 EVAL_KEY: dict[str, str] = {"churn": "churn", "clv": "value"}
 #: Label column of the training frame, per kind.
 LABEL: dict[str, str] = {"churn": "churned", "clv": "future_value"}
+#: How a kind's metrics are named in MLflow (``clv_normalized_gini``, ``champion_clv_...``,
+#: ``baseline_clv_...``): the kind itself, as in ``lifecast-clv`` and ``decision_clv``.
+#: Runs logged before session 23 named the value model's metrics ``value_...``
+#: (`OLD_METRIC_PREFIX`); `run_metric` reads both.
+METRIC_PREFIX: dict[str, str] = {"churn": "churn", "clv": "clv"}
+OLD_METRIC_PREFIX: dict[str, str] = {"churn": "churn", "clv": "value"}
 #: Name of the pyfunc's output, per kind.
 OUTPUT_NAME: dict[str, str] = {"churn": "churn_probability", "clv": "predicted_clv"}
 
@@ -1040,10 +1049,12 @@ def _log_metrics(result: TrainResult) -> None:
     if result.metrics_warning:
         mlflow.set_tag("metrics_warning", result.metrics_warning[:5000])
     metrics: dict[str, float] = {}
+    kind_of = {EVAL_KEY[kind]: kind for kind in KINDS}  # "value" (the evaluation's) -> "clv"
     for key, table in result.evaluation.items():
+        prefix = METRIC_PREFIX.get(kind_of.get(key, ""), key)
         for rec in table.to_dict("records"):
-            metrics[f"{key}_{rec['metric']}"] = float(rec["model"])
-            metrics[f"baseline_{key}_{rec['metric']}"] = float(rec["baseline"])
+            metrics[f"{prefix}_{rec['metric']}"] = float(rec["model"])
+            metrics[f"baseline_{prefix}_{rec['metric']}"] = float(rec["baseline"])
     capped = [f"the {what}{kind} model ({model.best_iteration_:,} trees kept of "
               f"{model.config_.n_estimators:,})"
               for kind in KINDS
@@ -1057,17 +1068,33 @@ def _log_metrics(result: TrainResult) -> None:
             f"n_estimators in TrainConfig, lets early stopping end it)"))
     for kind in KINDS:
         model = _model_of(result.models, kind)
-        metrics[f"{EVAL_KEY[kind]}_best_iteration"] = float(model.best_iteration_)
-        metrics[f"{EVAL_KEY[kind]}_min_child_samples"] = float(model.min_child_samples_)
+        prefix = METRIC_PREFIX[kind]
+        metrics[f"{prefix}_best_iteration"] = float(model.best_iteration_)
+        metrics[f"{prefix}_min_child_samples"] = float(model.min_child_samples_)
         rows = int((result.frame["cutoff"] == result.eval_cutoffs[EVAL_KEY[kind]]).sum())
-        metrics[f"{EVAL_KEY[kind]}_eval_rows"] = float(rows)
+        metrics[f"{prefix}_eval_rows"] = float(rows)
     # the value model's scale: the validation snapshot's level and the anchor to the
     # population at as_of (`ValueModel.anchor`); NaN ratios are left out below
     value = result.models.value
-    metrics["value_level"] = float(value.level_)
-    metrics["value_anchor"] = float(value.anchor_)
-    metrics["value_baseline_ratio"] = float(value.baseline_ratio_ or math.nan)
+    prefix = METRIC_PREFIX["clv"]
+    metrics[f"{prefix}_level"] = float(value.level_)
+    metrics[f"{prefix}_anchor"] = float(value.anchor_)
+    metrics[f"{prefix}_baseline_ratio"] = float(value.baseline_ratio_ or math.nan)
     mlflow.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)})
+
+
+def run_metric(metrics: Mapping[str, float], kind: str, name: str,
+               prefix: str = "") -> float:
+    """Metric ``name`` (``normalized_gini``, ``best_iteration`` ...) of ``kind``'s model in a
+    run's ``metrics`` (``run.data.metrics``), under either spelling: ``clv_...`` (since
+    session 23) or ``value_...`` (runs logged before); ``prefix`` reads
+    ``baseline_`` / ``champion_`` ones. NaN when the run has neither (a metric undefined
+    on its evaluation snapshot is not logged)."""
+    for spelling in dict.fromkeys((METRIC_PREFIX[kind], OLD_METRIC_PREFIX[kind])):
+        value = metrics.get(f"{prefix}{spelling}_{name}")
+        if value is not None:
+            return float(value)
+    return math.nan
 
 
 def _model_of(models: FittedModels, kind: str) -> ChurnModel | ValueModel:
@@ -1280,6 +1307,10 @@ def _log_model(kind: str, result: TrainResult, run_id: str, source: str, folder:
         "primary_metric": metric,
         metric: f"{score:.6f}",
     }
+    tie = TIE_BREAK_METRIC[kind]
+    if tie:  # the other metric the champion rule reads, for `lifecast models`
+        tags["tie_break_metric"] = tie
+        tags[tie] = f"{_score(kind, tie, result, _eval_model(result, kind)):.6f}"
     for key, value in tags.items():
         client.set_model_version_tag(MODEL_NAMES[kind], version, key, value)
     return version
@@ -1524,7 +1555,7 @@ def _record_decision(client: MlflowClient, kind: str, version: str, decision: di
     if decision["champion_version"] is not None:
         mlflow.set_tag(f"champion_before_{kind}", decision["champion_version"])
     if decision["champion"]:
-        mlflow.log_metrics({f"champion_{kind}_{m}": float(v)
+        mlflow.log_metrics({f"champion_{METRIC_PREFIX[kind]}_{m}": float(v)
                             for m, v in decision["champion"].items()})
     client.set_model_version_tag(MODEL_NAMES[kind], version, "decision", decision["message"])
 
@@ -1728,30 +1759,63 @@ def champion_versions() -> dict[str, str | None]:
     return {kind: _champion_version(client, kind) for kind in KINDS}
 
 
-LIST_COLUMNS = ["model", "version", "aliases", "run_id", "as_of", "eval_cutoff", "horizon_days",
-                DEFINITIONS_KEY, "created", "primary_metric", "score", "decision"]
+LIST_COLUMNS = ["model", "version", "aliases", "run_id", "run_name", "tune_trials", "as_of",
+                "eval_cutoff", "horizon_days", DEFINITIONS_KEY, "created", "primary_metric",
+                "score", "tie_break_metric", "tie_break_score", "decision"]
 
 
 def list_models() -> pd.DataFrame:
     """One row per registered version of both models, newest first within each model:
-    ``model, version, aliases, run_id, as_of, eval_cutoff, horizon_days,
-    feature_definitions, created, primary_metric, score, decision`` (``aliases``
-    comma-separated, ``horizon_days`` the outcome window the model predicts,
-    ``feature_definitions`` the version of `features.registry` it was built with: a version
-    of other definitions cannot score here, ``created`` a UTC timestamp)."""
+    ``model, version, aliases, run_id, run_name, tune_trials, as_of, eval_cutoff,
+    horizon_days, feature_definitions, created, primary_metric, score, tie_break_metric,
+    tie_break_score, decision``.
+
+    ``aliases`` is comma-separated (``champion`` marks the version scoring and serving
+    use); ``run_name`` the name of the run that registered it, as MLflow shows it (empty
+    when the run was deleted); ``tune_trials`` the Optuna trials of the ``--tune`` search
+    its parameters came from (0: not tuned; NA: tuned, the search run is gone);
+    ``horizon_days`` the outcome window the model predicts; ``feature_definitions`` the
+    version of `features.registry` it was built with (a version of other definitions
+    cannot score here); ``created`` when it was trained (a UTC timestamp). ``score`` and
+    ``tie_break_score`` are the metrics the champion rule decides by (`PRIMARY_METRIC`,
+    `TIE_BREAK_METRIC`: ``roc_auc`` then ``brier`` for churn, ``normalized_gini`` for
+    clv, which has no tie-break), each on the version's own run's evaluation snapshot
+    (``eval_cutoff``); NaN where undefined there."""
     client = _client()
     rows = []
-    run_params: dict[str, dict[str, str]] = {}
+    runs: dict[str, Any] = {}
 
-    def horizon(kind: str, mv: Any, tags: dict[str, str]) -> float:
-        # a tag since session 12; versions logged before: their run's parameter
-        if "horizon_days" not in tags and mv.run_id not in run_params:
+    def run_of(run_id: str | None) -> Any:
+        if run_id and run_id not in runs:
             try:
-                run_params[mv.run_id] = client.get_run(mv.run_id).data.params
+                runs[run_id] = client.get_run(run_id)
             except MlflowException:  # the run was deleted
-                run_params[mv.run_id] = {}
-        days = tags.get("horizon_days") or run_params.get(mv.run_id, {}).get(HORIZON_PARAM[kind])
+                runs[run_id] = None
+        return runs.get(run_id) if run_id else None
+
+    def horizon(kind: str, mv: Any, tags: dict[str, str]) -> Any:
+        # a tag since session 12; versions logged before: their run's parameter
+        days = tags.get("horizon_days")
+        if not days and (run := run_of(mv.run_id)) is not None:
+            days = run.data.params.get(HORIZON_PARAM[kind])
         return int(days) if days else pd.NA
+
+    def trials(run: Any) -> Any:
+        tune_run = run.data.tags.get(TUNE_RUN_TAG) if run is not None else None
+        if not tune_run:
+            return 0
+        tune = run_of(tune_run)
+        n = tune.data.params.get("n_trials") if tune is not None else None
+        return int(n) if n else pd.NA
+
+    def metric_score(kind: str, metric: str | None, tags: dict[str, str], run: Any) -> float:
+        # a tag of the version (the primary metric since session 7, the tie-break since
+        # session 23), else the run's metric of that name, under either spelling
+        if metric is None:
+            return np.nan
+        if tags.get(metric) is not None:
+            return float(tags[metric])
+        return run_metric(run.data.metrics, kind, metric) if run is not None else np.nan
 
     for kind in KINDS:
         name = MODEL_NAMES[kind]
@@ -1763,13 +1827,16 @@ def list_models() -> pd.DataFrame:
                 aliases.setdefault(str(version), []).append(alias)
         for mv in found:
             tags = dict(mv.tags or {})
+            run = run_of(mv.run_id)
             metric = tags.get("primary_metric", PRIMARY_METRIC[kind])
-            score = tags.get(metric)
+            tie = tags.get("tie_break_metric", TIE_BREAK_METRIC[kind] or "") or None
             rows.append({
                 "model": name,
                 "version": int(mv.version),
                 "aliases": ",".join(sorted(aliases.get(str(mv.version), []))),
                 "run_id": mv.run_id,
+                "run_name": (run.info.run_name or "") if run is not None else "",
+                "tune_trials": trials(run),
                 "as_of": pd.Timestamp(tags["as_of"]) if tags.get("as_of") else pd.NaT,
                 "eval_cutoff": (pd.Timestamp(tags["eval_cutoff"]) if tags.get("eval_cutoff")
                                 else pd.NaT),
@@ -1777,11 +1844,14 @@ def list_models() -> pd.DataFrame:
                 DEFINITIONS_KEY: _version_definitions(name, mv.version, tags),
                 "created": pd.Timestamp(int(mv.creation_timestamp), unit="ms", tz="UTC"),
                 "primary_metric": metric,
-                "score": float(score) if score is not None else np.nan,
+                "score": metric_score(kind, metric, tags, run),
+                "tie_break_metric": tie or "",
+                "tie_break_score": metric_score(kind, tie, tags, run),
                 "decision": tags.get("decision", ""),
             })
-    out = pd.DataFrame(rows, columns=LIST_COLUMNS).astype({"horizon_days": "Int64",
-                                                           DEFINITIONS_KEY: "Int64"})
+    out = pd.DataFrame(rows, columns=LIST_COLUMNS).astype({
+        "horizon_days": "Int64", DEFINITIONS_KEY: "Int64", "tune_trials": "Int64",
+        "score": "float64", "tie_break_score": "float64"})
     if len(out):
         out = out.sort_values(["model", "version"], ascending=[True, False],
                               ignore_index=True)

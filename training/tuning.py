@@ -40,7 +40,7 @@ split is made anywhere: the held-out snapshot is later than every snapshot the m
 
 MLflow: when a run is active, or a tracking URI is set (``MLFLOW_TRACKING_URI`` or
 `training.tracking.configure`), every trial is logged as a nested run (``trial <n>``: its
-parameters and the horizons, ``tune_churn_roc_auc``, ``tune_value_normalized_gini``,
+parameters and the horizons, ``tune_churn_roc_auc``, ``tune_clv_normalized_gini``,
 ``tune_objective`` and the best iteration of each model, prefixed so that they do not sort
 with the train runs' metrics of the same names, measured on another snapshot) under the
 active run, under ``parent_run_id`` when given, or
@@ -269,6 +269,12 @@ def score_config(data: TuningData, config: TrainConfig) -> dict[str, float]:
     }
 
 
+def _mlflow_name(key: str) -> str:
+    """A `score_config` key as MLflow names the metric: the value model's as ``clv_...``
+    (``training.tracking.METRIC_PREFIX``, as in ``lifecast-clv``), the others unchanged."""
+    return "clv_" + key.removeprefix("value_") if key.startswith("value_") else key
+
+
 def tree_cap(config: TrainConfig, learning_rate: float) -> int:
     """The trees a trial of ``learning_rate`` may grow: ``config.n_estimators`` scaled by
     ``config.learning_rate / learning_rate`` (the same total step as ``config``), never
@@ -328,7 +334,7 @@ def _parent_run(parent_run_id: str | None, data: TuningData, n_trials: int, seed
             "clv_horizon_days": config.features.clv_horizon_days,
             "sampler": "TPESampler",
             "sampler_seed": seed,
-            "objective": "churn_roc_auc + value_normalized_gini",
+            "objective": "churn_roc_auc + clv_normalized_gini",
             "as_of": str(data.as_of),
             "eval_cutoff_churn": str(data.eval_cutoffs["churn"]),
             "eval_cutoff_clv": str(data.eval_cutoffs["value"]),
@@ -400,7 +406,7 @@ def tune_config(
                     # prefixed: measured on the search's held-out snapshot, not the
                     # evaluation snapshot of a train run's churn_roc_auc, so a sort by
                     # metric in MLflow does not rank the two together
-                    mlflow.log_metrics({f"{TRIAL_METRIC_PREFIX}{k}": v
+                    mlflow.log_metrics({f"{TRIAL_METRIC_PREFIX}{_mlflow_name(k)}": v
                                         for k, v in scores.items()})
             return scores["objective"]
 
@@ -421,7 +427,8 @@ def tune_config(
         if own:  # the parent run "tune" is ours: it records the winner too
             mlflow.log_params({f"best_{k}": v for k, v in best.params.items()}
                               | {"best_n_estimators": best.user_attrs["n_estimators"]})
-            mlflow.log_metrics({f"best_{k}": v for k, v in best.user_attrs["scores"].items()})
+            mlflow.log_metrics({f"best_{_mlflow_name(k)}": v
+                                for k, v in best.user_attrs["scores"].items()})
             mlflow.set_tag("best_trial", str(best.number))
     return config.model_copy(update={**best.params,
                                      "n_estimators": best.user_attrs["n_estimators"]})

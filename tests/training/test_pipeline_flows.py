@@ -649,7 +649,7 @@ def test_train_command_shows_na_and_logs_no_baseline_value_metrics(tmp_path, mon
     assert len(rows) == 6 and all(row.split()[-2:] == ["n/a", "n/a"] for row in rows), value
     assert "lifecast-clv v1: promoted: no champion yet (normalized_gini" in res.output
     metrics, tags = run.data.metrics, run.data.tags
-    assert "baseline_churn_roc_auc" in metrics and "value_normalized_gini" in metrics
-    assert not [m for m in metrics if m.startswith("baseline_value_")]
+    assert "baseline_churn_roc_auc" in metrics and "clv_normalized_gini" in metrics
+    assert not [m for m in metrics if m.startswith(("baseline_value_", "baseline_clv_"))]
     assert tags["baseline_warning"].startswith("baseline features left empty: Gamma-Gamma")
     assert "plots_skipped" not in tags

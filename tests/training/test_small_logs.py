@@ -176,14 +176,15 @@ def test_train_command_on_a_tiny_log(tmp_path, monkeypatch) -> None:
     assert "lifecast-clv v1: promoted: no champion yet (normalized_gini n/a)" in first.output
     assert "lifecast-churn v1: promoted: no champion yet (roc_auc 0.500)" in first.output
     metrics, tags = run.data.metrics, run.data.tags
-    assert "value_mae" in metrics and "value_normalized_gini" not in metrics
-    assert metrics["churn_min_child_samples"] == 20 and metrics["value_min_child_samples"] == 20
+    assert "clv_mae" in metrics and "clv_normalized_gini" not in metrics
+    assert metrics["churn_min_child_samples"] == 20 and metrics["clv_min_child_samples"] == 20
     assert tags["metrics_warning"].startswith("metrics n/a (shown as n/a, not logged")
     assert ("lifecast-clv v2: kept champion v1: normalized_gini n/a for both (the same "
             "settings as this run") in second.output
     table = listed.output.split("decisions:")[0]
-    clv = [row.split() for row in table.splitlines() if row.startswith("  lifecast-clv")]
-    assert len(clv) == 2 and all(row[-2:] == ["normalized_gini", "n/a"] for row in clv), clv
+    clv = [row.split() for row in table.split("lifecast-clv (")[1].strip().splitlines()[2:]]
+    # normalized_gini, after "tuned" (no): n/a for both versions
+    assert len(clv) == 2 and all(row[row.index("no") + 1] == "n/a" for row in clv), clv
 
 
 def test_a_search_scores_a_model_that_learned_nothing_as_no_skill() -> None:

@@ -230,14 +230,15 @@ def test_run_logs_params_metrics_data_and_plots(first_run, trained) -> None:
     assert tags["eval_cutoff_clv"] == str(trained.eval_cutoffs["value"])
     assert params["data.first_event"].startswith("2022-01-01")
     for key, table in trained.evaluation.items():
+        key = {"value": "clv"}.get(key, key)  # MLflow names the value model's "clv"
         for rec in table.to_dict("records"):
             assert metrics[f"{key}_{rec['metric']}"] == pytest.approx(rec["model"])
             assert metrics[f"baseline_{key}_{rec['metric']}"] == pytest.approx(rec["baseline"])
-    assert {"churn_roc_auc", "baseline_churn_roc_auc", "value_normalized_gini"} <= set(metrics)
+    assert {"churn_roc_auc", "baseline_churn_roc_auc", "clv_normalized_gini"} <= set(metrics)
     value = trained.models.value
-    assert metrics["value_level"] == pytest.approx(value.level_)
-    assert metrics["value_anchor"] == pytest.approx(value.anchor_)
-    assert metrics["value_baseline_ratio"] == pytest.approx(value.baseline_ratio_)
+    assert metrics["clv_level"] == pytest.approx(value.level_)
+    assert metrics["clv_anchor"] == pytest.approx(value.anchor_)
+    assert metrics["clv_baseline_ratio"] == pytest.approx(value.baseline_ratio_)
 
     (inp,) = run.inputs.dataset_inputs
     assert inp.dataset.name == "transactions"
@@ -914,6 +915,65 @@ def test_list_models(first_run) -> None:
     assert str(table["horizon_days"].dtype) == "Int64"
     assert mine["feature_definitions"].tolist() == [DEFINITIONS_VERSION] * 2
     assert str(table["feature_definitions"].dtype) == "Int64"
+    # what tells versions apart when choosing one: the run's name, whether it was tuned,
+    # and both metrics the champion rule reads (churn: roc_auc, then brier)
+    assert mine["run_name"].tolist() == ["first", "first"]
+    assert mine["tune_trials"].tolist() == [0, 0]
+    assert mine["tie_break_metric"].tolist() == ["brier", ""]
+    assert 0 < mine.loc["lifecast-churn", "tie_break_score"] < 0.5
+    assert np.isnan(mine.loc["lifecast-clv", "tie_break_score"])
+
+
+def test_list_models_says_how_many_trials_tuned_a_version(first_run) -> None:
+    client = mlflow.MlflowClient()
+    experiment = client.get_run(first_run.run_id).info.experiment_id
+    tune = client.create_run(experiment, run_name="tune 2024-01-01 churn 90d clv 90d")
+    client.log_param(tune.info.run_id, "n_trials", "7")
+    client.set_tag(first_run.run_id, tracking.TUNE_RUN_TAG, tune.info.run_id)
+    try:
+        mine = tracking.list_models().query("run_id == @first_run.run_id")
+        assert mine["tune_trials"].tolist() == [7, 7]
+        # the search is gone (`mlflow gc` purged it): tuned, its trials unknown
+        client.set_tag(first_run.run_id, tracking.TUNE_RUN_TAG, "0" * 32)
+        mine = tracking.list_models().query("run_id == @first_run.run_id")
+        assert mine["tune_trials"].isna().all()
+    finally:
+        client.delete_tag(first_run.run_id, tracking.TUNE_RUN_TAG)
+
+
+def test_metrics_are_named_clv_and_runs_named_value_still_compare_and_list(
+        first_run, trained, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The value model's metrics are ``clv_...`` as in ``lifecast-clv`` (they were
+    ``value_normalized_gini`` beside ``champion_clv_normalized_gini``); a champion logged
+    by an earlier lifecast under the old names is still compared, and listed."""
+    client = mlflow.MlflowClient()
+    new = client.get_run(first_run.run_id).data.metrics
+    assert not [m for m in new if "value_" in m]
+    assert {"clv_normalized_gini", "baseline_clv_normalized_gini", "clv_anchor",
+            "clv_best_iteration"} <= set(new)
+    with monkeypatch.context() as mp:  # an earlier lifecast's run, made champion
+        mp.setitem(tracking.METRIC_PREFIX, "clv", "value")
+        old = tracking.log_training(trained, source="synthetic", promote="always")
+    try:
+        logged = client.get_run(old.run_id).data.metrics
+        assert "value_normalized_gini" in logged and "clv_normalized_gini" not in logged
+        name, version = tracking.MODEL_NAMES["clv"], old.versions["clv"]
+        client.delete_model_version_tag(name, version, "normalized_gini")  # read the run's
+        listed = tracking.list_models().set_index(["model", "version"])
+        assert listed.loc[(name, int(version)), "score"] == pytest.approx(
+            logged["value_normalized_gini"])
+        assert tracking.run_metric(logged, "clv", "normalized_gini") == (
+            logged["value_normalized_gini"])
+        assert np.isnan(tracking.run_metric(logged, "clv", "no_such_metric"))
+        # a run now, against that champion: scored and decided as usual
+        later = tracking.log_training(trained, source="synthetic")
+        for kind in tracking.KINDS:
+            assert later.decision[kind]["champion"] is not None
+            assert later.decision[kind]["message"].startswith(
+                f"kept champion v{old.versions[kind]}: ")
+        assert "champion_clv_normalized_gini" in client.get_run(later.run_id).data.metrics
+    finally:
+        tracking.promote_run(first_run.run_id)
 
 
 @pytest.mark.parametrize(("kind", "tag", "expected"), [

@@ -173,7 +173,7 @@ def test_tune_logs_nested_trials_and_is_deterministic(
     for run in trials:
         assert set(tuning.SEARCH_SPACE) <= set(run.data.params)
         assert horizons.items() <= run.data.params.items()  # comparable across searches
-        assert {"tune_churn_roc_auc", "tune_value_normalized_gini", "tune_objective"} <= set(
+        assert {"tune_churn_roc_auc", "tune_clv_normalized_gini", "tune_objective"} <= set(
             run.data.metrics)
         assert "churn_roc_auc" not in run.data.metrics  # a train run's metric: not mixed
     assert horizons.items() <= parent.data.params.items()
