@@ -21,7 +21,7 @@ from typing import Annotated, Any
 import typer
 
 from features.config import MAPPING_FLAGS, ColumnMapping
-from features.naming import command_line
+from features.naming import command_line, counted
 
 app = typer.Typer(help="Validate transaction logs and build point-in-time features.",
                   no_args_is_help=True)
@@ -255,7 +255,8 @@ def build_cmd(
     typer.echo(tx.report.format(), err=True)
     frame = build_features(tx, cutoff)
     write_frame(frame, out)
-    typer.echo(f"wrote {len(frame):,} customers x {frame.shape[1] - 2} features to {out}")
+    typer.echo(f"wrote {counted(len(frame), 'customer')} x "
+               f"{counted(frame.shape[1] - 2, 'feature')} to {out}")
 
 
 @app.command("list")

@@ -2266,8 +2266,10 @@ def _validate(con: DuckDBBackend, src: _Source, plan: _Plan, stats: dict[str, An
     kept = stats["rows_read"] - stats["missing_customer"]
     cid = plan.get("customer_id")
     if kept == 0:
+        n_read = stats["rows_read"]
         _raise(src, [
-            f"no rows left in {src.label}: all {stats['rows_read']:,} rows have no customer id "
+            f"no rows left in {src.label}: {'the' if n_read == 1 else 'all'} "
+            f"{counted(n_read, 'row')} {'has' if n_read == 1 else 'have'} no customer id "
             f"in column {cid.label!r}; check {mapping_key('customer_id')} names the customer column"
         ])
     bad = [c for c in plan.checked if stats.get("bad_" + c.key)]

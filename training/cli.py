@@ -259,7 +259,7 @@ def register(app: typer.Typer) -> None:
         tx = load_transactions(source, mapping, table=table)
         result = backtest(tx, cutoff, config=config)
         write_frame(result.predictions, out)
-        typer.echo(f"wrote {len(result.predictions):,} customers to {out}")
+        typer.echo(f"wrote {counted(len(result.predictions), 'customer')} to {out}")
         if result.metrics is not None:
             from training.metrics import format_table
 
@@ -288,7 +288,7 @@ def register(app: typer.Typer) -> None:
         configure(".", create=False)
         result = score(source, mapping, as_of, store_url=store, table=table)
         typer.echo(
-            f"scored {len(result.scores):,} customers as of {result.as_of.date()} with "
+            f"scored {counted(len(result.scores), 'customer')} as of {result.as_of.date()} with "
             f"churn v{result.versions.get('churn')} / clv v{result.versions.get('clv')} "
             f"into {result.store_url} (batch {result.batch_id}): every customer with a "
             f"purchase before {result.as_of.date()} (customers who only returned goods are "

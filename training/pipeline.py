@@ -563,7 +563,8 @@ def _with_population_baseline(features: pd.DataFrame, population: pd.DataFrame,
     if (where < 0).any():
         cid = wanted[where < 0].iloc[0]
         raise ValueError(
-            f"predict_customers: {int((where < 0).sum()):,} customers of features are not in "
+            f"predict_customers: {counted(int((where < 0).sum()), 'customer')} of features "
+            f"{'is' if (where < 0).sum() == 1 else 'are'} not in "
             f"population, e.g. {cid!r}; population must hold every customer of features "
             f"(build_features for everyone at the same cutoff)")
     base = {col: everyone[col].to_numpy()[where] for col in BASELINE_FEATURES}

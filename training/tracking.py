@@ -627,7 +627,8 @@ def model_input(features: pd.DataFrame, settings: FeatureConfig | Any,
             cid, cut = index[absent][0]
             cid = cid.item() if isinstance(cid, np.generic) else cid  # 17850, not np.int64
             raise ValueError(
-                f"model_input: {int(absent.sum()):,} rows of features are not in population, "
+                f"model_input: {counted(int(absent.sum()), 'row')} of features "
+                f"{'is' if absent.sum() == 1 else 'are'} not in population, "
                 f"e.g. customer {cid!r} at cutoff {pd.Timestamp(cut)}; population must hold "
                 f"every customer of features, at the same cutoffs (build_features for "
                 f"everyone at those cutoffs)")

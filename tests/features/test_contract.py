@@ -559,6 +559,8 @@ def test_no_rows_with_a_customer_id(tmp_path: Path) -> None:
     assert "no rows left in" in msg and "sales.parquet" in msg
     assert "all 6 rows have no customer id in column 'CustomerID'" in msg
     assert "ColumnMapping(customer_id=...)" in msg
+    one = _error(_parquet(df.iloc[:1], tmp_path), MAPPING)  # was "all 1 rows have"
+    assert "the 1 row has no customer id in column 'CustomerID'" in one
 
 
 def test_missing_file_and_unknown_extension(tmp_path: Path) -> None:

@@ -310,7 +310,7 @@ def test_predict_customers_on_a_subset_fits_the_baseline_on_the_population(
                       r"fit on [\d,]+\. .* population=everyone\)\)") as caught:
         predict_customers(models, subset)
     assert caught[0].filename == __file__
-    with pytest.raises(ValueError, match=r"1 customers of features are not in population, "
+    with pytest.raises(ValueError, match=r"1 customer of features is not in population, "
                                          r"e\.g\. '\d+'"):
         predict_customers(models, subset, population=everyone[
             everyone["customer_id"] != subset["customer_id"].iloc[0]])

@@ -426,6 +426,8 @@ def test_the_pyfunc_scores_build_features_output_as_lifecast_scores(first_run) -
     with pytest.raises(ValueError, match=r"model_input: 3 rows of features are not in "
                                          r"population, e\.g\. customer -1 at cutoff "):
         tracking.model_input(stranger, churn, population=feats)
+    with pytest.raises(ValueError, match=r"model_input: 1 row of features is not in "):
+        tracking.model_input(stranger.iloc[:1], churn, population=feats)  # not "1 rows are"
 
 
 def test_champion_rule(first_run, trained, monkeypatch: pytest.MonkeyPatch) -> None:
