@@ -335,10 +335,11 @@ def register(app: typer.Typer) -> None:
             "--json", help="One JSON object per version (list_models' columns), for "
             "scripts.")] = False,
     ) -> None:
-        """List registered model versions: champion, run name, tuned or not, data as-of,
-        when trained and the metrics the champion rule decides by.
+        """List registered model versions, their runs and their metrics.
 
-        They are read from this folder's MLflow store (./mlflow.db) or
+        Per model: * marks the champion; then each version's run id, data as-of, when it
+        was trained, whether --tune chose its parameters, the metrics the champion rule
+        decides by and its run name. They are read from this folder's MLflow store (./mlflow.db) or
         MLFLOW_TRACKING_URI."""
         import shutil
 
