@@ -342,6 +342,7 @@ class Runtime:
         self._checked_at = -math.inf
         self._lock = threading.Lock()
         self._store_error: str | None = None
+        self._store_reached = False  # whether the last look at the store could read it
         self._layouts: dict[tuple[int, str], _Layout] = {}
         self.refresh(force=True)
         self._warm_up()
@@ -389,8 +390,10 @@ class Runtime:
                 batch = self.store.current_batch()
             except Exception as exc:  # unreachable database: not ready (details in the log)
                 self._store_error = "the customer store is unavailable"
+                self._store_reached = False
                 logger.warning("the customer store is unavailable: %s", exc)
                 return self._state is not None
+            self._store_reached = True
             if batch is None:
                 from training.store import EMPTY_STORE_MESSAGE
 
@@ -522,8 +525,12 @@ class Runtime:
         return baseline
 
     def is_ready(self) -> bool:
-        """Models loaded (always, once constructed) and a current batch in the store."""
-        return self.refresh()
+        """Models loaded (always, once constructed), a current batch in the store, and the
+        store answering at the last look (at most ``store_check_seconds`` ago): a store that
+        cannot be reached makes /predict, /high_risk and /segments answer 503, so /readyz
+        says so too, although the batch loaded before is kept (for /score) until it answers
+        again."""
+        return self.refresh() and self._store_reached
 
     def _batch(self) -> _BatchState:
         if not self.refresh() or self._state is None:

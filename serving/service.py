@@ -17,7 +17,8 @@ endpoint       scope     what
                          filters, ``limit``/``offset``, ``format`` json or csv), audited
 /segments      lists     segment sizes, mean churn probability, value at risk, audited
 /livez /readyz  (open)   BentoML's probes; ``/readyz`` is 503 until the models and a scored
-                         batch of the store are loaded
+                         batch of the store are loaded, and while the store cannot be
+                         reached (looked at every ``LIFECAST_STORE_CHECK_SECONDS``)
 /metrics        (open)   Prometheus metrics
 /docs, /        (open)   Swagger UI (**Authorize** takes the API key); ``/openapi.json`` and
                          ``/docs.json`` the OpenAPI document

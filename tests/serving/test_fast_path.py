@@ -375,3 +375,42 @@ def test_lookup_equals_get_customers_postgres(world, pg_url: str, stored_batch) 
             store.lookup("x")
     finally:
         store.close()
+
+
+def test_readiness_follows_the_store_going_away_and_coming_back(world, runtime, tmp_path,
+                                                                 stored_batch) -> None:
+    """/readyz (`Runtime.is_ready`) tells a load balancer the truth: once a batch was loaded,
+    a store that can no longer be opened (here the SQLite file's place taken by a folder, as
+    when its volume is not mounted) made every /predict answer 503 while /readyz still said
+    ready; now it is not ready until the store answers again."""
+    import shutil
+
+    from serving.app import Runtime, ServiceError
+    from serving.audit import AuditLog
+
+    scores, feats = stored_batch(world.store_url)
+    folder = tmp_path / "store"
+    store = CustomerStore(CustomerStore.default_url(folder))
+    store.write_batch(scores, feats, as_of=world.as_of,
+                      model_versions={"churn": "7", "clv": "8"})
+    store.close()
+    rt = Runtime(runtime.models, CustomerStore(store.url), AuditLog(tmp_path / "audit.log"),
+                 store_check_seconds=0)
+    ids = scores["customer_id"].tolist()[:3]
+    try:
+        assert rt.is_ready()
+        assert len(rt.predict(ids).predictions) == 3
+        rt.store.close()  # its pooled connections would keep the old file open
+        shutil.move(folder, tmp_path / "away")
+        (folder / "lifecast_store.db").mkdir(parents=True)
+        with pytest.raises(ServiceError) as err:
+            rt.predict(ids)
+        assert err.value.status == 503
+        assert rt.is_ready() is False
+        shutil.rmtree(folder)
+        shutil.move(tmp_path / "away", folder)
+        rt.store.close()
+        assert rt.is_ready() is True
+        assert len(rt.predict(ids).predictions) == 3
+    finally:
+        rt.close()
