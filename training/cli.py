@@ -111,12 +111,27 @@ def command(app: typer.Typer, name: str, *, mlflow: bool = False
 
 
 def _quietly(func: Callable[..., Any]) -> Callable[..., Any]:
+    """MLflow's progress lines off (`quiet_mlflow`), and an error MLflow raises (a tracking
+    server that answers but fails the request, a URL that is no MLflow server) turned into
+    one line naming the tracking store instead of its traceback with exit code 1."""
+
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
+        from features.urls import masked_url
         from training.tracking import quiet_mlflow  # imports mlflow: only when run
 
-        with quiet_mlflow():
-            return func(*args, **kwargs)
+        try:
+            with quiet_mlflow():
+                return func(*args, **kwargs)
+        except MlflowException as exc:
+            first = (exc.message or str(exc)).strip().splitlines()[0]
+            raise ValueError(f"the MLflow tracking store "
+                             f"{masked_url(mlflow.get_tracking_uri())} failed: {first}. "
+                             f"Check MLFLOW_TRACKING_URI (it must name an MLflow tracking "
+                             f"server or database) and that store's own log") from None
 
     return wrapper
 

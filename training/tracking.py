@@ -371,6 +371,14 @@ def check_tracking_store(workdir: Path | str = ".", *, create: bool = True,
             f"no longer opens: use a SQLite file, e.g. "
             f"MLFLOW_TRACKING_URI=sqlite:///{Path(folder).expanduser().resolve() / 'mlflow.db'}"
         )
+    base = scheme.split("+", 1)[0]
+    if base not in _TRACKING_SCHEMES:
+        raise ValueError(
+            f"MLFLOW_TRACKING_URI={masked_url(uri)}: MLflow has no tracking store of scheme "
+            f"{scheme!r}; use sqlite:///path/to/mlflow.db, a database URL (postgresql://, "
+            f"mysql://, mssql://) or a tracking server (http://host:5000)")
+    if base in ("http", "https"):
+        _check_server_answers(uri)
     db = _sqlite_file(uri)
     if db is None:  # a server, or SQLite in memory: MLflow reports its own errors
         return uri
@@ -392,6 +400,36 @@ def check_tracking_store(workdir: Path | str = ".", *, create: bool = True,
             raise ValueError(f"the MLflow tracking store {where} cannot be written: {exc}"
                              ) from None
     return uri
+
+
+#: URI schemes of MLflow's tracking stores (a database URL may name its driver: ``+psycopg2``)
+_TRACKING_SCHEMES = frozenset({"sqlite", "postgresql", "mysql", "mssql", "http", "https",
+                               "databricks", "databricks-uc", "uc"})
+#: seconds `check_tracking_store` waits for a tracking server to accept a connection
+SERVER_CHECK_TIMEOUT = 10.0
+
+
+def _check_server_answers(uri: str) -> None:
+    """ValueError naming ``MLFLOW_TRACKING_URI`` when nothing answers at the tracking server
+    ``uri`` within `SERVER_CHECK_TIMEOUT` seconds; any HTTP answer passes (the key or the
+    TLS settings are MLflow's to check). MLflow itself retries such a server for minutes,
+    then ends in a traceback: a scheduled job would hang, then fail with exit code 1."""
+    import requests
+
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=SERVER_CHECK_TIMEOUT,
+                     allow_redirects=False).close()
+    except requests.exceptions.SSLError:  # it answered; MLflow has its own TLS settings
+        return
+    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+        reason = exc.__class__.__name__
+        if isinstance(exc, requests.exceptions.ConnectionError) and exc.args:
+            inner = exc.args[0]
+            reason = str(getattr(inner, "reason", None) or inner)
+        raise ValueError(
+            f"the MLflow tracking server at MLFLOW_TRACKING_URI={masked_url(uri)} does not "
+            f"answer: {reason}. Start it, or point MLFLOW_TRACKING_URI at the one that holds "
+            f"the models") from None
 
 
 def _sqlite_file(uri: str) -> Path | None:

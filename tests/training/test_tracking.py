@@ -211,6 +211,62 @@ def test_tracking_stores_that_cannot_work_are_refused_before_any_work(
         tracking.check_tracking_store(tmp_path, create=False)
 
 
+def test_a_tracking_server_nobody_answers_or_an_unknown_scheme_is_refused_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLFLOW_TRACKING_URI=http://127.0.0.1:<port nobody listens on> made `lifecast models`
+    (score, train, promote) retry for over 4 minutes and then end in MLflow's traceback with
+    exit code 1; `garbage://x` ended in a traceback too. Now one error naming
+    MLFLOW_TRACKING_URI, at once (the CLI exits 2). A server that answers, whatever it
+    answers, passes the check."""
+    import http.server
+    import socket
+    import threading
+    import time
+
+    from typer.testing import CliRunner
+
+    from serving.cli import app
+
+    monkeypatch.setattr(tracking, "_last_set_uri", None)
+    monkeypatch.setattr(tracking, "_last_was_users", False)
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    down = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", down)
+    with pytest.raises(ValueError, match=f"the MLflow tracking server at MLFLOW_TRACKING_URI="
+                                         f"{down} does not answer: .*Start it, or "):
+        tracking.check_tracking_store(create=False)
+    monkeypatch.chdir(tmp_path)
+    started = time.monotonic()
+    res = CliRunner().invoke(app, ["models"])
+    assert res.exit_code == 2 and time.monotonic() - started < 60
+    assert f"MLFLOW_TRACKING_URI={down} does not answer" in res.output
+    assert "Traceback" not in res.output and not list(tmp_path.iterdir())
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "garbage://x")
+    with pytest.raises(ValueError, match="MLFLOW_TRACKING_URI=garbage://x: MLflow has no "
+                                         "tracking store of scheme 'garbage'"):
+        tracking.check_tracking_store(create=False)
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        up = f"http://127.0.0.1:{server.server_address[1]}"
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", up)
+        assert tracking.check_tracking_store(create=False) == up  # a 501 is an answer
+        # ... but no MLflow server: MLflow's error in one line, not its traceback
+        res = CliRunner().invoke(app, ["models"])
+        assert res.exit_code == 2, res.output
+        assert f"error: the MLflow tracking store {up} failed: " in res.output
+        assert "Traceback" not in res.output
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_log_training_rejects_unknown_promote(store, trained) -> None:
     with pytest.raises(ValueError, match="promote must be one of auto, always, never"):
         tracking.log_training(trained, source="x", promote="sometimes")
