@@ -117,6 +117,30 @@ def scores_summary(scores: pd.DataFrame, n_top: int = 10) -> str:
                           f"at risk:", top.to_string(index=False, **money)])
 
 
+def _warn_if_not_newer(current: dict | None, cut: pd.Timestamp, versions: dict[str, str],
+                       *, defaulted: bool) -> None:
+    """Warn when the batch about to replace the store's ``current`` one is older than it
+    (readers and the service would get older scores), or, with the as-of taken from the
+    data (``defaulted``), is as of the same day with the same models: a nightly run on an
+    export that was not updated, which the stale-data warning (30 days) does not see."""
+    if current is None:
+        return
+    now, written = pd.Timestamp(current["as_of"]), f"{current['created_at']:%Y-%m-%d %H:%M}"
+    if cut < now:
+        warn(f"these scores are as of {cut.date()}, older than the store's current batch "
+             f"{current['batch_id']} (as of {now.date()}, written {written} UTC) that they "
+             f"replace: readers and the service will get the older scores. If that is not "
+             f"meant, score the newer log again")
+        return
+    same_models = dict(current["model_versions"]) == {
+        kind: "" if v is None else str(v) for kind, v in versions.items()}
+    if cut == now and defaulted and same_models:
+        warn(f"the store's current batch {current['batch_id']} (written {written} UTC) is "
+             f"already as of {cut.date()}, from the same models: the log has no event after "
+             f"those it scored, so these scores repeat it. Was the export updated? (Pass "
+             f"{setting('--as-of', 'as_of', 'DATE')} to score a later day on purpose)")
+
+
 def score(
     transactions: Any,
     mapping: ColumnMapping | None = None,
@@ -159,6 +183,8 @@ def score(
                  f"look better than a forecast made then could; "
                  f"{named(f'`lifecast backtest --cutoff {cut.date()}`', backtest_call)} "
                  f"shows what the models of that day would say")
+        _warn_if_not_newer(store.current_batch(), cut, dict(models.versions),
+                           defaulted=as_of is None)
         feature_cols = ["customer_id", *models.churn.feature_names_]
         with _timed(timings, "store_write"):
             batch = store.write_batch(

@@ -150,6 +150,37 @@ def test_scoring_before_the_models_as_of_warns(demo_train_result, tmp_path) -> N
     assert not [w for w in caught if "scoring as of" in str(w.message)]
 
 
+def test_scoring_a_log_that_did_not_grow_or_is_older_warns(demo_train_result, tmp_path
+                                                           ) -> None:
+    """A nightly `lifecast score` on an export that was not updated scored the same day
+    again without a word (the stale-data warning needs 30 days), and one on an older file
+    replaced the current scores with older ones silently."""
+    import warnings
+
+    from features import DEMO_MAPPING, demo_data_path
+    from training.scoring import score
+
+    models = demo_train_result.models
+    url = f"sqlite:///{tmp_path}/store.db"
+
+    def warnings_of(as_of=None) -> list[str]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            score(demo_data_path(), DEMO_MAPPING, as_of, store_url=url, models=models)
+        return [str(w.message) for w in caught]
+
+    assert not [m for m in warnings_of() if "current batch" in m]  # an empty store
+    again = [m for m in warnings_of() if "current batch" in m]
+    assert len(again) == 1 and "is already as of 2011-12-10, from the same models: the log " \
+        "has no event after those it scored" in again[0] and "Was the export updated?" in again[0]
+    # a day chosen on purpose is not a repeat
+    assert not [m for m in warnings_of("2011-12-10") if "current batch" in m]
+    older = [m for m in warnings_of("2011-11-01") if "current batch" in m]
+    assert len(older) == 1 and older[0].startswith(
+        "these scores are as of 2011-11-01, older than the store's current batch ")
+    assert "(as of 2011-12-10, written " in older[0]
+
+
 @pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs Linux's /proc")
 def test_a_store_that_cannot_be_written_fails_before_any_work(tmp_path, monkeypatch) -> None:
     """`lifecast score --store sqlite:////proc/x.db`: /proc takes no files, though its
