@@ -669,6 +669,13 @@ def test_demo_output_has_no_mlflow_progress_lines(tmp_path):
               if line.startswith("  ") and line.endswith(" s")]
     for stage in ("training frame", "churn fit", "value fit", "mlflow plots", "features"):
         assert stage in stages, proc.stderr
+    # a second demo in the same folder rescores the day it trained on, on purpose: not the
+    # unchanged export `lifecast score` warns about ("already as of ... Was the export
+    # updated?"), which it printed when the champion stayed v1
+    again = subprocess.run([sys.executable, "-c", code, "demo", "--workdir", "work"],
+                           cwd=tmp_path, env=env, text=True, capture_output=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "current batch" not in again.stderr
 
 
 OUR_COMMANDS = ("train", "backtest", "score", "promote", "models", "demo")

@@ -36,7 +36,10 @@ def run_demo(source: str, mapping: ColumnMapping, workdir: str | Path = "lifecas
     store_url = CustomerStore.default_url(workdir)
     from training.tracking import load_champions
 
-    scored = score(tx, models=load_champions(), store_url=store_url)
+    # as of the day just trained on, named: a second demo in the same folder rescoring that
+    # day is meant, not the unchanged nightly export `score` warns about
+    scored = score(tx, as_of=result.models.as_of, models=load_champions(),
+                   store_url=store_url)
     lines = [tx.report.format(), ""]
     lines.append(f"Features at {feats.cutoff.date()}: {len(feats.customers):,} customers "
                  f"with a purchase ({tx.report.customers - len(feats.customers):,} others "
