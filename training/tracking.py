@@ -377,8 +377,9 @@ def check_tracking_store(workdir: Path | str = ".", *, create: bool = True,
             f"MLFLOW_TRACKING_URI={masked_url(uri)}: MLflow has no tracking store of scheme "
             f"{scheme!r}; use sqlite:///path/to/mlflow.db, a database URL (postgresql://, "
             f"mysql://, mssql://) or a tracking server (http://host:5000)")
-    if base in ("http", "https"):
-        _check_server_answers(uri)
+    if base in ("http", "https") and uri not in _servers_answered:
+        _check_server_answers(uri)  # once per process: `train` checks, then configures
+        _servers_answered.add(uri)
     db = _sqlite_file(uri)
     if db is None:  # a server, or SQLite in memory: MLflow reports its own errors
         return uri
@@ -407,6 +408,7 @@ _TRACKING_SCHEMES = frozenset({"sqlite", "postgresql", "mysql", "mssql", "http",
                                "databricks", "databricks-uc", "uc"})
 #: seconds `check_tracking_store` waits for a tracking server to accept a connection
 SERVER_CHECK_TIMEOUT = 10.0
+_servers_answered: set[str] = set()  # tracking servers that answered in this process
 
 
 def _check_server_answers(uri: str) -> None:

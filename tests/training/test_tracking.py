@@ -250,13 +250,23 @@ def test_a_tracking_server_nobody_answers_or_an_unknown_scheme_is_refused_at_onc
                                          "tracking store of scheme 'garbage'"):
         tracking.check_tracking_store(create=False)
 
-    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    asked: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            asked.append(self.path)
+            self.send_error(501)
+
+    monkeypatch.setattr(tracking, "_servers_answered", set())
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
         up = f"http://127.0.0.1:{server.server_address[1]}"
         monkeypatch.setenv("MLFLOW_TRACKING_URI", up)
         assert tracking.check_tracking_store(create=False) == up  # a 501 is an answer
+        # asked once per process (`train` checks, then configures, twice with --tune)
+        assert tracking.check_tracking_store(create=False) == up and asked == ["/health"]
         # ... but no MLflow server: MLflow's error in one line, not its traceback
         res = CliRunner().invoke(app, ["models"])
         assert res.exit_code == 2, res.output
