@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from features.cli import fail, run_cli, with_mapping
+from features.cli import disk_full, fail, run_cli, with_mapping
 from features.config import ColumnMapping
 from features.naming import counted
 
@@ -127,6 +127,8 @@ def _quietly(func: Callable[..., Any]) -> Callable[..., Any]:
             with quiet_mlflow():
                 return func(*args, **kwargs)
         except MlflowException as exc:
+            if disk_full(exc) is not None:  # `run_cli` says so and what to do
+                raise
             first = (exc.message or str(exc)).strip().splitlines()[0]
             raise ValueError(f"the MLflow tracking store "
                              f"{masked_url(mlflow.get_tracking_uri())} failed: {first}. "
