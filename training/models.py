@@ -43,6 +43,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from features.config import FeatureConfig, mapping_key
+from features.naming import counted
 from features.registry import (
     DEFINITIONS_HISTORY,
     DEFINITIONS_KEY,
@@ -307,6 +308,30 @@ class BaselineGaps:
                         f"{'is' if len(gap.columns) == 1 else 'are'} NaN there")
         return (f"baseline features left empty: {'; '.join(said)}. The LightGBM models "
                 f"read NaN as a missing value.{' ' + meaning if meaning else ''}")
+
+
+def warn_if_a_subset(features: pd.DataFrame, fitted_on: int, *, caller: str,
+                     example: str) -> None:
+    """Warn when a cutoff of ``features`` (or ``features`` itself, without a cutoff column)
+    holds fewer than half the ``fitted_on`` customers the models were fit on: the baseline
+    (`add_baseline_features`) would be fitted on a subset, so the predictions differ from
+    those for the whole population. ``caller`` names the function the user called and
+    ``example`` shows it called with ``population=``."""
+    if fitted_on <= 0:
+        return
+    if "cutoff" in features.columns:
+        counts = features.groupby("cutoff", sort=True, dropna=False)["customer_id"].size()
+    else:
+        counts = pd.Series([len(features)], index=[None])
+    few = counts[counts < fitted_on / 2]
+    if few.empty:
+        return
+    cut, n = few.index[0], int(few.iloc[0])
+    at = "" if cut is None or pd.isna(cut) else f" at cutoff {pd.Timestamp(cut)}"
+    warn(f"{caller} fits the BG/NBD + Gamma-Gamma features on the rows it is given: "
+         f"{counted(n, 'customer')}{at}, where the models were fit on {fitted_on:,}. For a "
+         f"subset the predictions differ from those for the whole population: pass everyone's "
+         f"features as population= ({example})")
 
 
 def add_baseline_features(frame: pd.DataFrame, config: FeatureConfig, *,

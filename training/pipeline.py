@@ -53,6 +53,7 @@ from training.models import (
     ValueModel,
     add_baseline_features,
     risk_band,
+    warn_if_a_subset,
 )
 
 logger = logging.getLogger(__name__)
@@ -502,7 +503,8 @@ def predict_customers(models: FittedModels, features: pd.DataFrame,
     if population is not None and "bg_p_alive" not in feats.columns:
         feats = _with_population_baseline(feats, population, cfg.features, timings)
     elif "bg_p_alive" not in feats.columns:
-        _warn_if_a_subset(feats, models.segmenter.n_customers_)
+        warn_if_a_subset(feats, models.segmenter.n_customers_, caller="predict_customers",
+                         example="predict_customers(models, subset, population=everyone)")
     if "cutoff" in feats.columns and feats["cutoff"].nunique(dropna=False) > 1:
         cuts = sorted(pd.Timestamp(c) for c in feats["cutoff"].dropna().unique())
         raise ValueError(
@@ -569,19 +571,6 @@ def _with_population_baseline(features: pd.DataFrame, population: pd.DataFrame,
             f"(build_features for everyone at the same cutoff)")
     base = {col: everyone[col].to_numpy()[where] for col in BASELINE_FEATURES}
     return features.assign(**base)
-
-
-def _warn_if_a_subset(features: pd.DataFrame, fitted_on: int) -> None:
-    """Warn when ``features`` holds fewer than half the ``fitted_on`` customers the models
-    were fit on (the population at their as-of): the baseline would be fitted on a subset
-    (`predict_customers`)."""
-    if fitted_on <= 0 or len(features) >= fitted_on / 2:
-        return
-    warn(f"predict_customers fits the BG/NBD + Gamma-Gamma features on the rows it is given: "
-         f"{len(features):,} customers, where the models were fit on {fitted_on:,}. For a "
-         f"subset the predictions differ from those for the whole population: pass everyone's "
-         f"features as population= (predict_customers(models, subset, "
-         f"population=everyone))")
 
 
 def _warn_if_p_alive_is_flat(p_alive: np.ndarray) -> None:

@@ -102,6 +102,7 @@ from training.models import (
     definitions_difference,
     feature_settings_diff,
     model_feature_names,
+    warn_if_a_subset,
 )
 from training.pipeline import _timed
 
@@ -681,28 +682,14 @@ def model_input(features: pd.DataFrame, settings: FeatureConfig | Any,
         )
     if not all(c in features.columns for c in BASELINE_FEATURES):
         if trained_on:
-            _warn_if_a_subset(features, int(trained_on))
+            warn_if_a_subset(features, int(trained_on), caller="model_input",
+                             example="model_input(subset, model, population=everyone)")
         features = add_baseline_features(features, settings)
     return features[model_feature_names(settings)].astype("float64").set_axis(index)
 
 
 #: The model metadata key holding the customers of the training log before as-of.
 CUSTOMERS_KEY = "customers"
-
-
-def _warn_if_a_subset(features: pd.DataFrame, trained_on: int) -> None:
-    """Warn when a cutoff of ``features`` holds fewer than half the customers the model's
-    training log had: the baseline would be fitted on a subset (`model_input`)."""
-    counts = features.groupby("cutoff", sort=True)["customer_id"].size()
-    few = counts[counts < trained_on / 2]
-    if few.empty:
-        return
-    cut, n = few.index[0], int(few.iloc[0])
-    warn(f"model_input fits the BG/NBD + Gamma-Gamma features on the rows it is given: "
-         f"{counted(n, 'customer')} at cutoff {pd.Timestamp(cut)}, where the model's training "
-         f"log had {trained_on:,}. For a subset the predictions differ from those for the whole "
-         f"population: pass everyone's features as population= "
-         f"(model_input(subset, model, population=everyone))")
 
 
 def _load_native(kind: str, folder: Path) -> ChurnModel | ValueModel:

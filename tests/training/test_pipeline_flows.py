@@ -306,8 +306,9 @@ def test_predict_customers_on_a_subset_fits_the_baseline_on_the_population(
     pd.testing.assert_frame_equal(with_pop.set_index("customer_id"),
                                   whole.loc[list(subset["customer_id"])], check_exact=True)
     with pytest.warns(UserWarning, match=r"predict_customers fits the BG/NBD \+ Gamma-Gamma "
-                      r"features on the rows it is given: 20 customers, where the models were "
-                      r"fit on [\d,]+\. .* population=everyone\)\)") as caught:
+                      r"features on the rows it is given: 20 customers at cutoff [-\d: ]+, "
+                      r"where the models were fit on [\d,]+\. .* "
+                      r"population=everyone\)\)") as caught:
         predict_customers(models, subset)
     assert caught[0].filename == __file__
     with pytest.raises(ValueError, match=r"1 customer of features is not in population, "

@@ -478,8 +478,8 @@ def test_the_pyfunc_scores_build_features_output_as_lifecast_scores(first_run) -
     subset = feats.iloc[::7]
     with pytest.warns(UserWarning, match=(
             rf"^model_input fits the BG/NBD \+ Gamma-Gamma features on the rows it is given: "
-            rf"{len(subset):,} customers at cutoff {pd.Timestamp(AS_OF)}, where the model's "
-            rf"training log had {trained_customers(first_run):,}\. For a subset")):
+            rf"{len(subset):,} customers at cutoff {pd.Timestamp(AS_OF)}, where the models "
+            rf"were fit on {trained_customers(first_run):,}\. For a subset")):
         alone = churn.predict(tracking.model_input(subset, churn))
     assert not np.allclose(alone.to_numpy(), p.loc[alone.index].to_numpy())
     with warnings.catch_warnings(record=True) as quiet:
