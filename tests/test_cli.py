@@ -654,7 +654,7 @@ def test_demo_output_has_no_mlflow_progress_lines(tmp_path):
 
     env = {k: v for k, v in os.environ.items()
            if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_LOGGING_LEVEL")}
-    code = "import sys; from serving.cli import main; sys.argv[0] = 'lifecast'; main()"
+    code = "import sys; from serving.launch import main; sys.argv[0] = 'lifecast'; main()"
     proc = subprocess.run([sys.executable, "-c", code, "demo", "--workdir", "work"],
                           cwd=tmp_path, env=env, text=True, capture_output=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -905,7 +905,7 @@ def interrupted(self, path, *args, **kwargs):
     os.kill(os.getpid(), signal.{sig})  # signal arrives, before it is renamed
 pd.DataFrame.to_parquet = interrupted
 sys.argv[0] = "lifecast"
-from serving.cli import main
+from serving.launch import main
 main()
 """
 
