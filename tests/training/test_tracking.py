@@ -282,7 +282,7 @@ def test_log_training_rejects_unknown_promote(store, trained) -> None:
         tracking.log_training(trained, source="x", promote="sometimes")
 
 
-def test_run_logs_params_metrics_data_and_plots(first_run, trained) -> None:
+def test_run_logs_params_metrics_data_and_plots(first_run, trained, tmp_path: Path) -> None:
     client = mlflow.MlflowClient()
     run = client.get_run(first_run.run_id)
     params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
@@ -332,16 +332,19 @@ def test_run_logs_params_metrics_data_and_plots(first_run, trained) -> None:
     assert "plots_skipped" not in tags
     assert plt.get_fignums() == []  # every figure drawn for the run was closed
     local = Path(mlflow.artifacts.download_artifacts(run_id=first_run.run_id,
-                                                     artifact_path="plots/churn_gains.png"))
+                                                     artifact_path="plots/churn_gains.png",
+                                                     dst_path=str(tmp_path)))
     assert local.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     features = json.loads(Path(mlflow.artifacts.download_artifacts(
-        run_id=first_run.run_id, artifact_path="features.json")).read_text())["features"]
+        run_id=first_run.run_id, artifact_path="features.json",
+        dst_path=str(tmp_path))).read_text())["features"]
     by_name = {f["name"]: f for f in features}
     assert set(trained.models.churn.feature_names_) <= set(by_name)
     assert by_name["days_since_last"]["description"]
     assert by_name["bg_p_alive"]["models"] == ["churn", "clv"]
     config = json.loads(Path(mlflow.artifacts.download_artifacts(
-        run_id=first_run.run_id, artifact_path="config.json")).read_text())
+        run_id=first_run.run_id, artifact_path="config.json",
+        dst_path=str(tmp_path))).read_text())
     assert TrainConfig(**config) == trained.models.config
 
 
@@ -432,7 +435,8 @@ def test_the_registered_model_loads_where_lifecast_is_not_installed(
     np.testing.assert_allclose(got, trained.models.churn.predict_proba(ev.head(50)), rtol=1e-12)
     # the copies hold the modules only: no byte code, no demo data
     code = Path(mlflow.artifacts.download_artifacts(
-        f"models:/lifecast-churn/{first_run.versions['churn']}")) / "code"
+        f"models:/lifecast-churn/{first_run.versions['churn']}",
+        dst_path=str(tmp_path))) / "code"
     assert {p.name for p in code.iterdir()} == {"features", "training"}
     assert not list(code.rglob("*.pyc")) and not list(code.rglob("*.parquet"))
 
