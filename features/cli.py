@@ -117,12 +117,14 @@ def _a_dependency_deprecation(category: type[Warning], filename: str) -> bool:
 
 
 def run_cli(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the package's own errors into a one-line message and exit code 2; show
-    warnings (stale data, ...) as one line each."""
+    """Turn the package's own errors into a one-line message and exit code 2, or
+    `EX_TEMPFAIL` (75) for a `TemporaryFailure` (a server that does not answer: a scheduler
+    retries later); show warnings (stale data, ...) as one line each."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from features.contract import DataValidationError
+        from features.errors import EX_TEMPFAIL, TemporaryFailure, temporary_message
 
         def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
             if _a_dependency_deprecation(category, filename):
@@ -133,6 +135,8 @@ def run_cli(func: Callable[..., Any]) -> Callable[..., Any]:
             warnings.showwarning = show  # (command_line: messages name flags, not fields)
             try:
                 return func(*args, **kwargs)
+            except TemporaryFailure as exc:  # before ValueError: some are ValueErrors too
+                raise fail(temporary_message(str(exc)), EX_TEMPFAIL) from None
             except (DataValidationError, FileNotFoundError, ValueError, LookupError) as exc:
                 raise fail(str(exc)) from None
             except ImportError as exc:  # an optional extra that is not installed

@@ -801,7 +801,9 @@ def test_bad_options_fail_before_any_work(sales_csv, tmp_path, monkeypatch, comm
 def test_score_checks_the_customer_store_before_scoring(sales_csv, tmp_path, monkeypatch,
                                                         unreachable_postgres):
     """A customer store that cannot be written is one line and exit 2, before the champions
-    are loaded or anything is scored (the MLflow store here has no models at all)."""
+    are loaded or anything is scored (the MLflow store here has no models at all); one
+    whose server does not answer is the same line, saying it is temporary, and exit 75
+    (EX_TEMPFAIL: a scheduler retries it later)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     from training.tracking import configure
@@ -817,11 +819,13 @@ def test_score_checks_the_customer_store_before_scoring(sales_csv, tmp_path, mon
         f"not a folder this user can write to"]
     url = unreachable_postgres()
     res = runner.invoke(app, ["score", "-t", str(sales_csv), *MAP, "--store", url])
-    assert res.exit_code == 2, res.output
+    assert res.exit_code == 75, res.output
     lines = res.output.splitlines()
     at = url.replace("postgresql://", "postgresql+psycopg://").replace("s3cret", "***")
     assert len(lines) == 1 and lines[0].startswith(
         f"error: cannot open the customer store at {at}: ")
+    assert lines[0].endswith(" This is temporary: running the command again later may "
+                             "succeed")
     assert "s3cret" not in res.output
 
 

@@ -71,7 +71,8 @@ def flag_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     """Turn a pydantic ValidationError raised by a command (a flag building an invalid
     config) into a ValueError whose message names the flag (`config_error_message`), and a
     customer store error into a ValueError of its message; `run_cli` then prints it as one
-    line and exits 2."""
+    line and exits 2. A store error that is temporary (`StoreUnreachableError`) passes as it
+    is, for `run_cli` to exit 75."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -80,10 +81,11 @@ def flag_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except ValidationError as exc:
             raise ValueError(config_error_message(exc)) from None
         except RuntimeError as exc:
+            from features.errors import TemporaryFailure
             from training.store import StoreError  # imported only on an error
 
-            if isinstance(exc, StoreError):  # the customer store: unreachable, no driver
-                raise ValueError(str(exc)) from None
+            if isinstance(exc, StoreError) and not isinstance(exc, TemporaryFailure):
+                raise ValueError(str(exc)) from None  # the customer store: refused, no driver
             raise
 
     return wrapper

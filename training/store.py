@@ -40,8 +40,9 @@ not be the newest batch (`batches` lists them by when their write began insertin
 ``batch_id`` sorts by when `write_batch` was called): a write that began first may finish last.
 Why one transaction rather than rows first and a pointer switch later: it needs no clean-up of
 half-written batches after a crash, and on SQLite one big transaction is also the fastest way to
-insert. On SQLite a write holds the write lock for its duration (other writers wait up to 60 s;
-readers are never blocked in WAL mode).
+insert. On SQLite a write holds the write lock for its duration (other writers wait up to 60 s,
+or ``?timeout=<seconds>`` in the URL, then fail with a `StoreUnreachableError`; readers are
+never blocked in WAL mode).
 
 Costs (SQLite, 1M customers, 30 features, 3 reasons each): a write is mostly CPU in Python,
 about 40 % of it JSON-encoding the reasons; a lookup by id is a few ms with `get_customers`
@@ -77,6 +78,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
+from features.errors import TemporaryFailure
 from features.registry import DEFINITIONS_KEY, DEFINITIONS_VERSION
 from features.segments import RISK_BANDS
 from features.urls import driver_hint, masked_url
@@ -92,6 +94,7 @@ __all__ = [
     "EmptyStoreError",
     "StoreError",
     "StoreUnavailableError",
+    "StoreUnreachableError",
 ]
 
 logger = logging.getLogger(__name__)
@@ -146,6 +149,9 @@ _LOOKUP_CHUNK = 1024
 #: Batches whose constants `CustomerStore.lookup` keeps (few are current in a process' life).
 _BATCH_CACHE = 4
 _STORE_FILE = "lifecast_store.db"
+#: Seconds a SQLite writer waits for another's write lock before it fails ("database is
+#: locked", a `StoreUnreachableError`); a store URL's ``?timeout=<seconds>`` overrides it.
+SQLITE_BUSY_TIMEOUT = 60.0
 #: The environment variable that names the store for `lifecast score` and the service alike.
 STORE_URL_ENV = "LIFECAST_STORE_URL"
 EMPTY_STORE_MESSAGE = "no scores yet: run `lifecast score` first"
@@ -161,6 +167,14 @@ class EmptyStoreError(StoreError, LookupError):
 
 class StoreUnavailableError(StoreError):
     """The store's database cannot be opened or reached."""
+
+
+class StoreUnreachableError(StoreUnavailableError, TemporaryFailure):
+    """A `StoreUnavailableError` that is temporary by nature: the database server refused
+    the connection or did not answer in time, is starting up or shutting down, has no
+    connection slot free, dropped the connection, or a SQLite file stayed locked by another
+    writer past the busy timeout. Running again later may succeed; the command line exits
+    75 for it. `_temporary` decides which errors these are."""
 
 
 class BatchChangedError(StoreError):
@@ -583,7 +597,7 @@ class CustomerStore:
                 hint = (f". PostgreSQL takes no {option.group(1)!r} in the URL: to keep the "
                         f"store's tables in schema <name>, give ?options=-csearch_path%3D<name>"
                         f" (the schema must exist)")
-            raise StoreUnavailableError(
+            raise _unavailable(e)(
                 f"cannot open the customer store at {self.safe_url}: {message}{hint}"
             ) from e
 
@@ -683,7 +697,10 @@ class CustomerStore:
 
     def _create_sqlite_engine(self) -> Engine:
         memory = self.in_memory
-        kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 60}}
+        connect_args: dict[str, Any] = {"check_same_thread": False}
+        if "timeout" not in self._url.query:  # the URL's ?timeout=<seconds> wins
+            connect_args["timeout"] = SQLITE_BUSY_TIMEOUT
+        kwargs: dict[str, Any] = {"connect_args": connect_args}
         if memory:  # one shared connection, or every connection would see its own database
             kwargs["poolclass"] = StaticPool
         engine = sa.create_engine(self._url, **kwargs)
@@ -755,7 +772,7 @@ class CustomerStore:
                     yield conn
             except (sa_exc.OperationalError, sa_exc.InterfaceError) as e:
                 # the database failed us (connection lost, locked for too long, disk error...)
-                raise StoreUnavailableError(
+                raise _unavailable(e)(
                     f"customer store {self.safe_url}: {_db_message(e)}") from e
             except Exception as e:
                 # PostgreSQL refusing this role (a privilege revoked, a schema dropped; also
@@ -1593,6 +1610,69 @@ def _feature_matrix(blobs: Sequence[bytes | None], k: int) -> np.ndarray:
     data = b"".join(parts)
     matrix = np.frombuffer(data, dtype="<f8").reshape(len(blobs), k)
     return matrix.astype("float64", copy=True)
+
+
+#: PostgreSQL SQLSTATEs of failures that pass by themselves: connection_exception (class
+#: 08), admin_shutdown, crash_shutdown, cannot_connect_now (starting up, shutting down, in
+#: recovery), too_many_connections, serialization_failure, deadlock_detected,
+#: lock_not_available (a lock_timeout).
+_PG_TEMPORARY_STATES = ("57P01", "57P02", "57P03", "53300", "40001", "40P01", "55P03")
+#: What libpq says, after "connection to server ... failed: ", when the connection could not
+#: be made for a temporary reason. A failed connection carries no SQLSTATE (libpq has no
+#: result to hold one; psycopg raises a bare OperationalError), so its message is all there
+#: is: the socket's error (English strerror texts, libpq's own "timeout expired"), or the
+#: server's FATAL message for the 57P03 and 53300 cases. Anything else (a wrong password, an
+#: unknown database or role, a host name that does not resolve, a message in another
+#: language) stays a failure for a person to fix.
+_PG_TEMPORARY_CONNECT = (
+    "Connection refused", "timeout expired", "Connection timed out", "No route to host",
+    "Network is unreachable", "Host is unreachable", "Connection reset by peer",
+    "server closed the connection unexpectedly", "the database system is starting up",
+    "the database system is shutting down", "the database system is in recovery mode",
+    "the database system is not yet accepting connections",
+    "the database system is not accepting connections", "sorry, too many clients already",
+    "too many connections for", "remaining connection slots are reserved",
+)
+
+
+def _temporary(e: BaseException) -> bool:
+    """Whether a database error is temporary by nature (`StoreUnreachableError`): the one
+    place that decides it.
+
+    - SQLAlchemy saw the connection break (``connection_invalidated``: dropped
+      mid-transaction, the server restarted or terminated the session);
+    - SQLite's SQLITE_BUSY or SQLITE_LOCKED ("database is locked"): another writer held the
+      file past the busy timeout;
+    - a PostgreSQL SQLSTATE of `_PG_TEMPORARY_STATES` or class 08;
+    - psycopg's ConnectionTimeout, or a failed connection whose every attempt failed for a
+      reason of `_PG_TEMPORARY_CONNECT`.
+
+    A host name that does not resolve is not temporary: psycopg resolves it itself ("failed
+    to resolve host"), and a misspelt name in the URL is far more common than a DNS outage;
+    a scheduler retrying it would never succeed."""
+    import sqlite3
+
+    if isinstance(e, sa_exc.DBAPIError) and e.connection_invalidated:
+        return True
+    orig = getattr(e, "orig", None) or e
+    if isinstance(orig, sqlite3.Error):
+        code = getattr(orig, "sqlite_errorcode", None)
+        return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    state = getattr(orig, "sqlstate", None)
+    if state:
+        return state.startswith("08") or state in _PG_TEMPORARY_STATES
+    if type(orig).__name__ == "ConnectionTimeout":  # psycopg.errors, without importing it
+        return True
+    # one line per attempt (a host name may resolve to several addresses), each ending
+    # "... port 5432 failed: <reason>"
+    reasons = [re.sub(r"^FATAL:\s+", "", line.rsplit("failed: ", 1)[1])
+               for line in str(orig).splitlines() if "failed: " in line]
+    return bool(reasons) and all(r.startswith(_PG_TEMPORARY_CONNECT) for r in reasons)
+
+
+def _unavailable(e: BaseException) -> type[StoreUnavailableError]:
+    """The error class for database error ``e``: `StoreUnreachableError` when `_temporary`."""
+    return StoreUnreachableError if _temporary(e) else StoreUnavailableError
 
 
 def _db_message(e: sa_exc.DBAPIError) -> str:

@@ -92,8 +92,12 @@ def _run(args: list[str], user: str | None, log: Path | None = None) -> None:
 
 
 @contextlib.contextmanager
-def postgres_server() -> Iterator[str]:
-    """Start a throwaway server; yield ``postgresql+psycopg://lifecast@127.0.0.1:<port>/postgres``."""
+def postgres_server(password: str | None = None) -> Iterator[str]:
+    """Start a throwaway server; yield ``postgresql+psycopg://lifecast@127.0.0.1:<port>/postgres``.
+
+    With ``password``, connections over TCP must give it (SCRAM): the URL yielded is
+    ``postgresql+psycopg://lifecast:<password>@...``, and a wrong one is refused as a real
+    server refuses it."""
     reason = unavailable_reason()
     if reason is not None:
         raise RuntimeError(f"cannot start PostgreSQL: {reason}")
@@ -107,7 +111,14 @@ def postgres_server() -> Iterator[str]:
         os.chown(root, entry.pw_uid, entry.pw_gid)
     started = False
     try:
-        _run([str(bin_dir / "initdb"), "-D", str(data), "-U", "lifecast", "--auth=trust",
+        auth = ["--auth=trust"]
+        if password is not None:
+            pwfile = root / "password"
+            pwfile.write_text(password + "\n")
+            if user is not None:
+                os.chown(pwfile, entry.pw_uid, entry.pw_gid)
+            auth = ["--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}"]
+        _run([str(bin_dir / "initdb"), "-D", str(data), "-U", "lifecast", *auth,
               "-E", "UTF8", "--no-sync", "--no-instructions"], user)
         port = _free_port()
         options = (f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off "
@@ -115,7 +126,8 @@ def postgres_server() -> Iterator[str]:
         _run([str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options,
               "-w", "-t", "60", "start"], user, log)
         started = True
-        yield f"postgresql+psycopg://lifecast@127.0.0.1:{port}/postgres"
+        login = "lifecast" if password is None else f"lifecast:{password}"
+        yield f"postgresql+psycopg://{login}@127.0.0.1:{port}/postgres"
     finally:
         if started:
             with contextlib.suppress(Exception):

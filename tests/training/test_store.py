@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+from features.errors import TemporaryFailure
 from features.registry import DEFINITIONS_VERSION
 from training.store import (
     EMPTY_STORE_MESSAGE,
@@ -30,6 +31,7 @@ from training.store import (
     EmptyStoreError,
     StoreError,
     StoreUnavailableError,
+    StoreUnreachableError,
     _scores,
 )
 
@@ -377,13 +379,48 @@ def test_check_reachable_fails_before_any_write_and_creates_nothing(
     assert list(tmp_path.iterdir()) == []
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    with pytest.raises(StoreUnavailableError, match=f"{blocker} is not a folder"):
+    with pytest.raises(StoreUnavailableError, match=f"{blocker} is not a folder") as info:
         CustomerStore(f"sqlite:///{blocker}/store.db").check_reachable()
+    assert not isinstance(info.value, TemporaryFailure)  # a person must fix it: exit 2
     CustomerStore("sqlite://").check_reachable()  # in memory
     store = CustomerStore(unreachable_postgres())
     safe = re.escape(store.safe_url)
-    with pytest.raises(StoreUnavailableError, match=f"cannot open the customer store at {safe}"):
+    # nobody listens at the port: a server down, temporary by nature (the CLI exits 75)
+    with pytest.raises(StoreUnreachableError, match=f"cannot open the customer store at {safe}"):
         store.check_reachable()
+    store.close()
+    # a host name that does not resolve is most likely misspelt: not temporary
+    store = CustomerStore(unreachable_postgres().replace("127.0.0.1", "no-such-host.invalid"))
+    with pytest.raises(StoreUnavailableError, match="failed to resolve host") as info:
+        store.check_reachable()
+    assert not isinstance(info.value, TemporaryFailure)
+    store.close()
+
+
+def test_a_store_locked_by_another_writer_past_the_busy_timeout_is_temporary(
+        tmp_path: Path) -> None:
+    """SQLite's 'database is locked' after the busy timeout (another writer holding the
+    file) was a `StoreUnavailableError` like a read-only folder, so the command line exited
+    2 and a scheduler could not tell it from a wrong URL. It is now a
+    `StoreUnreachableError` (a `TemporaryFailure`: exit 75), and the write succeeds once the
+    other writer is done. The URL's ?timeout= sets the busy timeout (default 60 s)."""
+    path = tmp_path / "store.db"
+    store = CustomerStore(f"sqlite:///{path}?timeout=0.05")
+    first = write(store, *make_batch(["a"], seed=1))
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # holds the write lock
+        with pytest.raises(StoreUnreachableError, match=re.escape(
+                f"customer store sqlite:///{path}?timeout=0.05: database is locked")) as info:
+            write(store, *make_batch(["a", "b"], seed=2))
+        assert isinstance(info.value, StoreUnavailableError)  # what callers catch (serving)
+        assert isinstance(info.value, TemporaryFailure)
+        assert store.current_batch()["batch_id"] == first  # readers are not blocked
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    second = write(store, *make_batch(["a", "b"], seed=2))
+    assert store.batches()["batch_id"].tolist() == [second, first]
     store.close()
 
 
@@ -1123,3 +1160,61 @@ def test_a_reader_without_the_writers_search_path_is_told_where_the_tables_are_p
         assert str(info.value) == f"{EMPTY_STORE_MESSAGE} (customer store: {db}){hint}"
     assert writer.unreached_hint() == ""
     writer.close(), reader.close()
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy:DeprecationWarning")
+def test_score_exits_75_for_a_server_that_is_down_and_2_for_a_wrong_password_postgres(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`lifecast score --store postgresql+psycopg://...` exited 2 whether the password was
+    wrong or the server was down, so a scheduler could not tell "fix the config" from "retry
+    later". A wrong password still exits 2 with one line; a server that is stopped exits 75
+    (EX_TEMPFAIL) with the same kind of line, saying it is temporary. A connection the
+    server drops mid-transaction is a `StoreUnreachableError` too."""
+    from typer.testing import CliRunner
+
+    from features.urls import masked_url
+    from serving.cli import app
+    from training.tracking import configure
+
+    pg = _pg_helper()
+    reason = pg.unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"no PostgreSQL to test against: {reason}")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    configure(tmp_path)  # an MLflow store without models: the store is checked first
+    sales = tmp_path / "sales.csv"
+    pd.DataFrame({"customer_id": ["a", "b"], "timestamp": ["2024-01-02", "2024-01-05"],
+                  "amount": [10.0, 5.0]}).to_csv(sales, index=False)
+    runner = CliRunner()
+    password = secrets.token_hex(8)
+    with pg.postgres_server(password=password) as url:
+        wrong = url.replace(f":{password}@", ":wrong@")
+        res = runner.invoke(app, ["score", "-t", str(sales), "--store", wrong])
+        assert res.exit_code == 2, res.output
+        lines = res.output.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(
+            f"error: cannot open the customer store at {masked_url(wrong)}: "), res.output
+        assert 'password authentication failed for user "lifecast"' in lines[0]
+        assert "temporary" not in lines[0]
+
+        store = CustomerStore(url)
+        dropped = "terminating connection due to administrator command"
+        with pytest.raises(StoreUnreachableError, match=dropped), \
+                store._transaction(write=False) as conn:
+            pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+            _pg_admin(url, f"SELECT pg_terminate_backend({pid})")
+            conn.exec_driver_sql("SELECT 1")
+        store.close()
+    # the server is stopped now: nothing listens at its port
+    res = runner.invoke(app, ["score", "-t", str(sales), "--store", url])
+    assert res.exit_code == 75, res.output
+    lines = res.output.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"error: cannot open the customer store at {masked_url(url)}: connection failed: "
+    ), res.output
+    assert "Connection refused" in lines[0]
+    assert lines[0].endswith("connections? This is temporary: running the command again "
+                             "later may succeed"), res.output
+    assert password not in res.output
