@@ -123,7 +123,11 @@ def _quietly(func: Callable[..., Any]) -> Callable[..., Any]:
         from mlflow.exceptions import MlflowException
 
         from features.urls import masked_url
-        from training.tracking import quiet_mlflow  # imports mlflow: only when run
+        from training.tracking import (  # imports mlflow: only when run
+            TrackingServerUnreachableError,
+            quiet_mlflow,
+            unanswered_reason,
+        )
 
         try:
             with quiet_mlflow():
@@ -131,9 +135,14 @@ def _quietly(func: Callable[..., Any]) -> Callable[..., Any]:
         except MlflowException as exc:
             if disk_full(exc) is not None:  # `run_cli` says so and what to do
                 raise
+            uri = masked_url(mlflow.get_tracking_uri())
+            reason = unanswered_reason(exc)  # the server went away after it answered
+            if reason is not None:
+                raise TrackingServerUnreachableError(
+                    f"the MLflow tracking server at {uri} stopped answering: {reason}"
+                ) from None
             first = (exc.message or str(exc)).strip().splitlines()[0]
-            raise ValueError(f"the MLflow tracking store "
-                             f"{masked_url(mlflow.get_tracking_uri())} failed: {first}. "
+            raise ValueError(f"the MLflow tracking store {uri} failed: {first}. "
                              f"Check MLFLOW_TRACKING_URI (it must name an MLflow tracking "
                              f"server or database) and that store's own log") from None
 

@@ -86,6 +86,7 @@ from mlflow.pyfunc import PythonModel
 from mlflow.types import ColSpec, Schema
 
 from features.config import FeatureConfig
+from features.errors import TemporaryFailure
 from features.naming import counted, named
 from features.registry import DEFINITIONS_KEY, feature_names, recorded_definitions
 from features.urls import masked_url
@@ -412,11 +413,53 @@ SERVER_CHECK_TIMEOUT = 10.0
 _servers_answered: set[str] = set()  # tracking servers that answered in this process
 
 
+class TrackingServerUnreachableError(TemporaryFailure, ValueError):
+    """The MLflow tracking server did not answer: nothing listens at its port (refused), it
+    did not answer in time, or it dropped the connection. Temporary by nature (a server
+    restarting, a network outage): the command line exits 75 for it, so that a scheduler
+    runs it again later. A ValueError, as the errors of a tracking store that cannot work
+    are."""
+
+
+def unanswered_reason(exc: BaseException) -> str | None:
+    """Why a tracking server did not answer, when a connection that was refused, timed out
+    or dropped is anywhere down the chain of ``exc`` (MLflow's own errors wrap requests'),
+    else None: the one place that decides what `TrackingServerUnreachableError` is.
+
+    A host name that does not resolve is not such a failure (None): a misspelt name in
+    MLFLOW_TRACKING_URI is far more common than a DNS outage, and a scheduler retrying it
+    would never succeed, so it stays an error for a person to fix. So is a TLS error (the
+    server answered)."""
+    import requests
+    from urllib3.exceptions import NameResolutionError
+
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, requests.exceptions.SSLError):
+            return None
+        if isinstance(cause, (requests.exceptions.ConnectionError,
+                              requests.exceptions.Timeout)):
+            inner = cause.args[0] if cause.args else None
+            reason = getattr(inner, "reason", None)
+            if isinstance(reason, NameResolutionError) or isinstance(inner,
+                                                                     NameResolutionError):
+                return None
+            if isinstance(cause, requests.exceptions.ConnectionError) and inner is not None:
+                return str(reason or inner)
+            return cause.__class__.__name__
+        cause = cause.__cause__ or (None if cause.__suppress_context__ else cause.__context__)
+    return None
+
+
 def _check_server_answers(uri: str) -> None:
-    """ValueError naming ``MLFLOW_TRACKING_URI`` when nothing answers at the tracking server
-    ``uri`` within `SERVER_CHECK_TIMEOUT` seconds; any HTTP answer passes (the key or the
-    TLS settings are MLflow's to check). MLflow itself retries such a server for minutes,
-    then ends in a traceback: a scheduled job would hang, then fail with exit code 1."""
+    """`TrackingServerUnreachableError` (temporary: exit 75) naming ``MLFLOW_TRACKING_URI``
+    when nothing answers at the tracking server ``uri`` within `SERVER_CHECK_TIMEOUT`
+    seconds, ValueError when its host name does not resolve; any HTTP answer passes (the
+    key or the TLS settings are MLflow's to check). MLflow itself retries such a server for
+    minutes, then ends in a traceback: a scheduled job would hang, then fail with exit
+    code 1."""
     import requests
 
     try:
@@ -425,11 +468,12 @@ def _check_server_answers(uri: str) -> None:
     except requests.exceptions.SSLError:  # it answered; MLflow has its own TLS settings
         return
     except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-        reason = exc.__class__.__name__
-        if isinstance(exc, requests.exceptions.ConnectionError) and exc.args:
-            inner = exc.args[0]
+        reason = unanswered_reason(exc)
+        error: type[ValueError] = TrackingServerUnreachableError
+        if reason is None:  # the host name does not resolve: see `unanswered_reason`
+            error, inner = ValueError, exc.args[0] if exc.args else exc
             reason = str(getattr(inner, "reason", None) or inner)
-        raise ValueError(
+        raise error(
             f"the MLflow tracking server at MLFLOW_TRACKING_URI={masked_url(uri)} does not "
             f"answer: {reason}. Start it, or point MLFLOW_TRACKING_URI at the one that holds "
             f"the models") from None

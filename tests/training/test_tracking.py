@@ -27,6 +27,7 @@ from mlflow.tracking._tracking_service import utils as tracking_utils
 from mlflow.utils import logging_utils
 
 from features.config import FeatureConfig
+from features.errors import TemporaryFailure
 from features.registry import DEFINITIONS_VERSION
 from training import tracking
 from training.metrics import churn_metrics, compare_table, roc_auc
@@ -216,8 +217,9 @@ def test_a_tracking_server_nobody_answers_or_an_unknown_scheme_is_refused_at_onc
     """MLFLOW_TRACKING_URI=http://127.0.0.1:<port nobody listens on> made `lifecast models`
     (score, train, promote) retry for over 4 minutes and then end in MLflow's traceback with
     exit code 1; `garbage://x` ended in a traceback too. Now one error naming
-    MLFLOW_TRACKING_URI, at once (the CLI exits 2). A server that answers, whatever it
-    answers, passes the check."""
+    MLFLOW_TRACKING_URI, at once: the CLI exits 75 (EX_TEMPFAIL, a server that is down:
+    retry later; it exited 2, as for a URI to fix), 2 for a host name that does not
+    resolve. A server that answers, whatever it answers, passes the check."""
     import http.server
     import socket
     import threading
@@ -235,15 +237,27 @@ def test_a_tracking_server_nobody_answers_or_an_unknown_scheme_is_refused_at_onc
         port = s.getsockname()[1]
     down = f"http://127.0.0.1:{port}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", down)
-    with pytest.raises(ValueError, match=f"the MLflow tracking server at MLFLOW_TRACKING_URI="
-                                         f"{down} does not answer: .*Start it, or "):
+    with pytest.raises(tracking.TrackingServerUnreachableError,
+                       match=f"the MLflow tracking server at MLFLOW_TRACKING_URI="
+                             f"{down} does not answer: .*Start it, or "):
         tracking.check_tracking_store(create=False)
     monkeypatch.chdir(tmp_path)
     started = time.monotonic()
     res = CliRunner().invoke(app, ["models"])
-    assert res.exit_code == 2 and time.monotonic() - started < 60
+    assert res.exit_code == 75 and time.monotonic() - started < 60
     assert f"MLFLOW_TRACKING_URI={down} does not answer" in res.output
+    assert res.output.rstrip().endswith(
+        ". This is temporary: running the command again later may succeed"), res.output
     assert "Traceback" not in res.output and not list(tmp_path.iterdir())
+
+    misspelt = "http://no-such-host.invalid:5000"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", misspelt)
+    with pytest.raises(ValueError, match=f"MLFLOW_TRACKING_URI={misspelt} does not answer: "
+                                         f".*no-such-host.invalid") as info:
+        tracking.check_tracking_store(create=False)
+    assert not isinstance(info.value, TemporaryFailure)
+    res = CliRunner().invoke(app, ["models"])
+    assert res.exit_code == 2, res.output
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "garbage://x")
     with pytest.raises(ValueError, match="MLFLOW_TRACKING_URI=garbage://x: MLflow has no "
@@ -275,6 +289,14 @@ def test_a_tracking_server_nobody_answers_or_an_unknown_scheme_is_refused_at_onc
     finally:
         server.shutdown()
         server.server_close()
+    # a server that answered the check, then went away: MLflow's own request fails (after
+    # its retries, none here), which is temporary too
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    res = CliRunner().invoke(app, ["models"])
+    assert res.exit_code == 75, res.output
+    assert res.output.startswith(f"error: the MLflow tracking server at {up} stopped "
+                                 f"answering: "), res.output
+    assert "Traceback" not in res.output
 
 
 def test_log_training_rejects_unknown_promote(store, trained) -> None:
