@@ -18,7 +18,10 @@ from training.cli import register as register_training
 
 app = typer.Typer(
     name="lifecast",
-    help="Churn probability and future customer value from a transaction log.",
+    help="Churn probability and future customer value from a transaction log.\n\nExit "
+         "codes: 0 done; 1 a bug (please report it); 2 fix the input or configuration the "
+         "error names; 75 temporary, e.g. a database or MLflow server that does not answer "
+         "(retry later); 130 and 143 interrupted (Ctrl-C, SIGTERM).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
