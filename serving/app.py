@@ -45,12 +45,12 @@ Endpoints (the methods of `Runtime`):
   store (JSON or CSV), each export written to the audit log.
 
 `GuardMiddleware` (pure ASGI) runs in front of the endpoints: API keys and scopes
-(`serving.keys`), a body size limit (``LIFECAST_MAX_BODY_BYTES``, default 2 MB: 413), JSON only
-(415), and the rewriting of validation errors into ``{"error": "<field>: <message>",
-"detail": [...]}`` with status 422 (400 for a body that is not JSON). Probes, metrics and the
-docs stay open (`serving.keys.OPEN_PATHS`); it serves the OpenAPI document itself
-(`serving.openapi`: with the API key's security scheme) at ``/openapi.json`` and
-``/docs.json``, and redirects ``/docs`` to the Swagger UI at ``/``.
+(`serving.keys`), a body size limit (``LIFECAST_MAX_BODY_BYTES``, default 2 MB: 413), JSON in
+UTF-8 only (415; a UTF-8 byte order mark is dropped), and the rewriting of validation errors
+into ``{"error": "<field>: <message>", "detail": [...]}`` with status 422 (400 for a body that
+is not JSON). Probes, metrics and the docs stay open (`serving.keys.OPEN_PATHS`); it serves
+the OpenAPI document itself (`serving.openapi`: with the API key's security scheme) at
+``/openapi.json`` and ``/docs.json``, and redirects ``/docs`` to the Swagger UI at ``/``.
 
 Nothing happens on import; heavy modules are imported when a `Runtime` is built.
 """
@@ -1114,9 +1114,11 @@ class GuardMiddleware:
     * Anything else needs ``Authorization: Bearer <key>`` with the endpoint's scope
       (`serving.keys.ENDPOINT_SCOPES`): 401 / 403 ``{"error": ...}`` with ``WWW-Authenticate``.
       A key store that cannot be read fails closed (503).
-    * The API endpoints take ``application/json`` only, uncompressed (415 otherwise: another
-      ``Content-Type``, or a ``Content-Encoding`` such as gzip) and at most
-      ``max_body_bytes`` (413, from ``Content-Length`` or while reading a chunked body).
+    * The API endpoints take ``application/json`` only, uncompressed, in UTF-8 (415
+      otherwise: another ``Content-Type``, a ``Content-Encoding`` such as gzip, a UTF-16 or
+      UTF-32 body, bytes that are not UTF-8: `_encoding_problem`; a UTF-8 byte order mark is
+      dropped) and at most ``max_body_bytes`` (413, from ``Content-Length`` or while reading
+      a chunked body).
     * BentoML answers a request that fails validation with 400 and pydantic's error list; it
       is rewritten to 422 ``{"error": "customer_ids: List should have at most 1000 items
       ...", "detail": [...]}`` (400 ``request body is not valid JSON: ...`` for bad JSON), and a
@@ -1172,7 +1174,8 @@ class GuardMiddleware:
             await self.app(scope, receive, _ErrorRewriter(send, scope))
             return
 
-        media = headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        content_type = headers.get("content-type", "application/json")
+        media = content_type.split(";")[0].strip().lower()
         if media not in ("application/json", ""):
             await _json(send, 415, {"error": f"Content-Type must be application/json, got "
                                              f"{media[:64]!r}"})
@@ -1202,7 +1205,17 @@ class GuardMiddleware:
                 return
             if not message.get("more_body", False):
                 break
-        await self.app(scope, _replay(bytes(body), receive), _ErrorRewriter(send, scope))
+        data = bytes(body)
+        problem = _encoding_problem(data, _charset(content_type))
+        if problem is not None:
+            await _json(send, 415, {"error": problem})
+            return
+        if data.startswith(_UTF8_BOM):
+            data = data[len(_UTF8_BOM):]
+            scope["headers"] = [(k, v) for k, v in scope.get("headers") or []
+                                if k.lower() != b"content-length"]
+            scope["headers"].append((b"content-length", str(len(data)).encode()))
+        await self.app(scope, _replay(data, receive), _ErrorRewriter(send, scope))
 
     async def _docs(self, path: str, head: bool, send: Send) -> None:
         """The OpenAPI document, or for ``/docs`` a redirect to the Swagger UI (``/``)."""
@@ -1241,6 +1254,59 @@ def _headers(scope: Scope) -> dict[str, str]:
     for k, v in scope.get("headers") or []:
         out[k.decode("latin-1").lower()] = v.decode("latin-1")
     return out
+
+
+#: RFC 8259 section 8.1: JSON over a network is UTF-8, and a parser may ignore a byte order
+#: mark at its start. Windows tools send one (.NET's default UTF8 encoding, PowerShell with
+#: some encodings); BentoML's parser (pydantic) does not skip it and answered 400 "not valid
+#: JSON", so `GuardMiddleware` drops it before BentoML reads the body.
+_UTF8_BOM = b"\xef\xbb\xbf"
+#: Byte order marks of the encodings the service does not read (UTF-32 before UTF-16: its
+#: little-endian mark starts with UTF-16's).
+_OTHER_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"),
+               (b"\xff\xfe", "UTF-16"), (b"\xfe\xff", "UTF-16"))
+_SEND_UTF8 = ("send the JSON body encoded as UTF-8 (Content-Type: application/json or "
+              "application/json; charset=utf-8)")
+
+
+def _charset(content_type: str) -> str | None:
+    """The ``charset`` parameter of a Content-Type header, lower case, without quotes."""
+    for param in content_type.split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"').strip().lower() or None
+    return None
+
+
+def _encoding_problem(body: bytes, charset: str | None) -> str | None:
+    """Why ``body`` is not JSON in UTF-8 (the message of a 415), or None when it is (or may
+    be: whether it is JSON is BentoML's to say).
+
+    UTF-16 and UTF-32 are recognized by their byte order mark or, without one, by the zero
+    bytes of the first character (JSON text starts with an ASCII character: RFC 4627,
+    section 3); pydantic read them as "not valid JSON: expected value at line 1 column 1".
+    A ``charset`` other than UTF-8 is not refused by itself: RFC 8259 defines no charset
+    parameter for application/json and "adding one really has no effect on compliant
+    recipients", and clients that add ``charset=iso-8859-1`` to an ASCII body, which is UTF-8
+    too, were answered before. Only a body that is not UTF-8 is refused, naming the charset
+    it says it is in."""
+    for bom, name in _OTHER_BOMS:
+        if body.startswith(bom):
+            return (f"the request body is {name} (it starts with a {name} byte order "
+                    f"mark): {_SEND_UTF8}")
+    if len(body) >= 2 and 0 in body[:2]:
+        return (f"the request body is not UTF-8 (zero bytes at its start: UTF-16 or "
+                f"UTF-32?): {_SEND_UTF8}")
+    if body.isascii():
+        return None
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        said = (f" (its Content-Type says charset={charset[:32]})"
+                if charset and charset not in ("utf-8", "utf8") else "")
+        return (f"the request body is not UTF-8{said}: byte 0x{body[exc.start]:02x} at "
+                f"offset {exc.start} is not valid UTF-8; {_SEND_UTF8}")
+    return None
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

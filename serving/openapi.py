@@ -53,8 +53,9 @@ ERROR_STATUSES: dict[int, str] = {
          "for /high_risk and /segments).",
     413: "The body is larger than the service's limit (LIFECAST_MAX_BODY_BYTES, 2 MB by "
          "default).",
-    415: "The Content-Type is not application/json, or the body is compressed "
-         "(Content-Encoding: gzip, ...): send it uncompressed.",
+    415: "The Content-Type is not application/json, the body is compressed "
+         "(Content-Encoding: gzip, ...): send it uncompressed, or it is not UTF-8 (UTF-16, "
+         "UTF-32, Latin-1 bytes): send it in UTF-8 (a UTF-8 byte order mark is ignored).",
     422: "The request does not match the schema: `error` names each field and what is wrong "
          "with it (e.g. `customer_ids: List should have at most 1000 items`), `detail` lists "
          "them one by one.",

@@ -870,6 +870,58 @@ def test_other_media_types_are_415(client) -> None:
     assert plain.status_code == 200, plain.text
 
 
+def test_a_utf8_byte_order_mark_is_ignored(client, stored) -> None:
+    """A JSON body that starts with a UTF-8 byte order mark (.NET's default UTF8 encoding,
+    PowerShell with some encodings) gets the answer of the same body without it (RFC 8259
+    section 8.1); it was 400 'request body is not valid JSON'."""
+    scores, _ = stored
+    bodies = {"/predict": {"customer_ids": scores.index[:2].tolist()},
+              "/score": EXAMPLE_SCORE_REQUEST, "/high_risk": {"limit": 3}, "/segments": {}}
+    for path, body in bodies.items():
+        plain = post(client, path, body)
+        assert plain.status_code == 200, plain.text
+        for ctype in ("application/json", "application/json; charset=utf-8"):
+            marked = post(client, path, content=b"\xef\xbb\xbf" + json.dumps(body).encode(),
+                          headers={"Content-Type": ctype})
+            assert marked.status_code == 200, (path, marked.text)
+            assert marked.json() == plain.json()
+    # a body that is nothing but the mark is the empty body: /segments takes it
+    assert post(client, "/segments", content=b"\xef\xbb\xbf").status_code == 200
+
+
+def test_a_body_not_in_utf8_is_415_saying_to_send_utf8(client, stored) -> None:
+    """UTF-16 and UTF-32 bodies (with or without a byte order mark) and bytes that are not
+    UTF-8 were answered 400 'not valid JSON: expected value at line 1 column 1' (or 'invalid
+    unicode code point'): 415 now says what they are and to send UTF-8. A charset other than
+    UTF-8 on a body that is UTF-8 all the same (ASCII) is answered as before: RFC 8259 gives
+    application/json no charset parameter."""
+    text = json.dumps({"customer_ids": ["M\u00fcller"]}, ensure_ascii=False)
+    for encoding, name in (("utf-16", "UTF-16"), ("utf-16-le", "zero bytes"),
+                           ("utf-16-be", "zero bytes"), ("utf-32", "UTF-32"),
+                           ("utf-32-le", "zero bytes")):
+        resp = post(client, "/predict", content=text.encode(encoding),
+                    headers={"Content-Type": f"application/json; charset={encoding}"})
+        assert_clean_error(resp, 415, name, "send the JSON body encoded as UTF-8")
+    latin = text.encode("latin-1")
+    resp = post(client, "/predict", content=latin,
+                headers={"Content-Type": "application/json; charset=ISO-8859-1"})
+    assert_clean_error(resp, 415, "not UTF-8", "charset=iso-8859-1", "byte 0xfc at offset",
+                       "send the JSON body encoded as UTF-8")
+    resp = post(client, "/predict", content=latin, headers={"Content-Type": "application/json"})
+    body = assert_clean_error(resp, 415, "not UTF-8", "byte 0xfc")
+    assert "charset" not in body["error"].split(";")[0]
+    known = stored[0].index[0]
+    for ctype in ('application/json; charset="iso-8859-1"', "application/json; charset=utf8",
+                  "application/json;charset=windows-1252"):
+        resp = post(client, "/predict", content=json.dumps({"customer_ids": [known]}).encode(),
+                    headers={"Content-Type": ctype})
+        assert resp.status_code == 200, (ctype, resp.text)
+        assert resp.json()["predictions"][0]["customer_id"] == known
+    utf8 = post(client, "/predict", content=text.encode("utf-8"),
+                headers={"Content-Type": "application/json; charset=utf-8"})
+    assert utf8.status_code == 200 and utf8.json()["errors"][0]["customer_id"] == "M\u00fcller"
+
+
 def test_wrong_method_and_unknown_path(client) -> None:
     """A wrong method (405, with its Allow header) or an unknown path (404) answers the JSON
     error body like every other error, naming the method, the path and what to send; BentoML
