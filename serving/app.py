@@ -100,14 +100,17 @@ if TYPE_CHECKING:
 __all__ = [
     "CHURN_MODEL_ENV",
     "CLV_MODEL_ENV",
+    "CORS_ORIGINS_ENV",
     "KEY_STATE",
     "MAX_BODY_ENV",
     "SERVICE_NAME",
     "STORE_URL_ENV",
+    "CorsMiddleware",
     "GuardMiddleware",
     "LoadedModels",
     "Runtime",
     "ServiceError",
+    "cors_origins",
     "load_models",
     "model_folder",
 ]
@@ -1102,6 +1105,115 @@ KEY_STATE = "lifecast_key"
 #: hold no customer data.
 OPENAPI_PATHS = ("/openapi.json", "/docs.json")
 DOCS_PATH = "/docs"
+
+
+#: Origins allowed to call the service from a browser (CORS): a comma-separated list such as
+#: ``https://crm.example.com,https://crm-staging.example.com``, or ``*`` for any origin.
+#: Unset or empty: no CORS headers, and a browser on another origin cannot call the service.
+CORS_ORIGINS_ENV = "LIFECAST_CORS_ORIGINS"
+#: What a browser on an allowed origin may send: the API's methods and headers.
+CORS_METHODS = ("GET", "HEAD", "POST")
+CORS_HEADERS = ("Authorization", "Content-Type")
+#: Answer headers a browser script may read besides the CORS-safelisted ones: the key
+#: error's scheme (401 / 403) and the CSV export's file name.
+CORS_EXPOSED = ("WWW-Authenticate", "Content-Disposition")
+_ORIGIN_RE = re.compile(r"https?://[^/?#\s@]+")
+
+
+def cors_origins(value: str | None = None) -> list[str]:
+    """The origins `CorsMiddleware` allows: ``value`` (default `CORS_ORIGINS_ENV`), split on
+    commas and spaces, lower case, a trailing ``/`` dropped (an address copied from the
+    browser's bar; the ``Origin`` a browser sends never has one). An entry that is not an
+    origin (``scheme://host[:port]``, without a path) is left out with a warning: a browser
+    would never send it."""
+    if value is None:
+        value = os.environ.get(CORS_ORIGINS_ENV, "")
+    origins = []
+    for entry in re.split(r"[,\s]+", value.strip()):
+        origin = entry.lower().removesuffix("/")
+        if not origin:
+            continue
+        if origin == "*" or _ORIGIN_RE.fullmatch(origin):
+            origins.append(origin)
+        else:
+            logger.warning("%s: %r is not an origin (scheme://host[:port], e.g. "
+                           "https://crm.example.com, or * for any): left out",
+                           CORS_ORIGINS_ENV, entry[:100])
+    return origins
+
+
+class CorsMiddleware:
+    """CORS for browsers on the origins of `CORS_ORIGINS_ENV`, in front of `GuardMiddleware`.
+
+    A web app on another origin sends a preflight (``OPTIONS`` with ``Origin`` and
+    ``Access-Control-Request-Method``, never with its ``Authorization``) before each POST: it
+    is answered here, without a key (allowed: 200 with the ``Access-Control-Allow-*``
+    headers; not: 400 ``{"error": ...}`` naming the origin, method or header refused). The
+    real request then needs its key as any other, and every answer to an allowed origin,
+    errors included (a 401 the app should be able to read), carries
+    ``Access-Control-Allow-Origin``. No origins configured: requests pass untouched, as before.
+
+    Starlette's ``CORSMiddleware`` does the work. BentoML's own CORS setting (the service's
+    ``http.cors`` configuration) adds that same middleware, but after the service's ASGI
+    middlewares, that is behind `GuardMiddleware`: a preflight got 401 from the key check
+    and the guard's own answers (401, 403, 413, 415) no CORS headers; hence this one, which
+    `serving.service` adds first, outermost. Origins are read when the worker builds its
+    middleware (`cors_origins`)."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]],
+                 origins: Sequence[str] | None = None) -> None:
+        self.app = app
+        self.origins = list(origins) if origins is not None else cors_origins()
+        self._cors: Any = None
+        if self.origins:
+            self._cors = _json_preflight_cors()(
+                app, allow_origins=self.origins, allow_methods=CORS_METHODS,
+                allow_headers=CORS_HEADERS, expose_headers=CORS_EXPOSED)
+            logger.info("CORS: browsers on %s may call the service (%s)",
+                        ", ".join(self.origins), CORS_ORIGINS_ENV)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._cors is None:
+            await self.app(scope, receive, send)
+        else:
+            await self._cors(scope, receive, send)
+
+
+def _json_preflight_cors() -> type:
+    """Starlette's ``CORSMiddleware`` whose refused preflight answers the service's JSON
+    error body (its own is the plain text ``Disallowed CORS origin``)."""
+    from starlette.middleware.cors import CORSMiddleware
+    from starlette.responses import JSONResponse
+
+    class JsonPreflightCORS(CORSMiddleware):
+        def preflight_response(self, request_headers: Any) -> Any:
+            response = super().preflight_response(request_headers=request_headers)
+            if response.status_code < 400:
+                return response
+            refused = []
+            origin = request_headers["origin"]
+            if not self.is_allowed_origin(origin=origin):
+                refused.append(f"the origin {origin[:100]!r} is not one of the server's "
+                               f"{CORS_ORIGINS_ENV}")
+            method = request_headers["access-control-request-method"]
+            if method not in self.allow_methods:
+                refused.append(f"the method {method[:20]!r} is not one of "
+                               f"{', '.join(CORS_METHODS)}")
+            asked = request_headers.get("access-control-request-headers") or ""
+            extra = [h.strip() for h in asked.lower().split(",")
+                     if h.strip() and h.strip() not in self.allow_headers]
+            if extra:
+                refused.append(f"the headers {', '.join(extra)[:100]} are not taken (send "
+                               f"{', '.join(CORS_HEADERS)})")
+            if request_headers.get("access-control-request-private-network") is not None:
+                refused.append("requests from a public site to a private network address "
+                               "are not allowed")
+            headers = {k: v for k, v in response.headers.items()
+                       if k.lower() not in ("content-length", "content-type")}
+            return JSONResponse({"error": "CORS preflight refused: " + "; ".join(refused)},
+                                status_code=response.status_code, headers=headers)
+
+    return JsonPreflightCORS
 
 
 class GuardMiddleware:

@@ -36,6 +36,10 @@ Configuration (environment, read when a worker starts):
 * ``LIFECAST_STORE_URL`` (default ``sqlite:///<cwd>/lifecast_store.db``), ``LIFECAST_KEYS_FILE``
   (default ``./.lifecast/keys.json``), ``LIFECAST_AUDIT_LOG`` (default ``./.lifecast/audit.log``),
   ``LIFECAST_MAX_BODY_BYTES`` (default 2 MB), ``LIFECAST_STORE_CHECK_SECONDS`` (default 30).
+* ``LIFECAST_CORS_ORIGINS``: the origins whose web apps may call the service from a browser
+  (comma-separated, e.g. ``https://crm.example.com``; ``*`` for any). Their preflights are
+  answered without a key, the requests still need one (`serving.app.CorsMiddleware`). Unset:
+  no CORS headers.
 * BentoML's own settings (workers, access log, timeouts) through ``BENTOML_CONFIG_OPTIONS``,
   e.g. ``services.lifecast.logging.access.enabled=false`` (what ``lifecast serve
   --no-access-log`` sets; the access log costs about a quarter of the throughput).
@@ -73,6 +77,7 @@ from serving.app import (
     CLV_MODEL_ENV,
     KEY_STATE,
     SERVICE_NAME,
+    CorsMiddleware,
     GuardMiddleware,
     ServiceError,
 )
@@ -276,4 +281,6 @@ def _openapi_document() -> dict[str, Any]:
                             description=Lifecast.inner.__doc__ or "", version=package_version)
 
 
+# CORS first, so that it runs before the key check: a browser's preflight carries no key
+Lifecast.add_asgi_middleware(CorsMiddleware)
 Lifecast.add_asgi_middleware(GuardMiddleware, openapi=_openapi_document)

@@ -141,6 +141,7 @@ def service_env(world: World):
     with pytest.MonkeyPatch.context() as mp:
         for key, value in world.env.items():
             mp.setenv(key, value)
+        mp.delenv("LIFECAST_CORS_ORIGINS", raising=False)  # tests that want CORS set it
         yield world.env
 
 

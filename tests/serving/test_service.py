@@ -5,6 +5,7 @@ is created as in a worker). Models and scores come from the session fixture in c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import json
@@ -951,6 +952,110 @@ def test_wrong_method_and_unknown_path(client) -> None:
     assert live.status_code == 200 and live.headers["content-type"].startswith("text/plain")
     # an unknown path still needs a key first: nothing is told about paths without one
     assert_clean_error(client.get("/nothing"), 401, "bearer")
+
+
+# -- CORS (LIFECAST_CORS_ORIGINS) ------------------------------------------------------------
+
+CRM_ORIGIN = "https://crm.example.com"
+
+
+@pytest.fixture(scope="module")
+def cors_client(service_env):
+    """The service with two origins allowed (one written with a trailing slash)."""
+    from starlette.testclient import TestClient
+
+    from serving.service import Lifecast
+
+    with contextlib.ExitStack() as stack:
+        # set while the app starts (the worker reads it then), not for the other fixtures
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("LIFECAST_CORS_ORIGINS",
+                      f"{CRM_ORIGIN}, https://CRM-staging.example.com/")
+            # a second app in this process: without metrics (their collectors are
+            # process-global)
+            mp.setenv("BENTOML_CONFIG_OPTIONS", "services.lifecast.metrics.enabled=false")
+            c = stack.enter_context(TestClient(Lifecast.to_asgi(),
+                                               raise_server_exceptions=False))
+        yield c
+
+
+def preflight(client, path: str = "/predict", origin: str = CRM_ORIGIN, method: str = "POST",
+              headers: str = "authorization,content-type"):
+    return client.options(path, headers={"Origin": origin,
+                                         "Access-Control-Request-Method": method,
+                                         "Access-Control-Request-Headers": headers})
+
+
+def test_cors_preflight_is_answered_without_a_key(cors_client) -> None:
+    """A browser's preflight carries no key: it got 401 from the key check, and the CRM web
+    app could not call the service at all."""
+    for path in ("/predict", "/score", "/high_risk", "/segments"):
+        for origin in (CRM_ORIGIN, "https://crm-staging.example.com"):
+            resp = preflight(cors_client, path, origin)
+            assert resp.status_code == 200, (path, resp.status_code, resp.text)
+            assert resp.headers["access-control-allow-origin"] == origin
+            assert "POST" in resp.headers["access-control-allow-methods"]
+            allowed = resp.headers["access-control-allow-headers"].lower()
+            assert "authorization" in allowed and "content-type" in allowed
+
+
+def test_cors_requests_still_need_the_key_and_carry_the_headers(cors_client, stored) -> None:
+    origin = {"Origin": CRM_ORIGIN}
+    body = {"customer_ids": stored[0].index[:2].tolist()}
+    no_key = post(cors_client, "/predict", body, key=None, headers=origin)
+    assert_clean_error(no_key, 401, "bearer")
+    # the app can read why (and the key scheme) from the error
+    assert no_key.headers["access-control-allow-origin"] == CRM_ORIGIN
+    assert "WWW-Authenticate" in no_key.headers["access-control-expose-headers"]
+    assert_clean_error(post(cors_client, "/high_risk", {}, "crm", headers=origin), 403, "lists")
+    answered = post(cors_client, "/predict", body, "crm", headers=origin)
+    assert answered.status_code == 200, answered.text
+    assert answered.headers["access-control-allow-origin"] == CRM_ORIGIN
+    assert "origin" in answered.headers["vary"].lower()
+    assert answered.json() == post(cors_client, "/predict", body, "crm").json()
+    csv_export = post(cors_client, "/high_risk", {"limit": 2, "format": "csv"}, "marketing",
+                      headers=origin)
+    assert csv_export.headers["access-control-allow-origin"] == CRM_ORIGIN
+    assert "Content-Disposition" in csv_export.headers["access-control-expose-headers"]
+    # another origin: answered (the key decides), without the header the browser needs
+    other = post(cors_client, "/predict", body, "crm", headers={"Origin": "https://evil.test"})
+    assert other.status_code == 200 and "access-control-allow-origin" not in other.headers
+
+
+def test_cors_preflights_refused_say_why(cors_client) -> None:
+    cases = (({"origin": "https://evil.test"}, ("origin 'https://evil.test'",
+                                                 "LIFECAST_CORS_ORIGINS")),
+             ({"method": "DELETE"}, ("method 'DELETE'", "GET, HEAD, POST")),
+             ({"headers": "authorization,x-tenant"}, ("x-tenant", "Authorization, Content-Type")))
+    for kwargs, words in cases:
+        resp = preflight(cors_client, **kwargs)
+        assert_clean_error(resp, 400, "CORS preflight refused", *words)
+        assert "access-control-allow-origin" not in resp.headers or kwargs.get(
+            "origin") is None
+
+
+def test_without_cors_origins_there_are_no_cors_headers(client) -> None:
+    """LIFECAST_CORS_ORIGINS unset: as before, a preflight needs a key and no answer says
+    anything about CORS."""
+    assert_clean_error(preflight(client), 401, "bearer")
+    resp = post(client, "/predict", {"customer_ids": ["1"]}, "crm",
+                headers={"Origin": CRM_ORIGIN})
+    assert resp.status_code == 200
+    assert not [h for h in resp.headers if h.lower().startswith("access-control-")]
+
+
+def test_cors_origins_are_read_as_browsers_send_them(caplog) -> None:
+    from serving.app import cors_origins
+
+    with caplog.at_level("WARNING", logger="lifecast.serving"):
+        got = cors_origins("https://CRM.example.com/, http://localhost:3000 *,"
+                           "crm.example.com, https://x.example.com/app,,")
+    assert got == ["https://crm.example.com", "http://localhost:3000", "*"]
+    warned = caplog.text
+    assert "'crm.example.com' is not an origin" in warned
+    assert "'https://x.example.com/app' is not an origin" in warned
+    assert "LIFECAST_CORS_ORIGINS" in warned
+    assert cors_origins("") == [] and cors_origins(" , ") == []
 
 
 # -- readiness without a store, schemas, the command line --------------------------------

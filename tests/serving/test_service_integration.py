@@ -24,14 +24,17 @@ from serving.schemas import EXAMPLE_SCORE_REQUEST
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
+#: the origin the server lets call it from a browser (LIFECAST_CORS_ORIGINS)
+CRM_ORIGIN = "https://crm.example.com"
 
 
 @pytest.fixture(scope="module")
 def server(workdir, clean_env, start_server):
     """`lifecast serve --port <free>` in the working folder, until the module ends."""
     folder, versions, tokens = workdir
+    env = {**clean_env, "LIFECAST_CORS_ORIGINS": CRM_ORIGIN}
     with start_server([str(BIN / "lifecast"), "serve", "--no-access-log"], cwd=folder,
-                      env=clean_env, log=folder / "serve.log") as running:
+                      env=env, log=folder / "serve.log") as running:
         yield {"url": running.url, "tokens": tokens, "versions": versions, "folder": folder,
                "proc": running.proc}
 
@@ -165,6 +168,27 @@ def test_bad_inputs_over_http(server) -> None:
     assert admin.get("/predict").headers["allow"] == "POST"
     log = (server["folder"] / "serve.log").read_text()
     assert "Traceback" not in log, log[-3000:]
+
+
+def test_cors_in_front_of_the_key_check(server) -> None:
+    """`bentoml serve` runs the middlewares in the order the service adds them: a browser's
+    preflight is answered without a key, the request itself needs one, and both carry the
+    CORS headers (BentoML's own CORS setting sits behind the key check: 401)."""
+    anonymous, crm = _client(server), _client(server, "crm")
+    pre = anonymous.options("/predict", headers={
+        "Origin": CRM_ORIGIN, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type"})
+    assert pre.status_code == 200, pre.text
+    assert pre.headers["access-control-allow-origin"] == CRM_ORIGIN
+    origin = {"Origin": CRM_ORIGIN}
+    no_key = anonymous.post("/predict", json={"customer_ids": ["nobody"]}, headers=origin)
+    _assert_error(no_key, 401, "bearer")
+    assert no_key.headers["access-control-allow-origin"] == CRM_ORIGIN
+    answered = crm.post("/predict", json={"customer_ids": ["nobody"]}, headers=origin)
+    assert answered.status_code == 200, answered.text
+    assert answered.headers["access-control-allow-origin"] == CRM_ORIGIN
+    plain = crm.post("/predict", json={"customer_ids": ["nobody"]})
+    assert "access-control-allow-origin" not in plain.headers
 
 
 def test_bentoml_client(server) -> None:
