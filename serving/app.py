@@ -1104,6 +1104,9 @@ KEY_STATE = "lifecast_key"
 #: loads) and ``/docs``, a redirect to that Swagger UI at ``/``. They describe the API and
 #: hold no customer data.
 OPENAPI_PATHS = ("/openapi.json", "/docs.json")
+#: BentoML's service schema (its client reads it), answered by `GuardMiddleware` from
+#: ``schema()`` when given (`serving.openapi.service_schema`).
+SCHEMA_PATH = "/schema.json"
 DOCS_PATH = "/docs"
 
 
@@ -1221,7 +1224,8 @@ class GuardMiddleware:
 
     * ``GET``/``HEAD`` of `OPENAPI_PATHS` answer ``openapi()`` (when given: the document of
       `serving.openapi.openapi_document`, which declares the API key), made once; ``/docs``
-      redirects to the Swagger UI at ``/``. No key needed.
+      redirects to the Swagger UI at ``/``; ``/schema.json`` answers ``schema()`` (when
+      given: BentoML's service schema with the requests' real types). No key needed.
     * Open paths (`serving.keys.is_open_path`: probes, metrics, docs, schema) pass untouched.
     * Anything else needs ``Authorization: Bearer <key>`` with the endpoint's scope
       (`serving.keys.ENDPOINT_SCOPES`): 401 / 403 ``{"error": ...}`` with ``WWW-Authenticate``.
@@ -1243,7 +1247,8 @@ class GuardMiddleware:
 
     def __init__(self, app: Callable[..., Awaitable[None]], keys: KeyStore | None = None,
                  max_body_bytes: int | None = None,
-                 openapi: Callable[[], dict[str, Any]] | None = None) -> None:
+                 openapi: Callable[[], dict[str, Any]] | None = None,
+                 schema: Callable[[], dict[str, Any]] | None = None) -> None:
         from serving.keys import KeyStore
 
         self.app = app
@@ -1252,7 +1257,8 @@ class GuardMiddleware:
             max_body_bytes = int(os.environ.get(MAX_BODY_ENV, DEFAULT_MAX_BODY))
         self.max_body_bytes = int(max_body_bytes)
         self.openapi = openapi
-        self._openapi_body: bytes | None = None
+        self.schema = schema
+        self._bodies: dict[str, bytes] = {}  # the documents, made once
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         from serving.keys import KeyStoreError, is_open_path, scope_for_path
@@ -1264,6 +1270,11 @@ class GuardMiddleware:
         if (self.openapi is not None and scope.get("method") in ("GET", "HEAD")
                 and path in (*OPENAPI_PATHS, DOCS_PATH)):
             await self._docs(path, scope.get("method") == "HEAD", send)
+            return
+        if (self.schema is not None and scope.get("method") in ("GET", "HEAD")
+                and path == SCHEMA_PATH):
+            await self._document("the service schema", self.schema,
+                                 scope.get("method") == "HEAD", send)
             return
         if is_open_path(path):
             # their answers stay BentoML's, but for a wrong method or a missing asset
@@ -1337,15 +1348,21 @@ class GuardMiddleware:
                 (b"location", b"./"), (b"content-length", b"0")]})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
-        if self._openapi_body is None:
+        assert self.openapi is not None
+        await self._document("the OpenAPI document", self.openapi, head, send)
+
+    async def _document(self, name: str, make: Callable[[], dict[str, Any]], head: bool,
+                        send: Send) -> None:
+        """A JSON document from ``make()``, made at the first request and kept."""
+        body = self._bodies.get(name)
+        if body is None:
             try:
-                self._openapi_body = json.dumps(self.openapi()).encode("utf-8")
+                body = self._bodies[name] = json.dumps(make()).encode("utf-8")
             except Exception:
-                logger.exception("the OpenAPI document cannot be generated")
-                await _json(send, 500, {"error": "the OpenAPI document cannot be generated; "
-                                                 "see the server log"})
+                logger.exception("%s cannot be generated", name)
+                await _json(send, 500, {"error": f"{name} cannot be generated; see the "
+                                                 f"server log"})
                 return
-        body = self._openapi_body
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode())]})

@@ -67,7 +67,8 @@ ENDPOINT_SCOPES: dict[str, str] = {
 #   /livez, /healthz, /readyz, /metrics   probes and Prometheus metrics
 #   /                                     the index page (Swagger UI)
 #   /docs.json                            the OpenAPI spec the Swagger UI loads
-#   /schema.json                          the service schema
+#   /schema.json                          the service schema (its client reads it; answered
+#                                         by `serving.app.GuardMiddleware` with the real types)
 #   /static_content/...                   Swagger UI assets
 #   /assets/...                           assets of the new UI (only with the "new_index" feature)
 # and what lifecast adds (`serving.app.GuardMiddleware` answers them itself):

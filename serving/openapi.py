@@ -24,7 +24,10 @@ endpoints never give, while it leaves out the ones they do give (401, 403, 413, 
 
 `serving.app.GuardMiddleware` serves the result, without a key, at ``/openapi.json`` and
 ``/docs.json`` (which the Swagger UI at ``/`` and ``/docs`` loads): the document describes
-the API and holds no customer data. Nothing happens on import.
+the API and holds no customer data. It serves BentoML's other description, the service
+schema at ``/schema.json`` (which BentoML's own client reads), through `service_schema`:
+BentoML flattens every union there too, so customer ids showed as strings only. Nothing
+happens on import.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ import inspect
 import json
 from typing import Any
 
-__all__ = ["ERROR_STATUSES", "ROUTING_ERROR_STATUSES", "SECURITY_SCHEME", "openapi_document"]
+__all__ = ["ERROR_STATUSES", "ROUTING_ERROR_STATUSES", "SECURITY_SCHEME", "openapi_document",
+           "service_schema"]
 
 #: The name of the API key's security scheme in the document.
 SECURITY_SCHEME = "ApiKey"
@@ -185,3 +189,48 @@ def _error(status: int, description: str) -> dict[str, Any]:
                            "`error=\"insufficient_scope\"` and the scope needed).",
             "schema": {"type": "string"}}}
     return answer
+
+
+def service_schema(schema: dict[str, Any], apis: dict[str, tuple[Any, Any]]) -> dict[str, Any]:
+    """BentoML's service schema (``service.schema()``, served at ``/schema.json``) with each
+    route's ``input`` and ``output`` the JSON schema of its models (``apis``: by route, the
+    input and output pydantic models), references inlined as BentoML does, but every union
+    kept: BentoML keeps only the first branch of each ``anyOf``, so a customer id (a string
+    or an integer, `serving.schemas.CustomerId`) showed as a string only, and what may be
+    null (``as_of``, ``segments``, ``expected_orders``) as never null. The input is the
+    validation schema (what a request may hold), the output the serialization schema. Keys
+    BentoML adds (``is_stream``, ``media_type``) stay. The input is not changed."""
+    doc = copy.deepcopy(schema)
+    for route in doc.get("routes", []):
+        models = apis.get(route.get("route"))
+        if models is None:
+            continue
+        request, answer = models
+        added = {k: v for k, v in (route.get("output") or {}).items()
+                 if k in ("is_stream", "media_type")}
+        route["input"] = _inlined(request.model_json_schema())
+        route["output"] = {**_inlined(answer.model_json_schema(mode="serialization")),
+                           **added}
+    return doc
+
+
+def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
+    """A JSON schema with its ``#/$defs/...`` references replaced by the definitions (the
+    layout of BentoML's service schema, which has no ``$defs``); a definition that refers to
+    itself, through others or not, keeps its reference there."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any, active: tuple[str, ...]) -> Any:
+        if isinstance(node, list):
+            return [walk(item, active) for item in node]
+        if not isinstance(node, dict):
+            return node
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            name = ref.removeprefix("#/$defs/")
+            if name in defs and name not in active:
+                rest = {k: v for k, v in node.items() if k != "$ref"}
+                return {**walk(defs[name], (*active, name)), **walk(rest, active)}
+        return {k: walk(v, active) for k, v in node.items()}
+
+    return walk(schema, ())

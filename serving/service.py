@@ -21,7 +21,8 @@ endpoint       scope     what
                          reached (looked at every ``LIFECAST_STORE_CHECK_SECONDS``)
 /metrics        (open)   Prometheus metrics
 /docs, /        (open)   Swagger UI (**Authorize** takes the API key); ``/openapi.json`` and
-                         ``/docs.json`` the OpenAPI document
+                         ``/docs.json`` the OpenAPI document; ``/schema.json`` BentoML's
+                         service schema (`_service_schema`)
 =============  ========  =====================================================================
 
 Requests and responses are the models of `serving.schemas`; the logic is `serving.app.Runtime`
@@ -281,6 +282,15 @@ def _openapi_document() -> dict[str, Any]:
                             description=Lifecast.inner.__doc__ or "", version=package_version)
 
 
+def _service_schema() -> dict[str, Any]:
+    """BentoML's service schema, which `GuardMiddleware` serves at /schema.json (BentoML's
+    client reads it), with the requests' and answers' real types (`serving.openapi`)."""
+    from serving.openapi import service_schema
+
+    apis = {api.route: (api.input_spec, api.output_spec) for api in Lifecast.apis.values()}
+    return service_schema(Lifecast.schema(), apis)
+
+
 # CORS first, so that it runs before the key check: a browser's preflight carries no key
 Lifecast.add_asgi_middleware(CorsMiddleware)
-Lifecast.add_asgi_middleware(GuardMiddleware, openapi=_openapi_document)
+Lifecast.add_asgi_middleware(GuardMiddleware, openapi=_openapi_document, schema=_service_schema)

@@ -418,6 +418,37 @@ def test_openapi_shows_both_customer_id_types(client) -> None:
     assert {b.get("type") for b in as_of["anyOf"]} == {"string", "null"}
 
 
+def test_the_service_schema_shows_both_customer_id_types(client) -> None:
+    """/schema.json (BentoML's service schema, which its client reads) gave the customer ids
+    of /predict and /score as strings only, and what may be null as never null: BentoML
+    keeps the first branch of every union there. Now each route's input and output are
+    its models' schemas, unions kept, with the same fields BentoML's client looks up."""
+    from serving.service import Lifecast
+
+    schema = client.get("/schema.json")
+    assert schema.status_code == 200 and schema.headers["content-type"] == "application/json"
+    routes = {r["route"]: r for r in schema.json()["routes"]}
+    bentoml_own = {r["route"]: r for r in Lifecast.schema()["routes"]}
+    assert set(routes) == set(bentoml_own) == {"/predict", "/score", "/high_risk", "/segments"}
+    for route, own in bentoml_own.items():
+        assert routes[route]["name"] == own["name"]
+        for side in ("input", "output"):
+            assert set(routes[route][side]["properties"]) == set(own[side]["properties"])
+            assert routes[route][side].get("required") == own[side].get("required")
+    predict = routes["/predict"]["input"]["properties"]["customer_ids"]
+    customer = routes["/score"]["input"]["properties"]["customers"]["items"]
+    for id_schema in (predict["items"], customer["properties"]["customer_id"]):
+        assert {b["type"] for b in id_schema["anyOf"]} == {"string", "integer"}, id_schema
+    assert {b.get("type") for b in routes["/score"]["input"]["properties"]["as_of"][
+        "anyOf"]} == {"string", "null"}
+    prediction = routes["/predict"]["output"]["properties"]["predictions"]["items"]
+    assert prediction["properties"]["customer_id"]["type"] == "string"
+    assert {b.get("type") for b in prediction["properties"]["expected_orders"]["anyOf"]} == {
+        "number", "null"}
+    assert "$ref" not in schema.text and "$defs" not in schema.text
+    assert client.head("/schema.json").content == b""
+
+
 def test_http_score(client) -> None:
     resp = post(client, "/score", EXAMPLE_SCORE_REQUEST, "crm")
     assert resp.status_code == 200, resp.text
