@@ -1,8 +1,11 @@
 """Atomic file output: write to a temporary name in the target folder, then rename.
 
 A failed or interrupted run therefore never leaves a half-written file behind; an
-existing file is replaced only once the new one is complete. The file gets the
-permissions a plain ``open(path, "w")`` would give it: a new file ``0o666`` less the
+existing file is replaced only once the new one is complete. A process killed outright
+(``kill -9``) cannot remove its temporary file: the name says which process wrote it
+(``.<name>.<machine>-<pid>-<start>.<hex>.tmp``, `features.process`), and the next write
+of the same output removes those whose process is provably gone, never a live writer's. The
+file gets the permissions a plain ``open(path, "w")`` would give it: a new file ``0o666`` less the
 umask, a replaced file its old permission bits.
 """
 
@@ -12,12 +15,17 @@ import contextlib
 import gzip
 import io
 import os
+import re
 import secrets
+import socket
 import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
+
+from features.process import ProcessId, gone_reason, this_process
+from features.warn import warn
 
 _FRAME_SUFFIXES = (".parquet", ".csv", ".csv.gz")
 
@@ -68,11 +76,22 @@ def _frame_suffix(path: Path) -> str:
     return "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
 
 
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+_TEMP_TAIL = re.compile(r"(?P<machine>[0-9a-f]{8})-(?P<pid>\d+)-(?P<start>[0-9a-f]{8}|x)"
+                        r"\.[0-9a-f]{8}\.tmp")
+
+
 def _create_temp(path: Path) -> Path:
     """Create an empty file with a fresh name next to ``path``, mode 0o666 less the umask
-    (as ``open`` does; ``tempfile.mkstemp`` would make it 0o600)."""
+    (as ``open`` does; ``tempfile.mkstemp`` would make it 0o600). The name holds this
+    process's `ProcessId` (`_sweep_leftovers` reads it back)."""
+    me = this_process()
+    owner = f"{me.machine}-{me.pid}-{me.start or 'x'}"
     for _ in range(100):
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        tmp = path.parent / f"{_temp_prefix(path)}{owner}.{secrets.token_hex(4)}.tmp"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
@@ -80,6 +99,36 @@ def _create_temp(path: Path) -> Path:
         os.close(fd)
         return tmp
     raise FileExistsError(f"could not create a temporary file next to {path}")
+
+
+def _sweep_leftovers(path: Path) -> None:
+    """Remove the temporary files of earlier writes of ``path`` whose process is provably
+    gone (killed outright: nothing else leaves one), each with a one-line warning. Files of a
+    process that may still be running (here or on another machine sharing the folder), and
+    names this module did not make, are left alone."""
+    prefix = _temp_prefix(path)
+    try:
+        names = [e.name for e in os.scandir(path.parent) if e.name.startswith(prefix)]
+    except OSError:
+        return
+    for name in names:
+        match = _TEMP_TAIL.fullmatch(name[len(prefix):])
+        if match is None:
+            continue
+        start = "" if match["start"] == "x" else match["start"]
+        # the machine digest matches this one's or `gone_reason` tells nothing: the host
+        # name is this one's whenever it is shown
+        owner = ProcessId(host=socket.gethostname(), machine=match["machine"],
+                          pid=int(match["pid"]), start=start)
+        reason = gone_reason(owner)
+        if reason is None:
+            continue
+        try:
+            os.unlink(path.parent / name)
+        except OSError:  # another write swept it first, or the folder is read-only
+            continue
+        warn(f"removed {path.parent / name}, the temporary file of an earlier write of "
+             f"{path.name} that was killed before it finished ({reason})")
 
 
 @contextlib.contextmanager
@@ -92,6 +141,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = check_output_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        _sweep_leftovers(path)
         tmp = _create_temp(path)
     except OSError as exc:  # e.g. the folder became read-only since the check
         raise ValueError(f"cannot write {path}: {exc.strerror or exc}") from None

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import stat
+import subprocess
+import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -166,3 +170,63 @@ def test_a_full_disk_is_a_clear_error_and_keeps_the_old_file(
         write_frame(FRAME, new)
     assert old.read_bytes() == b"the last run's output"
     assert sorted(p.name for p in tmp_path.iterdir()) == [old.name]
+
+
+# ------------------------------------------------------------------ leftovers of kill -9
+
+_HOLD_WRITE = """
+import sys, time
+from features.storage import atomic_path
+
+with atomic_path(sys.argv[1]) as tmp:
+    tmp.write_bytes(b"half written")
+    print(tmp.name, flush=True)  # the temporary file exists: the test may kill us now
+    sys.stdin.read()  # ... and we wait until it closes our stdin (or kills us)
+"""
+
+
+def _writer(out: Path) -> tuple[subprocess.Popen, str]:
+    """A real process holding a temporary file for ``out`` open: returns it and the file's
+    name once the file exists."""
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD_WRITE, str(out)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[2])
+    name = proc.stdout.readline().strip()
+    assert name.startswith(f".{out.name}."), name
+    return proc, name
+
+
+def test_a_temporary_file_left_by_kill_9_is_removed_by_the_next_write(tmp_path: Path) -> None:
+    """A writer killed with SIGKILL runs no clean-up: before, its `.<name>.<hex>.tmp`
+    stayed beside the output for ever (the name said nothing of who wrote it, so nothing
+    could tell it from a live writer's). Now the name holds the writer's pid and start, and
+    the next write of the same output removes it, saying so in one line."""
+    out = tmp_path / "features.parquet"
+    proc, name = _writer(out)
+    proc.kill()
+    proc.wait()
+    assert (tmp_path / name).exists()
+    with pytest.warns(UserWarning, match=rf"removed .*{re.escape(name)}, the temporary file "
+                      rf"of an earlier write of features.parquet that was killed before it "
+                      rf"finished \(pid {proc.pid} on .* is not running\)"):
+        write_frame(FRAME, out)
+    assert sorted(os.listdir(tmp_path)) == ["features.parquet"]
+
+
+def test_a_live_writers_temporary_file_is_left_alone(tmp_path: Path) -> None:
+    """A second write of the same output while the first still runs: the first one's
+    temporary file is its work in progress and stays; the first then finishes as usual."""
+    out = tmp_path / "features.parquet"
+    other = tmp_path / ".features.parquet.0a1b2c3d.tmp"  # a name storage never made itself
+    other.write_bytes(b"not ours")
+    proc, name = _writer(out)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            write_frame(FRAME, out)
+        assert (tmp_path / name).read_bytes() == b"half written"
+    finally:
+        proc.communicate("")
+    assert proc.returncode == 0
+    assert out.read_bytes() == b"half written"  # the first writer renamed its file on close
+    assert sorted(os.listdir(tmp_path)) == [other.name, "features.parquet"]
