@@ -984,3 +984,91 @@ def test_a_full_disk_is_one_line_and_exit_2(full, tmp_path, capsys):
     said = "No space left on device" if full == "a file" else "database or disk is full"
     assert err.startswith(f"error: {said}: the command stopped and kept nothing half-written")
     assert err.endswith("Free space on the disk (`df -h .`) and run it again\n")
+
+
+_KILLED_TRAIN = """
+import sys
+from training import tracking
+
+decided = tracking._record_decision
+
+def hold(client, kind, version, decision):
+    if kind == "clv":  # lifecast-churn's alias moved, lifecast-clv's not yet: kill us now
+        import mlflow
+        print(mlflow.active_run().info.run_id, flush=True)
+        sys.stdin.read()
+    return decided(client, kind, version, decision)
+tracking._record_decision = hold
+sys.argv[0] = "lifecast"
+from serving.cli import main
+main()
+"""
+
+
+@pytest.mark.slow
+def test_a_train_killed_with_sigkill_is_marked_killed_by_the_next_train(tmp_path, monkeypatch):
+    """A real `lifecast train` killed with SIGKILL (the OOM killer, `kill -9`) after it
+    moved lifecast-churn's champion alias and before lifecast-clv's: no clean-up ran, so its
+    MLflow run stayed RUNNING for ever and the champions were a mixed pair (churn of the
+    killed run, value of the one before) that `lifecast score` used together. Now the next
+    `lifecast train` marks the run KILLED with one warning line naming it, puts the
+    champion it replaced back, and `lifecast promote` refuses the killed run's versions."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import mlflow
+
+    from features import demo_data_path
+    from training import tracking
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(tracking, "_last_set_uri", None)
+    demo = ["-t", demo_data_path(), "--customer-col", "CustomerID", "--timestamp-col",
+            "InvoiceDate", "--amount", "Quantity * UnitPrice", "--order-col", "InvoiceNo",
+            "--churn-horizon-days", "90", "--clv-horizon-days", "90", "--threads", "1"]
+    res = runner.invoke(app, ["train", *demo])
+    assert res.exit_code == 0, res.output
+
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_TRAIN, "train", *demo, "--promote", "always"],
+        cwd=tmp_path, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL, text=True)
+    killed = proc.stdout.readline().strip()
+    proc.kill()
+    proc.wait()
+    assert re.fullmatch(r"[0-9a-f]{32}", killed), killed
+
+    tracking.configure(tmp_path)
+    client = mlflow.MlflowClient()
+    run = client.get_run(killed)
+    assert run.info.status == "RUNNING"  # what kill -9 leaves
+    champions = tracking.champion_versions
+    assert champions() == {"churn": "2", "clv": "1"}  # a mixed pair
+    res = runner.invoke(app, ["models", "--json"])  # `lifecast models` says so meanwhile
+    assert res.exit_code == 0, res.output
+    stale = {(v["model"], v["version"]): v["decision"] for v in json.loads(res.output)
+             if v["decision"].startswith("stale: ")}
+    assert stale == {(m, 2): f"stale: its training run is RUNNING but its process is gone "
+                             f"(pid {proc.pid} on {os.uname().nodename} is not running); "
+                             f"the next `lifecast train` marks it KILLED"
+                     for m in ("lifecast-churn", "lifecast-clv")}
+
+    res = runner.invoke(app, ["train", *demo, "--promote", "never"])
+    assert res.exit_code == 0, res.output
+    started = pd.Timestamp(run.info.start_time, unit="ms", tz="UTC")
+    assert (f"warning: MLflow run {killed} ({run.info.run_name}), started "
+            f"{started:%Y-%m-%d %H:%M:%S} UTC, was still RUNNING but its process is gone "
+            f"(pid {proc.pid} on {os.uname().nodename} is not running): marked KILLED; "
+            f"lifecast-churn v1 is champion again in place of its v2\n") in res.output
+    assert client.get_run(killed).info.status == "KILLED"
+    tracking.configure(tmp_path)
+    assert champions() == {"churn": "1", "clv": "1"}
+
+    res = runner.invoke(app, ["promote", "--run", killed])
+    assert res.exit_code == 2
+    assert f"run {killed} cannot be champion: it was killed before it ended" in res.output
+    assert champions() == {"churn": "1", "clv": "1"}

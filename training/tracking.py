@@ -47,7 +47,10 @@ scores are logged (tags ``decision_churn`` / ``decision_clv``, metrics
 ``lifecast promote``, the tags of both runs and both versions say so, and when
 (`_mark_decision`). A run that fails part way (an exception, Ctrl-C) is
 deleted with the model versions and logged models it registered, and the aliases it moved go
-back (`_undo_run`). The champion is read again and the aliases moved under a lock of the
+back (`_undo_run`). A run killed outright (``kill -9``) cannot do that: every run is tagged
+with its process (`owner_tags`), and the next ``lifecast train`` (or ``promote``) marks such
+a run KILLED once its process is provably gone, puts back the aliases it moved and tags its
+versions so that none becomes champion (`end_dead_runs`). The champion is read again and the aliases moved under a lock of the
 store (`registry_lock`): runs and ``lifecast promote`` at once on one machine act one after
 the other, each deciding against the champion the other left.
 
@@ -88,6 +91,7 @@ from mlflow.types import ColSpec, Schema
 from features.config import FeatureConfig
 from features.errors import TemporaryFailure
 from features.naming import counted, named
+from features.process import ProcessId, gone_reason, this_process
 from features.registry import DEFINITIONS_KEY, feature_names, recorded_definitions
 from features.urls import masked_url
 from features.warn import warn
@@ -129,6 +133,7 @@ __all__ = [
     "check_promote",
     "champion_versions",
     "configure",
+    "end_dead_runs",
     "experiment_name",
     "list_models",
     "load_champions",
@@ -771,6 +776,7 @@ def log_training(
     """
     check_promote(promote)
     _ensure_configured()
+    end_dead_runs()
     experiment_id = _experiment_id(experiment_name(experiment))
     client = mlflow.MlflowClient()
     models = result.models
@@ -820,6 +826,8 @@ def log_training(
                     decisions[kind]["message"] += (f" (decided again as the run ended: "
                                                    f"{changed} while this one trained)")
                 champions[kind] = now
+            # what a kill -9 between here and the end leaves for `end_dead_runs` to put back
+            mlflow.set_tag(CHAMPIONS_BEFORE_TAG, json.dumps(champions))
             for kind in KINDS:
                 _record_decision(client, kind, versions[kind], decisions[kind])
             for kind in KINDS:  # the champions replaced no longer read "promoted"
@@ -915,12 +923,152 @@ def numbered_run_name(client: MlflowClient, experiment_id: str, name: str) -> st
     return name if highest == 0 else f"{name} #{highest + 1}"
 
 
+#: Tags naming the process that runs a lifecast run (`owner_tags`), read by `end_dead_runs`.
+HOST_TAG, MACHINE_TAG, PID_TAG, START_TAG = ("lifecast.host", "lifecast.machine",
+                                             "lifecast.pid", "lifecast.process_start")
+#: Why `end_dead_runs` ended a run (set on the run and on the versions it registered).
+KILLED_TAG = "lifecast.killed"
+#: The champion versions a train run is about to replace, recorded before it moves an alias
+#: (JSON ``{"churn": "3", "clv": null}``): what `end_dead_runs` puts back after a kill -9.
+CHAMPIONS_BEFORE_TAG = "lifecast.champions_before"
+
+
+def owner_tags() -> dict[str, str]:
+    """Tags naming this process (`features.process.ProcessId`), given to every run lifecast
+    starts, so that a later run can tell a run whose process was killed outright."""
+    me = this_process()
+    return {HOST_TAG: me.host, MACHINE_TAG: me.machine, PID_TAG: str(me.pid),
+            START_TAG: me.start}
+
+
+def _owner(tags: Mapping[str, str]) -> ProcessId | None:
+    if not tags.get(PID_TAG, "").isdigit() or not tags.get(MACHINE_TAG):
+        return None
+    return ProcessId(host=tags.get(HOST_TAG, ""), machine=tags[MACHINE_TAG],
+                     pid=int(tags[PID_TAG]), start=tags.get(START_TAG, ""))
+
+
+def dead_run_reason(run: Any) -> str | None:
+    """Why ``run`` (an `mlflow.entities.Run`), still RUNNING, can no longer end: the
+    process that ran it is provably gone (`features.process.gone_reason`); None when it
+    has ended, was not started by lifecast, or its process may still run (on another
+    host, or its pid alive)."""
+    if run.info.status != "RUNNING":
+        return None
+    owner = _owner(run.data.tags)
+    return None if owner is None else gone_reason(owner)
+
+
+def _active_experiment_ids(client: MlflowClient) -> list[str]:
+    ids, token = [], None
+    while True:
+        page = client.search_experiments(view_type=ViewType.ACTIVE_ONLY, page_token=token)
+        ids += [e.experiment_id for e in page]
+        token = page.token
+        if not token:
+            return ids
+
+
+def end_dead_runs() -> list[str]:
+    """Mark KILLED the lifecast runs still RUNNING whose process is provably gone (killed
+    outright: ``kill -9``, the OOM killer; SIGTERM and Ctrl-C end them themselves), in every
+    active experiment of the store, with one warning line each naming the run, when it
+    started and why; returns their ids. Runs of other hosts and runs whose process may
+    still run are left alone.
+
+    Such a run may have registered model versions and moved champion aliases before it
+    was killed (`log_training` registers both versions, then moves the aliases one after
+    the other): it counts as failed, as it would have after SIGTERM (`_undo_run`). The
+    aliases it moved go back to the versions it replaced (its `CHAMPIONS_BEFORE_TAG`),
+    unless someone promoted its versions by hand since, and its versions get a
+    `KILLED_TAG` and a ``decision`` saying so (`promote_run` refuses them). Unlike a failed
+    run, the run and its versions are kept: they are the record of what was killed."""
+    client = _client()
+    ended: list[str] = []
+    with registry_lock():  # no alias moves meanwhile; two runs at once end each run once
+        for chunk in _chunks(_active_experiment_ids(client), 100):
+            token = None
+            while True:
+                page = client.search_runs(chunk, "attributes.status = 'RUNNING'",
+                                          max_results=1000, page_token=token)
+                for run in page:
+                    reason = dead_run_reason(run)
+                    if reason is not None:
+                        _end_dead_run(client, run, reason)
+                        ended.append(run.info.run_id)
+                token = page.token
+                if not token:
+                    break
+    return ended
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterator[list[str]]:
+    for i in range(0, len(items), size):
+        yield list(items[i:i + size])
+
+
+def _end_dead_run(client: MlflowClient, run: Any, reason: str) -> None:
+    run_id = run.info.run_id
+    started = pd.Timestamp(run.info.start_time, unit="ms", tz="UTC").strftime(
+        "%Y-%m-%d %H:%M:%S UTC")
+    note = (f"killed before it ended ({reason}); marked KILLED by lifecast on {_now()}")
+    client.set_tag(run_id, KILLED_TAG, note)
+    client.set_terminated(run_id, "KILLED")
+    what = [f"MLflow run {run_id} ({run.info.run_name}), started {started}, was still "
+            f"RUNNING but its process is gone ({reason}): marked KILLED"]
+    before = _champions_before(run.data.tags.get(CHAMPIONS_BEFORE_TAG))
+    for kind, name in MODEL_NAMES.items():
+        mine = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+        for mv in mine:
+            client.set_model_version_tag(name, mv.version, KILLED_TAG, note)
+        current = _champion_version(client, kind)
+        champion = next((mv for mv in mine if str(mv.version) == current), None)
+        if champion is not None and not (champion.tags or {}).get(
+                "decision", "").startswith(_BY_HAND) and kind in before:
+            back = before[kind]
+            if back is None:
+                client.delete_registered_model_alias(name, CHAMPION_ALIAS)
+                what.append(f"{name} v{current} is no longer champion")
+            else:
+                client.set_registered_model_alias(name, CHAMPION_ALIAS, back)
+                _undo_demotion(client, name, back, run_id)
+                what.append(f"{name} v{back} is champion again in place of its v{current}")
+        for mv in mine:  # (one promoted by hand, and champion still, says so already)
+            kept = (str(mv.version) == _champion_version(client, kind)
+                    and (mv.tags or {}).get("decision", "").startswith(_BY_HAND))
+            if not kept:
+                client.set_model_version_tag(
+                    name, mv.version, "decision",
+                    f"not a champion: its training run was {note}")
+    warn("; ".join(what))
+
+
+def _champions_before(text: str | None) -> dict[str, str | None]:
+    try:
+        found = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return {k: (None if v is None else str(v)) for k, v in found.items() if k in KINDS} \
+        if isinstance(found, dict) else {}
+
+
+def _undo_demotion(client: MlflowClient, name: str, version: str, run_id: str) -> None:
+    """Give version ``version`` back the decision it had before run ``run_id`` demoted it
+    (`_mark_decision`), when the run got that far."""
+    text = client.get_model_version(name, version).tags.get("decision", "")
+    if text.startswith(_DEMOTED) and run_id in text:
+        original = (text.split(_WHEN_TRAINED, 1)[1][:-1] if _WHEN_TRAINED in text else "")
+        client.set_model_version_tag(name, version, "decision", original)
+
+
 @contextmanager
 def started_run(experiment_id: str, run_name: str | None, default: str, **kwargs: Any
                 ) -> Iterator[Any]:
     """`mlflow.start_run` in ``experiment_id`` named ``run_name`` (the user's, kept as
     given), else ``default`` numbered (`numbered_run_name`) under `registry_lock`, so two
-    runs started at once do not take the same number."""
+    runs started at once do not take the same number. The run is tagged with the process
+    that runs it (`owner_tags`)."""
+    kwargs["tags"] = {**owner_tags(), **(kwargs.get("tags") or {})}
     if run_name is not None:
         active = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, **kwargs)
     else:
@@ -1657,6 +1805,7 @@ def promote_run(run_id: str) -> dict[str, str]:
     comes from that run, or when the start given fits several.
     """
     client = _client()
+    end_dead_runs()  # a run killed part way is refused below, not promoted
     run_id = str(run_id).strip()
     found: dict[str, str] = {}
     tags: dict[str, dict[str, str]] = {}
@@ -1681,6 +1830,12 @@ def promote_run(run_id: str) -> dict[str, str]:
             f"no registered models come from run {run_id}{_run_hint(client, run_id)}; "
             f"`lifecast models` lists the versions and the runs they come from"
         )
+    killed = next((t[KILLED_TAG] for t in tags.values() if KILLED_TAG in t), None)
+    if killed:  # a train run killed outright part way: its versions may be half logged
+        run = next(iter(versions)).run_id
+        raise ValueError(
+            f"run {run} cannot be champion: it was {killed}. Promote a run that finished "
+            f"(`lifecast models` lists them), or train again with `lifecast train`")
     missing = [MODEL_NAMES[k] for k in KINDS if k not in found]
     if missing:  # a run killed outright (kill -9: no `_undo_run`): one model of the pair
         have = ", ".join(f"{MODEL_NAMES[k]} v{v}" for k, v in found.items())
@@ -1852,7 +2007,9 @@ def list_models() -> pd.DataFrame:
     ``tie_break_score`` are the metrics the champion rule decides by (`PRIMARY_METRIC`,
     `TIE_BREAK_METRIC`: ``roc_auc`` then ``brier`` for churn, ``normalized_gini`` for
     clv, which has no tie-break), each on the version's own run's evaluation snapshot
-    (``eval_cutoff``); NaN where undefined there."""
+    (``eval_cutoff``); NaN where undefined there. ``decision`` is how the champion rule
+    decided, or starts ``stale:`` when the version's run is still RUNNING though its process
+    is gone (a ``kill -9``; the next ``lifecast train`` ends it, `end_dead_runs`)."""
     client = _client()
     rows = []
     runs: dict[str, Any] = {}
@@ -1919,7 +2076,7 @@ def list_models() -> pd.DataFrame:
                 "score": metric_score(kind, metric, tags, run),
                 "tie_break_metric": tie or "",
                 "tie_break_score": metric_score(kind, tie, tags, run),
-                "decision": tags.get("decision", ""),
+                "decision": _stale(run) or tags.get("decision", ""),
             })
     out = pd.DataFrame(rows, columns=LIST_COLUMNS).astype({
         "horizon_days": "Int64", DEFINITIONS_KEY: "Int64", "tune_trials": "Int64",
@@ -1928,6 +2085,15 @@ def list_models() -> pd.DataFrame:
         out = out.sort_values(["model", "version"], ascending=[True, False],
                               ignore_index=True)
     return out
+
+
+def _stale(run: Any) -> str:
+    """What `list_models` says of a version whose run is still RUNNING though its process
+    is gone (killed outright; `end_dead_runs` has not seen it yet): "" otherwise."""
+    reason = dead_run_reason(run) if run is not None else None
+    return "" if reason is None else (
+        f"stale: its training run is RUNNING but its process is gone ({reason}); the next "
+        f"`lifecast train` marks it KILLED")
 
 
 def _version_definitions(name: str, version: str | int, tags: Mapping[str, str]) -> Any:

@@ -397,8 +397,11 @@ def tune_config(
                     f"{' and '.join(at_cap)} model{'s' if len(at_cap) > 1 else ''} at "
                     f"{params['n_estimators']:,} trees)")
             if mlflow is not None:
+                from training.tracking import owner_tags
+
                 with mlflow.start_run(run_name=f"trial {trial.number}", nested=True,
-                                      parent_run_id=parent, experiment_id=exp_id):
+                                      parent_run_id=parent, experiment_id=exp_id,
+                                      tags=owner_tags()):
                     mlflow.set_tag("optuna.trial", str(trial.number))
                     if trial.number in capped:
                         mlflow.set_tag(TREE_CAP_TAG, capped[trial.number])

@@ -1472,3 +1472,46 @@ def test_promote_stopped_between_the_two_aliases_keeps_the_old_pair(
         monkeypatch.undo()
         for kind, version in versions.items():
             client.delete_model_version(tracking.MODEL_NAMES[kind], version)
+
+
+def test_end_dead_runs_ends_only_runs_whose_process_is_gone(store) -> None:
+    """A `lifecast train` killed outright (kill -9, the OOM killer) ran no clean-up: its
+    run stayed RUNNING for ever, looking as if it still trained. Now runs carry their
+    process (`owner_tags`) and `end_dead_runs` marks KILLED those whose process is gone,
+    saying so; a run whose process runs, one of another machine and one lifecast did not
+    start are left alone."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    client = mlflow.MlflowClient()
+    experiment = tracking._experiment_id("lifecast")
+    mine = tracking.owner_tags()
+    runs = {
+        "dead": {**mine, tracking.PID_TAG: str(child.pid)},
+        "alive": mine,
+        "elsewhere": {**mine, tracking.HOST_TAG: "other", tracking.MACHINE_TAG: "00000000",
+                      tracking.PID_TAG: str(child.pid)},
+        "not lifecast's": {},
+    }
+    ids = {name: client.create_run(experiment, tags=tags, run_name=name).info.run_id
+           for name, tags in runs.items()}
+    try:
+        with pytest.warns(UserWarning) as caught:
+            ended = tracking.end_dead_runs()
+        assert ended == [ids["dead"]]
+        started = pd.Timestamp(client.get_run(ids["dead"]).info.start_time, unit="ms",
+                               tz="UTC")
+        assert [str(w.message) for w in caught] == [
+            f"MLflow run {ids['dead']} (dead), started {started:%Y-%m-%d %H:%M:%S} "
+            f"UTC, was still RUNNING but its process is gone (pid {child.pid} on "
+            f"{mine[tracking.HOST_TAG]} is not running): marked KILLED"]
+        status = {name: client.get_run(i).info.status for name, i in ids.items()}
+        assert status == {"dead": "KILLED", "alive": "RUNNING", "elsewhere": "RUNNING",
+                          "not lifecast's": "RUNNING"}
+        assert client.get_run(ids["dead"]).data.tags[tracking.KILLED_TAG].startswith(
+            f"killed before it ended (pid {child.pid} on")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert tracking.end_dead_runs() == []  # once is enough
+    finally:
+        for run_id in ids.values():
+            client.delete_run(run_id)
