@@ -50,9 +50,10 @@ deleted with the model versions and logged models it registered, and the aliases
 back (`_undo_run`). A run killed outright (``kill -9``) cannot do that: every run is tagged
 with its process (`owner_tags`), and the next ``lifecast train`` (or ``promote``) marks such
 a run KILLED once its process is provably gone, puts back the aliases it moved and tags its
-versions so that none becomes champion (`end_dead_runs`). The champion is read again and the aliases moved under a lock of the
-store (`registry_lock`): runs and ``lifecast promote`` at once on one machine act one after
-the other, each deciding against the champion the other left.
+versions so that none becomes champion (`end_dead_runs`). The champion is read again and
+the aliases moved under a lock of the store (`registry_lock`): runs and ``lifecast promote``
+at once on one machine act one after the other, each deciding against the champion the
+other left.
 
 The pyfunc models import this package (``training.tracking`` and ``training.models``) when
 loaded, so load them where lifecast is installed.
