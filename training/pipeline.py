@@ -196,7 +196,10 @@ def data_differs(other: pd.DataFrame, this: pd.DataFrame, before: Any) -> str | 
     b = this[this["day"] < day].set_index("day")
     if a.empty and b.empty:
         return None
-    joined = a.join(b, how="outer", lsuffix="_a", rsuffix="_b")
+    # (merge, not join: pandas 3.1 deprecates join's lsuffix/rsuffix, and its suffixes=
+    # is not in the pandas versions pyproject.toml allows)
+    joined = a.merge(b, how="outer", left_index=True, right_index=True,
+                     suffixes=("_a", "_b"))
     differ = joined[(joined["rows_a"] != joined["rows_b"])
                     | (joined["hash_sum_a"] != joined["hash_sum_b"])]
     if differ.empty:

@@ -359,7 +359,11 @@ def test_daily_profile_and_data_differs_tell_the_same_log_from_another() -> None
     # a partial last day is not compared: the earlier run read only its morning
     assert data_differs(profile(log, "2024-01-01 11:00"), full, "2024-01-01 11:00") is None
     changed = log.assign(amount=[10.0, 5.0, 7.5, 3.5, 2.0])
-    assert data_differs(full, profile(changed), "2024-01-06") == (
+    changed_profile = profile(changed)
+    with warnings.catch_warnings():  # `lifecast train` printed pandas 3.1's deprecation of
+        warnings.simplefilter("error")  # DataFrame.join's lsuffix/rsuffix
+        data_differs(full, changed_profile, "2024-01-06")
+    assert data_differs(full, changed_profile, "2024-01-06") == (
         "its events before 2024-01-06 differ from the other data's on 1 of 4 days (first "
         "2024-01-04: 1 row on both sides, with other values: customer ids (e.g. "
         "'0012345' against 12345), times (a time zone) or amounts)")
