@@ -1443,19 +1443,30 @@ def _pip_requirements() -> list[str]:
 _CODE_PACKAGES = ("features", "training")
 
 
-def _code_paths(folder: Path) -> list[str]:
-    """Copies of `_CODE_PACKAGES` in ``folder`` (made once per run), for ``code_paths``."""
-    import shutil
+def _code_paths(folder: Path, root: Path | None = None) -> list[str]:
+    """Copies of `_CODE_PACKAGES` (under ``root``, default where lifecast is installed) in
+    ``folder`` (made once per run), for ``code_paths``.
 
-    import features as features_pkg
+    Written by hand rather than with `shutil.copytree`, which copies each file's and
+    folder's mode: from a read-only install (a container image, a root-owned venv) the
+    copies were read-only folders that neither MLflow's temporary folder nor the run's
+    could delete as a non-root user, and `lifecast train` failed after fitting with a
+    PermissionError. These copies get the modes new files get (the umask)."""
+    if root is None:
+        import features as features_pkg
 
-    root = Path(features_pkg.__file__).resolve().parent.parent
+        root = Path(features_pkg.__file__).resolve().parent.parent
     paths = []
     for name in _CODE_PACKAGES:
         copy = folder / name
         if not copy.exists():
-            shutil.copytree(root / name, copy, ignore=shutil.ignore_patterns(
-                "__pycache__", "*.pyc", "data"))
+            for src in sorted((root / name).rglob("*")):
+                rel = src.relative_to(root / name)
+                if src.is_dir() or "__pycache__" in rel.parts or rel.parts[0] == "data" \
+                        or src.suffix == ".pyc":
+                    continue
+                (copy / rel).parent.mkdir(parents=True, exist_ok=True)
+                (copy / rel).write_bytes(src.read_bytes())
         paths.append(str(copy))
     return paths
 

@@ -463,6 +463,34 @@ def test_the_registered_model_loads_where_lifecast_is_not_installed(
     assert not list(code.rglob("*.pyc")) and not list(code.rglob("*.parquet"))
 
 
+def test_the_code_copies_of_a_read_only_install_can_be_deleted(tmp_path: Path) -> None:
+    """Installed read-only (a container image, a root-owned venv), the packages' files and
+    folders have no write bit; copies that kept it could not be deleted by a non-root
+    user, and `lifecast train` failed in MLflow's temporary folder after fitting. The
+    copies get the modes of new files, without byte code or the demo data."""
+    import stat
+
+    root = tmp_path / "site-packages"
+    for rel in ("features/__init__.py", "features/data/sample.parquet",
+                "features/__pycache__/x.cpython-311.pyc", "training/__init__.py",
+                "training/sub/deep.py"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("x = 1\n")
+    for path in [root, *root.rglob("*")]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    try:
+        paths = tracking._code_paths(tmp_path / "code", root=root)
+    finally:
+        for path in [root, *root.rglob("*")]:
+            path.chmod(0o755)
+    assert [Path(p).name for p in paths] == ["features", "training"]
+    copied = sorted(str(p.relative_to(tmp_path / "code"))
+                    for p in (tmp_path / "code").rglob("*") if p.is_file())
+    assert copied == ["features/__init__.py", "training/__init__.py", "training/sub/deep.py"]
+    for path in (tmp_path / "code").rglob("*"):
+        assert path.stat().st_mode & stat.S_IWUSR, f"{path} is read-only"
+
+
 def trained_customers(run: tracking.RunSummary) -> int:
     """The customers before as-of of the run's training log (its ``data.customers``)."""
     return int(mlflow.get_run(run.run_id).data.params["data.customers"])
