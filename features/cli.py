@@ -99,9 +99,16 @@ def with_mapping(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def echo_err(message: str, fg: str) -> None:
+    """A message on stderr, coloured ``fg`` on a terminal unless ``NO_COLOR`` is set to
+    anything but '' (no-color.org); never coloured when stderr is piped to a file or a log
+    collector (click strips the codes there)."""
+    typer.secho(message, fg=fg, err=True, color=False if os.environ.get("NO_COLOR") else None)
+
+
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print an error the user can act on and return the exit to raise."""
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    echo_err(f"error: {message}", typer.colors.RED)
     return typer.Exit(code)
 
 
@@ -129,7 +136,7 @@ def run_cli(func: Callable[..., Any]) -> Callable[..., Any]:
         def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
             if _a_dependency_deprecation(category, filename):
                 return
-            typer.secho(f"warning: {message}", fg=typer.colors.YELLOW, err=True)
+            echo_err(f"warning: {message}", typer.colors.YELLOW)
 
         with warnings.catch_warnings(), command_line(), terminate_as_interrupt():
             warnings.showwarning = show  # (command_line: messages name flags, not fields)
@@ -148,7 +155,7 @@ def run_cli(func: Callable[..., Any]) -> Callable[..., Any]:
                 raise fail(full) from None
             except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (terminate_as_interrupt)
                 signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
-                typer.secho(interrupted_message(signum), fg=typer.colors.RED, err=True)
+                echo_err(interrupted_message(signum), typer.colors.RED)
                 raise typer.Exit(128 + signum) from None
 
     return wrapper

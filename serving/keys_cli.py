@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from features.cli import echo_err
 from serving.keys import KEYS_FILE_ENV, SCOPES, KeyRecord, KeyStore, KeyStoreError
 
 keys_app = typer.Typer(
@@ -33,7 +34,7 @@ def _store(keys_file: Path | None) -> KeyStore:
 
 
 def _fail(exc: Exception) -> typer.Exit:
-    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    echo_err(f"error: {exc}", typer.colors.RED)
     return typer.Exit(2)
 
 
@@ -54,9 +55,9 @@ def create_cmd(
     typer.echo(f"created key {record.key_id} for {record.name!r} "
                f"(scopes: {', '.join(record.scopes)}) in {store.path}", err=True)
     typer.echo(token)
-    typer.secho("Store this key now (a secret manager, the caller's config): it is shown only "
-                "this once and cannot be recovered. Lost it? Revoke it and create another.",
-                fg=typer.colors.YELLOW, err=True)
+    echo_err("Store this key now (a secret manager, the caller's config): it is shown only "
+             "this once and cannot be recovered. Lost it? Revoke it and create another.",
+             typer.colors.YELLOW)
 
 
 def _row(rec: KeyRecord) -> list[str]:

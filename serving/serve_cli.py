@@ -31,6 +31,8 @@ from typing import Annotated
 
 import typer
 
+from features.cli import echo_err
+
 SERVICE = "serving.service:Lifecast"
 KINDS = ("churn", "clv")
 
@@ -199,7 +201,7 @@ def serve_command(
 
 
 def _warn(message: str) -> None:
-    typer.secho(f"warning: {message}", fg=typer.colors.YELLOW, err=True)
+    echo_err(f"warning: {message}", typer.colors.YELLOW)
 
 
 def _preflight(env: dict[str, str]) -> None:

@@ -1072,3 +1072,25 @@ def test_a_train_killed_with_sigkill_is_marked_killed_by_the_next_train(tmp_path
     assert res.exit_code == 2
     assert f"run {killed} cannot be champion: it was killed before it ended" in res.output
     assert champions() == {"churn": "1", "clv": "1"}
+
+
+@pytest.mark.parametrize("args", [
+    ["features", "validate", "-t", "no_such_file.csv", *MAP],
+    ["keys", "create", "--name", "crm", "--scope", "no_such_scope"],
+])
+def test_errors_are_coloured_on_a_terminal_unless_no_color_is_set(args, tmp_path,
+                                                                  monkeypatch):
+    """NO_COLOR (no-color.org) turns the colour of lifecast's own error and warning lines
+    off on a terminal, as the help's does; piped, they never have colour."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    on_tty = runner.invoke(app, args, color=True)
+    assert on_tty.exit_code == 2 and "\x1b[31merror: " in on_tty.output
+    piped = runner.invoke(app, args, color=False)
+    assert piped.output.startswith("error: ") and "\x1b[" not in piped.output
+    for value in ("1", "true"):
+        res = runner.invoke(app, args, color=True, env={"NO_COLOR": value})
+        assert res.exit_code == 2
+        assert res.output.startswith("error: ") and "\x1b[" not in res.output, value
+    res = runner.invoke(app, args, color=True, env={"NO_COLOR": ""})  # empty: not set
+    assert "\x1b[31merror: " in res.output
