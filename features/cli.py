@@ -188,7 +188,26 @@ def disk_full(exc: BaseException) -> str | None:
 def _disk_full_message(what: str) -> str:
     return (f"{what}: the command stopped and kept nothing half-written (an output file, a "
             f"customer-store batch, an MLflow run and its model versions are written whole "
-            f"or not at all). Free space on the disk (`df -h .`) and run it again")
+            f"or not at all). Free space on {_disks()} and run it again")
+
+
+def _disks() -> str:
+    """The disks a full one may be: the working folder's, and the temporary folder's when
+    that is another (a small TMPDIR, as schedulers and containers give: training writes
+    its plots and model files there first, and the error, raised by a write, names no
+    file), so that `df -h .` alone does not send the user to a disk with room."""
+    import shlex
+    import tempfile
+
+    tmp = tempfile.gettempdir()
+    try:
+        same = os.stat(tmp).st_dev == os.stat(".").st_dev
+    except OSError:
+        same = True
+    if same:
+        return "the disk (`df -h .`)"
+    return (f"the disks of the working folder and of the temporary folder {tmp} (`df -h . "
+            f"{shlex.quote(tmp)}`), or set TMPDIR to a folder with room,")
 
 
 class Terminated(KeyboardInterrupt):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -946,7 +947,7 @@ def test_a_signalled_features_build_keeps_the_old_file_and_says_so(sales_csv, tm
 
 
 @pytest.mark.parametrize("full", ["a file", "an SQLite store"])
-def test_a_full_disk_is_one_line_and_exit_2(full, tmp_path, capsys):
+def test_a_full_disk_is_one_line_and_exit_2(full, tmp_path, capsys, monkeypatch):
     """`lifecast train` with its MLflow store on a full disk (a 1.6 MB tmpfs, online_retail):
     the run was taken back, rightly, but the user got MLflow's traceback ending in
     `MlflowException: (sqlite3.OperationalError) database or disk is full` and exit 1;
@@ -954,6 +955,7 @@ def test_a_full_disk_is_one_line_and_exit_2(full, tmp_path, capsys):
     full disk caused down its chain is one line saying so and what to do, exit 2. Real
     errors: /dev/full, and SQLite at its page limit."""
     import sqlite3
+    import tempfile
 
     import typer
     from mlflow.exceptions import MlflowException
@@ -974,6 +976,8 @@ def test_a_full_disk_is_one_line_and_exit_2(full, tmp_path, capsys):
         except Exception as exc:  # wrapped, as MLflow does (and SQLAlchemy inside it)
             raise MlflowException(f"({type(exc).__name__}) {exc}") from exc
 
+    monkeypatch.chdir(tmp_path)  # the temporary folder on the working folder's disk
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     # as `lifecast train` runs it: the MLflow commands' wrapper turns MLflow's other errors
     # into "the MLflow tracking store ... failed: ... Check MLFLOW_TRACKING_URI", which
     # would send the user to the wrong fix
@@ -1072,6 +1076,41 @@ def test_a_train_killed_with_sigkill_is_marked_killed_by_the_next_train(tmp_path
     assert res.exit_code == 2
     assert f"run {killed} cannot be champion: it was killed before it ended" in res.output
     assert champions() == {"churn": "1", "clv": "1"}
+
+
+def test_a_full_disk_names_a_temporary_folder_on_another_disk(tmp_path, monkeypatch, capsys):
+    """`lifecast demo` with TMPDIR on a 1 MB tmpfs (a scheduler's small temporary folder)
+    and the working folder on a disk with room: a write to the temporary folder raises
+    ENOSPC without a file name, and the message sent the user to `df -h .`, which shows
+    room. Now it names the temporary folder too, and TMPDIR."""
+    import tempfile
+
+    import typer
+
+    from features.cli import run_cli
+
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm on another file system than the working folder")
+    tmp = Path(tempfile.mkdtemp(prefix="lifecast-test-", dir=shm))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+
+    def command() -> None:
+        with open("/dev/full", "w") as f:
+            f.write("x" * 100_000)
+
+    try:
+        with pytest.raises(typer.Exit) as exit_:
+            run_cli(command)()
+    finally:
+        tmp.rmdir()
+    assert exit_.value.exit_code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: No space left on device: the command stopped")
+    assert err.endswith(f"Free space on the disks of the working folder and of the temporary "
+                        f"folder {tmp} (`df -h . {tmp}`), or set TMPDIR to a folder with "
+                        f"room, and run it again\n")
 
 
 @pytest.mark.parametrize("args", [
