@@ -99,6 +99,28 @@ def import_champions(workdir: str | os.PathLike[str] = ".") -> dict[str, str]:
     return tags
 
 
+def bentoml_home() -> Path:
+    """BentoML's home, which holds its model store: ``BENTOML_HOME``, else ``~/bentoml``
+    (BentoML's own rule, `BentoMLContainer.bentoml_home`, which creates it when first
+    asked)."""
+    home = os.environ.get("BENTOML_HOME", os.path.join(os.path.expanduser("~"), "bentoml"))
+    return Path(os.path.expandvars(home)).expanduser()
+
+
+def bentoml_home_message(exc: OSError) -> str | None:
+    """What to do when BentoML cannot create or write its home (a read-only or unset HOME,
+    a user whose home is ``/nonexistent``, as in a container or under a scheduler): set
+    ``BENTOML_HOME``. None for an error about another file."""
+    if not exc.filename:
+        return None
+    home, path = bentoml_home(), Path(os.fsdecode(exc.filename))
+    if path != home and path not in home.parents and home not in path.parents:
+        return None
+    return (f"BentoML's model store {home} cannot be written ({exc.strerror}: {path}): "
+            f"`lifecast serve` imports the champions there; set BENTOML_HOME to a folder "
+            f"this user can write, e.g. BENTOML_HOME=$PWD/bentoml")
+
+
 def check_listen_address(host: str, port: int) -> None:
     """Raise ValueError, saying what to do, when ``bentoml serve`` could not listen on
     ``host:port``: a port out of range or already in use, a host that is not an IP address
@@ -277,7 +299,9 @@ def serve_cmd(
         argv, env = serve_command(port=port, host=host, workers=workers, store=store,
                                   keys_file=keys_file, audit_log=audit_log,
                                   access_log=access_log, tags=tags)
-    except (NoChampionError, LookupError, ValueError, OSError) as exc:
+    except OSError as exc:
+        raise fail(bentoml_home_message(exc) or str(exc)) from None
+    except (NoChampionError, LookupError, ValueError) as exc:
         raise fail(str(exc)) from None
     _preflight(env)
     if dry_run:

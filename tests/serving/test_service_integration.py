@@ -119,6 +119,26 @@ def test_a_second_serve_on_the_same_port_is_a_one_line_error(server, clean_env) 
     assert httpx.get(f"{server['url']}/readyz", timeout=10).status_code == 200
 
 
+@pytest.mark.parametrize("variable", ["BENTOML_HOME", "HOME"])
+def test_serve_where_bentoml_cannot_make_its_home_says_to_set_bentoml_home(
+        workdir, clean_env, tmp_path, variable) -> None:
+    """A HOME or BENTOML_HOME this user cannot write (a container's read-only HOME, a user
+    whose home is /nonexistent; here a path under a file, which fails for root too): one
+    line naming BentoML's home and BENTOML_HOME, exit code 2, not `[Errno 13] Permission
+    denied: '/home/x/bentoml'` alone."""
+    (tmp_path / "a_file").write_text("")
+    env = {k: v for k, v in clean_env.items() if k != "BENTOML_HOME"}
+    env[variable] = str(tmp_path / "a_file" / ("bentoml" if variable == "BENTOML_HOME" else ""))
+    result = subprocess.run([str(BIN / "lifecast"), "serve", "--dry-run"], cwd=workdir[0],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    home = tmp_path / "a_file" / "bentoml"
+    assert lines[0].startswith(f"error: BentoML's model store {home} cannot be written")
+    assert "set BENTOML_HOME to a folder this user can write" in lines[0]
+
+
 def test_audit_log_over_http(server) -> None:
     from serving.audit import AuditLog
 
