@@ -100,6 +100,10 @@ def main() -> None:
     os.environ.setdefault("MPLBACKEND", "Agg")
     # `import mlflow` (lazy, after this) sets its logger to this level, INFO when unset
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    # MLflow 3 sends usage events to its makers by default (and fetches their config on a
+    # machine that may have no internet); lifecast's commands do not, as `lifecast serve`
+    # sets BENTOML_DO_NOT_TRACK. MLFLOW_DISABLE_TELEMETRY=false in the environment keeps it
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for name in ("mlflow", "alembic", "bentoml"):
         logging.getLogger(name).setLevel(logging.WARNING)

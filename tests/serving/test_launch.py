@@ -46,3 +46,30 @@ def test_the_launcher_runs_the_command_line():
                           text=True, capture_output=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("lifecast ")
+
+
+_ENVIRONMENT_AFTER = """
+import os, sys
+sys.argv = ["lifecast", "--version"]
+from serving.launch import main
+try:
+    main()
+except SystemExit:
+    pass
+print(os.environ.get("MLFLOW_DISABLE_TELEMETRY"))
+"""
+
+
+def test_commands_send_no_mlflow_telemetry_unless_asked():
+    """MLflow 3 sends usage events by default; lifecast's commands turn that off (as
+    `lifecast serve` sets BENTOML_DO_NOT_TRACK), and the user's own setting wins."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_DISABLE_TELEMETRY"}
+    for given, expected in ((None, "true"), ("false", "false")):
+        if given is not None:
+            env["MLFLOW_DISABLE_TELEMETRY"] = given
+        proc = subprocess.run([sys.executable, "-c", _ENVIRONMENT_AFTER], env=env, text=True,
+                              capture_output=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.splitlines()[-1] == expected
