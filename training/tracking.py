@@ -427,6 +427,11 @@ class TrackingServerUnreachableError(TemporaryFailure, ValueError):
     are."""
 
 
+class RegistryBusyError(TemporaryFailure, ValueError):
+    """Another lifecast run held `registry_lock` for longer than the wait: it is moving the
+    champion aliases. Temporary by nature: the command line exits 75 for it."""
+
+
 def unanswered_reason(exc: BaseException) -> str | None:
     """Why a tracking server did not answer, when a connection that was refused, timed out
     or dropped is anywhere down the chain of ``exc`` (MLflow's own errors wrap requests'),
@@ -531,7 +536,8 @@ def registry_lock(uri: str | None = None, *, wait: float | None = None) -> Itera
     on a network folder be relied on), runs of other users against a tracking server (each
     has their own cache folder), and aliases moved outside lifecast (the MLflow UI, the
     MLflow client). Re-entrant in one thread. Waits ``wait`` seconds (default
-    `REGISTRY_LOCK_WAIT`) for another holder, then raises ValueError naming the file."""
+    `REGISTRY_LOCK_WAIT`) for another holder, then raises `RegistryBusyError` (a
+    ValueError; the command line exits 75 for it) naming the file."""
     import fcntl
 
     uri = uri or mlflow.get_tracking_uri()
@@ -561,7 +567,7 @@ def registry_lock(uri: str | None = None, *, wait: float | None = None) -> Itera
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    raise ValueError(
+                    raise RegistryBusyError(
                         f"another lifecast run has held {path} for over {wait:g} s while "
                         f"it moves the champion aliases of {masked_url(uri)}: "
                         f"wait for it to finish (or stop it), then try again") from None
