@@ -110,6 +110,7 @@ __all__ = [
     "LoadedModels",
     "Runtime",
     "ServiceError",
+    "check_cors_origins",
     "cors_origins",
     "load_models",
     "model_folder",
@@ -1128,10 +1129,38 @@ def cors_origins(value: str | None = None) -> list[str]:
     commas and spaces, lower case, a trailing ``/`` dropped (an address copied from the
     browser's bar; the ``Origin`` a browser sends never has one). An entry that is not an
     origin (``scheme://host[:port]``, without a path) is left out with a warning: a browser
-    would never send it."""
+    would never send it. `lifecast serve` refuses such an entry before starting
+    (`check_cors_origins`)."""
+    origins, bad = _parse_cors_origins(value)
+    for entry in bad:
+        logger.warning("%s: %r is not an origin (scheme://host[:port], e.g. "
+                       "https://crm.example.com, or * for any): left out",
+                       CORS_ORIGINS_ENV, entry[:100])
+    return origins
+
+
+def check_cors_origins(value: str | None = None) -> list[str]:
+    """`cors_origins`, but an entry that is not an origin raises ValueError naming the
+    variable, the entries and what an origin looks like (`lifecast serve`'s check, before
+    the workers start and would only log it)."""
+    origins, bad = _parse_cors_origins(value)
+    if bad:
+        entries = ", ".join(repr(e[:100]) for e in bad)
+        is_not, them = ("is not an origin", "it") if len(bad) == 1 else ("are not origins",
+                                                                          "them")
+        raise ValueError(
+            f"{CORS_ORIGINS_ENV}: {entries} {is_not}: an origin is scheme://host[:port] "
+            f"without a path, e.g. https://crm.example.com (or * for any); correct or "
+            f"remove {them}")
+    return origins
+
+
+def _parse_cors_origins(value: str | None) -> tuple[list[str], list[str]]:
+    """``(origins, entries that are not origins)`` of `CORS_ORIGINS_ENV`'s value: the one
+    rule of `cors_origins` and `check_cors_origins`."""
     if value is None:
         value = os.environ.get(CORS_ORIGINS_ENV, "")
-    origins = []
+    origins, bad = [], []
     for entry in re.split(r"[,\s]+", value.strip()):
         origin = entry.lower().removesuffix("/")
         if not origin:
@@ -1139,10 +1168,8 @@ def cors_origins(value: str | None = None) -> list[str]:
         if origin == "*" or _ORIGIN_RE.fullmatch(origin):
             origins.append(origin)
         else:
-            logger.warning("%s: %r is not an origin (scheme://host[:port], e.g. "
-                           "https://crm.example.com, or * for any): left out",
-                           CORS_ORIGINS_ENV, entry[:100])
-    return origins
+            bad.append(entry)
+    return origins, bad
 
 
 class CorsMiddleware:

@@ -2,10 +2,12 @@
 
 A thin wrapper: ``lifecast serve --port 3000`` is
 
-1. `check_listen_address` (not for ``--dry-run``): a port already in use, or a host that is
-   not an IP address of this machine, stops here, before any model is imported, with a
-   one-line error naming it and what to do (exit code 2) instead of ``bentoml serve``'s
-   traceback.
+1. `serving.app.check_cors_origins`: an entry of ``LIFECAST_CORS_ORIGINS`` that is not an
+   origin (``crm.example.com``, ``https://crm.example.com/app``), which a worker would only
+   log, and `check_listen_address` (not for ``--dry-run``): a port already in use, or a host
+   that is not an IP address of this machine, stop here, before any model is imported,
+   with a one-line error naming it and what to do (exit code 2) instead of a warning in the
+   workers' log or ``bentoml serve``'s traceback.
 2. `import_champions`: the versions of ``lifecast-churn`` / ``lifecast-clv`` carrying the
    ``champion`` alias in the MLflow registry (``MLFLOW_TRACKING_URI``, else ``./mlflow.db``)
    are imported into the BentoML model store (``BENTOML_HOME``, default ``~/bentoml``) as
@@ -289,10 +291,14 @@ def serve_cmd(
 ) -> None:
     """Serve the champion models and the customer store over HTTP (`bentoml serve`)."""
     from features.cli import fail
+    from serving.app import check_cors_origins
     from training.tracking import NoChampionError
 
     try:
-        if not dry_run:  # before importing the models: a port in use fails at once
+        # before importing the models: a bad setting or a port in use fails at once. A
+        # worker would only log a CORS entry that is not an origin and serve without it.
+        check_cors_origins()
+        if not dry_run:
             check_listen_address(host, port)
         tags = import_champions(".")
         check_champions(tags)

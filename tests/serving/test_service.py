@@ -1189,6 +1189,46 @@ def test_serve_on_a_port_in_use_is_a_one_line_error(tmp_path) -> None:
     assert list(tmp_path.iterdir()) == []  # nothing imported or created
 
 
+def test_serve_refuses_a_cors_entry_that_is_not_an_origin(tmp_path) -> None:
+    """`lifecast serve` with LIFECAST_CORS_ORIGINS holding something a browser never sends as
+    its Origin (a host without its scheme, an address with a path): exit code 2 and one line
+    naming the variable, the entries and what an origin looks like, before anything is
+    imported (the workers only logged a warning and served without those origins)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    lifecast = Path(sys.executable).parent / "lifecast"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
+    env["LIFECAST_CORS_ORIGINS"] = "https://ok.example.com, crm.example.com"
+    for extra in ([], ["--dry-run"]):
+        result = subprocess.run([str(lifecast), "serve", *extra], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert lines == ["error: LIFECAST_CORS_ORIGINS: 'crm.example.com' is not an origin: "
+                         "an origin is scheme://host[:port] without a path, e.g. "
+                         "https://crm.example.com (or * for any); correct or remove it"], (
+            result.stderr)
+        assert list(tmp_path.iterdir()) == []  # nothing imported or created
+
+
+def test_check_cors_origins_names_every_bad_entry() -> None:
+    from serving.app import check_cors_origins, cors_origins
+
+    value = "https://CRM.example.com/ http://localhost:3000,*"
+    assert check_cors_origins(value) == cors_origins(value) == [
+        "https://crm.example.com", "http://localhost:3000", "*"]
+    assert check_cors_origins("") == []
+    with pytest.raises(ValueError) as info:
+        check_cors_origins("crm.example.com,https://x.example.com/app")
+    assert str(info.value).startswith(
+        "LIFECAST_CORS_ORIGINS: 'crm.example.com', 'https://x.example.com/app' are not "
+        "origins: ")
+    assert str(info.value).endswith("correct or remove them")
+
+
 @pytest.mark.parametrize(("host", "words"), [
     ("localhost", ("--host", "IP address", "'localhost'", "127.0.0.1")),
     ("192.0.2.7", ("--host 192.0.2.7", "not an address of this machine")),  # TEST-NET-1
