@@ -343,6 +343,7 @@ class Runtime:
         self.online: OnlineFeatures = OnlineFeatures(models.config.features).fit()
         self._rows = _row_predictors(models)
         self._state: _BatchState | None = None
+        self._seen_batch: str | None = None  # the current batch at the last look at the store
         self._checked_at = -math.inf
         self._lock = threading.Lock()
         self._store_error: str | None = None
@@ -374,7 +375,9 @@ class Runtime:
         frame = pd.DataFrame({"customer_id": ["warm-up"], "timestamp": [pd.Timestamp(
             "2000-01-01")], "amount": [1.0]})
         try:
-            self._score_frame(frame, pd.Timestamp("2000-02-01"))
+            state = self._state
+            self._score_frame(frame, pd.Timestamp("2000-02-01"),
+                              state.baseline if state is not None else None)
         except Exception:  # warming up is an optimization; a failure shows on a real call
             logger.warning("warm-up scoring failed", exc_info=True)
 
@@ -398,6 +401,7 @@ class Runtime:
                 logger.warning("the customer store is unavailable: %s", exc)
                 return self._state is not None
             self._store_reached = True
+            self._seen_batch = None if batch is None else str(batch["batch_id"])
             if batch is None:
                 from training.store import EMPTY_STORE_MESSAGE
 
@@ -772,10 +776,12 @@ class Runtime:
     # -- /score -----------------------------------------------------------------------------
 
     def score(self, request: ScoreRequest) -> ScoreResponse:
-        """Features from the caller's transactions at ``as_of`` (default now), scored."""
+        """Features from the caller's transactions at ``as_of`` (default now), scored; the
+        baseline features from the population of the batch the answer names
+        (`_score_batch`)."""
         import pandas as pd
 
-        self._batch()  # the baseline features come from the current batch's population
+        state = self._score_batch()
         latest = max(tx.timestamp for c in request.customers for tx in c.transactions)
         if request.as_of is not None:
             cutoff = pd.Timestamp(request.as_of)
@@ -784,13 +790,37 @@ class Runtime:
             cutoff = max(pd.Timestamp(_utcnow()),
                          pd.Timestamp(latest) + pd.Timedelta(microseconds=1))
         frame = _contract_frame(request)
-        preds, found = self._score_frame(frame, cutoff)
+        preds, found = self._score_frame(frame, cutoff, state.baseline)
         errors = [{"customer_id": c.customer_id,
                    "error": "no purchase before as_of: nothing to score"}
                   for c in request.customers if c.customer_id not in found]
-        return ScoreResponse(as_of=_py_datetime(cutoff), predictions=preds, errors=errors)
+        return ScoreResponse(batch_id=state.batch_id, as_of=_py_datetime(cutoff),
+                             predictions=preds, errors=errors)
 
-    def _score_frame(self, frame: pd.DataFrame, cutoff: pd.Timestamp
+    def _score_batch(self) -> _BatchState:
+        """The batch whose population's baseline /score uses: the store's current batch, as
+        /predict sees it, not the one of the last look (up to ``store_check_seconds`` ago).
+
+        `CustomerStore.lookup` of no id reads the current-batch pointer in the one statement
+        /predict's reads start with (tens of microseconds on SQLite, one round trip on
+        PostgreSQL; /score takes milliseconds). When it names a batch the last look did not
+        see (a rescore since), the store is looked at now. That look loads the batch (its
+        saved baseline; a batch written without one is refitted) unless another request is
+        already loading it, which it does not wait for: then the batch loaded before is
+        used, and the answer names it. A store that cannot be read keeps the batch loaded
+        before, as `refresh` does."""
+        state = self._batch()
+        try:
+            current = self.store.lookup([]).batch.batch_id
+        except Exception:  # unreachable or emptied: `refresh` says so at its next look
+            return state
+        if current != self._seen_batch:
+            self._checked_at = -math.inf  # a look now (one thread; the others go on)
+            state = self._batch()
+        return state
+
+    def _score_frame(self, frame: pd.DataFrame, cutoff: pd.Timestamp,
+                     baseline: BaselineCLV | None
                      ) -> tuple[list[CustomerPrediction], set[str]]:
         import numpy as np
 
@@ -800,7 +830,7 @@ class Runtime:
         feats = self.online.build(frame, cutoff)
         if not len(feats):
             return [], set()
-        feats = self._add_baseline(feats)
+        feats = self._add_baseline(feats, baseline)
         out = self._predict(feats)
         # as features.demo.segment_customers (the batch's), without copying the frame
         seg = self.models.segmenter.transform(feats)
@@ -827,15 +857,15 @@ class Runtime:
             ))
         return preds, set(ids)
 
-    def _add_baseline(self, feats: pd.DataFrame) -> pd.DataFrame:
-        """The `training.models.BASELINE_FEATURES` from the batch population's baseline."""
+    def _add_baseline(self, feats: pd.DataFrame, baseline: BaselineCLV | None
+                      ) -> pd.DataFrame:
+        """The `training.models.BASELINE_FEATURES` from a batch population's baseline (None:
+        the batch has none, and they stay empty, as in the batch)."""
         import numpy as np
         import pandas as pd
 
         from training.models import BASELINE_FEATURES
 
-        state = self._state if self.refresh() else None
-        baseline = state.baseline if state is not None else None
         empty = np.full(len(feats), np.nan)
         if baseline is None:
             return feats.assign(**{col: empty for col in BASELINE_FEATURES})

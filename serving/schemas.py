@@ -477,9 +477,22 @@ class PredictResponse(BaseModel):
 
 
 class ScoreResponse(BaseModel):
-    as_of: AnsweredTime
+    """Customers scored from their posted transactions, every field from the service's
+    models."""
+
+    batch_id: str = Field(
+        description="The customer store batch whose population's BG/NBD + Gamma-Gamma "
+                    "baseline gave the baseline features (`expected_orders`, `p_alive` and "
+                    "the models' inputs from it): the store's current batch, as /predict's "
+                    "`batch_id`; the previous one only while the service is still loading a "
+                    "batch just written by `lifecast score`.")
+    as_of: AnsweredTime = Field(
+        description="The cutoff the transactions were scored at (events before it count): "
+                    "the request's `as_of`, else the time of the request (just after the "
+                    "latest transaction if that is later: a client clock running ahead).")
     predictions: list[CustomerPrediction]
-    errors: list[CustomerError]
+    errors: list[CustomerError] = Field(
+        description="Customers that could not be scored, and why.")
 
 
 class HighRiskResponse(BaseModel):

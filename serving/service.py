@@ -11,7 +11,9 @@ endpoint       scope     what
                          (the batch's ``as_of``; ``batch_model_versions``: the models that
                          scored the batch); unknown ids in ``errors``
 /score         predict   ``{"customers": [{"customer_id", "transactions": [...]}], "as_of"}``:
-                         real-time scoring from the caller's own history
+                         real-time scoring from the caller's own history; the baseline
+                         features from the population of the batch ``batch_id`` names (the
+                         store's current one, as /predict's)
 /high_risk     lists     the ranked list by value at risk of the high-risk customers
                          (``churn_risk``, default ``["high"]``; null: every customer; other
                          filters, ``limit``/``offset``, ``format`` json or csv), audited
@@ -222,7 +224,9 @@ class Lifecast:
     def score(self, ctx: bentoml.Context = None, **request: Any) -> ScoreResponse | Response:
         """Real-time scoring from the caller's own recent transactions (a new customer, an
         order just placed), with the batch pipeline's features, the population's BG/NBD +
-        Gamma-Gamma baseline and the segment thresholds saved with the model."""
+        Gamma-Gamma baseline and the segment thresholds saved with the model. `batch_id`
+        names the customer store batch whose population gave the baseline: the store's
+        current one, as for /predict (after `lifecast score`, the new batch at once)."""
         try:
             return _json(self.runtime.score(ScoreRequest.model_validate(request)), ctx)
         except ServiceError as exc:

@@ -254,6 +254,45 @@ def test_lists_are_labelled_with_the_batch_they_were_read_from(svc, world, monke
     assert empty.total == 0 and not empty.customers
 
 
+def test_score_names_the_batch_whose_baseline_it_used(svc, world, tmp_path) -> None:
+    """/score's baseline features (expected orders, p_alive and the models' BG/NBD inputs)
+    come from the population of a store batch: its answer names that batch (`batch_id`),
+    and after a rescore it is the new batch at once, as for /predict, not up to
+    LIFECAST_STORE_CHECK_SECONDS later. While another request is loading the new batch, the
+    answer is the previous batch's, and says so."""
+    from serving.app import Runtime
+    from serving.audit import AuditLog
+    from training.scoring import score
+    from training.store import CustomerStore
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    first = score(world.transactions, as_of=world.as_of, store_url=url, models=world.models)
+    store = CustomerStore(url)
+    runtime = Runtime(svc.runtime.models, store, AuditLog(tmp_path / "audit.log"),
+                      store_check_seconds=3600.0)  # no timed look at the store in this test
+    request = ScoreRequest.model_validate(EXAMPLE_SCORE_REQUEST)
+    try:
+        before = runtime.score(request)
+        assert before.batch_id == first.batch_id
+        # a rescore at another cutoff: another population, another baseline
+        second = score(world.transactions, as_of=world.as_of - pd.Timedelta(days=60),
+                       store_url=url, models=world.models)
+        assert second.batch_id != first.batch_id
+        with runtime._lock:  # another request is loading the new batch: the one loaded
+            stale = runtime.score(request)
+        assert stale.batch_id == first.batch_id
+        assert stale.predictions == before.predictions
+        after = runtime.score(request)
+        assert after.batch_id == second.batch_id
+        assert runtime._state.baseline.to_dict() == store.current_batch()["metadata"][
+            "baseline"]
+        [old], [new] = before.predictions, after.predictions
+        assert new.expected_orders != pytest.approx(old.expected_orders)
+        assert after.as_of == before.as_of  # the request's cutoff, not the batch's
+    finally:
+        runtime.close()
+
+
 def test_score_new_customer_and_default_cutoff(svc) -> None:
     out = svc.score(**EXAMPLE_SCORE_REQUEST)
     [p] = out.predictions
@@ -455,6 +494,12 @@ def test_http_score(client) -> None:
     body = resp.json()
     assert body["as_of"] == "2011-12-10T00:00:00"
     assert body["predictions"][0]["customer_id"] == "new-0001"
+    assert body["batch_id"] == svc_batch_id(client)
+
+
+def svc_batch_id(client) -> str:
+    """The store batch the service answers /predict from."""
+    return post(client, "/predict", {"customer_ids": ["x"]}, "crm").json()["batch_id"]
 
 
 def test_http_high_risk_order_pagination_and_filters(client, world) -> None:
