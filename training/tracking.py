@@ -833,8 +833,14 @@ def log_training(
                     decisions[kind]["message"] += (f" (decided again as the run ended: "
                                                    f"{changed} while this one trained)")
                 champions[kind] = now
-            # what a kill -9 between here and the end leaves for `end_dead_runs` to put back
-            mlflow.set_tag(CHAMPIONS_BEFORE_TAG, json.dumps(champions))
+            # what a kill -9 between here and the end leaves for `end_dead_runs` to put back:
+            # the champions, and the decisions of those about to be marked demoted
+            replaced = {kind: client.get_model_version(
+                MODEL_NAMES[kind], decisions[kind]["champion_version"]).tags.get("decision", "")
+                for kind in KINDS
+                if decisions[kind]["promoted"] and decisions[kind]["champion_version"]}
+            mlflow.set_tags({CHAMPIONS_BEFORE_TAG: json.dumps(champions),
+                             DECISIONS_BEFORE_TAG: json.dumps(replaced)})
             for kind in KINDS:
                 _record_decision(client, kind, versions[kind], decisions[kind])
             for kind in KINDS:  # the champions replaced no longer read "promoted"
@@ -938,6 +944,10 @@ KILLED_TAG = "lifecast.killed"
 #: The champion versions a train run is about to replace, recorded before it moves an alias
 #: (JSON ``{"churn": "3", "clv": null}``): what `end_dead_runs` puts back after a kill -9.
 CHAMPIONS_BEFORE_TAG = "lifecast.champions_before"
+#: The ``decision`` of each champion the run is about to mark demoted, recorded with
+#: `CHAMPIONS_BEFORE_TAG` (JSON ``{"churn": "promoted by hand ..."}``): what `end_dead_runs`
+#: gives it back (the demotion keeps only what was decided when it was trained).
+DECISIONS_BEFORE_TAG = "lifecast.decisions_before"
 
 
 def owner_tags() -> dict[str, str]:
@@ -1023,7 +1033,8 @@ def _end_dead_run(client: MlflowClient, run: Any, reason: str) -> None:
     client.set_terminated(run_id, "KILLED")
     what = [f"MLflow run {run_id} ({run.info.run_name}), started {started}, was still "
             f"RUNNING but its process is gone ({reason}): marked KILLED"]
-    before = _champions_before(run.data.tags.get(CHAMPIONS_BEFORE_TAG))
+    before = _per_kind(run.data.tags.get(CHAMPIONS_BEFORE_TAG))
+    decisions = _per_kind(run.data.tags.get(DECISIONS_BEFORE_TAG))
     for kind, name in MODEL_NAMES.items():
         mine = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
         for mv in mine:
@@ -1038,7 +1049,7 @@ def _end_dead_run(client: MlflowClient, run: Any, reason: str) -> None:
                 what.append(f"{name} v{current} is no longer champion")
             else:
                 client.set_registered_model_alias(name, CHAMPION_ALIAS, back)
-                _undo_demotion(client, name, back, run_id)
+                _undo_demotion(client, kind, back, run_id, decisions.get(kind))
                 what.append(f"{name} v{back} is champion again in place of its v{current}")
         for mv in mine:  # (one promoted by hand, and champion still, says so already)
             kept = (str(mv.version) == _champion_version(client, kind)
@@ -1050,7 +1061,9 @@ def _end_dead_run(client: MlflowClient, run: Any, reason: str) -> None:
     warn("; ".join(what))
 
 
-def _champions_before(text: str | None) -> dict[str, str | None]:
+def _per_kind(text: str | None) -> dict[str, str | None]:
+    """A run's JSON tag of one value per kind (`CHAMPIONS_BEFORE_TAG`,
+    `DECISIONS_BEFORE_TAG`); {} when it is missing or damaged."""
     try:
         found = json.loads(text) if text else {}
     except ValueError:
@@ -1059,13 +1072,24 @@ def _champions_before(text: str | None) -> dict[str, str | None]:
         if isinstance(found, dict) else {}
 
 
-def _undo_demotion(client: MlflowClient, name: str, version: str, run_id: str) -> None:
-    """Give version ``version`` back the decision it had before run ``run_id`` demoted it
-    (`_mark_decision`), when the run got that far."""
-    text = client.get_model_version(name, version).tags.get("decision", "")
-    if text.startswith(_DEMOTED) and run_id in text:
-        original = (text.split(_WHEN_TRAINED, 1)[1][:-1] if _WHEN_TRAINED in text else "")
-        client.set_model_version_tag(name, version, "decision", original)
+def _undo_demotion(client: MlflowClient, kind: str, version: str, run_id: str,
+                   previous: str | None) -> None:
+    """Give version ``version`` of ``kind``, champion again, back the decision it had before
+    run ``run_id`` demoted it (`_mark_decision`), when the run got that far: on the version
+    and on its run (``decision_<kind>``, ``promoted_<kind>`` true). ``previous`` is that
+    decision as the run recorded it (`DECISIONS_BEFORE_TAG`); without it (a run of an
+    earlier lifecast), what was decided when the version was trained."""
+    name = MODEL_NAMES[kind]
+    mv = client.get_model_version(name, version)
+    text = mv.tags.get("decision", "")
+    if not (text.startswith(_DEMOTED) and run_id in text):
+        return
+    if previous is None:
+        previous = text.split(_WHEN_TRAINED, 1)[1][:-1] if _WHEN_TRAINED in text else ""
+    client.set_model_version_tag(name, version, "decision", previous)
+    with contextlib.suppress(MlflowException):  # its run was deleted: only the version
+        client.set_tag(mv.run_id, f"decision_{kind}", previous)
+        client.set_tag(mv.run_id, f"promoted_{kind}", "true")
 
 
 @contextmanager

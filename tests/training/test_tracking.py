@@ -1546,3 +1546,138 @@ def test_end_dead_runs_ends_only_runs_whose_process_is_gone(store) -> None:
     finally:
         for run_id in ids.values():
             client.delete_run(run_id)
+
+
+class _Killed(BaseException):
+    """Stands for a kill -9: the run does nothing more, its clean-up included."""
+
+
+def _train_killed(trained: TrainResult, *, promote: str, at: str, after: int) -> str:
+    """`log_training` stopped as a kill -9 stops it: when ``at`` (``_mark_decision`` or
+    ``_record_decision``) has been called ``after`` times, with no clean-up (`_undo_run`
+    does nothing) and the run left RUNNING, owned by this process (still alive: the caller
+    gives it a process that is gone). Returns the run id."""
+    real = getattr(tracking, at)
+    calls: list[str] = []
+
+    def step(*args, **kwargs):
+        real(*args, **kwargs)
+        calls.append(mlflow.active_run().info.run_id)
+        if len(calls) == after:
+            raise _Killed
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tracking, at, step)
+        mp.setattr(tracking, "_undo_run", lambda *args: None)
+        mp.setattr(tracking, "_log_plots", lambda result, folder: None)
+        with pytest.raises(_Killed):
+            tracking.log_training(trained, source="synthetic", promote=promote)
+    mlflow.MlflowClient().update_run(calls[0], status="RUNNING")  # as kill -9 leaves it
+    return calls[0]
+
+
+def _owned_by_a_process_that_is_gone(run_id: str) -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    mlflow.MlflowClient().set_tag(run_id, tracking.PID_TAG, str(child.pid))
+
+
+def _decisions(versions: dict[str, str]) -> dict[str, tuple[str, ...]]:
+    """Each kind's version decision and its run's decision_/promoted_ tags."""
+    client = mlflow.MlflowClient()
+    out = {}
+    for kind, version in versions.items():
+        mv = client.get_model_version(tracking.MODEL_NAMES[kind], version)
+        tags = client.get_run(mv.run_id).data.tags
+        out[kind] = (mv.tags.get("decision"), tags.get(f"decision_{kind}"),
+                     tags.get(f"promoted_{kind}"))
+    return out
+
+
+def _put_back(first_run: tracking.RunSummary, decisions: dict[str, tuple[str, ...]],
+              run_id: str) -> None:
+    """The first run's champions and decisions as they were; the killed run gone."""
+    client = mlflow.MlflowClient()
+    for kind, version in first_run.versions.items():
+        name = tracking.MODEL_NAMES[kind]
+        client.set_registered_model_alias(name, "champion", version)
+        client.set_model_version_tag(name, version, "decision", decisions[kind][0])
+        client.set_tag(first_run.run_id, f"decision_{kind}", decisions[kind][1])
+        client.set_tag(first_run.run_id, f"promoted_{kind}", decisions[kind][2])
+        for mv in client.search_model_versions(f"name='{name}' and run_id='{run_id}'"):
+            client.delete_model_version(name, mv.version)
+    client.delete_run(run_id)
+
+
+def test_a_train_killed_after_it_demoted_a_champion_gives_it_back_its_decision(
+        first_run, trained) -> None:
+    """A `lifecast train` killed outright after it moved both champion aliases and marked
+    the lifecast-churn champion it replaced 'demoted ...: training run X made vN champion'
+    (`log_training`): the next train puts both aliases back (`end_dead_runs`), and the
+    champion's decision, on its version and on its run, is again what it was, here a
+    promotion by hand (`_undo_demotion`), not 'demoted' nor only what was decided when it
+    was trained. lifecast-clv's champion, not yet marked, keeps its decision."""
+    client = mlflow.MlflowClient()
+    assert tracking.champion_versions() == first_run.versions
+    original = _decisions(first_run.versions)
+    run_id = None
+    try:
+        for kind in tracking.KINDS:  # champions may have been promoted by hand: these were
+            tracking._mark_decision(client, kind, first_run.versions[kind],
+                                    f"{tracking._BY_HAND}2026-01-02 03:04 UTC", promoted=True)
+        before = _decisions(first_run.versions)
+        run_id = _train_killed(trained, promote="always", at="_mark_decision", after=1)
+        new = {kind: tracking.champion_versions()[kind] for kind in tracking.KINDS}
+        assert all(new[kind] != first_run.versions[kind] for kind in tracking.KINDS)
+        demoted = _decisions(first_run.versions)
+        assert demoted["churn"][0].startswith("demoted ") and run_id in demoted["churn"][0]
+        assert demoted["churn"][2] == "false" and demoted["clv"] == before["clv"]
+
+        _owned_by_a_process_that_is_gone(run_id)
+        with pytest.warns(UserWarning) as caught:
+            assert tracking.end_dead_runs() == [run_id]
+        assert [str(w.message) for w in caught][0].endswith(
+            f"marked KILLED; lifecast-churn v{first_run.versions['churn']} is champion again "
+            f"in place of its v{new['churn']}; lifecast-clv v{first_run.versions['clv']} is "
+            f"champion again in place of its v{new['clv']}")
+        assert tracking.champion_versions() == first_run.versions
+        assert _decisions(first_run.versions) == before
+        for kind, version in new.items():
+            decision = client.get_model_version(tracking.MODEL_NAMES[kind], version).tags
+            assert decision["decision"].startswith(
+                "not a champion: its training run was killed before it ended (pid ")
+    finally:
+        if run_id is not None:
+            _put_back(first_run, original, run_id)
+
+
+def test_a_killed_trains_versions_promoted_by_hand_before_it_was_noticed_stay_champion(
+        first_run, trained) -> None:
+    """`lifecast promote --run <a killed run>` is refused, but its versions may have been
+    promoted by hand before the kill was noticed (while its process still ran, or through
+    MLflow): `end_dead_runs` marks the run KILLED and tags its versions, and leaves the
+    champions the person chose, with their decisions."""
+    client = mlflow.MlflowClient()
+    assert tracking.champion_versions() == first_run.versions
+    original = _decisions(first_run.versions)
+    run_id = None
+    try:
+        run_id = _train_killed(trained, promote="never", at="_record_decision", after=2)
+        assert tracking.champion_versions() == first_run.versions  # "never" moved none
+        versions = tracking.promote_run(run_id)  # its process still runs: not refused
+        by_hand = _decisions(versions)
+        assert all(d[0].startswith("promoted by hand ") for d in by_hand.values())
+
+        _owned_by_a_process_that_is_gone(run_id)
+        with pytest.warns(UserWarning) as caught:
+            assert tracking.end_dead_runs() == [run_id]
+        assert [str(w.message) for w in caught][0].endswith("marked KILLED")
+        assert client.get_run(run_id).info.status == "KILLED"
+        assert tracking.champion_versions() == versions
+        assert _decisions(versions) == by_hand
+        for kind, version in versions.items():
+            tags = client.get_model_version(tracking.MODEL_NAMES[kind], version).tags
+            assert tags[tracking.KILLED_TAG].startswith("killed before it ended (pid ")
+    finally:
+        if run_id is not None:
+            _put_back(first_run, original, run_id)
