@@ -417,6 +417,19 @@ _TRACKING_SCHEMES = frozenset({"sqlite", "postgresql", "mysql", "mssql", "http",
 #: seconds `check_tracking_store` waits for a tracking server to accept a connection
 SERVER_CHECK_TIMEOUT = 10.0
 _servers_answered: set[str] = set()  # tracking servers that answered in this process
+#: HTTP statuses with which a proxy in front of a tracking server (nginx, a cloud load
+#: balancer) answers for it while it restarts or is down: temporary, as a refused connection
+#: is. A 500 is the server's own failure, for a person to look into.
+_PROXY_STATUSES = {502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
+
+
+def _proxy_reason(status: int) -> str | None:
+    """What `unanswered_reason` says of an HTTP answer of ``status``: None unless it is one
+    of `_PROXY_STATUSES`."""
+    phrase = _PROXY_STATUSES.get(status)
+    return None if phrase is None else (
+        f"HTTP {status} {phrase} (what a proxy or load balancer in front of it answers "
+        f"while it is down or restarting)")
 
 
 class TrackingServerUnreachableError(TemporaryFailure, ValueError):
@@ -434,8 +447,10 @@ class RegistryBusyError(TemporaryFailure, ValueError):
 
 def unanswered_reason(exc: BaseException) -> str | None:
     """Why a tracking server did not answer, when a connection that was refused, timed out
-    or dropped is anywhere down the chain of ``exc`` (MLflow's own errors wrap requests'),
-    else None: the one place that decides what `TrackingServerUnreachableError` is.
+    or dropped, or an answer of `_PROXY_STATUSES` (MLflow retries those, then raises
+    requests' RetryError), is anywhere down the chain of ``exc`` (MLflow's own errors wrap
+    requests'), else None: the one place that decides what `TrackingServerUnreachableError`
+    is.
 
     A host name that does not resolve is not such a failure (None): a misspelt name in
     MLFLOW_TRACKING_URI is far more common than a DNS outage, and a scheduler retrying it
@@ -450,6 +465,15 @@ def unanswered_reason(exc: BaseException) -> str | None:
         seen.add(id(cause))
         if isinstance(cause, requests.exceptions.SSLError):
             return None
+        if isinstance(cause, requests.exceptions.RetryError):
+            # urllib3's MaxRetryError, caused by "too many 503 error responses"
+            inner = cause.args[0] if cause.args else None
+            found = re.search(r"too many (\d{3}) error responses",
+                              str(getattr(inner, "reason", None) or inner))
+            return _proxy_reason(int(found.group(1))) if found else None
+        response = getattr(cause, "response", None)
+        if isinstance(cause, requests.exceptions.HTTPError) and response is not None:
+            return _proxy_reason(response.status_code)
         if isinstance(cause, (requests.exceptions.ConnectionError,
                               requests.exceptions.Timeout)):
             inner = cause.args[0] if cause.args else None
@@ -467,23 +491,25 @@ def unanswered_reason(exc: BaseException) -> str | None:
 def _check_server_answers(uri: str) -> None:
     """`TrackingServerUnreachableError` (temporary: exit 75) naming ``MLFLOW_TRACKING_URI``
     when nothing answers at the tracking server ``uri`` within `SERVER_CHECK_TIMEOUT`
-    seconds, ValueError when its host name does not resolve; any HTTP answer passes (the
-    key or the TLS settings are MLflow's to check). MLflow itself retries such a server for
-    minutes, then ends in a traceback: a scheduled job would hang, then fail with exit
-    code 1."""
+    seconds, or a proxy answers for it that it is down (`_PROXY_STATUSES`), ValueError when
+    its host name does not resolve; any other HTTP answer passes (the key or the TLS
+    settings are MLflow's to check). MLflow itself retries such a server for minutes, then
+    ends in a traceback: a scheduled job would hang, then fail with exit code 1."""
     import requests
 
+    error: type[ValueError] = TrackingServerUnreachableError
     try:
-        requests.get(f"{uri.rstrip('/')}/health", timeout=SERVER_CHECK_TIMEOUT,
-                     allow_redirects=False).close()
+        with requests.get(f"{uri.rstrip('/')}/health", timeout=SERVER_CHECK_TIMEOUT,
+                          allow_redirects=False) as response:
+            reason = _proxy_reason(response.status_code)
     except requests.exceptions.SSLError:  # it answered; MLflow has its own TLS settings
         return
     except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
         reason = unanswered_reason(exc)
-        error: type[ValueError] = TrackingServerUnreachableError
         if reason is None:  # the host name does not resolve: see `unanswered_reason`
             error, inner = ValueError, exc.args[0] if exc.args else exc
             reason = str(getattr(inner, "reason", None) or inner)
+    if reason is not None:
         raise error(
             f"the MLflow tracking server at MLFLOW_TRACKING_URI={masked_url(uri)} does not "
             f"answer: {reason}. Start it, or point MLFLOW_TRACKING_URI at the one that holds "

@@ -299,6 +299,74 @@ def test_a_tracking_server_nobody_answers_or_an_unknown_scheme_is_refused_at_onc
     assert "Traceback" not in res.output
 
 
+@pytest.mark.parametrize("status", [502, 503, 504, 500])
+def test_a_tracking_server_a_proxy_says_is_down_is_temporary(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, status: int) -> None:
+    """A tracking server behind a proxy (nginx, a cloud load balancer) that is restarting or
+    down is answered for with 502, 503 or 504: `lifecast models` (score, train, promote)
+    exited 2 with 'the MLflow tracking store ... failed: ... too many 503 error responses.
+    Check MLFLOW_TRACKING_URI', as for a URI to fix. Now it exits 75 (temporary) saying the
+    server does not answer, whether the proxy says so at once (the check) or after the
+    check passed (MLflow's own request). A 500 is the server's own failure: still 2."""
+    import http.server
+    import threading
+
+    from typer.testing import CliRunner
+
+    from serving.cli import app
+
+    temporary = status != 500
+    answers = {"/health": status}
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            self.send_error(answers.get(self.path, status))
+
+        do_POST = do_GET  # noqa: N815
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    monkeypatch.setattr(tracking, "_last_set_uri", None)
+    monkeypatch.setattr(tracking, "_last_was_users", False)
+    monkeypatch.setattr(tracking, "_servers_answered", set())
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.chdir(tmp_path)
+    server = http.server.HTTPServer(("127.0.0.1", 0), Proxy)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        up = f"http://127.0.0.1:{server.server_address[1]}"
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", up)
+        said = (f"HTTP {status} {http.HTTPStatus(status).phrase} (what a proxy or load "
+                f"balancer in front of it answers while it is down or restarting)")
+        if temporary:
+            with pytest.raises(tracking.TrackingServerUnreachableError) as info:
+                tracking.check_tracking_store(create=False)
+            assert str(info.value) == (
+                f"the MLflow tracking server at MLFLOW_TRACKING_URI={up} does not answer: "
+                f"{said}. Start it, or point MLFLOW_TRACKING_URI at the one that holds the "
+                f"models")
+            res = CliRunner().invoke(app, ["models"])
+            assert res.exit_code == 75, res.output
+            assert res.output.rstrip().endswith(
+                ". This is temporary: running the command again later may succeed")
+        answers["/health"] = 200  # the check passes; MLflow's own requests get `status`
+        res = CliRunner().invoke(app, ["models"])
+        assert "Traceback" not in res.output
+        if temporary:
+            assert res.exit_code == 75, res.output
+            assert res.output.startswith(f"error: the MLflow tracking server at {up} stopped "
+                                         f"answering: {said}"), res.output
+        else:
+            assert res.exit_code == 2, res.output
+            assert res.output.startswith(f"error: the MLflow tracking store {up} failed: ")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_log_training_rejects_unknown_promote(store, trained) -> None:
     with pytest.raises(ValueError, match="promote must be one of auto, always, never"):
         tracking.log_training(trained, source="x", promote="sometimes")
