@@ -578,12 +578,12 @@ class CustomerStore:
             return
         if self._is_sqlite:  # in memory: nothing to reach
             return
-        with self._connect() as conn:
-            if conn.dialect.name == "postgresql":
-                why = _postgres_cannot_write(conn)
-                if why:
-                    raise StoreUnavailableError(
-                        f"cannot write the customer store {self.safe_url}: {why}")
+        # in a transaction of the store's, so that a connection dropped meanwhile is what
+        # `_unavailable` decides (`StoreUnreachableError`), not SQLAlchemy's raw error
+        with self._transaction(write=False) as conn:
+            why = _postgres_cannot_write(conn) if conn.dialect.name == "postgresql" else None
+        if why:
+            raise StoreUnavailableError(f"cannot write the customer store {self.safe_url}: {why}")
 
     def _connect(self) -> Connection:
         """A new connection; `StoreUnavailableError` naming the store when there is none."""

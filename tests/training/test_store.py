@@ -1110,6 +1110,34 @@ def test_check_reachable_finds_a_role_that_cannot_write_postgres(pg_server: str)
 
 
 @pytest.mark.slow
+def test_check_reachable_on_a_connection_the_server_drops_is_temporary_postgres(
+        pg_server: str) -> None:
+    """A connection dropped while `check_reachable` read the role's privileges (a server
+    restarting, a session terminated) surfaced as SQLAlchemy's raw OperationalError: a
+    traceback and exit 1 from `lifecast score`. It is now a `StoreUnreachableError` (exit
+    75), as the same drop in a read or a write is."""
+    db = _pg_helper().create_database(pg_server)
+    store = CustomerStore(db)
+    dropped: list[int] = []
+
+    def drop(conn, cursor, statement, *args) -> None:  # noqa: ANN001 (SQLAlchemy's event)
+        if "current_schema()" in statement and not dropped:  # `_postgres_cannot_write`
+            dropped.append(conn.connection.dbapi_connection.info.backend_pid)
+            # waits (up to 10 s) until the backend is gone
+            _pg_admin(db, f"SELECT pg_terminate_backend({dropped[0]}, 10000)")
+
+    sa.event.listen(store._get_engine(), "before_cursor_execute", drop)
+    with pytest.raises(StoreUnreachableError) as info:
+        store.check_reachable()
+    assert dropped and isinstance(info.value, TemporaryFailure)
+    assert str(info.value).startswith(f"customer store {db}: terminating connection due "
+                                      f"to administrator command"), str(info.value)
+    store.check_reachable()  # the next connection is a new one
+    assert _pg_tables(db) == []
+    store.close()
+
+
+@pytest.mark.slow
 def test_a_write_refused_by_privileges_is_a_store_error_postgres(pg_server: str) -> None:
     """A privilege revoked after the check (here INSERT on the details table, which COPY
     fills through psycopg's own cursor) fails the write with `StoreUnavailableError` naming
