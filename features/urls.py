@@ -25,8 +25,30 @@ def masked_url(url: Any) -> str:
         return _QUERY_SECRET.sub(rf"\g<1>{_HIDDEN}", _USERINFO_PASSWORD.sub(
             rf"\g<1>{_HIDDEN}@", str(url)))
     secret = {k: _HIDDEN for k in parsed.query if _SECRET_PARAM.search(k)}
-    shown = parsed.set(query={**parsed.query, **secret}).render_as_string(hide_password=True)
+    shown = _readable(parsed.set(query={**parsed.query, **secret}))
     return shown.replace("%2A%2A%2A", _HIDDEN)
+
+
+def _readable(url: Any) -> str:
+    """``url`` (a SQLAlchemy ``URL``) as text, password hidden, its database as typed.
+
+    Written by hand because SQLAlchemy's ``render_as_string`` percent-escapes the database's
+    non-ASCII characters and colons but not its spaces (``sqlite:////home/u/w%C3%B6rk
+    dir/lifecast_store.db``), a path nobody typed, while MLflow's store and
+    `CustomerStore.default_url` show it plain. Only what ``make_url`` would read otherwise is
+    escaped (``%``, as it unquotes the database, and ``?``, where the query starts), so the
+    text shown, given back as a URL, names the same database."""
+    from sqlalchemy.engine import URL
+
+    rest = URL.create(url.drivername, url.username, url.password, url.host, url.port,
+                      None, url.query).render_as_string(hide_password=True)
+    if url.database is None:
+        return rest
+    # the user name and password are escaped and a host has no '?': the first one starts
+    # the query
+    head, mark, query = rest.partition("?")
+    database = url.database.replace("%", "%25").replace("?", "%3F")
+    return f"{head}/{database}{mark}{query}"
 
 
 def driver_hint(url: Any) -> str:

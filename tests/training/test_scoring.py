@@ -3,6 +3,7 @@ what `score` refuses."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -123,6 +124,25 @@ def test_score_writes_where_the_service_reads(demo_train_result, tmp_path, monke
         # the parameter the caller passed, not `lifecast score`'s flag
         assert str(err.value).endswith(
             f"Give a file, e.g. store_url={CustomerStore.default_url()}")
+
+
+def test_the_store_is_named_as_its_path_reads(demo_train_result, tmp_path) -> None:
+    """`lifecast score` / `demo` showed a store in ``wörk dir`` as
+    ``sqlite:///.../w%C3%B6rk dir/lifecast_store.db`` (non-ASCII escaped, spaces not), while
+    the MLflow line showed the plain path. The summary and the store's messages now name it
+    as the path reads, the way `CustomerStore.default_url` writes it."""
+    from features import DEMO_MAPPING, demo_data_path
+    from training.scoring import score
+    from training.store import CustomerStore, EmptyStoreError
+
+    url = CustomerStore.default_url(tmp_path / "wörk dir")
+    assert "wörk dir/lifecast_store.db" in url
+    with pytest.raises(EmptyStoreError, match=re.escape(f"(customer store: {url})")):
+        CustomerStore(url).get_customers(["a"])
+    result = score(demo_data_path(), DEMO_MAPPING, store_url=url,
+                   models=demo_train_result.models)
+    assert result.store_url == url
+    assert CustomerStore(url).safe_url == url
 
 
 def test_scoring_before_the_models_as_of_warns(demo_train_result, tmp_path) -> None:
