@@ -92,12 +92,74 @@ def demo_cmd(
     typer.echo(run_demo(source, cmap, workdir, churn_h, clv_h))
 
 
+def _matplotlib_folder() -> str | None:
+    """A folder for matplotlib's settings and font cache when its own is not writable (a
+    read-only, missing or unset HOME: a container, a scheduler's user), else None.
+
+    There matplotlib logged two warnings in every command's output and made a temporary
+    folder that it deletes at exit, so it rebuilt its font cache (seconds) on every run. This
+    one is the user's own under the temporary folder (``lifecast-matplotlib-<uid>``), kept
+    between runs, so the cache is reused; one that is not a folder the user owns and only
+    the user can write (another user's, a link) is not used. matplotlib's rule for its
+    folders is repeated here rather than asked: importing matplotlib looks at them (and
+    warns) at once, and most commands never draw."""
+    import os
+    import stat
+    import sys
+    import tempfile
+
+    if not hasattr(os, "getuid"):
+        return None  # Windows: matplotlib's own folders, as they are
+    try:
+        home: Path | None = Path.home()
+    except RuntimeError:  # no HOME and no entry for this user
+        home = None
+
+    def xdg(variable: str, default: str) -> Path | None:
+        base = os.environ.get(variable) or (home / default if home else None)
+        return Path(base, "matplotlib") if base else None
+
+    if sys.platform.startswith(("linux", "freebsd")):  # settings, then the font cache
+        wanted = [xdg("XDG_CONFIG_HOME", ".config"), xdg("XDG_CACHE_HOME", ".cache")]
+    else:  # macOS and other systems: one folder for both
+        wanted = [home / ".matplotlib" if home else None]
+    if all(folder is not None and _can_make(folder) for folder in wanted):
+        return None
+    try:
+        own = Path(tempfile.gettempdir()) / f"lifecast-matplotlib-{os.getuid()}"
+        own.mkdir(mode=0o700, exist_ok=True)
+        info = own.lstat()
+    except OSError:
+        return None  # matplotlib then does as before
+    mine = (stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid()
+            and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+    return str(own) if mine else None
+
+
+def _can_make(folder: Path) -> bool:
+    """Whether ``folder`` is, or can be made as, a writable folder (matplotlib makes its
+    folders with their parents), found without making anything."""
+    import os
+
+    try:
+        for path in (folder, *folder.parents):
+            if path.exists():
+                return path.is_dir() and os.access(path, os.W_OK)
+    except OSError:  # a parent the user may not enter
+        return False
+    return False
+
+
 def main() -> None:
     """Console entry point: the only place that configures logging."""
     import logging
     import os
 
     os.environ.setdefault("MPLBACKEND", "Agg")
+    if not os.environ.get("MPLCONFIGDIR"):  # the user's own setting wins
+        folder = _matplotlib_folder()
+        if folder is not None:
+            os.environ["MPLCONFIGDIR"] = folder
     # `import mlflow` (lazy, after this) sets its logger to this level, INFO when unset
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     # MLflow 3 sends usage events to its makers by default (and fetches their config on a
