@@ -8,6 +8,7 @@ again, so the others see the same champions whatever order they run in.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -16,6 +17,7 @@ import re
 import subprocess
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -127,6 +129,21 @@ def _with_bad_churn_model(result: TrainResult) -> tuple[TrainResult, float]:
     return worse, roc_auc(y, p)
 
 
+@contextlib.contextmanager
+def _http_server(handler: type) -> Iterator[str]:
+    """A local HTTP server answering with ``handler`` in a thread; yields its URL."""
+    import http.server
+    import threading
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def _aliases(kind: str) -> dict[str, str]:
     model = mlflow.MlflowClient().get_registered_model(tracking.MODEL_NAMES[kind])
     return {alias: str(version) for alias, version in model.aliases.items()}
@@ -222,7 +239,6 @@ def test_a_tracking_server_nobody_answers_or_an_unknown_scheme_is_refused_at_onc
     resolve. A server that answers, whatever it answers, passes the check."""
     import http.server
     import socket
-    import threading
     import time
 
     from typer.testing import CliRunner
@@ -272,11 +288,7 @@ def test_a_tracking_server_nobody_answers_or_an_unknown_scheme_is_refused_at_onc
             self.send_error(501)
 
     monkeypatch.setattr(tracking, "_servers_answered", set())
-    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        up = f"http://127.0.0.1:{server.server_address[1]}"
+    with _http_server(Handler) as up:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", up)
         assert tracking.check_tracking_store(create=False) == up  # a 501 is an answer
         # asked once per process (`train` checks, then configures, twice with --tune)
@@ -286,9 +298,6 @@ def test_a_tracking_server_nobody_answers_or_an_unknown_scheme_is_refused_at_onc
         assert res.exit_code == 2, res.output
         assert f"error: the MLflow tracking store {up} failed: " in res.output
         assert "Traceback" not in res.output
-    finally:
-        server.shutdown()
-        server.server_close()
     # a server that answered the check, then went away: MLflow's own request fails (after
     # its retries, none here), which is temporary too
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -309,7 +318,6 @@ def test_a_tracking_server_a_proxy_says_is_down_is_temporary(
     server does not answer, whether the proxy says so at once (the check) or after the
     check passed (MLflow's own request). A 500 is the server's own failure: still 2."""
     import http.server
-    import threading
 
     from typer.testing import CliRunner
 
@@ -333,11 +341,7 @@ def test_a_tracking_server_a_proxy_says_is_down_is_temporary(
     monkeypatch.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.chdir(tmp_path)
-    server = http.server.HTTPServer(("127.0.0.1", 0), Proxy)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        up = f"http://127.0.0.1:{server.server_address[1]}"
+    with _http_server(Proxy) as up:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", up)
         said = (f"HTTP {status} {http.HTTPStatus(status).phrase} (what a proxy or load "
                 f"balancer in front of it answers while it is down or restarting)")
@@ -362,9 +366,6 @@ def test_a_tracking_server_a_proxy_says_is_down_is_temporary(
         else:
             assert res.exit_code == 2, res.output
             assert res.output.startswith(f"error: the MLflow tracking store {up} failed: ")
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_log_training_rejects_unknown_promote(store, trained) -> None:
