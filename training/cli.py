@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 from collections.abc import Callable
@@ -234,7 +233,6 @@ def register(app: typer.Typer) -> None:
             check_promote,
             check_tracking_store,
             configure,
-            end_dead_runs,
             experiment_name,
             log_training,
         )
@@ -246,9 +244,6 @@ def register(app: typer.Typer) -> None:
             raise ValueError("--run-name is blank: give a name, or leave it out for the "
                              "default 'train <as-of> churn <N>d clv <N>d'")
         check_tracking_store(".")  # the store can be written: say so before the fit
-        with contextlib.suppress(LookupError):  # no store yet: no run to end
-            configure(".", experiment, create=False)
-            end_dead_runs()  # runs killed outright (kill -9) before: say so now, not later
         tune_run = None
         if tune:  # the trials are runs in the store: it is made first
             from training.tuning import last_tune_run_id, tune_config
