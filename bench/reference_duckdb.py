@@ -4,7 +4,8 @@ Every plan of the product's feature set on a relational engine has to group the 
 (customer, order), since order values, order counts and purchase days are per order, and
 has to find the distinct (customer, product) pairs, since ``distinct_products`` counts
 them. `features_duckdb_floor` runs just that, as one hand-written DuckDB query on the same
-parquet file, with the same cutoff filter and DuckDB's default threads (both cores): the
+parquet file, with the same cutoff filter and the product's DuckDB settings (threads: at least
+`features.contract.MIN_DUCKDB_THREADS`, on both cores): the
 two hash aggregations, one small aggregation per customer (orders, net spend, first and
 last order time) and the join of the two per-customer results. It computes none of the
 other 25 feature columns, no purchase-day window, no sort, no cast to the money type.
@@ -54,10 +55,13 @@ def features_duckdb_floor(path: str, cutoff: str | pd.Timestamp) -> pd.DataFrame
     ``order_id``, ``product_id``) at ``cutoff``: one row per customer, in no order."""
     import duckdb
 
+    from features.contract import raise_thread_floor
+
     con = duckdb.connect()
     try:
-        # the same allocator setting as the product's own DuckDB databases
+        # the same allocator and thread settings as the product's own DuckDB databases
         con.execute("SET allocator_background_threads = true")
+        raise_thread_floor(con)
         params = {"path": str(path), "cutoff": pd.Timestamp(cutoff).to_pydatetime()}
         return con.sql(FLOOR_SQL, params=params).to_arrow_table().to_pandas()
     finally:

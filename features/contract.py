@@ -660,7 +660,33 @@ def _new_backend() -> DuckDBBackend:
     con.con.execute("SET autoinstall_known_extensions = false")
     with contextlib.suppress(duckdb.Error):
         con.con.execute("SET allocator_background_threads = true")
+    raise_thread_floor(con.con)
     return con
+
+
+#: The fewest worker threads lifecast runs DuckDB with on a machine of 2 or 3 cores
+#: (`raise_thread_floor`).
+MIN_DUCKDB_THREADS = 4
+
+
+def raise_thread_floor(con: Any) -> None:
+    """Give a DuckDB connection (``duckdb.DuckDBPyConnection``) at least
+    `MIN_DUCKDB_THREADS` worker threads when DuckDB chose 2 or 3 (one per core).
+
+    Why more threads than cores: DuckDB sizes the partitioning of its parallel hash
+    aggregates and windows by its thread count, and the feature query's aggregates of
+    ~10M (customer, order) and ~40M (customer, product) groups at 50M rows did less work
+    split for 4 threads than for 2. Measured on 2 cores (`bench/features.py`, one process
+    per run, alternated), at 50M rows: 14.7-15.2 s and 27-28 CPU-s with 4 threads against
+    17.7-18.6 s and 33-34 CPU-s with 2, peak 3.3 against 3.7-3.8 GB (3 threads: 15.1 s,
+    8 threads: 15.6 s); at 10M rows 2.8-3.0 s against 3.6-3.7 s; 12 snapshots over 10M
+    rows no change (18-20 s either way). On one core the extra threads gained nothing
+    (5.4-5.5 against 5.1-5.3 s at 10M rows), so one stays one, and a machine of 4 or more
+    cores keeps DuckDB's choice. The features do not depend on it: sums are exact and
+    every result is ordered (`tests/features/test_pipeline.py`)."""
+    threads = int(con.execute("SELECT current_setting('threads')").fetchone()[0])
+    if 2 <= threads < MIN_DUCKDB_THREADS:
+        con.execute(f"SET threads = {MIN_DUCKDB_THREADS}")
 
 
 def _view_name(kind: str) -> str:
