@@ -328,6 +328,8 @@ class Measurement:
     rows: int
     runs: list[dict] = field(default_factory=list)
     error: str | None = None
+    #: untimed runs before ``runs`` (``--warmup``), kept for the JSON only
+    warmups: list[dict] = field(default_factory=list)
     note: str | None = None
 
     def median(self, key: str) -> float | None:
@@ -358,6 +360,7 @@ class Measurement:
             "error": self.error,
             "note": self.note,
             "runs": self.runs,
+            "warmups": self.warmups,
         }
 
 
@@ -392,6 +395,47 @@ def _run_subprocess(
     return {"error": f"exit code {proc.returncode}:\n{tail}"}
 
 
+def _free_gb() -> float | None:
+    """Free memory (``MemFree`` of /proc/meminfo, not counting the page cache) in GB."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemFree:"):
+                    return int(line.split()[1]) * 1024 / 1e9
+    except OSError:
+        pass
+    return None
+
+
+def prefault(gb: float) -> tuple[float, float]:
+    """Write to ``gb`` GB of memory in a throwaway process; return (GB touched, seconds).
+
+    Why: on a virtual machine whose host backs the guest's memory only when it is first
+    written and takes freed memory back after a while (a balloon or free page reporting,
+    as on the machines this project runs on), the first write to memory not used lately
+    costs a host page fault per page: touching 20 GB took 25.2 s, and 1.5 s at once after.
+    A step that allocates such memory pays that inside its timer. The pandas reference,
+    which peaks at 21 GB at 50M rows, took 71.5 s in its first run and 48-49 s in the next
+    two (10M rows: 12.6 s, then 7.9-8.0 s; the product, 3.4 GB, 19.3 s cold against
+    15.4-15.9 s), so single runs compared the hypervisor, not the code. Touching the memory
+    a step needs just before it runs leaves the host backing it for the step. The touch
+    stays below the free memory (``MemFree`` less 0.5 GB), so it never evicts the page
+    cache that holds the log. On a machine without the effect it costs a second or two
+    per run and changes nothing."""
+    free = _free_gb()
+    if free is not None:
+        gb = min(gb, free - 0.5)
+    if gb <= 0.1:
+        return 0.0, 0.0
+    t0 = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-c",
+         f"import numpy as np; np.ones({int(gb * 2**30)}, dtype=np.uint8)"],
+        check=True,
+    )
+    return gb, time.perf_counter() - t0
+
+
 def measure(
     step: str,
     path: Path,
@@ -401,10 +445,18 @@ def measure(
     seed: int,
     timeout: float,
     log: bool = True,
+    *,
+    warmup: int = 0,
+    pretouch: bool = False,
 ) -> Measurement:
-    """Run ``step`` ``repeats`` times, each in a fresh process."""
+    """Run ``step`` ``warmup`` times untimed, then ``repeats`` times, each in a fresh
+    process. With ``pretouch``, each run is preceded by `prefault` of as much memory as
+    the step's largest peak so far (nothing before its first run: see ``warmup``)."""
     m = Measurement(step=step, rows=rows)
-    for i in range(repeats):
+    label = STEP_LABELS.get(step, step)
+    for i in range(warmup + repeats):
+        peaks = [r["peak_gb"] for r in (*m.warmups, *m.runs) if "peak_gb" in r]
+        touched = prefault(1.05 * max(peaks)) if pretouch and peaks else (0.0, 0.0)
         res = _run_subprocess(step, path, cutoff, rows, seed, timeout)
         if "unavailable" in res:
             m.error = res["unavailable"]
@@ -412,14 +464,20 @@ def measure(
         if "error" in res:
             m.error = res["error"]
             break
-        m.runs.append(res)
+        res["pretouched_gb"], res["pretouch_s"] = touched
+        warm = i < warmup
+        (m.warmups if warm else m.runs).append(res)
         if log:
             extra = f", read {res['read_s']:.2f} s" if "read_s" in res else ""
-            label = STEP_LABELS.get(step, step)
+            which = (f"warm-up {i + 1}/{warmup} (not counted)" if warm
+                     else f"run {i + 1 - warmup}/{repeats}")
+            memory = (f" (memory pre-touched: {touched[0]:.1f} GB in {touched[1]:.1f} s)"
+                      if touched[0] else "")
             print(
-                f"  {_fmt_rows(rows):>6} {label:<{LABEL_WIDTH}} run {i + 1}/{repeats}: "
+                f"  {_fmt_rows(rows):>6} {label:<{LABEL_WIDTH}} {which}: "
                 f"{res['wall_s']:.2f} s{extra}, cpu {res.get('cpu_s', float('nan')):.2f} s, "
-                f"peak {res['peak_gb']:.2f} GB, load {res.get('load_1m', float('nan')):.1f}",
+                f"peak {res['peak_gb']:.2f} GB, load {res.get('load_1m', float('nan')):.1f}"
+                f"{memory}",
                 flush=True,
             )
     if m.error and log:
@@ -623,6 +681,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--repeats", type=int, default=3, help="runs per step (default 3)")
     p.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="untimed runs per step before the timed ones (default 1): they tell how much "
+        "memory to pre-touch",
+    )
+    p.add_argument(
+        "--no-pretouch",
+        action="store_true",
+        help="do not touch each step's memory before its runs (see prefault in this file)",
+    )
+    p.add_argument(
         "--snapshots",
         action="store_true",
         help=f"also time {N_SNAPSHOTS} monthly cutoffs over the 10M-row log",
@@ -668,6 +738,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"unknown steps {sorted(unknown)} (allowed: {', '.join(STEPS)})")
     if args.repeats < 1:
         raise SystemExit("--repeats must be >= 1")
+    if args.warmup < 0:
+        raise SystemExit("--warmup must be >= 0")
+    runs = {"warmup": args.warmup, "pretouch": not args.no_pretouch}
     args.cache.mkdir(parents=True, exist_ok=True)
 
     sizes = list(args.sizes)
@@ -677,7 +750,9 @@ def main(argv: list[str] | None = None) -> int:
         sizes_to_generate = sizes
     print(
         f"feature-pipeline benchmark: sizes {[_fmt_rows(s) for s in sizes]}, cutoff {args.cutoff}, "
-        f"{args.repeats} repeats, {os.cpu_count()} cores, cache {args.cache}, "
+        f"{args.repeats} repeats after {args.warmup} untimed, memory "
+        f"{'not ' if args.no_pretouch else ''}pre-touched, {os.cpu_count()} cores, "
+        f"cache {args.cache}, "
         f"load average {os.getloadavg()[0]:.1f}",
         flush=True,
     )
@@ -697,7 +772,8 @@ def main(argv: list[str] | None = None) -> int:
             if step == "product" and product_missing:
                 measurements.append(Measurement(step, rows, error=product_missing))
                 continue
-            m = measure(step, path, args.cutoff, rows, args.repeats, args.seed, args.timeout)
+            m = measure(step, path, args.cutoff, rows, args.repeats, args.seed, args.timeout,
+                        **runs)
             if step == "product" and m.error and "not importable" in m.error:
                 product_missing = m.error
             measurements.append(m)
@@ -713,7 +789,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             measurements.append(
                 measure(
-                    step, path, args.cutoff, SNAPSHOT_ROWS, args.repeats, args.seed, args.timeout
+                    step, path, args.cutoff, SNAPSHOT_ROWS, args.repeats, args.seed, args.timeout,
+                    **runs,
                 )
             )
 
@@ -754,6 +831,8 @@ def main(argv: list[str] | None = None) -> int:
         payload = {
             "cutoff": args.cutoff,
             "repeats": args.repeats,
+            "warmup": args.warmup,
+            "pretouch": not args.no_pretouch,
             "seed": args.seed,
             "cores": os.cpu_count(),
             "python": sys.version.split()[0],
