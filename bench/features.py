@@ -129,6 +129,50 @@ def _current_rss_gb() -> float:
         return float("nan")
 
 
+def _free_gb() -> float | None:
+    """Free memory (``MemFree`` of /proc/meminfo, not counting the page cache) in GB."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemFree:"):
+                    return int(line.split()[1]) * 1024 / 1e9
+    except OSError:
+        pass
+    return None
+
+
+def prefault(gb: float) -> tuple[float, float]:
+    """Write to ``gb`` GB of memory in this process, free it, and forget it in the peak
+    RSS; return (GB touched, seconds). Called just before a step's timer starts.
+
+    Why: on a virtual machine whose host backs the guest's memory only when it is first
+    written and takes freed memory back within seconds (a balloon or free page reporting,
+    as on the machines this project runs on), the first write to memory costs a host page
+    fault per page: touching 20 GB took 25.2 s, and 1.5 s right after. A step that
+    allocates such memory pays that inside its timer. The pandas reference, which peaks at
+    21 GB at 50M rows, took 71.5 s in its first run and 48-49 s in the next two (10M rows:
+    13.0 s cold, 6.3 s with its memory touched first; the product at 50M rows, 3.4 GB:
+    19.3 s against 15.9 s), so single runs compared the hypervisor, not the code. Memory
+    touched and freed in the same process is reused at once, before the host takes it
+    back (touched in another process just before, it was mostly gone again). The touch
+    stays below the free memory (``MemFree`` less 0.5 GB), so it never evicts the page
+    cache that holds the log. Only on Linux, where the peak RSS can be reset
+    (``/proc/self/clear_refs``); elsewhere nothing is touched."""
+    free = _free_gb()
+    if free is not None:
+        gb = min(gb, free - 0.5)
+    if gb <= 0.1 or not os.path.exists("/proc/self/clear_refs"):
+        return 0.0, 0.0
+    import numpy as np
+
+    t0 = time.perf_counter()
+    np.ones(int(gb * 2**30), dtype=np.uint8)  # written, then freed at once
+    seconds = time.perf_counter() - t0
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")  # reset the peak RSS (VmHWM, ru_maxrss) to the current RSS
+    return gb, seconds
+
+
 def _import_product() -> Any:
     """Import the product's `features` package, or raise `ProductUnavailable`."""
     try:
@@ -213,9 +257,16 @@ def _compare(product: pd.DataFrame, reference: pd.DataFrame) -> dict:
     }
 
 
-def run_worker(step: str, path: str, cutoff: str, n_rows: int, seed: int) -> dict:
-    """Run one measurement in this process and return its figures."""
+def run_worker(step: str, path: str, cutoff: str, n_rows: int, seed: int,
+               pretouch_gb: float = 0.0) -> dict:
+    """Run one measurement in this process and return its figures; first `prefault`
+    ``pretouch_gb`` GB (after the product's import, which is not timed)."""
     result: dict[str, Any] = {"step": step}
+    if step in ("product", "snapshots_product"):
+        t0 = time.perf_counter()
+        features = _import_product()
+        result["import_s"] = time.perf_counter() - t0
+    result["pretouched_gb"], result["pretouch_s"] = prefault(pretouch_gb)
     # process CPU time (user + sys, all threads) of the timed part: on a busy machine the
     # wall time of a step depends on what else runs, its CPU seconds much less so
     cpu0 = time.process_time()
@@ -224,9 +275,6 @@ def run_worker(step: str, path: str, cutoff: str, n_rows: int, seed: int) -> dic
         write_parquet(n_rows, path, seed=seed)
         result["wall_s"] = time.perf_counter() - t0
     elif step == "product":
-        t0 = time.perf_counter()
-        features = _import_product()
-        result["import_s"] = time.perf_counter() - t0
         result["rss_before_gb"] = _current_rss_gb()
         cpu0 = time.process_time()
         t0 = time.perf_counter()
@@ -271,7 +319,6 @@ def run_worker(step: str, path: str, cutoff: str, n_rows: int, seed: int) -> dic
         result["wall_s"] = result["read_s"] + result["compute_s"]
         result["customers"] = len(out)
     elif step == "snapshots_product":
-        features = _import_product()
         result["rss_before_gb"] = _current_rss_gb()
         cpu0 = time.process_time()
         result.update(_run_product_snapshots(features, path, _snapshot_cutoffs(cutoff)))
@@ -306,9 +353,11 @@ def _worker_main(argv: list[str]) -> int:
     parser.add_argument("--cutoff", required=True)
     parser.add_argument("--rows", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pretouch-gb", type=float, default=0.0)
     args = parser.parse_args(argv)
     try:
-        result = run_worker(args.step, args.path, args.cutoff, args.rows, args.seed)
+        result = run_worker(args.step, args.path, args.cutoff, args.rows, args.seed,
+                            args.pretouch_gb)
     except ProductUnavailable as exc:
         result = {"step": args.step, "unavailable": str(exc)}
     print(RESULT_PREFIX + json.dumps(result, default=str), flush=True)
@@ -365,7 +414,8 @@ class Measurement:
 
 
 def _run_subprocess(
-    step: str, path: Path, cutoff: str, rows: int, seed: int, timeout: float
+    step: str, path: Path, cutoff: str, rows: int, seed: int, timeout: float,
+    pretouch_gb: float = 0.0,
 ) -> dict:
     cmd = [
         sys.executable,
@@ -380,6 +430,8 @@ def _run_subprocess(
         str(rows),
         "--seed",
         str(seed),
+        "--pretouch-gb",
+        str(pretouch_gb),
     ]
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     try:
@@ -407,35 +459,6 @@ def _free_gb() -> float | None:
     return None
 
 
-def prefault(gb: float) -> tuple[float, float]:
-    """Write to ``gb`` GB of memory in a throwaway process; return (GB touched, seconds).
-
-    Why: on a virtual machine whose host backs the guest's memory only when it is first
-    written and takes freed memory back after a while (a balloon or free page reporting,
-    as on the machines this project runs on), the first write to memory not used lately
-    costs a host page fault per page: touching 20 GB took 25.2 s, and 1.5 s at once after.
-    A step that allocates such memory pays that inside its timer. The pandas reference,
-    which peaks at 21 GB at 50M rows, took 71.5 s in its first run and 48-49 s in the next
-    two (10M rows: 12.6 s, then 7.9-8.0 s; the product, 3.4 GB, 19.3 s cold against
-    15.4-15.9 s), so single runs compared the hypervisor, not the code. Touching the memory
-    a step needs just before it runs leaves the host backing it for the step. The touch
-    stays below the free memory (``MemFree`` less 0.5 GB), so it never evicts the page
-    cache that holds the log. On a machine without the effect it costs a second or two
-    per run and changes nothing."""
-    free = _free_gb()
-    if free is not None:
-        gb = min(gb, free - 0.5)
-    if gb <= 0.1:
-        return 0.0, 0.0
-    t0 = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-c",
-         f"import numpy as np; np.ones({int(gb * 2**30)}, dtype=np.uint8)"],
-        check=True,
-    )
-    return gb, time.perf_counter() - t0
-
-
 def measure(
     step: str,
     path: Path,
@@ -450,29 +473,28 @@ def measure(
     pretouch: bool = False,
 ) -> Measurement:
     """Run ``step`` ``warmup`` times untimed, then ``repeats`` times, each in a fresh
-    process. With ``pretouch``, each run is preceded by `prefault` of as much memory as
-    the step's largest peak so far (nothing before its first run: see ``warmup``)."""
+    process. With ``pretouch``, each run first touches (`prefault`) as much memory as the
+    step's largest peak so far (nothing in its first run: see ``warmup``)."""
     m = Measurement(step=step, rows=rows)
     label = STEP_LABELS.get(step, step)
     for i in range(warmup + repeats):
         peaks = [r["peak_gb"] for r in (*m.warmups, *m.runs) if "peak_gb" in r]
-        touched = prefault(1.05 * max(peaks)) if pretouch and peaks else (0.0, 0.0)
-        res = _run_subprocess(step, path, cutoff, rows, seed, timeout)
+        gb = 1.05 * max(peaks) if pretouch and peaks else 0.0
+        res = _run_subprocess(step, path, cutoff, rows, seed, timeout, gb)
         if "unavailable" in res:
             m.error = res["unavailable"]
             break
         if "error" in res:
             m.error = res["error"]
             break
-        res["pretouched_gb"], res["pretouch_s"] = touched
         warm = i < warmup
         (m.warmups if warm else m.runs).append(res)
         if log:
             extra = f", read {res['read_s']:.2f} s" if "read_s" in res else ""
             which = (f"warm-up {i + 1}/{warmup} (not counted)" if warm
                      else f"run {i + 1 - warmup}/{repeats}")
-            memory = (f" (memory pre-touched: {touched[0]:.1f} GB in {touched[1]:.1f} s)"
-                      if touched[0] else "")
+            memory = (f" (memory pre-touched: {res['pretouched_gb']:.1f} GB in "
+                      f"{res['pretouch_s']:.1f} s)" if res.get("pretouched_gb") else "")
             print(
                 f"  {_fmt_rows(rows):>6} {label:<{LABEL_WIDTH}} {which}: "
                 f"{res['wall_s']:.2f} s{extra}, cpu {res.get('cpu_s', float('nan')):.2f} s, "
@@ -690,7 +712,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-pretouch",
         action="store_true",
-        help="do not touch each step's memory before its runs (see prefault in this file)",
+        help="do not touch each step's memory before its timer (see prefault in this file)",
     )
     p.add_argument(
         "--snapshots",

@@ -18,10 +18,13 @@ sys.modules[_SPEC.name] = bench  # dataclasses look their module up while the cl
 _SPEC.loader.exec_module(bench)
 
 
-def test_prefault_stays_below_the_free_memory(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bench, "_free_gb", lambda: 0.8)
+def test_prefault_stays_below_the_free_memory_and_leaves_the_peak_alone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    before = bench._peak_rss_gb()
+    monkeypatch.setattr(bench, "_free_gb", lambda: 1.5)
     touched, seconds = bench.prefault(5.0)
-    assert touched == pytest.approx(0.3) and seconds > 0
+    assert touched == pytest.approx(1.0) and seconds > 0
+    assert bench._peak_rss_gb() < before + 0.5  # the touched GB is not the step's peak
     monkeypatch.setattr(bench, "_free_gb", lambda: 0.55)
     assert bench.prefault(5.0) == (0.0, 0.0)  # nothing worth touching
 
