@@ -417,19 +417,31 @@ _TRACKING_SCHEMES = frozenset({"sqlite", "postgresql", "mysql", "mssql", "http",
 #: seconds `check_tracking_store` waits for a tracking server to accept a connection
 SERVER_CHECK_TIMEOUT = 10.0
 _servers_answered: set[str] = set()  # tracking servers that answered in this process
-#: HTTP statuses with which a proxy in front of a tracking server (nginx, a cloud load
-#: balancer) answers for it while it restarts or is down: temporary, as a refused connection
-#: is. A 500 is the server's own failure, for a person to look into.
-_PROXY_STATUSES = {502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
+_PROXY_DOWN = "what a proxy or load balancer in front of it answers while it is down or restarting"
+#: HTTP statuses that say "not now" rather than "wrong": 502-504, with which a proxy in
+#: front of a tracking server (nginx, a cloud load balancer) answers for it while it
+#: restarts or is down, and 408 and 429, a server or proxy that gave up waiting for the
+#: request or limits how often it is asked (MLflow retries all five before it gives up).
+#: Temporary, as a refused connection is. A 500 is the server's own failure, for a person
+#: to look into.
+_TEMPORARY_STATUSES = {
+    408: ("Request Timeout", "the server or a proxy in front of it gave up waiting for the "
+                             "request"),
+    429: ("Too Many Requests", "the server or a proxy in front of it limits how often it is "
+                               "asked"),
+    502: ("Bad Gateway", _PROXY_DOWN),
+    503: ("Service Unavailable", _PROXY_DOWN),
+    504: ("Gateway Timeout", _PROXY_DOWN),
+}
 
 
 def _proxy_reason(status: int) -> str | None:
     """What `unanswered_reason` says of an HTTP answer of ``status``: None unless it is one
-    of `_PROXY_STATUSES`."""
-    phrase = _PROXY_STATUSES.get(status)
-    return None if phrase is None else (
-        f"HTTP {status} {phrase} (what a proxy or load balancer in front of it answers "
-        f"while it is down or restarting)")
+    of `_TEMPORARY_STATUSES`."""
+    if status not in _TEMPORARY_STATUSES:
+        return None
+    phrase, why = _TEMPORARY_STATUSES[status]
+    return f"HTTP {status} {phrase} ({why})"
 
 
 class TrackingServerUnreachableError(TemporaryFailure, ValueError):
@@ -447,7 +459,7 @@ class RegistryBusyError(TemporaryFailure, ValueError):
 
 def unanswered_reason(exc: BaseException) -> str | None:
     """Why a tracking server did not answer, when a connection that was refused, timed out
-    or dropped, or an answer of `_PROXY_STATUSES` (MLflow retries those, then raises
+    or dropped, or an answer of `_TEMPORARY_STATUSES` (MLflow retries those, then raises
     requests' RetryError), is anywhere down the chain of ``exc`` (MLflow's own errors wrap
     requests'), else None: the one place that decides what `TrackingServerUnreachableError`
     is.
@@ -491,7 +503,7 @@ def unanswered_reason(exc: BaseException) -> str | None:
 def _check_server_answers(uri: str) -> None:
     """`TrackingServerUnreachableError` (temporary: exit 75) naming ``MLFLOW_TRACKING_URI``
     when nothing answers at the tracking server ``uri`` within `SERVER_CHECK_TIMEOUT`
-    seconds, or a proxy answers for it that it is down (`_PROXY_STATUSES`), ValueError when
+    seconds, or it or a proxy answers "not now" (`_TEMPORARY_STATUSES`), ValueError when
     its host name does not resolve; any other HTTP answer passes (the key or the TLS
     settings are MLflow's to check). MLflow itself retries such a server for minutes, then
     ends in a traceback: a scheduled job would hang, then fail with exit code 1."""

@@ -308,7 +308,7 @@ def test_a_tracking_server_nobody_answers_or_an_unknown_scheme_is_refused_at_onc
     assert "Traceback" not in res.output
 
 
-@pytest.mark.parametrize("status", [502, 503, 504, 500])
+@pytest.mark.parametrize("status", [408, 429, 502, 503, 504, 500])
 def test_a_tracking_server_a_proxy_says_is_down_is_temporary(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, status: int) -> None:
     """A tracking server behind a proxy (nginx, a cloud load balancer) that is restarting or
@@ -316,7 +316,9 @@ def test_a_tracking_server_a_proxy_says_is_down_is_temporary(
     exited 2 with 'the MLflow tracking store ... failed: ... too many 503 error responses.
     Check MLFLOW_TRACKING_URI', as for a URI to fix. Now it exits 75 (temporary) saying the
     server does not answer, whether the proxy says so at once (the check) or after the
-    check passed (MLflow's own request). A 500 is the server's own failure: still 2."""
+    check passed (MLflow's own request). So do 408 and 429 (a server or proxy that gave up
+    waiting for the request, or limits the request rate), which exited 2 too. A 500 is the
+    server's own failure: still 2."""
     import http.server
 
     from typer.testing import CliRunner
@@ -343,8 +345,11 @@ def test_a_tracking_server_a_proxy_says_is_down_is_temporary(
     monkeypatch.chdir(tmp_path)
     with _http_server(Proxy) as up:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", up)
-        said = (f"HTTP {status} {http.HTTPStatus(status).phrase} (what a proxy or load "
-                f"balancer in front of it answers while it is down or restarting)")
+        why = {408: "the server or a proxy in front of it gave up waiting for the request",
+               429: "the server or a proxy in front of it limits how often it is asked"}.get(
+            status, "what a proxy or load balancer in front of it answers while it is down or "
+                    "restarting")
+        said = f"HTTP {status} {http.HTTPStatus(status).phrase} ({why})"
         if temporary:
             with pytest.raises(tracking.TrackingServerUnreachableError) as info:
                 tracking.check_tracking_store(create=False)
