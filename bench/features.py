@@ -447,18 +447,6 @@ def _run_subprocess(
     return {"error": f"exit code {proc.returncode}:\n{tail}"}
 
 
-def _free_gb() -> float | None:
-    """Free memory (``MemFree`` of /proc/meminfo, not counting the page cache) in GB."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemFree:"):
-                    return int(line.split()[1]) * 1024 / 1e9
-    except OSError:
-        pass
-    return None
-
-
 def measure(
     step: str,
     path: Path,
