@@ -653,7 +653,8 @@ def _new_backend() -> DuckDBBackend:
 
     It never downloads an extension (``autoinstall_known_extensions``): a ``duckdb:///``
     URL that names a SQLite file made DuckDB fetch its SQLite scanner from the internet.
-    Nothing lifecast reads needs an extension that is not built in."""
+    Nothing lifecast reads needs an extension that is not built in. On 2 or 3 cores it runs
+    `MIN_DUCKDB_THREADS` threads (`raise_thread_floor`)."""
     import duckdb
 
     con = ibis.duckdb.connect()
