@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 _ROOT = Path(__file__).resolve().parents[2]
+if str(_ROOT) not in sys.path:  # the script imports `bench.*`, as bench/quality.py does
+    sys.path.insert(0, str(_ROOT))
 _SPEC = importlib.util.spec_from_file_location("_lifecast_bench_features",
                                                _ROOT / "bench" / "features.py")
 bench = importlib.util.module_from_spec(_SPEC)
