@@ -834,10 +834,11 @@ def main(argv: list[str] | None = None) -> int:
         # than cores on 2-3 cores (`features.contract.raise_thread_floor`)
         cores = os.cpu_count() or 1
         try:
-            from features.contract import MIN_DUCKDB_THREADS
+            from features.contract import floored_threads
         except ImportError:  # the product is not importable: its steps did not run
-            MIN_DUCKDB_THREADS = cores  # noqa: N806
-        own = MIN_DUCKDB_THREADS if cores in (2, 3) else cores
+            own = cores
+        else:
+            own = floored_threads(cores)
         print(
             f"\n1-minute load average during the runs: median {statistics.median(loads):.1f}, "
             f"max {max(loads):.1f} on {cores} cores"

@@ -686,8 +686,13 @@ def raise_thread_floor(con: Any) -> None:
     cores keeps DuckDB's choice. The features do not depend on it: sums are exact and
     every result is ordered (`tests/features/test_pipeline.py`)."""
     threads = int(con.execute("SELECT current_setting('threads')").fetchone()[0])
-    if 2 <= threads < MIN_DUCKDB_THREADS:
-        con.execute(f"SET threads = {MIN_DUCKDB_THREADS}")
+    if floored_threads(threads) != threads:
+        con.execute(f"SET threads = {floored_threads(threads)}")
+
+
+def floored_threads(threads: int) -> int:
+    """The threads `raise_thread_floor` gives a DuckDB connection that has ``threads``."""
+    return MIN_DUCKDB_THREADS if 2 <= threads < MIN_DUCKDB_THREADS else threads
 
 
 def _view_name(kind: str) -> str:

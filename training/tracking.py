@@ -1089,8 +1089,9 @@ def _end_dead_run(client: MlflowClient, run: Any, reason: str) -> None:
                 client.set_registered_model_alias(name, CHAMPION_ALIAS, back)
                 _undo_demotion(client, kind, back, run_id, decisions.get(kind))
                 what.append(f"{name} v{back} is champion again in place of its v{current}")
+        now = _champion_version(client, kind)  # after the move back, if any
         for mv in mine:  # (one promoted by hand, and champion still, says so already)
-            kept = (str(mv.version) == _champion_version(client, kind)
+            kept = (str(mv.version) == now
                     and (mv.tags or {}).get("decision", "").startswith(_BY_HAND))
             if not kept:
                 client.set_model_version_tag(
