@@ -78,7 +78,8 @@ class Feature:
 
 
 def _ratio(num: ir.Value, den: ir.Value, defined: ir.BooleanValue) -> ir.FloatingValue:
-    """num / den where `defined`, else null (guard on a count, never on a float)."""
+    """num / den where `defined`, else null (guard on a count or an exact sum, never on a
+    float)."""
     return ibis.ifelse(defined, num.cast("float64") / den.cast("float64"), ibis.null("float64"))
 
 
@@ -216,7 +217,7 @@ def feature_definitions(config: FeatureConfig | None = None) -> list[Feature]:
             "return_rate", "float64", "behaviour",
             "Returned value / gross purchased value (rows with amount < 0 over rows > 0); "
             "null when there is no positive row.",
-            lambda a: _ratio(a.returned, a.gross, a.pos_rows > 0),
+            lambda a: _ratio(a.returned, a.gross, a.gross > 0),
         ),
         Feature(
             "n_returns", "Int64", "behaviour",
@@ -250,7 +251,7 @@ def feature_definitions(config: FeatureConfig | None = None) -> list[Feature]:
             "discount_share", "float64", "behaviour",
             "Share of gross spend on rows with a discount > 0 (null when the data has no "
             "discount or no positive row).",
-            lambda a: _ratio(a.disc_gross, a.gross, a.pos_rows > 0),
+            lambda a: _ratio(a.disc_gross, a.gross, a.gross > 0),
             requires="discount",
         ),
     ]
