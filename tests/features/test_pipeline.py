@@ -553,8 +553,9 @@ def test_attach_labels_places_or_merges():
 
 def test_order_money_is_64_bit_on_duckdb():
     """Every money column of an order line is DECIMAL(18, 6) as DuckDB computes it, not only
-    as Ibis types it: Ibis dropped the cast of ``gross - returned``, which DuckDB widens to
-    DECIMAL(19, 6), a 128-bit integer, and every per-customer sum of it ran 128-bit."""
+    as Ibis types it: when an order's value was ``gross - returned``, Ibis dropped its cast,
+    DuckDB widened it to DECIMAL(19, 6), a 128-bit integer, and every per-customer sum of it
+    ran 128-bit. The value is now one sum, cast like the others; the check stays."""
     from features.contract import load_transactions
     from features.engine import linked_lines, order_lines
 
