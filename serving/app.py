@@ -70,7 +70,7 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from serving.schemas import (
     CustomerError,
@@ -262,8 +262,15 @@ def _manifest(folder: Path) -> dict[str, Any]:
 ROW_PATH_MAX = 64
 
 
-def _row_predictors(models: LoadedModels
-                    ) -> tuple[RowPredictor, RowPredictor, RowPredictor] | None:
+class _RowPredictors(NamedTuple):
+    """The single-row predictors a request's rows go through (`_row_predictors`)."""
+
+    contrib: RowPredictor  # the churn model's SHAP contributions (the reasons)
+    raw: RowPredictor  # the churn model's raw score (the probability)
+    value: RowPredictor  # the value model's prediction
+
+
+def _row_predictors(models: LoadedModels) -> _RowPredictors | None:
     """The churn model's contributions and raw score and the value model's predictions
     through LightGBM's single-row fast path (a third of ``Booster.predict``'s time for one
     row), or None, and ``Booster.predict`` serves every request, when LightGBM cannot set
@@ -272,9 +279,10 @@ def _row_predictors(models: LoadedModels
 
     churn, value = models.churn, models.value
     try:
-        return (RowPredictor(churn.booster_, "contrib", churn.best_iteration_),
-                RowPredictor(churn.booster_, "raw", churn.best_iteration_),
-                RowPredictor(value.booster_, "normal", value.best_iteration_))
+        return _RowPredictors(
+            contrib=RowPredictor(churn.booster_, "contrib", churn.best_iteration_),
+            raw=RowPredictor(churn.booster_, "raw", churn.best_iteration_),
+            value=RowPredictor(value.booster_, "normal", value.best_iteration_))
     except Exception as exc:  # an optimization: the models still serve without it
         logger.warning("LightGBM's single-row fast path is unavailable (%s): every request "
                        "uses Booster.predict", exc)
@@ -574,9 +582,9 @@ class Runtime:
         # path (depth-3 models of 75 and 300 trees on 32 features, whose contributions
         # take 29 and 108 us).
         if self._rows is not None and X.shape[0] <= ROW_PATH_MAX:
-            contrib = self._rows[0].predict(X)
-            raw = self._rows[1].predict(X)
-            clv = self._rows[2].predict(Xv) * value.scale
+            contrib = self._rows.contrib.predict(X)
+            raw = self._rows.raw.predict(X)
+            clv = self._rows.value.predict(Xv) * value.scale
         else:
             contrib = churn.booster_.predict(X, num_iteration=churn.best_iteration_,
                                              pred_contrib=True, num_threads=1)
