@@ -61,6 +61,7 @@ import math
 import os
 import re
 import secrets
+import sqlite3
 import tempfile
 import threading
 import time
@@ -774,6 +775,14 @@ class CustomerStore:
                 # the database failed us (connection lost, locked for too long, disk error...)
                 raise _unavailable(e)(
                     f"customer store {self.safe_url}: {_db_message(e)}") from e
+            except sa_exc.DatabaseError as e:
+                # SQLite's plain DatabaseError is a damaged file ("database disk image is
+                # malformed", "file is not a database"), e.g. replaced under an open
+                # connection: the store is unavailable, as when it cannot be opened
+                if not (self._is_sqlite and type(e.orig) is sqlite3.DatabaseError):
+                    raise
+                raise StoreUnavailableError(
+                    f"customer store {self.safe_url}: {_db_message(e)}") from e
             except Exception as e:
                 # PostgreSQL refusing this role (a privilege revoked, a schema dropped; also
                 # from psycopg directly, as COPY runs on its cursor): the store's setup, not a
@@ -1133,8 +1142,8 @@ class CustomerStore:
         bound: Any = tuple(params[k] for k in order) if order is not None else params
         try:
             conn = engine.raw_connection()
-        except sa_exc.DBAPIError:
-            return None
+        except Exception:  # the pool raises the driver's own errors (server down): the
+            return None    # transactional path reports them
         try:
             cursor = conn.cursor()
             try:

@@ -414,3 +414,79 @@ def test_readiness_follows_the_store_going_away_and_coming_back(world, runtime, 
         assert len(rt.predict(ids).predictions) == 3
     finally:
         rt.close()
+
+
+@pytest.mark.slow
+def test_predict_is_503_while_postgresql_is_down(world, runtime, tmp_path, stored_batch) -> None:
+    """A stopped PostgreSQL server made /predict answer 500 (a traceback in the log) while
+    /high_risk answered 503: the pool raises the driver's own error from
+    ``raw_connection``, which the fast path did not catch. Both are 503 now."""
+    from serving.app import Runtime, ServiceError
+    from serving.audit import AuditLog
+
+    pg = _pg_helper()
+    reason = pg.unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"no PostgreSQL to test against: {reason}")
+    scores, feats = stored_batch(world.store_url)
+    ids = scores["customer_id"].tolist()[:3]
+    with pg.postgres_server() as server:
+        url = pg.create_database(server)
+        writer = CustomerStore(url)
+        writer.write_batch(scores, feats, as_of=world.as_of,
+                           model_versions={"churn": "7", "clv": "8"})
+        writer.close()
+        rt = Runtime(runtime.models, CustomerStore(url), AuditLog(tmp_path / "audit.log"),
+                     store_check_seconds=0)
+        assert len(rt.predict(ids).predictions) == 3  # its pool keeps the connection
+    try:
+        for ask in (lambda: rt.predict(ids), lambda: rt.predict_frames(ids),
+                    lambda: rt.predict(ids[:1])):
+            with pytest.raises(ServiceError) as err:
+                ask()
+            assert err.value.status == 503, err.value
+            print("CAUSE", repr(err.value), repr(err.value.__context__))
+        assert rt.is_ready() is False
+    finally:
+        rt.close()
+
+
+def test_a_store_corrupted_under_a_live_connection_is_503_not_500(
+        world, runtime, tmp_path, stored_batch) -> None:
+    """A store file corrupted under the service (replaced while it ran, a disk error) made
+    its open connections fail with sqlite3's DatabaseError ("database disk image is
+    malformed"), which only OperationalError and InterfaceError were mapped from, so
+    /predict answered 500; it is the store being unavailable (503), as it already was for a
+    connection opened after the damage."""
+    import sqlite3
+
+    from serving.app import Runtime, ServiceError
+    from serving.audit import AuditLog
+
+    scores, feats = stored_batch(world.store_url)
+    folder = tmp_path / "store"
+    store = CustomerStore(CustomerStore.default_url(folder))
+    store.write_batch(scores, feats, as_of=world.as_of,
+                      model_versions={"churn": "7", "clv": "8"})
+    store.close()
+    rt = Runtime(runtime.models, CustomerStore(store.url), AuditLog(tmp_path / "audit.log"),
+                 store_check_seconds=0)
+    ids = scores["customer_id"].tolist()
+    try:
+        assert len(rt.predict(ids[:3]).predictions) == 3  # the pool keeps its connection
+        db = folder / "lifecast_store.db"
+        other = sqlite3.connect(db)  # a change its connection sees: its page cache is dropped
+        other.execute("PRAGMA user_version = 7")
+        other.commit()
+        other.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        other.close()
+        with db.open("r+b") as f:  # every page after the first (the schema) overwritten
+            f.seek(4096)
+            f.write(b"\xff" * (db.stat().st_size - 4096))
+        for ask in (lambda: rt.predict(ids[-3:]), lambda: rt.predict_frames(ids[-6:-3])):
+            with pytest.raises(ServiceError) as err:
+                ask()
+            assert err.value.status == 503, err.value
+        assert rt.is_ready() is False
+    finally:
+        rt.close()
