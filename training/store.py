@@ -775,15 +775,13 @@ class CustomerStore:
                 # the database failed us (connection lost, locked for too long, disk error...)
                 raise _unavailable(e)(
                     f"customer store {self.safe_url}: {_db_message(e)}") from e
-            except sa_exc.DatabaseError as e:
-                # SQLite's plain DatabaseError is a damaged file ("database disk image is
-                # malformed", "file is not a database"), e.g. replaced under an open
-                # connection: the store is unavailable, as when it cannot be opened
-                if not (self._is_sqlite and type(e.orig) is sqlite3.DatabaseError):
-                    raise
-                raise StoreUnavailableError(
-                    f"customer store {self.safe_url}: {_db_message(e)}") from e
             except Exception as e:
+                if self._is_sqlite and type(getattr(e, "orig", None)) is sqlite3.DatabaseError:
+                    # SQLite's plain DatabaseError is a damaged file ("database disk image is
+                    # malformed", "file is not a database"), e.g. replaced under an open
+                    # connection: the store is unavailable, as when it cannot be opened
+                    raise StoreUnavailableError(
+                        f"customer store {self.safe_url}: {_db_message(e)}") from e
                 # PostgreSQL refusing this role (a privilege revoked, a schema dropped; also
                 # from psycopg directly, as COPY runs on its cursor): the store's setup, not a
                 # bug; other errors stay what they are
