@@ -11,13 +11,14 @@ The mapping is applied once, here, at the boundary:
 - ``customer_id``: BIGINT when the source column is an integer or a float (as pandas makes
   of an integer column with gaps; a float id with a fraction, or of 2^53 or more, which a
   float cannot hold exactly, is an error), or a CSV column whose values are all plain
-  integers (or integral floats such as ``17850.0``, read digit for digit, not through a
-  float); else VARCHAR, trimmed. Ids in scientific notation (``4.91235E+11``: a spreadsheet
-  rounded them) are an error. Blank, NaN and text missing-value markers (``NaN``, ``N/A``,
-  ``NA``, ``null``, ``None``, ``<NA>``, any case) mean missing, and so do the ids listed in
-  ``mapping.missing_ids`` (exactly; for integer ids, the listed whole numbers). Rows without
-  one are dropped and counted (``report.rows_dropped["missing customer_id"]``); nothing else
-  is dropped.
+  integers (or integral floats such as ``17850.0``, or ``17850,0`` with
+  ``mapping.decimal_comma``, read digit for digit, not through a float), missing-value
+  markers and spaces around them aside; else VARCHAR, trimmed. Ids in scientific notation
+  (``4.91235E+11``: a spreadsheet rounded them) are an error. Blank, NaN and text
+  missing-value markers (``NaN``, ``N/A``, ``NA``, ``null``, ``None``, ``<NA>``, any case)
+  mean missing, and so do the ids listed in ``mapping.missing_ids`` (exactly; for integer
+  ids, the listed whole numbers). Rows without one are dropped and counted
+  (``report.rows_dropped["missing customer_id"]``); nothing else is dropped.
 - ``timestamp``: naive TIMESTAMP. Time-zone aware values are converted to UTC, dates become
   midnight, text is parsed with ``mapping.timestamp_format``, else with the one format that
   reads every value among DuckDB's CSV sniffer's and `_TIMESTAMP_GUESSES` (several that
@@ -1465,7 +1466,7 @@ def _plan(
     columns: list[_Column] = []
     cid_col = resolved["customer_id"]
     cid, cid_int, cid_not_int, cid_bad, cid_checks, cid_tabbed = _customer_sql(
-        src, cid_col, integer_ids, tab_ids, mapping.missing_ids)
+        src, cid_col, integer_ids, tab_ids, mapping.missing_ids, mapping.decimal_comma)
     cid = _without_listed(cid, cid_int, mapping.missing_ids)
     columns.append(
         _Column(
@@ -1618,6 +1619,7 @@ _INEXACT_ID = (
 
 def _customer_sql(
     src: _Source, col: str, integer_ids: bool, tabs: bool = False, listed: Sequence[str] = (),
+    decimal_comma: bool = False,
 ) -> tuple[str, bool, str, str | None, list[tuple[str, str, str | None, str, str]], str]:
     """(value SQL, is integer, predicate 'not an integer', predicate 'bad' or None, further
     checks, predicate 'has a tab') for the customer id column; each check is (name, bad,
@@ -1684,6 +1686,26 @@ def _customer_sql(
         bad = f"(NOT isnan({number}) AND NOT {sci} AND ({exact}) IS NULL)"
         scientific = check(_SCIENTIFIC_ID, f"(NOT isnan({number}) AND {sci})")
         return value, True, not_int, bad, [scientific], tabbed
+    if integer_ids and kind == "text" and col in src.sniffed:
+        # a CSV column of whole-number ids that the sniffer took for text: it met a
+        # missing-value marker ('N/A', or a listed id such as 'GUEST'), ids written with a
+        # decimal comma ('12346,0') or spaces around some ids. They are the same customers
+        # as in a column of numbers ('12346.0' and '12346' alike), else the store held
+        # '12346.0' where a log without the marker gives '12346'. An id is an integer when
+        # its trimmed text is one written the plain way (the cast must round-trip: '007'
+        # and '+7' stay text) with at most a fraction of zeros; any other text that is no
+        # missing-value marker makes the ids text, as before.
+        t = _trim_id(c)
+        point = _lit("," if decimal_comma else ".")
+        head = f"split_part({t}, {point}, 1)"
+        number = f"TRY_CAST({head} AS BIGINT)"
+        whole = (f"(rtrim(split_part({t}, {point}, 2), '0') = '' "
+                 f"AND split_part({t}, {point}, 3) = '')")
+        value = (f"(CASE WHEN {whole} AND CAST({number} AS VARCHAR) = {head} "
+                 f"THEN {number} END)")
+        not_int = (f"(CASE WHEN {value} IS NULL THEN NOT {_missing_id(t, listed)} "
+                   f"ELSE false END)")
+        return value, True, not_int, None, [], tabbed
     text = f"CAST({c} AS VARCHAR)"
 
     def cleaned(t: str) -> str:

@@ -313,6 +313,49 @@ def test_csv_ids_written_as_floats_are_the_integer_ids(tmp_path: Path) -> None:
     assert sorted(set(tx.to_pandas()["customer_id"])) == ["17850.0", "C12345"]
 
 
+@pytest.mark.parametrize("export", ["marker", "listed", "decimal_comma", "spaces"])
+def test_csv_float_ids_the_sniffer_took_for_text_are_the_integer_ids(
+        export: str, tmp_path: Path) -> None:
+    """'17850.0' is customer 17850 also where DuckDB's sniffer reads the column as text: a
+    missing-value marker ('N/A') or a listed missing id ('GUEST') in it, a decimal comma
+    ('17850,0'), spaces around some ids. Before, the store held '17850.0' there, where the
+    same export with blank cells gave '17850' (and scoring warned of another log)."""
+    df = user_log().assign(CustomerID=[17850.0, 17850.0, 12345.0, 17850.0, np.nan, 12345.0])
+    want = build_features(df, "2021-03-01", MAPPING)
+    path = tmp_path / "ids.csv"
+    mapping = MAPPING
+    if export == "decimal_comma":
+        df.to_csv(path, index=False, sep=";", decimal=",")
+        assert "17850,0" in path.read_text()
+        mapping = MAPPING.with_overrides(decimal_comma=True)
+    else:
+        marker = {"marker": "N/A", "listed": "GUEST", "spaces": ""}[export]
+        df.to_csv(path, index=False, na_rep=marker)
+        if export == "listed":
+            mapping = MAPPING.with_overrides(missing_ids=("GUEST",))
+        if export == "spaces":
+            path.write_text(path.read_text().replace(",12345.0", ", 12345.0 "))
+    tx = load_transactions(path, mapping)
+    assert tx.report.customer_id_type == "integer"
+    assert sorted(set(tx.to_pandas()["customer_id"])) == [12345, 17850]
+    assert tx.report.rows_dropped == {"missing customer_id": 1}
+    pd.testing.assert_frame_equal(build_features(path, "2021-03-01", mapping), want)
+
+
+def test_csv_text_ids_with_a_marker_stay_text_unless_every_id_is_a_plain_integer(
+        tmp_path: Path) -> None:
+    """Beside a missing-value marker, ids with leading zeros, a '+' or a fraction other than
+    zeros keep the column text, each id as written (trimmed)."""
+    mapping = ColumnMapping(customer_id="id", timestamp="t", amount="a")
+    for ids, want in ((["007", "7", "N/A"], ["007", "7"]), (["+7", "7", "N/A"], ["+7", "7"]),
+                      (["7.5", "7", "N/A"], ["7", "7.5"]), (["7,0", "7", "N/A"], ["7", "7,0"])):
+        path = tmp_path / "ids.csv"
+        pd.DataFrame({"id": ids, "t": "2021-01-01", "a": 1.0}).to_csv(path, index=False)
+        tx = load_transactions(path, mapping)
+        assert tx.report.customer_id_type == "string", ids
+        assert sorted(set(tx.to_pandas()["customer_id"])) == want
+
+
 def test_csv_id_column_that_only_looks_numeric_falls_back_to_strings(tmp_path: Path) -> None:
     # DuckDB sniffs types on a sample; a letter far down the file must not null the id.
     n = 21_000  # just past the sniffer's 20,480-row sample
