@@ -15,10 +15,11 @@ The mapping is applied once, here, at the boundary:
   ``mapping.decimal_comma``, read digit for digit, not through a float), missing-value
   markers and spaces around them aside; else VARCHAR, trimmed. Ids in scientific notation
   (``4.91235E+11``: a spreadsheet rounded them) are an error. Blank, NaN and text
-  missing-value markers (``NaN``, ``N/A``, ``NA``, ``null``, ``None``, ``<NA>``, any case)
-  mean missing, and so do the ids listed in ``mapping.missing_ids`` (exactly; for integer
-  ids, the listed whole numbers). Rows without one are dropped and counted
-  (``report.rows_dropped["missing customer_id"]``); nothing else is dropped.
+  missing-value markers (``NaN``, ``N/A``, ``NA``, ``null``, ``None``, ``<NA>``,
+  ``#N/A``, ``-``, any case) mean missing, and so do the ids listed in
+  ``mapping.missing_ids`` (exactly; for integer ids, the listed whole numbers). Rows
+  without one are dropped and counted (``report.rows_dropped["missing customer_id"]``);
+  nothing else is dropped.
 - ``timestamp``: naive TIMESTAMP. Time-zone aware values are converted to UTC, dates become
   midnight, text is parsed with ``mapping.timestamp_format``, else with the one format that
   reads every value among DuckDB's CSV sniffer's and `_TIMESTAMP_GUESSES` (several that
@@ -141,8 +142,9 @@ _EARLIEST = "1900-01-01"
 #: as DuckDB's CSV sniffer reads); every row is checked later (`_settle_timestamp_format`)
 _FORMAT_SNIFF_ROWS = 20_480
 #: customer id texts that mean "no customer id" (compared trimmed and lower-cased): what
-#: pandas, R, spreadsheets and SQL exports write for a missing value
-_MISSING_IDS = ("", "nan", "na", "n/a", "null", "none", "<na>")
+#: pandas, R, spreadsheets and SQL exports write for a missing value (Excel: '#N/A'; a
+#: report's '-')
+_MISSING_IDS = ("", "nan", "na", "n/a", "#n/a", "-", "null", "none", "<na>")
 _counter = itertools.count(1)
 
 

@@ -938,13 +938,14 @@ SIMPLE = ColumnMapping(customer_id="c", timestamp="t", amount="v")
 def test_missing_value_markers_as_customer_ids_are_dropped_and_counted(tmp_path: Path) -> None:
     """'NaN', 'N/A', 'null', ... (any case, padded) name no customer: dropped and counted
     with the blanks, not made customers with thousands of orders."""
-    ids = [" A1 ", "NaN", "nan", " N/A ", "NA", "null", "NULL", "None", "<NA>", "n/a ", "A2", ""]
+    ids = [" A1 ", "NaN", "nan", " N/A ", "NA", "null", "NULL", "None", "<NA>", "n/a ", "A2", "",
+           "#N/A", " - ", "A-1", "--"]
     df = pd.DataFrame({"c": ids, "t": "2021-01-01", "v": 1.0})
     for source in (df, _csv(df, tmp_path), _parquet(df, tmp_path)):
         tx = load_transactions(source, SIMPLE)
-        assert tx.to_pandas()["customer_id"].tolist() == ["A1", "A2"]
-        assert tx.report.rows_dropped == {"missing customer_id": 10}
-        assert tx.report.customers == 2
+        assert tx.to_pandas()["customer_id"].tolist() == ["A1", "A2", "A-1", "--"]
+        assert tx.report.rows_dropped == {"missing customer_id": 12}
+        assert tx.report.customers == 4
 
 
 def test_listed_missing_ids_are_dropped_and_counted(tmp_path: Path) -> None:
