@@ -87,6 +87,21 @@ def mapping_setting(key: str, value: Any) -> str:
 _DATE_LIKE = re.compile(r"^\d{4}[-/.]\d{1,2}[-/.]\d{1,2}(?:$|[ T])")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader refusing a key given twice in one mapping: plain YAML keeps the
+    last silently, so ``customer_id: cid`` then ``customer_id: inv`` read the second."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice; keep one", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 class ColumnMapping(BaseModel):
     """Which of the user's columns is which contract column.
 
@@ -163,11 +178,17 @@ class ColumnMapping(BaseModel):
         """Read a mapping from a YAML file whose keys are contract column names."""
         path = Path(path)
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            with path.open(encoding="utf-8") as f:  # errors then name the file
+                raw = yaml.load(f, Loader=_UniqueKeyLoader)
         except FileNotFoundError:
             raise FileNotFoundError(f"mapping file {path} does not exist") from None
         except yaml.YAMLError as exc:
             raise ValueError(f"mapping file {path} is not valid YAML: {exc}") from None
+        if raw is None:
+            raise ValueError(
+                f"mapping file {path} is empty: write one line per column, e.g. "
+                f"'customer_id: CustomerID'"
+            )
         if not isinstance(raw, dict):
             raise ValueError(
                 f"mapping file {path} must hold a mapping of contract column to your column, "

@@ -1462,6 +1462,17 @@ def _plan(
                 f"column {user!r} (mapped to {contract}) is not in the data; set "
                 f"{mapping_key(contract)} to the right column"
             )
+    roles: dict[str, list[str]] = {}
+    for contract, col in resolved.items():
+        roles.setdefault(col, []).append(contract)
+    for col, shared in roles.items():
+        if len(shared) > 1:  # e.g. --order-col on the customer column: one order each
+            settings = " and ".join(named(MAPPING_FLAGS[c], f"{c}=") for c in shared)
+            problems.append(
+                f"column {col!r} is given as {' and '.join(shared)} ({settings}): each "
+                f"contract column needs a column of its own; map the right column, or "
+                f"leave an optional one unset"
+            )
     if problems:
         _raise(src, problems, f"Columns in {src.label}: {_column_list(names)}")
 

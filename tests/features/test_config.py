@@ -47,9 +47,25 @@ def test_from_yaml_reads_a_flat_or_nested_mapping(tmp_path: Path) -> None:
     nested.write_text("columns:\n  customer_id: household_id\n  amount: sales_value\n")
     m = ColumnMapping.from_yaml(nested)
     assert (m.customer_id, m.timestamp, m.amount) == ("household_id", "timestamp", "sales_value")
-    empty = tmp_path / "empty.yaml"
-    empty.write_text("")
-    assert ColumnMapping.from_yaml(empty) == ColumnMapping()
+    empty = tmp_path / "empty.yaml"  # a mistake (the mapping was never written), not the
+    for text in ("", "# customer_id: CustomerID\n"):  # defaults: say so
+        empty.write_text(text)
+        with pytest.raises(ValueError, match=f"mapping file {empty} is empty: write one line"):
+            ColumnMapping.from_yaml(empty)
+
+
+def test_from_yaml_refuses_a_key_given_twice(tmp_path: Path) -> None:
+    """YAML keeps the last of two equal keys silently: customer_id read 'inv'."""
+    path = tmp_path / "dup.yaml"
+    path.write_text("customer_id: cid\ncustomer_id: inv\ntimestamp: ts\namount: amt\n")
+    with pytest.raises(ValueError) as info:
+        ColumnMapping.from_yaml(path)
+    msg = str(info.value)
+    assert f"mapping file {path}" in msg and "the key 'customer_id' is given twice" in msg
+    assert 'in "' + str(path) + '", line 2' in msg
+    path.write_text("columns:\n  amount: a\n  amount: b\n")
+    with pytest.raises(ValueError, match="the key 'amount' is given twice"):
+        ColumnMapping.from_yaml(path)
 
 
 def test_from_yaml_unknown_key_names_it_and_the_allowed_keys(tmp_path: Path) -> None:

@@ -1287,6 +1287,24 @@ def test_without_a_mapping_every_contract_column_present_is_mapped():
     assert list(bare.columns) == ["customer_id", "timestamp", "amount"]
 
 
+def test_one_column_mapped_to_two_contract_columns_is_an_error(tmp_path: Path) -> None:
+    """--order-col on the customer column gave every customer one order (frequency 0 for
+    all) with no word said; the same column under two contract names is refused, naming
+    both (also when one names it in another case)."""
+    df = pd.DataFrame({"cid": [1, 1, 2], "ts": pd.to_datetime(["2011-01-01", "2011-01-05",
+                                                                 "2011-01-02"]),
+                       "amt": [10.0, 5.0, 7.0], "inv": ["A", "B", "C"]})
+    base = ColumnMapping(customer_id="cid", timestamp="ts", amount="amt")
+    for source in (df, _csv(df, tmp_path)):
+        msg = _error(source, base.with_overrides(order_id="CID"))
+        assert "column 'cid' is given as customer_id and order_id (customer_id= and " \
+               "order_id=)" in msg
+        assert "each contract column needs a column of its own" in msg
+        msg = _error(source, base.with_overrides(order_id="inv", product_id="inv"))
+        assert "column 'inv' is given as order_id and product_id" in msg
+    assert load_transactions(df, base.with_overrides(order_id="inv")).report.orders == 3
+
+
 # --------------------------------------------------------------------------- two-digit years
 
 
