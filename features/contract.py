@@ -532,7 +532,8 @@ def parse_cutoff(value: Any) -> pd.Timestamp:
 
 
 def check_cutoff(
-    report: ValidationReport, cutoff: Any, config: FeatureConfig | None = None
+    report: ValidationReport, cutoff: Any, config: FeatureConfig | None = None, *,
+    name: str = "cutoff", example: pd.Timestamp | None = None,
 ) -> pd.Timestamp:
     """Parse ``cutoff`` and check it against the data's date range; returns the cutoff.
 
@@ -540,20 +541,22 @@ def check_cutoff(
     before the first purchase (the first row with ``amount >= 0``): features see only
     ``timestamp < cutoff`` and a customer is someone with a purchase before it, so no
     customer would exist. Warns `StaleDataWarning` when it is more than
-    ``config.stale_after_days`` days after the last event.
+    ``config.stale_after_days`` days after the last event. ``name`` is what the messages
+    call the cutoff (``--as-of`` for `score`), ``example`` the date they suggest instead
+    (default: the last event minus the churn horizon, a cutoff a backtest can use).
     """
     config = config or FeatureConfig()
     cut = parse_cutoff(cutoff)
     first, last = pd.Timestamp(report.first_event), pd.Timestamp(report.last_event)
     if cut <= first:
-        suggestion = max(
+        suggestion = example if example is not None else max(
             (last - pd.Timedelta(days=config.churn_horizon_days)).normalize(),
             (first + pd.Timedelta(days=1)).normalize(),
         )
         raise DataValidationError(
-            f"cutoff {cut} is at or before the first event in {report.source} ({first}): "
-            f"features see only events before the cutoff, so there would be no customers. "
-            f"The data covers {first} to {last}; choose a cutoff after {first.date()}, "
+            f"{name} {cut} is at or before the first event in {report.source} ({first}): "
+            f"features see only events before it, so there would be no customers. "
+            f"The data covers {first} to {last}; choose a {name} after {first.date()}, "
             f"e.g. {suggestion.date()}.",
             source=report.source,
         )
@@ -564,9 +567,9 @@ def check_cutoff(
                  if buy is None else
                  f"has no purchase before the cutoff: its first purchase (a row with amount "
                  f">= 0) is at {pd.Timestamp(buy)}; earlier rows are only returns. Choose a "
-                 f"cutoff after {pd.Timestamp(buy).date()}")
+                 f"{name} after {pd.Timestamp(buy).date()}")
         raise DataValidationError(
-            f"cutoff {cut} leaves no customers: {report.source} {where}.",
+            f"{name} {cut} leaves no customers: {report.source} {where}.",
             source=report.source,
         )
     gap = cut - last

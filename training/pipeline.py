@@ -315,7 +315,8 @@ def _check_history(tx: Transactions, as_of: pd.Timestamp, config: TrainConfig,
     flag = named(*given_as)
     first = pd.Timestamp(tx.report.first_event)
     if as_of <= first:  # no customers at all: say that, not that a horizon is too long
-        check_cutoff(tx.report, as_of, config.features)
+        check_cutoff(tx.report, as_of, config.features, name=flag,
+                     example=default_as_of(tx) if given_as == AS_OF else None)
     check_labels_in_data(tx, as_of, config.features, flag)
     every = config.features.snapshot_every_days
     evals = evaluation_cutoffs(first, as_of, config)

@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from features.config import ColumnMapping
-from features.contract import Transactions, parse_cutoff
+from features.contract import Transactions, check_cutoff, parse_cutoff
 from features.naming import named, setting
 from features.pipeline import build_features
 from features.warn import warn
@@ -24,6 +24,7 @@ from training.models import (
     check_source_columns,
 )
 from training.pipeline import (
+    AS_OF,
     FittedModels,
     _load,
     _timed,
@@ -83,6 +84,9 @@ def score_customers(models: FittedModels, transactions: Any, as_of: Any | None =
                               (models.value, "the value model")],
                              list(tx.report.columns), tx.report.source)
         cut = parse_cutoff(as_of) if as_of is not None else default_as_of(tx)
+        if cut <= pd.Timestamp(tx.report.first_event):  # no customers: say it of --as-of
+            check_cutoff(tx.report, cut, models.config.features, name=named(*AS_OF),
+                         example=default_as_of(tx))
         _warn_if_another_log(models, tx, cut)
     fcfg = models.config.features
     with _timed(timings, "features"):

@@ -153,12 +153,25 @@ def test_horizon_longer_than_history_is_a_clear_error(demo_transactions):
         train(demo_transactions, config=config)
 
 
-def test_a_cutoff_before_the_data_says_so(demo_transactions, demo_config):
-    """Not that the horizon is too long: that there would be no customers at all."""
-    for call in (lambda: backtest(demo_transactions, "2010-06-01", config=demo_config),
-                 lambda: train(demo_transactions, as_of="2010-06-01", config=demo_config)):
-        with pytest.raises(DataValidationError, match=r"cutoff 2010-06-01 00:00:00 is at or "
-                           r"before the first event .* choose a cutoff after 2010-12-01"):
+def test_a_cutoff_before_the_data_says_so(demo_transactions, demo_config, demo_train_result):
+    """Not that the horizon is too long: that there would be no customers at all, calling
+    the date by the name it was given (as_of for train and score, which said "cutoff") and
+    suggesting one that suits the call (score's suggestion was a backtest cutoff)."""
+    from training.scoring import score_customers
+
+    last_day = (pd.Timestamp(demo_transactions.report.last_event).normalize()
+                + pd.Timedelta(days=1)).date()
+    for call, name, example in (
+            (lambda: backtest(demo_transactions, "2010-06-01", config=demo_config),
+             "cutoff", r"\d{4}-\d\d-\d\d"),
+            (lambda: train(demo_transactions, as_of="2010-06-01", config=demo_config),
+             "as_of", str(last_day)),
+            (lambda: score_customers(demo_train_result.models, demo_transactions,
+                                     as_of="2010-06-01"),
+             "as_of", str(last_day))):
+        with pytest.raises(DataValidationError, match=fr"^{name} 2010-06-01 00:00:00 is at or "
+                           fr"before the first event .* choose a {name} after 2010-12-01, "
+                           fr"e.g. {example}\.$"):
             call()
 
 
