@@ -47,6 +47,20 @@ _MAPPING_HELP: dict[str, str] = {
 }
 
 
+def checked_instant(value: str | None) -> str | None:
+    """Typer callback of --cutoff and --as-of: refuse a date that cannot be read before the
+    log is loaded (it was said only after the load and its report), as a usage error."""
+    if value is None:
+        return None
+    from features.contract import parse_cutoff
+
+    try:
+        parse_cutoff(value, name="")
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return value
+
+
 def with_mapping(func: Callable[..., Any]) -> Callable[..., Any]:
     """Add ``--transactions``, ``--table``, ``--mapping FILE`` and the column flags to a
     command; the wrapped function receives ``source``, ``table`` and ``mapping``
@@ -272,7 +286,8 @@ def build_cmd(
     source: str,
     table: str | None,
     mapping: ColumnMapping,
-    cutoff: Annotated[str, typer.Option(help="Cutoff instant: only events before it are used.")],
+    cutoff: Annotated[str, typer.Option(help="Cutoff instant: only events before it are used.",
+                                        callback=checked_instant)],
     out: Annotated[Path, typer.Option(help="Output file (.parquet, .csv or .csv.gz).")],
 ) -> None:
     """Build point-in-time features at a cutoff: one row per customer, written to --out."""

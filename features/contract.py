@@ -487,18 +487,21 @@ def load_transactions(
 _YEAR_FIRST = re.compile(r"^\d{4}[-/.]\d{1,2}[-/.]\d{1,2}(?:$|[ T])")
 
 
-def parse_cutoff(value: Any) -> pd.Timestamp:
+def parse_cutoff(value: Any, name: str = "cutoff") -> pd.Timestamp:
     """A cutoff instant as a naive `pandas.Timestamp` (aware values are converted to UTC).
 
     Accepts ISO 8601 text (``"2011-09-01"``, ``"2011-09-01 12:00"``, ``"20110901"``), other
     year-first text (``"2011/9/1"``), `datetime.date`, `datetime.datetime`,
     `numpy.datetime64` and `pandas.Timestamp`. Text with the day or the month first
     (``"01/09/2011"``) is refused: pandas would read it month-first, so a user who meant
-    1 September would silently get 9 January.
+    1 September would silently get 9 January. ``name`` is what the errors call the value
+    (empty: the value alone, as after "Invalid value for '--as-of':").
     """
+    it = f"{name} " if name else ""
     if isinstance(value, (bool, int, float)) or value is None:
         raise ValueError(
-            f"cutoff must be a date or datetime such as '2011-09-01', got {value!r}"
+            f"{name or 'the value'} must be a date or datetime such as '2011-09-01', got "
+            f"{value!r}"
         )
     if isinstance(value, str):
         text = value.strip()
@@ -507,7 +510,7 @@ def parse_cutoff(value: Any) -> pd.Timestamp:
         except ValueError:
             if _YEAR_FIRST.match(text) is None:
                 raise ValueError(
-                    f"cutoff {value!r} is not a date written year first; write it as "
+                    f"{it}{value!r} is not a date written year first; write it as "
                     f"YYYY-MM-DD or 'YYYY-MM-DD HH:MM' (ISO 8601), e.g. '2011-09-01' "
                     f"(a day or month first, as in '01/09/2011', is ambiguous)"
                 ) from None
@@ -515,17 +518,19 @@ def parse_cutoff(value: Any) -> pd.Timestamp:
                 ts = pd.Timestamp(text)
             except (ValueError, TypeError):
                 raise ValueError(
-                    f"cutoff {value!r} is not a date; write it as YYYY-MM-DD or "
+                    f"{it}{value!r} is not a date; write it as YYYY-MM-DD or "
                     f"'YYYY-MM-DD HH:MM' (ISO 8601), e.g. '2011-09-01'"
                 ) from None
     elif isinstance(value, (dt.date, np.datetime64, pd.Timestamp)):
         ts = pd.Timestamp(value)
     else:
         raise ValueError(
-            f"cutoff must be a date or datetime such as '2011-09-01', got {type(value).__name__}"
+            f"{name or 'the value'} must be a date or datetime such as '2011-09-01', got "
+            f"{type(value).__name__}"
         )
     if ts is pd.NaT or pd.isna(ts):
-        raise ValueError("cutoff is missing (NaT); give a date such as '2011-09-01'")
+        raise ValueError(f"{name or 'the value'} is missing (NaT); give a date such as "
+                         f"'2011-09-01'")
     if ts.tzinfo is not None:
         ts = ts.tz_convert("UTC").tz_localize(None)
     return ts

@@ -110,6 +110,20 @@ def test_cutoff_before_the_data_is_a_clear_error(sales_csv, tmp_path):
     assert not (tmp_path / "x.parquet").exists()
 
 
+@pytest.mark.parametrize(("command", "flag"), [
+    (["features", "build", "--out", "x.parquet"], "--cutoff"),
+    (["backtest", "--out", "x.parquet"], "--cutoff"),
+    (["train"], "--as-of"), (["score"], "--as-of")])
+def test_a_date_that_cannot_be_read_fails_before_the_log_is_loaded(sales_csv, command, flag):
+    """It was said only after the whole log was loaded and its report printed."""
+    res = runner.invoke(app, [*command, "-t", str(sales_csv), *MAP, flag, "01/09/2021"],
+                        env={"COLUMNS": "200"})
+    assert res.exit_code == 2, res.output
+    assert f"Invalid value for '{flag}': '01/09/2021' is not a date written year first" in (
+        res.output)
+    assert "Validation report" not in res.output
+
+
 def test_validate_prints_the_report(sales_csv):
     res = runner.invoke(app, ["features", "validate", "-t", str(sales_csv), *MAP])
     assert res.exit_code == 0, res.output

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from features.cli import disk_full, fail, run_cli, with_mapping
+from features.cli import checked_instant, disk_full, fail, run_cli, with_mapping
 from features.config import ColumnMapping
 from features.naming import counted
 
@@ -29,7 +29,8 @@ ClvH = Annotated[int, typer.Option(
     help="Future-value outcome window, in days: predicted_clv is the net spend in this "
          "many days from the cutoff on.")]
 AsOf = Annotated[str | None, typer.Option(
-    "--as-of", help="Use only events before this instant (default: the day after the last).")]
+    "--as-of", help="Use only events before this instant (default: the day after the last).",
+    callback=checked_instant)]
 Tune = Annotated[int, typer.Option("--tune", min=0,
                                    help="Optuna trials (0: use the defaults).")]
 Threads = Annotated[int, typer.Option(
@@ -269,7 +270,8 @@ def register(app: typer.Typer) -> None:
     @with_mapping
     def backtest_cmd(
         *, source: str, table: str | None, mapping: ColumnMapping,
-        cutoff: Annotated[str, typer.Option(help="Train as if today were this instant.")],
+        cutoff: Annotated[str, typer.Option(help="Train as if today were this instant.",
+                                            callback=checked_instant)],
         out: Annotated[Path, typer.Option(
             help="Per-customer predictions (.parquet, .csv or .csv.gz).")],
         churn_h: ChurnH = 90, clv_h: ClvH = 365, threads: Threads = 0,
