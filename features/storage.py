@@ -73,7 +73,9 @@ def check_frame_path(path: str | Path) -> Path:
 
 
 def _frame_suffix(path: Path) -> str:
-    return "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
+    """The suffix that says the format, in lower case (``OUT.CSV`` is a CSV file)."""
+    suffix = path.suffix.lower()
+    return "".join(path.suffixes[-2:]).lower() if suffix == ".gz" else suffix
 
 
 def _temp_prefix(path: Path) -> str:

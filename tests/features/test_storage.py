@@ -230,3 +230,15 @@ def test_a_live_writers_temporary_file_is_left_alone(tmp_path: Path) -> None:
     assert proc.returncode == 0
     assert out.read_bytes() == b"half written"  # the first writer renamed its file on close
     assert sorted(os.listdir(tmp_path)) == [other.name, "features.parquet"]
+
+
+@pytest.mark.parametrize(("name", "read"), [("OUT.PARQUET", pd.read_parquet),
+                                            ("out.CSV", pd.read_csv),
+                                            ("out.Csv.GZ", pd.read_csv)])
+def test_the_suffix_says_the_format_in_any_case(tmp_path: Path, name: str, read) -> None:
+    """'out/U.PARQUET' was refused ("use a .parquet, .csv or .csv.gz file name") while an
+    input named 'upper.CSV' was read."""
+    out = write_frame(FRAME, tmp_path / name)
+    pd.testing.assert_frame_equal(read(out), FRAME)
+    with pytest.raises(ValueError, match="use a .parquet, .csv or .csv.gz file name"):
+        write_frame(FRAME, tmp_path / "out.txt")
