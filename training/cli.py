@@ -251,7 +251,8 @@ def register(app: typer.Typer) -> None:
 
             configure(".", experiment)
             config = tune_config(source, mapping, as_of, config, n_trials=tune, table=table,
-                                 experiment=experiment)
+                                 experiment=experiment,
+                                 progress=lambda line: typer.echo(line, err=True))
             tune_run = last_tune_run_id()
         result = train(source, mapping, as_of, config, table=table)
         # made only now, so bad data or a horizon too long leaves no empty mlflow.db behind

@@ -1885,9 +1885,12 @@ def promote_run(run_id: str) -> dict[str, str]:
     ``{kind: version}`` for the versions promoted; raises ValueError when no lifecast model
     comes from that run, or when the start given fits several.
     """
+    run_id = str(run_id).strip()
+    if not run_id:
+        raise ValueError("no run id given: pass the id of a training run (`lifecast models` "
+                         "lists them), or its first 6 or more characters")
     client = _client()
     end_dead_runs()  # a run killed part way is refused below, not promoted
-    run_id = str(run_id).strip()
     found: dict[str, str] = {}
     tags: dict[str, dict[str, str]] = {}
     if re.fullmatch(r"[A-Za-z0-9_-]+", run_id):

@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -360,6 +360,7 @@ def tune_config(
     *,
     parent_run_id: str | None = None,
     experiment: str | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> TrainConfig:
     """Search the LightGBM parameters of ``config`` with ``n_trials`` Optuna trials.
 
@@ -369,6 +370,8 @@ def tune_config(
     normalized Gini of value on the held-out most recent snapshot (see the module doc).
     The sampler is seeded with ``seed`` (default ``config.seed``), so the same data, config
     and seed give the same result. ``n_trials <= 0`` returns ``config`` unchanged.
+    ``progress``, if given, receives one line per finished trial (`lifecast train --tune`
+    prints them); Optuna's own log lines are silenced.
     """
     if n_trials <= 0:
         return config
@@ -411,12 +414,23 @@ def tune_config(
                     # metric in MLflow does not rank the two together
                     mlflow.log_metrics({f"{TRIAL_METRIC_PREFIX}{_mlflow_name(k)}": v
                                         for k, v in scores.items()})
+            if progress is not None:
+                best = max([scores["objective"],
+                            *(t.value for t in trial.study.get_trials(deepcopy=False)
+                              if t.value is not None)])
+                progress(f"trial {trial.number + 1} of {n_trials}: score "
+                         f"{scores['objective']:.4f} (best so far {best:.4f})")
             return scores["objective"]
 
         sampler = optuna.samplers.TPESampler(seed=sampler_seed)
         study = optuna.create_study(direction="maximize", sampler=sampler,
                                     study_name="lifecast-tune")
-        study.optimize(objective, n_trials=n_trials)
+        verbosity = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # its "[I ...] Trial 0 ..."
+        try:
+            study.optimize(objective, n_trials=n_trials)
+        finally:
+            optuna.logging.set_verbosity(verbosity)
         best = study.best_trial
         if capped:
             warn(f"{named('--tune', 'tune_config')}: {len(capped)} of {n_trials} trials "

@@ -1025,6 +1025,9 @@ def test_promoting_by_hand_twice_keeps_one_decision_and_short_ids_are_explained(
     with pytest.raises(ValueError, match="no registered models come from run 6 \\(a start of "
                                          "a run id needs at least 6 characters"):
         tracking.promote_run("6")
+    for blank in ("", "  "):  # said "no registered models come from run  (a start ..."
+        with pytest.raises(ValueError, match="^no run id given: pass the id of a training run"):
+            tracking.promote_run(blank)
 
 
 def test_promoting_by_hand_updates_the_tags_of_both_runs(

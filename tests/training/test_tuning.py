@@ -258,6 +258,25 @@ def test_nothing_is_logged_without_tracking(prepared: tuning.TuningData,
     assert mlflow.active_run() is None
 
 
+def test_trials_report_through_progress_and_optuna_says_nothing(
+        prepared: tuning.TuningData, monkeypatch: pytest.MonkeyPatch, capfd) -> None:
+    """`lifecast train --tune 3` printed Optuna's "[I 2026-...] Trial 0 finished with value
+    ... and parameters: {...}" lines; one line per trial comes through ``progress`` now."""
+    import optuna
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", None)
+    monkeypatch.setattr(tuning, "prepare", lambda *args, **kwargs: prepared)
+    lines: list[str] = []
+    capfd.readouterr()
+    tuning.tune_config(None, None, AS_OF, CONFIG, n_trials=2, progress=lines.append)
+    out, err = capfd.readouterr()
+    assert "Trial" not in out + err and "[I " not in out + err
+    assert [line.split(":")[0] for line in lines] == ["trial 1 of 2", "trial 2 of 2"]
+    assert all("best so far" in line for line in lines)
+    assert optuna.logging.get_verbosity() == optuna.logging.INFO  # given back
+
+
 def test_a_tuned_training_run_and_its_tune_run_name_each_other(
     transactions: pd.DataFrame, prepared: tuning.TuningData, store: str,
     monkeypatch: pytest.MonkeyPatch,
