@@ -1329,9 +1329,14 @@ def _open_sqlalchemy(
         with contextlib.suppress(NotImplementedError):  # PostgreSQL and Oracle have them
             names += inspector.get_materialized_view_names(schema=schema)
         if name not in names:
+            listed = sorted(f"{schema}.{n}" if schema else n for n in names)
+            where = f" in schema {schema!r}" if schema else ""
+            elsewhere = _tables_elsewhere(inspector, schema, name)
+            hint = (f" A table of that name is in another schema: pass "
+                    f"{' or '.join(elsewhere)} as table= (--table)." if elsewhere else "")
             raise DataValidationError(
-                f"{shown} has no table {table!r}; its tables are: "
-                f"{', '.join(sorted(names)) or '(none)'}. Pass one of them as table= (--table).",
+                f"{shown} has no table {table!r}{where}.{hint} Its tables{where} are: "
+                f"{', '.join(listed) or '(none)'}. Pass one of them as table= (--table).",
                 source=label,
             )
         # only the columns the mapping reads (a wide table costs memory for nothing); all of
@@ -1348,6 +1353,29 @@ def _open_sqlalchemy(
     src = _open_pandas(con, df, label, mapping)
     src.row_note = "rows are numbered from 1 in the order the database returned them"
     return src
+
+
+def _tables_elsewhere(inspector: Any, schema: str | None, name: str) -> list[str]:
+    """``schema.table`` for each table or view called ``name`` (in any case) in the
+    database's other schemas (PostgreSQL's, for one): a name without its schema is looked
+    up in the default schema only. [] when the database has no schemas to list."""
+    found = []
+    try:
+        schemas = inspector.get_schema_names()
+        default = inspector.default_schema_name
+    except Exception:  # noqa: BLE001 - only a hint: no schemas, no hint
+        return []
+    for other in schemas:
+        if other in (schema, default) or other in ("information_schema", "pg_catalog") \
+                or other.startswith("pg_"):
+            continue
+        try:
+            names = (inspector.get_table_names(schema=other)
+                     + inspector.get_view_names(schema=other))
+        except Exception:  # noqa: BLE001 - a schema this role may not read
+            continue
+        found += [f"{other}.{n}" for n in names if n.casefold() == name.casefold()]
+    return sorted(found)
 
 
 # --------------------------------------------------------------------------- planning

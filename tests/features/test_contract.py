@@ -1718,3 +1718,36 @@ def test_a_reversed_frame_loads_like_the_frame() -> None:
     key = ["timestamp", "customer_id"]
     pd.testing.assert_frame_equal(backwards.sort_values(key).reset_index(drop=True),
                                   forwards.sort_values(key).reset_index(drop=True))
+
+
+@pytest.mark.slow
+def test_a_postgresql_table_in_another_schema_is_named(tmp_path: Path) -> None:
+    """--table sales, with only s1.sales in the database, said "has no table 'sales'; its
+    tables are: (none)"; a wrong name in a schema listed the schema's tables unqualified,
+    and passing one of those as given failed."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "lifecast_test_pg_features", Path(__file__).resolve().parents[1] / "training" / "pg.py")
+    assert spec is not None and spec.loader is not None
+    pg = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pg)
+    if (reason := pg.unavailable_reason()) is not None:
+        pytest.skip(f"no PostgreSQL to test against: {reason}")
+    with pg.postgres_server() as server:
+        url = pg.create_database(server)
+        engine = sa.create_engine(url)
+        try:
+            with engine.begin() as conn:
+                conn.exec_driver_sql("CREATE SCHEMA s1")
+            user_log().to_sql("sales", engine, schema="s1", index=False)
+        finally:
+            engine.dispose()
+        msg = _error(url, table="sales")
+        assert "has no table 'sales'. A table of that name is in another schema: pass " \
+               "s1.sales as table= (--table)." in msg
+        msg = _error(url, table="s1.nosuch")
+        assert "no table 's1.nosuch' in schema 's1'" in msg
+        assert "Its tables in schema 's1' are: s1.sales." in msg
+        assert load_transactions(url, MAPPING, table="s1.sales").report.rows_read == len(
+            user_log())
