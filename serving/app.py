@@ -98,6 +98,7 @@ if TYPE_CHECKING:
     from training.store import BatchInfo, CustomerStore
 
 __all__ = [
+    "CHAMPIONS_AT_ENV",
     "CHURN_MODEL_ENV",
     "CLV_MODEL_ENV",
     "CORS_ORIGINS_ENV",
@@ -126,6 +127,11 @@ CLV_MODEL_ENV = "LIFECAST_CLV_MODEL"
 STORE_URL_ENV = "LIFECAST_STORE_URL"
 MAX_BODY_ENV = "LIFECAST_MAX_BODY_BYTES"
 STORE_CHECK_ENV = "LIFECAST_STORE_CHECK_SECONDS"
+#: When the service's models were the champions: `lifecast serve` sets it to the instant it
+#: read the champion aliases (ISO 8601, UTC) before starting the workers; without it (plain
+#: ``bentoml serve``), the instant the worker loaded the models. A batch written later by
+#: `lifecast score`, which scores with the champions, was scored by newer champions.
+CHAMPIONS_AT_ENV = "LIFECAST_CHAMPIONS_AT"
 DEFAULT_MAX_BODY = 2 * 1024 * 1024
 _SEGMENTER_FILE = "segmenter.json"
 _MANIFEST_FILE = "lifecast.json"
@@ -314,7 +320,9 @@ class _BatchState:
     feature_columns: list[str]
     baseline: BaselineCLV | None
     model_versions: dict[str, str] = field(default_factory=dict)  # the models that scored it
-    other_settings: str | None = None  # its feature settings where they are not the models'
+    created_at: datetime | None = None  # when it was written (aware UTC)
+    #: why /predict cannot use its features (`Runtime._refusal`), None when it can
+    refusal: str | None = None
 
 
 @dataclass(frozen=True)
@@ -335,19 +343,23 @@ class _Layout:
     batch_versions: dict[str, str] = field(default_factory=dict)
     rescore: bool = False
     segment_index: np.ndarray | None = None
-    other_settings: str | None = None  # the batch's feature settings unlike the models'
+    refusal: str | None = None  # why /predict cannot use the batch (`Runtime._refusal`)
 
 
 class Runtime:
     """Models, store, baseline and audit log of one service worker (thread-safe)."""
 
     def __init__(self, models: LoadedModels, store: CustomerStore, audit: AuditLog,
-                 *, store_check_seconds: float | None = None) -> None:
+                 *, store_check_seconds: float | None = None,
+                 champions_at: datetime | None = None) -> None:
         from features.online import OnlineFeatures
 
         self.models = models
         self.store = store
         self.audit = audit
+        #: when the service's models were the champions (`CHAMPIONS_AT_ENV`; default: now,
+        #: as they are loaded), aware UTC
+        self.champions_at = _aware_utc(champions_at or datetime.now(UTC))
         if store_check_seconds is None:
             store_check_seconds = float(os.environ.get(STORE_CHECK_ENV, "30"))
         self.store_check_seconds = store_check_seconds
@@ -359,6 +371,7 @@ class Runtime:
         self._lock = threading.Lock()
         self._store_error: str | None = None
         self._store_reached = False  # whether the last look at the store could read it
+        self.not_ready: str | None = None  # why the last `is_ready` said no (for /readyz)
         self._layouts: dict[tuple[int, str], _Layout] = {}
         self.refresh(force=True)
         self._warm_up()
@@ -377,7 +390,7 @@ class Runtime:
         models = load_models(churn_folder, clv_folder, versions)
         store = CustomerStore(CustomerStore.configured_url())
         _log_settings(store)
-        return cls(models, store, AuditLog())
+        return cls(models, store, AuditLog(), champions_at=_champions_at_setting())
 
     def _warm_up(self) -> None:
         """One tiny /score so the first real request does not pay for DuckDB planning."""
@@ -445,57 +458,112 @@ class Runtime:
     def _load_batch(self, batch: dict[str, Any]) -> _BatchState:
         import pandas as pd
 
-        missing = [n for n in {*self.models.churn_names, *self.models.value_names}
-                   if n not in batch["feature_columns"]]
-        if missing:
-            logger.warning("batch %s lacks features of the champion models (%s): /predict "
-                           "refuses until `lifecast score` is run with them",
-                           batch["batch_id"], ", ".join(sorted(missing)[:5]))
         scored_by = _str_versions(batch.get("model_versions"))
-        other_settings = self._other_settings(batch.get("metadata"))
-        if scored_by != self.models.versions:
+        created_at = _created_at(batch.get("created_at"))
+        refusal = self._refusal(str(batch["batch_id"]), self._missing(
+            batch["feature_columns"], scored_by), batch.get("metadata"), scored_by, created_at)
+        if refusal:
+            logger.warning("%s. Until then /predict answers 503 and /readyz says not ready",
+                           refusal)
+        elif scored_by != self.models.versions:
             # /predict scores with the service's models (segments and lifecycle stages
             # included); /high_risk and /segments are the batch's own scores: the two
-            # disagree until the store is rescored
+            # disagree until the store is rescored, or the service serves the newer models
             logger.warning("batch %s was scored by models %s, the service runs %s: /predict "
                            "answers with the service's models (segments and lifecycle stages "
                            "computed again from the batch's features), /high_risk and "
-                           "/segments with the batch's scores; run `lifecast score` to "
-                           "rescore the store", batch["batch_id"], _versions_text(scored_by),
-                           _versions_text(self.models.versions))
-        if other_settings:
-            logger.warning("batch %s was built with other features than the "
-                           "service's models (%s): /predict refuses (503) until `lifecast "
-                           "score` rescores the store", batch["batch_id"], other_settings)
+                           "/segments with the batch's scores; %s", batch["batch_id"],
+                           _versions_text(scored_by), _versions_text(self.models.versions),
+                           self._fix(created_at, rescore="run `lifecast score` to rescore "
+                                                         "the store"))
         return _BatchState(
             batch_id=str(batch["batch_id"]), as_of=pd.Timestamp(batch["as_of"]),
             feature_columns=list(batch["feature_columns"]),
             baseline=self._fit_baseline(batch), model_versions=scored_by,
-            other_settings=other_settings,
+            created_at=created_at, refusal=refusal,
         )
 
-    def _other_settings(self, metadata: dict[str, Any] | None) -> str | None:
-        """Where the batch's features are not what the service's models take: its
-        feature definitions (`features.registry.DEFINITIONS_VERSION`, which the service's
-        models were trained on; a batch that records none was built with version 1) and its
-        `SCORING_SETTINGS`, as ``"name <batch's> (the service's models: <theirs>)"``; None
-        when they agree (settings a batch does not record are not compared: `lifecast
-        score` saves its config in the metadata)."""
+    def _missing(self, feature_columns: Sequence[str], batch_versions: dict[str, str]
+                 ) -> tuple[str, ...]:
+        """The features /predict needs that a batch does not hold: the models' inputs and,
+        for a batch other models scored, `SEGMENT_FEATURES` (its segments are computed
+        again)."""
+        held = set(feature_columns)
+        rescore = batch_versions != self.models.versions
+        needed = {*self.models.churn_names, *self.models.value_names,
+                  *(SEGMENT_FEATURES if rescore else ())}
+        return tuple(sorted(n for n in needed if n not in held))
+
+    def _feature_differences(self, metadata: dict[str, Any] | None
+                             ) -> tuple[str | None, str | None]:
+        """Where the batch's features are not what the service's models take, as
+        ``(definitions, settings)``: its feature definitions
+        (`features.registry.DEFINITIONS_VERSION`, which the service's models were trained
+        on; a batch that records none was built with version 1) and its `SCORING_SETTINGS`,
+        as ``"name <batch's> (the service's models: <theirs>)"``; None where they agree
+        (settings a batch does not record are not compared: `lifecast score` saves its
+        config in the metadata)."""
         from features.config import FeatureConfig
         from features.registry import recorded_definitions
         from training.models import definitions_difference, feature_settings_diff
 
         metadata = metadata or {}
-        found = [definitions_difference(recorded_definitions(metadata), "the batch")]
+        definitions = definitions_difference(recorded_definitions(metadata), "the batch")
         features = (metadata.get("config") or {}).get("features")
         try:
             theirs = FeatureConfig.model_validate(features) if features else None
         except ValueError:
             theirs = None
+        settings = None
         if theirs is not None:
-            found.append(feature_settings_diff(theirs, self.models.config.features,
-                                               "the service's models:", SCORING_SETTINGS))
-        return "; ".join(f for f in found if f) or None
+            settings = feature_settings_diff(theirs, self.models.config.features,
+                                             "the service's models:", SCORING_SETTINGS)
+        return definitions or None, settings or None
+
+    def _refusal(self, batch_id: str, missing: Sequence[str], metadata: dict[str, Any] | None,
+                 batch_versions: dict[str, str], created_at: datetime | None) -> str | None:
+        """Why /predict cannot use a batch's stored features (they are not the inputs the
+        service's models take: features missing, other feature settings or definitions),
+        and what fixes it (`_fix`); None when it can. /readyz says not ready with it."""
+        definitions, settings = self._feature_differences(metadata)
+        if not (missing or definitions or settings):
+            return None
+        ours = _versions_text(self.models.versions)
+        problems = []
+        if missing:
+            problems.append(f"lacks features the service's models {ours} use "
+                            f"({', '.join(list(missing)[:5])})")
+        if definitions or settings:
+            problems.append(f"was built with other features than the service's models "
+                            f"{ours} ({'; '.join(d for d in (definitions, settings) if d)})")
+        head = (f"the customer store's batch {batch_id} was scored by models "
+                f"{_versions_text(batch_versions)} and {' and '.join(problems)}: its "
+                f"features are not the inputs these models take")
+        if definitions and not (missing or settings):
+            # the same champions, rescored by this lifecast, give the features it computes
+            return f"{head}; run `lifecast score` again (with this lifecast)"
+        return f"{head}; {self._fix(created_at)}"
+
+    def _fix(self, created_at: datetime | None, *,
+             rescore: str = "run `lifecast score` again") -> str:
+        """What makes the store's batch and the service's models agree again.
+
+        `lifecast score` always scores with the champions, so it helps only when the
+        service runs them: a batch written after the service's models were the champions
+        (`champions_at`) was scored by newer champions, which the service serves once
+        restarted (`lifecast serve` imports the champions when it starts); an older batch
+        is rescored by ``rescore``. A batch whose time is unknown gets both."""
+        restart = ("restart `lifecast serve` so that it serves the current champions (it "
+                   "loads them when it starts; `lifecast score` would only score with them "
+                   "again)")
+        if created_at is None:
+            return (f"if the batch's models are the champions now (`lifecast models` marks "
+                    f"them), {restart}; else {rescore} to rescore the store with the "
+                    f"champions")
+        if created_at > self.champions_at:
+            return (f"the store was scored after this service loaded its models, so by "
+                    f"newer champions: {restart}")
+        return f"{rescore} to rescore it with the champions, the service's models"
 
     def _fit_baseline(self, batch: dict[str, Any]) -> BaselineCLV | None:
         """The BG/NBD + Gamma-Gamma baseline the batch used: the parameters `lifecast score`
@@ -544,12 +612,23 @@ class Runtime:
         return baseline
 
     def is_ready(self) -> bool:
-        """Models loaded (always, once constructed), a current batch in the store, and the
-        store answering at the last look (at most ``store_check_seconds`` ago): a store that
-        cannot be reached makes /predict, /high_risk and /segments answer 503, so /readyz
-        says so too, although the batch loaded before is kept (for /score) until it answers
-        again."""
-        return self.refresh() and self._store_reached
+        """Models loaded (always, once constructed), a current batch in the store, the
+        store answering at the last look (at most ``store_check_seconds`` ago) and a batch
+        whose features the models take: a store that cannot be reached makes /predict,
+        /high_risk and /segments answer 503, so /readyz says so too, although the batch
+        loaded before is kept (for /score) until it answers again; a batch of other
+        features (`_refusal`) makes every /predict answer 503, so a load balancer should
+        not send traffic here. Why not ready is kept in ``not_ready`` (/readyz's answer)."""
+        self.not_ready = self.not_ready_reason()
+        return self.not_ready is None
+
+    def not_ready_reason(self) -> str | None:
+        """Why the service is not ready (`is_ready`), None when it is."""
+        if not self.refresh() or self._state is None:
+            return self._store_error or "the customer store is not ready"
+        if not self._store_reached:
+            return self._store_error or "the customer store is unavailable"
+        return self._state.refusal
 
     def _batch(self) -> _BatchState:
         if not self.refresh() or self._state is None:
@@ -621,13 +700,14 @@ class Runtime:
         churn horizon. The answer names the batch, its ``as_of`` and the models that scored
         it (``batch_model_versions``: whose scores /high_risk and /segments return). A batch
         built with other feature settings (`SCORING_SETTINGS`) or other feature definitions
-        (an older lifecast) holds other inputs than the models take: 503 until `lifecast
-        score` runs again.
+        (an older lifecast) holds other inputs than the models take: 503 saying what fixes
+        it (`_refusal`: `lifecast score` again, or restarting the service when newer
+        champions scored the batch).
         """
         rows = self._store_call(self.store.lookup, customer_ids)
         layout = self._layout(rows.batch)
-        self._check_usable(layout.batch_id, layout.missing, layout.other_settings,
-                           layout.batch_versions)
+        if layout.refusal:
+            raise ServiceError(503, layout.refusal)
         errors = [CustomerError(customer_id=c, error=e)
                   for c, e in self._unknown_errors(rows.unknown).items()]
         if not rows.ids:
@@ -687,21 +767,6 @@ class Runtime:
                                   for k in ("churn", "clv")},
             predictions=predictions, errors=errors)
 
-    def _check_usable(self, batch_id: str, missing: Sequence[str], other_settings: str | None,
-                      batch_versions: dict[str, str]) -> None:
-        """503 when the batch's features are not what the service's models take."""
-        if missing:
-            raise ServiceError(503, (
-                f"the customer store's batch {batch_id} lacks features the champion "
-                f"models use ({', '.join(list(missing)[:5])}): run `lifecast score` again"))
-        if other_settings:
-            raise ServiceError(503, (
-                f"the customer store's batch {batch_id} was scored by models "
-                f"{_versions_text(batch_versions)} with other features than the "
-                f"service's models {_versions_text(self.models.versions)} ({other_settings}): "
-                f"its features are not the inputs these models take; run `lifecast score` "
-                f"again"))
-
     def _segments(self, ids: Sequence[str], values: Any) -> tuple[list, list, list]:
         """RFM score, segment and lifecycle stage from `SEGMENT_FEATURES` (a matrix or a
         frame holding them) with the service's segmenter and churn horizon, as the batch
@@ -732,8 +797,9 @@ class Runtime:
         m = self.models
         batch_versions = _str_versions(batch.model_versions)
         rescore = batch_versions != m.versions
-        needed = {*m.churn_names, *m.value_names, *(SEGMENT_FEATURES if rescore else ())}
-        missing = tuple(sorted(n for n in needed if n not in position))
+        missing = self._missing(batch.feature_columns, batch_versions)
+        refusal = self._refusal(batch.batch_id, missing, batch.metadata, batch_versions,
+                                self._batch_created_at(batch.batch_id))
         churn_index = np.array([position.get(n, -1) for n in m.churn_names], dtype=np.intp)
         value_index = (None if m.value_names == m.churn_names else
                        np.array([position.get(n, -1) for n in m.value_names], dtype=np.intp))
@@ -742,12 +808,25 @@ class Runtime:
         layout = _Layout(batch_id=batch.batch_id, as_of=_py_datetime(batch.as_of),
                          churn_index=churn_index, value_index=value_index, missing=missing,
                          batch_versions=batch_versions, rescore=rescore,
-                         segment_index=segment_index,
-                         other_settings=self._other_settings(batch.metadata))
+                         segment_index=segment_index, refusal=refusal)
         # replaced whole (readers never see a dict being changed); few batches are current
         # over a worker's life, and the old ones are dropped
         self._layouts = {**{k: v for k, v in list(self._layouts.items())[-2:]}, key: layout}
         return layout
+
+    def _batch_created_at(self, batch_id: str) -> datetime | None:
+        """When a batch was written: the loaded batch's time, else read from the store's
+        kept batches (once per batch, for `_fix`); None when it cannot be told."""
+        state = self._state
+        if state is not None and state.batch_id == batch_id:
+            return state.created_at
+        try:
+            kept = self.store.batches()
+        except Exception:  # a hint only: `_fix` then names both ways
+            logger.warning("cannot read when batch %s was written", batch_id, exc_info=True)
+            return None
+        rows = kept[kept["batch_id"] == batch_id]
+        return _created_at(rows["created_at"].iloc[0]) if len(rows) else None
 
     def predict_frames(self, customer_ids: Sequence[str]) -> PredictResponse:
         """`predict` through `CustomerStore.get_customers`' pandas frames: the first
@@ -755,10 +834,8 @@ class Runtime:
         as the reference the fast path is tested against."""
         state = self._batch()
         rescore = state.model_versions != self.models.versions
-        needed = {*self.models.churn_names, *self.models.value_names,
-                  *(SEGMENT_FEATURES if rescore else ())}
-        missing = sorted(n for n in needed if n not in state.feature_columns)
-        self._check_usable(state.batch_id, missing, state.other_settings, state.model_versions)
+        if state.refusal:
+            raise ServiceError(503, state.refusal)
         ids = list(dict.fromkeys(str(c) for c in customer_ids))
         scores, feats, unknown = self._store_call(self.store.get_customers, ids)
         errors = [{"customer_id": c, "error": e}
@@ -1003,6 +1080,37 @@ def _utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+def _aware_utc(value: datetime) -> datetime:
+    """``value`` in UTC with its offset (a naive value is taken as UTC)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _created_at(value: Any) -> datetime | None:
+    """A batch's ``created_at`` (a timestamp or ISO text) as aware UTC; None if unknown."""
+    if value is None:
+        return None
+    try:
+        import pandas as pd
+
+        stamp = pd.Timestamp(value)
+    except (TypeError, ValueError):
+        return None
+    return None if pd.isna(stamp) else _aware_utc(stamp.to_pydatetime())
+
+
+def _champions_at_setting() -> datetime | None:
+    """`CHAMPIONS_AT_ENV` as aware UTC; None when unset or not a time (then the service
+    counts from when it loads the models)."""
+    text = os.environ.get(CHAMPIONS_AT_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        return _aware_utc(datetime.fromisoformat(text))
+    except ValueError:
+        logger.warning("%s=%r is not an ISO 8601 time: ignored", CHAMPIONS_AT_ENV, text[:40])
+        return None
+
+
 def _matrix(frame: pd.DataFrame, names: list[str]) -> np.ndarray:
     """Feature rows as a C-ordered float64 matrix (NaN for missing), as the models were fed."""
     import numpy as np
@@ -1159,6 +1267,7 @@ OPENAPI_PATHS = ("/openapi.json", "/docs.json")
 #: ``schema()`` when given (`serving.openapi.service_schema`).
 SCHEMA_PATH = "/schema.json"
 DOCS_PATH = "/docs"
+READY_PATH = "/readyz"
 
 
 #: Origins allowed to call the service from a browser (CORS): a comma-separated list such as
@@ -1325,10 +1434,12 @@ class GuardMiddleware:
     def __init__(self, app: Callable[..., Awaitable[None]], keys: KeyStore | None = None,
                  max_body_bytes: int | None = None,
                  openapi: Callable[[], dict[str, Any]] | None = None,
-                 schema: Callable[[], dict[str, Any]] | None = None) -> None:
+                 schema: Callable[[], dict[str, Any]] | None = None,
+                 not_ready: Callable[[], str | None] | None = None) -> None:
         from serving.keys import KeyStore
 
         self.app = app
+        self.not_ready = not_ready
         self.keys = keys if keys is not None else KeyStore()
         if max_body_bytes is None:
             max_body_bytes = int(os.environ.get(MAX_BODY_ENV, DEFAULT_MAX_BODY))
@@ -1354,7 +1465,10 @@ class GuardMiddleware:
                                  scope.get("method") == "HEAD", send)
             return
         if is_open_path(path):
-            # their answers stay BentoML's, but for a wrong method or a missing asset
+            # their answers stay BentoML's, but for a wrong method or a missing asset, and
+            # /readyz's 503, which says why (BentoML's says only that it is not ready)
+            if path == READY_PATH and self.not_ready is not None:
+                send = _NotReadyRewriter(send, scope, self.not_ready)
             await self.app(scope, receive, _ErrorRewriter(send, scope, statuses=(404, 405)))
             return
         headers = _headers(scope)
@@ -1535,6 +1649,51 @@ async def _json(send: Send, status: int, body: dict[str, Any],
     raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": data, "more_body": False})
+
+
+class _NotReadyRewriter:
+    """Wraps ``send`` of a /readyz request: a 503 gets the body ``{"error": "not ready:
+    <why>"}`` with ``why`` from ``reason()`` (the service's `Runtime.not_ready`, set by the
+    readiness check BentoML has just run), so that whoever looks at the probe sees why
+    (BentoML's body says only that ``__is_ready__`` returned False). When ``reason()`` has
+    nothing to say, the answer stays BentoML's."""
+
+    def __init__(self, send: Send, scope: Scope, reason: Callable[[], str | None]) -> None:
+        self.send = send
+        self.scope = scope
+        self.reason = reason
+        self.start: Message | None = None
+        self.body = bytearray()
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start" and int(message["status"]) == 503:
+            self.start = message
+            return
+        if self.start is None or message["type"] != "http.response.body":
+            await self.send(message)
+            return
+        self.body.extend(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        try:
+            why = self.reason()
+        except Exception:  # the probe's status is what counts: keep BentoML's answer
+            logger.warning("cannot tell why the service is not ready", exc_info=True)
+            why = None
+        if not why:
+            await self.send(self.start)
+            await self.send({"type": "http.response.body", "body": bytes(self.body),
+                             "more_body": False})
+            return
+        data = json.dumps({"error": f"not ready: {why}"}).encode("utf-8")
+        kept = [(k, v) for k, v in self.start.get("headers", [])
+                if k.lower() not in (b"content-length", b"content-type")]
+        kept += [(b"content-type", b"application/json"),
+                 (b"content-length", str(len(data)).encode())]
+        head = self.scope.get("method") == "HEAD"
+        await self.send({"type": "http.response.start", "status": 503, "headers": kept})
+        await self.send({"type": "http.response.body", "body": b"" if head else data,
+                         "more_body": False})
 
 
 class _ErrorRewriter:

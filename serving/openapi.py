@@ -64,9 +64,10 @@ ERROR_STATUSES: dict[int, str] = {
          "with it (e.g. `customer_ids: List should have at most 1000 items`), `detail` lists "
          "them one by one.",
     500: "An unexpected error (a bug): a generic message, the details are in the server log.",
-    503: "Not ready: the customer store holds no scored batch yet (run `lifecast score`), or "
+    503: "Not ready: the customer store holds no scored batch yet (run `lifecast score`), "
          "the customer store, the API key store or (for list exports) the audit log cannot be "
-         "used; `error` says which.",
+         "used, or (/predict) the store's batch has other features than the service's models "
+         "take; `error` says which, and what fixes it.",
     504: "The request took longer than the service's timeout (60 s).",
 }
 
@@ -127,8 +128,11 @@ def openapi_document(spec: dict[str, Any], *, endpoints: dict[str, str], descrip
                 op["security"] = []
                 if path == "/readyz":
                     op["responses"]["503"] = {"description": (
-                        "Not ready: the models are loading, or the customer store holds no "
-                        "scored batch yet (run `lifecast score`).")}
+                        "Not ready: the models are loading, the customer store holds no "
+                        "scored batch yet (run `lifecast score`) or cannot be reached, or "
+                        "its batch has other features than the service's models take "
+                        "(/predict answers 503). Once the service is loaded, the body is "
+                        '`{"error": "not ready: <why and what fixes it>"}`.')}
                 continue
             op["security"] = [{SECURITY_SCHEME: []}]
             _request_body_by_reference(op, schemas)

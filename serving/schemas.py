@@ -467,11 +467,13 @@ class PredictResponse(BaseModel):
                     "it).")
     batch_model_versions: ModelVersions = Field(
         description="The models that scored the batch: its stored scores, which /high_risk "
-                    "and /segments return, are theirs. After a new champion, until `lifecast "
-                    "score` runs again, they differ from the predictions' `model_versions`: "
-                    "/predict still computes every model-dependent field (churn, value, "
-                    "reasons, RFM score, segment, lifecycle stage) with the service's models "
-                    "from the batch's features, so one answer never mixes two models.")
+                    "and /segments return, are theirs. After a new champion they differ "
+                    "from the predictions' `model_versions` until `lifecast score` rescores "
+                    "the store with it (or, when the store was rescored first, until the "
+                    "service is restarted to serve it): /predict still computes every "
+                    "model-dependent field (churn, value, reasons, RFM score, segment, "
+                    "lifecycle stage) with the service's models from the batch's features, "
+                    "so one answer never mixes two models.")
     predictions: list[CustomerPrediction]
     errors: list[CustomerError] = Field(description="Ids that could not be answered, and why.")
 

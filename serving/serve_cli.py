@@ -15,7 +15,9 @@ A thin wrapper: ``lifecast serve --port 3000`` is
    already imported version is not copied again; the champion is always the store's
    ``latest``, so ``bentoml build`` (which packs ``lifecast-*:latest``) carries it too.
 3. ``bentoml serve serving.service:Lifecast --port N --host H`` replaces this process, with
-   the environment the service reads: the exact model tags, ``LIFECAST_STORE_URL``,
+   the environment the service reads: the exact model tags, when the champions were read
+   (``LIFECAST_CHAMPIONS_AT``: a batch `lifecast score` writes later was scored by newer
+   champions, and the service says to restart it), ``LIFECAST_STORE_URL``,
    ``LIFECAST_KEYS_FILE``, ``LIFECAST_AUDIT_LOG`` (made absolute), the number of workers and
    the access log switch (``BENTOML_CONFIG_OPTIONS``) and ``BENTOML_DO_NOT_TRACK``.
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -187,10 +190,14 @@ def serve_command(
     *, port: int = 3000, host: str = "127.0.0.1", workers: int = 1, store: str | None = None,
     keys_file: Path | None = None, audit_log: Path | None = None, access_log: bool = True,
     tags: dict[str, str] | None = None, base_env: dict[str, str] | None = None,
+    champions_at: datetime | None = None,
 ) -> tuple[list[str], dict[str, str]]:
     """The ``bentoml serve`` command line and its environment for these options (paths made
-    absolute, so the service finds them whatever its working folder)."""
+    absolute, so the service finds them whatever its working folder). ``champions_at``:
+    when the champion aliases were read (`serving.app.CHAMPIONS_AT_ENV`: a batch written
+    later was scored by newer champions, which a restart serves)."""
     from serving.app import (
+        CHAMPIONS_AT_ENV,
         CHURN_MODEL_ENV,
         CLV_MODEL_ENV,
         SERVICE_NAME,
@@ -211,6 +218,8 @@ def serve_command(
     for kind, var in (("churn", CHURN_MODEL_ENV), ("clv", CLV_MODEL_ENV)):
         if tags and kind in tags:
             env[var] = tags[kind]
+    if champions_at is not None:
+        env[CHAMPIONS_AT_ENV] = champions_at.astimezone(UTC).isoformat()
     options = [
         f"services.{SERVICE_NAME}.workers={workers}",
         f"services.{SERVICE_NAME}.logging.access.enabled={'true' if access_log else 'false'}",
@@ -300,11 +309,12 @@ def serve_cmd(
         check_cors_origins()
         if not dry_run:
             check_listen_address(host, port)
+        read_at = datetime.now(UTC)  # the champions the workers serve are those of now
         tags = import_champions(".")
         check_champions(tags)
         argv, env = serve_command(port=port, host=host, workers=workers, store=store,
                                   keys_file=keys_file, audit_log=audit_log,
-                                  access_log=access_log, tags=tags)
+                                  access_log=access_log, tags=tags, champions_at=read_at)
     except OSError as exc:
         raise fail(bentoml_home_message(exc) or str(exc)) from None
     except (NoChampionError, LookupError, ValueError) as exc:

@@ -18,9 +18,12 @@ endpoint       scope     what
                          (``churn_risk``, default ``["high"]``; null: every customer; other
                          filters, ``limit``/``offset``, ``format`` json or csv), audited
 /segments      lists     segment sizes, mean churn probability, value at risk, audited
-/livez /readyz  (open)   BentoML's probes; ``/readyz`` is 503 until the models and a scored
-                         batch of the store are loaded, and while the store cannot be
-                         reached (looked at every ``LIFECAST_STORE_CHECK_SECONDS``)
+/livez /readyz  (open)   BentoML's probes (``/healthz`` is ``/livez``); ``/readyz`` is 503
+                         until the models and a scored batch of the store are loaded, while
+                         the store cannot be reached (looked at every
+                         ``LIFECAST_STORE_CHECK_SECONDS``) and while the store's batch has
+                         other features than the models take (/predict answers 503 then);
+                         its 503 says why (`_not_ready`)
 /metrics        (open)   Prometheus metrics
 /docs, /        (open)   Swagger UI (**Authorize** takes the API key); ``/openapi.json`` and
                          ``/docs.json`` the OpenAPI document; ``/schema.json`` BentoML's
@@ -205,7 +208,9 @@ class Lifecast:
         runs, applied to the store's features as of the batch's `as_of`. Unknown ids are
         listed in `errors`; they never fail the batch. `batch_model_versions` names the
         models that scored the store's batch (whose scores /high_risk and /segments return):
-        after a new champion they differ until `lifecast score` runs again."""
+        after a new champion they differ until `lifecast score` rescores the store with it
+        (or, when the store was rescored first, until `lifecast serve` is restarted to serve
+        it)."""
         # Asynchronous, unlike the other endpoints: a request for a few ids (about 1 ms of
         # work) runs on the event loop, which halved the latency of one-id requests against
         # BentoML's hop to its worker thread and back; larger ones go to one worker thread
@@ -295,6 +300,19 @@ def _service_schema() -> dict[str, Any]:
     return service_schema(Lifecast.schema(), apis)
 
 
+def _not_ready() -> str | None:
+    """Why this worker's service is not ready (`serving.app.Runtime.not_ready`, left by the
+    readiness check BentoML runs for /readyz), for the body of /readyz's 503; None before
+    the service instance exists."""
+    try:
+        instance = bentoml.get_current_service()
+    except bentoml.exceptions.BentoMLException:
+        return None
+    runtime = getattr(instance, "runtime", None)
+    return getattr(runtime, "not_ready", None)
+
+
 # CORS first, so that it runs before the key check: a browser's preflight carries no key
 Lifecast.add_asgi_middleware(CorsMiddleware)
-Lifecast.add_asgi_middleware(GuardMiddleware, openapi=_openapi_document, schema=_service_schema)
+Lifecast.add_asgi_middleware(GuardMiddleware, openapi=_openapi_document, schema=_service_schema,
+                             not_ready=_not_ready)

@@ -215,3 +215,150 @@ def test_models_of_other_feature_definitions_do_not_load(world, tmp_path) -> Non
     assert message.startswith(f"the value model ({folders['clv']}) was built with feature "
                               f"definitions v1; this lifecast computes v2")
     assert "Retrain with `lifecast train`" in message
+
+
+def _other_horizon_config(world) -> dict:
+    config = world.models.config.model_dump(mode="json")
+    config["features"]["churn_horizon_days"] = 60
+    return config
+
+
+def test_a_store_rescored_by_newer_champions_says_to_restart_the_service(
+        world, service_models, previous_batch, tmp_path, stored_batch, caplog) -> None:
+    """The tester's case: the service runs its champions; a new champion with another churn
+    horizon is trained and `lifecast score` rescores the store with it. /predict cannot use
+    that batch's features, and `lifecast score` again would only write another batch of
+    the new champion: the fix is restarting `lifecast serve`, which loads the champions.
+    The 503, the log and /readyz (not ready, with the reason, so that a load balancer stops
+    sending traffic) say so; once the store holds features the service's models take, it
+    is ready again."""
+    import logging
+
+    from serving.audit import AuditLog
+
+    scores, feats = stored_batch(previous_batch[0])
+    customer = scores["customer_id"].iloc[0]
+    store = CustomerStore(CustomerStore.default_url(tmp_path))
+    _rewrite(scores, feats, store, world.as_of, service_models.versions,
+             metadata={"config": world.models.config.model_dump(mode="json")})
+    rt = Runtime(service_models, store, AuditLog(tmp_path / "audit.log"),
+                 store_check_seconds=0)
+    try:
+        assert rt.is_ready() and rt.not_ready is None
+        assert rt.predict([customer]).predictions
+        newer = {"churn": "9", "clv": "10"}
+        with caplog.at_level(logging.WARNING, logger="lifecast.serving"):
+            _rewrite(scores, feats, store, world.as_of, newer,
+                     metadata={"config": _other_horizon_config(world)})
+            assert rt.is_ready() is False
+        messages = set()
+        for call in (rt.predict, rt.predict_frames):
+            with pytest.raises(ServiceError) as info:
+                call([customer])
+            assert info.value.status == 503
+            messages.add(info.value.message)
+        (message,) = messages
+        assert "scored by models churn v9, clv v10" in message
+        assert "churn_horizon_days 60 (the service's models: 90)" in message
+        assert "restart `lifecast serve`" in message
+        assert "run `lifecast score`" not in message
+        assert rt.not_ready == message
+        log = caplog.text
+        assert "restart `lifecast serve`" in log and "/readyz says not ready" in log
+        assert "until `lifecast score`" not in log and "run `lifecast score`" not in log
+        # rescored with features the service's models take: ready again
+        _rewrite(scores, feats, store, world.as_of, newer,
+                 metadata={"config": world.models.config.model_dump(mode="json")})
+        assert rt.is_ready() and rt.not_ready is None
+        assert rt.predict([customer]).predictions
+    finally:
+        rt.close()
+
+
+def test_a_batch_older_than_the_service_says_to_rescore(world, service_models, previous_batch,
+                                                        tmp_path, stored_batch) -> None:
+    """The other way round: the service was (re)started with the champions after the batch
+    was written by older ones of other settings: `lifecast score` fixes it, a restart not."""
+    from serving.audit import AuditLog
+
+    scores, feats = stored_batch(previous_batch[0])
+    store = CustomerStore(CustomerStore.default_url(tmp_path))
+    _rewrite(scores, feats, store, world.as_of, PREVIOUS,
+             metadata={"config": _other_horizon_config(world)})
+    rt = Runtime(service_models, store, AuditLog(tmp_path / "audit.log"),
+                 store_check_seconds=0)
+    try:
+        assert rt.is_ready() is False
+        assert "run `lifecast score` again" in rt.not_ready
+        assert "restart" not in rt.not_ready
+    finally:
+        rt.close()
+
+
+def test_the_time_lifecast_serve_read_the_champions_decides(world, service_models,
+                                                            previous_batch, tmp_path,
+                                                            stored_batch, monkeypatch) -> None:
+    """`lifecast serve` tells the workers when it read the champion aliases
+    (LIFECAST_CHAMPIONS_AT): a batch written after that was scored by newer champions, even
+    if the worker loaded its models later (a worker restarted by BentoML)."""
+    from serving.app import CHAMPIONS_AT_ENV, _champions_at_setting
+    from serving.audit import AuditLog
+
+    scores, feats = stored_batch(previous_batch[0])
+    store = CustomerStore(CustomerStore.default_url(tmp_path))
+    before = pd.Timestamp.now(tz="UTC") - pd.Timedelta(minutes=5)
+    _rewrite(scores, feats, store, world.as_of, {"churn": "9", "clv": "10"},
+             metadata={"config": _other_horizon_config(world)})
+    monkeypatch.setenv(CHAMPIONS_AT_ENV, before.isoformat())
+    rt = Runtime(service_models, store, AuditLog(tmp_path / "audit.log"),
+                 store_check_seconds=0, champions_at=_champions_at_setting())
+    try:
+        assert rt.is_ready() is False
+        assert "restart `lifecast serve`" in rt.not_ready
+    finally:
+        rt.close()
+    monkeypatch.setenv(CHAMPIONS_AT_ENV, "yesterday")
+    assert _champions_at_setting() is None
+
+
+def test_readyz_says_why_it_is_not_ready(world, previous_batch, tmp_path, stored_batch,
+                                         monkeypatch) -> None:
+    """Over HTTP: /readyz is 503 with ``{"error": "not ready: <why>"}`` while /predict
+    refuses every request, and 200 again once the store is rescored."""
+    from starlette.testclient import TestClient
+
+    from serving.service import Lifecast
+
+    scores, feats = stored_batch(previous_batch[0])
+    store = CustomerStore(CustomerStore.default_url(tmp_path))
+    _rewrite(scores, feats, store, world.as_of, world.models.versions,
+             metadata={"config": world.models.config.model_dump(mode="json")})
+    for key in ("LIFECAST_KEYS_FILE", "LIFECAST_AUDIT_LOG", "LIFECAST_CHURN_MODEL",
+                "LIFECAST_CLV_MODEL"):
+        monkeypatch.setenv(key, world.env[key])
+    monkeypatch.setenv("LIFECAST_STORE_URL", store.url)
+    monkeypatch.setenv("LIFECAST_STORE_CHECK_SECONDS", "0")
+    monkeypatch.delenv("LIFECAST_CHAMPIONS_AT", raising=False)
+    # another app in this process: without metrics (their collectors are process-global)
+    monkeypatch.setenv("BENTOML_CONFIG_OPTIONS", "services.lifecast.metrics.enabled=false")
+    auth = {"Authorization": f"Bearer {world.tokens['crm']}"}
+    customer = str(scores["customer_id"].iloc[0])
+    with TestClient(Lifecast.to_asgi(), raise_server_exceptions=False) as c:
+        assert c.get("/readyz").status_code == 200
+        _rewrite(scores, feats, store, world.as_of, {"churn": "9", "clv": "10"},
+                 metadata={"config": _other_horizon_config(world)})
+        ready = c.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.headers["content-type"] == "application/json"
+        why = ready.json()["error"]
+        assert why.startswith("not ready: the customer store's batch ")
+        assert "restart `lifecast serve`" in why
+        predicted = c.post("/predict", json={"customer_ids": [customer]}, headers=auth)
+        assert predicted.status_code == 503
+        assert why == "not ready: " + predicted.json()["error"]
+        assert c.head("/readyz").status_code == 503
+        _rewrite(scores, feats, store, world.as_of, world.models.versions,
+                 metadata={"config": world.models.config.model_dump(mode="json")})
+        assert c.get("/readyz").status_code == 200
+        assert c.post("/predict", json={"customer_ids": [customer]},
+                      headers=auth).status_code == 200

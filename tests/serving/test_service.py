@@ -1196,7 +1196,8 @@ def test_serve_command_environment(tmp_path) -> None:
                               keys_file=tmp_path / "k.json", audit_log=tmp_path / "a.log",
                               access_log=False, tags={"churn": "lifecast-churn:v1-ab",
                                                       "clv": "lifecast-clv:v1-ab"},
-                              base_env={"BENTOML_CONFIG_OPTIONS": "api_server.http.port=1"})
+                              base_env={"BENTOML_CONFIG_OPTIONS": "api_server.http.port=1"},
+                              champions_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
     assert argv[1:] == ["-m", "bentoml", "serve", "serving.service:Lifecast", "--port", "3123",
                         "--host", "0.0.0.0"]
     assert env["LIFECAST_STORE_URL"] == "sqlite:///x.db"
@@ -1206,6 +1207,8 @@ def test_serve_command_environment(tmp_path) -> None:
         "services.lifecast.workers=2", "services.lifecast.logging.access.enabled=false",
         "api_server.http.port=1"]
     assert env["BENTOML_DO_NOT_TRACK"] == "True"
+    # when the champions were read: the service tells a store rescored since by newer ones
+    assert env["LIFECAST_CHAMPIONS_AT"] == "2026-01-02T03:04:05+00:00"
     with pytest.raises(ValueError, match="--port"):
         serve_command(port=0)
 
