@@ -448,6 +448,10 @@ def load_transactions(
             stats = _profile(con, src, plan, clean)
         _validate(con, src, plan, stats)
         _warn_thousands(con, src, plan)
+        if mapping.timestamp_format and not plan.timestamp_is_text:
+            ts_col = next(c.label for c in plan.columns if c.contract == "timestamp")
+            warn(f"{mapping_setting('timestamp_format', mapping.timestamp_format)} is not "
+                 f"used: column {ts_col!r} of {src.label} holds timestamps already, not text")
         name = _view_name("transactions")
         cols = ", ".join(_q(c.contract) for c in plan.columns)
         kind = "VIEW" if src.reread else "TABLE"

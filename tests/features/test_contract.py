@@ -424,6 +424,13 @@ def test_timestamp_format_reads_day_first_text(tmp_path: Path) -> None:
         pd.Timestamp("2011-02-01 08:00"),
     ]
     assert tx.report.timestamp_format == "%d/%m/%Y %H:%M"
+    # a column of timestamps already: the format is not used, which is said (it was not)
+    parsed = df.assign(t=pd.to_datetime(df["t"], format="%d/%m/%Y %H:%M"))
+    with pytest.warns(UserWarning, match=r"timestamp_format='%d/%m/%Y %H:%M'\) \(YAML key "
+                      r"timestamp_format:\) is not used: column 't' of .* holds timestamps "
+                      r"already, not text"):
+        tx = load_transactions(_parquet(parsed, tmp_path), mapping)
+    assert tx.to_pandas()["timestamp"].tolist()[0] == pd.Timestamp("2010-12-31 10:05")
 
 
 def test_optional_columns_get_contract_types() -> None:
