@@ -14,7 +14,9 @@ A thin wrapper: ``lifecast serve --port 3000`` is
    ``lifecast-churn:v<version>-<run id>``, labelled with the registry version and run. An
    already imported version is not copied again; the champion is always the store's
    ``latest``, so ``bentoml build`` (which packs ``lifecast-*:latest``) carries it too.
-3. ``bentoml serve serving.service:Lifecast --port N --host H`` replaces this process, with
+3. ``bentoml serve serving.service:Lifecast --port N --host H`` replaces this process (run
+   as ``python -m serving.bentoml_serve ...``: `serving.bentoml_serve` gives each server a
+   Prometheus folder of its own and removes it when the server stops), with
    the environment the service reads: the exact model tags, when the champions were read
    (``LIFECAST_CHAMPIONS_AT``: a batch `lifecast score` writes later was scored by newer
    champions, and the service says to restart it), ``LIFECAST_STORE_URL``,
@@ -228,7 +230,9 @@ def serve_command(
     env["BENTOML_CONFIG_OPTIONS"] = " ".join([*options, extra] if extra else options)
     env.setdefault("BENTOML_DO_NOT_TRACK", "True")
     env.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    argv = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--port", str(port),
+    # `bentoml serve` with a Prometheus folder of this server's own (`serving.bentoml_serve`:
+    # BentoML's shared one is emptied by every server that starts)
+    argv = [sys.executable, "-m", "serving.bentoml_serve", SERVICE, "--port", str(port),
             "--host", host]
     return argv, env
 

@@ -248,10 +248,22 @@ def built_bento(workdir, clean_env: dict[str, str]) -> Iterator[BuiltBento]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+#: ``LIFECAST_TEST_PORTS=3200-3299``: the servers the tests start listen on a free port of
+#: that range (a machine shared with other servers); unset, on any free port.
+TEST_PORTS_ENV = "LIFECAST_TEST_PORTS"
+
+
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    low, _, high = os.environ.get(TEST_PORTS_ENV, "").partition("-")
+    candidates = range(int(low), int(high or low) + 1) if low.strip() else [0]
+    for port in candidates:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise RuntimeError(f"no free port in {TEST_PORTS_ENV}={os.environ[TEST_PORTS_ENV]}")
 
 
 def _group_alive(pgid: int) -> bool:

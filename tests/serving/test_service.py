@@ -1198,8 +1198,9 @@ def test_serve_command_environment(tmp_path) -> None:
                                                       "clv": "lifecast-clv:v1-ab"},
                               base_env={"BENTOML_CONFIG_OPTIONS": "api_server.http.port=1"},
                               champions_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
-    assert argv[1:] == ["-m", "bentoml", "serve", "serving.service:Lifecast", "--port", "3123",
-                        "--host", "0.0.0.0"]
+    # `bentoml serve` with a Prometheus folder of its own (`serving.bentoml_serve`)
+    assert argv[1:] == ["-m", "serving.bentoml_serve", "serving.service:Lifecast", "--port",
+                        "3123", "--host", "0.0.0.0"]
     assert env["LIFECAST_STORE_URL"] == "sqlite:///x.db"
     assert env["LIFECAST_KEYS_FILE"] == str(tmp_path / "k.json")
     assert env["LIFECAST_CHURN_MODEL"] == "lifecast-churn:v1-ab"

@@ -254,3 +254,50 @@ def test_bentoml_build_carries_the_models(built_bento, workdir) -> None:
     # the store's drivers and encoder: a Bento reading a PostgreSQL store needs psycopg
     requirements = (bento / "env" / "python" / "requirements.txt").read_text().splitlines()
     assert "psycopg[binary]>=3.2" in requirements and "orjson>=3.10" in requirements
+
+
+def _requests_counted(url: str, endpoint: str) -> float:
+    """The server's ``bentoml_service_request_total`` of ``endpoint`` answered 200, from its
+    /metrics (0 when it has none)."""
+    import re
+
+    import httpx
+
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    found = re.findall(r'^bentoml_service_request_total\{([^}]*)\} (\S+)$', text, re.M)
+    return sum(float(value) for labels, value in found
+               if f'endpoint="{endpoint}"' in labels and 'http_response_code="200"' in labels)
+
+
+def test_a_second_server_leaves_the_first_ones_metrics_alone(server, clean_env,
+                                                             start_server) -> None:
+    """Two `lifecast serve` on one machine, one BENTOML_HOME, two ports (as README says):
+    BentoML empties its one Prometheus folder ($BENTOML_HOME/prometheus_multiproc_dir) when a
+    server starts, so the second deleted the first one's files and the first's /metrics
+    counted from zero (or answered an empty body). Each has its own folder now, removed when
+    it stops."""
+    from serving.bentoml_serve import METRICS_ROOT
+
+    mkt = _client(server, "marketing")
+    for _ in range(3):
+        assert mkt.post("/segments", json={}).status_code == 200
+    before = _requests_counted(server["url"], "/segments")
+    assert before >= 3
+    root = Path(clean_env["BENTOML_HOME"]) / METRICS_ROOT
+    first = {p for p in root.iterdir() if p.is_dir()}
+    assert len(first) == 1 and any(next(iter(first)).glob("*.db"))
+    folder = server["folder"]
+    with start_server([str(BIN / "lifecast"), "serve", "--no-access-log"], cwd=folder,
+                      env=clean_env, log=folder / "serve-second.log") as second:
+        assert second.url != server["url"]
+        assert _requests_counted(server["url"], "/segments") == before
+        assert mkt.post("/segments", json={}).status_code == 200
+        assert _requests_counted(server["url"], "/segments") == before + 1
+        both = {p for p in root.iterdir() if p.is_dir()}
+        assert len(both) == 2 and first < both
+        mine = _client({**server, "url": second.url}, "marketing")
+        assert mine.post("/segments", json={}).status_code == 200
+        assert _requests_counted(second.url, "/segments") == 1
+    # the second one's folder went with it; the first's metrics are intact
+    assert {p for p in root.iterdir() if p.is_dir()} == first
+    assert _requests_counted(server["url"], "/segments") == before + 1
