@@ -49,6 +49,34 @@ def _model_tag(name: str, version: str, run_id: str | None) -> str:
     return f"{name}:v{version}{suffix}"
 
 
+class ChampionArtifactsError(LookupError):
+    """A champion's MLflow model artifacts cannot be found where its tracking store says they
+    are (an ``mlartifacts`` folder moved or deleted, another artifact root)."""
+
+
+def _artifacts_message(client: object, name: str, version: str, exc: Exception) -> str:
+    """What `ChampionArtifactsError` says: the version, where its artifacts should be, which
+    tracking store says so, and what to do."""
+    import mlflow
+
+    from features.urls import masked_url
+
+    try:
+        where = str(client.get_model_version_download_uri(name, version))  # type: ignore[attr-defined]
+    except Exception:  # the location is a hint: the message stands without it
+        where = f"models:/{name}/{version}"
+    if where.startswith("file://"):
+        where = where.removeprefix("file://")
+    cause = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    return (f"the champion {name} v{version} cannot be served: its MLflow model artifacts "
+            f"are not at {masked_url(where) if '://' in where else where} ({cause}), where "
+            f"the tracking store {masked_url(mlflow.get_tracking_uri())} says they are. Put "
+            f"them back there (a SQLite tracking store keeps them in mlartifacts/ beside "
+            f"mlflow.db), point MLFLOW_TRACKING_URI at the tracking store whose artifacts "
+            f"hold them, or train again (`lifecast train ... --promote always`, then "
+            f"`lifecast score`)")
+
+
 def import_champions(workdir: str | os.PathLike[str] = ".") -> dict[str, str]:
     """Import the MLflow champions into the BentoML model store; returns ``{kind: tag}``.
 
@@ -56,10 +84,11 @@ def import_champions(workdir: str | os.PathLike[str] = ".") -> dict[str, str]:
     store's ``latest`` for its name (an older champion promoted back), which is imported
     again so that ``<name>:latest`` is the champion. Raises
     `training.tracking.NoChampionError` when a model has no champion and `LookupError`
-    when the working folder holds no tracking store (and MLFLOW_TRACKING_URI is not set).
+    when the working folder holds no tracking store (and MLFLOW_TRACKING_URI is not set),
+    `ChampionArtifactsError` (a LookupError) when a champion's artifacts are missing.
     """
     import bentoml
-    from bentoml.exceptions import NotFound
+    from bentoml.exceptions import BentoMLException, NotFound
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -67,8 +96,10 @@ def import_champions(workdir: str | os.PathLike[str] = ".") -> dict[str, str]:
         CHAMPION_ALIAS,
         MODEL_NAMES,
         NoChampionError,
+        TrackingServerUnreachableError,
         configure,
         no_champion_message,
+        unanswered_reason,
     )
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -95,13 +126,26 @@ def import_champions(workdir: str | os.PathLike[str] = ".") -> dict[str, str]:
                 tags[kind] = str(existing.tag)
                 continue
             bentoml.models.delete(tag)  # re-import so that it becomes the latest
-        model = bentoml.mlflow.import_model(
-            tag,
-            f"models:/{name}/{mv.version}",
-            labels={"registry_version": str(mv.version), "run_id": str(mv.run_id or ""),
-                    "kind": kind, "alias": CHAMPION_ALIAS},
-            metadata={"mlflow_model": name, "registry_version": str(mv.version)},
-        )
+        try:
+            model = bentoml.mlflow.import_model(
+                tag,
+                f"models:/{name}/{mv.version}",
+                labels={"registry_version": str(mv.version), "run_id": str(mv.run_id or ""),
+                        "kind": kind, "alias": CHAMPION_ALIAS},
+                metadata={"mlflow_model": name, "registry_version": str(mv.version)},
+            )
+        except (BentoMLException, MlflowException, FileNotFoundError) as exc:
+            # BentoML: 'artifact "models:/lifecast-churn/2" is not a MLflow model' (MLflow
+            # downloaded nothing from a local artifact root that is gone); MLflow: a remote
+            # artifact store without them (RESOURCE_DOES_NOT_EXIST)
+            if isinstance(exc, FileNotFoundError) and bentoml_home_message(exc):
+                raise  # BentoML's own store, not the artifacts (`serve_cmd` says so)
+            if unanswered_reason(exc) is not None:  # a server that did not answer: later
+                raise TrackingServerUnreachableError(
+                    f"the MLflow artifacts of the champion {name} v{mv.version} could not be "
+                    f"downloaded: {unanswered_reason(exc)}") from exc
+            raise ChampionArtifactsError(
+                _artifacts_message(client, name, str(mv.version), exc)) from exc
         tags[kind] = str(model.tag)
     return tags
 
@@ -304,6 +348,7 @@ def serve_cmd(
 ) -> None:
     """Serve the champion models and the customer store over HTTP (`bentoml serve`)."""
     from features.cli import fail
+    from features.errors import EX_TEMPFAIL, TemporaryFailure, temporary_message
     from serving.app import check_cors_origins
     from training.tracking import NoChampionError
 
@@ -321,6 +366,8 @@ def serve_cmd(
                                   access_log=access_log, tags=tags, champions_at=read_at)
     except OSError as exc:
         raise fail(bentoml_home_message(exc) or str(exc)) from None
+    except TemporaryFailure as exc:  # before ValueError: some are ValueErrors too
+        raise fail(temporary_message(str(exc)), EX_TEMPFAIL) from None
     except (NoChampionError, LookupError, ValueError) as exc:
         raise fail(str(exc)) from None
     _preflight(env)

@@ -301,3 +301,46 @@ def test_a_second_server_leaves_the_first_ones_metrics_alone(server, clean_env,
     # the second one's folder went with it; the first's metrics are intact
     assert {p for p in root.iterdir() if p.is_dir()} == first
     assert _requests_counted(server["url"], "/segments") == before + 1
+
+
+def test_serve_without_the_champions_artifacts_is_a_one_line_error(world, clean_env,
+                                                                   tmp_path) -> None:
+    """The registry names a champion whose artifacts are gone (mlartifacts/ moved away):
+    one line naming the version, where its artifacts should be and what to do, exit code 2
+    (it was a traceback ending in BentoML's 'artifact "models:/lifecast-churn/1" is not a
+    MLflow model', exit code 1). Nothing is left in BentoML's model store."""
+    import shutil
+
+    import mlflow
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    from training import tracking
+
+    folder = tmp_path / "work"
+    folder.mkdir()
+    previous = tracking_utils._tracking_uri
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mp.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        mp.setattr(tracking, "_last_set_uri", None)
+        tracking.configure(folder)
+        try:
+            summary = tracking.log_training(world.train_result, source="demo",
+                                            promote="always")
+        finally:
+            mlflow.set_tracking_uri(previous)
+    shutil.move(folder / "mlartifacts", tmp_path / "mlartifacts.moved")
+    home = tmp_path / "bentoml"
+    env = {**clean_env, "BENTOML_HOME": str(home)}
+    result = subprocess.run([str(BIN / "lifecast"), "serve", "--dry-run"], cwd=folder, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    version = summary.versions["churn"]
+    assert lines[0].startswith(f"error: the champion lifecast-churn v{version} cannot be "
+                               f"served: its MLflow model artifacts are not at "
+                               f"{folder / 'mlartifacts'}/")
+    assert "MLFLOW_TRACKING_URI" in lines[0] and "lifecast train" in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not any((home / "models").glob("*/*")), list((home / "models").rglob("*"))
