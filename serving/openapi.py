@@ -73,9 +73,10 @@ ERROR_STATUSES: dict[int, str] = {
 
 #: Error answers of one endpoint only, besides `ERROR_STATUSES`.
 ENDPOINT_ERROR_STATUSES: dict[str, dict[int, str]] = {
-    "/high_risk": {409: "The request's `batch_id` is no longer the customer store's current "
-                        "batch (`lifecast score` rescored it since the first page): start the "
-                        "list again at offset 0."},
+    "/high_risk": {409: "The request's `batch_id` is not the customer store's current batch: "
+                        "`lifecast score` rescored the store since the first page, or it is "
+                        "no batch the store keeps (an unknown id); `error` says which. Start "
+                        "the list again at offset 0."},
 }
 
 #: Error answers of no operation in the document: a path that is not one (with a valid key:

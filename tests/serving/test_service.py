@@ -599,11 +599,47 @@ def test_http_high_risk_pages_name_their_batch(client, world) -> None:
     for fmt in ("json", "csv"):
         gone = post(client, "/high_risk", {**body, "batch_id": "20110101T000000000000Z-abcdef",
                                            "format": fmt}, "marketing")
-        assert_clean_error(gone, 409, "batch_id '20110101T000000000000Z-abcdef' is no longer",
-                           first["batch_id"], "offset 0")
+        # never a batch of this store: not said to be "rescored since"
+        body_409 = assert_clean_error(
+            gone, 409, "batch_id '20110101T000000000000Z-abcdef' is not the customer store's "
+            "current batch", "an unknown id", first["batch_id"], "offset 0")
+        assert "no longer" not in body_409["error"]
     assert len(log.read()) == before
     assert_clean_error(post(client, "/high_risk", {**body, "batch_id": ""}, "marketing"), 422,
                        "batch_id")
+
+
+def test_high_risk_tells_a_rescored_batch_from_an_unknown_id(svc, world, tmp_path) -> None:
+    """/high_risk's 409 says "rescored since" only of a batch the store had (and keeps); of
+    an id that never was one ("bogus") it says it is unknown (it said "it was rescored
+    since" of any id)."""
+    from serving.app import Runtime, ServiceError
+    from serving.audit import AuditLog
+    from training.scoring import score
+    from training.store import CustomerStore
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    old = score(world.transactions, store_url=url, models=world.models).batch_id
+    new = score(world.transactions, store_url=url, models=world.models).batch_id
+    rt = Runtime(svc.runtime.models, CustomerStore(url), AuditLog(tmp_path / "audit.log"),
+                 store_check_seconds=0)
+    try:
+        messages = {}
+        for batch_id in (old, "bogus"):
+            with pytest.raises(ServiceError) as info:
+                rt.high_risk(HighRiskRequest(batch_id=batch_id))
+            assert info.value.status == 409
+            messages[batch_id] = info.value.message
+        assert rt.high_risk(HighRiskRequest(batch_id=new, limit=1)).batch_id == new
+    finally:
+        rt.close()
+    assert messages[old].startswith(f"batch_id {old!r} is no longer the customer store's "
+                                    f"current batch: it was rescored since (now batch {new!r}")
+    assert "offset 0" in messages[old]
+    assert messages["bogus"].startswith(f"batch_id 'bogus' is not the customer store's "
+                                        f"current batch (now batch {new!r}")
+    assert "an unknown id" in messages["bogus"] and "offset 0" in messages["bogus"]
+    assert "rescored since (" not in messages["bogus"]
 
 
 def test_http_high_risk_csv(client) -> None:
