@@ -48,9 +48,11 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationError,
     WithJsonSchema,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from features.segments import RISK_BANDS, SEGMENTS, STAGES
 
@@ -334,25 +336,36 @@ class ScoreRequest(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> ScoreRequest:
+        """Each customer once, every transaction before ``as_of``: the first error found,
+        located at its field (``customers[1].customer_id``, ``customers[0].transactions[2]
+        .timestamp``) as pydantic locates a field's own errors (a ValueError raised here
+        had no location: ``"loc": []``)."""
         seen: set[str] = set()
         for i, customer in enumerate(self.customers):
             if customer.customer_id in seen:
-                raise ValueError(
-                    f"customers[{i}].customer_id: {customer.customer_id!r} appears more than "
-                    f"once (an integer id is the same customer as its string); send each "
-                    f"customer once with all their transactions"
-                )
+                _invalid(("customers", i, "customer_id"), customer.customer_id,
+                         f"{customer.customer_id!r} appears more than once (an integer id is "
+                         f"the same customer as its string); send each customer once with "
+                         f"all their transactions")
             seen.add(customer.customer_id)
             if self.as_of is None:
                 continue
             for j, tx in enumerate(customer.transactions):
                 if tx.timestamp >= self.as_of:
-                    raise ValueError(
-                        f"customers[{i}].transactions[{j}].timestamp: "
-                        f"{tx.timestamp.isoformat()} is not before as_of "
-                        f"{self.as_of.isoformat()} (features only see events before the cutoff)"
-                    )
+                    _invalid(("customers", i, "transactions", j, "timestamp"),
+                             tx.timestamp.isoformat(),
+                             f"{tx.timestamp.isoformat()} is not before as_of "
+                             f"{self.as_of.isoformat()} (features only see events before the "
+                             f"cutoff)")
         return self
+
+
+def _invalid(loc: tuple[str | int, ...], value: Any, message: str) -> None:
+    """Raise a validation error of one field (``loc``) with ``message``: from a model
+    validator, a ValidationError's errors keep their location (a ValueError's is empty)."""
+    raise ValidationError.from_exception_data("ScoreRequest", [InitErrorDetails(
+        type=PydanticCustomError("value_error", "{message}", {"message": message}),
+        loc=loc, input=value)])
 
 
 class HighRiskRequest(BaseModel):
@@ -371,7 +384,7 @@ class HighRiskRequest(BaseModel):
                     "the high-risk customers only. Null or an empty list: every band, "
                     "the ranked list of every customer scored.")
     min_churn_probability: float = Field(
-        0.0, ge=0.0, le=1.0,
+        0.0, ge=0.0, le=1.0, allow_inf_nan=False,  # NaN: "a finite number", not "<= 1"
         description="Minimum churn probability (applies together with `churn_risk`).")
     min_value: float = Field(0.0, ge=0.0, allow_inf_nan=False,
                              description="Minimum predicted value (CLV).")

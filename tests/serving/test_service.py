@@ -945,6 +945,39 @@ def test_bad_input_is_a_4xx_naming_the_field(client, path, raw, status, words) -
         assert body["detail"] and all("input" not in d for d in body["detail"])
 
 
+@pytest.mark.parametrize(("body", "loc", "words"), [
+    ({"customers": [{"customer_id": "a", "transactions": [_TX]}], "as_of": "2011-10-01"},
+     ["customers", 0, "transactions", 0, "timestamp"], ("is not before as_of",)),
+    ({"customers": [{"customer_id": "a", "transactions": [_TX]},
+                    {"customer_id": "b", "transactions": [_TX, {**_TX, "timestamp":
+                                                                "2011-12-01T00:00:00"}]}],
+      "as_of": "2011-11-15"},
+     ["customers", 1, "transactions", 1, "timestamp"], ("is not before as_of",)),
+    ({"customers": [{"customer_id": 13047, "transactions": [_TX]},
+                    {"customer_id": "13047", "transactions": [_TX]}]},
+     ["customers", 1, "customer_id"], ("more than once",)),
+], ids=["as_of", "as_of-second-customer", "duplicate"])
+def test_score_consistency_errors_name_their_field_in_detail(client, body, loc, words) -> None:
+    """The /score checks across fields (each customer once, transactions before as_of) gave
+    `detail` entries with an empty `loc` although `error` named the field: a client reading
+    `detail` could not tell which field was wrong."""
+    out = assert_clean_error(post(client, "/score", body, "admin"), 422, *words)
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    assert out["error"].startswith(f"{where}: ")
+    assert [d["loc"] for d in out["detail"]] == [loc]
+    assert not out["detail"][0]["msg"].startswith(where)  # the field is in loc, not msg
+
+
+@pytest.mark.parametrize("value", [b"NaN", b"Infinity", b"-Infinity"])
+def test_a_min_churn_probability_that_is_not_a_number_says_so(client, value) -> None:
+    """NaN was refused as "should be less than or equal to 1", a bound it does not break."""
+    out = assert_clean_error(post(client, "/high_risk", key="marketing",
+                                  content=b'{"min_churn_probability": ' + value + b"}",
+                                  headers={"Content-Type": "application/json"}),
+                             422, "min_churn_probability", "finite number")
+    assert "less than" not in out["error"] and "greater than" not in out["error"]
+
+
 def test_oversized_body_is_413(client) -> None:
     big = json.dumps({"customer_ids": ["x" * 100] * 25_000})  # ~2.6 MB
     assert_clean_error(post(client, "/predict", content=big.encode(),
