@@ -1446,11 +1446,12 @@ class GuardMiddleware:
     * Anything else needs ``Authorization: Bearer <key>`` with the endpoint's scope
       (`serving.keys.ENDPOINT_SCOPES`): 401 / 403 ``{"error": ...}`` with ``WWW-Authenticate``.
       A key store that cannot be read fails closed (503).
-    * The API endpoints take ``application/json`` only, uncompressed, in UTF-8 (415
-      otherwise: another ``Content-Type``, a ``Content-Encoding`` such as gzip, a UTF-16 or
+    * The API endpoints take ``application/json`` only (a request without a
+      ``Content-Type`` is read as JSON), uncompressed, in UTF-8 (415 otherwise: another
+      ``Content-Type``, a ``Content-Encoding`` such as gzip, a UTF-16 or
       UTF-32 body, bytes that are not UTF-8: `_encoding_problem`; a UTF-8 byte order mark is
       dropped) and at most ``max_body_bytes`` (413, from ``Content-Length`` or while reading
-      a chunked body).
+      a chunked body, its message naming the body's size and this limit: `_too_large`).
     * BentoML answers a request that fails validation with 400 and pydantic's error list; it
       is rewritten to 422 ``{"error": "customer_ids: List should have at most 1000 items
       ...", "detail": [...]}`` (400 ``request body is not valid JSON: ...`` for bad JSON), and a
@@ -1536,7 +1537,7 @@ class GuardMiddleware:
                 await _json(send, 400, {"error": "invalid Content-Length header"})
                 return
             if int(length) > self.max_body_bytes:
-                await _json(send, 413, self._too_large(path))
+                await _json(send, 413, self._too_large(path, int(length)))
                 return
         body = bytearray()
         while True:
@@ -1545,7 +1546,7 @@ class GuardMiddleware:
                 return
             body.extend(message.get("body", b""))
             if len(body) > self.max_body_bytes:
-                await _json(send, 413, self._too_large(path))
+                await _json(send, 413, self._too_large(path, None))
                 return
             if not message.get("more_body", False):
                 break
@@ -1590,13 +1591,24 @@ class GuardMiddleware:
         await send({"type": "http.response.body", "body": b"" if head else body,
                     "more_body": False})
 
-    def _too_large(self, path: str) -> dict[str, str]:
+    def _too_large(self, path: str, length: int | None) -> dict[str, str]:
+        """The 413's message: the body's size (``length``, from Content-Length; None when
+        it was counted while reading), the limit it broke, which is on bytes, not on the
+        number of ids or customers (those are 422s), and what to send instead."""
         from serving.schemas import MAX_IDS, MAX_SCORE_CUSTOMERS
 
-        what = {"/predict": f": send at most {MAX_IDS:,} ids per request",
-                "/score": f": send at most {MAX_SCORE_CUSTOMERS:,} customers per request"}
-        return {"error": f"request body too large: at most {self.max_body_bytes:,} bytes "
-                         f"(the server's LIFECAST_MAX_BODY_BYTES){what.get(path, '')}"}
+        size = f"{length:,} bytes, more than" if length is not None else "more than"
+        per_tx = 100  # bytes of a transaction with order and product ids, as JSON
+        advice = {
+            "/predict": f": send fewer ids per request (at most {MAX_IDS:,})",
+            "/score": (f": send fewer transactions per request, splitting the customers over "
+                       f"several requests (about {self.max_body_bytes // per_tx:,} "
+                       f"transactions of {per_tx} bytes fit in one, whatever the number of "
+                       f"customers, at most {MAX_SCORE_CUSTOMERS:,})"),
+        }
+        return {"error": f"request body too large: {size} the server's limit of "
+                         f"{self.max_body_bytes:,} bytes (LIFECAST_MAX_BODY_BYTES, a limit "
+                         f"on the body's size){advice.get(path, '')}"}
 
 
 def _headers(scope: Scope) -> dict[str, str]:

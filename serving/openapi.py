@@ -55,8 +55,10 @@ ERROR_STATUSES: dict[int, str] = {
          "<key>` with a key from `lifecast keys create`. Carries `WWW-Authenticate: Bearer`.",
     403: "The key lacks this endpoint's scope (`predict` for /predict and /score, `lists` "
          "for /high_risk and /segments).",
-    413: "The body is larger than the service's limit (LIFECAST_MAX_BODY_BYTES, 2 MB by "
-         "default).",
+    413: "The body is larger than the service's limit on its size (LIFECAST_MAX_BODY_BYTES, "
+         "2 MB by default; `error` gives the body's size): for /score it binds before the "
+         "limits on customers and transactions (about 20,000 transactions of 100 bytes fit "
+         "in 2 MB, far fewer than 100 customers of 1,000).",
     415: "The Content-Type is not application/json, the body is compressed "
          "(Content-Encoding: gzip, ...): send it uncompressed, or it is not UTF-8 (UTF-16, "
          "UTF-32, Latin-1 bytes): send it in UTF-8 (a UTF-8 byte order mark is ignored).",

@@ -982,12 +982,21 @@ def test_oversized_body_is_413(client) -> None:
     big = json.dumps({"customer_ids": ["x" * 100] * 25_000})  # ~2.6 MB
     assert_clean_error(post(client, "/predict", content=big.encode(),
                             headers={"Content-Type": "application/json"}), 413, "too large",
-                       "send at most 1,000 ids per request")
-    big_score = json.dumps({"customers": [{"customer_id": "x" * 100, "transactions": []}]
-                            * 25_000})
-    assert_clean_error(post(client, "/score", content=big_score.encode(),
-                            headers={"Content-Type": "application/json"}), 413, "too large",
-                       "send at most 100 customers per request")
+                       f"{len(big):,} bytes, more than the server's limit of 2,097,152 bytes",
+                       "send fewer ids per request (at most 1,000)")
+    # the tester's case: 100 customers, which a request may hold, whose 300 transactions
+    # each make the body too large; it said "send at most 100 customers per request"
+    tx = {"timestamp": "2011-03-04T12:42:00", "amount": 1.65, "order_id": "545645",
+          "product_id": "22652"}
+    big_score = json.dumps({"customers": [{"customer_id": str(i), "transactions": [tx] * 300}
+                                          for i in range(100)]})
+    out = assert_clean_error(post(client, "/score", content=big_score.encode(),
+                                  headers={"Content-Type": "application/json"}), 413,
+                             f"request body too large: {len(big_score):,} bytes, more than "
+                             f"the server's limit of 2,097,152 bytes (LIFECAST_MAX_BODY_BYTES, "
+                             f"a limit on the body's size)", "send fewer transactions",
+                             "about 20,971 transactions")
+    assert "at most 100 customers per request" not in out["error"]
 
     def chunks():  # no Content-Length: counted while reading
         for _ in range(30):
@@ -1016,6 +1025,11 @@ def test_other_media_types_are_415(client) -> None:
     plain = post(client, "/predict", {"customer_ids": ["1"]},
                  headers={"Content-Encoding": "identity"})
     assert plain.status_code == 200, plain.text
+    # no Content-Type at all is read as JSON (README says so)
+    bare = client.build_request("POST", "/predict", content=b'{"customer_ids": ["1"]}',
+                                headers={"Authorization": f"Bearer {_tok['admin']}"})
+    assert "content-type" not in bare.headers
+    assert client.send(bare).status_code == 200
 
 
 def test_a_utf8_byte_order_mark_is_ignored(client, stored) -> None:
