@@ -989,19 +989,14 @@ class Runtime:
                   client: str | None = None) -> HighRiskResponse | str:
         """The ranked list (JSON model, or CSV text for ``format="csv"``), audited."""
         self._batch()  # not ready (503) until the store holds a batch
-        try:
-            frame, total = self._store_call(
-                self.store.ranked,
-                min_churn_probability=request.min_churn_probability,
-                min_value=request.min_value,
-                segments=list(request.segments) if request.segments else None,
-                churn_risk=list(request.churn_risk) if request.churn_risk else None,
-                limit=request.limit, offset=request.offset, batch_id=request.batch_id,
-            )
-        except ServiceError as exc:
-            if exc.status != 409 or request.batch_id is None:
-                raise
-            raise ServiceError(409, self._not_current(request.batch_id)) from None
+        frame, total = self._store_call(  # a batch_id not current: 409 saying why
+            self.store.ranked,
+            min_churn_probability=request.min_churn_probability,
+            min_value=request.min_value,
+            segments=list(request.segments) if request.segments else None,
+            churn_risk=list(request.churn_risk) if request.churn_risk else None,
+            limit=request.limit, offset=request.offset, batch_id=request.batch_id,
+        )
         filters = request.model_dump(exclude={"format"})
         self._audit("/high_risk", filters, len(frame), request.format, key, client)
         if request.format == "csv":
@@ -1014,31 +1009,6 @@ class Runtime:
             limit=request.limit, offset=request.offset,
             customers=[_stored_prediction(r) for r in frame.to_dict("records")],
         )
-
-    def _not_current(self, batch_id: str) -> str:
-        """The 409 of a /high_risk ``batch_id`` that is not the store's current batch: "was
-        rescored since" only when the store still keeps that batch (it keeps the last
-        ``keep_batches``), else that it is unknown or a batch since deleted."""
-        restart = ("start the list again at offset 0 with the current batch (no batch_id); "
-                   "pages of two batches would skip and repeat customers")
-        try:
-            kept = self.store.batches()
-        except Exception:  # the status stands; the message says less
-            logger.warning("cannot list the customer store's batches", exc_info=True)
-            return (f"batch_id {batch_id!r} is not the customer store's current batch (an "
-                    f"unknown id, or a batch rescored since); {restart}")
-        current = kept[kept["is_current"]]
-        now = ""
-        if len(current):
-            row = current.iloc[0]
-            now = (f" (now batch {row['batch_id']!r}, as of "
-                   f"{_py_datetime(row['as_of']).isoformat()})")
-        if batch_id in set(kept.loc[~kept["is_current"], "batch_id"]):
-            return (f"batch_id {batch_id!r} is no longer the customer store's current batch: "
-                    f"it was rescored since{now}; {restart}")
-        return (f"batch_id {batch_id!r} is not the customer store's current batch{now} nor "
-                f"one of the {len(kept)} it keeps: an unknown id, or a batch rescored since "
-                f"and deleted; send the batch_id the list's first page answered, or {restart}")
 
     def segments(self, request: SegmentsRequest, *, key: KeyRecord | None = None,
                  client: str | None = None) -> SegmentsResponse | str:

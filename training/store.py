@@ -179,8 +179,8 @@ class StoreUnreachableError(StoreUnavailableError, TemporaryFailure):
 
 
 class BatchChangedError(StoreError):
-    """A read asked for a batch (`CustomerStore.ranked`'s ``batch_id``) that is no longer the
-    current one: the store was rescored since."""
+    """A read asked for a batch (`CustomerStore.ranked`'s ``batch_id``) that is not the
+    current one: the store was rescored since, or the id is unknown."""
 
 
 # -- schema ------------------------------------------------------------------------------------
@@ -1205,6 +1205,24 @@ class CustomerStore:
             self._batch_infos[(batch_no, batch_id)] = info
         return info
 
+    @staticmethod
+    def _not_current(conn: Connection, batch: Mapping[str, Any], batch_id: str) -> str:
+        """Why ``batch_id`` is not the current ``batch``, read in the same transaction: a
+        batch the store keeps was rescored since; any other id (it said "rescored since" of
+        "bogus" too) is unknown, or a batch rescored and deleted since."""
+        now = (f"now batch {batch['batch_id']!r}, as of "
+               f"{pd.Timestamp(batch['as_of']).isoformat()}")
+        restart = ("start the list again at offset 0 with the current batch (no batch_id); "
+                   "pages of two batches would skip and repeat customers")
+        kept = conn.execute(sa.select(_batches.c.batch_no)
+                            .where(_batches.c.batch_id == batch_id)).first()
+        if kept is not None:
+            return (f"batch_id {batch_id!r} is no longer the customer store's current batch: "
+                    f"it was rescored since ({now}); {restart}")
+        return (f"batch_id {batch_id!r} is not the customer store's current batch ({now}) "
+                f"nor one it keeps: an unknown id, or a batch rescored since and deleted; "
+                f"send the batch_id the list's first page answered, or {restart}")
+
     def ranked(
         self,
         *,
@@ -1260,11 +1278,7 @@ class CustomerStore:
             conditions.append(_scores.c.churn_risk.in_(bands))
         with self._read() as (conn, batch):
             if batch_id is not None and batch["batch_id"] != batch_id:
-                raise BatchChangedError(
-                    f"batch_id {batch_id!r} is no longer the customer store's current batch: "
-                    f"it was rescored since (now batch {batch['batch_id']!r}, as of "
-                    f"{pd.Timestamp(batch['as_of']).isoformat()}); start the list again at "
-                    f"offset 0 (pages of two batches would skip and repeat customers)")
+                raise BatchChangedError(self._not_current(conn, batch, batch_id))
             where = [_scores.c.batch_no == batch["batch_no"], *conditions]
             total = conn.execute(
                 sa.select(sa.func.count()).select_from(_scores).where(*where)).scalar_one()

@@ -281,6 +281,13 @@ def test_ranked_pages_are_pinned_to_the_batch_of_the_first(store: CustomerStore)
                                                 rf".*offset 0"):
         store.ranked(limit=5, offset=10, batch_id=pinned)
     assert store.ranked(limit=5, offset=5, batch_id=moved.attrs["batch_id"])[0].equals(moved)
+    # an id that never was a batch here is not said to be rescored (it was)
+    with pytest.raises(BatchChangedError) as info:
+        store.ranked(limit=5, batch_id="bogus")
+    assert "rescored since (" not in str(info.value)
+    assert str(info.value).startswith(f"batch_id 'bogus' is not the customer store's current "
+                                      f"batch (now batch '{moved.attrs['batch_id']}'")
+    assert "nor one it keeps: an unknown id" in str(info.value)
 
 
 def test_segment_summary(store: CustomerStore) -> None:
