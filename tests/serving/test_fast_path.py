@@ -377,6 +377,25 @@ def test_lookup_equals_get_customers_postgres(world, pg_url: str, stored_batch) 
         store.close()
 
 
+def _runtime_on_a_copy(world, runtime, tmp_path: Path, stored_batch, url: str | None = None):
+    """(a `Runtime` of the test service's models over a new customer store holding the
+    current batch, the batch's customer ids, the store's folder): the store at ``url``,
+    else a SQLite file in ``tmp_path / "store"``."""
+    from serving.app import Runtime
+    from serving.audit import AuditLog
+
+    scores, feats = stored_batch(world.store_url)
+    folder = tmp_path / "store"
+    url = url or CustomerStore.default_url(folder)
+    writer = CustomerStore(url)
+    writer.write_batch(scores, feats, as_of=world.as_of,
+                       model_versions={"churn": "7", "clv": "8"})
+    writer.close()
+    rt = Runtime(runtime.models, CustomerStore(url), AuditLog(tmp_path / "audit.log"),
+                 store_check_seconds=0)
+    return rt, scores["customer_id"].tolist(), folder
+
+
 def test_readiness_follows_the_store_going_away_and_coming_back(world, runtime, tmp_path,
                                                                  stored_batch) -> None:
     """/readyz (`Runtime.is_ready`) tells a load balancer the truth: once a batch was loaded,
@@ -385,18 +404,10 @@ def test_readiness_follows_the_store_going_away_and_coming_back(world, runtime, 
     ready; now it is not ready until the store answers again."""
     import shutil
 
-    from serving.app import Runtime, ServiceError
-    from serving.audit import AuditLog
+    from serving.app import ServiceError
 
-    scores, feats = stored_batch(world.store_url)
-    folder = tmp_path / "store"
-    store = CustomerStore(CustomerStore.default_url(folder))
-    store.write_batch(scores, feats, as_of=world.as_of,
-                      model_versions={"churn": "7", "clv": "8"})
-    store.close()
-    rt = Runtime(runtime.models, CustomerStore(store.url), AuditLog(tmp_path / "audit.log"),
-                 store_check_seconds=0)
-    ids = scores["customer_id"].tolist()[:3]
+    rt, ids, folder = _runtime_on_a_copy(world, runtime, tmp_path, stored_batch)
+    ids = ids[:3]
     try:
         assert rt.is_ready()
         assert len(rt.predict(ids).predictions) == 3
@@ -421,23 +432,16 @@ def test_predict_is_503_while_postgresql_is_down(world, runtime, tmp_path, store
     """A stopped PostgreSQL server made /predict answer 500 (a traceback in the log) while
     /high_risk answered 503: the pool raises the driver's own error from
     ``raw_connection``, which the fast path did not catch. Both are 503 now."""
-    from serving.app import Runtime, ServiceError
-    from serving.audit import AuditLog
+    from serving.app import ServiceError
 
     pg = _pg_helper()
     reason = pg.unavailable_reason()
     if reason is not None:
         pytest.skip(f"no PostgreSQL to test against: {reason}")
-    scores, feats = stored_batch(world.store_url)
-    ids = scores["customer_id"].tolist()[:3]
     with pg.postgres_server() as server:
-        url = pg.create_database(server)
-        writer = CustomerStore(url)
-        writer.write_batch(scores, feats, as_of=world.as_of,
-                           model_versions={"churn": "7", "clv": "8"})
-        writer.close()
-        rt = Runtime(runtime.models, CustomerStore(url), AuditLog(tmp_path / "audit.log"),
-                     store_check_seconds=0)
+        rt, ids, _ = _runtime_on_a_copy(world, runtime, tmp_path, stored_batch,
+                                        pg.create_database(server))
+        ids = ids[:3]
         assert len(rt.predict(ids).predictions) == 3  # its pool keeps the connection
     try:
         for ask in (lambda: rt.predict(ids), lambda: rt.predict_frames(ids),
@@ -460,18 +464,9 @@ def test_a_store_corrupted_under_a_live_connection_is_503_not_500(
     connection opened after the damage."""
     import sqlite3
 
-    from serving.app import Runtime, ServiceError
-    from serving.audit import AuditLog
+    from serving.app import ServiceError
 
-    scores, feats = stored_batch(world.store_url)
-    folder = tmp_path / "store"
-    store = CustomerStore(CustomerStore.default_url(folder))
-    store.write_batch(scores, feats, as_of=world.as_of,
-                      model_versions={"churn": "7", "clv": "8"})
-    store.close()
-    rt = Runtime(runtime.models, CustomerStore(store.url), AuditLog(tmp_path / "audit.log"),
-                 store_check_seconds=0)
-    ids = scores["customer_id"].tolist()
+    rt, ids, folder = _runtime_on_a_copy(world, runtime, tmp_path, stored_batch)
     try:
         assert len(rt.predict(ids[:3]).predictions) == 3  # the pool keeps its connection
         db = folder / "lifecast_store.db"
