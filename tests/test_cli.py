@@ -400,6 +400,22 @@ def test_a_too_long_horizon_names_the_flags_on_the_command_line(sales_csv, tmp_p
     assert "--" not in msg
 
 
+def test_models_and_promote_leave_no_temporary_folders(registry):
+    """Reading a version's feature definitions from its MLmodel (versions without the tag)
+    went through mlflow.models.get_model_info, which downloads into a temporary folder it
+    never removes when the artifacts are not local files (here runs:/ sources; a tracking
+    server's too): each `lifecast models` and `promote` left one per version (26 per CI
+    run, from these tests)."""
+    import tempfile
+
+    temp = Path(tempfile.gettempdir())
+    before = set(temp.glob("tmp*"))
+    first = registry()
+    assert runner.invoke(app, ["models"]).exit_code == 0
+    assert runner.invoke(app, ["promote", "--run", first]).exit_code == 0
+    assert sorted(set(temp.glob("tmp*")) - before) == []
+
+
 def test_promote_says_when_the_run_already_is_champion(registry):
     first, second = registry(), registry()
     res = runner.invoke(app, ["promote", "--run", first])

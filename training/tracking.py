@@ -2184,11 +2184,18 @@ def _version_definitions(name: str, version: str | int, tags: Mapping[str, str])
     """The feature definitions a registered version was built with: its tag (since session
     14), else its pyfunc's metadata (session 13; nothing there before: version 1); NA when
     the version's artifacts are gone."""
+    from mlflow.models import Model
+
     if DEFINITIONS_KEY in tags:
         return int(tags[DEFINITIONS_KEY])
+    # its MLmodel file alone, into a folder removed after: `mlflow.models.get_model_info`
+    # downloads it into a new temporary folder it never removes (one left per version
+    # each time `lifecast models` or `promote` looked)
     try:
-        with _quiet():
-            meta = mlflow.models.get_model_info(f"models:/{name}/{version}").metadata
+        with tempfile.TemporaryDirectory(prefix="lifecast-mlmodel-") as tmp, _quiet():
+            path = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{name}/{version}/MLmodel", dst_path=tmp)
+            meta = Model.load(path).metadata
     except (MlflowException, OSError):
         return pd.NA
     return recorded_definitions(meta)
