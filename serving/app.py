@@ -798,8 +798,10 @@ class Runtime:
         batch_versions = _str_versions(batch.model_versions)
         rescore = batch_versions != m.versions
         missing = self._missing(batch.feature_columns, batch_versions)
-        refusal = self._refusal(batch.batch_id, missing, batch.metadata, batch_versions,
-                                self._batch_created_at(batch.batch_id))
+        state = self._state  # the loaded batch's refusal was made when it was loaded
+        refusal = (state.refusal if state is not None and state.batch_id == batch.batch_id
+                   else self._refusal(batch.batch_id, missing, batch.metadata,
+                                      batch_versions, self._batch_created_at(batch.batch_id)))
         churn_index = np.array([position.get(n, -1) for n in m.churn_names], dtype=np.intp)
         value_index = (None if m.value_names == m.churn_names else
                        np.array([position.get(n, -1) for n in m.value_names], dtype=np.intp))
@@ -815,11 +817,8 @@ class Runtime:
         return layout
 
     def _batch_created_at(self, batch_id: str) -> datetime | None:
-        """When a batch was written: the loaded batch's time, else read from the store's
-        kept batches (once per batch, for `_fix`); None when it cannot be told."""
-        state = self._state
-        if state is not None and state.batch_id == batch_id:
-            return state.created_at
+        """When a batch other than the loaded one was written, read from the store's kept
+        batches (once per batch, for `_fix`); None when it cannot be told."""
         try:
             kept = self.store.batches()
         except Exception:  # a hint only: `_fix` then names both ways
@@ -1468,9 +1467,10 @@ class GuardMiddleware:
         if is_open_path(path):
             # their answers stay BentoML's, but for a wrong method or a missing asset, and
             # /readyz's 503, which says why (BentoML's says only that it is not ready)
-            if path == READY_PATH and self.not_ready is not None:
-                send = _NotReadyRewriter(send, scope, self.not_ready)
-            await self.app(scope, receive, _ErrorRewriter(send, scope, statuses=(404, 405)))
+            rewriter = (_ReadyRewriter(send, scope, self.not_ready)
+                        if path == READY_PATH and self.not_ready is not None
+                        else _ErrorRewriter(send, scope, statuses=(404, 405)))
+            await self.app(scope, receive, rewriter)
             return
         headers = _headers(scope)
         try:
@@ -1663,51 +1663,6 @@ async def _json(send: Send, status: int, body: dict[str, Any],
     await send({"type": "http.response.body", "body": data, "more_body": False})
 
 
-class _NotReadyRewriter:
-    """Wraps ``send`` of a /readyz request: a 503 gets the body ``{"error": "not ready:
-    <why>"}`` with ``why`` from ``reason()`` (the service's `Runtime.not_ready`, set by the
-    readiness check BentoML has just run), so that whoever looks at the probe sees why
-    (BentoML's body says only that ``__is_ready__`` returned False). When ``reason()`` has
-    nothing to say, the answer stays BentoML's."""
-
-    def __init__(self, send: Send, scope: Scope, reason: Callable[[], str | None]) -> None:
-        self.send = send
-        self.scope = scope
-        self.reason = reason
-        self.start: Message | None = None
-        self.body = bytearray()
-
-    async def __call__(self, message: Message) -> None:
-        if message["type"] == "http.response.start" and int(message["status"]) == 503:
-            self.start = message
-            return
-        if self.start is None or message["type"] != "http.response.body":
-            await self.send(message)
-            return
-        self.body.extend(message.get("body", b""))
-        if message.get("more_body", False):
-            return
-        try:
-            why = self.reason()
-        except Exception:  # the probe's status is what counts: keep BentoML's answer
-            logger.warning("cannot tell why the service is not ready", exc_info=True)
-            why = None
-        if not why:
-            await self.send(self.start)
-            await self.send({"type": "http.response.body", "body": bytes(self.body),
-                             "more_body": False})
-            return
-        data = json.dumps({"error": f"not ready: {why}"}).encode("utf-8")
-        kept = [(k, v) for k, v in self.start.get("headers", [])
-                if k.lower() not in (b"content-length", b"content-type")]
-        kept += [(b"content-type", b"application/json"),
-                 (b"content-length", str(len(data)).encode())]
-        head = self.scope.get("method") == "HEAD"
-        await self.send({"type": "http.response.start", "status": 503, "headers": kept})
-        await self.send({"type": "http.response.body", "body": b"" if head else data,
-                         "more_body": False})
-
-
 class _ErrorRewriter:
     """Wraps ``send``: buffers the answers of ``statuses`` (default: 400, 404, 405 and 5xx)
     and rewrites their bodies to ``{"error": ...}`` (`rewrite_error`; for a ``HEAD`` request
@@ -1739,11 +1694,13 @@ class _ErrorRewriter:
         self.body.extend(message.get("body", b""))
         if message.get("more_body", False):
             return
-        headers = {k.lower(): v for k, v in self.start.get("headers", [])}
-        allow = headers.get(b"allow", b"").decode("latin-1")
-        status, payload = rewrite_error(int(self.start["status"]), bytes(self.body),
-                                        method=str(self.scope.get("method", "")),
-                                        path=str(self.scope.get("path", "")), allow=allow)
+        rewritten = self._rewritten(int(self.start["status"]), bytes(self.body))
+        if rewritten is None:  # the answer stays as it was
+            await self.send(self.start)
+            await self.send({"type": "http.response.body", "body": bytes(self.body),
+                             "more_body": False})
+            return
+        status, payload = rewritten
         data = json.dumps(payload).encode("utf-8")
         kept = [(k, v) for k, v in self.start.get("headers", [])
                 if k.lower() not in (b"content-length", b"content-type")]
@@ -1753,6 +1710,36 @@ class _ErrorRewriter:
         await self.send({"type": "http.response.start", "status": status, "headers": kept})
         await self.send({"type": "http.response.body", "body": b"" if head else data,
                          "more_body": False})
+
+    def _rewritten(self, status: int, body: bytes) -> tuple[int, dict[str, Any]] | None:
+        """(status, JSON payload) of a buffered answer; None keeps it as it was."""
+        assert self.start is not None
+        headers = {k.lower(): v for k, v in self.start.get("headers", [])}
+        allow = headers.get(b"allow", b"").decode("latin-1")
+        return rewrite_error(status, body, method=str(self.scope.get("method", "")),
+                             path=str(self.scope.get("path", "")), allow=allow)
+
+
+class _ReadyRewriter(_ErrorRewriter):
+    """`_ErrorRewriter` of a /readyz request (404 and 405 as for the other open paths): a
+    503 gets the body ``{"error": "not ready: <why>"}`` with ``why`` from ``reason()`` (the
+    service's `Runtime.not_ready`, set by the readiness check BentoML has just run), so that
+    whoever looks at the probe sees why (BentoML's body says only that ``__is_ready__``
+    returned False). When ``reason()`` has nothing to say, the 503 stays BentoML's."""
+
+    def __init__(self, send: Send, scope: Scope, reason: Callable[[], str | None]) -> None:
+        super().__init__(send, scope, statuses=(404, 405, 503))
+        self.reason = reason
+
+    def _rewritten(self, status: int, body: bytes) -> tuple[int, dict[str, Any]] | None:
+        if status != 503:
+            return super()._rewritten(status, body)
+        try:
+            why = self.reason()
+        except Exception:  # the probe's status is what counts: keep BentoML's answer
+            logger.warning("cannot tell why the service is not ready", exc_info=True)
+            return None
+        return (503, {"error": f"not ready: {why}"}) if why else None
 
 
 def rewrite_error(status: int, body: bytes, *, method: str = "", path: str = "",
