@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -183,21 +184,15 @@ def clean_env() -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="session")
-def workdir(world, tmp_path_factory):
-    """A working folder as `lifecast train` and `lifecast score` leave it: an MLflow registry
-    (mlflow.db) with the trained models as champions, a customer store scored by them
-    (lifecast_store.db) and API keys (.lifecast/keys.json). ``(folder, versions, tokens)``:
-    the champions' registry versions by kind, the keys by name (crm: predict, marketing:
-    lists, admin: both)."""
+def _register_champions(world, folder: Path, then: Callable[[], Any] | None = None):
+    """Log ``world``'s trained models to an MLflow registry (mlflow.db) in ``folder`` as the
+    champions, run ``then()`` while the tracking store is that one, and put the global
+    tracking URI back; returns `log_training`'s summary (and ``then``'s result)."""
     import mlflow
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    from serving.keys import KeyStore
     from training import tracking
-    from training.scoring import score
 
-    folder = tmp_path_factory.mktemp("served")
     previous = tracking_utils._tracking_uri
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -206,11 +201,32 @@ def workdir(world, tmp_path_factory):
         tracking.configure(folder)
         try:
             summary = tracking.log_training(world.train_result, source="demo", promote="always")
-            champions = tracking.load_champions(folder / "downloads")
-            score(world.transactions, store_url=f"sqlite:///{folder / 'lifecast_store.db'}",
-                  models=champions)
+            return summary, (then() if then is not None else None)
         finally:
             mlflow.set_tracking_uri(previous)
+
+
+@pytest.fixture(scope="session")
+def register_champions():
+    """`_register_champions`, for tests that need a registry of their own."""
+    return _register_champions
+
+
+@pytest.fixture(scope="session")
+def workdir(world, tmp_path_factory):
+    """A working folder as `lifecast train` and `lifecast score` leave it: an MLflow registry
+    (mlflow.db) with the trained models as champions, a customer store scored by them
+    (lifecast_store.db) and API keys (.lifecast/keys.json). ``(folder, versions, tokens)``:
+    the champions' registry versions by kind, the keys by name (crm: predict, marketing:
+    lists, admin: both)."""
+    from serving.keys import KeyStore
+    from training import tracking
+    from training.scoring import score
+
+    folder = tmp_path_factory.mktemp("served")
+    summary, _ = _register_champions(world, folder, lambda: score(
+        world.transactions, store_url=f"sqlite:///{folder / 'lifecast_store.db'}",
+        models=tracking.load_champions(folder / "downloads")))
     keys = KeyStore(folder / ".lifecast" / "keys.json")
     tokens = {name: keys.create(name, scopes)[1] for name, scopes in
               (("crm", ["predict"]), ("marketing", ["lists"]), ("admin", ["predict", "lists"]))}

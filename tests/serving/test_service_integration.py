@@ -303,32 +303,17 @@ def test_a_second_server_leaves_the_first_ones_metrics_alone(server, clean_env,
     assert _requests_counted(server["url"], "/segments") == before + 1
 
 
-def test_serve_without_the_champions_artifacts_is_a_one_line_error(world, clean_env,
-                                                                   tmp_path) -> None:
+def test_serve_without_the_champions_artifacts_is_a_one_line_error(world, clean_env, tmp_path,
+                                                                   register_champions) -> None:
     """The registry names a champion whose artifacts are gone (mlartifacts/ moved away):
     one line naming the version, where its artifacts should be and what to do, exit code 2
     (it was a traceback ending in BentoML's 'artifact "models:/lifecast-churn/1" is not a
     MLflow model', exit code 1). Nothing is left in BentoML's model store."""
     import shutil
 
-    import mlflow
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
-    from training import tracking
-
     folder = tmp_path / "work"
     folder.mkdir()
-    previous = tracking_utils._tracking_uri
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        mp.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        mp.setattr(tracking, "_last_set_uri", None)
-        tracking.configure(folder)
-        try:
-            summary = tracking.log_training(world.train_result, source="demo",
-                                            promote="always")
-        finally:
-            mlflow.set_tracking_uri(previous)
+    summary, _ = register_champions(world, folder)
     shutil.move(folder / "mlartifacts", tmp_path / "mlartifacts.moved")
     home = tmp_path / "bentoml"
     env = {**clean_env, "BENTOML_HOME": str(home)}
