@@ -140,10 +140,11 @@ def import_champions(workdir: str | os.PathLike[str] = ".") -> dict[str, str]:
             # artifact store without them (RESOURCE_DOES_NOT_EXIST)
             if isinstance(exc, FileNotFoundError) and bentoml_home_message(exc):
                 raise  # BentoML's own store, not the artifacts (`serve_cmd` says so)
-            if unanswered_reason(exc) is not None:  # a server that did not answer: later
+            reason = unanswered_reason(exc)
+            if reason is not None:  # a server that did not answer: later
                 raise TrackingServerUnreachableError(
                     f"the MLflow artifacts of the champion {name} v{mv.version} could not be "
-                    f"downloaded: {unanswered_reason(exc)}") from exc
+                    f"downloaded: {reason}") from exc
             raise ChampionArtifactsError(
                 _artifacts_message(client, name, str(mv.version), exc)) from exc
         tags[kind] = str(model.tag)
