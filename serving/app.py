@@ -555,7 +555,9 @@ class Runtime:
         is rescored by ``rescore``. A batch whose time is unknown gets both."""
         restart = ("restart `lifecast serve` so that it serves the current champions (it "
                    "loads them when it starts; `lifecast score` would only score with them "
-                   "again)")
+                   "again; a built Bento carries the models it was built with: run "
+                   "`lifecast serve --dry-run` and `bentoml build` again and serve the new "
+                   "Bento)")
         if created_at is None:
             return (f"if the batch's models are the champions now (`lifecast models` marks "
                     f"them), {restart}; else {rescore} to rescore the store with the "

@@ -261,6 +261,7 @@ def test_a_store_rescored_by_newer_champions_says_to_restart_the_service(
         assert "scored by models churn v9, clv v10" in message
         assert "churn_horizon_days 60 (the service's models: 90)" in message
         assert "restart `lifecast serve`" in message
+        assert "`bentoml build` again" in message  # a built Bento is rebuilt, not restarted
         assert "run `lifecast score`" not in message
         assert rt.not_ready == message
         log = caplog.text
