@@ -32,6 +32,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -88,6 +89,7 @@ def import_champions(workdir: str | os.PathLike[str] = ".") -> dict[str, str]:
     `ChampionArtifactsError` (a LookupError) when a champion's artifacts are missing.
     """
     import bentoml
+    import mlflow.artifacts
     from bentoml.exceptions import BentoMLException, NotFound
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -127,13 +129,21 @@ def import_champions(workdir: str | os.PathLike[str] = ".") -> dict[str, str]:
                 continue
             bentoml.models.delete(tag)  # re-import so that it becomes the latest
         try:
-            model = bentoml.mlflow.import_model(
-                tag,
-                f"models:/{name}/{mv.version}",
-                labels={"registry_version": str(mv.version), "run_id": str(mv.run_id or ""),
-                        "kind": kind, "alias": CHAMPION_ALIAS},
-                metadata={"mlflow_model": name, "registry_version": str(mv.version)},
-            )
+            # MLflow downloads, BentoML imports the local copy: BentoML 1.4's import_model,
+            # given the models:/ URI, turns any failed download into an UnboundLocalError of
+            # its own (its `finally` moves the path the download never returned), which hid
+            # an artifact server that did not answer behind a traceback
+            with tempfile.TemporaryDirectory(prefix="lifecast-import-") as downloads:
+                local = mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"models:/{name}/{mv.version}", dst_path=downloads)
+                model = bentoml.mlflow.import_model(
+                    tag,
+                    local,
+                    labels={"registry_version": str(mv.version),
+                            "run_id": str(mv.run_id or ""), "kind": kind,
+                            "alias": CHAMPION_ALIAS},
+                    metadata={"mlflow_model": name, "registry_version": str(mv.version)},
+                )
         except (BentoMLException, MlflowException, FileNotFoundError) as exc:
             # BentoML: 'artifact "models:/lifecast-churn/2" is not a MLflow model' (MLflow
             # downloaded nothing from a local artifact root that is gone); MLflow: a remote

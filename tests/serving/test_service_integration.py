@@ -9,11 +9,13 @@ lingers: conftest's `start_server`).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -329,3 +331,73 @@ def test_serve_without_the_champions_artifacts_is_a_one_line_error(world, clean_
     assert "MLFLOW_TRACKING_URI" in lines[0] and "lifecast train" in lines[0]
     assert "Traceback" not in result.stderr + result.stdout
     assert not any((home / "models").glob("*/*")), list((home / "models").rglob("*"))
+
+
+def test_serve_while_the_artifact_server_is_down_is_temporary(world, clean_env, tmp_path,
+                                                              register_champions) -> None:
+    """The champions' artifacts are on an MLflow artifact server (`mlflow server
+    --artifacts-only`; the experiment's artifact location its HTTP address, as a tracking store
+    of its own gives it; ``mlflow-artifacts:`` needs the tracking store to be a server too)
+    that is down: `lifecast serve` says the artifacts could not be downloaded and that it is
+    temporary, one line, exit code 75 (EX_TEMPFAIL: a scheduler or supervisor tries again),
+    leaving nothing in BentoML's model store. With the server back, the same command serves
+    (here: imports the champions)."""
+    import httpx
+    import mlflow
+
+    from tests.serving.conftest import _free_port, _stop_group
+
+    port = _free_port()
+    argv = [str(BIN / "mlflow"), "server", "--artifacts-only", "--host", "127.0.0.1",
+            "--port", str(port), "--workers", "1",
+            "--artifacts-destination", str(tmp_path / "served-artifacts")]
+
+    def start() -> subprocess.Popen:
+        proc = subprocess.Popen(argv, cwd=tmp_path, env=clean_env, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, "mlflow server --artifacts-only exited"
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    return proc
+            time.sleep(0.5)
+        _stop_group(proc)
+        raise AssertionError("mlflow server --artifacts-only did not answer /health")
+
+    folder = tmp_path / "work"
+    folder.mkdir()
+    artifacts = start()
+    try:
+        # the experiment `lifecast train` logs to keeps its artifacts on the server
+        mlflow.MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").create_experiment(
+            "lifecast", artifact_location=f"http://127.0.0.1:{port}/api/2.0/mlflow-artifacts/artifacts/lifecast")
+        summary, _ = register_champions(world, folder)
+    finally:
+        _stop_group(artifacts)
+    assert any((tmp_path / "served-artifacts").rglob("MLmodel"))  # logged there, not locally
+    home = tmp_path / "bentoml"
+    env = {**clean_env, "BENTOML_HOME": str(home), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    serve = [str(BIN / "lifecast"), "serve", "--dry-run"]
+    result = subprocess.run(serve, cwd=folder, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 75, result.stdout[-2000:] + result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    version = summary.versions["churn"]
+    assert lines[0].startswith(f"error: the MLflow artifacts of the champion lifecast-churn "
+                               f"v{version} could not be downloaded: "), lines[0]
+    assert lines[0].endswith("This is temporary: running the command again later may "
+                             "succeed"), lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not any((home / "models").glob("*/*")), list((home / "models").rglob("*"))
+
+    artifacts = start()  # back: the same command imports the champions
+    try:
+        result = subprocess.run(serve, cwd=folder, env=env, capture_output=True, text=True,
+                                timeout=600)
+    finally:
+        _stop_group(artifacts)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert f"would serve lifecast-churn:v{version}-" in result.stderr, result.stderr
+    assert {p.name for p in (home / "models").iterdir()} == {"lifecast-churn", "lifecast-clv"}
