@@ -139,9 +139,13 @@ def _quietly(func: Callable[..., Any]) -> Callable[..., Any]:
             uri = masked_url(mlflow.get_tracking_uri())
             reason = unanswered_reason(exc)  # the server went away after it answered
             if reason is not None:
+                # a tracking store that is no server (SQLite, PostgreSQL) keeps its artifacts
+                # on one that is: an artifact server, or an artifact store over HTTP
+                server = (f"the MLflow tracking server at {uri}"
+                          if uri.startswith(("http://", "https://")) else
+                          f"the artifact server of the MLflow tracking store {uri}")
                 raise TrackingServerUnreachableError(
-                    f"the MLflow tracking server at {uri} stopped answering: {reason}"
-                ) from None
+                    f"{server} stopped answering: {reason}") from None
             first = (exc.message or str(exc)).strip().splitlines()[0]
             raise ValueError(f"the MLflow tracking store {uri} failed: {first}. "
                              f"Check MLFLOW_TRACKING_URI (it must name an MLflow tracking "

@@ -391,6 +391,21 @@ def test_serve_while_the_artifact_server_is_down_is_temporary(world, clean_env, 
                              "succeed"), lines[0]
     assert "Traceback" not in result.stderr + result.stdout
     assert not any((home / "models").glob("*/*")), list((home / "models").rglob("*"))
+    # `lifecast score` downloads the champions too: the same, naming the artifact server
+    from features import DEMO_MAPPING, demo_data_path
+
+    m = DEMO_MAPPING
+    mapping = ["--customer-col", m.customer_id, "--timestamp-col", m.timestamp,
+               "--amount", m.amount, "--order-col", m.order_id]
+    scored = subprocess.run(
+        [str(BIN / "lifecast"), "score", "-t", str(demo_data_path()),
+         *mapping],
+        cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+    assert scored.returncode == 75, scored.stdout[-2000:] + scored.stderr[-3000:]
+    assert (f"error: the artifact server of the MLflow tracking store "
+            f"sqlite:///{folder / 'mlflow.db'} stopped answering: ") in scored.stderr
+    assert f"port={port}" in scored.stderr and "Traceback" not in scored.stderr
+    assert not (folder / "lifecast_store.db").exists()
 
     artifacts = start()  # back: the same command imports the champions
     try:
