@@ -2346,7 +2346,11 @@ def _count_customers_orders(raw: Any, table: str, has_order_id: bool) -> tuple[i
     """(distinct customers, distinct (customer, order) pairs) of the contract table; without
     an order_id an order is a customer-day. One GROUP BY customer_id with a per-customer
     distinct count: at 10M rows ~40% cheaper in CPU than two global DISTINCT aggregates."""
-    key = "order_id" if has_order_id else "CAST(timestamp AS DATE)"
+    day = "CAST(timestamp AS DATE)"
+    # rows without an order_id among others with one are customer-day orders (the engine's
+    # `_order_key`): count(DISTINCT) skips their NULL, so their days are counted beside
+    key = (f"order_id) + count(DISTINCT CASE WHEN order_id IS NULL THEN {day} END"
+           if has_order_id else day)
     # fetchall, never fetchone, in this module: DuckDB 2.0 keeps a partly fetched result
     # open and then refuses any other query on the connection (ResourceInUseException)
     return raw.execute(

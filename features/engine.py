@@ -91,9 +91,30 @@ class SharedWork:
     first_seen: Mapping[str, ir.Table]
 
 
+#: the order key of a row without an order_id, among rows with integer ones, is this plus
+#: its day's number since 1970: no real id is near -2^62, and the key only has to differ
+#: from the ids of one customer's orders
+_NO_ID_DAY_BASE = -(2**62)
+#: ... among text ids, this character and the day: a control character no id has
+_NO_ID_DAY_MARK = "\x1f"
+
+
 def _order_key(tx: ir.Table) -> ir.Value:
-    """An order is one order_id, else one customer-day (grouped on the date itself)."""
-    return tx.order_id if "order_id" in tx.columns else tx.timestamp.date()
+    """An order is one order_id, else one customer-day (grouped on the date itself).
+
+    Rows whose order_id is missing among rows that have one are customer-day orders too,
+    DESIGN.md's rule for rows without an order id (and the service's, `serving.app`'s
+    `_contract_frame`). Before, the missing ids were one group: all of a customer's rows
+    without an id, on any day, made one order dated on the first of them."""
+    day = tx.timestamp.date()
+    if "order_id" not in tx.columns:
+        return day
+    order_id = tx.order_id
+    if order_id.type().is_integer():
+        fallback = day.delta(ibis.date(1970, 1, 1), unit="day") + _NO_ID_DAY_BASE
+    else:
+        fallback = ibis.literal(_NO_ID_DAY_MARK) + day.cast("string")
+    return ibis.coalesce(order_id, fallback.cast(order_id.type()))
 
 
 def _row_sums(tx: ir.Table) -> tuple[ir.Table, dict[str, ir.Value]]:

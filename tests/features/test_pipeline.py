@@ -164,6 +164,40 @@ def test_optional_columns_absent_give_null_features():
     assert d["n_orders"] == 1 and d["max_order_value"] == 12.0
 
 
+@pytest.mark.parametrize("ids", ["text", "integer", "all missing"])
+def test_rows_without_an_order_id_are_customer_day_orders(ids: str) -> None:
+    """A mapped order_id that is missing on some rows: each customer-day of those rows is
+    an order (DESIGN.md's rule without order ids, and the service's). Before, the missing
+    ids were one group, so A's three id-less purchases on three days were one order dated
+    on the first: n_orders 2, recency 35, days_since_last 83."""
+    known = {"text": ["X1", "X2"], "integer": [11, 12], "all missing": [None, None]}[ids]
+    log = pd.DataFrame({
+        "customer_id": ["A"] * 6,
+        "timestamp": pd.to_datetime(["2022-01-03 10:00", "2022-02-07 10:00",
+                                     "2022-03-07 09:00", "2022-03-07 17:00",
+                                     "2022-04-04 10:00", "2022-04-04 11:00"]),
+        "amount": [10.0, 20.0, 30.0, 5.0, 40.0, 7.0],
+        "order_id": pd.array([known[0], None, None, None, None, known[1]],
+                             dtype="Int64" if ids == "integer" else "object"),
+    })
+    from features import load_transactions
+
+    feats = build_features(log, "2022-05-01").set_index("customer_id").loc["A"]
+    if ids == "all missing":  # one order per day: 01-03, 02-07, 03-07, 04-04
+        orders, largest = 4, 47.0
+    else:  # X1; 02-07; 03-07 (30 + 5); 04-04 (40); X2 on 04-04 too (7)
+        orders, largest = 5, 40.0
+    assert feats["n_orders"] == orders
+    assert feats["frequency"] == 3  # purchase days after the first
+    assert feats["recency"] == 91 and feats["days_since_last"] == 27
+    assert feats["max_order_value"] == largest
+    assert feats["monetary_total"] == 112.0
+    assert load_transactions(log).report.orders == orders
+    labels = build_labels(log, "2022-03-01", 30, require_observed=False).set_index(
+        "customer_id")
+    assert labels.loc["A", "future_orders"] == 1  # 03-07: two id-less rows, one day
+
+
 def test_labels_hand_computed():
     labels = build_labels(tiny_log(), CUTOFF, 30, mapping=MAPPING, require_observed=False)
     got = labels.set_index("customer_id")
