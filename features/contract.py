@@ -1442,6 +1442,8 @@ _INT_TYPES = {
 }  # fmt: skip
 _FLOAT_TYPES = {"FLOAT", "DOUBLE", "REAL"}
 _TS_TYPES = {"TIMESTAMP", "TIMESTAMP_NS", "TIMESTAMP_MS", "TIMESTAMP_S", "DATETIME"}
+#: nanosecond times, naive or aware (read as UTC): floored to the contract's microseconds
+_NS_TYPES = {"TIMESTAMP_NS", "TIMESTAMPTZ_NS", "TIMESTAMP_NS WITH TIME ZONE"}
 
 
 def _kind(duck_type: str) -> str:
@@ -1455,7 +1457,8 @@ def _kind(duck_type: str) -> str:
         return "text"
     if t in _TS_TYPES:
         return "timestamp"
-    if t in {"TIMESTAMP WITH TIME ZONE", "TIMESTAMPTZ"}:
+    if t in {"TIMESTAMP WITH TIME ZONE", "TIMESTAMPTZ", "TIMESTAMPTZ_NS",
+             "TIMESTAMP_NS WITH TIME ZONE"}:
         return "timestamptz"
     if t == "DATE":
         return "date"
@@ -1842,6 +1845,11 @@ def _timestamp_sql(
     of numbers is a problem, whose message says what its ``example`` value looks like."""
     c = _q(col)
     kind = _kind(src.types[col])
+    if src.types[col].upper() in _NS_TYPES:
+        # to microseconds by flooring: DuckDB's casts round, which moved an event less than
+        # half a microsecond before a cutoff to the cutoff (pandas' default is nanoseconds)
+        ns = f"epoch_ns({c})"
+        return f"make_timestamp(({ns} - (({ns} % 1000) + 1000) % 1000) // 1000)", None, False
     if kind == "timestamp" or kind == "date":
         return f"CAST({c} AS TIMESTAMP)", None, False
     if kind == "timestamptz":

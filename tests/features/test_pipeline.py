@@ -198,6 +198,30 @@ def test_rows_without_an_order_id_are_customer_day_orders(ids: str) -> None:
     assert labels.loc["A", "future_orders"] == 1  # 03-07: two id-less rows, one day
 
 
+@pytest.mark.parametrize("source", ["pandas", "pandas aware", "parquet"])
+def test_a_nanosecond_before_the_cutoff_is_before_it(source: str, tmp_path) -> None:
+    """Nanosecond times are floored to the contract's microseconds: DuckDB's casts rounded,
+    so an event 1-500 ns before the cutoff was at the cutoff, out of the features and in the
+    label window (pandas' times are nanoseconds by default)."""
+    cutoff = pd.Timestamp("2022-03-01")
+    times = pd.Series([pd.Timestamp("2022-01-10"), cutoff - pd.Timedelta(1, "ns"),
+                       cutoff - pd.Timedelta(499, "ns"), cutoff + pd.Timedelta(1, "ns")],
+                      dtype="datetime64[ns]")
+    if source == "pandas aware":
+        times = times.dt.tz_localize("UTC").dt.tz_convert("Europe/London")
+    log = pd.DataFrame({"customer_id": ["A", "A", "B", "B"], "timestamp": times,
+                        "amount": [1.0, 2.0, 3.0, 4.0]})
+    if source == "parquet":
+        log.to_parquet(tmp_path / "ns.parquet", coerce_timestamps=None,
+                       allow_truncated_timestamps=False)
+        log = str(tmp_path / "ns.parquet")
+    feats = build_features(log, cutoff).set_index("customer_id")
+    assert feats.loc["A", "n_orders"] == 2 and feats.loc["A", "monetary_total"] == 3.0
+    assert feats.loc["B", "n_orders"] == 1 and feats.loc["B", "days_since_last"] == 1  # 02-28
+    labels = build_labels(log, cutoff, 30, require_observed=False).set_index("customer_id")
+    assert labels.loc["A", "churned"] == 1 and labels.loc["B", "future_value"] == 4.0
+
+
 def test_labels_hand_computed():
     labels = build_labels(tiny_log(), CUTOFF, 30, mapping=MAPPING, require_observed=False)
     got = labels.set_index("customer_id")
