@@ -376,7 +376,8 @@ def test_a_too_long_horizon_names_the_flags_on_the_command_line(sales_csv, tmp_p
     res = runner.invoke(app, ["train", "-t", str(sales_csv), *MAP])
     assert res.exit_code == 2
     assert res.output.startswith("error: --churn-horizon-days 90 is too long for the history")
-    assert "(--as-of 2021-02-02 minus the horizon)" in res.output
+    assert ("(the latest 30-day snapshot whose 90-day outcome window ends by --as-of "
+            "2021-02-02)") in res.output
     assert "days of history before --as-of in all" in res.output
     res = runner.invoke(app, ["backtest", "-t", str(sales_csv), *MAP, "--cutoff", "2021-03-01",
                               "--churn-horizon-days", "20", "--clv-horizon-days", "20",
@@ -390,7 +391,8 @@ def test_a_too_long_horizon_names_the_flags_on_the_command_line(sales_csv, tmp_p
         train(sales_csv, mapping)
     msg = str(err.value)
     assert msg.startswith("config.features.churn_horizon_days=90 is too long for the history")
-    assert "(as_of=2021-02-02 minus the horizon)" in msg and "--" not in msg
+    assert ("(the latest 30-day snapshot whose 90-day outcome window ends by "
+            "as_of=2021-02-02)") in msg and "--" not in msg
     with pytest.raises(DataValidationError) as err:
         backtest(sales_csv, "2021-03-01", mapping,
                  {"features": {"churn_horizon_days": 20, "clv_horizon_days": 20}})
@@ -783,7 +785,7 @@ def test_backtest_past_the_data_says_until_when_each_horizon_needs_data(
         "the data ends 2021-02-01 09:00",
         # the history is too short for any cutoff: no cutoff is suggested
         "no cutoff gives metrics with these horizons: the data spans 27 days, and a backtest "
-        "needs about 81 days of history before the cutoff plus 20 after it; use shorter "
+        "needs 101 days of history before the cutoff plus 20 after it; use shorter "
         "horizons or a longer history",
     ]
 

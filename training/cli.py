@@ -178,6 +178,7 @@ def uncovered_message(cutoff: Any, last_event: Any, first_event: Any,
     """
     import pandas as pd
 
+    from training.models import TrainConfig
     from training.pipeline import history_needed_days, window_observed
 
     cut, last = pd.Timestamp(cutoff), pd.Timestamp(last_event)
@@ -196,7 +197,7 @@ def uncovered_message(cutoff: Any, last_event: Any, first_event: Any,
         lines[0] += f" the data ends {_when(last)}"
     longest = max(days for _, days in horizons)
     latest = (last + pd.Timedelta(days=1) - pd.Timedelta(days=longest)).normalize()
-    need = history_needed_days(longest, features)
+    need = history_needed_days(TrainConfig(features=features))
     earliest = (pd.Timestamp(first_event) + pd.Timedelta(days=need)).normalize()
     if latest >= earliest:
         lines.append(f"for metrics, use --cutoff {latest.date()} or earlier, or shorter "
@@ -204,7 +205,7 @@ def uncovered_message(cutoff: Any, last_event: Any, first_event: Any,
     else:
         span = (last - pd.Timestamp(first_event)).days
         lines.append(f"no cutoff gives metrics with these horizons: the data spans "
-                     f"{counted(span, 'day')}, and a backtest needs about {need} days of "
+                     f"{counted(span, 'day')}, and a backtest needs {need} days of "
                      f"history before the cutoff plus {longest} after it; use shorter "
                      f"horizons or a longer history")
     return "\n".join(lines)

@@ -291,14 +291,6 @@ def evaluation_cutoffs(first_event: Any, as_of: pd.Timestamp, config: TrainConfi
     return out
 
 
-def history_needed_days(horizon_days: int, features: FeatureConfig) -> int:
-    """About how many days of history before a cutoff a fit with this horizon needs: two
-    labelled snapshots ``snapshot_every_days`` apart whose outcome windows end by the
-    cutoff, the earliest more than ``snapshot_every_days`` after the first event (what
-    `_check_history` explains; `snapshot_cutoffs` has the exact rule)."""
-    return horizon_days + 2 * features.snapshot_every_days + 1
-
-
 #: How `train` and `backtest` name their cutoff in errors: (flag, Python parameter).
 AS_OF = ("--as-of", "as_of")
 CUTOFF = ("--cutoff", "cutoff")
@@ -323,7 +315,7 @@ def _check_history(tx: Transactions, as_of: pd.Timestamp, config: TrainConfig,
     for kind, h in _horizons(config).items():
         # snapshots every `every` days back from the cutoff minus the shorter horizon, the
         # earliest more than `every` days after the first event (`snapshot_cutoffs`)
-        need = history_needed_days(h, config.features)
+        need = history_needed_days(config)
         # the evaluation cutoff first: the earlier one, so the message states all it needs
         cuts = ([(evals[kind], "the evaluation cutoff")] if evaluate else []) + [(as_of, flag)]
         for cut, what in cuts:
@@ -331,9 +323,10 @@ def _check_history(tx: Transactions, as_of: pd.Timestamp, config: TrainConfig,
                 continue
             why = ("" if what == flag else
                    f"; train evaluates out of time, so it also fits as if today were "
-                   f"{cut.date()} ({setting(*given_as, as_of.date())} minus the horizon), "
-                   f"which needs "
-                   f"about {need + h} days of history before {flag} in all")
+                   f"{cut.date()} (the latest {every}-day snapshot whose {h}-day outcome "
+                   f"window ends by {setting(*given_as, as_of.date())}), which needs "
+                   f"{counted(history_needed_days(config, evaluate=True), 'day')} of history "
+                   f"before {flag} in all")
             if cut > first:
                 history = (f"the data before {cut.date()} ({what}) covers "
                            f"{counted((cut - first).days, 'day')} from {first.date()}")
@@ -347,7 +340,8 @@ def _check_history(tx: Transactions, as_of: pd.Timestamp, config: TrainConfig,
                 f"{horizon_setting(kind, h)} is too long for the history: {history}, "
                 f"and a fit needs two snapshots {every} days apart whose {h}-day outcome "
                 f"windows end by then, the earliest more than {every} days after the first "
-                f"event: about {need} days{why}. {advice} a shorter horizon or more history",
+                f"event: {counted(need, 'day')} with these horizons{why}. {advice} a shorter "
+                f"horizon or more history",
                 source=tx.report.source,
             )
 
@@ -359,6 +353,35 @@ def _fits(first: pd.Timestamp, as_of: pd.Timestamp, config: TrainConfig,
     return all(len(_labelled_cutoffs(first, cut, h, config)) >= 2
                for kind, h in _horizons(config).items()
                for cut in ([evals[kind]] if evaluate else []) + [as_of])
+
+
+def history_needed_days(config: TrainConfig, *, evaluate: bool = False) -> int:
+    """The fewest whole days of history before a cutoff that a fit with these horizons needs
+    (`backtest` at ``--cutoff``; with ``evaluate``, `train` at ``--as-of``, which also fits
+    at its evaluation cutoffs): what `_check_history` accepts, found by bisection (more
+    history never takes a snapshot away). Two labelled snapshots per label, the earliest more
+    than `snapshot_every_days` after the first event; the snapshots are on one grid, every
+    `snapshot_every_days` back from the cutoff minus the shorter horizon, so a longer
+    horizon's latest labelled snapshot is up to that many days before the cutoff minus its
+    horizon. With equal horizons h: h + 61 days (backtest) and 2h + 61 (train) at 30-day
+    snapshots; train with 90 and 365 days: 841."""
+    # the rule depends only on days before the cutoff: the latest one pandas holds leaves
+    # ~213,000 days of room before it
+    as_of = pd.Timestamp("2262-01-01")
+    room = (as_of - pd.Timestamp("1678-01-01")).days
+
+    def ok(days: int) -> bool:
+        return _fits(as_of - pd.Timedelta(days=days), as_of, config, evaluate)
+
+    lo, hi = 0, 64
+    while not ok(hi):  # a fit needs a bounded history: 2 horizons plus 3 snapshots' days
+        if hi >= room:
+            return room
+        lo, hi = hi, min(hi * 2, room)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+    return hi
 
 
 def _longest_horizon(first: pd.Timestamp, as_of: pd.Timestamp, config: TrainConfig,
