@@ -459,7 +459,9 @@ def build_training_frame(
     ``churned`` (horizon ``config.churn_horizon_days``) and ``future_value`` /
     ``future_orders`` (horizon ``config.clv_horizon_days``). A label whose window would
     end after ``train_cutoff`` is null for that snapshot, so each model trains on the
-    snapshots its own horizon allows and nothing at or after ``train_cutoff`` is read.
+    snapshots its own horizon allows and nothing at or after ``train_cutoff`` is read. So
+    is one whose window the data does not cover (`window_observed`, `build_labels`' rule):
+    with ``train_cutoff`` after the day after the last event, the latest windows.
 
     Raises `features.contract.DataValidationError` when no snapshot fits in the history
     before ``train_cutoff``, or when ``train_cutoff`` is more than
@@ -528,13 +530,20 @@ def _labelled_snapshots(tx: Transactions, train_cut: pd.Timestamp, config: Featu
             f"horizons ({named('--churn-horizon-days', 'churn_horizon_days')} / "
             f"{named('--clv-horizon-days', 'clv_horizon_days')})"
         )
+    # the whole log's last event, not the visible one's: a window ending by train_cut is
+    # covered when the log goes on after it (a shop closed on Saturdays has no Saturday
+    # events before a Sunday cutoff); one that runs past the log's end (a train_cutoff up to
+    # `stale_after_days` after it, `check_labels_in_data`) has no label, as `build_labels`
+    # refuses it: the log's end would read as churn
+    last = pd.Timestamp(tx.report.last_event)
     frames = []
     with _shared_work(visible, len(cuts)) as shared:
         for c in cuts:
             feats = _execute_features(visible, c, config, shared)
             labels: dict[int, pd.DataFrame] = {}  # per horizon: one query when both are equal
             for horizon, cols in ((hc, ["churned"]), (hv, ["future_value", "future_orders"])):
-                if c + pd.Timedelta(days=horizon) <= train_cut:
+                if (c + pd.Timedelta(days=horizon) <= train_cut
+                        and window_observed(last, c, horizon)):
                     if horizon not in labels:
                         labels[horizon] = _labels(visible, c, horizon, require_observed=False,
                                                   shared=shared)

@@ -404,6 +404,25 @@ def _longest_horizon(first: pd.Timestamp, as_of: pd.Timestamp, config: TrainConf
     return lo
 
 
+def training_as_of(tx: Transactions, as_of: Any | None, config: TrainConfig) -> pd.Timestamp:
+    """`train`'s ``as_of`` (and `training.tuning.prepare`'s): as given, else the day after
+    the last event, checked (`_check_history`). One later than the day after the last
+    event (by at most ``stale_after_days``: more is an error) becomes that day, with a
+    warning: the latest snapshots' outcome windows would run past the end of the data,
+    where nobody buys, and the evaluation snapshot would have no outcomes."""
+    cut = parse_cutoff(as_of) if as_of is not None else default_as_of(tx)
+    latest = default_as_of(tx)
+    if cut > latest:
+        flag = named(*AS_OF)
+        check_labels_in_data(tx, cut, config.features, flag)  # far after the data: error
+        warn(f"{flag} {cut.date()} is after the last event in {tx.report.source} "
+             f"({tx.report.last_event}): training as of {latest.date()}, the day after it, "
+             f"since outcome windows after the data would show every customer as churned")
+        cut = latest
+    _check_history(tx, cut, config, evaluate=True)
+    return cut
+
+
 def _warn_if_under_a_year(tx: Transactions, as_of: pd.Timestamp) -> None:
     """Say so when the data before ``as_of`` covers less than a year: then no training
     snapshot's outcome window falls in the same season as the prediction's, so neither the
@@ -743,8 +762,7 @@ def train(
     timings: dict[str, float] = {}
     with _timed(timings, "load"):
         tx = _load(transactions, mapping, table)
-        as_of = parse_cutoff(as_of) if as_of is not None else default_as_of(tx)
-        _check_history(tx, as_of, config, evaluate=True)
+        as_of = training_as_of(tx, as_of, config)
         _warn_if_under_a_year(tx, as_of)
         _check_repeat_buyers(tx, as_of)
         data_used = tx.profile_before(as_of)

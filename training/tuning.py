@@ -67,7 +67,7 @@ import numpy as np
 import pandas as pd
 
 from features.config import ColumnMapping
-from features.contract import DataValidationError, parse_cutoff
+from features.contract import DataValidationError
 from features.naming import named
 from features.pipeline import build_training_frame
 from features.warn import warn
@@ -80,14 +80,13 @@ from training.models import (
     add_baseline_features,
 )
 from training.pipeline import (
-    _check_history,
     _horizons,
     _labelled_cutoffs,
     _load,
-    default_as_of,
     evaluation_cutoffs,
     horizon_name,
     sample_snapshots,
+    training_as_of,
 )
 
 if TYPE_CHECKING:
@@ -174,8 +173,7 @@ def prepare(
     those outcomes would pick the settings that fit that very test (a tuned run's score,
     and with it the champion decision, would be flattered)."""
     tx = _load(transactions, mapping, table)
-    cut = parse_cutoff(as_of) if as_of is not None else default_as_of(tx)
-    _check_history(tx, cut, config, evaluate=True)
+    cut = training_as_of(tx, as_of, config)
     fcfg = config.features
     tune_cut = min(evaluation_cutoffs(tx.report.first_event, cut, config).values())
     for kind, h in _horizons(config).items():

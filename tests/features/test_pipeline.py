@@ -448,9 +448,22 @@ def test_training_frame_refuses_a_train_cutoff_long_after_the_data():
     msg = str(info.value)
     assert "train_cutoff" in msg and "churned" in msg
     assert f"{(last + pd.Timedelta(days=1)).normalize().date()}" in msg  # what to pass
-    # up to stale_after_days after the last event it is built, as train allows
-    frame = build_training_frame(log, last + pd.Timedelta(days=cfg.stale_after_days), config=cfg)
+    # up to stale_after_days after the last event it is built, as train allows, but a
+    # window the data does not cover has no label (build_labels refuses it): it labelled
+    # every customer of the newest snapshots churned where the log simply ended
+    from features.pipeline import window_observed
+
+    cut = last + pd.Timedelta(days=cfg.stale_after_days)
+    frame = build_training_frame(log, cut, config=cfg)
     assert len(frame) > 0
+    for snapshot, rows in frame.groupby("cutoff"):
+        covered = window_observed(last, snapshot, 60)
+        assert rows["churned"].notna().all() == covered, snapshot
+        assert rows["churned"].isna().all() != covered, snapshot
+    assert frame["churned"].isna().any() and frame["churned"].notna().any()
+    # ... the same snapshots at the day after the last event are all labelled
+    on_time = build_training_frame(log, (last + pd.Timedelta(days=1)).normalize(), config=cfg)
+    assert on_time["churned"].notna().all()
 
 
 def test_training_frame_warns_when_a_label_is_null_in_every_snapshot():

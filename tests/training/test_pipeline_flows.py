@@ -195,6 +195,20 @@ def test_as_of_long_after_the_data_is_a_clear_error(demo_transactions, demo_conf
 
     check_labels_in_data(demo_transactions, last + pd.Timedelta(days=30), demo_config.features,
                          "--as-of")
+    # ... and train then trains as of the day after the last event, saying so: its
+    # snapshots' windows would run past the data (everyone churned), its evaluation
+    # snapshot would have no outcomes
+    from training.pipeline import training_as_of
+
+    day_after = (last + pd.Timedelta(days=1)).normalize()
+    with pytest.warns(UserWarning, match=rf"^as_of {(last + pd.Timedelta(days=20)).date()} is "
+                                         rf"after the last event in .*: training as of "
+                                         rf"{day_after.date()}, the day after it"):
+        assert training_as_of(demo_transactions, last + pd.Timedelta(days=20),
+                              demo_config) == day_after
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert training_as_of(demo_transactions, None, demo_config) == day_after
 
 
 def test_no_repeat_customers_is_a_clear_error():
