@@ -110,7 +110,8 @@ __all__ = [
 #: changes; a saved segmenter of another version refuses to load.
 RFM_RULES_VERSION: int = 1
 
-#: Segment names, best first; the order of `segment_summary` and of any report.
+#: Segment names, best first; the order of `segment_summary` and of `/segments` (the CLI's
+#: summary after `score` and `demo` ranks them by value at risk instead).
 SEGMENTS: tuple[str, ...] = (
     "Champions",
     "Loyal",

@@ -122,11 +122,13 @@ def scores_summary(scores: pd.DataFrame, n_top: int = 10) -> str:
 
 
 def _warn_if_not_newer(current: dict | None, cut: pd.Timestamp, versions: dict[str, str],
-                       *, defaulted: bool) -> None:
+                       *, defaulted: bool, n_customers: int) -> None:
     """Warn when the batch about to replace the store's ``current`` one is older than it
     (readers and the service would get older scores), or, with the as-of taken from the
-    data (``defaulted``), is as of the same day with the same models: a nightly run on an
-    export that was not updated, which the stale-data warning (30 days) does not see."""
+    data (``defaulted``), is as of the same day with the same models and as many customers:
+    a nightly run on an export that was not updated, which the stale-data warning (30 days)
+    does not see. (Another log ending the same day, of other customers, repeats nothing:
+    it was told so too.)"""
     if current is None:
         return
     now, written = pd.Timestamp(current["as_of"]), f"{current['created_at']:%Y-%m-%d %H:%M}"
@@ -138,7 +140,7 @@ def _warn_if_not_newer(current: dict | None, cut: pd.Timestamp, versions: dict[s
         return
     same_models = dict(current["model_versions"]) == {
         kind: "" if v is None else str(v) for kind, v in versions.items()}
-    if cut == now and defaulted and same_models:
+    if cut == now and defaulted and same_models and current["n_customers"] == n_customers:
         warn(f"the store's current batch {current['batch_id']} (written {written} UTC) is "
              f"already as of {cut.date()}, from the same models: the log has no event after "
              f"those it scored, so these scores repeat it. Was the export updated? (Pass "
@@ -188,7 +190,7 @@ def score(
                  f"{named(f'`lifecast backtest --cutoff {cut.date()}`', backtest_call)} "
                  f"shows what the models of that day would say")
         _warn_if_not_newer(store.current_batch(), cut, dict(models.versions),
-                           defaulted=as_of is None)
+                           defaulted=as_of is None, n_customers=len(scores))
         feature_cols = ["customer_id", *models.churn.feature_names_]
         with _timed(timings, "store_write"):
             batch = store.write_batch(

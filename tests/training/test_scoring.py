@@ -195,6 +195,18 @@ def test_scoring_a_log_that_did_not_grow_or_is_older_warns(demo_train_result, tm
         "has no event after those it scored" in again[0] and "Was the export updated?" in again[0]
     # a day chosen on purpose is not a repeat
     assert not [m for m in warnings_of("2011-12-10") if "current batch" in m]
+    # nor is another log ending the same day, of other customers (it was told it repeated
+    # the first)
+    import pandas as pd
+
+    log = pd.read_parquet(demo_data_path())
+    ids = log[DEMO_MAPPING.customer_id].dropna().unique()
+    fewer = log[log[DEMO_MAPPING.customer_id].isin(ids[: len(ids) // 2])
+                | (log[DEMO_MAPPING.timestamp] == log[DEMO_MAPPING.timestamp].max())]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        score(fewer, DEMO_MAPPING, store_url=url, models=models)
+    assert not [w for w in caught if "current batch" in str(w.message)]
     older = [m for m in warnings_of("2011-11-01") if "current batch" in m]
     assert len(older) == 1 and older[0].startswith(
         "these scores are as of 2011-11-01, older than the store's current batch ")
