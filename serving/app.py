@@ -987,8 +987,8 @@ class Runtime:
     # -- /high_risk and /segments ----------------------------------------------------------
 
     def high_risk(self, request: HighRiskRequest, *, key: KeyRecord | None = None,
-                  client: str | None = None) -> HighRiskResponse | str:
-        """The ranked list (JSON model, or CSV text for ``format="csv"``), audited."""
+                  client: str | None = None) -> HighRiskResponse | CsvAnswer:
+        """The ranked list (JSON model, or `CsvAnswer` for ``format="csv"``), audited."""
         self._batch()  # not ready (503) until the store holds a batch
         frame, total = self._store_call(  # a batch_id not current: 409 saying why
             self.store.ranked,
@@ -1001,7 +1001,7 @@ class Runtime:
         filters = request.model_dump(exclude={"format"})
         self._audit("/high_risk", filters, len(frame), request.format, key, client)
         if request.format == "csv":
-            return _ranked_csv(frame)
+            return CsvAnswer(_ranked_csv(frame), frame.attrs["batch_id"], total)
         # the label from the same read as the rows (`frame.attrs`), not from `_batch`, which
         # looks at the store at most every LIFECAST_STORE_CHECK_SECONDS
         return HighRiskResponse(
@@ -1012,7 +1012,7 @@ class Runtime:
         )
 
     def segments(self, request: SegmentsRequest, *, key: KeyRecord | None = None,
-                 client: str | None = None) -> SegmentsResponse | str:
+                 client: str | None = None) -> SegmentsResponse | CsvAnswer:
         """Segment sizes, mean churn probability and value at risk (JSON or CSV), audited."""
         self._batch()  # not ready (503) until the store holds a batch
         frame = self._store_call(self.store.segment_summary)
@@ -1020,7 +1020,7 @@ class Runtime:
         rows = [{k: (None if isinstance(v, float) and math.isnan(v) else v)
                  for k, v in r.items()} for r in frame.to_dict("records")]
         if request.format == "csv":
-            return _csv_text(list(frame.columns), rows)
+            return CsvAnswer(_csv_text(list(frame.columns), rows), frame.attrs["batch_id"])
         return SegmentsResponse(batch_id=frame.attrs["batch_id"],
                                 as_of=_py_datetime(frame.attrs["as_of"]), segments=rows)
 
@@ -1204,6 +1204,30 @@ def _safe_cell(value: Any) -> Any:
     return value
 
 
+#: The CSV answers' headers for what their JSON answers say beside the rows: the batch they
+#: were read from (send it with the next pages), and for /high_risk how many match the
+#: filters (all pages).
+BATCH_HEADER = "X-Lifecast-Batch-Id"
+TOTAL_HEADER = "X-Total-Count"
+
+
+@dataclass(frozen=True)
+class CsvAnswer:
+    """A ``"format": "csv"`` answer: the text, and what the JSON answer would say beside
+    its rows (`BATCH_HEADER`, `TOTAL_HEADER`), sent as headers."""
+
+    text: str
+    batch_id: str
+    total: int | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        out = {BATCH_HEADER: self.batch_id}
+        if self.total is not None:
+            out[TOTAL_HEADER] = str(self.total)
+        return out
+
+
 def _csv_text(columns: list[str], rows: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
@@ -1280,7 +1304,7 @@ CORS_METHODS = ("GET", "HEAD", "POST")
 CORS_HEADERS = ("Authorization", "Content-Type")
 #: Answer headers a browser script may read besides the CORS-safelisted ones: the key
 #: error's scheme (401 / 403) and the CSV export's file name.
-CORS_EXPOSED = ("WWW-Authenticate", "Content-Disposition")
+CORS_EXPOSED = ("WWW-Authenticate", "Content-Disposition", BATCH_HEADER, TOTAL_HEADER)
 _ORIGIN_RE = re.compile(r"https?://[^/?#\s@]+")
 
 

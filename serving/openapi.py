@@ -147,6 +147,15 @@ def openapi_document(spec: dict[str, Any], *, endpoints: dict[str, str], descrip
                     "schema": {"type": "string",
                                "description": 'With "format": "csv": a header row and one '
                                               'row per item.'}}
+                ok["headers"] = {
+                    "X-Lifecast-Batch-Id": {
+                        "description": 'With "format": "csv": the batch the rows come from '
+                                       '(the JSON answer\'s `batch_id`; send it with the '
+                                       'next pages).', "schema": {"type": "string"}},
+                    **({"X-Total-Count": {
+                        "description": 'With "format": "csv": how many customers match the '
+                                       'filters, on every page (the JSON answer\'s `total`).',
+                        "schema": {"type": "integer"}}} if path == "/high_risk" else {})}
             errors = {**ERROR_STATUSES, **ENDPOINT_ERROR_STATUSES.get(path, {})}
             op["responses"] = {"200": ok, **{str(status): _error(status, text) for status, text
                                              in sorted(errors.items())}}

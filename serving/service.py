@@ -84,6 +84,7 @@ from serving.app import (
     KEY_STATE,
     SERVICE_NAME,
     CorsMiddleware,
+    CsvAnswer,
     GuardMiddleware,
     ServiceError,
 )
@@ -125,9 +126,10 @@ def _json(answer: BaseModel, ctx: Any) -> BaseModel | Response:
     return Response(answer.model_dump_json().encode(), media_type="application/json")
 
 
-def _csv(text: str, filename: str) -> Response:
-    return Response(text, media_type="text/csv; charset=utf-8",
-                    headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+def _csv(answer: CsvAnswer, filename: str) -> Response:
+    return Response(answer.text, media_type="text/csv; charset=utf-8",
+                    headers={"Content-Disposition": f'attachment; filename="{filename}"',
+                             **answer.headers})
 
 
 def _caller(ctx: Any) -> tuple[Any, str | None]:
@@ -249,7 +251,7 @@ class Lifecast:
                                             client=client)
         except ServiceError as exc:
             return _error(exc, ctx)
-        if isinstance(result, str):
+        if isinstance(result, CsvAnswer):
             return _csv(result, "high_risk.csv")
         return _json(result, ctx)
 
@@ -263,7 +265,7 @@ class Lifecast:
                                            client=client)
         except ServiceError as exc:
             return _error(exc, ctx)
-        if isinstance(result, str):
+        if isinstance(result, CsvAnswer):
             return _csv(result, "segments.csv")
         return _json(result, ctx)
 

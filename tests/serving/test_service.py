@@ -653,6 +653,18 @@ def test_http_high_risk_csv(client) -> None:
     var = [float(r["value_at_risk"]) for r in rows]
     assert var == sorted(var, reverse=True)
     assert all(r["reasons"] and r["churn_model_version"] for r in rows)
+    # what the JSON answer says beside its rows, as headers: a CSV client can page (it had
+    # no batch_id to send with the next page) and tell a partial page from the whole list
+    listed = post(client, "/high_risk", {"limit": 7}, "marketing").json()
+    assert resp.headers["x-lifecast-batch-id"] == listed["batch_id"]
+    assert int(resp.headers["x-total-count"]) == listed["total"] > 7
+    page2 = post(client, "/high_risk", {"limit": 7, "offset": 7, "format": "csv",
+                                        "batch_id": resp.headers["x-lifecast-batch-id"]},
+                 "marketing")
+    assert page2.status_code == 200
+    assert [r["customer_id"] for r in csv.DictReader(io.StringIO(page2.text))] == [
+        c["customer_id"] for c in post(client, "/high_risk", {"limit": 7, "offset": 7},
+                                       "marketing").json()["customers"]]
 
 
 def test_http_segments_json_and_csv(client, world) -> None:
@@ -1177,7 +1189,9 @@ def test_cors_requests_still_need_the_key_and_carry_the_headers(cors_client, sto
     csv_export = post(cors_client, "/high_risk", {"limit": 2, "format": "csv"}, "marketing",
                       headers=origin)
     assert csv_export.headers["access-control-allow-origin"] == CRM_ORIGIN
-    assert "Content-Disposition" in csv_export.headers["access-control-expose-headers"]
+    exposed = csv_export.headers["access-control-expose-headers"]
+    assert all(h in exposed for h in ("Content-Disposition", "X-Lifecast-Batch-Id",
+                                      "X-Total-Count"))
     # another origin: answered (the key decides), without the header the browser needs
     other = post(cors_client, "/predict", body, "crm", headers={"Origin": "https://evil.test"})
     assert other.status_code == 200 and "access-control-allow-origin" not in other.headers
