@@ -136,6 +136,19 @@ class TrainConfig(BaseModel):
             "verbosity": -1,
         }
 
+    def same_models_as(self, other: TrainConfig) -> bool:
+        """Whether ``other`` fits the same models on the same data: every field but
+        `RUN_ONLY_FIELDS` equal. (The thread count was compared too, so a retrain on later
+        data with another ``--threads`` tied on scores and was never promoted.)"""
+        return (self.model_dump(exclude=set(RUN_ONLY_FIELDS))
+                == other.model_dump(exclude=set(RUN_ONLY_FIELDS)))
+
+
+#: `TrainConfig` fields that change how a run goes, not what it fits: LightGBM with
+#: ``deterministic`` and row-wise histograms gives the same trees on any number of threads
+#: (`tests/training/test_tracking.py`, the same settings trained on later data)
+RUN_ONLY_FIELDS = ("num_threads",)
+
 
 def definitions_difference(version: int, what: str) -> str | None:
     """Why ``what`` (a model or a batch of stored features, built with feature definitions

@@ -1765,7 +1765,7 @@ def _decide(client: MlflowClient, kind: str, result: TrainResult, promote: str
         reason = None if outdated else _comparable(kind, champion, result)
         if reason is None and not outdated:
             # the same settings on the same data give the same model: no refit
-            same_settings = champion.config == new_model.config
+            same_settings = champion.config.same_models_as(new_model.config)
             decision["champion"] = (dict(new) if same_settings
                                     else _refit_score(kind, champion, result, list(new)))
 

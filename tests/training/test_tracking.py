@@ -757,9 +757,21 @@ def test_better_settings_trained_on_older_data_do_not_replace_the_champion(
 def test_the_same_settings_trained_on_later_data_replace_the_champion(
         first_run, trained, monkeypatch: pytest.MonkeyPatch) -> None:
     """A scheduled retrain (the champion's settings, a later as-of date) scores the same as
-    the champion's settings by construction and takes the alias; an earlier one does not."""
+    the champion's settings by construction and takes the alias; an earlier one does not.
+    The champion here ran on another number of threads, which fits the same models (so it
+    is the same settings: the retrain was kept out on a tie before)."""
     monkeypatch.setattr(tracking, "_log_plots", lambda result, folder: None)
-    earlier = train(_transactions(), as_of="2023-12-01", config=trained.models.config)
+    config = trained.models.config
+    other_threads = config.model_copy(update={"num_threads": 2 if config.num_threads == 1
+                                              else 1})
+    earlier = train(_transactions(), as_of="2023-12-01", config=other_threads)
+    same = train(_transactions(), as_of="2023-12-01", config=config)
+    for kind in earlier.evaluation:  # threads: no change
+        pd.testing.assert_frame_equal(earlier.evaluation[kind], same.evaluation[kind])
+    for kind in ("churn", "value"):  # the same trees (the text ends with the parameters)
+        trees = [getattr(r.models, kind).booster_.model_to_string().split("\nparameters:")[0]
+                 for r in (earlier, same)]
+        assert trees[0] == trees[1] and len(trees[0]) > 1000
     old = tracking.log_training(earlier, source="synthetic", promote="always")
     run = tracking.log_training(trained, source="synthetic")  # as of AS_OF, a month later
     assert run.promoted == {"churn": True, "clv": True}
