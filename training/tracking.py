@@ -320,9 +320,18 @@ def configure(workdir: Path | str = ".", experiment: str | None = None, *,
         Path(workdir).expanduser().resolve().mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     _last_set_uri, _last_was_users = uri, users
-    # the active experiment too: mlflow.search_runs() and mlflow.start_run() in the user's
-    # own code then see lifecast's runs, not the empty "Default" experiment
-    mlflow.set_experiment(experiment_id=_experiment_id(experiment_name(experiment)))
+    name = experiment_name(experiment)
+    # A database store is made and migrated by the first MLflow client that opens it. Two
+    # processes opening a new one at once (two `lifecast train` started together on a new
+    # folder) ran the migration together: both failed with a traceback and the database
+    # was left half-migrated for good. The registry lock makes them take turns; a tracking
+    # server migrates its own database.
+    opening = (contextlib.nullcontext() if uri.startswith(("http://", "https://"))
+               else registry_lock(uri))
+    with opening:
+        # the active experiment too: mlflow.search_runs() and mlflow.start_run() in the
+        # user's own code then see lifecast's runs, not the empty "Default" experiment
+        mlflow.set_experiment(experiment_id=_experiment_id(name))
     return uri
 
 

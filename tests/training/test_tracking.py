@@ -1770,3 +1770,39 @@ def test_a_killed_trains_versions_promoted_by_hand_before_it_was_noticed_stay_ch
     finally:
         if run_id is not None:
             _put_back(first_run, original, run_id)
+
+
+_OPEN_AT_ONCE = """
+import sys, time
+from training import tracking
+folder, start = sys.argv[1], float(sys.argv[2])
+while time.time() < start:
+    time.sleep(0.001)
+tracking.configure(folder)
+import mlflow
+print(mlflow.MlflowClient().get_experiment_by_name("lifecast").experiment_id)
+"""
+
+
+def test_two_processes_opening_a_new_store_at_once_take_turns(tmp_path: Path) -> None:
+    """Two `lifecast train` started together on a folder without mlflow.db: both ran MLflow's
+    schema migration at once, both failed with a traceback (alembic: 'Online migration
+    expected to match one row', or 'table _alembic_tmp_tags already exists') and the database
+    stayed half-migrated, so every later command failed too. `configure` now opens a new
+    database store under the registry lock. Two rounds of two processes released together."""
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    for round_ in range(2):
+        folder = tmp_path / f"work{round_}"
+        start = time.time() + 10  # both have imported by then
+        procs = [subprocess.Popen([sys.executable, "-c", _OPEN_AT_ONCE, str(folder), str(start)],
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for _ in range(2)]
+        outs = [p.communicate(timeout=180) for p in procs]
+        for p, (out, err) in zip(procs, outs, strict=True):
+            assert p.returncode == 0, err[-3000:]
+            assert out.strip() == "1", out
+        client = mlflow.MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+        assert sorted(e.name for e in client.search_experiments()) == ["Default", "lifecast"]
