@@ -1886,6 +1886,23 @@ def check_promote(promote: str, name: str = "promote") -> None:
 MIN_RUN_PREFIX = 6
 
 
+def _refuse_deleted_run(client: MlflowClient, run_id: str) -> None:
+    """A ValueError when run ``run_id`` or its experiment is deleted: `mlflow gc` removes a
+    deleted run's artifacts, the champion's models among them, so the service and `lifecast
+    score` would lose them (it was promoted without a word)."""
+    run = client.get_run(run_id)
+    if run.info.lifecycle_stage == "deleted":
+        raise ValueError(
+            f"run {run_id} is deleted, so `mlflow gc` may remove its models: restore it "
+            f"first (mlflow runs restore --run-id {run_id}), or promote another run")
+    experiment = client.get_experiment(run.info.experiment_id)
+    if experiment.lifecycle_stage == "deleted":
+        raise ValueError(
+            f"run {run_id} is in experiment {experiment.name!r}, which is deleted, so `mlflow "
+            f"gc` may remove its models: restore it first (mlflow experiments restore "
+            f"--experiment-id {experiment.experiment_id}), or promote another run")
+
+
 def promote_run(run_id: str) -> dict[str, str]:
     """Give the ``champion`` alias to the versions registered by run ``run_id``.
 
@@ -1894,7 +1911,8 @@ def promote_run(run_id: str) -> dict[str, str]:
     ``{kind: version}`` for the versions promoted; raises ValueError when no lifecast model
     comes from that run, or when the start given fits several.
     """
-    run_id = str(run_id).strip()
+    # MLflow's run ids are lowercase hex: an id copied from somewhere that upper-cased it
+    run_id = str(run_id).strip().lower()
     if not run_id:
         raise ValueError("no run id given: pass the id of a training run (`lifecast models` "
                          "lists them), or its first 6 or more characters")
@@ -1929,6 +1947,7 @@ def promote_run(run_id: str) -> dict[str, str]:
         raise ValueError(
             f"run {run} cannot be champion: it was {killed}. Promote a run that finished "
             f"(`lifecast models` lists them), or train again with `lifecast train`")
+    _refuse_deleted_run(client, next(iter(versions)).run_id)
     missing = [MODEL_NAMES[k] for k in KINDS if k not in found]
     if missing:  # a run killed outright (kill -9: no `_undo_run`): one model of the pair
         have = ", ".join(f"{MODEL_NAMES[k]} v{v}" for k, v in found.items())

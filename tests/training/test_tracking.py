@@ -1040,6 +1040,20 @@ def test_promoting_by_hand_twice_keeps_one_decision_and_short_ids_are_explained(
     for blank in ("", "  "):  # said "no registered models come from run  (a start ..."
         with pytest.raises(ValueError, match="^no run id given: pass the id of a training run"):
             tracking.promote_run(blank)
+    # an id in capitals is the same id (said "no registered models come from run 476856E357")
+    assert tracking.promote_run(first_run.run_id[:10].upper()) == first_run.versions
+    # a deleted run (or one in a deleted experiment) was promoted without a word, though
+    # `mlflow gc` removes its models
+    client = mlflow.MlflowClient()
+    client.delete_run(first_run.run_id)
+    try:
+        with pytest.raises(ValueError, match=f"^run {first_run.run_id} is deleted, so `mlflow "
+                                             f"gc` may remove its models: restore it first "
+                                             f"\\(mlflow runs restore --run-id "):
+            tracking.promote_run(first_run.run_id)
+    finally:
+        client.restore_run(first_run.run_id)
+    assert tracking.promote_run(first_run.run_id) == first_run.versions
 
 
 def test_promoting_by_hand_updates_the_tags_of_both_runs(
