@@ -259,11 +259,19 @@ def register(app: typer.Typer) -> None:
                                  experiment=experiment,
                                  progress=lambda line: typer.echo(line, err=True))
             tune_run = last_tune_run_id()
-        result = train(source, mapping, as_of, config, table=table)
-        # made only now, so bad data or a horizon too long leaves no empty mlflow.db behind
-        configure(".", experiment)
-        summary = log_training(result, source=source, promote=promote, tune_run_id=tune_run,
-                               experiment=experiment, run_name=run_name)
+        try:
+            result = train(source, mapping, as_of, config, table=table)
+            # made only now, so bad data or a horizon too long leaves no empty mlflow.db
+            configure(".", experiment)
+            summary = log_training(result, source=source, promote=promote,
+                                   tune_run_id=tune_run, experiment=experiment,
+                                   run_name=run_name)
+        except BaseException:  # Ctrl-C too: the command leaves no run, its search's neither
+            if tune_run is not None:
+                from training.tuning import delete_tune_run
+
+                delete_tune_run(tune_run)
+            raise
         typer.echo(format_evaluation(result.evaluation, result.eval_cutoffs))
         typer.echo(f"\nMLflow run {summary.run_id} in experiment {experiment!r}"
                    + (f" (parameters from the --tune run {tune_run})" if tune_run else ""))

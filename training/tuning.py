@@ -324,20 +324,45 @@ def _parent_run(parent_run_id: str | None, data: TuningData, n_trials: int, seed
 
     experiment_id = _experiment_id(experiment_name(experiment))
     name = default_run_name(TUNE_RUN_NAME, data.as_of, config.features)
-    with started_run(experiment_id, None, name) as run:
-        mlflow.set_tags({TUNE_STEP_TAG: TUNE_RUN_NAME, "as_of": str(data.as_of)})
-        mlflow.log_params({
-            "n_trials": n_trials,
-            "churn_horizon_days": config.features.churn_horizon_days,
-            "clv_horizon_days": config.features.clv_horizon_days,
-            "sampler": "TPESampler",
-            "sampler_seed": seed,
-            "objective": "churn_roc_auc + clv_normalized_gini",
-            "as_of": str(data.as_of),
-            "eval_cutoff_churn": str(data.eval_cutoffs["churn"]),
-            "eval_cutoff_clv": str(data.eval_cutoffs["value"]),
-        })
-        yield mlflow, run.info.run_id, experiment_id, True
+    run_id = None
+    try:
+        with started_run(experiment_id, None, name) as run:
+            run_id = run.info.run_id
+            mlflow.set_tags({TUNE_STEP_TAG: TUNE_RUN_NAME, "as_of": str(data.as_of)})
+            mlflow.log_params({
+                "n_trials": n_trials,
+                "churn_horizon_days": config.features.churn_horizon_days,
+                "clv_horizon_days": config.features.clv_horizon_days,
+                "sampler": "TPESampler",
+                "sampler_seed": seed,
+                "objective": "churn_roc_auc + clv_normalized_gini",
+                "as_of": str(data.as_of),
+                "eval_cutoff_churn": str(data.eval_cutoffs["churn"]),
+                "eval_cutoff_clv": str(data.eval_cutoffs["value"]),
+            })
+            yield mlflow, run_id, experiment_id, True
+    except BaseException:  # Ctrl-C too: a search that did not finish leaves no run behind
+        if run_id is not None:
+            delete_tune_run(run_id)
+        raise
+
+
+def delete_tune_run(run_id: str) -> None:
+    """Delete ``tune`` run ``run_id`` and its trials' runs (`mlflow gc` purges them): what a
+    `lifecast train --tune` that failed or was interrupted leaves, as a failed training run
+    leaves nothing (`training.tracking.log_training`). Best effort: the error that stopped
+    the command is the one the user sees."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    with contextlib.suppress(Exception):
+        experiment_id = client.get_run(run_id).info.experiment_id
+        children = client.search_runs(
+            [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'")
+        for child in children:
+            with contextlib.suppress(Exception):
+                client.delete_run(child.info.run_id)
+        client.delete_run(run_id)
 
 
 def last_tune_run_id() -> str | None:
@@ -424,7 +449,9 @@ def tune_config(
         study = optuna.create_study(direction="maximize", sampler=sampler,
                                     study_name="lifecast-tune")
         verbosity = optuna.logging.get_verbosity()
-        optuna.logging.set_verbosity(optuna.logging.WARNING)  # its "[I ...] Trial 0 ..."
+        # its "[I ...] Trial 0 ..." lines, and the "[W ...] Trial 1 failed" traceback a
+        # Ctrl-C printed: an error stops the search and is said once, by the command
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
         try:
             study.optimize(objective, n_trials=n_trials)
         finally:

@@ -323,3 +323,72 @@ def test_the_search_goes_to_the_chosen_experiment(prepared: tuning.TuningData, s
     parent = client.get_run(tuning.last_tune_run_id())
     assert client.get_experiment(parent.info.experiment_id).name == "tune study"
     assert len(_children(client, parent.info.experiment_id, parent.info.run_id)) == 1
+
+
+def test_an_interrupted_search_or_training_leaves_no_tune_run(
+    transactions: pd.DataFrame, prepared: tuning.TuningData, store: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str],
+) -> None:
+    """Ctrl-C during `lifecast train --tune N`: the command says nothing it was writing was
+    kept, but the search's ``tune`` run and its finished trials stayed (FAILED, or FINISHED
+    and linked to no training run when the Ctrl-C came after the search), and Optuna printed
+    a "[W ...] Trial 1 failed" traceback. Now the tune run and its trials are deleted when
+    the search or the training after it stops, and Optuna says nothing."""
+    from mlflow.entities import ViewType
+    from typer.testing import CliRunner
+
+    from serving.cli import app
+
+    monkeypatch.setattr(tuning, "prepare", lambda *args, **kwargs: prepared)
+    client = mlflow.MlflowClient()
+    experiment_id = tracking._experiment_id(tracking.DEFAULT_EXPERIMENT)
+
+    def active_tune_runs() -> set[str]:
+        return {r.info.run_id for r in client.search_runs(
+            [experiment_id], filter_string=f"tags.`{tuning.TUNE_STEP_TAG}` = "
+                                           f"'{tuning.TUNE_RUN_NAME}'",
+            run_view_type=ViewType.ACTIVE_ONLY)}
+
+    before = active_tune_runs()
+    calls = {"n": 0}
+    real = tuning.score_config
+
+    def second_trial_interrupted(data, config):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(data, config)
+
+    monkeypatch.setattr(tuning, "score_config", second_trial_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tuning.tune_config(transactions, None, AS_OF, CONFIG, n_trials=3)
+    assert active_tune_runs() == before
+    deleted = client.search_runs([experiment_id], run_view_type=ViewType.DELETED_ONLY,
+                                 filter_string="attributes.run_name = 'trial 0'")
+    assert deleted  # the finished trial went with its search
+    assert "Trial 1 failed" not in capfd.readouterr().err
+
+    # the search finished, the training after it was interrupted: the command line
+    monkeypatch.setattr(tuning, "score_config", real)
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)
+    monkeypatch.setattr(tracking, "_last_set_uri", tracking._last_set_uri)
+    monkeypatch.setattr(tracking, "_last_was_users", tracking._last_was_users)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    monkeypatch.setattr(tracking, "_last_set_uri", None)
+    monkeypatch.setattr(tracking, "_last_was_users", True)
+
+    def interrupted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise KeyboardInterrupt
+
+    import training.pipeline
+
+    monkeypatch.setattr(training.pipeline, "train", interrupted)
+    log = tmp_path / "log.parquet"
+    transactions.to_parquet(log)
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["train", "-t", str(log), "--churn-horizon-days", "90",
+                                   "--clv-horizon-days", "90", "--as-of", AS_OF,
+                                   "--tune", "1", "--threads", "1"])
+    assert res.exit_code == 130, res.output
+    assert "interrupted by Ctrl-C (SIGINT)" in res.output
+    assert active_tune_runs() == before
