@@ -315,12 +315,12 @@ def _check_history(tx: Transactions, as_of: pd.Timestamp, config: TrainConfig,
     for kind, h in _horizons(config).items():
         # snapshots every `every` days back from the cutoff minus the shorter horizon, the
         # earliest more than `every` days after the first event (`snapshot_cutoffs`)
-        need = history_needed_days(config)
         # the evaluation cutoff first: the earlier one, so the message states all it needs
         cuts = ([(evals[kind], "the evaluation cutoff")] if evaluate else []) + [(as_of, flag)]
         for cut, what in cuts:
             if len(_labelled_cutoffs(first, cut, h, config)) >= 2:
                 continue
+            need = history_needed_days(config)  # (the error path only: a bisection)
             why = ("" if what == flag else
                    f"; train evaluates out of time, so it also fits as if today were "
                    f"{cut.date()} (the latest {every}-day snapshot whose {h}-day outcome "
