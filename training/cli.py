@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from features.cli import checked_instant, disk_full, fail, run_cli, with_mapping
+from features.cli import checked_instant, disk_full, echo_err, fail, run_cli, with_mapping
 from features.config import ColumnMapping
 from features.naming import counted
 
@@ -241,6 +241,7 @@ def register(app: typer.Typer) -> None:
             configure,
             experiment_name,
             log_training,
+            tree_cap_note,
         )
 
         check_promote(promote, "--promote")  # before the training, not after it
@@ -273,6 +274,9 @@ def register(app: typer.Typer) -> None:
                 delete_tune_run(tune_run)
             raise
         typer.echo(format_evaluation(result.evaluation, result.eval_cutoffs))
+        capped = tree_cap_note(result)  # was only the run's tag: nobody at a terminal saw it
+        if capped is not None:
+            echo_err(f"warning: {capped}", typer.colors.YELLOW)
         typer.echo(f"\nMLflow run {summary.run_id} in experiment {experiment!r}"
                    + (f" (parameters from the --tune run {tune_run})" if tune_run else ""))
         for kind, version in summary.versions.items():

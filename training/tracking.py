@@ -1354,17 +1354,9 @@ def _log_metrics(result: TrainResult) -> None:
         for rec in table.to_dict("records"):
             metrics[f"{prefix}_{rec['metric']}"] = float(rec["model"])
             metrics[f"baseline_{prefix}_{rec['metric']}"] = float(rec["baseline"])
-    capped = [f"the {what}{kind} model ({model.best_iteration_:,} trees kept of "
-              f"{model.config_.n_estimators:,})"
-              for kind in KINDS
-              for what, model in (("", _model_of(result.models, kind)),
-                                  ("evaluation ", _eval_model(result, kind)))
-              if model.reached_cap_]
-    if capped:  # early stopping did not stop them: more trees might have done better
-        mlflow.set_tag(TREE_CAP_TAG, (
-            f"{'; '.join(capped)} grew every tree n_estimators allows while the validation "
-            f"score still improved: it may be under-fit (a higher learning_rate, or a larger "
-            f"n_estimators in TrainConfig, lets early stopping end it)"))
+    note = tree_cap_note(result)
+    if note is not None:
+        mlflow.set_tag(TREE_CAP_TAG, note)
     for kind in KINDS:
         model = _model_of(result.models, kind)
         prefix = METRIC_PREFIX[kind]
@@ -1394,6 +1386,23 @@ def run_metric(metrics: Mapping[str, float], kind: str, name: str,
         if value is not None:
             return float(value)
     return math.nan
+
+
+def tree_cap_note(result: TrainResult) -> str | None:
+    """Which of a run's models grew every tree ``n_estimators`` allows while their validation
+    score still improved (early stopping did not end them: they may be under-fit), as the
+    run's `TREE_CAP_TAG` says it and `lifecast train` prints it; None when none did."""
+    capped = [f"the {what}{kind} model ({model.best_iteration_:,} trees kept of "
+              f"{model.config_.n_estimators:,})"
+              for kind in KINDS
+              for what, model in (("", _model_of(result.models, kind)),
+                                  ("evaluation ", _eval_model(result, kind)))
+              if model.reached_cap_]
+    if not capped:
+        return None
+    return (f"{'; '.join(capped)} grew every tree n_estimators allows while the validation "
+            f"score still improved: it may be under-fit (a higher learning_rate, or a larger "
+            f"n_estimators in TrainConfig, lets early stopping end it)")
 
 
 def _model_of(models: FittedModels, kind: str) -> ChurnModel | ValueModel:

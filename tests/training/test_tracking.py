@@ -1538,6 +1538,23 @@ def test_a_run_whose_fits_stopped_at_the_tree_cap_says_so(
                     r"\(\d+ trees kept of 40\); the clv model \(\d+ trees kept of 40\); the "
                     r"evaluation clv model \(\d+ trees kept of 40\) grew every tree", tag), tag
     assert "may be under-fit" in tag
+    assert tracking.tree_cap_note(capped) == tag
+    # ... and `lifecast train` prints it (it was only the tag: nobody at a terminal saw it)
+    from typer.testing import CliRunner
+
+    import training.pipeline
+    from serving.cli import app
+
+    monkeypatch.setattr(training.pipeline, "train", lambda *args, **kwargs: capped)
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)
+    monkeypatch.setattr(tracking, "_last_set_uri", None)
+    monkeypatch.setattr(tracking, "_last_was_users", True)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow.get_tracking_uri())
+    res = CliRunner().invoke(app, ["train", "-t", "sales.csv", "--customer-col", "c",
+                                   "--timestamp-col", "t", "--amount", "a", "--promote",
+                                   "never"])
+    assert res.exit_code == 0, res.output
+    assert f"warning: {tag}" in res.stderr
     stopped = train(_transactions(), as_of=AS_OF,
                     config=TrainConfig(features=FEATURES, n_estimators=200, learning_rate=0.5,
                                        early_stopping_rounds=5, num_threads=1))
@@ -1545,6 +1562,7 @@ def test_a_run_whose_fits_stopped_at_the_tree_cap_says_so(
     assert not any(m.reached_cap_ for m in models)  # early stopping ended them
     plain = tracking.log_training(stopped, source="synthetic", promote="never")
     assert tracking.TREE_CAP_TAG not in client.get_run(plain.run_id).data.tags
+    assert tracking.tree_cap_note(stopped) is None
 
 
 def test_promote_refuses_a_run_that_registered_one_model(
