@@ -37,6 +37,8 @@ import inspect
 import json
 from typing import Any
 
+from serving.app import BATCH_HEADER, TOTAL_HEADER
+
 __all__ = ["ERROR_STATUSES", "ROUTING_ERROR_STATUSES", "SECURITY_SCHEME", "openapi_document",
            "service_schema"]
 
@@ -148,11 +150,11 @@ def openapi_document(spec: dict[str, Any], *, endpoints: dict[str, str], descrip
                                "description": 'With "format": "csv": a header row and one '
                                               'row per item.'}}
                 ok["headers"] = {
-                    "X-Lifecast-Batch-Id": {
+                    BATCH_HEADER: {
                         "description": 'With "format": "csv": the batch the rows come from '
                                        '(the JSON answer\'s `batch_id`; send it with the '
                                        'next pages).', "schema": {"type": "string"}},
-                    **({"X-Total-Count": {
+                    **({TOTAL_HEADER: {
                         "description": 'With "format": "csv": how many customers match the '
                                        'filters, on every page (the JSON answer\'s `total`).',
                         "schema": {"type": "integer"}}} if path == "/high_risk" else {})}

@@ -126,6 +126,7 @@ def _quietly(func: Callable[..., Any]) -> Callable[..., Any]:
         from features.urls import masked_url
         from training.tracking import (  # imports mlflow: only when run
             TrackingServerUnreachableError,
+            is_tracking_server,
             quiet_mlflow,
             unanswered_reason,
         )
@@ -141,9 +142,8 @@ def _quietly(func: Callable[..., Any]) -> Callable[..., Any]:
             if reason is not None:
                 # a tracking store that is no server (SQLite, PostgreSQL) keeps its artifacts
                 # on one that is: an artifact server, or an artifact store over HTTP
-                server = (f"the MLflow tracking server at {uri}"
-                          if uri.startswith(("http://", "https://")) else
-                          f"the artifact server of the MLflow tracking store {uri}")
+                server = (f"the MLflow tracking server at {uri}" if is_tracking_server(uri)
+                          else f"the artifact server of the MLflow tracking store {uri}")
                 raise TrackingServerUnreachableError(
                     f"{server} stopped answering: {reason}") from None
             first = (exc.message or str(exc)).strip().splitlines()[0]

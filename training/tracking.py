@@ -326,8 +326,7 @@ def configure(workdir: Path | str = ".", experiment: str | None = None, *,
     # folder) ran the migration together: both failed with a traceback and the database
     # was left half-migrated for good. The registry lock makes them take turns; a tracking
     # server migrates its own database.
-    opening = (contextlib.nullcontext() if uri.startswith(("http://", "https://"))
-               else registry_lock(uri))
+    opening = contextlib.nullcontext() if is_tracking_server(uri) else registry_lock(uri)
     with opening:
         # the active experiment too: mlflow.search_runs() and mlflow.start_run() in the
         # user's own code then see lifecast's runs, not the empty "Default" experiment
@@ -394,7 +393,7 @@ def check_tracking_store(workdir: Path | str = ".", *, create: bool = True,
             f"MLFLOW_TRACKING_URI={masked_url(uri)}: MLflow has no tracking store of scheme "
             f"{scheme!r}; use sqlite:///path/to/mlflow.db, a database URL (postgresql://, "
             f"mysql://, mssql://) or a tracking server (http://host:5000)")
-    if base in ("http", "https") and uri not in _servers_answered:
+    if is_tracking_server(uri) and uri not in _servers_answered:
         _check_server_answers(uri)  # once per process: `train` checks, then configures
         _servers_answered.add(uri)
     db = _sqlite_file(uri)
@@ -423,6 +422,13 @@ def check_tracking_store(workdir: Path | str = ".", *, create: bool = True,
 #: URI schemes of MLflow's tracking stores (a database URL may name its driver: ``+psycopg2``)
 _TRACKING_SCHEMES = frozenset({"sqlite", "postgresql", "mysql", "mssql", "http", "https",
                                "databricks", "databricks-uc", "uc"})
+def is_tracking_server(uri: str) -> bool:
+    """Whether tracking URI ``uri`` names an MLflow tracking server (``http(s)://``), which
+    opens its own database, rather than a database (SQLite, PostgreSQL, ...) that this
+    process opens, and that may keep its artifacts on a server of their own."""
+    return uri.strip().split("://", 1)[0].lower() in ("http", "https")
+
+
 #: seconds `check_tracking_store` waits for a tracking server to accept a connection
 SERVER_CHECK_TIMEOUT = 10.0
 _servers_answered: set[str] = set()  # tracking servers that answered in this process
