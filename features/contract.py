@@ -2355,16 +2355,17 @@ def _count_customers_orders(raw: Any, table: str, has_order_id: bool) -> tuple[i
     an order_id an order is a customer-day. One GROUP BY customer_id with a per-customer
     distinct count: at 10M rows ~40% cheaper in CPU than two global DISTINCT aggregates."""
     day = "CAST(timestamp AS DATE)"
-    # rows without an order_id among others with one are customer-day orders (the engine's
-    # `_order_key`): count(DISTINCT) skips their NULL, so their days are counted beside
-    key = (f"order_id) + count(DISTINCT CASE WHEN order_id IS NULL THEN {day} END"
-           if has_order_id else day)
+    n_orders = f"count(DISTINCT {day})"
+    if has_order_id:
+        # rows without an order_id among others with one are customer-day orders (the
+        # engine's `_order_key`): count(DISTINCT) skips their NULL, so their days are added
+        n_orders = (f"count(DISTINCT order_id) + "
+                    f"count(DISTINCT CASE WHEN order_id IS NULL THEN {day} END)")
     # fetchall, never fetchone, in this module: DuckDB 2.0 keeps a partly fetched result
     # open and then refuses any other query on the connection (ResourceInUseException)
     return raw.execute(
         f"SELECT count(customer_id), coalesce(sum(n_orders), 0) FROM ("
-        f"SELECT customer_id, count(DISTINCT {key}) AS n_orders FROM {_q(table)} "
-        f"GROUP BY customer_id)"
+        f"SELECT customer_id, {n_orders} AS n_orders FROM {_q(table)} GROUP BY customer_id)"
     ).fetchall()[0]
 
 

@@ -410,8 +410,8 @@ def training_as_of(tx: Transactions, as_of: Any | None, config: TrainConfig) -> 
     event (by at most ``stale_after_days``: more is an error) becomes that day, with a
     warning: the latest snapshots' outcome windows would run past the end of the data,
     where nobody buys, and the evaluation snapshot would have no outcomes."""
-    cut = parse_cutoff(as_of) if as_of is not None else default_as_of(tx)
     latest = default_as_of(tx)
+    cut = parse_cutoff(as_of) if as_of is not None else latest
     if cut > latest:
         flag = named(*AS_OF)
         check_labels_in_data(tx, cut, config.features, flag)  # far after the data: error
